@@ -1,0 +1,21 @@
+"""The `coda` command line (an edge of the library: argv is parsed here and nowhere else)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coda", description="Conditional Adapters (CoDA) in JAX/Flax.")
+    parser.add_subparsers(dest="command", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

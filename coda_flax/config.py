@@ -1,0 +1,201 @@
+"""Model and CoDA configurations, and the presets of T5 v1.1 and the paper's Table 7.
+
+Configs are frozen dataclasses (hashable, so Flax modules can hold them and jit can treat
+them as static). `ModelConfig.coda = None` is plain dense T5; `CodaConfig(reduction=1)` is
+the Parallel Adapter baseline; `reduction > 1` routes k = ceil(n / r) tokens per layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+from coda_flax.layers import ACTIVATIONS, LoraConfig
+from coda_flax.routing import ROUTERS, num_routed
+from coda_flax.soft_topk import GRADIENTS, SOLVERS
+
+ATTENTION_VARIANTS = ("k_to_all", "k_to_k")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+LORA_TARGETS = ("query", "key", "value", "out", "wi", "wi_0", "wi_1", "wo", "all")
+
+
+def _check_choice(owner: str, field: str, value, choices):
+    if value not in choices:
+        raise ValueError(f"{owner}: unknown {field} {value!r}; choose one of {tuple(choices)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class CodaConfig:
+    """What CoDA adds to a frozen dense model (paper section 3).
+
+    reduction: r; k = ceil(n / r) tokens per encoder layer go through the frozen layer.
+      r = 1 is the Parallel Adapter baseline (no router).
+    attention: "k_to_all" (routed queries attend to every token) or "k_to_k".
+    router: "soft_topk" | "sigmoid" | "first_k" (Table 3).
+    adapter_dim, adapter_activation: the parallel adapter of equation (2).
+    epsilon .. gradient: soft_topk's settings (appendix D).
+    num_routed: overrides k (used by k annealing); None means ceil(n / r).
+    lora_rank, lora_alpha, lora_targets: optional LoRA on the frozen projections.
+    """
+
+    reduction: float = 3
+    attention: str = "k_to_all"
+    router: str = "soft_topk"
+    adapter_dim: int = 64
+    epsilon: float = 0.03
+    num_iters: int = 20
+    epsilon_init: float = 4.0
+    epsilon_decay: float = 0.7
+    solver: str = "coordinate_descent"
+    gradient: str = "implicit"
+    num_routed: int | None = None
+    adapter_activation: str = "relu"
+    router_init_std: float = 0.02
+    lora_rank: int = 0
+    lora_alpha: float = 1.0
+    lora_targets: tuple[str, ...] = ("query", "value")
+
+    def __post_init__(self):
+        name = "CodaConfig"
+        if not (isinstance(self.reduction, (int, float)) and self.reduction >= 1):
+            raise ValueError(f"{name}: reduction must be a number >= 1 (1 = Parallel Adapter), "
+                             f"got {self.reduction!r}.")
+        _check_choice(name, "attention", self.attention, ATTENTION_VARIANTS)
+        _check_choice(name, "router", self.router, ROUTERS)
+        _check_choice(name, "solver", self.solver, SOLVERS)
+        _check_choice(name, "gradient", self.gradient, GRADIENTS)
+        _check_choice(name, "adapter_activation", self.adapter_activation, ACTIVATIONS)
+        if self.adapter_dim < 1:
+            raise ValueError(f"{name}: adapter_dim must be >= 1, got {self.adapter_dim}.")
+        if self.num_routed is not None and self.num_routed < 1:
+            raise ValueError(f"{name}: num_routed must be >= 1 or None, got {self.num_routed}.")
+        if self.lora_rank < 0:
+            raise ValueError(f"{name}: lora_rank must be >= 0, got {self.lora_rank}.")
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        for t in self.lora_targets:
+            _check_choice(name, "lora target", t, LORA_TARGETS)
+
+    def k(self, n: int) -> int:
+        """Tokens routed per layer for a sequence of n tokens."""
+        if self.num_routed is not None:
+            if self.num_routed > n:
+                raise ValueError(f"CodaConfig.num_routed={self.num_routed} exceeds the sequence "
+                                 f"length n={n}; use num_routed <= n or set it to None.")
+            return self.num_routed
+        return num_routed(n, self.reduction)
+
+    @property
+    def lora(self) -> LoraConfig | None:
+        if self.lora_rank == 0:
+            return None
+        return LoraConfig(self.lora_rank, self.lora_alpha, self.lora_targets)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A T5-style encoder-decoder (T5X minimal T5 names); `coda` turns on CoDA."""
+
+    vocab_size: int
+    d_model: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    d_ff: int
+    num_encoder_layers: int
+    num_decoder_layers: int
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    dropout_rate: float = 0.0
+    dtype: str = "float32"
+    coda: CodaConfig | None = None
+    mlp_activations: tuple[str, ...] = ("gelu", "linear")   # T5 v1.1 gated-gelu; ("relu",) v1.0
+    logits_via_embedding: bool = False                       # True: tied head (T5 v1.0)
+    layer_norm_epsilon: float = 1e-6
+
+    def __post_init__(self):
+        name = "ModelConfig"
+        for field in ("vocab_size", "d_model", "num_heads", "num_kv_heads", "head_dim", "d_ff",
+                      "relative_attention_num_buckets", "relative_attention_max_distance"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{name}: {field} must be >= 1, got {getattr(self, field)}.")
+        for field in ("num_encoder_layers", "num_decoder_layers"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"{name}: {field} must be >= 0, got {getattr(self, field)}.")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"{name}: num_heads={self.num_heads} must be a multiple of "
+                             f"num_kv_heads={self.num_kv_heads} (1 = multi-query, "
+                             f"num_heads = multi-head).")
+        _check_choice(name, "dtype", self.dtype, DTYPES)
+        object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
+        for act in self.mlp_activations:
+            _check_choice(name, "mlp activation", act, ACTIVATIONS)
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"{name}: dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+        if self.coda is not None and not isinstance(self.coda, CodaConfig):
+            raise TypeError(f"{name}: coda must be a CodaConfig or None, got "
+                            f"{type(self.coda).__name__}.")
+
+    @property
+    def jnp_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def lora(self) -> LoraConfig | None:
+        return None if self.coda is None else self.coda.lora
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def with_coda(self, **changes: Any) -> "ModelConfig":
+        """This config with CoDA fields changed (e.g. num_routed for a k-annealing stage)."""
+        if self.coda is None:
+            raise ValueError("with_coda: this ModelConfig has no CodaConfig (coda=None).")
+        return self.replace(coda=dataclasses.replace(self.coda, **changes))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "ModelConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+        fields = dict(PRESETS[name])
+        coda = overrides.get("coda")
+        if isinstance(coda, CodaConfig) and "adapter_dim" in fields:
+            # Table 7's adapter width unless the caller's CodaConfig set a different one.
+            if coda.adapter_dim == CodaConfig.adapter_dim:
+                overrides["coda"] = dataclasses.replace(coda, adapter_dim=fields["adapter_dim"])
+        fields.pop("adapter_dim", None)
+        fields.update(overrides)
+        return cls(**fields)
+
+
+_T5_1_1 = dict(vocab_size=32128, relative_attention_num_buckets=32,
+               relative_attention_max_distance=128, mlp_activations=("gelu", "linear"))
+_PAPER = dict(vocab_size=32128, num_kv_heads=1, head_dim=128, num_decoder_layers=6,
+              adapter_dim=64, mlp_activations=("gelu", "linear"))
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Public T5 v1.1 checkpoints (multi-head attention).
+    "t5_1_1_small": dict(_T5_1_1, d_model=512, num_heads=6, num_kv_heads=6, head_dim=64,
+                         d_ff=1024, num_encoder_layers=8, num_decoder_layers=8),
+    "t5_1_1_base": dict(_T5_1_1, d_model=768, num_heads=12, num_kv_heads=12, head_dim=64,
+                        d_ff=2048, num_encoder_layers=12, num_decoder_layers=12),
+    "t5_1_1_large": dict(_T5_1_1, d_model=1024, num_heads=16, num_kv_heads=16, head_dim=64,
+                         d_ff=2816, num_encoder_layers=24, num_decoder_layers=24),
+    "t5_1_1_xl": dict(_T5_1_1, d_model=2048, num_heads=32, num_kv_heads=32, head_dim=64,
+                      d_ff=5120, num_encoder_layers=24, num_decoder_layers=24),
+    # The paper's text models (Table 7): multi-query attention, 6 decoder layers.
+    "paper_text_base": dict(_PAPER, d_model=768, num_heads=12, d_ff=3072, num_encoder_layers=12),
+    "paper_text_large": dict(_PAPER, d_model=1024, num_heads=16, d_ff=4096,
+                             num_encoder_layers=24),
+    "paper_text_xl": dict(_PAPER, d_model=2048, num_heads=32, d_ff=8192, num_encoder_layers=24),
+}
+
+
+def tiny_config(coda: CodaConfig | None = None, **overrides: Any) -> ModelConfig:
+    """A few-thousand-parameter model for tests and examples."""
+    fields = dict(vocab_size=64, d_model=16, num_heads=4, num_kv_heads=2, head_dim=8, d_ff=32,
+                  num_encoder_layers=2, num_decoder_layers=2, relative_attention_num_buckets=8,
+                  relative_attention_max_distance=16, coda=coda)
+    fields.update(overrides)
+    return ModelConfig(**fields)

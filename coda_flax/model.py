@@ -1,0 +1,147 @@
+"""The T5 v1.1 encoder-decoder with CoDA encoder layers (paper section 3, Figure 2).
+
+Encoder: embeddings -> CodaEncoderLayer x L (DenseEncoderLayer when `coda` is None) -> RMSNorm.
+Decoder: dense T5 decoder layers (causal self-attention, cross-attention, gated MLP), each
+with a parallel adapter when CoDA is on -> RMSNorm -> logits.
+Parameter names follow T5X's minimal T5 (token_embedder, encoder/layers_{i}/..., decoder/...).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from coda_flax.coda_layer import CodaEncoderLayer, DenseEncoderLayer, attention_mask
+from coda_flax.config import PRESETS, CodaConfig, ModelConfig, tiny_config
+from coda_flax.layers import Attention, Dense, GatedMlp, ParallelAdapter, RelativePositionBias, RMSNorm
+
+__all__ = ["ModelConfig", "CodaConfig", "PRESETS", "tiny_config", "Encoder", "Decoder",
+           "DecoderLayer", "EncoderDecoder"]
+
+
+def _relpos(c: ModelConfig, bidirectional: bool) -> RelativePositionBias:
+    return RelativePositionBias(c.relative_attention_num_buckets,
+                                c.relative_attention_max_distance, c.num_heads, bidirectional,
+                                name="relpos_bias")
+
+
+def _positions(tokens, positions):
+    if positions is not None:
+        return positions
+    return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+
+
+class Encoder(nn.Module):
+    config: ModelConfig
+    shared_embedding: nn.Module
+
+    @nn.compact
+    def __call__(self, tokens, segment_ids=None, positions=None, deterministic=True):
+        c = self.config
+        if tokens.ndim != 2:
+            raise ValueError(f"encoder_input_tokens must be [batch, length] ints, got shape "
+                             f"{tokens.shape}.")
+        valid = tokens > 0
+        positions = _positions(tokens, positions)
+        x = self.shared_embedding(tokens).astype(c.jnp_dtype)
+        x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+        relpos = _relpos(c, bidirectional=True)
+        layer = DenseEncoderLayer if c.coda is None else CodaEncoderLayer
+        for i in range(c.num_encoder_layers):
+            x = layer(c, name=f"layers_{i}")(x, valid, positions, relpos, segment_ids,
+                                             deterministic)
+        x = RMSNorm(c.layer_norm_epsilon, c.jnp_dtype, name="encoder_norm")(x)
+        return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+
+
+class DecoderLayer(nn.Module):
+    """Dense T5 decoder layer; with CoDA on, a parallel adapter runs beside it."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, y, encoded, self_mask, cross_mask, positions, relpos, decode=False,
+                 deterministic=True):
+        c = self.config
+        drop = lambda z: nn.Dropout(c.dropout_rate)(z, deterministic=deterministic)
+        attn = lambda name: Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.dropout_rate,
+                                      c.lora, c.jnp_dtype, name=name)
+        norm = lambda name: RMSNorm(c.layer_norm_epsilon, c.jnp_dtype, name=name)
+        yn = norm("pre_self_attention_layer_norm")(y)
+        z = y + drop(attn("self_attention")(yn, yn, positions, positions, self_mask, relpos,
+                                            decode=decode, deterministic=deterministic))
+        zn = norm("pre_cross_attention_layer_norm")(z)
+        z = z + drop(attn("encoder_decoder_attention")(zn, encoded, None, None, cross_mask,
+                                                       deterministic=deterministic))
+        mlp = GatedMlp(c.d_ff, c.mlp_activations, c.dropout_rate, c.lora, c.jnp_dtype,
+                       name="mlp")
+        z = z + drop(mlp(norm("pre_mlp_layer_norm")(z), deterministic=deterministic))
+        if c.coda is not None:
+            z = z + ParallelAdapter(c.coda.adapter_dim, c.coda.adapter_activation, c.jnp_dtype,
+                                    name="adapter")(yn)
+        return z
+
+
+class Decoder(nn.Module):
+    config: ModelConfig
+    shared_embedding: nn.Module
+
+    @nn.compact
+    def __call__(self, encoded, encoder_valid, tokens, segment_ids=None, positions=None,
+                 encoder_segment_ids=None, decode=False, deterministic=True):
+        c = self.config
+        positions = _positions(tokens, positions)
+        causal = positions[:, None, :] <= positions[:, :, None]                # [b, q, k]
+        if segment_ids is not None:
+            causal = causal & (segment_ids[:, :, None] == segment_ids[:, None, :])
+        cross = attention_mask(encoder_valid, segment_ids, encoder_segment_ids)
+        y = self.shared_embedding(tokens).astype(c.jnp_dtype)
+        y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
+        relpos = _relpos(c, bidirectional=False)
+        for i in range(c.num_decoder_layers):
+            y = DecoderLayer(c, name=f"layers_{i}")(y, encoded, causal, cross, positions, relpos,
+                                                    decode, deterministic)
+        y = RMSNorm(c.layer_norm_epsilon, c.jnp_dtype, name="decoder_norm")(y)
+        y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
+        if c.logits_via_embedding:              # T5 v1.0: tied head, rescaled by d_model^-0.5
+            return self.shared_embedding.attend(y * (c.d_model ** -0.5)).astype(jnp.float32)
+        return Dense((c.vocab_size,), ("embed", "vocab"), dtype=c.jnp_dtype,
+                     name="logits_dense")(y).astype(jnp.float32)
+
+
+class EncoderDecoder(nn.Module):
+    """T5 with CoDA encoder layers. Batches use seqio's EncDecFeatureConverter keys."""
+
+    config: ModelConfig
+
+    def setup(self):
+        c = self.config
+        self.token_embedder = nn.Embed(
+            c.vocab_size, c.d_model, dtype=c.jnp_dtype, param_dtype=jnp.float32,
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                                        ("vocab", "embed")))
+        self.encoder = Encoder(c, self.token_embedder)
+        self.decoder = Decoder(c, self.token_embedder)
+
+    def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
+               enable_dropout=False):
+        return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions,
+                            deterministic=not enable_dropout)
+
+    def decode(self, encoded, encoder_input_tokens, decoder_input_tokens,
+               decoder_target_tokens=None, encoder_segment_ids=None, decoder_segment_ids=None,
+               decoder_positions=None, enable_dropout=False, decode=False):
+        """Decoder logits [b, len, vocab] (float32). decode=True: one step with the cache."""
+        del decoder_target_tokens      # T5X passes it; the causal mask needs only positions
+        return self.decoder(encoded, encoder_input_tokens > 0, decoder_input_tokens,
+                            decoder_segment_ids, decoder_positions, encoder_segment_ids,
+                            decode=decode, deterministic=not enable_dropout)
+
+    def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
+                 encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
+                 decoder_positions=None, enable_dropout=False, decode=False):
+        encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
+                              enable_dropout)
+        return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                           decoder_target_tokens, encoder_segment_ids, decoder_segment_ids,
+                           decoder_positions, enable_dropout, decode)

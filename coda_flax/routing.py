@@ -1,0 +1,98 @@
+"""The learned router: paper equations (3), (9)-(11), and the gather / scatter of (4), (7).
+
+    s   = X_norm . w                      (9)   one score per token
+    lam = f(s)                            (10)  f = soft top-k | sigmoid | (none: first_k)
+    m   = lam * Top(lam, k)               (11)  weights of the k selected tokens
+
+The selection matrix P of equation (3) is never materialised: the router returns the k
+selected indices (sorted ascending, so routed tokens keep their source order) and
+`gather` / `scatter_add` apply P and P^T with `take_along_axis` and an indexed add.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from coda_flax.soft_topk import soft_topk
+
+ROUTERS = ("soft_topk", "sigmoid", "first_k")
+
+
+class Routing(NamedTuple):
+    indices: jax.Array   # [batch, k] int32, ascending
+    weights: jax.Array   # [batch, k] float32, m of equation (11) at the selected tokens
+    lam: jax.Array       # [batch, n] float32, lam of equation (10) for every token
+
+
+def num_routed(n: int, reduction: float) -> int:
+    """k = ceil(n / r), at least 1 and at most n."""
+    if reduction < 1:
+        raise ValueError(f"reduction r must be >= 1 (r = 1 routes every token), got {reduction}.")
+    return max(1, min(n, math.ceil(n / reduction)))
+
+
+def gather(x, indices):
+    """P x of equation (4): rows `indices` [b, k] of x [b, n, ...] -> [b, k, ...]."""
+    idx = indices.reshape(indices.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, idx, axis=1)
+
+
+def scatter_add(x, indices, updates):
+    """x + P^T updates (equation 7): adds updates [b, k, ...] into rows `indices` of x."""
+    return jax.vmap(lambda xb, ib, ub: xb.at[ib].add(ub.astype(xb.dtype)))(x, indices, updates)
+
+
+def select_top_k(key, mask, k: int):
+    """Indices of the k largest `key` values per row, real tokens first, sorted ascending."""
+    key = jnp.where(mask, key.astype(jnp.float32), -jnp.inf)
+    _, idx = jax.lax.top_k(key, k)
+    return jnp.sort(idx, axis=-1).astype(jnp.int32)
+
+
+class Router(nn.Module):
+    """Scores tokens with w (9), normalises them (10) and keeps the top k (11).
+
+    kind: "soft_topk" (default; the budget-aware operator of equation 12), "sigmoid"
+    (lam = sigmoid(s), no budget) or "first_k" (the first k real tokens, m = 1: truncation,
+    nothing learned). The remaining fields are soft_topk's settings.
+    """
+
+    kind: str = "soft_topk"
+    epsilon: float = 0.03
+    num_iters: int = 20
+    epsilon_init: float = 4.0
+    epsilon_decay: float = 0.7
+    solver: str = "coordinate_descent"
+    gradient: str = "implicit"
+    init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, x_norm, k: int, mask=None) -> Routing:
+        if self.kind not in ROUTERS:
+            raise ValueError(f"Router: unknown kind {self.kind!r}; choose one of {ROUTERS}.")
+        b, n, d = x_norm.shape
+        if not 1 <= k <= n:
+            raise ValueError(f"Router: cannot route k={k} of n={n} tokens; need 1 <= k <= n.")
+        mask = jnp.ones((b, n), bool) if mask is None else mask.astype(bool)
+        if self.kind == "first_k":
+            position = jnp.arange(n, dtype=jnp.float32)
+            idx = select_top_k(jnp.broadcast_to(-position, (b, n)), mask, k)
+            lam = mask.astype(jnp.float32)
+            return Routing(idx, gather(lam, idx), lam)
+        w = self.param("kernel", nn.with_logical_partitioning(
+            nn.initializers.normal(self.init_std), ("embed",)), (d,), jnp.float32)
+        s = jnp.einsum("bnd,d->bn", x_norm.astype(jnp.float32), w)              # (9)
+        if self.kind == "sigmoid":
+            lam = jnp.where(mask, jax.nn.sigmoid(s), 0.0)
+        else:
+            lam = soft_topk(s, k, mask=mask, epsilon=self.epsilon, num_iters=self.num_iters,
+                            epsilon_init=self.epsilon_init, epsilon_decay=self.epsilon_decay,
+                            solver=self.solver, gradient=self.gradient)        # (10), (12)
+        # lam is monotone in s, so ranking by s is Top(lam, k) with underflow ties broken by s.
+        idx = select_top_k(jax.lax.stop_gradient(s), mask, k)                  # (11)
+        return Routing(idx, gather(lam, idx), lam)
