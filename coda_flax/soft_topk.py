@@ -97,9 +97,10 @@ def _solve_exact(s, k_eff, st: _Settings):
     m = jnp.arange(n, dtype=jnp.float32)
     valid = m < k_eff
     a_m = eps * (jnp.log(jnp.where(valid, k_eff - m, 1.0)) - lse_rest)
-    # m saturated tokens is consistent iff the largest unsaturated one is not above the cap;
-    # the sign of s_sorted[m] + a_m changes once (see tests), so take the first m that fits.
-    fits = valid & (s_sorted + a_m <= 0.0)
+    # m saturated tokens is consistent iff the largest unsaturated one is not above the cap.
+    # s_sorted[m] + a_m changes sign once, so the first m that fits is the optimum; m = k - 1
+    # always fits in exact arithmetic, and is forced to so that rounding cannot skip it.
+    fits = valid & ((s_sorted + a_m <= 0.0) | (m == k_eff - 1))
     first = jnp.argmax(fits, axis=-1)[..., None]
     a = jnp.take_along_axis(a_m, first, axis=-1)
     return jnp.exp(jnp.minimum(s + a, 0.0) / eps)
