@@ -64,7 +64,8 @@ class CodaEncoderLayer(DenseEncoderLayer):
         super().setup()
         c = self.config.coda
         self.adapter = ParallelAdapter(c.adapter_dim, c.adapter_activation, self.config.jnp_dtype)
-        if c.reduction > 1 or c.num_routed is not None:
+        self.routes = c.reduction > 1 or c.num_routed is not None
+        if self.routes:
             self.router = Router(c.router, c.epsilon, c.num_iters, c.epsilon_init,
                                  c.epsilon_decay, c.solver, c.gradient, c.router_init_std)
 
@@ -75,6 +76,8 @@ class CodaEncoderLayer(DenseEncoderLayer):
         n = x.shape[1]
         k = c.k(n)
         if k == n:                                        # every token routed, m = 1: (8) as PA
+            if self.routes and self.is_initializing():   # same parameter tree at any init length
+                self.router(xn, k, valid)
             mask = attention_mask(valid, segment_ids, segment_ids)
             return x_out + self.branch(x, xn, xn, positions, positions, mask, relpos,
                                        deterministic)
