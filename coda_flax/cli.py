@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from coda_flax.checkpoints.cli import add_convert_parser
 from coda_flax.config import ATTENTION_VARIANTS, PRESETS, CodaConfig, ModelConfig
 
 
@@ -40,6 +41,7 @@ def _positive_int(what: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coda", description="Conditional Adapters (CoDA) in JAX/Flax.")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_convert_parser(sub)
 
     summary = sub.add_parser(
         "summary", help="parameter counts and analytic encoder FLOPs of a preset",

@@ -1,0 +1,102 @@
+"""The project's own checkpoint directory: orbax parameters + config.json.
+
+    DIR/config.json     {"format": "coda_flax", "format_version": 1, "model_config": {...}}
+    DIR/params/         the parameter tree, written by orbax's StandardCheckpointer
+
+`save_checkpoint` writes it (what `coda convert` produces); `load_checkpoint` reads it back as
+(ModelConfig, params), checking every parameter against the shapes the config implies.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from coda_flax.checkpoints.io import config_from_dict, config_to_dict, read_json, write_json
+from coda_flax.checkpoints.tree import (check_flat_params, expected_shapes, flatten_params,
+                                        unflatten_params)
+from coda_flax.config import ModelConfig
+
+FORMAT = "coda_flax"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+
+
+def save_checkpoint(directory: str, params: Mapping[str, Any], config: ModelConfig, *,
+                    overwrite: bool = False) -> str:
+    """Writes params (checked against config) and config.json into `directory`."""
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(directory)
+    flat = flatten_params(params)
+    check_flat_params(flat, expected_shapes(config), f"save_checkpoint({directory})")
+    if os.path.exists(directory) and os.listdir(directory):
+        if not overwrite:
+            raise FileExistsError(f"{directory} already exists and is not empty; choose another "
+                                  f"output directory or pass overwrite=True (--overwrite).")
+        shutil.rmtree(directory)
+    os.makedirs(directory, exist_ok=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(directory, PARAMS_DIR),
+                      unflatten_params({k: np.asarray(v) for k, v in flat.items()}))
+    checkpointer.wait_until_finished()
+    write_json(os.path.join(directory, CONFIG_FILE), {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "model_config": config_to_dict(config)})
+    return directory
+
+
+def read_orbax_tree(path: str, subtree: str | None = None) -> dict[str, Any]:
+    """An orbax PyTree checkpoint directory -> nested dict with numpy array leaves.
+
+    `subtree`: restore only this top-level entry (e.g. "target", leaving optimizer state on
+    disk); KeyError naming the entries present when it does not exist.
+    """
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(path)
+    checkpointer = ocp.PyTreeCheckpointer()
+    metadata = checkpointer.metadata(path)
+    tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", None)
+    if tree is None:
+        tree = metadata
+    tree = dict(tree)
+    if subtree is not None:
+        if subtree not in tree:
+            raise KeyError(f"{path} has no {subtree!r} entry; top-level entries: "
+                           f"{sorted(tree)}.")
+        tree = {subtree: tree[subtree]}
+    restore_args = jax.tree_util.tree_map(
+        lambda m: ocp.RestoreArgs(restore_type=np.ndarray) if hasattr(m, "shape")
+        else ocp.RestoreArgs(), tree)
+    restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+        item=tree, restore_args=restore_args, partial_restore=subtree is not None))
+    return restored if subtree is None else restored[subtree]
+
+
+def load_checkpoint(directory: str) -> tuple[ModelConfig, dict[str, Any]]:
+    """Reads a directory written by `save_checkpoint` / `coda convert` -> (config, params)."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"checkpoint directory {directory} not found; expected the "
+                                f"output of `coda convert` ({CONFIG_FILE} + {PARAMS_DIR}/).")
+    meta = read_json(os.path.join(directory, CONFIG_FILE), "coda_flax checkpoint config")
+    if meta.get("format") != FORMAT or "model_config" not in meta:
+        raise ValueError(f"{os.path.join(directory, CONFIG_FILE)} is not a coda_flax checkpoint "
+                         f"config (needs format={FORMAT!r} and model_config); for Hugging Face "
+                         f"directories use load_hf_t5, for T5X ones load_t5x.")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{directory} was written by a newer coda_flax (format_version "
+                         f"{meta['format_version']} > {FORMAT_VERSION}); upgrade coda_flax.")
+    config = config_from_dict(meta["model_config"])
+    params_dir = os.path.join(directory, PARAMS_DIR)
+    if not os.path.isdir(params_dir):
+        raise FileNotFoundError(f"{params_dir} not found: the checkpoint has a config but no "
+                                f"parameters (an interrupted write?); convert it again.")
+    flat = flatten_params(read_orbax_tree(params_dir))
+    check_flat_params(flat, expected_shapes(config), f"checkpoint {directory}")
+    return config, unflatten_params(flat)
