@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Creates (or reuses) .venv with Python 3.11 and installs coda_flax with the given extras.
 # Reinstalls only when setup.cfg / pyproject.toml or the extras change.
-# Usage: source scripts/env.sh [extras]     (default extras: test,hf)
+# Usage: source scripts/env.sh [extras]     (default extras: test,hf,train)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-EXTRAS="${1:-test,hf}"
+EXTRAS="${1:-test,hf,train}"
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null || PY=python3
 VENV="$ROOT/.venv"

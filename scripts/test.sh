@@ -3,7 +3,7 @@
 # Fails when pytest collects nothing (exit code 5) as well as on any failure.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-source "$ROOT/scripts/env.sh" test,hf
+source "$ROOT/scripts/env.sh" test,hf,train
 cd "$ROOT"
 MARK=(-m "not slow")
 ARGS=()

@@ -104,8 +104,9 @@ def test_leading_batch_dims_jit_and_vmap():
     direct = soft_topk(s, 6)
     jitted = jax.jit(lambda x: soft_topk(x, 6))(s)
     vmapped = jax.vmap(jax.vmap(lambda x: soft_topk(x, 6)))(s)
-    np.testing.assert_allclose(direct, jitted, atol=1e-6)
-    np.testing.assert_allclose(direct, vmapped, atol=1e-6)
+    # float32 rounding differs between fused and eager code; exp(./eps) scales it by 1/eps
+    np.testing.assert_allclose(direct, jitted, atol=1e-5)
+    np.testing.assert_allclose(direct, vmapped, atol=1e-5)
     assert direct.shape == (2, 3, 20) and direct.dtype == jnp.float32
     assert soft_topk(s.astype(jnp.bfloat16), 6).dtype == jnp.float32
 

@@ -1,0 +1,1 @@
+"""Training and evaluation stack: partitioning, optimizer, trainer, decoding, T5X-style model."""

@@ -1,0 +1,91 @@
+"""Optimisation for CoDA (paper section 3.3, appendix B, Table 8).
+
+* Adafactor with T5X's defaults. The trainer differentiates and updates only the trainable
+  parameters (finetuning: adapters, routers, layer norms [, LoRA]; CoDA pretraining:
+  configurable), so frozen ones get no gradient, no update and no optimizer state.
+* Learning-rate schedules: constant (text finetuning), inverse square root with warmup
+  (pretraining, speech), cosine decay (vision).
+* k annealing: k falls linearly from n to ceil(n / r) over the first part of finetuning, in a
+  few discrete stages, so each stage is compiled once (shapes stay static).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from coda_flax.routing import num_routed
+
+SCHEDULES = ("constant", "rsqrt", "cosine")
+
+
+def learning_rate_schedule(name: str, base: float = 1e-3, warmup_steps: int = 0,
+                           total_steps: int = 1, final_fraction: float = 0.0) -> Callable:
+    """constant: base. rsqrt: base * sqrt(warmup) / sqrt(max(step, warmup)) (T5's
+    1/sqrt(max(step, 10^4)) when base = 0.01, warmup = 10^4). cosine: linear warmup, then
+    cosine decay from base to base * final_fraction at total_steps."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {name!r}; choose one of {SCHEDULES}.")
+    if name == "constant":
+        return optax.constant_schedule(base)
+    if name == "rsqrt":
+        w = max(warmup_steps, 1)
+        return lambda step: base * jnp.sqrt(w) / jnp.sqrt(jnp.maximum(step, w).astype(jnp.float32))
+    return optax.warmup_cosine_decay_schedule(0.0 if warmup_steps else base, base,
+                                              warmup_steps, max(total_steps, warmup_steps + 1),
+                                              base * final_fraction)
+
+
+def adafactor(learning_rate) -> optax.GradientTransformation:
+    """T5X's Adafactor defaults: factored second moments, decay 0.8, update clipping 1.0,
+    parameter-scale multiplication, no momentum."""
+    return optax.adafactor(learning_rate, min_dim_size_to_factor=128, decay_rate=0.8,
+                           multiply_by_parameter_scale=True, clipping_threshold=1.0,
+                           momentum=None, eps=1e-30, factored=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class KStage:
+    start_step: int
+    k: int
+
+
+def k_schedule(n: int, reduction: float, total_steps: int, anneal_fraction: float = 0.1,
+               num_stages: int = 4, target_k: int | None = None) -> list[KStage]:
+    """Discrete linear annealing of k from n to ceil(n / r) (appendix B).
+
+    `num_stages` distinct k values (the last is the target) starting at evenly spaced steps
+    over the first `anneal_fraction` of training; 1 stage (or r = 1) means no annealing.
+    """
+    target = num_routed(n, reduction) if target_k is None else target_k
+    if not 1 <= target <= n:
+        raise ValueError(f"k_schedule: target k={target} must be in [1, n={n}].")
+    if num_stages < 1 or not 0.0 <= anneal_fraction <= 1.0:
+        raise ValueError(f"k_schedule: need num_stages >= 1 and 0 <= anneal_fraction <= 1, got "
+                         f"{num_stages}, {anneal_fraction}.")
+    anneal_steps = int(round(anneal_fraction * total_steps))
+    if num_stages == 1 or target == n or anneal_steps == 0:
+        return [KStage(0, target)]
+    stages: list[KStage] = []
+    for i in range(num_stages):
+        frac = i / (num_stages - 1)
+        stage = KStage(int(round(anneal_steps * frac)), int(math.ceil(n + (target - n) * frac)))
+        if stages and stages[-1].start_step == stage.start_step:
+            stages.pop()                          # more stages than steps: the later k wins
+        if not stages or stages[-1].k != stage.k:
+            stages.append(stage)
+    return stages
+
+
+def k_at(stages: list[KStage], step: int) -> int:
+    """k in force at `step`."""
+    k = stages[0].k
+    for stage in stages:
+        if step >= stage.start_step:
+            k = stage.k
+    return k

@@ -1,0 +1,46 @@
+"""Shared pieces of the training tests: a tiny model and deterministic synthetic batches."""
+
+import numpy as np
+
+from coda_flax import CodaConfig, tiny_config
+from coda_flax.train.t5_model import CodaT5Model
+from coda_flax.train.trainer import Trainer, TrainerConfig
+
+N, T, B = 16, 4, 8
+SHAPES = {"encoder_input_tokens": (B, N), "decoder_input_tokens": (B, T)}
+
+
+def batch(i: int, batch_size: int = B, process_index: int = 0, num_processes: int = 1):
+    """Batch i of a toy task: the target is the first input token, then the fixed tokens
+    3, 4, 5 (rows of the global batch are split evenly between processes)."""
+    rng = np.random.default_rng(1000 + i)
+    enc = rng.integers(2, 64, size=(batch_size, N)).astype(np.int32)
+    enc[: batch_size // 2, N - 3:] = 0                               # some padding
+    tgt = np.concatenate([enc[:, :1], np.tile(np.arange(3, T + 2), (batch_size, 1))], 1)
+    tgt = tgt.astype(np.int32)
+    dec = np.concatenate([np.zeros((batch_size, 1), np.int32), tgt[:, :-1]], axis=1)
+    full = {"encoder_input_tokens": enc, "decoder_input_tokens": dec,
+            "decoder_target_tokens": tgt, "decoder_loss_weights": (tgt > 0).astype(np.float32)}
+    per = batch_size // num_processes
+    return {k: v[process_index * per:(process_index + 1) * per] for k, v in full.items()}
+
+
+def batches(**kw):
+    def make(start):
+        i = start
+        while True:
+            yield batch(i, **kw)
+            i += 1
+    return make
+
+
+def model(reduction=4, **coda):
+    return CodaT5Model(tiny_config(CodaConfig(reduction=reduction, adapter_dim=8, **coda)))
+
+
+def trainer(model_dir, total_steps=6, mesh=None, **kw):
+    cfg = dict(model_dir=str(model_dir), total_steps=total_steps, learning_rate=0.01,
+               checkpoint_every=2, log_every=1, k_anneal_fraction=0.5, k_anneal_stages=3,
+               progress=False)
+    cfg.update(kw)
+    return Trainer(kw.pop("model", None) or model(), TrainerConfig(**cfg), mesh=mesh)
