@@ -11,6 +11,7 @@ import json
 import sys
 
 from coda_flax.checkpoints.cli import add_convert_parser
+from coda_flax.train.cli import add_run_parsers
 from coda_flax.config import ATTENTION_VARIANTS, PRESETS, CodaConfig, ModelConfig
 
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coda", description="Conditional Adapters (CoDA) in JAX/Flax.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_convert_parser(sub)
+    add_run_parsers(sub)
 
     summary = sub.add_parser(
         "summary", help="parameter counts and analytic encoder FLOPs of a preset",
@@ -66,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from coda_flax.train.cli import split_gin_flags
+    bindings, argv = split_gin_flags(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.gin_bindings = bindings
     return int(args.func(args) or 0)
 
 

@@ -1,0 +1,8 @@
+"""python -m coda_flax.train [train|eval|infer] --gin_file=... --gin.NAME=VALUE"""
+
+import sys
+
+from coda_flax.train.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Train / evaluate / infer on SeqIO tasks: the functions the gin run files configure.
+
+Plain keyword arguments only (gin binds them at the edge, coda_flax/train/cli.py). Batches use
+seqio's EncDecFeatureConverter keys; the data position is a batch count, so a resumed run
+skips exactly the batches it has already seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from coda_flax.config import ModelConfig
+from coda_flax.train.t5_model import CodaT5Model
+from coda_flax.train.trainer import Trainer, TrainerConfig
+
+
+# ------------------------------------------------------------------------------ tasks
+def ensure_registered(name: str, data_dir: str | None = None, vocab_path: str | None = None,
+                      tfds_data_dir: str | None = None):
+    """Registers the offline or paper tasks on first use; returns the seqio task/mixture."""
+    from coda_flax import tasks
+    from coda_flax.tasks import registry
+    if name not in registry.registered_names():
+        if name in tasks.OFFLINE_TASKS:
+            tasks.register_offline_tasks(data_dir, vocab_path)
+        elif name in tasks.PAPER_TASKS:
+            tasks.register_paper_tasks(vocab_path, tfds_data_dir)
+    return tasks.get_task_or_mixture(name)
+
+
+def _features(task) -> tuple:
+    return task.output_features["inputs"].vocabulary, task.output_features["targets"].vocabulary
+
+
+def seqio_batches(name: str, feature_lengths: Mapping[str, int], batch_size: int, split: str,
+                  *, shuffle: bool = True, seed: int = 0, repeat: bool = True):
+    """start -> iterator of numpy batches (this process's rows) from batch `start` on."""
+    import seqio
+    count, index = jax.process_count(), jax.process_index()
+    if batch_size % count:
+        raise ValueError(f"BATCH_SIZE={batch_size} must be divisible by the {count} processes.")
+    ds = seqio.get_dataset(name, dict(feature_lengths), seqio.EncDecFeatureConverter(pack=False),
+                           dataset_split=split, shuffle=shuffle, num_epochs=None if repeat else 1,
+                           shard_info=seqio.ShardInfo(index, count), seed=seed, verbose=False)
+    ds = ds.batch(batch_size // count, drop_remainder=repeat)
+
+    def batches(start: int):
+        return ds.skip(start).as_numpy_iterator()
+    return batches
+
+
+def eval_examples(task, feature_lengths: Mapping[str, int], split: str,
+                  max_examples: int | None = None) -> list[dict]:
+    """Tokenised examples with their raw text (for decoding metrics), in a fixed order."""
+    ds = task.get_dataset(dict(feature_lengths), split=split, shuffle=False, num_epochs=1)
+    if max_examples:
+        ds = ds.take(max_examples)
+    return list(ds.as_numpy_iterator())
+
+
+def _pad(seqs: Sequence[np.ndarray], length: int) -> np.ndarray:
+    out = np.zeros((len(seqs), length), np.int32)
+    for i, s in enumerate(seqs):
+        s = s[:length]
+        out[i, :len(s)] = s
+    return out
+
+
+def to_batch(examples: Sequence[Mapping[str, Any]], feature_lengths: Mapping[str, int]) -> dict:
+    """EncDecFeatureConverter's layout (unpacked) for a list of tokenised examples."""
+    enc = _pad([e["inputs"] for e in examples], feature_lengths["inputs"])
+    tgt = _pad([e["targets"] for e in examples], feature_lengths["targets"])
+    dec = np.concatenate([np.zeros_like(tgt[:, :1]), tgt[:, :-1]], axis=1)
+    return {"encoder_input_tokens": enc, "decoder_input_tokens": dec,
+            "decoder_target_tokens": tgt, "decoder_loss_weights": (tgt > 0).astype(np.float32)}
+
+
+def _text(x) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+# ------------------------------------------------------------------------------ evaluation
+def evaluate_params(model: CodaT5Model, params, task, feature_lengths: Mapping[str, int],
+                    split: str = "validation", batch_size: int = 32,
+                    max_examples: int | None = None, predictions_path: str | None = None) -> dict:
+    """Teacher-forced loss / accuracy and the task's metrics on greedy decodes."""
+    examples = eval_examples(task, feature_lengths, split, max_examples)
+    if not examples:
+        raise ValueError(f"task {task.name!r} split {split!r} has no examples.")
+    _, out_vocab = _features(task)
+    loss_fn = jax.jit(model.eval_fn)
+    predict = jax.jit(model.predict_batch)
+    totals, weight, predictions, targets, rows = {}, 0.0, [], [], []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        padded = chunk + [chunk[-1]] * (batch_size - len(chunk))     # static shapes
+        batch = to_batch(padded, feature_lengths)
+        batch["decoder_loss_weights"][len(chunk):] = 0.0               # the filler rows
+        _, metrics = loss_fn(params, batch)
+        w = float(np.sum(batch["decoder_loss_weights"]))
+        totals["loss"] = totals.get("loss", 0.0) + float(metrics["cross_ent_loss"])  # a sum
+        totals["correct"] = totals.get("correct", 0.0) + float(metrics["accuracy"]) * w
+        weight += w
+        decodes = np.asarray(predict(params, batch))[:len(chunk)]
+        for ex, tokens in zip(chunk, decodes):
+            text = out_vocab.decode([int(t) for t in tokens if t > 1])
+            pred = task.postprocess_fn(text, example=ex, is_target=False) \
+                if task.postprocess_fn else text
+            target = _text(ex.get("targets_pretokenized", out_vocab.decode(list(ex["targets"]))))
+            tgt = task.postprocess_fn(target, example=ex, is_target=True) \
+                if task.postprocess_fn else target
+            predictions.append(pred)
+            targets.append(tgt)
+            rows.append({"input": _text(ex.get("inputs_pretokenized", "")), "target": target,
+                         "prediction": text})
+    results = {"loss_per_token": totals["loss"] / max(weight, 1.0),
+               "token_accuracy": totals["correct"] / max(weight, 1.0),
+               "num_examples": len(examples)}
+    for fn in task.metric_fns:
+        results.update({k: float(getattr(v, "value", v)) for k, v in fn(targets, predictions).items()})
+    if predictions_path:
+        with open(predictions_path, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    return results
+
+
+# ------------------------------------------------------------------------------ entry points
+def _initial_params(model_config: ModelConfig, path: str | None):
+    """Params from a `coda convert` / training checkpoint; a dense one is converted to CoDA."""
+    if not path:
+        return None
+    from coda_flax.checkpoints import dense_to_coda, load_checkpoint
+    config, params = load_checkpoint(path)
+    has_adapters = any("adapter" in k for k in _flat_keys(params))
+    if model_config.coda is not None and not has_adapters:
+        params = dense_to_coda(params, model_config.coda, 0, model_config=model_config)
+    return params
+
+
+def _flat_keys(tree, prefix=""):
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            yield from _flat_keys(v, f"{prefix}{k}/")
+        else:
+            yield prefix + k
+
+
+def _input_shapes(feature_lengths, batch_size):
+    return {"encoder_input_tokens": (batch_size, feature_lengths["inputs"]),
+            "decoder_input_tokens": (batch_size, feature_lengths["targets"])}
+
+
+def train(*, model_config: ModelConfig, mixture_or_task_name: str,
+          task_feature_lengths: Mapping[str, int], train_steps: int, batch_size: int,
+          model_dir: str, initial_checkpoint_path: str | None = None,
+          learning_rate: float = 1e-3, schedule: str = "constant", warmup_steps: int = 0,
+          trainable: str = "finetune", checkpoint_every: int = 1000, keep_checkpoints: int = 3,
+          log_every: int = 50, eval_every: int = 0, eval_split: str = "validation",
+          eval_batch_size: int = 32, eval_max_examples: int | None = None,
+          k_anneal_fraction: float = 0.1, k_anneal_stages: int = 4, num_partitions: int = 1,
+          seed: int = 0, z_loss: float = 1e-4, label_smoothing: float = 0.0,
+          data_dir: str | None = None, vocab_path: str | None = None,
+          tfds_data_dir: str | None = None, progress: bool = True,
+          extra_files: Mapping[str, str] | None = None):
+    """Trains `model_config` on a SeqIO task; evaluates at eval_every and at the end."""
+    from coda_flax.checkpoints import save_checkpoint
+    task = ensure_registered(mixture_or_task_name, data_dir, vocab_path, tfds_data_dir)
+    os.makedirs(model_dir, exist_ok=True)
+    for name, text in (extra_files or {}).items():        # e.g. the resolved gin config
+        with open(os.path.join(model_dir, name), "w") as f:
+            f.write(text)
+    model = CodaT5Model(model_config, z_loss=z_loss, label_smoothing=label_smoothing)
+    trainer = Trainer(model, TrainerConfig(
+        model_dir=model_dir, total_steps=train_steps, learning_rate=learning_rate,
+        schedule=schedule, warmup_steps=warmup_steps, trainable=trainable,
+        checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+        log_every=log_every, eval_every=eval_every, seed=seed, num_partitions=num_partitions,
+        k_anneal_fraction=k_anneal_fraction, k_anneal_stages=k_anneal_stages,
+        progress=progress))
+    state = trainer.init_state(_input_shapes(task_feature_lengths, batch_size),
+                               _initial_params(model_config, initial_checkpoint_path))
+    batches = seqio_batches(mixture_or_task_name, task_feature_lengths, batch_size, "train",
+                            seed=seed)
+
+    def eval_fn(params, step):
+        return evaluate_params(model, params, task, task_feature_lengths, eval_split,
+                               eval_batch_size, eval_max_examples)
+    state, history = trainer.train(state, batches, n=task_feature_lengths["inputs"],
+                                   eval_fn=eval_fn)
+    params = jax.device_get(trainer.params(state))
+    if jax.process_index() == 0:
+        save_checkpoint(os.path.join(model_dir, "final"), params, model_config, overwrite=True)
+    return params, history
+
+
+def evaluate(*, model_config: ModelConfig | None = None, checkpoint_path: str,
+             mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+             output_dir: str, split: str = "validation", batch_size: int = 32,
+             max_examples: int | None = None, data_dir: str | None = None,
+             vocab_path: str | None = None, tfds_data_dir: str | None = None) -> dict:
+    """Metrics of a checkpoint on a task split -> output_dir/eval_results.json (+ predictions)."""
+    from coda_flax.checkpoints import load_checkpoint
+    task = ensure_registered(mixture_or_task_name, data_dir, vocab_path, tfds_data_dir)
+    saved_config, params = load_checkpoint(checkpoint_path)
+    model = CodaT5Model(model_config or saved_config)
+    os.makedirs(output_dir, exist_ok=True)
+    results = evaluate_params(model, params, task, task_feature_lengths, split, batch_size,
+                              max_examples, os.path.join(output_dir, f"predictions_{split}.jsonl"))
+    with open(os.path.join(output_dir, "eval_results.json"), "w") as f:
+        json.dump({"task": mixture_or_task_name, "split": split, **results}, f, indent=2)
+    return results
+
+
+def infer(*, checkpoint_path: str, inputs: Sequence[str], output_path: str,
+          input_length: int = 512, target_length: int = 64, vocab_path: str | None = None,
+          data_dir: str | None = None, num_decodes: int = 1) -> list[str]:
+    """Greedy (or beam, num_decodes > 1) decodes of raw input strings -> JSONL."""
+    from coda_flax.checkpoints import load_checkpoint
+    from coda_flax.tasks import vocab as vocab_lib
+    if vocab_path is None:
+        from coda_flax.tasks.offline import default_vocab_path
+        vocab_path = default_vocab_path(data_dir)
+    vocab = vocab_lib.get_vocabulary(vocab_path)
+    config, params = load_checkpoint(checkpoint_path)
+    model = CodaT5Model(config)
+    examples = [{"inputs": np.asarray(vocab.encode(text) + [1], np.int32),
+                 "targets": np.zeros((1,), np.int32)} for text in inputs]
+    batch = to_batch(examples, {"inputs": input_length, "targets": target_length})
+    decodes = np.asarray(model.predict_batch(params, batch, num_decodes=num_decodes))
+    outputs = [vocab.decode([int(t) for t in row if t > 1]) for row in decodes]
+    with open(output_path, "w") as f:
+        for text, out in zip(inputs, outputs):
+            f.write(json.dumps({"input": text, "output": out}) + "\n")
+    return outputs

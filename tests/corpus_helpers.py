@@ -1,0 +1,33 @@
+"""A tiny synthetic play corpus in the markdown layout of the real one (no downloads)."""
+
+import os
+import random
+
+WORDS = ("the a of and to in is it that was he for on are with as his they be at one have this "
+         "from or had by word but what some we can out other were all there when up use your how "
+         "said an each she which do their time if will way about many then them write would like "
+         "so these her long make thing see him two has look more day could go come did number "
+         "sound no most people my over know water than call first who may down side been now "
+         "find king queen lord lady sword crown night castle field green speak friend").split()
+
+
+def synthetic_corpus(plays_dir, num_plays=3, num_scenes=6, seed=0):
+    rng = random.Random(seed)
+    titles = []
+    for p in range(num_plays):
+        title = f"The {['Green', 'Crown', 'Sword'][p % 3]} Play {p}"
+        titles.append(title)
+        speakers = [f"LORD {chr(65 + p)}{i}" for i in range(3)]
+        out = [f"# {title}", "", "## ACT I", ""]
+        for s in range(num_scenes):
+            out += [f"### SCENE {s + 1}. A place.", "", f"_Enter {speakers[0]}_", ""]
+            for k in range(8):
+                out.append(f"**{speakers[k % 3]}**  ")
+                out += [" ".join(rng.choice(WORDS) for _ in range(9)) + ",  " for _ in range(3)]
+                out[-1] = out[-1].rstrip(", ") + "."
+                out.append("")
+        path = os.path.join(plays_dir, "tragedies", f"play-{p}.md")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write("\n".join(out))
+    return titles
