@@ -12,6 +12,7 @@ import sys
 
 from coda_flax.checkpoints.cli import add_convert_parser
 from coda_flax.train.cli import add_run_parsers
+from coda_flax.viz_cli import add_visualize_parser
 from coda_flax.config import ATTENTION_VARIANTS, PRESETS, CodaConfig, ModelConfig
 
 
@@ -44,6 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_convert_parser(sub)
     add_run_parsers(sub)
+    add_visualize_parser(sub)
+    demo = sub.add_parser("demo", help="end-to-end demo on offline Shakespeare data",
+                          description="Pretrain a small dense T5, convert it to CoDA, finetune "
+                                      "the Parallel Adapter, CoDA r = 3 / 5 and the router "
+                                      "ablations, and write a results table, a speed-quality "
+                                      "plot and routing heatmaps.")
+    demo.add_argument("--quick", action="store_true", help="tiny sizes and steps (for tests)")
+    demo.add_argument("--output", default="outputs/demo", help="output folder")
+    demo.add_argument("--data-dir", default=None,
+                      help="data cache (default $CODA_DATA_DIR or ~/.cache/coda_flax/data)")
+    demo.set_defaults(func=lambda a: (__import__("coda_flax.demo").demo.run_demo(
+        a.output, quick=a.quick, data_dir=a.data_dir), 0)[1])
 
     summary = sub.add_parser(
         "summary", help="parameter counts and analytic encoder FLOPs of a preset",

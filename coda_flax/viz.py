@@ -1,0 +1,689 @@
+"""Routing visualisation: which tokens each CoDA encoder layer routes (paper Figure 7).
+
+Every CoDA encoder layer sends k = ceil(n / r) of its n tokens through the frozen Transformer
+layer (equations 3, 9-11); the rest only see the parallel adapter. The layers sow their
+decisions into the "intermediates" collection; this module reads them back and draws them.
+
+    routing_decisions(config, params, encoder_input_tokens) -> dict
+        indices [L, b, k], lam [L, b, n], weights [L, b, k], selected [L, b, n], valid [b, n]
+    routing_statistics(selected [L, n] or [L, b, n], valid=None) -> dict
+        fraction of layers routing each token, overlap between layers, padding share (= 0)
+    plot_routing_heatmap(values [L, n], tokens, path)        layers x tokens heatmap (PNG)
+    render_token_highlights(tokens, values [L, n], path)     text coloured by #layers (HTML + PNG)
+    plot_patch_routing(selected [L, rows*cols], (rows, cols), path, image=None)
+                                                              image patches, one panel per layer
+
+Figures are drawn on matplotlib's Agg canvas (`matplotlib.figure.Figure`, never pyplot), so
+nothing here touches the interactive backend or global pyplot state. No argv is read here
+(`coda visualize` lives in coda_flax/viz_cli.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["routing_decisions", "routing_statistics", "plot_routing_heatmap",
+           "render_token_highlights", "plot_patch_routing", "is_routed", "check_routed",
+           "display_token",
+           "decisions_to_json"]
+
+SELECTED_COLORS = ("#f2f2f2", "#c0392b")       # skipped (adapter only), routed
+PADDING_COLOR = "#9e9e9e"
+LAM_CMAP = "coolwarm"                          # the paper's warm = preferred, cool = skipped
+COUNT_CMAP = "YlOrRd"
+
+
+# ----------------------------------------------------------------------------------- decisions
+
+
+def is_routed(config) -> bool:
+    """True when the encoder of `config` routes (CoDA with r > 1 or an explicit num_routed)."""
+    c = getattr(config, "coda", None)
+    return c is not None and (c.reduction > 1 or c.num_routed is not None)
+
+
+def check_routed(config) -> None:
+    if config.coda is None:
+        raise ValueError("this model has no CoDA layers (ModelConfig.coda is None: a dense T5 "
+                         "encoder): nothing is routed, every token goes through every layer.")
+    if not is_routed(config):
+        raise ValueError("this model is CoDA with reduction r = 1 (the Parallel Adapter "
+                         "baseline): nothing is routed, every token goes through every layer. "
+                         "Use a CoDA model with r > 1 (e.g. --reduction 3 overrides r).")
+
+
+def _params_tree(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    if "params" in params and "encoder" not in params:
+        return params["params"]
+    return params
+
+
+@functools.lru_cache(maxsize=8)
+def _encode_intermediates(config, jit: bool):
+    """params, tokens -> the encoder's "intermediates" collection (jitted once per config)."""
+    import jax
+
+    from coda_flax.model import EncoderDecoder
+
+    model = EncoderDecoder(config)
+
+    def run(p, t):
+        _, state = model.apply({"params": p}, t, method="encode", mutable=["intermediates"])
+        return state["intermediates"]
+
+    return jax.jit(run) if jit else run
+
+
+def routing_decisions(config, params, encoder_input_tokens, *, jit: bool = True) -> dict:
+    """Runs the encoder and returns every layer's routing decision as numpy arrays.
+
+    encoder_input_tokens: [b, n] (or [n]) ints, 0 = padding. params: the model's parameter tree
+    (or {"params": tree}); only the token embedder and the encoder are used.
+
+    Returns a dict:
+      layers    [L] layer indices 0..L-1
+      indices   [L, b, k] int32   the routed positions, ascending (router_indices)
+      lam       [L, b, n] float32 the router's soft top-k weights (router_lam)
+      weights   [L, b, k] float32 m = lam at the routed positions (equation 11)
+      selected  [L, b, n] bool    True where a position is among the layer's k routed ones
+      valid     [b, n] bool       real (non-padding) tokens
+      n, k, reduction, router, attention
+    When k = n (a sequence so short that ceil(n / r) = n) the layers route everything and sow
+    nothing: indices = arange(n), lam = valid, selected = True everywhere.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    check_routed(config)
+    tokens = np.asarray(encoder_input_tokens)
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"encoder_input_tokens must be [batch, length] ints, got "
+                         f"{tokens.dtype} {tokens.shape}.")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= config.vocab_size):
+        raise ValueError(f"token ids must lie in [0, vocab_size={config.vocab_size}); got "
+                         f"ids from {tokens.min()} to {tokens.max()} (a vocabulary larger than "
+                         f"the model's?).")
+    b, n = tokens.shape
+    k = config.coda.k(n)
+    num_layers = config.num_encoder_layers
+    tree = _params_tree(params)
+    inter = _encode_intermediates(config, jit)(tree, jnp.asarray(tokens, jnp.int32))
+    inter = jax.tree_util.tree_map(np.asarray, inter)
+    encoder = inter.get("encoder", {}) if hasattr(inter, "get") else {}
+
+    valid = tokens > 0
+    indices = np.zeros((num_layers, b, k), np.int32)
+    lam = np.zeros((num_layers, b, n), np.float32)
+    for i in range(num_layers):
+        layer = encoder.get(f"layers_{i}", {})
+        if "router_indices" in layer:
+            indices[i] = layer["router_indices"][0]
+            lam[i] = layer["router_lam"][0]
+        elif k == n:
+            indices[i] = np.arange(n, dtype=np.int32)[None]
+            lam[i] = valid.astype(np.float32)
+        else:
+            raise RuntimeError(f"encoder layer {i} sowed no routing decision although k={k} < "
+                               f"n={n}; is it a CoDA layer?")
+    selected = np.zeros((num_layers, b, n), bool)
+    np.put_along_axis(selected, indices, True, axis=2)
+    weights = np.take_along_axis(lam, indices, axis=2)
+    return {"layers": list(range(num_layers)), "indices": indices, "lam": lam,
+            "weights": weights, "selected": selected, "valid": valid, "n": n, "k": k,
+            "reduction": config.coda.reduction, "router": config.coda.router,
+            "attention": config.coda.attention}
+
+
+def routing_statistics(selected, valid=None) -> dict:
+    """Summary numbers for routing masks.
+
+    selected: [L, n] or [L, b, n] bool (True = routed by that layer); valid: [n] or [b, n] bool
+    (True = real token; None = all real).
+
+    Returns (numpy arrays; per-token results are [n] for 2-D input, [b, n] for 3-D):
+      routed_per_layer    [L]      routed positions per layer (summed over the batch)
+      fraction_of_layers  [(b,) n] share of layers that route each token
+      coverage            float    share of real tokens routed by at least one layer
+      never_routed        int      real tokens no layer routes
+      always_routed       int      real tokens every layer routes
+      overlap             [L, L]   |A_i & A_j| / |A_i|: share of layer i's routed tokens that
+                                   layer j also routes (1 on the diagonal)
+      jaccard             [L, L]   |A_i & A_j| / |A_i | A_j|
+      adjacent_jaccard    [L - 1]  jaccard between consecutive layers
+      padding_routed      int      routed slots that fall on padding
+      padding_share       float    padding_routed / all routed slots; 0 whenever k does not
+                                   exceed the real tokens (padding is never preferred)
+    """
+    sel = np.asarray(selected).astype(bool)
+    if sel.ndim not in (2, 3):
+        raise ValueError(f"selected must be [layers, n] or [layers, batch, n], got {sel.shape}.")
+    squeeze = sel.ndim == 2
+    if squeeze:
+        sel = sel[:, None]
+    num_layers, b, n = sel.shape
+    if valid is None:
+        val = np.ones((b, n), bool)
+    else:
+        val = np.asarray(valid).astype(bool).reshape((-1, n) if np.ndim(valid) else (b, n))
+        if val.shape != (b, n):
+            raise ValueError(f"valid has shape {np.shape(valid)}; expected "
+                             f"{(n,) if squeeze else (b, n)} to match selected {np.shape(selected)}.")
+    if num_layers == 0:
+        raise ValueError("selected has no layers.")
+    flat = sel.reshape(num_layers, b * n)
+    inter = flat.astype(np.int64) @ flat.T.astype(np.int64)        # [L, L] |A_i & A_j|
+    count = np.diag(inter).astype(np.float64)
+    union = count[:, None] + count[None, :] - inter
+    overlap = np.divide(inter, count[:, None], out=np.zeros_like(inter, np.float64),
+                        where=count[:, None] > 0)
+    jaccard = np.divide(inter, union, out=np.ones_like(inter, np.float64), where=union > 0)
+    frac = sel.mean(axis=0)                                         # [b, n]
+    frac = np.where(val, frac, 0.0)
+    any_routed = sel.any(axis=0) & val
+    all_routed = sel.all(axis=0) & val
+    real = int(val.sum())
+    padding_routed = int((sel & ~val[None]).sum())
+    total_routed = int(sel.sum())
+    return {
+        "routed_per_layer": sel.sum(axis=(1, 2)),
+        "fraction_of_layers": frac[0] if squeeze else frac,
+        "coverage": float(any_routed.sum() / real) if real else 0.0,
+        "never_routed": int(real - any_routed.sum()),
+        "always_routed": int(all_routed.sum()),
+        "overlap": overlap,
+        "jaccard": jaccard,
+        "adjacent_jaccard": np.array([jaccard[i, i + 1] for i in range(num_layers - 1)]),
+        "padding_routed": padding_routed,
+        "padding_share": padding_routed / total_routed if total_routed else 0.0,
+    }
+
+
+def decisions_to_json(decisions: Mapping[str, Any], batch_index: int = 0,
+                      layers: Sequence[int] | None = None) -> dict:
+    """One batch row of `routing_decisions` as a JSON-ready dict (lam rounded to 6 places)."""
+    layers = list(decisions["layers"]) if layers is None else list(layers)
+    out = {key: decisions[key] for key in ("n", "k", "reduction", "router", "attention")}
+    valid = decisions["valid"][batch_index]
+    out["num_real_tokens"] = int(valid.sum())
+    out["layers"] = [{
+        "layer": int(i),
+        "indices": decisions["indices"][i, batch_index].tolist(),
+        "weights": np.round(decisions["weights"][i, batch_index], 6).tolist(),
+        "lam": np.round(decisions["lam"][i, batch_index], 6).tolist(),
+        "selected": decisions["selected"][i, batch_index].astype(int).tolist(),
+    } for i in layers]
+    stats = routing_statistics(decisions["selected"][layers, batch_index], valid)
+    out["statistics"] = _jsonable(stats)
+    return out
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return np.round(value, 6).tolist() if value.dtype.kind == "f" else value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# ------------------------------------------------------------------------------------- drawing
+
+
+def display_token(token: str) -> str:
+    """A token as a label: SentencePiece's word marker kept, matplotlib's mathtext '$' escaped."""
+    token = str(token).replace("\n", "\\n").replace("\t", "\\t")
+    return token.replace("$", r"\$") if token else "''"
+
+
+def _figure(figsize, dpi, layout="constrained"):
+    from matplotlib.figure import Figure
+    return Figure(figsize=figsize, dpi=dpi, layout=layout)
+
+
+def _save(fig, path: str, dpi: int) -> str:
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fig.savefig(path, dpi=dpi, facecolor="white")        # fixed size: no bbox_inches="tight"
+    return path
+
+
+def _values_kind(values: np.ndarray, kind: str | None) -> str:
+    if kind is not None:
+        if kind not in ("selected", "lam", "score"):
+            raise ValueError(f"kind must be 'selected', 'lam' or 'score', got {kind!r}.")
+        return kind
+    if values.dtype == bool:
+        return "selected"
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() >= 0 and finite.max() <= 1:
+        return "lam"
+    return "score"
+
+
+def _as_2d(values, name: str) -> np.ndarray:
+    v = np.asarray(values)
+    if v.ndim == 1:
+        v = v[None]
+    if v.ndim != 2:
+        raise ValueError(f"{name} must be [layers, n], got shape {v.shape}.")
+    if v.shape[0] == 0 or v.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {v.shape}).")
+    return v
+
+
+def _nice_step(n: int, max_ticks: int) -> int:
+    raw = max(1, math.ceil(n / max_ticks))
+    for base in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000):
+        if base >= raw:
+            return base
+    return raw
+
+
+def _layer_labels(layer_labels, num_layers):
+    if layer_labels is None:
+        return [str(i) for i in range(num_layers)]
+    labels = [str(x) for x in layer_labels]
+    if len(labels) != num_layers:
+        raise ValueError(f"{len(labels)} layer labels for {num_layers} layers.")
+    return labels
+
+
+def _check_tokens(tokens, n):
+    if tokens is None:
+        return None
+    tokens = [str(t) for t in tokens]
+    if len(tokens) != n:
+        raise ValueError(f"{len(tokens)} tokens for {n} positions: tokens must match the "
+                         f"values' last axis.")
+    return tokens
+
+
+def _valid_mask(valid, n):
+    if valid is None:
+        return np.ones(n, bool)
+    v = np.asarray(valid).astype(bool).reshape(-1)
+    if v.shape != (n,):
+        raise ValueError(f"valid must have {n} entries, got shape {np.shape(valid)}.")
+    return v
+
+
+def plot_routing_heatmap(selected_or_lam, tokens: Sequence[str] | None = None,
+                         path: str = "routing_heatmap.png", *, title: str | None = None,
+                         layer_labels: Sequence[Any] | None = None, valid=None,
+                         kind: str | None = None, selected=None, show_fraction: bool = True,
+                         max_token_labels: int = 64, figsize: tuple[float, float] | None = None,
+                         dpi: int = 100) -> str:
+    """A layers x tokens heatmap (rows = encoder layers, columns = token positions); the paper's
+    Figure 7 for text. Returns `path`.
+
+    selected_or_lam: [L, n]; bool = routed or not (two colours), floats in [0, 1] = the router's
+      lam (warm = preferred), other floats = raw scores. `kind` overrides the guess.
+    tokens: n labels shown under the columns when n <= max_token_labels (else thinned
+      position ticks); None shows positions only. valid: [n] bool, padding drawn grey.
+    selected: optional [L, n] bool drawn as dots over a lam / score heatmap (which cells the
+      router actually routed: top-k by score, while lam may be unconverged).
+    show_fraction: a bar panel on top with the share of layers routing each token (mean lam).
+    figsize (inches) x dpi fixes the PNG's pixel size; the default grows with n and L.
+    """
+    import matplotlib
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    values = _as_2d(selected_or_lam, "selected_or_lam")
+    num_layers, n = values.shape
+    kind = _values_kind(values, kind)
+    tokens = _check_tokens(tokens, n)
+    valid_mask = _valid_mask(valid, n)
+    labels = _layer_labels(layer_labels, num_layers)
+    token_labels = tokens is not None and n <= max_token_labels
+    longest = max((len(display_token(t)) for t in tokens), default=1) if token_labels else 3
+    if figsize is None:
+        width = float(np.clip(2.8 + (0.24 if token_labels else 0.03) * n, 6.0, 20.0))
+        height = float(np.clip(0.9 + 0.28 * num_layers, 1.6, 10.0))
+        height += (min(0.075 * longest, 1.6) + 0.5) if token_labels else 0.6
+        height += 1.1 if show_fraction else 0.0
+        height += 0.4 if title else 0.0
+        figsize = (width, height)
+    fig = _figure(figsize, dpi)
+    if show_fraction:
+        grid = fig.add_gridspec(2, 1, height_ratios=[1, max(1.5, 0.28 * num_layers)])
+        bar_ax = fig.add_subplot(grid[0])
+        ax = fig.add_subplot(grid[1], sharex=bar_ax)
+    else:
+        ax, bar_ax = fig.add_subplot(1, 1, 1), None
+
+    data = np.ma.masked_array(values.astype(np.float64),
+                              mask=np.broadcast_to(~valid_mask, values.shape))
+    if kind == "selected":
+        cmap = ListedColormap(SELECTED_COLORS)
+        norm = BoundaryNorm([-0.5, 0.5, 1.5], cmap.N)
+        im_kw = dict(cmap=cmap, norm=norm)
+    elif kind == "lam":
+        im_kw = dict(cmap=matplotlib.colormaps[LAM_CMAP], vmin=0.0, vmax=1.0)
+    else:
+        finite = values[np.isfinite(values) & valid_mask[None]]
+        lim = float(np.abs(finite).max()) if finite.size else 1.0
+        im_kw = dict(cmap=matplotlib.colormaps[LAM_CMAP], vmin=-lim, vmax=lim)
+    im_kw["cmap"] = im_kw["cmap"].with_extremes(bad=PADDING_COLOR)
+    im = ax.imshow(data, aspect="auto", interpolation="nearest", **im_kw)
+
+    if selected is not None and kind != "selected":
+        dots = np.asarray(selected).astype(bool)
+        if dots.shape != values.shape:
+            raise ValueError(f"selected has shape {dots.shape}; expected {values.shape}.")
+        ys, xs = np.nonzero(dots)
+        cell_pts = min(figsize[0] * 72 * 0.8 / n, figsize[1] * 72 * 0.6 / num_layers)
+        ax.scatter(xs, ys, s=float(np.clip((0.28 * cell_pts) ** 2, 0.5, 40)), c="black",
+                   marker="o", linewidths=0, label="routed")
+
+    # Cell separators when cells are large enough to see them.
+    if n <= 128:
+        ax.set_xticks(np.arange(-0.5, n, 1), minor=True)
+        ax.set_yticks(np.arange(-0.5, num_layers, 1), minor=True)
+        ax.grid(which="minor", color="white", linewidth=0.6 if n <= 64 else 0.3)
+        ax.tick_params(which="minor", length=0)
+
+    if token_labels:
+        ax.set_xticks(np.arange(n))
+        size = 9 if n <= 32 else 7 if n <= 48 else 6
+        ax.set_xticklabels([display_token(t) for t in tokens], rotation=90, fontsize=size)
+        ax.set_xlabel("token")
+    else:
+        step = _nice_step(n, 24 if figsize[0] >= 10 else 12)
+        ax.set_xticks(np.arange(0, n, step))
+        ax.set_xticklabels([str(i) for i in range(0, n, step)], fontsize=8)
+        ax.set_xlabel("token position")
+    ystep = _nice_step(num_layers, 32)
+    ax.set_yticks(np.arange(0, num_layers, ystep))
+    ax.set_yticklabels(labels[::ystep], fontsize=8)
+    ax.set_ylabel("encoder layer")
+
+    cbar = fig.colorbar(im, ax=ax, pad=0.01, fraction=0.04 if figsize[0] >= 10 else 0.06)
+    if kind == "selected":
+        cbar.set_ticks([0, 1])
+        cbar.set_ticklabels(["adapter\nonly", "routed"], fontsize=8)
+    else:
+        label = "router $\\lambda$" if kind == "lam" else "router score"
+        cbar.set_label(label + ("  (dots: routed)" if selected is not None else ""), fontsize=9)
+        cbar.ax.tick_params(labelsize=8)
+
+    if bar_ax is not None:
+        frac = np.where(valid_mask, values.astype(np.float64).mean(axis=0), 0.0)
+        bar_ax.bar(np.arange(n), frac, width=0.85 if n <= 128 else 1.0,
+                   color=SELECTED_COLORS[1] if kind == "selected" else "#4c72b0")
+        bar_ax.set_ylim(0, 1 if kind != "score" else None)
+        bar_ax.set_ylabel("share of\nlayers" if kind == "selected" else
+                          "mean\n$\\lambda$" if kind == "lam" else "mean", fontsize=8)
+        bar_ax.tick_params(axis="x", labelbottom=False)
+        bar_ax.tick_params(axis="y", labelsize=7)
+        bar_ax.spines[["top", "right"]].set_visible(False)
+        bar_ax.set_xlim(-0.5, n - 0.5)
+        # Keep the bar panel aligned with the heatmap (the colorbar steals width from it).
+        fig.colorbar(im, ax=bar_ax, pad=0.01,
+                     fraction=0.04 if figsize[0] >= 10 else 0.06).ax.set_visible(False)
+
+    if not valid_mask.all():
+        ax.set_xlabel(ax.get_xlabel() + f"  (grey: {int((~valid_mask).sum())} padding)")
+    if title is None:
+        title = {"selected": "CoDA routing: routed tokens per layer",
+                 "lam": "CoDA routing: router $\\lambda$ per layer",
+                 "score": "CoDA routing: router scores per layer"}[kind]
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path, dpi)
+
+
+def _word_split(tokens: Sequence[str]) -> list[tuple[bool, str]]:
+    """(starts a new word, text) per token; SentencePiece's U+2581 marks a word start."""
+    sentencepiece = any("\u2581" in t for t in tokens)
+    out = []
+    for i, t in enumerate(tokens):
+        if sentencepiece:
+            if t.startswith("\u2581"):
+                out.append((i > 0, t[1:]))
+            else:
+                out.append((False, t))
+        else:
+            out.append((i > 0, t))
+    return out
+
+
+def _rgba_hex(rgba) -> str:
+    r, g, b = (int(round(255 * c)) for c in rgba[:3])
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def _luminance(rgba) -> float:
+    return 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
+
+
+def render_token_highlights(tokens: Sequence[str], weights_per_layer, path: str, *,
+                            title: str | None = None, valid=None,
+                            layer_labels: Sequence[Any] | None = None,
+                            width_inches: float = 10.0, fontsize: float = 12.0,
+                            dpi: int = 100) -> dict[str, str]:
+    """The text with each token highlighted by how many layers route it.
+
+    weights_per_layer: [L, n]; bool = routed (the colour is the number of routing layers),
+    floats = lam (the colour is the sum of lam over layers). Writes `<stem>.html` (hover a token
+    for the layers that route it) and `<stem>.png` (matplotlib text rendering, `width_inches`
+    wide, height from the number of lines), where stem is `path` without .html / .png.
+    Padding positions (valid False) are left out. Returns {"html": path, "png": path}.
+    """
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colorbar import ColorbarBase
+    from matplotlib.colors import (BoundaryNorm, LinearSegmentedColormap, ListedColormap,
+                                   Normalize)
+
+    values = _as_2d(weights_per_layer, "weights_per_layer")
+    num_layers, n = values.shape
+    tokens = _check_tokens(tokens, n)
+    if tokens is None:
+        raise ValueError("render_token_highlights needs the tokens (strings or ids as strings).")
+    valid_mask = _valid_mask(valid, n)
+    labels = _layer_labels(layer_labels, num_layers)
+    routed_bool = values.dtype == bool
+    score = values.astype(np.float64).sum(axis=0)                      # [n]
+    cmap = matplotlib.colormaps[COUNT_CMAP]
+    norm = Normalize(0.0, float(num_layers))
+    colors = [cmap(norm(s) * 0.85) if s > 0 else (1, 1, 1, 1) for s in score]
+    stem = os.fspath(path)
+    for ext in (".html", ".png"):
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+    html_path, png_path = stem + ".html", stem + ".png"
+    os.makedirs(os.path.dirname(os.path.abspath(html_path)), exist_ok=True)
+    if title is None:
+        title = "Tokens coloured by how many CoDA encoder layers route them"
+    keep = [i for i in range(n) if valid_mask[i]]
+    split = _word_split([tokens[i] for i in keep])
+    num_padding = n - len(keep)
+    unit = "layers" if routed_bool else "summed lam over layers"
+
+    # ---- HTML
+    spans = []
+    for (new_word, text), i in zip(split, keep):
+        rgba = colors[i]
+        fg = "#ffffff" if _luminance(rgba) < 0.5 else "#000000"
+        by = [labels[l] for l in range(num_layers) if values[l, i] > (0.5 if routed_bool else 0.0)]
+        tip = (f"position {i}: routed by {int(score[i])}/{num_layers} layers"
+               f" ({', '.join(by) if by else 'none'})" if routed_bool else
+               f"position {i}: sum of lam {score[i]:.3f} over {num_layers} layers")
+        if new_word:
+            spans.append(" ")
+        spans.append(f'<span class="t" style="background:{_rgba_hex(rgba)};color:{fg}" '
+                     f'title="{html.escape(tip)}">{html.escape(text) or "&#8203;"}</span>')
+    legend = "".join(
+        f'<span class="t" style="background:{_rgba_hex(cmap(norm(c) * 0.85) if c else (1, 1, 1, 1))};'
+        f'color:{"#fff" if c and _luminance(cmap(norm(c) * 0.85)) < 0.5 else "#000"}">{c}</span> '
+        for c in range(num_layers + 1))
+    note = (f"<p class='note'>{num_padding} padding positions not shown.</p>"
+            if num_padding else "")
+    doc = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; max-width: 60em; margin: 2em auto; line-height: 2.1; }}
+.text {{ font-family: monospace; font-size: 15px; white-space: pre-wrap; }}
+.t {{ padding: 2px 1px; border-radius: 3px; border: 1px solid #ddd; }}
+.legend, .note {{ font-size: 13px; color: #444; }}
+</style></head>
+<body>
+<h3>{html.escape(title)}</h3>
+<p class="legend">Colour = number of {num_layers} encoder layers that send the token through the
+frozen Transformer layer ({unit}); uncoloured tokens see only the adapter. Hover a token for
+the layers. Legend: {legend}</p>
+<div class="text">{"".join(spans)}</div>
+{note}
+</body></html>
+"""
+    with open(html_path, "w", encoding="utf-8") as f:
+        f.write(doc)
+
+    # ---- PNG: lay tokens out in lines (in inches), then size the figure to fit.
+    fig = _figure((width_inches, 2.0), dpi, layout=None)
+    FigureCanvasAgg(fig)
+    renderer = fig.canvas.get_renderer()
+    margin, gap, word_gap = 0.3, 0.02, 0.09
+    line_h = fontsize / 72.0 * 1.9
+    pad_pts = 1.5
+    placed, x, line = [], margin, 0
+    for (new_word, text), i in zip(split, keep):
+        label = display_token(text) if text else " "
+        probe = fig.text(0, 0, label, fontsize=fontsize, family="DejaVu Sans Mono")
+        w = probe.get_window_extent(renderer).width / dpi + 2 * pad_pts / 72.0
+        probe.remove()
+        step = word_gap if new_word else gap
+        if x > margin and x + step + w > width_inches - margin:
+            x, line = margin, line + 1
+        elif x > margin:
+            x += step
+        placed.append((x, line, label, i))
+        x += w
+    num_lines = line + 1
+    header, legend_h = 0.55, 0.75
+    height = header + num_lines * line_h + legend_h + 0.2
+    fig.set_size_inches(width_inches, height)
+    fig.text(margin / width_inches, 1 - 0.3 / height, title, fontsize=11, va="center")
+    for x, line, label, i in placed:
+        rgba = colors[i]
+        y = height - header - (line + 0.5) * line_h
+        fig.text(x + pad_pts / 72.0, y, label, transform=fig.dpi_scale_trans, fontsize=fontsize,
+                 family="DejaVu Sans Mono", va="center", ha="left",
+                 color="white" if _luminance(rgba) < 0.5 else "black",
+                 bbox=dict(boxstyle=f"square,pad={pad_pts / fontsize:.3f}", facecolor=rgba,
+                           edgecolor="#cccccc", linewidth=0.5))
+    cax = fig.add_axes([margin / width_inches, 0.25 / height, min(0.5, 4.0 / width_inches),
+                        0.18 / height])
+    if routed_bool:
+        legend_colors = [(1, 1, 1, 1)] + [cmap(norm(c) * 0.85) for c in range(1, num_layers + 1)]
+        cb = ColorbarBase(cax, cmap=ListedColormap(legend_colors),
+                          norm=BoundaryNorm(np.arange(-0.5, num_layers + 1), num_layers + 1),
+                          orientation="horizontal")
+        step = _nice_step(num_layers + 1, 13)
+        cb.set_ticks(np.arange(0, num_layers + 1, step))
+    else:
+        cb = ColorbarBase(cax, cmap=LinearSegmentedColormap.from_list(
+            "c", [(1, 1, 1, 1)] + [cmap(v) for v in np.linspace(0, 0.85, 8)]),
+            norm=norm, orientation="horizontal")
+    cb.outline.set_linewidth(0.5)
+    cax.tick_params(labelsize=8)
+    cax.set_title(f"number of layers routing the token (of {num_layers})" if routed_bool
+                  else f"sum of lam over {num_layers} layers", fontsize=9, loc="left")
+    if num_padding:
+        fig.text(1 - margin / width_inches, 0.3 / height,
+                 f"{num_padding} padding positions not shown", fontsize=8, ha="right",
+                 color="#555555")
+    _save(fig, png_path, dpi)
+    return {"html": html_path, "png": png_path}
+
+
+def plot_patch_routing(selected, grid_hw: tuple[int, int], path: str, image=None, *,
+                       layer_labels: Sequence[Any] | None = None, title: str | None = None,
+                       ncols: int | None = None, panel_inches: float = 2.6,
+                       dpi: int = 100) -> str:
+    """Routing over image patches: one panel per layer, patches in row-major (ViT) order.
+
+    selected: [L, rows * cols] bool (routed) or floats in [0, 1] (lam; warm = preferred).
+    grid_hw: (rows, cols) of the patch grid. image: optional [H, W] or [H, W, C] array (floats
+    in [0, 1] or uint8) drawn under the overlay: skipped patches are dimmed, routed ones tinted
+    (for lam, a translucent heatmap). Without an image the grid itself is drawn. Returns path.
+    """
+    import matplotlib
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    values = _as_2d(selected, "selected")
+    num_layers, num_patches = values.shape
+    rows, cols = (int(x) for x in grid_hw)
+    if rows * cols != num_patches:
+        raise ValueError(f"grid_hw={tuple(grid_hw)} has {rows * cols} patches but selected has "
+                         f"{num_patches} per layer.")
+    labels = _layer_labels(layer_labels, num_layers)
+    kind = _values_kind(values, None)
+    if image is not None:
+        image = np.asarray(image)
+        if image.ndim not in (2, 3):
+            raise ValueError(f"image must be [H, W] or [H, W, C], got shape {image.shape}.")
+        if image.dtype.kind == "f":
+            image = np.clip(image, 0.0, 1.0)
+    ncols = ncols or min(num_layers, 4)
+    nrows = math.ceil(num_layers / ncols)
+    aspect = rows / cols
+    figsize = (ncols * panel_inches + 0.9, nrows * panel_inches * aspect + 0.7)
+    fig = _figure(figsize, dpi)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    h, w = (image.shape[:2] if image is not None else (rows, cols))
+    extent = (0, w, h, 0)
+    mappable = None
+    for l, ax in enumerate(axes.flat):
+        if l >= num_layers:
+            ax.set_visible(False)
+            continue
+        grid = values[l].reshape(rows, cols).astype(np.float64)
+        if image is not None:
+            ax.imshow(image, cmap="gray" if image.ndim == 2 else None, extent=extent,
+                      interpolation="nearest")
+            if kind == "selected":
+                overlay = np.zeros((rows, cols, 4))
+                overlay[grid > 0.5] = (0.85, 0.15, 0.1, 0.28)       # routed: red tint
+                overlay[grid <= 0.5] = (0.0, 0.0, 0.0, 0.62)        # adapter only: dimmed
+                ax.imshow(overlay, extent=extent, interpolation="nearest")
+            else:
+                mappable = ax.imshow(grid, cmap=LAM_CMAP, vmin=0, vmax=1, alpha=0.55,
+                                     extent=extent, interpolation="nearest")
+        elif kind == "selected":
+            cmap = ListedColormap(SELECTED_COLORS)
+            mappable = ax.imshow(grid, cmap=cmap, norm=BoundaryNorm([-0.5, 0.5, 1.5], 2),
+                                 extent=extent, interpolation="nearest")
+        else:
+            mappable = ax.imshow(grid, cmap=LAM_CMAP, vmin=0, vmax=1, extent=extent,
+                                 interpolation="nearest")
+        if rows <= 48 and cols <= 48:                                # patch boundaries
+            ax.set_xticks(np.linspace(0, w, cols + 1), minor=True)
+            ax.set_yticks(np.linspace(0, h, rows + 1), minor=True)
+            ax.grid(which="minor", color="white", linewidth=0.4, alpha=0.6)
+        ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
+        routed = int((grid > 0.5).sum()) if kind == "selected" else None
+        ax.set_title(f"layer {labels[l]}" + (f"  ({routed}/{num_patches} routed)"
+                                               if routed is not None else ""), fontsize=9)
+    if mappable is not None:
+        cbar = fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
+        if kind == "selected":
+            cbar.set_ticks([0, 1])
+            cbar.set_ticklabels(["adapter\nonly", "routed"], fontsize=8)
+        else:
+            cbar.set_label("router $\\lambda$", fontsize=9)
+    if title is None:
+        title = ("CoDA routing over image patches" + (" (dimmed: adapter only)"
+                                                     if image is not None and kind == "selected"
+                                                     else ""))
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path, dpi)
