@@ -168,7 +168,10 @@ def train(*, model_config: ModelConfig, mixture_or_task_name: str,
           data_dir: str | None = None, vocab_path: str | None = None,
           tfds_data_dir: str | None = None, progress: bool = True,
           extra_files: Mapping[str, str] | None = None):
-    """Trains `model_config` on a SeqIO task; evaluates at eval_every and at the end."""
+    """Trains `model_config` on a SeqIO task; evaluates at eval_every and at the end.
+
+    Returns {"params", "history" (logged train metrics), "eval" (the final evaluation)}; the
+    final parameters are also saved to MODEL_DIR/final (a `load_checkpoint` directory)."""
     from coda_flax.checkpoints import save_checkpoint
     task = ensure_registered(mixture_or_task_name, data_dir, vocab_path, tfds_data_dir)
     os.makedirs(model_dir, exist_ok=True)
@@ -188,15 +191,18 @@ def train(*, model_config: ModelConfig, mixture_or_task_name: str,
     batches = seqio_batches(mixture_or_task_name, task_feature_lengths, batch_size, "train",
                             seed=seed)
 
+    evals = {}
+
     def eval_fn(params, step):
-        return evaluate_params(model, params, task, task_feature_lengths, eval_split,
-                               eval_batch_size, eval_max_examples)
+        evals[step] = evaluate_params(model, params, task, task_feature_lengths, eval_split,
+                                      eval_batch_size, eval_max_examples)
+        return evals[step]
     state, history = trainer.train(state, batches, n=task_feature_lengths["inputs"],
                                    eval_fn=eval_fn)
     params = jax.device_get(trainer.params(state))
     if jax.process_index() == 0:
         save_checkpoint(os.path.join(model_dir, "final"), params, model_config, overwrite=True)
-    return params, history
+    return {"params": params, "history": history, "eval": evals.get(max(evals, default=-1))}
 
 
 def evaluate(*, model_config: ModelConfig | None = None, checkpoint_path: str,
