@@ -13,7 +13,7 @@ from flax import traverse_util
 
 import train_helpers as th
 from coda_flax.train.optimizer import KStage, k_at, k_schedule
-from coda_flax.train.trainer import Trainer, TrainerConfig, TrainingDiverged
+from coda_flax.train.trainer import Preempted, Trainer, TrainerConfig, TrainingDiverged
 
 HERE = os.path.dirname(__file__)
 
@@ -72,8 +72,10 @@ def test_sigterm_saves_and_resumed_run_equals_uninterrupted(tmp_path):
                 os.kill(os.getpid(), signal.SIGTERM)
             yield b
     first = th.trainer(tmp_path / "b", total_steps=6, checkpoint_every=100)
-    _, part1 = first.train(first.init_state(th.SHAPES), preempted, n=th.N)
+    with pytest.raises(Preempted, match="saved step 4"):
+        first.train(first.init_state(th.SHAPES), preempted, n=th.N)
     assert first.checkpoints.latest_step() == 4
+    part1 = [json.loads(l) for l in open(tmp_path / "b" / "metrics.jsonl")]
     second = th.trainer(tmp_path / "b", total_steps=6)                    # a fresh process
     _, part2 = second.train(second.init_state(th.SHAPES), th.batches(), n=th.N)
     assert [r["step"] for r in part1] == [1, 2, 3, 4] and [r["step"] for r in part2] == [5, 6]

@@ -18,6 +18,7 @@ import gin
 
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.train import run
+from coda_flax.train.trainer import Preempted
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "gin")
@@ -86,7 +87,11 @@ def run_mode(mode: str, args) -> int:
     fn = gin.get_configurable(_ENTRY[mode])
     if mode == "train":
         operative = gin.config_str()             # the resolved config, saved in MODEL_DIR
-        fn(extra_files={"config.gin": operative})
+        try:
+            fn(extra_files={"config.gin": operative})
+        except Preempted as e:                   # checkpoint saved; the scheduler may restart us
+            print(f"[train] {e}", file=sys.stderr)
+            return 143
     else:
         fn()
     return 0

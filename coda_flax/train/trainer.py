@@ -5,7 +5,7 @@
 Only trainable parameters (finetuning: adapters, routers, layer norms) are differentiated and
 updated; the frozen backbone is passed through untouched. A run resumes exactly from its
 latest checkpoint (parameters, optimizer state, step, rng and data position); SIGTERM saves
-a checkpoint before stopping; a non-finite loss stops the run and keeps the last good
+a checkpoint and raises `Preempted`; a non-finite loss stops the run and keeps the last good
 checkpoint.
 """
 
@@ -37,6 +37,10 @@ BatchesFn = Callable[[int], Iterator[Batch]]   # start batch index -> iterator (
 
 class TrainingDiverged(FloatingPointError):
     """A non-finite loss; the message names the step and the last good checkpoint."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived; a checkpoint of the current step was saved and the run stopped."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,8 +232,8 @@ class Trainer:
                     self.save(state, position)
                 if stop["signal"] is not None:
                     self.save(state, position, force=True)
-                    bar.write(f"[train] signal {stop['signal']}: saved step {step}, stopping.")
-                    break
+                    raise Preempted(f"signal {stop['signal']}: saved step {step} in "
+                                    f"{cfg.model_dir}/checkpoints; run again to resume.")
             if eval_fn is not None and step == cfg.total_steps:
                 writer.write(step, eval_fn(self.params(state), step), "eval")
         finally:
