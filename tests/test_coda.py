@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax.core import meta
 
+from param_helpers import perturb
 from coda_flax import (CodaConfig, CodaEncoderLayer, DenseEncoderLayer, EncoderDecoder,
                        ModelConfig, tiny_config)
 from coda_flax.layers import ParallelAdapter, RelativePositionBias, RMSNorm
@@ -33,16 +34,6 @@ def _drop(tree, names):
     if not isinstance(tree, dict):
         return tree
     return {k: _drop(v, names) for k, v in tree.items() if k not in names}
-
-
-def _perturb(tree, name, seed=0):
-    """Random values for every parameter under a key called `name` (e.g. a trained adapter)."""
-    rng = np.random.default_rng(seed)
-    def walk(t, hit):
-        if not isinstance(t, dict):
-            return jnp.asarray(rng.normal(size=t.shape) * 0.3, t.dtype) if hit else t
-        return {k: walk(v, hit or k == name) for k, v in t.items()}
-    return walk(tree, False)
 
 
 def _layer_inputs(cfg, b=2, n=N, seed=0):
@@ -77,7 +68,7 @@ def test_parallel_adapter_model_with_zero_adapter_is_exactly_the_dense_model():
     dense_logits = EncoderDecoder(tiny_config()).apply({"params": _drop(pa, {"adapter"})}, enc, dec)
     pa_logits = EncoderDecoder(pa_cfg).apply({"params": pa}, enc, dec)
     np.testing.assert_array_equal(pa_logits, dense_logits)
-    trained = _perturb(pa, "adapter")
+    trained = perturb(pa, "adapter")
     assert np.abs(EncoderDecoder(pa_cfg).apply({"params": trained}, enc, dec)
                   - dense_logits).max() > 1e-3
 
@@ -85,7 +76,7 @@ def test_parallel_adapter_model_with_zero_adapter_is_exactly_the_dense_model():
 def test_coda_layer_with_k_equal_n_is_dense_layer_plus_adapter():
     cfg = tiny_config(CodaConfig(reduction=3, adapter_dim=4))
     x, valid, pos, relpos = _layer_inputs(cfg)
-    p = _perturb(_layer_params(cfg, x, valid, pos, relpos), "adapter")
+    p = perturb(_layer_params(cfg, x, valid, pos, relpos), "adapter")
     full = tiny_config(CodaConfig(reduction=3, adapter_dim=4, num_routed=N))
     out, state = _layer(full, p, x, valid, pos, relpos)
     assert not state                                   # k = n: nothing routed
@@ -100,7 +91,7 @@ def test_routed_layer_invariants(router, attention):
     r = 3
     cfg = tiny_config(CodaConfig(reduction=r, adapter_dim=4, router=router, attention=attention))
     x, valid, pos, relpos = _layer_inputs(cfg)
-    p = _perturb(_layer_params(cfg, x, valid, pos, relpos), "adapter")
+    p = perturb(_layer_params(cfg, x, valid, pos, relpos), "adapter")
     out, state = _layer(cfg, p, x, valid, pos, relpos)
     idx = np.asarray(state["intermediates"]["router_indices"][0])
     lam = np.asarray(state["intermediates"]["router_lam"][0])
@@ -181,7 +172,7 @@ def test_dense_and_parallel_adapter_ignore_padding():
         cfg = tiny_config(coda)
         enc, dec = _tokens(b=1, n=9), _tokens(b=1, n=4, seed=1)
         padded = jnp.concatenate([enc, jnp.zeros((1, 6), enc.dtype)], axis=1)
-        params = _perturb(_params(cfg, enc, dec), "adapter")
+        params = perturb(_params(cfg, enc, dec), "adapter")
         a = EncoderDecoder(cfg).apply({"params": params}, enc, dec)
         b = EncoderDecoder(cfg).apply({"params": params}, padded, dec)
         np.testing.assert_allclose(a, b, atol=1e-5)
@@ -191,7 +182,7 @@ def test_decode_with_cache_equals_full_decode():
     cfg = tiny_config(CodaConfig(reduction=3, adapter_dim=4))
     enc, dec = _tokens(pad_from=[N, 8]), _tokens(n=7, seed=1)
     model = EncoderDecoder(cfg)
-    params = _perturb(_params(cfg, enc, dec), "adapter")
+    params = perturb(_params(cfg, enc, dec), "adapter")
     full = model.apply({"params": params}, enc, dec)
     encoded = model.apply({"params": params}, enc, method="encode")
     cache = model.init(jax.random.PRNGKey(0), enc, dec, decode=True)["cache"]

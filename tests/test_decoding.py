@@ -17,6 +17,7 @@ import optax
 import pytest
 from flax.core import meta
 
+from param_helpers import perturb
 from coda_flax import CodaConfig, tiny_config
 from coda_flax.train import decoding, losses
 from coda_flax.train.t5_model import CodaT5Model
@@ -32,16 +33,6 @@ def _key(seed):
 def _log_softmax(x):
     x = x - x.max(-1, keepdims=True)
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def _perturb(tree, name, seed=0):
-    """Random values for every parameter under a key called `name` (a trained adapter)."""
-    rng = np.random.default_rng(seed)
-    def walk(t, hit):
-        if not isinstance(t, dict):
-            return jnp.asarray(rng.normal(size=t.shape) * 0.3, t.dtype) if hit else t
-        return {k: walk(v, hit or k == name) for k, v in t.items()}
-    return walk(tree, False)
 
 
 def _batch(seed=0, enc_real=(N, 6), dec_real=(L, 4)):
@@ -69,7 +60,7 @@ class Setup:
             shapes = {"encoder_input_tokens": (B, N), "decoder_input_tokens": (B, L)}
             init = jax.jit(lambda rng: self.model.get_initial_variables(rng, shapes))
             self.boxed = init(_key(0))["params"]
-            params = _perturb(meta.unbox(self.boxed), "adapter")
+            params = perturb(meta.unbox(self.boxed), "adapter")
         self.params = params
         self.batch = _batch()
         m = self.model
