@@ -59,10 +59,13 @@ def _find_legacy_file(path: str) -> str | None:
 
 
 def _find_orbax_dir(path: str) -> str | None:
-    for sub in _ORBAX_SUBDIRS:
-        d = os.path.join(path, sub)
-        if any(os.path.exists(os.path.join(d, m)) for m in _ORBAX_MARKERS):
-            return d
+    """The directory holding the PyTree itself: recent T5X writes step metadata
+    (_CHECKPOINT_METADATA) at checkpoint_N/ and the tree (_METADATA) under checkpoint_N/state/."""
+    for marker in _ORBAX_MARKERS:                       # _METADATA first
+        for sub in _ORBAX_SUBDIRS:
+            d = os.path.join(path, sub)
+            if os.path.exists(os.path.join(d, marker)):
+                return d
     return None
 
 

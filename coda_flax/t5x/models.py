@@ -1,0 +1,145 @@
+"""CodaEncoderDecoderModel: CoDA as a `t5x.models.EncoderDecoderModel` (needs T5X installed).
+
+    MODEL = @coda_t5x.CodaEncoderDecoderModel()          # gin/t5x/coda_model.gin
+    coda_t5x.CodaEncoderDecoderModel.config = @coda_t5x.model_config()
+
+Everything T5X does with a model (loss_fn, eval_fn, score_batch, predict_batch_with_aux with
+its beam search / temperature sampling, the feature converter) is T5X's own code; this class
+only builds the module (`T5XEncoderDecoder(config)`) and emits the `params_axes` collection
+T5X's train state and partitioner need. `logical_factor_rules` extends Adafactor's
+factorisation rules with CoDA's axis names; `save_t5x_checkpoint` writes coda_flax parameters
+(e.g. `coda convert` output) as a T5X checkpoint that train.py can start from.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping, Optional
+
+from flax import core as flax_core
+
+from coda_flax.config import ModelConfig
+from coda_flax.t5x.module import FACTOR_RULES, T5XEncoderDecoder, split_axes
+
+INSTALL_HINT = ("T5X is not on PyPI; install it from source, e.g. `pip install "
+                "'t5x @ git+https://github.com/google-research/t5x'` (or `git clone "
+                "https://github.com/google-research/t5x && pip install -e ./t5x`). coda_flax's "
+                "own trainer (`python -m coda_flax.train`) needs no T5X.")
+
+
+def _import_t5x():
+    try:
+        import t5x
+    except ImportError as e:
+        raise ImportError(f"coda_flax.t5x needs the t5x package, which is not installed. "
+                          f"{INSTALL_HINT}") from e
+    try:
+        import t5x.adafactor
+        import t5x.decoding
+        import t5x.models
+    except ImportError as e:
+        raise ImportError(f"coda_flax.t5x: importing t5x failed ({e}); T5X is installed but "
+                          f"one of its dependencies is missing or incompatible. "
+                          f"{INSTALL_HINT}") from e
+    return t5x
+
+
+t5x = _import_t5x()
+
+__all__ = ["CodaEncoderDecoderModel", "logical_factor_rules", "save_t5x_checkpoint"]
+
+
+class CodaEncoderDecoderModel(t5x.models.EncoderDecoderModel):
+    """T5X's EncoderDecoderModel around `T5XEncoderDecoder(config)` (CoDA encoder layers).
+
+    config: the coda_flax ModelConfig (`coda_flax.t5x.model_config` builds one in gin).
+    The other arguments are T5X's (input/output vocabulary, optimizer_def, decode_fn,
+    feature_converter_cls, label_smoothing, z_loss, loss_normalizing_factor,
+    default_decoder_params). The output vocabulary must fit in config.vocab_size.
+    """
+
+    def __init__(self, config: ModelConfig, input_vocabulary, output_vocabulary,
+                 optimizer_def, decode_fn: Callable = t5x.decoding.beam_search,
+                 feature_converter_cls: Optional[Callable[..., Any]] = None,
+                 label_smoothing: float = 0.0, z_loss: float = 0.0,
+                 loss_normalizing_factor=None, default_decoder_params=None):
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"CodaEncoderDecoderModel: config must be a coda_flax ModelConfig "
+                            f"(e.g. @coda_t5x.model_config() in gin), got "
+                            f"{type(config).__name__}.")
+        for name, vocab in (("input", input_vocabulary), ("output", output_vocabulary)):
+            size = _vocab_size(vocab)
+            if size is not None and size > config.vocab_size:
+                raise ValueError(f"CodaEncoderDecoderModel: the {name} vocabulary has {size} "
+                                 f"ids but config.vocab_size is {config.vocab_size}; use a "
+                                 f"vocab_size >= {size}.")
+        self.config = config
+        super().__init__(module=T5XEncoderDecoder(config), input_vocabulary=input_vocabulary,
+                         output_vocabulary=output_vocabulary, optimizer_def=optimizer_def,
+                         decode_fn=decode_fn, feature_converter_cls=feature_converter_cls,
+                         label_smoothing=label_smoothing, z_loss=z_loss,
+                         loss_normalizing_factor=loss_normalizing_factor,
+                         default_decoder_params=default_decoder_params)
+
+    def __repr__(self):
+        return f"CodaEncoderDecoderModel({self.config!r})"
+
+    def get_initial_variables(self, rng, input_shapes: Mapping[str, Any],
+                              input_types: Optional[Mapping[str, Any]] = None):
+        """T5X's initialisation, then {"params": arrays, "params_axes": logical axis names}
+        (T5X's layout) from the module's nn.Partitioned boxes."""
+        variables = super().get_initial_variables(rng, input_shapes, input_types)
+        return flax_core.freeze(split_axes(flax_core.unfreeze(variables)))
+
+
+def _vocab_size(vocab) -> int | None:
+    """The vocabulary's size, or None where it cannot be read now (e.g. a SentencePiece model
+    on gs:// while offline: T5X reports that itself when it first uses the vocabulary)."""
+    try:
+        return int(vocab.vocab_size)
+    except Exception:  # noqa: BLE001 (only a best-effort early check)
+        return None
+
+
+def logical_factor_rules():
+    """t5x.adafactor.standard_logical_factor_rules() plus CoDA's axis names (kv_heads, adapter,
+    lora_rank): bind as adafactor.Adafactor.logical_factor_rules."""
+    adafactor = t5x.adafactor
+    rules = dict(flax_core.unfreeze(adafactor.standard_logical_factor_rules()))
+    for name, dim in FACTOR_RULES.items():
+        rules.setdefault(name, adafactor.factor_name_to_factordim(dim))
+    return flax_core.freeze(rules)
+
+
+def save_t5x_checkpoint(params: Mapping[str, Any], config: ModelConfig, directory: str, *,
+                        step: int = 0, dtype: str = "float32") -> str:
+    """Writes coda_flax parameters as a T5X checkpoint: `directory/checkpoint_{step}`.
+
+    params: the nested parameter dict (e.g. from coda_flax.checkpoints.load_checkpoint on
+    `coda convert` output), checked against config. The checkpoint holds the parameters and
+    the step (no optimizer state): start T5X's train.py from it with
+    INITIAL_CHECKPOINT_PATH=<returned path>. Returns the checkpoint directory.
+    """
+    import jax
+    import numpy as np
+    from t5x import checkpoints, partitioning, train_state as train_state_lib
+
+    from coda_flax.checkpoints.tree import (check_flat_params, expected_shapes,
+                                            flatten_params, init_length)
+
+    flat = flatten_params(params)
+    check_flat_params(flat, expected_shapes(config), "save_t5x_checkpoint")
+    tokens = jax.numpy.ones((1, init_length(config)), jax.numpy.int32)
+    boxed = jax.eval_shape(lambda: T5XEncoderDecoder(config).init(
+        jax.random.PRNGKey(0), tokens, tokens[:, :4]))
+    axes = split_axes(boxed)["params_axes"]
+    variables = {"params": jax.tree_util.tree_map(np.asarray, dict(params)),
+                 "params_axes": axes}
+    state = train_state_lib.InferenceState.create(flax_core.freeze(variables))
+    state = state.replace_step(jax.numpy.asarray(step, jax.numpy.int32))
+    partitioner = partitioning.PjitPartitioner(num_partitions=1)
+    os.makedirs(directory, exist_ok=True)
+    checkpointer = checkpoints.Checkpointer(
+        state, partitioner, directory, save_dtype=jax.numpy.dtype(dtype))
+    checkpointer.save(state)
+    return os.path.join(directory, f"checkpoint_{step}")
