@@ -36,7 +36,8 @@ def test_demo_quick_writes_table_plot_and_heatmaps(data_dir, tmp_path):
     assert variants["coda_r3_k_to_all"]["k"] == -(-n // 3)
     assert variants["parallel_adapter"]["encoder_speedup"] == 1.0
     for r in variants.values():
-        assert 0.0 <= r["accuracy"] <= 1.0 and r["encoder_seconds"] > 0
+        assert 0.0 <= r["accuracy"] <= 100.0 and r["encoder_seconds"] > 0
+        assert 0.0 <= r["token_accuracy"] <= 1.0
         assert np.isclose(r["encoder_speedup"],
                           variants["parallel_adapter"]["encoder_seconds"] / r["encoder_seconds"])
     # the router adds d_model parameters per encoder layer; first_k adds none
@@ -54,9 +55,10 @@ def test_demo_quick_writes_table_plot_and_heatmaps(data_dir, tmp_path):
 
 def test_results_table_layout():
     summary = {"settings": {"input_length": 8, "finetune_steps": 2}, "chance_accuracy": 0.25,
-               "variants": {"parallel_adapter": dict(k=8, accuracy=0.5, encoder_speedup=1.0,
+               "variants": {"parallel_adapter": dict(k=8, accuracy=50.0, token_accuracy=0.75,
+                                                     encoder_speedup=1.0,
                                                      end_to_end_speedup=1.0,
                                                      trainable_params=1234)}}
     table = demo.results_table(summary)
-    assert "| parallel_adapter | 8 | 0.500 | 1.00x | 1.00x | 1,234 |" in table
-    assert "chance = 0.250" in table
+    assert "| parallel_adapter | 8 | 50.0 | 0.750 | 1.00x | 1.00x | 1,234 |" in table
+    assert "chance = 25.0%" in table

@@ -41,11 +41,15 @@ def learning_rate_schedule(name: str, base: float = 1e-3, warmup_steps: int = 0,
                                               base * final_fraction)
 
 
-def adafactor(learning_rate) -> optax.GradientTransformation:
+def adafactor(learning_rate, parameter_scale: bool = True) -> optax.GradientTransformation:
     """T5X's Adafactor defaults: factored second moments, decay 0.8, update clipping 1.0,
-    parameter-scale multiplication, no momentum."""
+    parameter-scale multiplication, no momentum.
+
+    With parameter_scale, steps are relative to max(rms(param), 1e-3): a parameter that starts
+    at zero (the adapters' W_up) moves ~1000x slower than lr at first. That is fine over the
+    paper's 300K steps; short runs (the demo) turn it off so that steps are ~lr."""
     return optax.adafactor(learning_rate, min_dim_size_to_factor=128, decay_rate=0.8,
-                           multiply_by_parameter_scale=True, clipping_threshold=1.0,
+                           multiply_by_parameter_scale=parameter_scale, clipping_threshold=1.0,
                            momentum=None, eps=1e-30, factored=True)
 
 

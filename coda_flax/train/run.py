@@ -167,7 +167,7 @@ def train(*, model_config: ModelConfig, mixture_or_task_name: str,
           seed: int = 0, z_loss: float = 1e-4, label_smoothing: float = 0.0,
           data_dir: str | None = None, vocab_path: str | None = None,
           tfds_data_dir: str | None = None, progress: bool = True,
-          extra_files: Mapping[str, str] | None = None):
+          parameter_scale: bool = True, extra_files: Mapping[str, str] | None = None):
     """Trains `model_config` on a SeqIO task; evaluates at eval_every and at the end.
 
     Returns {"params", "history" (logged train metrics), "eval" (the final evaluation)}; the
@@ -185,7 +185,7 @@ def train(*, model_config: ModelConfig, mixture_or_task_name: str,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
         log_every=log_every, eval_every=eval_every, seed=seed, num_partitions=num_partitions,
         k_anneal_fraction=k_anneal_fraction, k_anneal_stages=k_anneal_stages,
-        progress=progress))
+        parameter_scale=parameter_scale, progress=progress))
     state = trainer.init_state(_input_shapes(task_feature_lengths, batch_size),
                                _initial_params(model_config, initial_checkpoint_path))
     batches = seqio_batches(mixture_or_task_name, task_feature_lengths, batch_size, "train",

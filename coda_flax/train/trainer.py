@@ -59,6 +59,7 @@ class TrainerConfig:
     num_partitions: int = 1
     k_anneal_fraction: float = 0.1
     k_anneal_stages: int = 4
+    parameter_scale: bool = True               # Adafactor's relative step size (T5X default)
     progress: bool = True
 
 
@@ -83,7 +84,7 @@ class Trainer:
         self.mesh = mesh or partitioning.make_mesh(config.num_partitions)
         self.lr = learning_rate_schedule(config.schedule, config.learning_rate,
                                          config.warmup_steps, config.total_steps)
-        self.optimizer = adafactor(self.lr)
+        self.optimizer = adafactor(self.lr, config.parameter_scale)
         self.compiled_stages: dict[int, Callable] = {}
         self.trace_count = 0
         os.makedirs(config.model_dir, exist_ok=True)
