@@ -30,6 +30,11 @@ def ensure_registered(name: str, data_dir: str | None = None, vocab_path: str | 
             tasks.register_offline_tasks(data_dir, vocab_path)
         elif name in tasks.PAPER_TASKS:
             tasks.register_paper_tasks(vocab_path, tfds_data_dir)
+        else:
+            known = sorted({*registry.registered_names(), *tasks.OFFLINE_TASKS,
+                            *tasks.PAPER_TASKS})
+            raise tasks.UnknownTaskError(f"unknown task or mixture {name!r}; coda_flax knows: "
+                                         f"{', '.join(known)}.")
     return tasks.get_task_or_mixture(name)
 
 
