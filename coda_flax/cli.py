@@ -2,6 +2,8 @@
 
     coda summary --preset NAME --reduction R [--attention k_to_all|k_to_k] [--length N]
                  [--adapter-dim D] [--json]
+    coda bench [--presets ...] [--lengths ...] [--reductions ...] [--modes encode,generate]
+               [--num-layers L] [--soft-topk] [--output DIR]     (coda_flax/bench.py)
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import argparse
 import json
 import sys
 
+from coda_flax.bench import add_bench_parser
 from coda_flax.checkpoints.cli import add_convert_parser
 from coda_flax.train.cli import add_run_parsers
 from coda_flax.viz_cli import add_visualize_parser
+from coda_flax.reproduce_cli import add_reproduce_parser
 from coda_flax.config import ATTENTION_VARIANTS, PRESETS, CodaConfig, ModelConfig
 
 
@@ -44,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coda", description="Conditional Adapters (CoDA) in JAX/Flax.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_convert_parser(sub)
+    add_bench_parser(sub)
     add_run_parsers(sub)
     add_visualize_parser(sub)
+    add_reproduce_parser(sub)
     demo = sub.add_parser("demo", help="end-to-end demo on offline Shakespeare data",
                           description="Pretrain a small dense T5, convert it to CoDA, finetune "
                                       "the Parallel Adapter, CoDA r = 3 / 5 and the router "

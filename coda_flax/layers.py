@@ -197,15 +197,21 @@ class Attention(nn.Module):
         if mask is not None:
             bias = bias + jnp.where(mask, 0.0, _BIG_NEG)[:, None]
         b, lq = q.shape[:2]
-        q = q.reshape(b, lq, g, h // g, d)
-        logits = jnp.einsum("bqgrd,bkgd->bgrqk", q, k).astype(jnp.float32)
+        # Heads lead, tokens follow: q [b, g, r, q, d], k / v [b, g, s, d], so both products are
+        # plain batched matmuls over (b, g[, r]) whose [b, g, r, q, s] results need no transpose
+        # (XLA:CPU then fuses dot-softmax-dot without materialising transposed copies of the
+        # [h, q, s] logits and probabilities; only the small q, k, v, y tensors are transposed).
+        q = q.reshape(b, lq, g, h // g, d).transpose(0, 2, 3, 1, 4)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+        logits = jnp.einsum("bgrqd,bgkd->bgrqk", q, k).astype(jnp.float32)
         if not isinstance(bias, float):            # [B, h or 1, q, k] -> [B, g, r or 1, q, k]
             bias = (bias.reshape(bias.shape[0], g, h // g, *bias.shape[2:])
                     if bias.shape[1] == h else bias[:, :, None])
             logits = logits + bias
         probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
-        y = jnp.einsum("bgrqk,bkgd->bqgrd", probs, v).reshape(b, lq, h, d)
+        y = jnp.einsum("bgrqk,bgkd->bgrqd", probs, v)
+        y = y.transpose(0, 3, 1, 2, 4).reshape(b, lq, h, d)
         return dense((x_q.shape[-1],), ("heads", "kv", "embed"), "out", num_in=2)(y)
 
     def _update_cache(self, k, v, q_pos, kv_pos, mask):

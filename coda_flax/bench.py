@@ -1,0 +1,1081 @@
+"""Inference speed of CoDA against the Parallel Adapter, next to the FLOP bound (paper Figure 4).
+
+Two benchmarks, both on random parameters (the speed of a forward pass does not depend on the
+values), on whatever device jax has (CPU here, the GPU where there is one):
+
+* `run_sweep` -- the Parallel Adapter (`CodaConfig(reduction=1)`) against CoDA on the same
+  inputs and the same weights, over presets x sequence lengths n x reductions r x attention
+  (k-to-all / k-to-k), in two modes:
+
+    encode    the jit'd `EncoderDecoder.apply(..., method="encode")` (the encoder forward);
+    generate  encode + greedy decoding of exactly `decode_length` tokens with the cache
+              (`CodaT5Model.predict_batch_with_aux` with an EOS id that never occurs, so both
+              models decode the same number of steps).
+
+  Each row reports the time per call of both models (median over rounds), the speedup
+  (PA time / CoDA time), the FLOP-bound speedup `summary.flop_speedup(config, n, r, attention)`
+  (the speedup a purely compute-bound implementation would reach: encoder FLOPs only, so for
+  `generate` rows the decoder's fixed cost keeps the measured speedup below it by design) and
+  the ratio measured / FLOP bound.
+
+* `run_soft_topk` -- the router in isolation: forward and gradient time of soft top-k
+  (coordinate descent, T iterations) with the implicit and the unrolled gradient, the compiled
+  temporary memory of each gradient (`compiled.memory_analysis().temp_size_in_bytes`; every
+  array is an argument, since XLA would fold closed-over constants and count them), and the
+  router's time (score s = Xn w, soft top-k, top-k selection) as a share of one CoDA layer's
+  forward time.
+
+Depth. Every encoder layer costs the same FLOPs, so the FLOP-bound speedup of one layer is the
+encoder's, whatever its depth: `num_layers` overrides the preset's encoder depth (and, unless
+`num_decoder_layers` is given, scales the decoder depth in the preset's proportion, so that
+`generate` keeps the preset's encoder / decoder balance) to keep CPU runs short. One caveat in
+the measured time: the Parallel Adapter's relative position bias [b, h, n, n] is the same in
+every layer and XLA computes it once per forward (common subexpression), while CoDA's routed
+positions differ per layer; the PA's bias is memory-bound work outside the FLOP count, so a
+deeper PA amortises it over more layers.
+
+Measurement. On a shared machine timings are noisy, so: every function is compiled and run
+`warmup` times first; each timed sample runs a function enough times to last at least
+`min_sample_seconds`; the `repeats` rounds interleave all the models of one (preset, mode, n)
+group, in an order rotated each round, so the Parallel Adapter and CoDA see the same background
+load; each sample follows `settle` untimed calls of the same model (on CPU, a small model timed
+right after a large one runs up to ~1.5x slower: the large one's freed buffers go back to the
+OS and are faulted in again; a model serving requests back to back does not pay that); the
+statistic (median by default, or min) is taken per model over the rounds and the speedup is
+the ratio of the two statistics. All samples are kept in the JSON. The row with r = 1 times
+the Parallel Adapter against a second copy of itself: its "speedup" is the noise floor of the
+run. `timer="process"` measures this process's CPU time (all threads) instead of elapsed time,
+which leaves out the time other processes hold the cores.
+
+JSON schema (`SCHEMA_VERSION` 1), written by `write_json`:
+
+    {"schema_version": 1, "kind": "coda_bench",
+     "created": ISO-8601 time, "jax_version": str, "jaxlib_version": str, "flax_version": str,
+     "device": {"platform": "cpu" | "gpu" | "tpu", "device_kind": str, "num_devices": int,
+                "cpu_count": int, "load_average_start": [3 floats] | null,
+                "load_average_end": [3 floats] | null},
+     "settings": null (soft top-k only) | {the sweep's settings: presets (names, or a
+                  ModelConfig as a dict), lengths, reductions, attentions, modes, batch_size,
+                  decode_length, num_layers, num_decoder_layers, dtype, repeats, warmup,
+                  min_sample_seconds, statistic, timer, settle, seed, router, solver,
+                  adapter_dim},
+     "rows": [ROW, ...],                 # the sweep; [] when only soft top-k ran
+     "soft_topk": null | {"settings": {...}, "gradients": [GRAD_ROW, ...],
+                          "router_share": [SHARE_ROW, ...]}}
+
+    ROW = {"preset" (name; "custom" for a ModelConfig), "mode": "encode" | "generate", "n", "r", "k", "attention",
+           "num_heads", "num_kv_heads", "batch_size", "decode_length" (null for encode),
+           "num_encoder_layers", "num_decoder_layers", "dtype", "statistic", "timer",
+           "pa_seconds", "coda_seconds" (the statistic, seconds per call),
+           "measured_speedup" (pa_seconds / coda_seconds),
+           "paired_speedup" (median over rounds of the PA / CoDA time ratio within a round:
+                             robust to background load that changes during the run),
+           "flop_speedup" (summary.flop_speedup),
+           "measured_over_flop" (measured_speedup / flop_speedup),
+           "pa_samples", "coda_samples" (seconds per call, one per round),
+           "pa_compile_seconds", "coda_compile_seconds" (first call, compile included)}
+    GRAD_ROW = {"n", "k", "batch_size", "num_iters", "forward_seconds",
+                "implicit_grad_seconds", "unrolled_grad_seconds",
+                "soft_topk_implicit_temp_bytes", "soft_topk_unrolled_temp_bytes",
+                "router_implicit_temp_bytes", "router_unrolled_temp_bytes",
+                "soft_topk_memory_ratio", "router_memory_ratio"}      # implicit / unrolled
+    SHARE_ROW = {"preset", "n", "r", "k", "attention", "batch_size", "num_iters",
+                 "layer_seconds", "router_seconds", "soft_topk_seconds",
+                 "router_share", "soft_topk_share"}                   # router / layer time
+
+`format_table` / `format_soft_topk_table` print them; `plot_speedups` draws measured (solid) and
+FLOP-bound (dashed) speedup against r, one colour per n, one panel per (preset, mode,
+attention). The CLI part (`add_bench_parser`, `bench_main`) is at the end of this module;
+the library functions never read argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import functools
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from coda_flax.config import ATTENTION_VARIANTS, DTYPES, PRESETS, CodaConfig, ModelConfig
+from coda_flax.routing import ROUTERS, num_routed
+from coda_flax.soft_topk import SOLVERS
+
+__all__ = ["SCHEMA_VERSION", "MODES", "STATISTICS", "DEFAULT_REDUCTIONS", "DEFAULT_LENGTHS",
+           "SweepSettings", "SoftTopkSettings", "bench_config", "random_params", "run_sweep",
+           "run_soft_topk", "format_table", "format_soft_topk_table", "write_json",
+           "plot_speedups", "add_bench_parser", "configure_parser", "bench_main"]
+
+SCHEMA_VERSION = 1
+MODES = ("encode", "generate")
+STATISTICS = ("median", "min")
+TIMERS = ("wall", "process")     # time.perf_counter | time.process_time (CPU time, all threads)
+DEFAULT_REDUCTIONS = (1, 2, 3, 4, 5, 8, 16, 32)
+DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096)
+
+Log = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings.
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+
+
+def _check_reduction(r) -> None:
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not r >= 1 or math.isinf(r):
+        raise ValueError(f"reduction r must be a finite number >= 1 (1 = Parallel Adapter), "
+                         f"got {r!r}.")
+
+
+def _check_nonempty(name: str, values) -> None:
+    if len(values) == 0:
+        raise ValueError(f"{name}: need at least one value.")
+
+
+def _check_preset(preset) -> None:
+    if isinstance(preset, ModelConfig):
+        return
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)} "
+                         f"(or pass a ModelConfig).")
+
+
+def preset_name(preset: str | ModelConfig) -> str:
+    """The name a preset goes by in rows: its name, or "custom" for a ModelConfig."""
+    return preset if isinstance(preset, str) else "custom"
+
+
+def _settings_dict(settings) -> dict[str, Any]:
+    out = {}
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if field.name == "presets":
+            value = [p if isinstance(p, str) else dataclasses.asdict(p) for p in value]
+        elif isinstance(value, ModelConfig):
+            value = dataclasses.asdict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[field.name] = value
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings:
+    """What `run_sweep` measures (defaults: the full sweep of `coda bench`)."""
+
+    presets: tuple[str | ModelConfig, ...] = ("paper_text_base",)   # names or ModelConfigs
+    lengths: tuple[int, ...] = DEFAULT_LENGTHS
+    reductions: tuple[float, ...] = DEFAULT_REDUCTIONS
+    attentions: tuple[str, ...] = ("k_to_all", "k_to_k")
+    modes: tuple[str, ...] = MODES
+    batch_size: int = 1
+    decode_length: int = 32
+    num_layers: int | None = None            # encoder depth override (speedup per layer)
+    num_decoder_layers: int | None = None    # None: the preset's proportion of num_layers
+    dtype: str = "float32"
+    repeats: int = 5
+    warmup: int = 1
+    min_sample_seconds: float = 0.05
+    statistic: str = "median"
+    timer: str = "wall"
+    settle: int = 1                          # untimed calls before each timed sample
+    seed: int = 0
+    router: str = "soft_topk"
+    solver: str = "coordinate_descent"
+    adapter_dim: int | None = None           # None: the preset's (Table 7), else 64
+
+    def __post_init__(self):
+        for field in ("presets", "lengths", "reductions", "attentions", "modes"):
+            object.__setattr__(self, field, tuple(getattr(self, field)))
+            _check_nonempty(field, getattr(self, field))
+        for p in self.presets:
+            _check_preset(p)
+        for n in self.lengths:
+            _check_positive_int("sequence length n", n)
+        for r in self.reductions:
+            _check_reduction(r)
+        for a in self.attentions:
+            if a not in ATTENTION_VARIANTS:
+                raise ValueError(f"unknown attention {a!r}; choose one of {ATTENTION_VARIANTS}.")
+        for m in self.modes:
+            if m not in MODES:
+                raise ValueError(f"unknown mode {m!r}; choose one of {MODES}.")
+        for field in ("batch_size", "decode_length", "repeats"):
+            _check_positive_int(field, getattr(self, field))
+        for field in ("num_layers", "num_decoder_layers", "adapter_dim"):
+            if getattr(self, field) is not None:
+                _check_positive_int(field, getattr(self, field))
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup must be an integer >= 0, got {self.warmup!r}.")
+        if not self.min_sample_seconds >= 0:
+            raise ValueError(f"min_sample_seconds must be >= 0, got {self.min_sample_seconds}.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {sorted(DTYPES)}.")
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"unknown statistic {self.statistic!r}; choose one of {STATISTICS}.")
+        if self.timer not in TIMERS:
+            raise ValueError(f"unknown timer {self.timer!r}; choose one of {TIMERS}.")
+        if isinstance(self.settle, bool) or not isinstance(self.settle, int) or self.settle < 0:
+            raise ValueError(f"settle must be an integer >= 0, got {self.settle!r}.")
+        if self.router not in ROUTERS:
+            raise ValueError(f"unknown router {self.router!r}; choose one of {ROUTERS}.")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"unknown solver {self.solver!r}; choose one of {SOLVERS}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftTopkSettings:
+    """What `run_soft_topk` measures (defaults: the issue's n = 512 and 4096, T = 20)."""
+
+    lengths: tuple[int, ...] = (512, 4096)
+    reductions: tuple[float, ...] = (3, 8)   # k = ceil(n / r) for the layers of the share rows
+    gradient_reduction: float = 3            # k = ceil(n / r) of the gradient rows
+    num_iters: int = 20
+    preset: str | ModelConfig = "paper_text_base"   # the layer's dims: a name or a ModelConfig
+    attention: str = "k_to_all"
+    batch_size: int = 1
+    dtype: str = "float32"
+    repeats: int = 7
+    warmup: int = 1
+    min_sample_seconds: float = 0.05
+    statistic: str = "median"
+    timer: str = "wall"
+    settle: int = 1                          # untimed calls before each timed sample
+    seed: int = 0
+
+    def __post_init__(self):
+        for field in ("lengths", "reductions"):
+            object.__setattr__(self, field, tuple(getattr(self, field)))
+            _check_nonempty(field, getattr(self, field))
+        for n in self.lengths:
+            _check_positive_int("sequence length n", n)
+        for r in (*self.reductions, self.gradient_reduction):
+            _check_reduction(r)
+        for field in ("num_iters", "batch_size", "repeats"):
+            _check_positive_int(field, getattr(self, field))
+        _check_preset(self.preset)
+        if self.attention not in ATTENTION_VARIANTS:
+            raise ValueError(f"unknown attention {self.attention!r}; choose one of "
+                             f"{ATTENTION_VARIANTS}.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {sorted(DTYPES)}.")
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"unknown statistic {self.statistic!r}; choose one of {STATISTICS}.")
+        if self.timer not in TIMERS:
+            raise ValueError(f"unknown timer {self.timer!r}; choose one of {TIMERS}.")
+        if isinstance(self.settle, bool) or not isinstance(self.settle, int) or self.settle < 0:
+            raise ValueError(f"settle must be an integer >= 0, got {self.settle!r}.")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup must be an integer >= 0, got {self.warmup!r}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and random parameters.
+
+
+def bench_config(preset: str | ModelConfig, reduction: float = 1, attention: str = "k_to_all",
+                 *, num_layers: int | None = None, num_decoder_layers: int | None = None,
+                 dtype: str = "float32", router: str = "soft_topk",
+                 solver: str = "coordinate_descent",
+                 adapter_dim: int | None = None) -> ModelConfig:
+    """The ModelConfig of one benchmarked model: a preset (or a ModelConfig) with CoDA at r.
+
+    reduction = 1 is the Parallel Adapter. num_layers overrides the encoder depth; the decoder
+    depth is then num_decoder_layers, or the preset's decoder / encoder proportion of num_layers
+    (at least 1), so the encode / decode balance of `generate` stays the preset's.
+    """
+    base = ModelConfig.from_preset(preset) if isinstance(preset, str) else preset
+    fields: dict[str, Any] = {"dtype": dtype}
+    if num_layers is not None:
+        fields["num_encoder_layers"] = num_layers
+        if num_decoder_layers is None:
+            num_decoder_layers = max(1, round(num_layers * base.num_decoder_layers
+                                              / max(base.num_encoder_layers, 1)))
+    if num_decoder_layers is not None:
+        fields["num_decoder_layers"] = num_decoder_layers
+    coda_fields = dict(reduction=reduction, attention=attention, router=router, solver=solver)
+    if adapter_dim is not None:
+        coda_fields["adapter_dim"] = adapter_dim
+    coda = CodaConfig(**coda_fields)
+    if isinstance(preset, str):
+        return ModelConfig.from_preset(preset, coda=coda, **fields)
+    if adapter_dim is None and base.coda is not None:
+        coda = dataclasses.replace(coda, adapter_dim=base.coda.adapter_dim)
+    return base.replace(coda=coda, **fields)
+
+
+def _key_name(entry) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def _fill_random(shapes, rng: np.random.Generator, device=None):
+    """Random arrays for a tree of ShapeDtypeStructs (see `random_params` for the scales)."""
+    import jax
+
+    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    leaves = []
+    for path, leaf in flat:
+        names = [_key_name(p) for p in path]
+        name, parent = names[-1], names[-2] if len(names) > 1 else ""
+        shape = tuple(leaf.shape)
+        if name == "scale":
+            value = np.ones(shape, np.float32)
+        elif name == "lora_b":
+            value = np.zeros(shape, np.float32)
+        else:
+            if name in ("embedding", "rel_embedding") or len(shape) < 1:
+                fan_in = 1
+            elif parent == "out" and len(shape) == 3:              # [heads, head_dim, d]
+                fan_in = shape[0] * shape[1]
+            else:                                                  # [d_in, ...]; router [d]
+                fan_in = shape[0]
+            value = rng.standard_normal(shape, dtype=np.float32)
+            value *= np.float32(1.0 / math.sqrt(fan_in))
+        leaves.append(jax.device_put(value.astype(leaf.dtype), device))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def random_params(config: ModelConfig, seed: int = 0, device=None) -> dict:
+    """Random `params` of EncoderDecoder(config) with routers, cheaply (numpy, no jax RNG).
+
+    The tree is the CoDA tree (a router in every encoder layer, whatever config.coda says), so
+    one set of weights serves the Parallel Adapter (which ignores the routers) and every r.
+    Kernels ~ N(0, 1 / fan_in) (fan_in: the contracted input dims), norms' scales 1,
+    embeddings and the relative position table ~ N(0, 1): activations stay O(1) and finite.
+    """
+    from coda_flax.summary import abstract_params
+
+    coda = config.coda if config.coda is not None else CodaConfig()
+    with_router = config.replace(coda=dataclasses.replace(coda, reduction=2, num_routed=None,
+                                                          router="soft_topk"))
+    return _fill_random(abstract_params(with_router), np.random.default_rng(seed), device)
+
+
+def _strip_routers(params: dict) -> dict:
+    """params without the encoder routers (the Parallel Adapter's tree)."""
+    def strip(tree):
+        if isinstance(tree, dict):
+            return {k: strip(v) for k, v in tree.items() if k != "router"}
+        return tree
+    return strip(params)
+
+
+def _device(backend: str | None = None):
+    import jax
+    return jax.devices(backend)[0] if backend else jax.devices()[0]
+
+
+def _device_info(device) -> dict[str, Any]:
+    import jax
+    return {"platform": device.platform, "device_kind": getattr(device, "device_kind", ""),
+            "num_devices": len(jax.devices(device.platform)), "cpu_count": os.cpu_count(),
+            "load_average_start": _load_average(), "load_average_end": None}
+
+
+def _load_average():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def _header(device) -> dict[str, Any]:
+    import flax
+    import jax
+    import jaxlib
+    return {"schema_version": SCHEMA_VERSION, "kind": "coda_bench",
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "jax_version": jax.__version__, "jaxlib_version": jaxlib.__version__,
+            "flax_version": flax.__version__, "device": _device_info(device)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing.
+
+
+def _block(x):
+    import jax
+    return jax.block_until_ready(x)
+
+
+_CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+
+
+def _call_seconds(fn: Callable[[], Any], inner: int, timer: str = "wall") -> float:
+    """Seconds per call of fn, averaged over `inner` calls (each one waited for).
+
+    timer "wall": elapsed time; "process": CPU time of this process (all threads), which
+    leaves out the time other processes hold the cores (use it on a shared machine).
+    """
+    clock = _CLOCKS[timer]
+    t0 = clock()
+    for _ in range(inner):
+        _block(fn())
+    return (clock() - t0) / inner
+
+
+def _paired(pa: Sequence[float], coda: Sequence[float]) -> float:
+    """Median over rounds of PA / CoDA time within a round (robust to load that drifts)."""
+    return float(statistics.median(p / c for p, c in zip(pa, coda)))
+
+
+def _statistic(samples: Sequence[float], statistic: str) -> float:
+    return float(min(samples)) if statistic == "min" else float(statistics.median(samples))
+
+
+def measure_interleaved(fns: dict[Any, Callable[[], Any]], *, repeats: int, warmup: int,
+                        min_sample_seconds: float, timer: str = "wall", settle: int = 1,
+                        log: Log | None = None) -> tuple[dict[Any, list[float]], dict[Any, float]]:
+    """Times every zero-argument function in `fns`, interleaved.
+
+    Each function is first called once (compilation included: its time is returned as the
+    compile time) and `warmup` more times; a calibration call then fixes how many calls make
+    one sample (>= min_sample_seconds). Then `repeats` rounds call every function for one sample
+    each, the order rotated by one every round. Each sample is preceded by `settle` untimed
+    calls of the same function: a model that runs right after another one otherwise pays for
+    the other's memory state (freed buffers handed back to the OS and faulted in again, cold
+    caches), which a model serving requests one after another does not; the samples measure
+    that steady state. Returns ({key: [seconds per call, one per round]}, {key: first-call
+    seconds}).
+    """
+    keys = list(fns)
+    compile_seconds, inner = {}, {}
+    for key in keys:
+        compile_seconds[key] = _call_seconds(fns[key], 1)
+        for _ in range(warmup):
+            _call_seconds(fns[key], 1)
+        once = _call_seconds(fns[key], 1, timer)
+        inner[key] = max(1, math.ceil(min_sample_seconds / max(once, 1e-9)))
+    samples: dict[Any, list[float]] = {key: [] for key in keys}
+    for i in range(repeats):
+        order = keys[i % len(keys):] + keys[:i % len(keys)]
+        for key in order:
+            for _ in range(settle):
+                _block(fns[key]())
+            samples[key].append(_call_seconds(fns[key], inner[key], timer))
+        if log is not None:
+            log(f"    round {i + 1}/{repeats} done")
+    return samples, compile_seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep: Parallel Adapter vs CoDA.
+
+
+def _encode_fn(config: ModelConfig):
+    import jax
+
+    from coda_flax.model import EncoderDecoder
+    model = EncoderDecoder(config)
+    return jax.jit(lambda params, tokens: model.apply({"params": params}, tokens,
+                                                      method="encode"))
+
+
+def _generate_fn(config: ModelConfig):
+    import jax
+
+    from coda_flax.train.t5_model import CodaT5Model
+    model = CodaT5Model(config)
+
+    def generate(params, encoder_tokens, decoder_tokens):
+        # eos_id -1 never occurs: every sequence decodes exactly decoder_tokens.shape[1] steps.
+        decodes, _ = model.predict_batch_with_aux(
+            params, {"encoder_input_tokens": encoder_tokens,
+                     "decoder_input_tokens": decoder_tokens}, decoder_params={"eos_id": -1})
+        return decodes
+    return jax.jit(generate)
+
+
+def run_sweep(settings: SweepSettings = SweepSettings(), *, backend: str | None = None,
+              log: Log | None = None) -> dict[str, Any]:
+    """The Parallel Adapter vs CoDA sweep; returns the JSON-ready result (module docstring)."""
+    import jax
+
+    from coda_flax.summary import flop_speedup
+
+    s = settings
+    device = _device(backend)
+    result = _header(device)
+    result["settings"] = _settings_dict(s)
+    result["rows"] = []
+    result["soft_topk"] = None
+    cfg_kw = dict(num_layers=s.num_layers, num_decoder_layers=s.num_decoder_layers,
+                  dtype=s.dtype, router=s.router, solver=s.solver, adapter_dim=s.adapter_dim)
+    rng = np.random.default_rng(s.seed)
+    for preset in s.presets:
+        pa_config = bench_config(preset, 1, **cfg_kw)
+        name = preset_name(preset)
+        if log:
+            log(f"[bench] {name}: {pa_config.num_encoder_layers} encoder / "
+                f"{pa_config.num_decoder_layers} decoder layers, random parameters ...")
+        params = random_params(pa_config, s.seed, device)
+        pa_params = _strip_routers(params)
+        for mode in s.modes:
+            for n in s.lengths:
+                enc = jax.device_put(rng.integers(2, pa_config.vocab_size, (s.batch_size, n),
+                                                  dtype=np.int32), device)
+                dec = jax.device_put(np.zeros((s.batch_size, s.decode_length), np.int32),
+                                     device)
+                make = _encode_fn if mode == "encode" else _generate_fn
+                args = (enc,) if mode == "encode" else (enc, dec)
+                fns, variants = {}, {}
+                pa_fn = make(pa_config)
+                fns["pa"] = (lambda f=pa_fn, args=args: f(pa_params, *args))
+                for r in s.reductions:
+                    for attention in s.attentions:
+                        config = bench_config(preset, r, attention, **cfg_kw)
+                        k = config.coda.k(n)
+                        # k = n: CoDA is the Parallel Adapter; timed again (same executable) as
+                        # a second model, whose "speedup" is the run's noise floor.
+                        key = ("pa_again",) if k == n else ("coda", r, attention)
+                        variants[(r, attention)] = (key, config, k)
+                        if key in fns:
+                            continue
+                        if k == n:
+                            fns[key] = (lambda f=pa_fn, args=args: f(pa_params, *args))
+                        else:
+                            fns[key] = (lambda f=make(config), args=args: f(params, *args))
+                if log:
+                    log(f"[bench] {name} {mode} n={n}: {len(fns)} models, compiling and "
+                        f"timing ({s.repeats} rounds) ...")
+                samples, compiled = measure_interleaved(
+                    fns, repeats=s.repeats, warmup=s.warmup,
+                    min_sample_seconds=s.min_sample_seconds, timer=s.timer, settle=s.settle,
+                    log=log)
+                pa_time = _statistic(samples["pa"], s.statistic)
+                for (r, attention), (key, config, k) in variants.items():
+                    coda_time = _statistic(samples[key], s.statistic)
+                    measured = pa_time / coda_time
+                    bound = flop_speedup(config, n, r, attention)
+                    result["rows"].append({
+                        "preset": name, "mode": mode, "n": n, "r": r, "k": k,
+                        "attention": attention, "num_heads": config.num_heads,
+                        "num_kv_heads": config.num_kv_heads, "batch_size": s.batch_size,
+                        "decode_length": s.decode_length if mode == "generate" else None,
+                        "num_encoder_layers": config.num_encoder_layers,
+                        "num_decoder_layers": config.num_decoder_layers, "dtype": s.dtype,
+                        "statistic": s.statistic, "timer": s.timer, "pa_seconds": pa_time,
+                        "coda_seconds": coda_time, "measured_speedup": measured,
+                        "paired_speedup": _paired(samples["pa"], samples[key]),
+                        "flop_speedup": bound, "measured_over_flop": measured / bound,
+                        "pa_samples": samples["pa"], "coda_samples": samples[key],
+                        "pa_compile_seconds": compiled["pa"],
+                        "coda_compile_seconds": compiled[key]})
+                if log:
+                    log(format_table([row for row in result["rows"] if row["preset"] == name
+                                      and row["mode"] == mode and row["n"] == n],
+                                     header=False))
+    result["device"]["load_average_end"] = _load_average()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The soft top-k micro-benchmark.
+
+
+def _temp_bytes(jitted, *args) -> int | None:
+    try:
+        analysis = jitted.lower(*args).compile().memory_analysis()
+    except Exception:                     # some backends do not implement memory_analysis
+        return None
+    if analysis is None:
+        return None
+    return int(analysis.temp_size_in_bytes)
+
+
+def _one_layer_module(config: ModelConfig):
+    """A single CodaEncoderLayer with its relative position bias (what one encoder layer runs)."""
+    import flax.linen as nn
+
+    from coda_flax.coda_layer import CodaEncoderLayer
+    from coda_flax.layers import RelativePositionBias
+
+    class OneLayer(nn.Module):
+        config: ModelConfig
+
+        @nn.compact
+        def __call__(self, x, valid, positions):
+            c = self.config
+            relpos = RelativePositionBias(c.relative_attention_num_buckets,
+                                          c.relative_attention_max_distance, c.num_heads, True,
+                                          name="relpos_bias")
+            return CodaEncoderLayer(c, name="layer")(x, valid, positions, relpos)
+
+    return OneLayer(config)
+
+
+def run_soft_topk(settings: SoftTopkSettings = SoftTopkSettings(), *,
+                  backend: str | None = None, log: Log | None = None) -> dict[str, Any]:
+    """The soft top-k micro-benchmark; returns the JSON-ready result (module docstring)."""
+    import flax
+    import jax
+    import jax.numpy as jnp
+
+    from coda_flax.routing import Router
+    from coda_flax.soft_topk import soft_topk
+
+    st = settings
+    device = _device(backend)
+    result = _header(device)
+    result["settings"] = None
+    result["rows"] = []
+    gradients, shares = [], []
+    result["soft_topk"] = {"settings": _settings_dict(st), "gradients": gradients,
+                           "router_share": shares}
+    rng = np.random.default_rng(st.seed)
+    base = bench_config(st.preset, 1, dtype=st.dtype)
+    d, b, T = base.d_model, st.batch_size, st.num_iters
+    timing = dict(repeats=st.repeats, warmup=st.warmup, min_sample_seconds=st.min_sample_seconds,
+                  timer=st.timer, settle=st.settle)
+
+    for n in st.lengths:
+        k = num_routed(n, st.gradient_reduction)
+        if log:
+            log(f"[bench] soft top-k n={n} k={k} T={T}: gradients ...")
+        scores = jax.device_put(rng.standard_normal((b, n), dtype=np.float32), device)
+        cotangent = jax.device_put(rng.standard_normal((b, n), dtype=np.float32), device)
+        xn = jax.device_put(rng.standard_normal((b, n, d), dtype=np.float32)
+                            .astype(base.jnp_dtype), device)
+        w = jax.device_put(rng.standard_normal((d,), dtype=np.float32) / np.sqrt(d), device)
+        mask = jax.device_put(np.ones((b, n), bool), device)
+
+        # Every array is an argument of the jitted functions, never a closed-over constant:
+        # XLA would fold constants at compile time and count them in the temporary memory.
+        def topk_loss(s, cot, gradient):
+            return jnp.sum(soft_topk(s, k, num_iters=T, gradient=gradient) * cot)
+
+        def router_loss(kernel, x, cot, m, gradient):
+            route = Router(num_iters=T, gradient=gradient).apply(
+                {"params": {"kernel": kernel}}, x, k, m)
+            return jnp.sum(route.lam * cot) + jnp.sum(route.weights)
+
+        forward = jax.jit(lambda s: soft_topk(s, k, num_iters=T))
+        grads = {g: jax.jit(jax.grad(functools.partial(topk_loss, gradient=g)))
+                 for g in ("implicit", "unrolled")}
+        router_grads = {g: jax.jit(jax.grad(functools.partial(router_loss, gradient=g)))
+                        for g in ("implicit", "unrolled")}
+        samples, _ = measure_interleaved(
+            {"forward": lambda: forward(scores),
+             "implicit": lambda: grads["implicit"](scores, cotangent),
+             "unrolled": lambda: grads["unrolled"](scores, cotangent)}, **timing)
+        mem = {g: _temp_bytes(grads[g], scores, cotangent) for g in grads}
+        rmem = {g: _temp_bytes(router_grads[g], w, xn, cotangent, mask) for g in router_grads}
+        ratio = lambda a, c: None if a is None or not c else a / c
+        gradients.append({
+            "n": n, "k": k, "batch_size": b, "num_iters": T,
+            "forward_seconds": _statistic(samples["forward"], st.statistic),
+            "implicit_grad_seconds": _statistic(samples["implicit"], st.statistic),
+            "unrolled_grad_seconds": _statistic(samples["unrolled"], st.statistic),
+            "soft_topk_implicit_temp_bytes": mem["implicit"],
+            "soft_topk_unrolled_temp_bytes": mem["unrolled"],
+            "router_implicit_temp_bytes": rmem["implicit"],
+            "router_unrolled_temp_bytes": rmem["unrolled"],
+            "soft_topk_memory_ratio": ratio(mem["implicit"], mem["unrolled"]),
+            "router_memory_ratio": ratio(rmem["implicit"], rmem["unrolled"])})
+
+        x = jax.device_put(rng.standard_normal((b, n, d), dtype=np.float32)
+                           .astype(base.jnp_dtype), device)
+        positions = jax.device_put(np.broadcast_to(np.arange(n, dtype=np.int32), (b, n)), device)
+        for r in st.reductions:
+            config = bench_config(st.preset, r, st.attention, dtype=st.dtype).with_coda(
+                num_iters=T)
+            kr = config.coda.k(n)
+            if kr == n:
+                continue                   # no router at k = n
+            if log:
+                log(f"[bench] router share n={n} r={r} k={kr} ...")
+            layer = _one_layer_module(config)
+            shapes = flax.core.meta.unbox(jax.eval_shape(layer.init, jax.random.key(0), x,
+                                                         mask, positions))["params"]
+            lp = _fill_random(shapes, rng, device)
+            layer_fn = jax.jit(lambda p, x, m, pos: layer.apply({"params": p}, x, m, pos))
+            router = Router(num_iters=T)
+            rp = {"kernel": lp["layer"]["router"]["kernel"]}
+            router_fn = jax.jit(lambda p, x, m: router.apply({"params": p}, x, kr, m))
+            topk_fn = jax.jit(lambda s, m: soft_topk(s, kr, num_iters=T, mask=m))
+            samples, _ = measure_interleaved(
+                {"layer": lambda: layer_fn(lp, x, mask, positions),
+                 "router": lambda: router_fn(rp, xn, mask),
+                 "soft_topk": lambda: topk_fn(scores, mask)}, **timing)
+            t = {key: _statistic(v, st.statistic) for key, v in samples.items()}
+            shares.append({
+                "preset": preset_name(st.preset), "n": n, "r": r, "k": kr,
+                "attention": st.attention,
+                "batch_size": b, "num_iters": T, "layer_seconds": t["layer"],
+                "router_seconds": t["router"], "soft_topk_seconds": t["soft_topk"],
+                "router_share": t["router"] / t["layer"],
+                "soft_topk_share": t["soft_topk"] / t["layer"]})
+    result["device"]["load_average_end"] = _load_average()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Output: table, JSON, plot.
+
+_COLUMNS = (("preset", "preset", "{}"), ("mode", "mode", "{}"), ("n", "n", "{}"),
+            ("r", "r", "{:g}"), ("k", "k", "{}"), ("attention", "attention", "{}"),
+            ("pa_seconds", "PA ms", "{:.2f}"), ("coda_seconds", "CoDA ms", "{:.2f}"),
+            ("measured_speedup", "speedup", "{:.3f}"), ("paired_speedup", "paired", "{:.3f}"),
+            ("flop_speedup", "FLOP bound", "{:.3f}"), ("measured_over_flop", "meas/FLOP", "{:.3f}"))
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return "-"
+    if key.endswith("_seconds"):
+        value = value * 1e3
+    return fmt.format(value)
+
+
+def format_table(rows: Sequence[dict], header: bool = True) -> str:
+    """The sweep rows as an aligned text table (times in milliseconds per call)."""
+    cells = [[_cell(row, key, fmt) for key, _, fmt in _COLUMNS] for row in rows]
+    titles = [title for _, title, _ in _COLUMNS]
+    widths = [max([len(t)] + [len(c[i]) for c in cells]) for i, t in enumerate(titles)]
+    left = {"preset", "mode", "attention"}
+    def line(values):
+        return "  ".join(v.ljust(w) if key in left else v.rjust(w)
+                         for v, w, (key, _, _) in zip(values, widths, _COLUMNS)).rstrip()
+    lines = [line(titles), line(["-" * w for w in widths])] if header else []
+    lines += [line(c) for c in cells]
+    return "\n".join(lines)
+
+
+def _fmt_bytes(x) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x / 1024:.1f} KiB" if x < 1024 ** 2 else f"{x / 1024 ** 2:.2f} MiB"
+
+
+def format_soft_topk_table(soft: dict) -> str:
+    """The soft top-k micro-benchmark (`result["soft_topk"]`) as text."""
+    lines = ["soft top-k gradients (coordinate descent): implicit vs unrolled",
+             f"  {'n':>5} {'k':>5} {'T':>3}  {'fwd ms':>8} {'implicit ms':>11} "
+             f"{'unrolled ms':>11}  {'soft top-k temp impl / unrolled':>33}  "
+             f"{'router temp impl / unrolled':>29}"]
+    for g in soft["gradients"]:
+        ratio = lambda x: "n/a" if x is None else f"{x:.3f}"
+        lines.append(
+            f"  {g['n']:>5} {g['k']:>5} {g['num_iters']:>3}  {g['forward_seconds'] * 1e3:>8.3f} "
+            f"{g['implicit_grad_seconds'] * 1e3:>11.3f} {g['unrolled_grad_seconds'] * 1e3:>11.3f}"
+            f"  {_fmt_bytes(g['soft_topk_implicit_temp_bytes']):>10} / "
+            f"{_fmt_bytes(g['soft_topk_unrolled_temp_bytes']):>10} = "
+            f"{ratio(g['soft_topk_memory_ratio']):>5}"
+            f"  {_fmt_bytes(g['router_implicit_temp_bytes']):>9} / "
+            f"{_fmt_bytes(g['router_unrolled_temp_bytes']):>9} = "
+            f"{ratio(g['router_memory_ratio']):>5}")
+    if soft["router_share"]:
+        lines += ["", "router (score + soft top-k + top-k) as a share of one CoDA layer's forward",
+                  f"  {'preset':<16} {'n':>5} {'r':>4} {'k':>5}  {'layer ms':>9} "
+                  f"{'router ms':>9} {'topk ms':>8}  {'router %':>8} {'topk %':>7}"]
+        for s in soft["router_share"]:
+            lines.append(
+                f"  {s['preset']:<16} {s['n']:>5} {s['r']:>4g} {s['k']:>5}  "
+                f"{s['layer_seconds'] * 1e3:>9.2f} {s['router_seconds'] * 1e3:>9.3f} "
+                f"{s['soft_topk_seconds'] * 1e3:>8.3f}  {100 * s['router_share']:>7.2f}% "
+                f"{100 * s['soft_topk_share']:>6.2f}%")
+    return "\n".join(lines)
+
+
+def write_json(result: dict, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    return path
+
+
+def plot_speedups(result: dict, path: str) -> str | None:
+    """Measured (solid) and FLOP-bound (dashed) speedup vs r, one colour per n, one panel per
+    (preset, mode, attention). Returns the path, or None when there are no rows or no
+    matplotlib."""
+    rows = result["rows"]
+    if not rows:
+        return None
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        return None
+    panels = sorted({(r["preset"], r["mode"], r["attention"]) for r in rows},
+                    key=lambda p: (p[0], MODES.index(p[1]), p[2]))
+    lengths = sorted({r["n"] for r in rows})
+    cols = min(len(panels), 2)
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.0 * cols, 4.2 * nrows), squeeze=False)
+    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, len(lengths)))
+    for ax, (preset, mode, attention) in zip(axes.flat, panels):
+        for color, n in zip(colors, lengths):
+            sel = sorted((r for r in rows if (r["preset"], r["mode"], r["attention"], r["n"])
+                          == (preset, mode, attention, n)), key=lambda r: r["r"])
+            if not sel:
+                continue
+            rs = [r["r"] for r in sel]
+            ax.plot(rs, [r["measured_speedup"] for r in sel], "o-", color=color,
+                    label=f"n = {n}")
+            ax.plot(rs, [r["flop_speedup"] for r in sel], "--", color=color, alpha=0.7)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        reductions = sorted({r["r"] for r in rows if (r["preset"], r["mode"], r["attention"])
+                             == (preset, mode, attention)})
+        ax.set_xticks(reductions)
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.yaxis.set_major_formatter(plain)
+        ax.set_xlabel("reduction r")
+        ax.set_ylabel("speedup over the Parallel Adapter")
+        ax.set_title(f"{preset} {mode} {attention.replace('_', '-')}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, title="solid: measured, dashed: FLOP bound", title_fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    device = result.get("device", {})
+    fig.suptitle(f"CoDA vs Parallel Adapter ({device.get('platform', '?')}, "
+                 f"{result['settings'].get('statistic', 'median')} over "
+                 f"{result['settings'].get('repeats', '?')} rounds)", fontsize=11)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI part (the parser is built here, argv is parsed by coda_flax.cli or scripts/bench.py).
+
+
+def _csv(item_parser: Callable[[str], Any], what: str):
+    def parse(text: str):
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"{what}: empty list")
+        return tuple(item_parser(p) for p in parts)
+    return parse
+
+
+def _parse_reduction(text: str):
+    try:
+        r = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"reduction must be a number >= 1, got {text!r}") from None
+    if not r >= 1 or math.isinf(r):
+        raise argparse.ArgumentTypeError(
+            f"reduction r must be >= 1 (1 = Parallel Adapter), got {text}")
+    return int(r) if r.is_integer() else r
+
+
+def _parse_positive(what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{what} must be an integer >= 1, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer >= 1, got {value}")
+        return value
+    return parse
+
+
+def _parse_choice(choices: Sequence[str], what: str):
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"unknown {what} {text!r}; choose from "
+                                             f"{', '.join(choices)}")
+        return text
+    return parse
+
+
+def _parse_nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def _parse_nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+_DESCRIPTION = """\
+Inference speed of CoDA against the Parallel Adapter (CodaConfig(reduction=1)) on the same
+random weights and inputs, next to the FLOP bound of `coda summary`.
+
+Sweep (default): presets x lengths n x reductions r x attention, in modes
+  encode    jit'd EncoderDecoder.apply(..., method="encode")
+  generate  encode + greedy decoding of exactly --decode-length tokens with the cache
+Per row: PA and CoDA time per call, measured speedup, FLOP-bound speedup
+(summary.flop_speedup), measured / FLOP bound. Writes OUTPUT/bench.json and
+OUTPUT/speedup.png (measured solid, FLOP bound dashed, vs r, one line per n).
+
+--soft-topk instead times soft top-k (T iterations): implicit vs unrolled gradients (time and
+compiled temporary memory) and the router's share of one CoDA layer's forward time; writes
+OUTPUT/soft_topk.json.
+
+Every encoder layer costs the same, so the speedup of one layer is the encoder's: use
+--num-layers 2 on CPU (the decoder keeps the preset's encoder/decoder proportion). Runs on the
+default jax device (a GPU when jax has one); timings interleave all models of a group in
+rotated order and take the median over --repeats rounds (--statistic min on a busy machine).
+
+examples:
+  coda bench --lengths 512 --reductions 1,3 --attention k_to_all --modes encode --num-layers 2
+  coda bench --presets t5_1_1_base,paper_text_base --lengths 512,2048 --num-layers 2
+  coda bench --soft-topk --soft-topk-lengths 512,4096
+"""
+
+
+def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds `coda bench`'s arguments to a parser (used by add_bench_parser and scripts/bench.py)."""
+    p.add_argument("--presets", type=_csv(_parse_choice(sorted(PRESETS), "preset"), "presets"),
+                   default=("paper_text_base",), metavar="NAME[,NAME]",
+                   help="model presets (default paper_text_base; t5_1_1_base is the MHA "
+                        "counterpart of the MQA paper_text_base)")
+    p.add_argument("--lengths", type=_csv(_parse_positive("length n"), "lengths"),
+                   default=DEFAULT_LENGTHS, metavar="N[,N]",
+                   help=f"encoder lengths n (default {','.join(map(str, DEFAULT_LENGTHS))})")
+    p.add_argument("--reductions", type=_csv(_parse_reduction, "reductions"),
+                   default=DEFAULT_REDUCTIONS, metavar="R[,R]",
+                   help=f"reductions r >= 1 (default {','.join(map(str, DEFAULT_REDUCTIONS))}; "
+                        "r = 1 times the Parallel Adapter against itself: the noise floor)")
+    p.add_argument("--attention", type=_csv(_parse_choice(ATTENTION_VARIANTS, "attention"),
+                                            "attention"),
+                   default=ATTENTION_VARIANTS, metavar="A[,A]",
+                   help="CoDA attention variants (default k_to_all,k_to_k)")
+    p.add_argument("--modes", type=_csv(_parse_choice(MODES, "mode"), "modes"), default=MODES,
+                   metavar="M[,M]", help="encode and/or generate (default both)")
+    p.add_argument("--batch-size", type=_parse_positive("batch size"), default=1, metavar="B",
+                   help="batch size (default 1)")
+    p.add_argument("--decode-length", type=_parse_positive("decode length"), default=32,
+                   metavar="L", help="tokens decoded per sequence in generate mode, always "
+                                     "exactly L (default 32)")
+    p.add_argument("--num-layers", type=_parse_positive("num layers"), default=None,
+                   metavar="L", help="encoder layers (default: the preset's); the speedup per "
+                                     "layer does not depend on depth")
+    p.add_argument("--num-decoder-layers", type=_parse_positive("num decoder layers"),
+                   default=None, metavar="L",
+                   help="decoder layers (default: the preset's, scaled with --num-layers)")
+    p.add_argument("--adapter-dim", type=_parse_positive("adapter dim"), default=None,
+                   metavar="D", help="adapter width (default: the preset's, else 64)")
+    p.add_argument("--router", type=_parse_choice(ROUTERS, "router"), default="soft_topk",
+                   help="CoDA router (default soft_topk)")
+    p.add_argument("--solver", type=_parse_choice(SOLVERS, "solver"),
+                   default="coordinate_descent", help="soft top-k solver (default "
+                                                      "coordinate_descent, the paper's)")
+    p.add_argument("--dtype", type=_parse_choice(sorted(DTYPES), "dtype"), default="float32",
+                   help="activation dtype (default float32)")
+    p.add_argument("--repeats", type=_parse_positive("repeats"), default=5, metavar="R",
+                   help="interleaved timing rounds (default 5)")
+    p.add_argument("--warmup", type=_parse_nonnegative_int, default=1, metavar="W",
+                   help="untimed calls after the compiling one (default 1)")
+    p.add_argument("--min-sample-seconds", type=_parse_nonnegative_float, default=0.05,
+                   metavar="S", help="a timed sample repeats a call until it lasts S seconds "
+                                     "(default 0.05)")
+    p.add_argument("--statistic", type=_parse_choice(STATISTICS, "statistic"), default="median",
+                   help="per-model statistic over the rounds (default median; min is more "
+                        "robust on a loaded machine)")
+    p.add_argument("--settle", type=_parse_nonnegative_int, default=1, metavar="S",
+                   help="untimed calls of a model before each of its timed samples, so that "
+                        "it is timed in its steady state and not right after another model "
+                        "(default 1)")
+    p.add_argument("--timer", type=_parse_choice(TIMERS, "timer"), default="wall",
+                   help="wall (elapsed, default) or process (this process's CPU time over all "
+                        "threads: leaves out time other processes hold the cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
+    p.add_argument("--backend", default=None, metavar="NAME",
+                   help="jax backend (cpu, gpu, tpu; default: jax's default device)")
+    p.add_argument("--soft-topk", action="store_true",
+                   help="run the soft top-k micro-benchmark instead of the sweep")
+    p.add_argument("--soft-topk-lengths", type=_csv(_parse_positive("length n"), "lengths"),
+                   default=(512, 4096), metavar="N[,N]",
+                   help="lengths of the soft top-k benchmark (default 512,4096)")
+    p.add_argument("--soft-topk-reductions", type=_csv(_parse_reduction, "reductions"),
+                   default=(3, 8), metavar="R[,R]",
+                   help="r of the CoDA layers the router share is measured against "
+                        "(default 3,8; the gradient rows use k = ceil(n / 3))")
+    p.add_argument("--num-iters", type=_parse_positive("num iters"), default=20, metavar="T",
+                   help="soft top-k iterations T for --soft-topk (default 20)")
+    p.add_argument("--output", default="bench_out", metavar="DIR",
+                   help="directory for the JSON and the plot (default ./bench_out)")
+    p.add_argument("--no-plot", action="store_true", help="skip the plot")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=bench_main)
+    return p
+
+
+def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    """Adds the `bench` subcommand to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "bench", help="measured vs FLOP-bound speedup of CoDA over the Parallel Adapter",
+        description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return configure_parser(p)
+
+
+def bench_main(args: argparse.Namespace) -> int:
+    """Runs `coda bench` for parsed arguments: prints the table, writes JSON (and a plot)."""
+    log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:
+        if args.soft_topk:
+            settings = SoftTopkSettings(
+                lengths=args.soft_topk_lengths, reductions=args.soft_topk_reductions,
+                num_iters=args.num_iters, preset=args.presets[0], attention=args.attention[0],
+                batch_size=args.batch_size, dtype=args.dtype, repeats=args.repeats,
+                warmup=args.warmup, min_sample_seconds=args.min_sample_seconds,
+                statistic=args.statistic, timer=args.timer, settle=args.settle,
+                seed=args.seed)
+        else:
+            settings = SweepSettings(
+                presets=args.presets, lengths=args.lengths, reductions=args.reductions,
+                attentions=args.attention, modes=args.modes, batch_size=args.batch_size,
+                decode_length=args.decode_length, num_layers=args.num_layers,
+                num_decoder_layers=args.num_decoder_layers, dtype=args.dtype,
+                repeats=args.repeats, warmup=args.warmup,
+                min_sample_seconds=args.min_sample_seconds, statistic=args.statistic,
+                timer=args.timer, settle=args.settle, seed=args.seed, router=args.router,
+                solver=args.solver, adapter_dim=args.adapter_dim)
+    except ValueError as e:
+        print(f"coda bench: error: {e}", file=sys.stderr)
+        return 2
+    if args.soft_topk:
+        result = run_soft_topk(settings, backend=args.backend, log=log)
+        path = write_json(result, os.path.join(args.output, "soft_topk.json"))
+        print(format_soft_topk_table(result["soft_topk"]))
+    else:
+        result = run_sweep(settings, backend=args.backend, log=log)
+        path = write_json(result, os.path.join(args.output, "bench.json"))
+        print(format_table(result["rows"]))
+        if not args.no_plot:
+            plot = plot_speedups(result, os.path.join(args.output, "speedup.png"))
+            print(f"plot: {plot}" if plot else "plot: skipped (matplotlib not installed)")
+    dev = result["device"]
+    print(f"json: {path}  (device {dev['platform']} {dev['device_kind']}, jax "
+          f"{result['jax_version']}, load average {dev['load_average_start']} -> "
+          f"{dev['load_average_end']})")
+    return 0

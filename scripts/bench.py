@@ -1,0 +1,28 @@
+#!/usr/bin/env python
+"""Thin launcher for `coda bench` (coda_flax/bench.py): CoDA vs Parallel Adapter speed.
+
+    python scripts/bench.py --lengths 512 --reductions 1,3 --attention k_to_all \\
+        --modes encode --num-layers 2 --output bench_out
+    python scripts/bench.py --soft-topk
+
+Same arguments as `coda bench --help`; needs only the core install (no gin / TensorFlow).
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from coda_flax.bench import _DESCRIPTION, bench_main, configure_parser  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench.py", description=_DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure_parser(parser)
+    return bench_main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
