@@ -9,9 +9,8 @@ import pytest
 pytest.importorskip("seqio")
 pytest.importorskip("gin")
 
-from corpus_helpers import synthetic_corpus  # noqa: E402
+from corpus_helpers import prepared_corpus  # noqa: E402
 from coda_flax.cli import main  # noqa: E402
-from coda_flax.tasks import shakespeare  # noqa: E402
 
 TINY = ["--gin.model_config.vocab_size=400", "--gin.model_config.d_model=32",
         "--gin.model_config.num_heads=2", "--gin.model_config.head_dim=16",
@@ -21,12 +20,7 @@ TINY = ["--gin.model_config.vocab_size=400", "--gin.model_config.d_model=32",
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    plays = root / "shakespeare" / "plays"
-    synthetic_corpus(str(plays), num_plays=3, num_scenes=6)
-    stats = shakespeare.build_corpus(str(plays), str(root / "shakespeare"), vocab_size=300,
-                                     passage_chars=400, validation_fraction=0.3,
-                                     log=lambda s: None)
-    return root, stats["vocab_model"]
+    return root, prepared_corpus(root)
 
 
 def _train(model_dir, data, vocab, steps, extra=()):

@@ -362,15 +362,9 @@ def tiny_spec(pretrain=False):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     pytest.importorskip("seqio")
-    from corpus_helpers import synthetic_corpus
-    from coda_flax.tasks import shakespeare
+    from corpus_helpers import prepared_corpus
     root = tmp_path_factory.mktemp("data")
-    plays = root / "shakespeare" / "plays"
-    synthetic_corpus(str(plays), num_plays=3, num_scenes=6)
-    stats = shakespeare.build_corpus(str(plays), str(root / "shakespeare"), vocab_size=300,
-                                     passage_chars=400, validation_fraction=0.3,
-                                     log=lambda s: None)
-    return root, stats["vocab_model"]
+    return root, prepared_corpus(root)
 
 
 def test_tiny_experiment_runs_end_to_end_then_is_skipped(corpus, tmp_path, monkeypatch):
