@@ -17,6 +17,8 @@ from coda_flax.routing import ROUTERS, num_routed
 from coda_flax.soft_topk import GRADIENTS, SOLVERS
 
 ATTENTION_VARIANTS = ("k_to_all", "k_to_k")
+ENCODER_INPUTS = ("tokens", "patches", "frames")     # coda_flax.inputs
+HEADS = ("decoder", "ctc")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 LORA_TARGETS = ("query", "key", "value", "out", "wi", "wi_0", "wi_1", "wo", "all")
 
@@ -113,9 +115,24 @@ class ModelConfig:
     mlp_activations: tuple[str, ...] = ("gelu", "linear")   # T5 v1.1 gated-gelu; ("relu",) v1.0
     logits_via_embedding: bool = False                       # True: tied head (T5 v1.0)
     layer_norm_epsilon: float = 1e-6
+    # What the encoder reads (coda_flax.inputs) and what reads the encoder.
+    encoder_input: str = "tokens"          # "tokens" | "patches" (Pix2Struct) | "frames" (audio)
+    encoder_relative_attention: bool = True   # T5 relative bias in the encoder (Pix2Struct: no)
+    patch_size: int = 16
+    num_channels: int = 3
+    max_patch_positions: int = 4096        # rows / columns of the learned 2-D position tables
+    num_mel_bins: int = 80
+    conv_channels: int = 256               # ConvSubsampling width
+    head: str = "decoder"                  # "decoder" (T5 text decoder) | "ctc" (encoder + CTC)
 
     def __post_init__(self):
         name = "ModelConfig"
+        _check_choice(name, "encoder_input", self.encoder_input, ENCODER_INPUTS)
+        _check_choice(name, "head", self.head, HEADS)
+        for field in ("patch_size", "num_channels", "max_patch_positions", "num_mel_bins",
+                      "conv_channels"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{name}: {field} must be >= 1, got {getattr(self, field)}.")
         for field in ("vocab_size", "d_model", "num_heads", "num_kv_heads", "head_dim", "d_ff",
                       "relative_attention_num_buckets", "relative_attention_max_distance"):
             if getattr(self, field) < 1:
@@ -159,12 +176,14 @@ class ModelConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
         fields = dict(PRESETS[name])
+        # Table 7's adapter width (and the speech models' epsilon, appendix D) unless the
+        # caller's CodaConfig set a different one.
+        preset_coda = {k: fields.pop(k) for k in ("adapter_dim", "epsilon") if k in fields}
         coda = overrides.get("coda")
-        if isinstance(coda, CodaConfig) and "adapter_dim" in fields:
-            # Table 7's adapter width unless the caller's CodaConfig set a different one.
-            if coda.adapter_dim == CodaConfig.adapter_dim:
-                overrides["coda"] = dataclasses.replace(coda, adapter_dim=fields["adapter_dim"])
-        fields.pop("adapter_dim", None)
+        if isinstance(coda, CodaConfig):
+            overrides["coda"] = dataclasses.replace(coda, **{
+                k: v for k, v in preset_coda.items()
+                if getattr(coda, k) == getattr(CodaConfig, k)})
         fields.update(overrides)
         return cls(**fields)
 
@@ -173,6 +192,8 @@ _T5_1_1 = dict(vocab_size=32128, relative_attention_num_buckets=32,
                relative_attention_max_distance=128, mlp_activations=("gelu", "linear"))
 _PAPER = dict(vocab_size=32128, num_kv_heads=1, head_dim=128, num_decoder_layers=6,
               adapter_dim=64, mlp_activations=("gelu", "linear"))
+_SPEECH = dict(vocab_size=29, num_decoder_layers=0, adapter_dim=256, epsilon=1.0,
+               mlp_activations=("swish",), encoder_input="frames", head="ctc")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Public T5 v1.1 checkpoints (multi-head attention).
@@ -189,6 +210,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper_text_large": dict(_PAPER, d_model=1024, num_heads=16, d_ff=4096,
                              num_encoder_layers=24),
     "paper_text_xl": dict(_PAPER, d_model=2048, num_heads=32, d_ff=8192, num_encoder_layers=24),
+    # Table 7's vision model: Pix2Struct-style patch encoder (no relative bias), MQA, 18 / 6
+    # layers; Pix2Struct's 50244-token vocabulary.
+    "pix2struct": dict(_PAPER, vocab_size=50244, d_model=1536, num_heads=24, d_ff=3968,
+                       num_encoder_layers=18, adapter_dim=256, encoder_input="patches",
+                       encoder_relative_attention=False),
+    # Table 7's speech encoders (swish FFN, multi-head). The paper decodes with a 2-layer LSTM
+    # transducer; coda_flax puts a CTC head on the encoder (vocab = CharVocabulary's 29 ids).
+    **{f"speech_{size}": dict(_SPEECH, d_model=d, num_heads=8, num_kv_heads=8, head_dim=hd,
+                              d_ff=4 * d, num_encoder_layers=layers)
+       for size, d, hd, layers in (("base", 768, 96, 31), ("large", 1280, 160, 32),
+                                   ("xl", 1664, 208, 32))},
 }
 
 

@@ -1,22 +1,27 @@
 """The T5 v1.1 encoder-decoder with CoDA encoder layers (paper section 3, Figure 2).
 
-Encoder: embeddings -> CodaEncoderLayer x L (DenseEncoderLayer when `coda` is None) -> RMSNorm.
+Encoder: embeddings of tokens, image patches or audio frames (coda_flax.inputs) ->
+CodaEncoderLayer x L (DenseEncoderLayer when `coda` is None) -> RMSNorm.
 Decoder: dense T5 decoder layers (causal self-attention, cross-attention, gated MLP), each
 with a parallel adapter when CoDA is on -> RMSNorm -> logits.
+EncoderCtc: the encoder with a CTC output layer (the speech models of section 6).
 Parameter names follow T5X's minimal T5 (token_embedder, encoder/layers_{i}/..., decoder/...).
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from coda_flax.coda_layer import CodaEncoderLayer, DenseEncoderLayer, attention_mask
 from coda_flax.config import PRESETS, CodaConfig, ModelConfig, tiny_config
+from coda_flax.inputs import (ConvSubsampling, PatchEmbedder, check_inputs, encoder_mask,
+                              input_dtype, input_shape)
 from coda_flax.layers import Attention, Dense, GatedMlp, ParallelAdapter, RelativePositionBias, RMSNorm
 
 __all__ = ["ModelConfig", "CodaConfig", "PRESETS", "tiny_config", "Encoder", "Decoder",
-           "DecoderLayer", "EncoderDecoder"]
+           "DecoderLayer", "EncoderDecoder", "EncoderCtc", "build_module", "init_args"]
 
 
 def _relpos(c: ModelConfig, bidirectional: bool) -> RelativePositionBias:
@@ -33,19 +38,25 @@ def _positions(tokens, positions):
 
 class Encoder(nn.Module):
     config: ModelConfig
-    shared_embedding: nn.Module
+    shared_embedding: nn.Module | None = None        # the token embedder (text inputs)
+
+    def embed(self, inputs):
+        c = self.config
+        check_inputs(c, inputs)
+        if c.encoder_input == "patches":
+            return PatchEmbedder(c, name="patch_embedder")(inputs)
+        if c.encoder_input == "frames":
+            return ConvSubsampling(c, name="subsampling")(inputs)
+        return self.shared_embedding(inputs).astype(c.jnp_dtype)
 
     @nn.compact
-    def __call__(self, tokens, segment_ids=None, positions=None, deterministic=True):
+    def __call__(self, inputs, segment_ids=None, positions=None, deterministic=True):
         c = self.config
-        if tokens.ndim != 2:
-            raise ValueError(f"encoder_input_tokens must be [batch, length] ints, got shape "
-                             f"{tokens.shape}.")
-        valid = tokens > 0
-        positions = _positions(tokens, positions)
-        x = self.shared_embedding(tokens).astype(c.jnp_dtype)
+        x = self.embed(inputs)
+        valid = encoder_mask(c, inputs)
+        positions = _positions(valid, positions)
         x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
-        relpos = _relpos(c, bidirectional=True)
+        relpos = _relpos(c, bidirectional=True) if c.encoder_relative_attention else None
         layer = DenseEncoderLayer if c.coda is None else CodaEncoderLayer
         for i in range(c.num_encoder_layers):
             x = layer(c, name=f"layers_{i}")(x, valid, positions, relpos, segment_ids,
@@ -133,7 +144,8 @@ class EncoderDecoder(nn.Module):
                decoder_positions=None, enable_dropout=False, decode=False):
         """Decoder logits [b, len, vocab] (float32). decode=True: one step with the cache."""
         del decoder_target_tokens      # T5X passes it; the causal mask needs only positions
-        return self.decoder(encoded, encoder_input_tokens > 0, decoder_input_tokens,
+        return self.decoder(encoded, encoder_mask(self.config, encoder_input_tokens),
+                            decoder_input_tokens,
                             decoder_segment_ids, decoder_positions, encoder_segment_ids,
                             decode=decode, deterministic=not enable_dropout)
 
@@ -145,3 +157,61 @@ class EncoderDecoder(nn.Module):
         return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
                            decoder_target_tokens, encoder_segment_ids, decoder_segment_ids,
                            decoder_positions, enable_dropout, decode)
+
+
+class EncoderCtc(nn.Module):
+    """The CoDA encoder with a CTC output layer: logits [b, n, vocab] over encoder tokens
+    (vocab id 0 is the CTC blank); the speech models of section 6 with CTC instead of the
+    paper's LSTM transducer."""
+
+    config: ModelConfig
+
+    def setup(self):
+        c = self.config
+        self.encoder = Encoder(c)
+        self.ctc_logits = Dense((c.vocab_size,), ("embed", "vocab"), dtype=c.jnp_dtype)
+
+    def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
+               enable_dropout=False):
+        return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions,
+                            deterministic=not enable_dropout)
+
+    def __call__(self, encoder_input_tokens, enable_dropout=False):
+        """(logits [b, n, vocab] float32, mask [b, n] of the real encoder tokens)."""
+        encoded = self.encode(encoder_input_tokens, enable_dropout=enable_dropout)
+        logits = self.ctc_logits(encoded).astype(jnp.float32)
+        return logits, encoder_mask(self.config, encoder_input_tokens)
+
+
+def build_module(config: ModelConfig) -> nn.Module:
+    """The Flax module of a config: EncoderDecoder, or EncoderCtc when config.head == "ctc"."""
+    return EncoderCtc(config) if config.head == "ctc" else EncoderDecoder(config)
+
+
+def init_length(config: ModelConfig) -> int:
+    """An encoder length n at which init builds every parameter: `CodaEncoderLayer` creates its
+    router only when it routes (k < n), so e.g. r = 1.2 needs n with ceil(n / 1.2) < n."""
+    coda = config.coda
+    if coda is None or (coda.reduction == 1 and coda.num_routed is None):
+        return 4
+    if coda.num_routed is not None:
+        return max(4, coda.num_routed + 1)
+    n = 4
+    while coda.k(n) >= n:
+        n *= 2
+    return n
+
+
+def init_args(config: ModelConfig, batch_size: int = 1, length: int | None = None,
+              decoder_length: int = 4, abstract: bool = False) -> tuple:
+    """Positional inputs for `build_module(config).init`: all ones (real tokens, patch / frame
+    position 1), long enough for every parameter to exist. abstract=True gives
+    ShapeDtypeStructs (for jax.eval_shape)."""
+    if length is None:
+        length = init_length(config) * (4 if config.encoder_input == "frames" else 1)
+    make = jax.ShapeDtypeStruct if abstract else jnp.ones
+    enc = make(input_shape(config, batch_size, length), input_dtype(config))
+    if config.head == "ctc":
+        return (enc,)
+    dec = make((batch_size, decoder_length), jnp.int32)
+    return enc, dec, dec

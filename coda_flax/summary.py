@@ -44,7 +44,6 @@ from typing import Any
 
 import flax
 import jax
-import jax.numpy as jnp
 
 from coda_flax.config import ATTENTION_VARIANTS, CodaConfig, ModelConfig
 
@@ -88,30 +87,12 @@ def _key_name(entry) -> str:
     return str(entry)
 
 
-def _init_length(config: ModelConfig) -> int:
-    """An encoder length at which every encoder layer builds all its parameters.
-
-    `CodaEncoderLayer` creates its router only when k < n, so pick n with k(n) < n.
-    Shapes only: nothing of this length is ever allocated.
-    """
-    coda = config.coda
-    if coda is None or (coda.reduction == 1 and coda.num_routed is None):
-        return 2
-    if coda.num_routed is not None:
-        return coda.num_routed + 1
-    n = 2
-    while coda.k(n) >= n:
-        n *= 2
-    return n
-
-
 def abstract_params(config: ModelConfig) -> dict:
-    """The unboxed `params` tree of `EncoderDecoder(config)` as ShapeDtypeStructs (no memory)."""
-    from coda_flax.model import EncoderDecoder      # model imports config; keep this module light
+    """The unboxed `params` tree of `build_module(config)` as ShapeDtypeStructs (no memory)."""
+    from coda_flax.model import build_module, init_args   # keep this module light
 
-    enc = jax.ShapeDtypeStruct((1, _init_length(config)), jnp.int32)
-    dec = jax.ShapeDtypeStruct((1, 1), jnp.int32)
-    variables = jax.eval_shape(EncoderDecoder(config).init, jax.random.key(0), enc, dec)
+    variables = jax.eval_shape(build_module(config).init, jax.random.key(0),
+                               *init_args(config, decoder_length=1, abstract=True))
     return flax.core.meta.unbox(variables)["params"]
 
 

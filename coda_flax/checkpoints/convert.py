@@ -15,23 +15,20 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax.core import meta
 
-from coda_flax.checkpoints.tree import (expected_shapes, flatten_params, init_length,
+from coda_flax.checkpoints.tree import (expected_shapes, flatten_params,
                                         unflatten_params)
 from coda_flax.config import CodaConfig, ModelConfig
 
 
 def _init_new_params(config: ModelConfig, keys: list[str], rng) -> dict[str, Any]:
-    from coda_flax.model import EncoderDecoder
-
-    tokens = jnp.ones((1, init_length(config)), jnp.int32)
+    from coda_flax.model import build_module, init_args
 
     @jax.jit
     def init(rng):
-        params = EncoderDecoder(config).init(rng, tokens, tokens[:, :4])["params"]
+        params = build_module(config).init(rng, *init_args(config))["params"]
         flat = flatten_params(meta.unbox(params))
         return {k: flat[k] for k in keys}
 

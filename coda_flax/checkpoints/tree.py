@@ -12,7 +12,6 @@ import functools
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 from flax.core import meta
@@ -36,34 +35,22 @@ def unflatten_params(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def init_length(config: ModelConfig) -> int:
-    """An encoder length at which init creates every parameter.
-
-    A CoDA layer builds its router lazily, only when it routes (k < n), so e.g. r = 1.2 needs
-    n with ceil(n / 1.2) < n.
-    """
-    coda = config.coda
-    if coda is None or (coda.reduction == 1 and coda.num_routed is None):
-        return 4
-    if coda.num_routed is not None:
-        return max(4, coda.num_routed + 1)
-    n = 4
-    while coda.k(n) >= n:
-        n *= 2
-    return n
+    """An encoder length at which init creates every parameter (see coda_flax.model)."""
+    from coda_flax.model import init_length as _init_length    # model imports config only
+    return _init_length(config)
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The flat parameter shapes of `EncoderDecoder(config)`, without allocating them."""
+    """The flat parameter shapes of `build_module(config)`, without allocating them."""
     return dict(_expected_shapes(config))
 
 
 @functools.lru_cache(maxsize=64)
 def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    from coda_flax.model import EncoderDecoder      # late import: model imports config only
+    from coda_flax.model import build_module, init_args    # late: model imports config only
 
-    tokens = jnp.ones((1, init_length(config)), jnp.int32)
-    abstract = jax.eval_shape(
-        lambda: EncoderDecoder(config).init(jax.random.PRNGKey(0), tokens, tokens[:, :4]))
+    abstract = jax.eval_shape(lambda: build_module(config).init(jax.random.PRNGKey(0),
+                                                                *init_args(config)))
     return {k: tuple(v.shape) for k, v in flatten_params(abstract["params"]).items()}
 
 

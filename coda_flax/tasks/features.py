@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import seqio
 
+from coda_flax.tasks._tf import tf
 from coda_flax.tasks.span_corruption import random_spans_helper
 
 # Sequence lengths per task: inputs from Table 8; targets: ours (labels are a few tokens,
@@ -21,6 +22,9 @@ TASK_FEATURE_LENGTHS = {
     "coda_shakespeare_span_corruption": {"inputs": 512, "targets": random_spans_helper(512)[1]},
     "coda_shakespeare_play": {"inputs": 512, "targets": 16},
     "coda_shakespeare_speaker": {"inputs": 384, "targets": 16},
+    # Speech (coda_flax.tasks.speech): 10 ms log-mel frames (1600 = 16 s), CTC characters.
+    "coda_speech_offline": {"inputs": 1600, "targets": 320},
+    "coda_librispeech": {"inputs": 1600, "targets": 320},
 }
 
 
@@ -29,4 +33,33 @@ def output_features(vocabulary) -> dict:
     return {
         "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=False),
         "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
+    }
+
+
+class ContinuousEncDecFeatureConverter(seqio.EncDecFeatureConverter):
+    """EncDecFeatureConverter for encoders that read vectors instead of token ids.
+
+    Task feature "inputs" is float32 [length, dim]: image patches (Pix2Struct layout: row, column,
+    pixels; coda_flax.patches) or audio frames (frame index, log-mel; coda_flax.audio). Column 0
+    is a 1-based position, so padded rows (all zeros) are recognised as padding by the model.
+    "targets" are token ids as usual. Unpacked only.
+    """
+
+    _FS = seqio.FeatureConverter.FeatureSpec
+    TASK_FEATURES = dict(seqio.EncDecFeatureConverter.TASK_FEATURES,
+                         inputs=_FS(dtype=tf.float32, rank=2))
+    MODEL_FEATURES = dict(seqio.EncDecFeatureConverter.MODEL_FEATURES,
+                          encoder_input_tokens=_FS(dtype=tf.float32, rank=2))
+
+    def __init__(self, pack: bool = False, **kwargs):
+        if pack:
+            raise ValueError("ContinuousEncDecFeatureConverter does not pack; use pack=False.")
+        super().__init__(pack=False, **kwargs)
+
+
+def continuous_output_features(vocabulary, add_eos: bool = True) -> dict:
+    """Output features of image / audio tasks: float vectors in, token ids out."""
+    return {
+        "inputs": seqio.ContinuousFeature(dtype=tf.float32, rank=2, add_eos=False),
+        "targets": seqio.Feature(vocabulary=vocabulary, add_eos=add_eos),
     }

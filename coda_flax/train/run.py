@@ -15,6 +15,8 @@ import jax
 import numpy as np
 
 from coda_flax.config import ModelConfig
+from coda_flax.inputs import encoder_length, input_shape
+from coda_flax.train.ctc_model import make_model
 from coda_flax.train.t5_model import CodaT5Model
 from coda_flax.train.trainer import Trainer, TrainerConfig
 
@@ -30,9 +32,13 @@ def ensure_registered(name: str, data_dir: str | None = None, vocab_path: str | 
             tasks.register_offline_tasks(data_dir, vocab_path)
         elif name in tasks.PAPER_TASKS:
             tasks.register_paper_tasks(vocab_path, tfds_data_dir)
+        elif name in tasks.SPEECH_TASKS:
+            tasks.register_speech_tasks(data_dir)
+        elif name in tasks.VISION_TASKS:
+            tasks.register_vision_tasks(data_dir)
         else:
             known = sorted({*registry.registered_names(), *tasks.OFFLINE_TASKS,
-                            *tasks.PAPER_TASKS})
+                            *tasks.PAPER_TASKS, *tasks.SPEECH_TASKS, *tasks.VISION_TASKS})
             raise tasks.UnknownTaskError(f"unknown task or mixture {name!r}; coda_flax knows: "
                                          f"{', '.join(known)}.")
     return tasks.get_task_or_mixture(name)
@@ -43,13 +49,18 @@ def _features(task) -> tuple:
 
 
 def seqio_batches(name: str, feature_lengths: Mapping[str, int], batch_size: int, split: str,
-                  *, shuffle: bool = True, seed: int = 0, repeat: bool = True):
-    """start -> iterator of numpy batches (this process's rows) from batch `start` on."""
+                  *, shuffle: bool = True, seed: int = 0, repeat: bool = True,
+                  feature_converter_cls=None):
+    """start -> iterator of numpy batches (this process's rows) from batch `start` on.
+
+    feature_converter_cls: the model's FEATURE_CONVERTER_CLS (default EncDecFeatureConverter;
+    image / audio models read float vectors through ContinuousEncDecFeatureConverter)."""
     import seqio
+    converter = (feature_converter_cls or seqio.EncDecFeatureConverter)(pack=False)
     count, index = jax.process_count(), jax.process_index()
     if batch_size % count:
         raise ValueError(f"BATCH_SIZE={batch_size} must be divisible by the {count} processes.")
-    ds = seqio.get_dataset(name, dict(feature_lengths), seqio.EncDecFeatureConverter(pack=False),
+    ds = seqio.get_dataset(name, dict(feature_lengths), converter,
                            dataset_split=split, shuffle=shuffle, num_epochs=None if repeat else 1,
                            shard_info=seqio.ShardInfo(index, count), seed=seed, verbose=False)
     ds = ds.batch(batch_size // count, drop_remainder=repeat)
@@ -69,9 +80,12 @@ def eval_examples(task, feature_lengths: Mapping[str, int], split: str,
 
 
 def _pad(seqs: Sequence[np.ndarray], length: int) -> np.ndarray:
-    out = np.zeros((len(seqs), length), np.int32)
+    """Token ids [len] -> int32 [b, length]; vectors [len, dim] -> float32 [b, length, dim]."""
+    first = np.asarray(seqs[0])
+    dtype = np.int32 if first.ndim == 1 else np.float32
+    out = np.zeros((len(seqs), length, *first.shape[1:]), dtype)
     for i, s in enumerate(seqs):
-        s = s[:length]
+        s = np.asarray(s)[:length]
         out[i, :len(s)] = s
     return out
 
@@ -89,11 +103,19 @@ def _text(x) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
+def decode_ids(vocab, ids, eos_id) -> str:
+    """Text of one decode: up to the first EOS (when the model has one), padding dropped."""
+    ids = [int(t) for t in ids]
+    if eos_id is not None and eos_id in ids:
+        ids = ids[:ids.index(eos_id)]
+    return vocab.decode([t for t in ids if t > 0])
+
+
 # ------------------------------------------------------------------------------ evaluation
-def evaluate_params(model: CodaT5Model, params, task, feature_lengths: Mapping[str, int],
+def evaluate_params(model, params, task, feature_lengths: Mapping[str, int],
                     split: str = "validation", batch_size: int = 32,
                     max_examples: int | None = None, predictions_path: str | None = None) -> dict:
-    """Teacher-forced loss / accuracy and the task's metrics on greedy decodes."""
+    """Teacher-forced loss (/ token accuracy) and the task's metrics on greedy decodes."""
     examples = eval_examples(task, feature_lengths, split, max_examples)
     if not examples:
         raise ValueError(f"task {task.name!r} split {split!r} has no examples.")
@@ -107,16 +129,18 @@ def evaluate_params(model: CodaT5Model, params, task, feature_lengths: Mapping[s
         batch = to_batch(padded, feature_lengths)
         batch["decoder_loss_weights"][len(chunk):] = 0.0               # the filler rows
         _, metrics = loss_fn(params, batch)
-        w = float(np.sum(batch["decoder_loss_weights"]))
+        w = float(metrics.get("weight_sum", np.sum(batch["decoder_loss_weights"])))
         totals["loss"] = totals.get("loss", 0.0) + float(metrics["cross_ent_loss"])  # a sum
-        totals["correct"] = totals.get("correct", 0.0) + float(metrics["accuracy"]) * w
+        if "accuracy" in metrics:                                   # not for CTC models
+            totals["correct"] = totals.get("correct", 0.0) + float(metrics["accuracy"]) * w
         weight += w
         decodes = np.asarray(predict(params, batch))[:len(chunk)]
         for ex, tokens in zip(chunk, decodes):
-            text = out_vocab.decode([int(t) for t in tokens if t > 1])
+            text = decode_ids(out_vocab, tokens, model.eos_id)
             pred = task.postprocess_fn(text, example=ex, is_target=False) \
                 if task.postprocess_fn else text
-            target = _text(ex.get("targets_pretokenized", out_vocab.decode(list(ex["targets"]))))
+            target = _text(ex.get("targets_pretokenized",
+                                  decode_ids(out_vocab, ex["targets"], model.eos_id)))
             tgt = task.postprocess_fn(target, example=ex, is_target=True) \
                 if task.postprocess_fn else target
             predictions.append(pred)
@@ -124,8 +148,9 @@ def evaluate_params(model: CodaT5Model, params, task, feature_lengths: Mapping[s
             rows.append({"input": _text(ex.get("inputs_pretokenized", "")), "target": target,
                          "prediction": text})
     results = {"loss_per_token": totals["loss"] / max(weight, 1.0),
-               "token_accuracy": totals["correct"] / max(weight, 1.0),
                "num_examples": len(examples)}
+    if "correct" in totals:
+        results["token_accuracy"] = totals["correct"] / max(weight, 1.0)
     for fn in task.metric_fns:
         results.update({k: float(getattr(v, "value", v)) for k, v in fn(targets, predictions).items()})
     if predictions_path:
@@ -156,8 +181,8 @@ def _flat_keys(tree, prefix=""):
             yield prefix + k
 
 
-def _input_shapes(feature_lengths, batch_size):
-    return {"encoder_input_tokens": (batch_size, feature_lengths["inputs"]),
+def _input_shapes(config: ModelConfig, feature_lengths, batch_size):
+    return {"encoder_input_tokens": input_shape(config, batch_size, feature_lengths["inputs"]),
             "decoder_input_tokens": (batch_size, feature_lengths["targets"])}
 
 
@@ -183,7 +208,7 @@ def train(*, model_config: ModelConfig, mixture_or_task_name: str,
     for name, text in (extra_files or {}).items():        # e.g. the resolved gin config
         with open(os.path.join(model_dir, name), "w") as f:
             f.write(text)
-    model = CodaT5Model(model_config, z_loss=z_loss, label_smoothing=label_smoothing)
+    model = make_model(model_config, z_loss=z_loss, label_smoothing=label_smoothing)
     trainer = Trainer(model, TrainerConfig(
         model_dir=model_dir, total_steps=train_steps, learning_rate=learning_rate,
         schedule=schedule, warmup_steps=warmup_steps, trainable=trainable,
@@ -191,10 +216,10 @@ def train(*, model_config: ModelConfig, mixture_or_task_name: str,
         log_every=log_every, eval_every=eval_every, seed=seed, num_partitions=num_partitions,
         k_anneal_fraction=k_anneal_fraction, k_anneal_stages=k_anneal_stages,
         parameter_scale=parameter_scale, progress=progress))
-    state = trainer.init_state(_input_shapes(task_feature_lengths, batch_size),
+    state = trainer.init_state(_input_shapes(model_config, task_feature_lengths, batch_size),
                                _initial_params(model_config, initial_checkpoint_path))
     batches = seqio_batches(mixture_or_task_name, task_feature_lengths, batch_size, "train",
-                            seed=seed)
+                            seed=seed, feature_converter_cls=model.FEATURE_CONVERTER_CLS)
 
     evals = {}
 
@@ -202,7 +227,8 @@ def train(*, model_config: ModelConfig, mixture_or_task_name: str,
         evals[step] = evaluate_params(model, params, task, task_feature_lengths, eval_split,
                                       eval_batch_size, eval_max_examples)
         return evals[step]
-    state, history = trainer.train(state, batches, n=task_feature_lengths["inputs"],
+    n = encoder_length(model_config, task_feature_lengths["inputs"])
+    state, history = trainer.train(state, batches, n=n,
                                    eval_fn=eval_fn)
     params = jax.device_get(trainer.params(state))
     if jax.process_index() == 0:
@@ -219,7 +245,7 @@ def evaluate(*, model_config: ModelConfig | None = None, checkpoint_path: str,
     from coda_flax.checkpoints import load_checkpoint
     task = ensure_registered(mixture_or_task_name, data_dir, vocab_path, tfds_data_dir)
     saved_config, params = load_checkpoint(checkpoint_path)
-    model = CodaT5Model(model_config or saved_config)
+    model = make_model(model_config or saved_config)
     os.makedirs(output_dir, exist_ok=True)
     results = evaluate_params(model, params, task, task_feature_lengths, split, batch_size,
                               max_examples, os.path.join(output_dir, f"predictions_{split}.jsonl"))
@@ -239,6 +265,10 @@ def infer(*, checkpoint_path: str, inputs: Sequence[str], output_path: str,
         vocab_path = default_vocab_path(data_dir)
     vocab = vocab_lib.get_vocabulary(vocab_path)
     config, params = load_checkpoint(checkpoint_path)
+    if config.encoder_input != "tokens":
+        raise ValueError(f"infer takes text inputs; {checkpoint_path} is an "
+                         f"encoder_input={config.encoder_input!r} model: run `coda eval` on an "
+                         f"image / audio task instead.")
     model = CodaT5Model(config)
     examples = [{"inputs": np.asarray(vocab.encode(text) + [1], np.int32),
                  "targets": np.zeros((1,), np.int32)} for text in inputs]

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from coda_flax.config import ModelConfig
+from coda_flax.inputs import input_dtype, input_shape
 from coda_flax.model import EncoderDecoder
 from coda_flax.train import decoding, losses
 
@@ -73,6 +74,9 @@ class CodaT5Model:
     @property
     def FEATURE_CONVERTER_CLS(self):  # noqa: N802 (T5X's attribute name)
         import seqio                  # lazy: seqio pulls in tensorflow
+        if self.config.encoder_input != "tokens":          # image patches / audio frames
+            from coda_flax.tasks.features import ContinuousEncDecFeatureConverter
+            return ContinuousEncDecFeatureConverter
         return seqio.EncDecFeatureConverter
 
     def with_config(self, config: ModelConfig) -> "CodaT5Model":
@@ -88,10 +92,11 @@ class CodaT5Model:
                               input_types: Mapping[str, Any] | None = None):
         """Flax variables ({"params": ...}) with nn.Partitioned boxes (logical axis names).
 
-        input_shapes needs encoder_input_tokens and decoder_input_tokens ([batch, length]);
-        segment ids / positions present there are passed too (packed batches).
+        input_shapes needs encoder_input_tokens and decoder_input_tokens ([batch, length];
+        encoder_input_tokens is [batch, length, dim] for patches / frames, float32); segment
+        ids / positions present there are passed too (packed batches).
         """
-        input_types = {} if input_types is None else input_types
+        input_types = {"encoder_input_tokens": input_dtype(self.config), **(input_types or {})}
         for key in ("encoder_input_tokens", "decoder_input_tokens"):
             if key not in input_shapes:
                 raise KeyError(f"get_initial_variables: input_shapes needs {key!r}, got "
@@ -158,7 +163,7 @@ class CodaT5Model:
         c = self.config
         shapes = jax.eval_shape(lambda: self.module.init(
             jax.random.PRNGKey(0), jnp.ones((batch_size, encoder_length, c.d_model), c.jnp_dtype),
-            jnp.ones((batch_size, encoder_length), jnp.int32),
+            jnp.ones(input_shape(c, batch_size, encoder_length), input_dtype(c)),
             jnp.ones((batch_size, decoder_length), jnp.int32), decode=True,
             method="decode")["cache"])
         return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
