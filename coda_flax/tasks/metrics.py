@@ -155,3 +155,208 @@ def rouge(targets: Sequence[str], predictions: Sequence[str],
             totals[k] += scores[k].fmeasure
     n = max(len(targets), 1)
     return {k: 100.0 * v / n for k, v in totals.items()}
+
+
+# ------------------------------------------------------------------ vision (Pix2Struct tasks)
+# OCR-VQA: exact match; DocVQA: ANLS; Screen2Words: CIDEr (CoDA Table 6, Pix2Struct Table 2).
+# Targets may be one string or a list of acceptable answers / reference captions per example.
+
+def _references(target) -> list[str]:
+    if isinstance(target, (str, bytes, np.bytes_)):
+        return [_text(target)]
+    refs = [_text(t) for t in np.asarray(target, dtype=object).reshape(-1)]
+    if not refs:
+        raise ValueError("an example has no reference answers (unlabelled split?).")
+    return refs
+
+
+def _check_lengths(targets, predictions) -> None:
+    if len(targets) != len(predictions):
+        raise ValueError(f"Number of targets ({len(targets)}) and predictions "
+                         f"({len(predictions)}) must match.")
+
+
+def normalize_vqa(text) -> str:
+    """Lowercase, strip, collapse whitespace (the DocVQA / InfographicVQA scripts' normalisation)."""
+    return " ".join(_text(text).strip().lower().split())
+
+
+def exact_match(targets: Sequence[Any], predictions: Sequence[Any],
+                normalize: bool = True) -> dict:
+    """Percentage of predictions equal to one of their example's answers.
+
+    normalize=True compares normalize_vqa() forms (lowercase / strip / single spaces);
+    Pix2Struct's own exact_match compares the raw strings: pass normalize=False for that."""
+    _check_lengths(targets, predictions)
+    if not targets:
+        return {"exact_match": 0.0}
+    norm = normalize_vqa if normalize else _text
+    hits = [any(norm(t) == norm(p) for t in _references(ts)) for ts, p in zip(targets, predictions)]
+    return {"exact_match": 100.0 * float(np.mean(hits))}
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insertions, deletions, substitutions of characters)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1,
+                               previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def anls(targets: Sequence[Any], predictions: Sequence[Any], threshold: float = 0.5) -> dict:
+    """Average Normalized Levenshtein Similarity (Biten et al. 2019, DocVQA; in percent).
+
+    Per question: NL = levenshtein(answer, prediction) / max(len(answer), len(prediction)) on
+    normalize_vqa() strings, score = max over answers of 1 - NL, set to 0 when it is below
+    1 - threshold (NL > threshold). As the official DocVQA / InfographicVQA scripts and
+    Pix2Struct: NL = threshold exactly keeps 1 - threshold (the paper writes NL < threshold)."""
+    _check_lengths(targets, predictions)
+    if not targets:
+        return {"anls": 0.0}
+    scores = []
+    for ts, p in zip(targets, predictions):
+        p = normalize_vqa(p)
+        best = 0.0
+        for t in _references(ts):
+            t = normalize_vqa(t)
+            length = max(len(t), len(p))
+            nl = levenshtein(t, p) / length if length else 0.0
+            best = max(best, 1.0 - nl if nl <= threshold else 0.0)
+        scores.append(best)
+    return {"anls": 100.0 * float(np.mean(scores))}
+
+
+_PTB_PUNCTUATION = {"''", "'", "``", "`", "\"", "(", ")", "{", "}", "-LRB-", "-RRB-", "-LCB-",
+                    "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
+_PTB_TOKEN = re.compile(r"n't\b|'(?:s|re|ve|ll|d|m)\b|[^\W_]+(?:[.\-/'][^\W_]+)*|\.\.\.|--|\S")
+
+
+def caption_tokens(text) -> list[str]:
+    """Lowercased word tokens with punctuation removed: an approximation, without Java, of
+    coco-caption's PTBTokenizer pipeline (Stanford PTB tokenizer, -lowerCase, then its
+    punctuation list dropped). Contractions split as PTB does ("don't" -> "do n't")."""
+    text = _text(text).lower()
+    text = re.sub(r"(\w)(n't)\b", r"\1 \2", text)
+    text = re.sub(r"(\w)('(?:s|re|ve|ll|d|m))\b", r"\1 \2", text)
+    return [t for t in _PTB_TOKEN.findall(text) if t not in _PTB_PUNCTUATION]
+
+
+def _ngrams(tokens: Sequence[str], n: int) -> collections.Counter:
+    counts = collections.Counter()
+    for k in range(1, n + 1):
+        for i in range(len(tokens) - k + 1):
+            counts[tuple(tokens[i:i + k])] += 1
+    return counts
+
+
+def cider(targets: Sequence[Any], predictions: Sequence[Any], n: int = 4, sigma: float = 6.0,
+          tokenize: bool = True) -> dict:
+    """CIDEr-D (Vedantam et al. 2015) as coco-caption's pycocoevalcap.cider computes it, x100.
+
+    Per example: n-gram (1..n) tf-idf vectors, idf = log(N) - log(max(1, df)) with df counted
+    over the N examples' reference sets; for each n the clipped cosine
+    sum_g min(v_hyp[g], v_ref[g]) v_ref[g] / (|v_hyp| |v_ref|), times the Gaussian length penalty
+    exp(-(l_hyp - l_ref)^2 / (2 sigma^2)), averaged over n and over the references, times 10.
+    As coco-caption, the lengths l are counted in bigrams (its counts2vec adds term frequencies
+    when the n-gram index is 1; the difference equals the difference in words whenever both
+    captions are non-empty), and an n with a zero vector scores 0.
+
+    Scale: coco-caption reports that number (e.g. 1.102); Pix2Struct's metrics.cider and the
+    papers (CoDA Table 6: Screen2Words 110.2) multiply it by 100, so this returns 100x. The
+    idf needs a corpus: with a single example every weight is log(1) - log(1) = 0 and CIDEr is 0.
+    tokenize: caption_tokens() (lowercase, no punctuation); False splits on whitespace only."""
+    _check_lengths(targets, predictions)
+    if not targets:
+        return {"cider": 0.0}
+    split = caption_tokens if tokenize else (lambda s: _text(s).split())
+    refs = [[_ngrams(split(r), n) for r in _references(ts)] for ts in targets]
+    hyps = [_ngrams(split(p), n) for p in predictions]
+    doc_freq = collections.Counter()
+    for ref_set in refs:
+        doc_freq.update({g for r in ref_set for g in r})
+    log_n = np.log(float(len(refs)))
+
+    def vectorize(counts):
+        vec = [dict() for _ in range(n)]
+        norm = np.zeros(n)
+        length = 0
+        for g, tf in counts.items():
+            k = len(g) - 1
+            vec[k][g] = tf * (log_n - np.log(max(1.0, doc_freq[g])))
+            norm[k] += vec[k][g] ** 2
+            if k == 1:
+                length += tf
+        return vec, np.sqrt(norm), length
+
+    def similarity(hyp, ref):
+        (vh, nh, lh), (vr, nr, lr) = hyp, ref
+        val = np.zeros(n)
+        for k in range(n):
+            val[k] = sum(min(w, vr[k].get(g, 0.0)) * vr[k].get(g, 0.0) for g, w in vh[k].items())
+            if nh[k] != 0 and nr[k] != 0:
+                val[k] /= nh[k] * nr[k]
+            val[k] *= np.exp(-((lh - lr) ** 2) / (2 * sigma ** 2))
+        return val
+
+    scores = []
+    for hyp_counts, ref_set in zip(hyps, refs):
+        hyp = vectorize(hyp_counts)
+        total = sum(similarity(hyp, vectorize(r)) for r in ref_set)
+        scores.append(10.0 * float(np.mean(total)) / len(ref_set))
+    return {"cider": 100.0 * float(np.mean(scores))}
+
+
+def answers_postprocessor(output, example=None, is_target: bool = False):
+    """Predictions: the decoded text, stripped. Targets: the example's "answers" (all acceptable
+    answers / reference captions), or its decoded target when it has none."""
+    if is_target and example is not None and "answers" in example:
+        answers = [_text(a) for a in np.asarray(example["answers"]).reshape(-1)]
+        if answers:
+            return answers
+    return _text(output).strip()
+
+
+# ------------------------------------------------------------------ speech recognition
+
+def edit_distance(reference: Sequence[Any], hypothesis: Sequence[Any]) -> int:
+    """Levenshtein distance (substitutions + deletions + insertions) between two sequences,
+    row by row in numpy: the insertion chain of a row is a running minimum."""
+    ref_ids = {tok: i for i, tok in enumerate(dict.fromkeys(list(reference) + list(hypothesis)))}
+    ref = np.array([ref_ids[t] for t in reference], np.int64)
+    hyp = np.array([ref_ids[t] for t in hypothesis], np.int64)
+    steps = np.arange(len(hyp) + 1)
+    row = steps.copy()
+    for r in ref:
+        diag = row[:-1] + (hyp != r)
+        tmp = np.concatenate([[row[0] + 1], np.minimum(diag, row[1:] + 1)])
+        row = np.minimum.accumulate(tmp - steps) + steps
+    return int(row[-1])
+
+
+def _edit_rate(targets: Sequence[Any], predictions: Sequence[Any], split) -> float:
+    if len(targets) != len(predictions):
+        raise ValueError("Number of targets and predictions must match.")
+    edits = words = 0
+    for t, p in zip(targets, predictions):
+        ref, hyp = split(_text(t)), split(_text(p))
+        edits += edit_distance(ref, hyp)
+        words += len(ref)
+    return 100.0 * edits / words if words else (0.0 if edits == 0 else float("inf"))
+
+
+def wer(targets: Sequence[Any], predictions: Sequence[Any]) -> dict:
+    """Corpus word error rate in percent: total word edits / total reference words (as jiwer;
+    words are whitespace-separated, compared case-sensitively)."""
+    return {"wer": _edit_rate(targets, predictions, str.split)}
+
+
+def cer(targets: Sequence[Any], predictions: Sequence[Any]) -> dict:
+    """Corpus character error rate in percent: character edits (spaces included) / reference
+    characters, after stripping the ends (as jiwer.cer)."""
+    return {"cer": _edit_rate(targets, predictions, lambda s: list(s.strip()))}
