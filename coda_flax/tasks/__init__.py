@@ -6,6 +6,11 @@
     task = tasks.get_task_or_mixture("coda_mnli")
     ds = task.get_dataset(tasks.TASK_FEATURE_LENGTHS["coda_mnli"], split="validation")
 
+Image tasks (vision: easy-VQA, rendered documents, OCR-VQA / DocVQA / Screen2Words from local
+copies; vision_data prepares the offline ones) and speech tasks (speech: offline Debian /
+espeak-ng audio, LibriSpeech from a local copy; speech_data prepares them) read float vectors
+through features.ContinuousEncDecFeatureConverter.
+
 Modules: preprocessors (T5 text-to-text formats), span_corruption (T5 pretraining objective),
 metrics, tfds_source (read-only TFDS with clear errors), paper / offline (registration),
 shakespeare (offline corpus: download, parser, JSONL; no TensorFlow), vocab (SentencePiece),
@@ -34,6 +39,15 @@ _EXPORTS = {
     "train_sentencepiece": "vocab",
     "get_vocabulary": "vocab",
     "prepare_shakespeare": "shakespeare",
+    "register_speech_tasks": "speech",
+    "SPEECH_TASKS": "speech",
+    "CharVocabulary": "speech",
+    "prepare_offline_speech": "speech_data",
+    "MissingSpeechDataError": "speech_data",
+    "register_vision_tasks": "vision",
+    "VISION_TASKS": "vision",
+    "prepare_vision_data": "vision_data",
+    "MissingVisionDataError": "vision_data",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -22,9 +22,18 @@ TASK_FEATURE_LENGTHS = {
     "coda_shakespeare_span_corruption": {"inputs": 512, "targets": random_spans_helper(512)[1]},
     "coda_shakespeare_play": {"inputs": 512, "targets": 16},
     "coda_shakespeare_speaker": {"inputs": 384, "targets": 16},
-    # Speech (coda_flax.tasks.speech): 10 ms log-mel frames (1600 = 16 s), CTC characters.
+    # Speech (coda_flax.tasks.speech): 10 ms log-mel frames, CTC characters. LibriSpeech: Table
+    # 8's 3200 frames (32 s; longer utterances are dropped, never cut) and ~15 characters / s.
     "coda_speech_offline": {"inputs": 1600, "targets": 320},
-    "coda_librispeech": {"inputs": 1600, "targets": 320},
+    "coda_librispeech": {"inputs": 3200, "targets": 600},
+    # Images (coda_flax.tasks.vision): inputs = max patches (the offline tasks small enough for
+    # CPU runs: a 256 x 256 page is 16 x 16 patches; Table 8's 4096 for the paper's tasks),
+    # targets = bytes + EOS (easy-VQA answers <= 9 bytes, transcriptions <= 24).
+    "coda_easy_vqa": {"inputs": 256, "targets": 16},
+    "coda_rendered_docs": {"inputs": 256, "targets": 32},
+    "coda_ocrvqa": {"inputs": 4096, "targets": 128},
+    "coda_docvqa": {"inputs": 4096, "targets": 128},
+    "coda_screen2words": {"inputs": 4096, "targets": 128},
 }
 
 

@@ -32,9 +32,8 @@ from coda_flax.tasks.features import TASK_FEATURE_LENGTHS, continuous_output_fea
 from coda_flax.tasks.registry import add_task
 
 SPEECH_TASKS = ("coda_speech_offline", "coda_librispeech")
-# inputs: 10 ms frames (1600 = 16 s); targets: characters. LibriSpeech is read at ~15 characters
-# per second, so 16 s of speech rarely needs more than 320 characters; the offline corpus'
-# longest kept utterances are of the same order (see stats.json of prepare_offline_speech).
+# inputs: 10 ms frames; targets: characters (lengths in coda_flax.tasks.features: offline 1600
+# frames / 320 characters, LibriSpeech Table 8's 3200 frames / 600 characters at ~15 per second).
 SPEECH_TASK_FEATURE_LENGTHS = {name: TASK_FEATURE_LENGTHS[name] for name in SPEECH_TASKS}
 OFFLINE_SPLITS = ("train", "validation")
 
