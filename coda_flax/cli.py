@@ -2,6 +2,7 @@
 
     coda summary --preset NAME --reduction R [--attention k_to_all|k_to_k] [--length N]
                  [--adapter-dim D] [--json]
+    coda compare {rendered_docs,easy_vqa,speech} [--quick] [--output DIR]   (coda_flax/compare.py)
     coda bench [--presets ...] [--lengths ...] [--reductions ...] [--modes encode,generate]
                [--num-layers L] [--soft-topk] [--output DIR]     (coda_flax/bench.py)
 """
@@ -63,6 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="data cache (default $CODA_DATA_DIR or ~/.cache/coda_flax/data)")
     demo.set_defaults(func=lambda a: (__import__("coda_flax.demo").demo.run_demo(
         a.output, quick=a.quick, data_dir=a.data_dir), 0)[1])
+
+    compare = sub.add_parser(
+        "compare", help="Parallel Adapter vs CoDA on an offline image or speech task",
+        description="Train a dense backbone on the task, convert it to the Parallel Adapter "
+                    "and to CoDA at several r, finetune adapters + routers, and write quality, "
+                    "measured speedups, routing plots (and the ink share of routed patches for "
+                    "rendered documents) to the output folder.")
+    compare.add_argument("task", choices=("rendered_docs", "easy_vqa", "speech"),
+                         help="rendered_docs (image -> transcription), easy_vqa (question "
+                              "rendered over the image -> answer) or speech (CTC, WER)")
+    compare.add_argument("--quick", action="store_true", help="tiny sizes and steps (for tests)")
+    compare.add_argument("--output", default=None, help="output folder (default outputs/TASK)")
+    compare.add_argument("--data-dir", default=None,
+                         help="data cache (default $CODA_DATA_DIR or ~/.cache/coda_flax/data)")
+    compare.add_argument("--no-prepare", dest="prepare", action="store_false",
+                         help="use the data already in the cache; do not fetch or build any")
+    compare.set_defaults(func=lambda a: (__import__("coda_flax.compare").compare.run_compare(
+        a.task, a.output or f"outputs/{a.task}", quick_run=a.quick, data_dir=a.data_dir,
+        prepare=a.prepare), 0)[1])
 
     summary = sub.add_parser(
         "summary", help="parameter counts and analytic encoder FLOPs of a preset",

@@ -30,8 +30,9 @@ EVAL_OUTPUT_DIR, MIXTURE_OR_TASK_NAME and SPLIT belong to the runner.
 
 Missing prerequisites (TFDS data, vocabulary, initial checkpoints, offline corpus) are found before
 anything runs and reported together, each with how to provide it. Tables 5 (speech) and 6
-(vision) are listed by --dry-run but refused by a real run until the speech / vision stacks
-(issue 6) exist.
+(vision) are listed by --dry-run but refused by a real run: their pretrained backbones (BEST-RQ,
+Pix2Struct) cannot be imported and the paper's transducer / screenshot-parsing pretraining are
+not built (`coda compare` runs the same comparisons at CPU scale on offline data).
 
 Library code: load_table, expand, dry_run_text, check_prerequisites, run_table, collect_results,
 write_table (pure: spec + results -> markdown), table_json.
@@ -88,7 +89,7 @@ class MissingPrerequisitesError(ReproduceError):
 
 
 class TableNotImplementedError(ReproduceError):
-    """The table needs a domain that is not built yet (speech / vision: issue 6)."""
+    """The table needs something coda_flax cannot provide (Tables 5 / 6: see their status_note)."""
 
 
 # ------------------------------------------------------------------------------ tables (data)

@@ -4,9 +4,11 @@ Parallel Adapter vs CoDA at r = 2, 4, plus fully finetuned w2v-BERT / BEST-RQ qu
 reference. No CoDA pretraining for speech (appendix B); Table 8: input length 3200, batch 256,
 150K steps, Adafactor, 0.001 with inverse decay.
 
-NOT RUNNABLE YET: needs the speech stack (issue 6): audio features, the speech encoder presets
-(gin/models/speech_{base,large,xl}.gin), the transducer, a coda_librispeech task and BEST-RQ
-pretrained weights. `coda reproduce --table 5 --dry-run` lists the planned grid.
+NOT RUNNABLE: the speech stack exists (log-mel front end, gin/models/speech_{base,large,xl}.gin,
+the coda_librispeech task, WER), but coda_flax decodes with CTC where the paper uses a 2-layer
+LSTM transducer, and the BEST-RQ pretrained encoders cannot be imported (no converter; the
+weights are not public). `coda reproduce --table 5 --dry-run` lists the grid; `coda compare
+speech` runs the same comparison (PA vs r = 2, 4) at CPU scale on offline speech.
 """
 
 from .table8 import finetune
@@ -49,14 +51,14 @@ TABLE = dict(
     id="table5", number=5,
     title="LibriSpeech WER: Parallel Adapter vs CoDA (r = 2, 4), speech models Base/Large/XL",
     caption=CAPTION, status="not_implemented",
-    status_note="requires the speech stack (issue 6), not implemented yet: audio front end, "
-                "speech encoder presets gin/models/speech_{base,large,xl}.gin, LSTM transducer, "
-                "the coda_librispeech task and BEST-RQ pretrained speech checkpoints",
+    status_note="needs BEST-RQ pretrained speech encoders (not public; no importer) and the "
+                "paper's LSTM transducer (coda_flax has a CTC head instead); the speech presets, "
+                "coda_librispeech and WER exist. `coda compare speech` is the CPU-scale version",
     label_columns=["Model", "r"], decimals=1,
     delta_avg=dict(label="Δ Avg", decimals=2),
     initial_checkpoint=dict(required=True, help=(
-        "BEST-RQ pretrained speech encoders (Base / Large / XL, Table 7), once the speech stack "
-        "(issue 6) can load them.")),
+        "BEST-RQ pretrained speech encoders (Base / Large / XL, Table 7) in coda_flax's layout "
+        "(a `coda convert` directory of the speech_* presets).")),
     columns=COLUMNS, rows=ROWS,
     notes=["WER: lower is better; Δ Avg > 0 means a higher (worse) average WER than the "
            "Parallel Adapter."],

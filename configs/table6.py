@@ -4,8 +4,11 @@ Parallel Adapter vs CoDA at r = 4, 8, 16, 32, with the measured speed-ups quoted
 pretraining: 200K steps with k = 1024 (appendix B); Table 8: 4096 patches, batch 256 (Screen2Words
 32), 20K steps, Adafactor, 0.01 with cosine decay.
 
-NOT RUNNABLE YET: needs the vision stack (issue 6): a patch encoder preset
-(gin/models/pix2struct.gin), Pix2Struct pretrained weights and the three tasks.
+NOT RUNNABLE: the vision stack exists (gin/models/pix2struct.gin, the coda_ocrvqa / coda_docvqa /
+coda_screen2words tasks reading the published layouts, exact match / ANLS / CIDEr), but the
+Pix2Struct pretrained weights cannot be imported (no Pix2Struct -> coda_flax converter yet) and
+the CoDA pretraining task (Pix2Struct's screenshot parsing) is not written. `coda compare
+rendered_docs` / `easy_vqa` run the comparison at CPU scale on offline images.
 """
 
 from .table8 import coda_pretraining, finetune
@@ -52,13 +55,14 @@ TABLE = dict(
     title="Pix2Struct: Parallel Adapter vs CoDA (r = 4, 8, 16, 32) on OCR-VQA / DocVQA / "
           "Screen2Words",
     caption=CAPTION, status="not_implemented",
-    status_note="requires the vision stack (issue 6), not implemented yet: image patch encoder "
-                "preset gin/models/pix2struct.gin, Pix2Struct pretrained weights and the "
-                "coda_ocrvqa / coda_docvqa / coda_screen2words tasks",
+    status_note="needs Pix2Struct pretrained weights in coda_flax's layout (no importer yet) "
+                "and the screenshot-parsing CoDA pretraining task; the pix2struct preset, the "
+                "three tasks and their metrics exist. `coda compare rendered_docs` is the "
+                "CPU-scale version",
     label_columns=["Model", "Reduction r"], decimals=1, delta_avg=None,
     initial_checkpoint=dict(required=True, help=(
-        "a pretrained Pix2Struct checkpoint (Lee et al., 2022), once the vision stack (issue 6) "
-        "can load it.")),
+        "a pretrained Pix2Struct checkpoint (Lee et al., 2022) in coda_flax's layout (a "
+        "`coda convert` directory of the pix2struct preset).")),
     columns=COLUMNS, rows=ROWS,
     notes=["Speedup columns are the paper's measured inference speed-ups over the Parallel "
            "Adapter (quoted; `coda reproduce` does not measure speed)."],

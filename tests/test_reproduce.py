@@ -9,6 +9,8 @@ import shlex
 
 import pytest
 
+from coda_flax.config import ModelConfig
+
 from coda_flax import reproduce as rp
 from coda_flax.reproduce_cli import main as cli_main
 
@@ -153,13 +155,6 @@ def test_every_grid_entry_has_gin_files_that_exist_and_parse(tables, tmp_path):
         spec = tables[number]
         exps = rp.expand(spec, tmp_path, ["INITIAL_CHECKPOINT_PATH='/ckpt/{preset}'"])
         assert len(exps) == EXPECTED_EXPERIMENTS[number]
-        if number not in READY:                   # planned model files (issue 6) are missing,
-            for e in exps:                        # everything else exists
-                model = e.config["model_gin"]
-                assert "speech" in model or "pix2struct" in model
-                assert [f for s in e.stages for f in rp._missing_gin_files(s)] == \
-                    [model] * len(e.stages[:-1])
-            continue
         seen = set()
         for e in exps:
             for s in e.stages:
@@ -173,10 +168,13 @@ def test_every_grid_entry_has_gin_files_that_exist_and_parse(tables, tmp_path):
                 if s.kind == "eval":
                     assert gin.query_parameter("%SPLIT") == e.split
                     continue
+                config = gin.get_configurable("model_config")()
+                assert config == ModelConfig.from_preset(e.preset, coda=config.coda)
+                if number not in READY:          # Tables 5 / 6: the grid parses, runs refuse
+                    continue
                 assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == (
                     e.task if s.kind == "finetune" else "coda_c4_span_corruption")
-                config = gin.get_configurable("model_config")()
-                assert config.d_model > 0 and e.preset.startswith(("t5_1_1", "paper_text"))
+                assert e.preset.startswith(("t5_1_1", "paper_text"))
                 reduction, attention, router = _VARIANTS[os.path.basename(
                     e.config["variant_gin"])[:-4]]
                 assert (config.coda.attention, config.coda.router) == (attention, router)
@@ -199,8 +197,8 @@ def test_dry_run_lists_every_table_with_exact_commands(capsys, tables, tmp_path)
     counts = {int(n): len(re.findall(r"(?m)^\[\d+/\d+\] ", body))
               for n, body in zip(sections[::2], sections[1::2])}
     assert counts == EXPECTED_EXPERIMENTS
-    assert out.count("NOT RUNNABLE: requires the speech stack (issue 6)") == 1
-    assert out.count("NOT RUNNABLE: requires the vision stack (issue 6)") == 1
+    assert out.count("NOT RUNNABLE: needs BEST-RQ pretrained speech encoders") == 1
+    assert out.count("NOT RUNNABLE: needs Pix2Struct pretrained weights") == 1
     # The printed commands are the argv the runner executes.
     printed = [shlex.split(l.strip()) for l in out.splitlines() if l.startswith("  coda ")]
     argvs = [["coda", *s.argv] for n in rp.TABLE_NUMBERS
@@ -287,11 +285,11 @@ def test_write_table_puts_ours_and_paper_side_by_side(tables):
 
 # ------------------------------------------------------------------------------ refusing clearly
 def test_speech_and_vision_tables_refuse_to_run(tables, tmp_path, capsys):
-    for number, word in ((5, "speech"), (6, "vision")):
-        with pytest.raises(rp.TableNotImplementedError, match=f"requires the {word} stack"):
+    for number, word in ((5, "BEST-RQ"), (6, "Pix2Struct")):
+        with pytest.raises(rp.TableNotImplementedError, match=f"needs {word} pretrained"):
             rp.run_table(tables[number], tmp_path)
         assert cli_main(["--table", str(number), "--output", str(tmp_path)]) == 2
-        assert "issue 6" in capsys.readouterr().err
+        assert "coda compare" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
 
 

@@ -215,8 +215,11 @@ class Trainer:
                         f"{cfg.model_dir}/checkpoints. Lower the learning rate or check the data.")
                 state = dict(state, trainable=trainable, opt_state=opt_state, step=step + 1)
                 step += 1
+                inputs = np.asarray(batch["encoder_input_tokens"])
+                if inputs.ndim == 3:               # patches / frames: column 0 is the position
+                    inputs = inputs[..., 0]
                 tokens += int(np.sum(np.asarray(batch["decoder_loss_weights"]) > 0)) + int(
-                    np.sum(np.asarray(batch["encoder_input_tokens"]) > 0))
+                    np.sum(inputs > 0))
                 if step % cfg.log_every == 0 or step == cfg.total_steps:
                     elapsed = max(time.time() - t0, 1e-9)
                     row = {"step": step, "k": k, "learning_rate": float(self.lr(step)),

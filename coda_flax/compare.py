@@ -1,0 +1,314 @@
+"""Parallel Adapter vs CoDA on the offline image and speech tasks (`coda compare`, paper section 6).
+
+The paper's protocol (section 3.3) at CPU scale, on real offline data:
+
+    1. a dense model trained on the task stands in for the pretrained backbone (Pix2Struct /
+       BEST-RQ cannot be downloaded here);
+    2. it is converted to the Parallel Adapter and to CoDA at several r (dense_to_coda: the
+       backbone copied, adapters at zero, routers new);
+    3. each variant finetunes adapters + routers + layer norms only, with k annealed from n
+       to n / r (appendix B);
+    4. quality on the validation split (rendered documents: exact match and ANLS; easy-VQA:
+       exact match; speech: WER, CER), measured encoder and end-to-end inference speedups over
+       the Parallel Adapter on the same batch (interleaved timing, coda_flax.bench), and for
+       rendered documents the share of routed patches that contain ink beside the share of ink
+       patches on the page (does the router skip whitespace, as the paper's Figure 7 shows?).
+
+Outputs in the output folder: results.json, results.md, speed_quality.png, routing plots and
+(rendered documents) ink_share.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+from coda_flax.config import CodaConfig, ModelConfig
+
+Log = Callable[[str], None]
+
+_VISION_MODEL = dict(vocab_size=259, d_model=128, num_heads=4, num_kv_heads=1, head_dim=32,
+                     d_ff=256, num_encoder_layers=4, num_decoder_layers=2,
+                     encoder_input="patches", encoder_relative_attention=False, patch_size=16,
+                     num_channels=3, max_patch_positions=64)
+_SPEECH_MODEL = dict(vocab_size=29, d_model=144, num_heads=4, num_kv_heads=4, head_dim=36,
+                     d_ff=576, num_encoder_layers=4, num_decoder_layers=0,
+                     mlp_activations=("swish",), encoder_input="frames", num_mel_bins=80,
+                     conv_channels=32, head="ctc")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareSettings:
+    """One comparison: task, model, steps, and the variants (name, reduction r)."""
+
+    task: str
+    domain: str                        # "vision" | "speech"
+    input_length: int                  # patches / audio frames
+    target_length: int
+    model: dict
+    variants: tuple = (("parallel_adapter", 1), ("coda_r4", 4), ("coda_r8", 8),
+                       ("coda_r16", 16))
+    adapter_dim: int = 32
+    epsilon: float = 0.03              # appendix D: 0.03 text / vision, 1.0 speech
+    batch_size: int = 16
+    pretrain_steps: int = 600
+    pretrain_lr: float = 3e-3
+    finetune_steps: int = 200
+    finetune_lr: float = 3e-3
+    eval_examples: int = 128
+    speed_batch: int = 8
+    speed_repeats: int = 5
+    headline: str = "anls"             # the metric of the table's quality column
+    lower_is_better: bool = False
+
+
+SETTINGS = {
+    "rendered_docs": CompareSettings("coda_rendered_docs", "vision", 256, 32, _VISION_MODEL,
+                                     headline="anls"),
+    "easy_vqa": CompareSettings("coda_easy_vqa", "vision", 256, 16, _VISION_MODEL,
+                                headline="exact_match"),
+    "speech": CompareSettings("coda_speech_offline", "speech", 512, 96, _SPEECH_MODEL,
+                              variants=(("parallel_adapter", 1), ("coda_r2", 2), ("coda_r4", 4)),
+                              epsilon=1.0, headline="wer", lower_is_better=True),
+}
+
+
+def quick(s: CompareSettings) -> CompareSettings:
+    """Tiny sizes and a few steps: the code path of the full run, for tests."""
+    small = dict(s.model, d_model=16, num_heads=2, num_kv_heads=1, head_dim=8, d_ff=32,
+                 num_encoder_layers=2, num_decoder_layers=min(1, s.model["num_decoder_layers"]))
+    if s.domain == "speech":
+        small.update(num_kv_heads=2, conv_channels=2)
+    return dataclasses.replace(
+        s, model=small, input_length=min(s.input_length, 64 if s.domain == "vision" else 128),
+        target_length=min(s.target_length, 24), variants=s.variants[:2], adapter_dim=4,
+        batch_size=2, pretrain_steps=2, finetune_steps=2, eval_examples=2, speed_batch=2,
+        speed_repeats=1)
+
+
+def model_config(s: CompareSettings, reduction: float | None) -> ModelConfig:
+    coda = None if reduction is None else CodaConfig(reduction=reduction, epsilon=s.epsilon,
+                                                     adapter_dim=s.adapter_dim)
+    return ModelConfig(**s.model, coda=coda)
+
+
+def register(s: CompareSettings, data_dir: str | None, prepare: bool, log: Log):
+    """Prepares (downloads once, verified) and registers the task; returns the seqio task."""
+    from coda_flax import tasks
+    if s.domain == "vision":
+        if prepare:
+            from coda_flax.tasks.vision_data import prepare_vision_data
+            prepare_vision_data(data_dir, log=log)
+        tasks.register_vision_tasks(data_dir, max_patches=s.input_length,
+                                    patch_size=s.model["patch_size"], tasks=(s.task,))
+    else:
+        if prepare:
+            tasks.prepare_offline_speech(data_dir, log=log)
+        tasks.register_speech_tasks(data_dir)
+    return tasks.get_task_or_mixture(s.task)
+
+
+def measure_speed(models: dict, params: dict, batch: dict, repeats: int) -> dict:
+    """Seconds per call of the encoder and of encode + greedy decoding, per model, timed
+    interleaved on the same batch (coda_flax.bench.measure_interleaved)."""
+    from coda_flax.bench import measure_interleaved
+    fns = {}
+    for name, m in models.items():
+        encode = jax.jit(lambda p, x, m=m: m.module.apply({"params": p}, x, method="encode"))
+        predict = jax.jit(m.predict_batch)
+        fns[(name, "encoder")] = (lambda f=encode, n=name: f(params[n],
+                                                              batch["encoder_input_tokens"]))
+        fns[(name, "end_to_end")] = lambda f=predict, n=name: f(params[n], batch)
+    samples, _ = measure_interleaved(fns, repeats=max(1, repeats), warmup=1,
+                                     min_sample_seconds=0.05)
+    out = {name: {} for name in models}
+    for (name, what), times in samples.items():
+        out[name][what] = float(np.median(times))
+    return out
+
+
+def ink_fractions(selected, ink, valid) -> tuple[list[float], float]:
+    """selected [L, b, n], ink [b, n], valid [b, n] (bool) -> (per layer: share of the routed
+    real patches that contain ink, share of the real patches that contain ink)."""
+    selected, ink, valid = (np.asarray(a, bool) for a in (selected, ink, valid))
+    routed = [float(np.sum(sel & ink & valid) / max(np.sum(sel & valid), 1)) for sel in selected]
+    return routed, float(np.sum(ink & valid) / max(np.sum(valid), 1))
+
+
+def ink_share(model_config_, params, examples, batch) -> dict:
+    """Does the router pick ink? ink_fractions of a batch of rendered pages (the page's share
+    is what routing at random would give)."""
+    from coda_flax import viz
+    decisions = viz.routing_decisions(model_config_, params, batch["encoder_input_tokens"])
+    ink = np.stack([np.asarray(e["ink"], bool) for e in examples])
+    routed, page = ink_fractions(decisions["selected"], ink, decisions["valid"])
+    return {"routed_ink_share": routed, "page_ink_share": page}
+
+
+def run_compare(name: str, output_dir: str, *, quick_run: bool = False,
+                data_dir: str | None = None, prepare: bool = True, log: Log = print) -> dict:
+    """Runs the comparison `name` (a key of SETTINGS); writes and returns the results."""
+    from coda_flax.checkpoints.peft import parameter_summary, trainable_mask
+    from coda_flax.train import run
+    from coda_flax.train.ctc_model import make_model
+
+    if name not in SETTINGS:
+        raise ValueError(f"unknown comparison {name!r}; choose one of {sorted(SETTINGS)}.")
+    s = quick(SETTINGS[name]) if quick_run else SETTINGS[name]
+    os.makedirs(output_dir, exist_ok=True)
+    t_start = time.time()
+    log(f"[compare 1/5] data for {s.task}")
+    task = register(s, data_dir, prepare, log)
+    lengths = {"inputs": s.input_length, "targets": s.target_length}
+    common = dict(mixture_or_task_name=s.task, task_feature_lengths=lengths,
+                  batch_size=s.batch_size, log_every=25, checkpoint_every=10**9,
+                  eval_batch_size=s.batch_size, eval_max_examples=s.eval_examples,
+                  data_dir=data_dir, progress=True, parameter_scale=False)
+
+    log(f"[compare 2/5] the dense backbone: {s.pretrain_steps} steps, every parameter trained")
+    pre_dir = os.path.join(output_dir, "dense")
+    if not os.path.isdir(os.path.join(pre_dir, "final")):
+        run.train(model_config=model_config(s, None), **common, train_steps=s.pretrain_steps,
+                  model_dir=pre_dir, trainable="all", learning_rate=s.pretrain_lr,
+                  k_anneal_stages=1)
+    dense = os.path.join(pre_dir, "final")
+
+    log(f"[compare 3/5] finetune {len(s.variants)} variants ({s.finetune_steps} steps each; "
+        f"adapters + routers + layer norms)")
+    results, models, params = {}, {}, {}
+    for variant, r in s.variants:
+        cfg = model_config(s, r)
+        out = run.train(model_config=cfg, **common, train_steps=s.finetune_steps,
+                        model_dir=os.path.join(output_dir, "finetune", variant),
+                        initial_checkpoint_path=dense, trainable="finetune",
+                        learning_rate=s.finetune_lr, k_anneal_fraction=0.2, k_anneal_stages=2)
+        p, ev = out["params"], out["eval"]
+        counts = parameter_summary(p, trainable_mask(p, "finetune"))
+        n = _encoder_length(cfg, s.input_length)
+        results[variant] = {"reduction": r, "n": n, "k": cfg.coda.k(n), "eval": ev,
+                            "quality": ev[s.headline], "trainable_params": counts["trainable"],
+                            "total_params": counts["total"]}
+        models[variant], params[variant] = make_model(cfg), p
+        log(f"  {variant}: {s.headline} {ev[s.headline]:.1f}")
+
+    log("[compare 4/5] inference speed on one validation batch (interleaved timing)")
+    examples = run.eval_examples(task, lengths, "validation", s.speed_batch)
+    examples = (examples * s.speed_batch)[:s.speed_batch]
+    batch = run.to_batch(examples, lengths)
+    speed = measure_speed(models, params, batch, s.speed_repeats)
+    base = speed["parallel_adapter"]
+    for variant, row in results.items():
+        row.update({f"{k}_seconds": v for k, v in speed[variant].items()})
+        row.update({f"{k}_speedup": base[k] / v for k, v in speed[variant].items()})
+
+    log("[compare 5/5] table, plots")
+    summary = {"name": name, "task": s.task, "settings": dataclasses.asdict(s),
+               "quick": quick_run, "variants": results,
+               "device": jax.devices()[0].device_kind, "seconds": None}
+    _plots(summary, models, params, examples, batch, output_dir)
+    summary["seconds"] = time.time() - t_start
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=float)
+    with open(os.path.join(output_dir, "results.md"), "w") as f:
+        f.write(results_table(summary))
+    log(results_table(summary))
+    log(f"[compare] done in {summary['seconds']:.0f} s; outputs in {output_dir}")
+    return summary
+
+
+def _encoder_length(cfg: ModelConfig, length: int) -> int:
+    from coda_flax.inputs import encoder_length
+    return encoder_length(cfg, length)
+
+
+def _plots(summary, models, params, examples, batch, output_dir):
+    from coda_flax import viz
+    plot_speed_quality(summary, os.path.join(output_dir, "speed_quality.png"))
+    routed = [v for v in models if viz.is_routed(models[v].config)]
+    if summary["task"] == "coda_rendered_docs" and routed:
+        shares = {v: ink_share(models[v].config, params[v], examples, batch) for v in routed}
+        summary["ink_share"] = shares
+        plot_ink_share(shares, os.path.join(output_dir, "ink_share.png"))
+    for v in routed:
+        cfg = models[v].config
+        decisions = viz.routing_decisions(cfg, params[v], batch["encoder_input_tokens"][:1])
+        lam = np.asarray(decisions["lam"])[:, 0]
+        path = os.path.join(output_dir, f"routing_{v}.png")
+        if cfg.encoder_input == "patches":
+            from coda_flax.patches import patch_grid, unpatchify
+            rows, cols = patch_grid(batch["encoder_input_tokens"][0])
+            image = unpatchify(batch["encoder_input_tokens"][0], rows, cols,
+                               patch_size=cfg.patch_size)
+            viz.plot_patch_routing(lam[:, :rows * cols], (rows, cols), path, image=image,
+                                   title=f"{v}: router preference per layer")
+        else:
+            n = int(np.asarray(decisions["valid"])[0].sum()) if "valid" in decisions else None
+            viz.plot_routing_heatmap(lam[:, :n], None, path,
+                                     title=f"{v}: router preference over time per layer")
+
+
+def results_table(summary: dict) -> str:
+    s = summary["settings"]
+    metric = s["headline"] + (" (lower is better)" if s["lower_is_better"] else "")
+    lines = [f"{summary['task']}: Parallel Adapter vs CoDA ({s['input_length']} "
+             f"{'patches' if s['domain'] == 'vision' else 'frames'} in, dense backbone "
+             f"{s['pretrain_steps']} steps, {s['finetune_steps']} finetuning steps)", "",
+             f"| variant | r | n | k | {metric} | encoder speedup | end-to-end speedup "
+             f"| trainable params |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in summary["variants"].items():
+        lines.append(f"| {name} | {r['reduction']} | {r['n']} | {r['k']} | {r['quality']:.1f} "
+                     f"| {r['encoder_speedup']:.2f}x | {r['end_to_end_speedup']:.2f}x "
+                     f"| {r['trainable_params']:,} |")
+    if "ink_share" in summary:
+        lines += ["", "Share of routed patches that contain ink, per layer (the page's share of "
+                  "ink patches in brackets: what random routing would give):", ""]
+        for name, sh in summary["ink_share"].items():
+            per_layer = ", ".join(f"{100 * x:.0f}%" for x in sh["routed_ink_share"])
+            lines.append(f"- {name}: {per_layer} [{100 * sh['page_ink_share']:.0f}%]")
+    return "\n".join(lines) + "\n"
+
+
+def plot_speed_quality(summary: dict, path: str) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    s = summary["settings"]
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    for name, r in summary["variants"].items():
+        ax.scatter(r["end_to_end_speedup"], r["quality"], s=60,
+                   marker="s" if r["reduction"] == 1 else "o")
+        ax.annotate(name, (r["end_to_end_speedup"], r["quality"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("measured end-to-end speedup over the Parallel Adapter")
+    ax.set_ylabel(f"{s['headline']} ({'lower' if s['lower_is_better'] else 'higher'} is better)")
+    ax.set_title(f"{summary['task']}: speed vs quality")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_ink_share(shares: dict, path: str) -> str:
+    """Per layer: routed patches' ink share for each variant, the page's ink share dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    for name, sh in shares.items():
+        layers = np.arange(len(sh["routed_ink_share"]))
+        line, = ax.plot(layers, 100 * np.asarray(sh["routed_ink_share"]), marker="o",
+                        label=f"{name}: routed patches")
+        ax.axhline(100 * sh["page_ink_share"], color=line.get_color(), ls="--", lw=0.8)
+    ax.set_xlabel("encoder layer")
+    ax.set_ylabel("% of patches that contain ink")
+    ax.set_ylim(0, 100)
+    ax.set_title("Does the router pick ink? (dashed: share of ink patches on the page)")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,74 @@
+"""`coda compare` (Parallel Adapter vs CoDA on offline image / speech tasks): the quick path end
+to end on data the test renders itself, the ink-share statistic and the table writer."""
+
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+
+from coda_flax import compare
+from coda_flax.tasks import vision_data
+from coda_flax.tasks.vision_data import MissingVisionDataError
+
+WORDS = "thou art more lovely and more temperate rough winds do shake the darling buds".split()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    try:
+        vision_data.find_fonts(download=False, log=lambda s: None)
+    except MissingVisionDataError as e:
+        pytest.skip(str(e))
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(40)]
+    root = str(tmp_path_factory.mktemp("compare_data"))
+    vision_data.prepare_rendered_docs(root, num_train=8, num_validation=4, lines=lines,
+                                      download=False, log=lambda s: None)
+    return root
+
+
+def test_quick_rendered_docs_comparison_writes_every_output(data_dir, tmp_path):
+    out = str(tmp_path / "cmp")
+    summary = compare.run_compare("rendered_docs", out, quick_run=True, data_dir=data_dir,
+                                  prepare=False, log=lambda s: None)
+    on_disk = json.load(open(os.path.join(out, "results.json")))
+    assert on_disk["variants"].keys() == summary["variants"].keys() == {"parallel_adapter",
+                                                                          "coda_r4"}
+    pa, coda = on_disk["variants"]["parallel_adapter"], on_disk["variants"]["coda_r4"]
+    assert pa["k"] == pa["n"] == 64 and coda["k"] == 16                 # k = ceil(64 / 4)
+    assert pa["encoder_speedup"] == pa["end_to_end_speedup"] == 1.0
+    assert coda["encoder_speedup"] > 0 and 0.0 <= coda["quality"] <= 100.0
+    assert coda["trainable_params"] > pa["trainable_params"]           # + the routers
+    shares = on_disk["ink_share"]["coda_r4"]
+    assert len(shares["routed_ink_share"]) == 2 and 0 < shares["page_ink_share"] < 1
+    for name in ("results.md", "speed_quality.png", "ink_share.png", "routing_coda_r4.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+
+
+def test_ink_share_counts_routed_ink_patches():
+    selected = np.array([[[1, 1, 0, 0]], [[0, 0, 1, 1]]], bool)          # [L=2, b=1, n=4]
+    ink = np.array([1, 0, 0, 0], bool)
+    valid = np.array([[1, 1, 1, 0]], bool)
+    routed, page = compare.ink_fractions(selected, ink[None], valid)
+    assert routed == [0.5, 0.0]                  # layer 1's routed padding patch is not counted
+    assert page == pytest.approx(1 / 3)
+
+
+def test_results_table_layout():
+    summary = {"task": "coda_speech_offline", "settings": dict(
+        compare.SETTINGS["speech"].__dict__), "variants": {
+            "parallel_adapter": dict(reduction=1, n=128, k=128, quality=50.0,
+                                     encoder_speedup=1.0, end_to_end_speedup=1.0,
+                                     trainable_params=1000),
+            "coda_r2": dict(reduction=2, n=128, k=64, quality=55.5, encoder_speedup=1.8,
+                            end_to_end_speedup=1.7, trainable_params=1100)}}
+    table = compare.results_table(summary)
+    assert "| coda_r2 | 2 | 128 | 64 | 55.5 | 1.80x | 1.70x | 1,100 |" in table
+    assert "wer (lower is better)" in table
+
+
+def test_unknown_comparison_lists_the_choices(tmp_path):
+    with pytest.raises(ValueError, match="rendered_docs"):
+        compare.run_compare("ocr", str(tmp_path))
