@@ -2,7 +2,7 @@
 
     coda summary --preset NAME --reduction R [--attention k_to_all|k_to_k] [--length N]
                  [--adapter-dim D] [--json]
-    coda compare {rendered_docs,easy_vqa,speech} [--quick] [--output DIR]   (coda_flax/compare.py)
+    coda compare {rendered_words,rendered_docs,easy_vqa,speech} [--quick] [--output DIR]
     coda bench [--presets ...] [--lengths ...] [--reductions ...] [--modes encode,generate]
                [--num-layers L] [--soft-topk] [--output DIR]     (coda_flax/bench.py)
 """
@@ -71,9 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "and to CoDA at several r, finetune adapters + routers, and write quality, "
                     "measured speedups, routing plots (and the ink share of routed patches for "
                     "rendered documents) to the output folder.")
-    compare.add_argument("task", choices=("rendered_docs", "easy_vqa", "speech"),
-                         help="rendered_docs (image -> transcription), easy_vqa (question "
-                              "rendered over the image -> answer) or speech (CTC, WER)")
+    compare.add_argument("task", choices=("rendered_words", "rendered_docs", "easy_vqa",
+                                          "speech"),
+                         help="rendered_words (one of 16 words on a white page -> the word), "
+                              "rendered_docs (a snippet of text -> its transcription), easy_vqa "
+                              "(question rendered over the image -> answer) or speech (CTC, WER)")
     compare.add_argument("--quick", action="store_true", help="tiny sizes and steps (for tests)")
     compare.add_argument("--output", default=None, help="output folder (default outputs/TASK)")
     compare.add_argument("--data-dir", default=None,

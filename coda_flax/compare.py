@@ -8,14 +8,15 @@ The paper's protocol (section 3.3) at CPU scale, on real offline data:
        backbone copied, adapters at zero, routers new);
     3. each variant finetunes adapters + routers + layer norms only, with k annealed from n
        to n / r (appendix B);
-    4. quality on the validation split (rendered documents: exact match and ANLS; easy-VQA:
+    4. quality on the validation split (rendered words / documents: exact match and ANLS;
+       easy-VQA:
        exact match; speech: WER, CER), measured encoder and end-to-end inference speedups over
        the Parallel Adapter on the same batch (interleaved timing, coda_flax.bench), and for
-       rendered documents the share of routed patches that contain ink beside the share of ink
+       rendered words / documents the share of routed patches that contain ink beside the share of ink
        patches on the page (does the router skip whitespace, as the paper's Figure 7 shows?).
 
 Outputs in the output folder: results.json, results.md, speed_quality.png, routing plots and
-(rendered documents) ink_share.png.
+(rendered words / documents) ink_share.png.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class CompareSettings:
 
 
 SETTINGS = {
+    "rendered_words": CompareSettings("coda_rendered_words", "vision", 256, 8, _VISION_MODEL,
+                                      pretrain_lr=1e-2, headline="exact_match"),
     "rendered_docs": CompareSettings("coda_rendered_docs", "vision", 256, 32, _VISION_MODEL,
                                      headline="anls"),
     "easy_vqa": CompareSettings("coda_easy_vqa", "vision", 256, 16, _VISION_MODEL,
@@ -231,7 +234,7 @@ def _plots(summary, models, params, examples, batch, output_dir):
     from coda_flax import viz
     plot_speed_quality(summary, os.path.join(output_dir, "speed_quality.png"))
     routed = [v for v in models if viz.is_routed(models[v].config)]
-    if summary["task"] == "coda_rendered_docs" and routed:
+    if summary["task"] in ("coda_rendered_docs", "coda_rendered_words") and routed:
         shares = {v: ink_share(models[v].config, params[v], examples, batch) for v in routed}
         summary["ink_share"] = shares
         plot_ink_share(shares, os.path.join(output_dir, "ink_share.png"))

@@ -3,8 +3,6 @@ to end on data the test renders itself, the ink-share statistic and the table wr
 
 import json
 import os
-import random
-
 import numpy as np
 import pytest
 
@@ -21,17 +19,15 @@ def data_dir(tmp_path_factory):
         vision_data.find_fonts(download=False, log=lambda s: None)
     except MissingVisionDataError as e:
         pytest.skip(str(e))
-    rng = random.Random(0)
-    lines = [" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(40)]
     root = str(tmp_path_factory.mktemp("compare_data"))
-    vision_data.prepare_rendered_docs(root, num_train=8, num_validation=4, lines=lines,
-                                      download=False, log=lambda s: None)
+    vision_data.prepare_rendered_words(root, words=WORDS[:4], num_train=8, num_validation=4,
+                                       download=False, log=lambda s: None)
     return root
 
 
-def test_quick_rendered_docs_comparison_writes_every_output(data_dir, tmp_path):
+def test_quick_rendered_words_comparison_writes_every_output(data_dir, tmp_path):
     out = str(tmp_path / "cmp")
-    summary = compare.run_compare("rendered_docs", out, quick_run=True, data_dir=data_dir,
+    summary = compare.run_compare("rendered_words", out, quick_run=True, data_dir=data_dir,
                                   prepare=False, log=lambda s: None)
     on_disk = json.load(open(os.path.join(out, "results.json")))
     assert on_disk["variants"].keys() == summary["variants"].keys() == {"parallel_adapter",
@@ -70,5 +66,5 @@ def test_results_table_layout():
 
 
 def test_unknown_comparison_lists_the_choices(tmp_path):
-    with pytest.raises(ValueError, match="rendered_docs"):
+    with pytest.raises(ValueError, match="rendered_words"):
         compare.run_compare("ocr", str(tmp_path))

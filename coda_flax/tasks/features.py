@@ -31,6 +31,7 @@ TASK_FEATURE_LENGTHS = {
     # targets = bytes + EOS (easy-VQA answers <= 9 bytes, transcriptions <= 24).
     "coda_easy_vqa": {"inputs": 256, "targets": 16},
     "coda_rendered_docs": {"inputs": 256, "targets": 32},
+    "coda_rendered_words": {"inputs": 256, "targets": 8},
     "coda_ocrvqa": {"inputs": 4096, "targets": 128},
     "coda_docvqa": {"inputs": 4096, "targets": 128},
     "coda_screen2words": {"inputs": 4096, "targets": 128},

@@ -45,8 +45,8 @@ from coda_flax.tasks.features import TASK_FEATURE_LENGTHS, continuous_output_fea
 from coda_flax.tasks.registry import add_task
 from coda_flax.tasks.vision_data import MissingVisionDataError
 
-VISION_TASKS = ("coda_easy_vqa", "coda_rendered_docs", "coda_ocrvqa", "coda_docvqa",
-                "coda_screen2words")
+VISION_TASKS = ("coda_easy_vqa", "coda_rendered_docs", "coda_rendered_words", "coda_ocrvqa",
+                "coda_docvqa", "coda_screen2words")
 PATCH_SIZE = 16
 NUM_CHANNELS = 3
 # inputs = max_patches, targets = bytes + EOS: coda_flax.tasks.features.TASK_FEATURE_LENGTHS.
@@ -335,6 +335,7 @@ def register_vision_tasks(data_dir: Optional[str] = None, vision_data_dir: Optio
         lambda: vision_data.find_fonts(data_dir, download=False)["sans"])
     easy_root = vision_data.easy_vqa_dir(data_dir)
     docs_root = vision_data.rendered_docs_dir(data_dir)
+    words_root = vision_data.rendered_words_dir(data_dir)
     dirs = {"ocrvqa": ocrvqa_dir, "docvqa": docvqa_dir, "screen2words": screen2words_dir}
 
     def local(name, read):
@@ -354,6 +355,9 @@ def register_vision_tasks(data_dir: Optional[str] = None, vision_data_dir: Optio
             header_key="question", metric_fns=[metrics.exact_match]),
         "coda_rendered_docs": dict(
             source=_source(functools.partial(_rendered_docs_records, docs_root)),
+            with_ink=True, metric_fns=[metrics.exact_match, metrics.anls]),
+        "coda_rendered_words": dict(
+            source=_source(functools.partial(_rendered_docs_records, words_root)),
             with_ink=True, metric_fns=[metrics.exact_match, metrics.anls]),
         "coda_ocrvqa": dict(
             source=_source(vqa(local("ocrvqa", read_ocrvqa)), SPLITS_WITH_TEST),

@@ -59,6 +59,9 @@ FONT_FILES = {"sans": "DejaVuSans.ttf", "mono": "DejaVuSansMono.ttf"}
 
 RENDERED_DOCS_SUBDIR = "rendered_docs"
 RENDERED_DOCS_FORMAT_VERSION = 1   # bump when rendering or the JSONL layout changes
+RENDERED_WORDS_SUBDIR = "rendered_words"
+WORDS = ("thou", "king", "love", "lord", "night", "death", "sweet", "heaven", "blood", "crown",
+         "queen", "sword", "ghost", "storm", "grace", "honour")
 # Page sizes (width, height): mostly 256 x 256 (= 16 x 16 patches of 16 px, no resize at 256
 # patches), some portrait / landscape pages for Pix2Struct's aspect-ratio-preserving patching.
 PAGE_SIZES = ((256, 256), (256, 256), (256, 256), (320, 192), (192, 320), (384, 160),
@@ -431,6 +434,21 @@ def build_rendered_docs(out_dir: str, lines: Sequence[str], fonts: dict, *, num_
         if len(chosen[split]) < quota[split]:
             seen.add(text)
             chosen[split].append(text)
+    counts = _render_pages(out_dir, chosen, fonts, seed, font_sizes)
+    meta = {"format_version": RENDERED_DOCS_FORMAT_VERSION, "seed": seed, "num_train": num_train,
+            "num_validation": num_validation, "max_chars": max_chars,
+            "font_sizes": list(font_sizes), "counts": counts,
+            "fonts": {os.path.basename(p): sha256_file(p) for p in fonts.values()},
+            "jsonl_sha256": {s: sha256_file(os.path.join(out_dir, f"{s}.jsonl")) for s in counts}}
+    with open(os.path.join(out_dir, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1, sort_keys=True)
+    log(f"[data] rendered documents: {counts} -> {out_dir}")
+    return meta
+
+
+def _render_pages(out_dir: str, chosen: dict, fonts: dict, seed: int,
+                  font_sizes: tuple[int, int]) -> dict:
+    """Renders {split: [text]} into out_dir/images/<split>/ + <split>.jsonl; returns counts."""
     os.makedirs(out_dir, exist_ok=True)
     font_names = sorted(fonts)
     counts = {}
@@ -454,14 +472,44 @@ def build_rendered_docs(out_dir: str, lines: Sequence[str], fonts: dict, *, num_
                             "font": os.path.basename(fonts[font]), "font_size": size,
                             "ink": ink, "split": split})
         counts[split] = write_jsonl(os.path.join(out_dir, f"{split}.jsonl"), records)
-    meta = {"format_version": RENDERED_DOCS_FORMAT_VERSION, "seed": seed, "num_train": num_train,
-            "num_validation": num_validation, "max_chars": max_chars,
-            "font_sizes": list(font_sizes), "counts": counts,
-            "fonts": {os.path.basename(p): sha256_file(p) for p in fonts.values()},
-            "jsonl_sha256": {s: sha256_file(os.path.join(out_dir, f"{s}.jsonl")) for s in counts}}
-    with open(os.path.join(out_dir, "meta.json"), "w") as f:
+    return counts
+
+
+def rendered_words_dir(data_dir: Optional[str] = None) -> str:
+    return os.path.join(data_dir or default_data_dir(), RENDERED_WORDS_SUBDIR)
+
+
+def prepare_rendered_words(data_dir: Optional[str] = None, *, words: Sequence[str] = WORDS,
+                           num_train: int = 3000, num_validation: int = 320, seed: int = 0,
+                           font_sizes: tuple[int, int] = (20, 40), download: bool = True,
+                           force: bool = False, log: Log = print) -> dict:
+    """The easy reading task: one of `words` (16 words of the plays) on a mostly white page at
+    a random place, size, font and ink level, in <data_dir>/rendered_words (layout as rendered
+    documents). Learnable by a small model in minutes on a CPU, and a page is ~95% whitespace:
+    the setting in which the paper's router skips whitespace. Reused when meta.json matches."""
+    out_dir = rendered_words_dir(data_dir)
+    meta_path = os.path.join(out_dir, "meta.json")
+    params = {"format_version": RENDERED_DOCS_FORMAT_VERSION, "seed": seed, "words": list(words),
+              "num_train": num_train, "num_validation": num_validation,
+              "font_sizes": list(font_sizes)}
+    if not force and os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if all(meta.get(k) == v for k, v in params.items()) and _rendered_docs_complete(out_dir):
+            log(f"[data] rendered words already prepared in {out_dir} ({meta['counts']})")
+            return meta
+    if not words or num_train < 1 or num_validation < 1:
+        raise ValueError("prepare_rendered_words needs words and num_train, num_validation >= 1.")
+    fonts = find_fonts(data_dir, download=download, log=log)
+    rng = random.Random(seed)
+    chosen = {"train": [rng.choice(words) for _ in range(num_train)],
+              "validation": [rng.choice(words) for _ in range(num_validation)]}
+    counts = _render_pages(out_dir, chosen, fonts, seed + 1, font_sizes)
+    meta = dict(params, counts=counts,
+                fonts={os.path.basename(p): sha256_file(p) for p in fonts.values()})
+    with open(meta_path, "w") as f:
         json.dump(meta, f, indent=1, sort_keys=True)
-    log(f"[data] rendered documents: {counts} -> {out_dir}")
+    log(f"[data] rendered words: {counts} -> {out_dir}")
     return meta
 
 
@@ -524,16 +572,19 @@ def prepare_vision_data(data_dir: Optional[str] = None, *, num_train: int = 2000
     log(f"[data] fonts: {fonts}")
     docs = prepare_rendered_docs(data_dir, num_train=num_train, num_validation=num_validation,
                                  seed=seed, force=force, log=log)
+    words = prepare_rendered_words(data_dir, seed=seed, force=force, log=log)
     return {"data_dir": data_dir,
             "easy_vqa": {"dir": easy_vqa_dir(data_dir), "counts": easy["counts"],
                          "wheel_sha256": easy["wheel_sha256"]},
             "fonts": fonts,
             "rendered_docs": {"dir": rendered_docs_dir(data_dir), "counts": docs["counts"],
-                              "seed": docs["seed"]}}
+                              "seed": docs["seed"]},
+            "rendered_words": {"dir": rendered_words_dir(data_dir), "counts": words["counts"]}}
 
 
 __all__ = ["MissingVisionDataError", "prepare_vision_data", "prepare_easy_vqa", "easy_vqa_dir",
            "read_easy_vqa", "find_fonts", "download_fonts", "prepare_rendered_docs",
            "build_rendered_docs", "rendered_docs_dir", "read_rendered_docs", "render_page",
            "shakespeare_lines", "snippet", "pip_download_wheel", "extract_easy_vqa",
-           "verify_manifest", "EASY_VQA_SPLITS", "FONT_FILES", "PAGE_SIZES"]
+           "verify_manifest", "EASY_VQA_SPLITS", "FONT_FILES", "PAGE_SIZES",
+           "prepare_rendered_words", "rendered_words_dir", "WORDS"]
