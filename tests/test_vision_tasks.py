@@ -209,6 +209,26 @@ def test_rendered_docs_are_deterministic_and_reused(tmp_path, data_dir):
     assert other["jsonl_sha256"] != meta["jsonl_sha256"]
 
 
+def test_rendered_words_pages_show_one_listed_word_and_are_reused(tmp_path, fonts):
+    words = ("thou", "king", "storm")
+    meta = vision_data.prepare_rendered_words(str(tmp_path), words=words, num_train=6,
+                                              num_validation=3, download=False, **QUIET)
+    assert meta["counts"] == {"train": 6, "validation": 3}
+    root = vision_data.rendered_words_dir(str(tmp_path))
+    for r in vision_data.read_rendered_docs(root, "train"):
+        assert r["text"] in words
+        page = np.asarray(Image.open(r["image"]))
+        x0, y0, x1, y1 = r["bbox"]
+        dark = np.argwhere(page < 128)
+        assert len(dark) and dark[:, 0].min() >= y0 and dark[:, 1].max() < x1
+        assert (page == 255).mean() > 0.7
+    logs = []
+    again = vision_data.prepare_rendered_words(str(tmp_path), words=words, num_train=6,
+                                               num_validation=3, download=False,
+                                               log=logs.append)
+    assert again == meta and "already prepared" in logs[0]
+
+
 def test_too_few_snippets_is_a_clear_error(tmp_path, fonts):
     with pytest.raises(ValueError, match="distinct snippets"):
         vision_data.build_rendered_docs(str(tmp_path), ["one two"], fonts, num_train=5,
