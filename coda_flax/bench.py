@@ -4,19 +4,37 @@ Two benchmarks, both on random parameters (the speed of a forward pass does not 
 values), on whatever device jax has (CPU here, the GPU where there is one):
 
 * `run_sweep` -- the Parallel Adapter (`CodaConfig(reduction=1)`) against CoDA on the same
-  inputs and the same weights, over presets x sequence lengths n x reductions r x attention
+  inputs and the same weights, over presets x input lengths x reductions r x attention
   (k-to-all / k-to-k), in two modes:
 
-    encode    the jit'd `EncoderDecoder.apply(..., method="encode")` (the encoder forward);
-    generate  encode + greedy decoding of exactly `decode_length` tokens with the cache
-              (`CodaT5Model.predict_batch_with_aux` with an EOS id that never occurs, so both
-              models decode the same number of steps).
+    encode    the jit'd encoder forward (`EncoderDecoder` / `EncoderCtc` `.encode`);
+    generate  text models and image models (a text decoder): encode + greedy decoding of
+              exactly `decode_length` tokens with the cache (`CodaT5Model.predict_batch_with_aux`
+              with an EOS id that never occurs, so both models decode the same number of
+              steps); speech models (`head="ctc"`): encode + CTC logits + per-frame argmax (the
+              greedy CTC path; merging repeats and dropping blanks is O(n) and left out).
+
+  Inputs are random, in the layout of `coda_flax.inputs.input_shape`: token ids (text presets);
+  image patches for `encoder_input="patches"` (pix2struct): a full rows x cols grid of valid
+  1-based (row, column) ids in row-major order (rows = the largest divisor of the length
+  <= sqrt(length)) with N(0, 1) pixels (patchify standardises every image); audio frames for
+  `encoder_input="frames"` (speech_*): 1-based frame indices with N(0, 1) log-mel values. A
+  length is tokens, patches or *audio frames* (10 ms hop); `audio_seconds` instead gives
+  durations, converted with the speech front end's framing (25 ms windows every 10 ms, no end
+  padding: 1 + (16000 s - 400) // 160 frames). The encoder length n that CoDA routes over is
+  `inputs.encoder_length(config, length)`: the length itself, or ceil(ceil(T / 2) / 2) after the
+  4x convolutional subsampling of audio; k = ceil(n / r).
 
   Each row reports the time per call of both models (median over rounds), the speedup
   (PA time / CoDA time), the FLOP-bound speedup `summary.flop_speedup(config, n, r, attention)`
-  (the speedup a purely compute-bound implementation would reach: encoder FLOPs only, so for
-  `generate` rows the decoder's fixed cost keeps the measured speedup below it by design) and
-  the ratio measured / FLOP bound.
+  at the encoder length n (the speedup a purely compute-bound implementation would reach:
+  encoder layers only, so for `generate` rows the decoder's fixed cost keeps the measured
+  speedup below it by design), the ratio measured / FLOP bound, and for image and audio models
+  `flop_speedup_with_input`: the same bound with the input front end that both models share
+  (patch projection; for audio the two subsampling convolutions and their projection, which at
+  conv_channels 256 cost about two speech_base layers) added to both sides, at the benchmarked
+  depth. `paper_speedup` is the paper's measured speedup where it gives one (`PAPER_SPEEDUPS`:
+  Table 6, pix2struct at n = 4096, k-to-all, end to end, so `generate` rows only).
 
 * `run_soft_topk` -- the router in isolation: forward and gradient time of soft top-k
   (coordinate descent, T iterations) with the implicit and the unrolled gradient, the compiled
@@ -28,11 +46,16 @@ values), on whatever device jax has (CPU here, the GPU where there is one):
 Depth. Every encoder layer costs the same FLOPs, so the FLOP-bound speedup of one layer is the
 encoder's, whatever its depth: `num_layers` overrides the preset's encoder depth (and, unless
 `num_decoder_layers` is given, scales the decoder depth in the preset's proportion, so that
-`generate` keeps the preset's encoder / decoder balance) to keep CPU runs short. One caveat in
-the measured time: the Parallel Adapter's relative position bias [b, h, n, n] is the same in
-every layer and XLA computes it once per forward (common subexpression), while CoDA's routed
-positions differ per layer; the PA's bias is memory-bound work outside the FLOP count, so a
-deeper PA amortises it over more layers.
+`generate` keeps the preset's encoder / decoder balance; pix2struct's 18 / 6 is kept exactly at
+3, 6, 9 ... encoder layers; encoder-only CTC presets keep 0 decoder layers) to keep CPU runs
+short. Rows carry the preset's own depth (`preset_num_encoder_layers`) beside the timed one, and
+`format_notes` says when a run was shallower. Two caveats in the measured time: the Parallel
+Adapter's relative position bias [b, h, n, n] is the same in every layer and XLA computes it
+once per forward (common subexpression), while CoDA's routed positions differ per layer; the
+PA's bias is memory-bound work outside the FLOP count, so a deeper PA amortises it over more
+layers (pix2struct has no encoder relative bias). And the input front end of image / audio
+models is a fixed cost of both models that weighs more in a shallow stack
+(`flop_speedup_with_input`).
 
 Measurement. On a shared machine timings are noisy, so: every function is compiled and run
 `warmup` times first; each timed sample runs a function enough times to last at least
@@ -47,31 +70,45 @@ the Parallel Adapter against a second copy of itself: its "speedup" is the noise
 run. `timer="process"` measures this process's CPU time (all threads) instead of elapsed time,
 which leaves out the time other processes hold the cores.
 
-JSON schema (`SCHEMA_VERSION` 1), written by `write_json`:
+JSON schema (`SCHEMA_VERSION` 2; version 1 rows lack the keys marked [v2], readers here treat
+them as text rows), written by `write_json`:
 
-    {"schema_version": 1, "kind": "coda_bench",
+    {"schema_version": 2, "kind": "coda_bench",
      "created": ISO-8601 time, "jax_version": str, "jaxlib_version": str, "flax_version": str,
      "device": {"platform": "cpu" | "gpu" | "tpu", "device_kind": str, "num_devices": int,
                 "cpu_count": int, "load_average_start": [3 floats] | null,
                 "load_average_end": [3 floats] | null},
      "settings": null (soft top-k only) | {the sweep's settings: presets (names, or a
-                  ModelConfig as a dict), lengths, reductions, attentions, modes, batch_size,
-                  decode_length, num_layers, num_decoder_layers, dtype, repeats, warmup,
-                  min_sample_seconds, statistic, timer, settle, seed, router, solver,
-                  adapter_dim},
+                  ModelConfig as a dict), lengths, audio_seconds [v2] (null or seconds),
+                  reductions, attentions, modes, batch_size, decode_length, num_layers,
+                  num_decoder_layers, dtype, repeats, warmup, min_sample_seconds, statistic,
+                  timer, settle, seed, router, solver, adapter_dim},
      "rows": [ROW, ...],                 # the sweep; [] when only soft top-k ran
      "soft_topk": null | {"settings": {...}, "gradients": [GRAD_ROW, ...],
                           "router_share": [SHARE_ROW, ...]}}
 
-    ROW = {"preset" (name; "custom" for a ModelConfig), "mode": "encode" | "generate", "n", "r", "k", "attention",
-           "num_heads", "num_kv_heads", "batch_size", "decode_length" (null for encode),
-           "num_encoder_layers", "num_decoder_layers", "dtype", "statistic", "timer",
+    ROW = {"preset" (name; "custom" for a ModelConfig), "mode": "encode" | "generate",
+           "input" [v2]: "tokens" | "patches" | "frames" (ModelConfig.encoder_input),
+           "head" [v2]: "decoder" | "ctc",
+           "input_length" [v2] (tokens / patches / audio frames fed to the model),
+           "audio_seconds" [v2] (frames: the duration those frames cover; else null),
+           "n" (encoder length: what CoDA routes over; = input_length but for audio),
+           "r", "k", "attention",
+           "num_heads", "num_kv_heads", "batch_size",
+           "decode_length" (null for encode and for CTC models),
+           "num_encoder_layers", "num_decoder_layers" (as timed),
+           "preset_num_encoder_layers", "preset_num_decoder_layers" [v2] (the preset's own),
+           "dtype", "statistic", "timer",
            "pa_seconds", "coda_seconds" (the statistic, seconds per call),
            "measured_speedup" (pa_seconds / coda_seconds),
            "paired_speedup" (median over rounds of the PA / CoDA time ratio within a round:
                              robust to background load that changes during the run),
-           "flop_speedup" (summary.flop_speedup),
+           "flop_speedup" (summary.flop_speedup at n),
            "measured_over_flop" (measured_speedup / flop_speedup),
+           "input_flops" [v2] (front-end FLOPs per sequence: 0 for tokens),
+           "flop_speedup_with_input" [v2] ((PA encoder + front end) / (CoDA encoder + front
+                                            end) FLOPs at the timed depth),
+           "paper_speedup" [v2] (the paper's measured speedup for this setting, or null),
            "pa_samples", "coda_samples" (seconds per call, one per round),
            "pa_compile_seconds", "coda_compile_seconds" (first call, compile included)}
     GRAD_ROW = {"n", "k", "batch_size", "num_iters", "forward_seconds",
@@ -83,8 +120,9 @@ JSON schema (`SCHEMA_VERSION` 1), written by `write_json`:
                  "layer_seconds", "router_seconds", "soft_topk_seconds",
                  "router_share", "soft_topk_share"}                   # router / layer time
 
-`format_table` / `format_soft_topk_table` print them; `plot_speedups` draws measured (solid) and
-FLOP-bound (dashed) speedup against r, one colour per n, one panel per (preset, mode,
+`format_table` / `format_soft_topk_table` print them (`format_notes`: depth and front-end notes
+under the table); `plot_speedups` draws measured (solid) and FLOP-bound (dashed) speedup
+against r, one colour per n, the paper's speedups as stars, one panel per (preset, mode,
 attention). The CLI part (`add_bench_parser`, `bench_main`) is at the end of this module;
 the library functions never read argv.
 """
@@ -110,16 +148,30 @@ from coda_flax.routing import ROUTERS, num_routed
 from coda_flax.soft_topk import SOLVERS
 
 __all__ = ["SCHEMA_VERSION", "MODES", "STATISTICS", "DEFAULT_REDUCTIONS", "DEFAULT_LENGTHS",
-           "SweepSettings", "SoftTopkSettings", "bench_config", "random_params", "run_sweep",
-           "run_soft_topk", "format_table", "format_soft_topk_table", "write_json",
+           "PAPER_SPEEDUPS", "SweepSettings", "SoftTopkSettings", "bench_config",
+           "random_params", "random_inputs", "patch_grid_shape", "audio_frames",
+           "frames_seconds", "input_flops", "paper_speedup", "run_sweep", "run_soft_topk",
+           "format_table", "format_notes", "format_soft_topk_table", "write_json",
            "plot_speedups", "add_bench_parser", "configure_parser", "bench_main"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MODES = ("encode", "generate")
 STATISTICS = ("median", "min")
 TIMERS = ("wall", "process")     # time.perf_counter | time.process_time (CPU time, all threads)
 DEFAULT_REDUCTIONS = (1, 2, 3, 4, 5, 8, 16, 32)
 DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096)
+# The speech front end's framing (coda_flax.audio: 16 kHz, 25 ms windows every 10 ms, no end pad).
+SAMPLE_RATE = 16000
+FRAME_LENGTH = 400                 # samples (25 ms)
+FRAME_STEP = 160                   # samples (10 ms)
+# The paper's measured inference speedups over the Parallel Adapter (end to end), by preset:
+# Table 6, OCR-VQA column (Pix2Struct, n = 4096 patches, CoDA k-to-all; DocVQA and Screen2Words
+# give 12.1-12.5x at r = 16 and 16.7-17.8x at r = 32). Checked against configs/table6.py.
+PAPER_SPEEDUPS: dict[str, dict[str, Any]] = {
+    "pix2struct": {"n": 4096, "attention": "k_to_all", "mode": "generate",
+                   "source": "Table 6 (OCR-VQA)",
+                   "speedups": {4: 4.6, 8: 8.0, 16: 13.5, 32: 19.4}},
+}
 
 Log = Callable[[str], None]
 
@@ -157,6 +209,44 @@ def preset_name(preset: str | ModelConfig) -> str:
     return preset if isinstance(preset, str) else "custom"
 
 
+def _base_config(preset: str | ModelConfig) -> ModelConfig:
+    return ModelConfig.from_preset(preset) if isinstance(preset, str) else preset
+
+
+def audio_frames(seconds: float) -> int:
+    """Log-mel frames of `seconds` of 16 kHz audio (25 ms windows every 10 ms, no end padding,
+    as coda_flax.audio.frame_features): 1 + (round(16000 s) - 400) // 160; 10 s -> 998."""
+    if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+            or not math.isfinite(seconds) or seconds * SAMPLE_RATE < FRAME_LENGTH):
+        raise ValueError(f"audio duration must be a number of seconds >= "
+                         f"{FRAME_LENGTH / SAMPLE_RATE} (one 25 ms frame), got {seconds!r}.")
+    return 1 + (int(round(seconds * SAMPLE_RATE)) - FRAME_LENGTH) // FRAME_STEP
+
+
+def frames_seconds(frames: int) -> float:
+    """The shortest duration that gives `frames` frames: ((T - 1) * 160 + 400) / 16000 s."""
+    return ((frames - 1) * FRAME_STEP + FRAME_LENGTH) / SAMPLE_RATE
+
+
+def patch_grid_shape(num_patches: int) -> tuple[int, int]:
+    """(rows, cols) of the benchmark's full patch grid: rows = the largest divisor of
+    num_patches that is <= sqrt(num_patches) (1024 -> 32 x 32, 2048 -> 32 x 64)."""
+    _check_positive_int("number of patches", num_patches)
+    rows = max(d for d in range(1, math.isqrt(num_patches) + 1) if num_patches % d == 0)
+    return rows, num_patches // rows
+
+
+def paper_speedup(preset: str | ModelConfig, mode: str, n: int, r: float,
+                  attention: str) -> float | None:
+    """The paper's measured speedup for this setting (PAPER_SPEEDUPS), else None."""
+    if not isinstance(preset, str) or preset not in PAPER_SPEEDUPS:
+        return None
+    paper = PAPER_SPEEDUPS[preset]
+    if (mode, n, attention) != (paper["mode"], paper["n"], paper["attention"]):
+        return None
+    return paper["speedups"].get(r)
+
+
 def _settings_dict(settings) -> dict[str, Any]:
     out = {}
     for field in dataclasses.fields(settings):
@@ -176,10 +266,11 @@ class SweepSettings:
     """What `run_sweep` measures (defaults: the full sweep of `coda bench`)."""
 
     presets: tuple[str | ModelConfig, ...] = ("paper_text_base",)   # names or ModelConfigs
-    lengths: tuple[int, ...] = DEFAULT_LENGTHS
+    lengths: tuple[int, ...] = DEFAULT_LENGTHS     # tokens / patches / audio frames
     reductions: tuple[float, ...] = DEFAULT_REDUCTIONS
     attentions: tuple[str, ...] = ("k_to_all", "k_to_k")
     modes: tuple[str, ...] = MODES
+    audio_seconds: tuple[float, ...] | None = None  # speech presets: durations instead of lengths
     batch_size: int = 1
     decode_length: int = 32
     num_layers: int | None = None            # encoder depth override (speedup per layer)
@@ -204,6 +295,16 @@ class SweepSettings:
             _check_preset(p)
         for n in self.lengths:
             _check_positive_int("sequence length n", n)
+        if self.audio_seconds is not None:
+            object.__setattr__(self, "audio_seconds", tuple(self.audio_seconds))
+            _check_nonempty("audio_seconds", self.audio_seconds)
+            for sec in self.audio_seconds:
+                audio_frames(sec)                  # raises on a bad duration
+            if not any(_base_config(p).encoder_input == "frames" for p in self.presets):
+                raise ValueError("audio_seconds applies to speech presets (encoder_input "
+                                 "'frames', e.g. speech_base); the presets here read "
+                                 + ", ".join(sorted({_base_config(p).encoder_input
+                                                     for p in self.presets})) + ".")
         for r in self.reductions:
             _check_reduction(r)
         for a in self.attentions:
@@ -294,13 +395,16 @@ def bench_config(preset: str | ModelConfig, reduction: float = 1, attention: str
 
     reduction = 1 is the Parallel Adapter. num_layers overrides the encoder depth; the decoder
     depth is then num_decoder_layers, or the preset's decoder / encoder proportion of num_layers
-    (at least 1), so the encode / decode balance of `generate` stays the preset's.
+    (at least 1; 0 for encoder-only CTC presets), so the encode / decode balance of `generate`
+    stays the preset's. The preset's input (tokens / patches / frames) and head are kept.
     """
-    base = ModelConfig.from_preset(preset) if isinstance(preset, str) else preset
+    base = _base_config(preset)
     fields: dict[str, Any] = {"dtype": dtype}
     if num_layers is not None:
         fields["num_encoder_layers"] = num_layers
-        if num_decoder_layers is None:
+        if base.head == "ctc" or base.num_decoder_layers == 0:
+            num_decoder_layers = 0 if num_decoder_layers is None else num_decoder_layers
+        elif num_decoder_layers is None:
             num_decoder_layers = max(1, round(num_layers * base.num_decoder_layers
                                               / max(base.num_encoder_layers, 1)))
     if num_decoder_layers is not None:
@@ -335,13 +439,15 @@ def _fill_random(shapes, rng: np.random.Generator, device=None):
         shape = tuple(leaf.shape)
         if name == "scale":
             value = np.ones(shape, np.float32)
-        elif name == "lora_b":
+        elif name in ("lora_b", "bias"):                          # conv biases: zero
             value = np.zeros(shape, np.float32)
         else:
             if name in ("embedding", "rel_embedding") or len(shape) < 1:
                 fan_in = 1
             elif parent == "out" and len(shape) == 3:              # [heads, head_dim, d]
                 fan_in = shape[0] * shape[1]
+            elif len(shape) == 4:                                  # conv [h, w, in, out]
+                fan_in = shape[0] * shape[1] * shape[2]
             else:                                                  # [d_in, ...]; router [d]
                 fan_in = shape[0]
             value = rng.standard_normal(shape, dtype=np.float32)
@@ -364,6 +470,63 @@ def random_params(config: ModelConfig, seed: int = 0, device=None) -> dict:
     with_router = config.replace(coda=dataclasses.replace(coda, reduction=2, num_routed=None,
                                                           router="soft_topk"))
     return _fill_random(abstract_params(with_router), np.random.default_rng(seed), device)
+
+
+def random_inputs(config: ModelConfig, batch_size: int, length: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Random `encoder_input_tokens` of `length` tokens / patches / frames, every row real.
+
+    tokens: ids in [2, vocab_size); patches: float32 [b, length, 2 + p*p*C], the full
+    `patch_grid_shape(length)` grid of 1-based (row, column) ids in row-major order, then N(0, 1)
+    pixels (patchify's standardised values); frames: float32 [b, length, 1 + mel], frame index
+    1..length, then N(0, 1) log-mel values.
+    """
+    from coda_flax.inputs import input_shape
+
+    shape = input_shape(config, batch_size, length)
+    if config.encoder_input == "tokens":
+        return rng.integers(2, config.vocab_size, shape, dtype=np.int32)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    if config.encoder_input == "patches":
+        rows, cols = patch_grid_shape(length)
+        x[..., 0] = np.repeat(np.arange(1, rows + 1, dtype=np.float32), cols)
+        x[..., 1] = np.tile(np.arange(1, cols + 1, dtype=np.float32), rows)
+    else:
+        x[..., 0] = np.arange(1, length + 1, dtype=np.float32)
+    return x
+
+
+def input_flops(config: ModelConfig, length: int) -> int:
+    """FLOPs of the input front end for one sequence of `length` rows (multiply-add = 2), the
+    same for the Parallel Adapter and CoDA and not counted by summary.encoder_flops:
+
+      tokens   0 (an embedding lookup)
+      patches  2 n (p*p*C) d                      the patch projection (position tables: lookups)
+      frames   2 * 9 * C * T1 * F1                conv_0, 3x3, 1 -> C channels, stride 2
+               + 2 * 9 * C * C * T2 * F2          conv_1, 3x3, C -> C, stride 2
+               + 2 * T2 * (F2 * C) * d            the projection to d_model
+               with T1 = ceil(T / 2), T2 = ceil(T1 / 2), F1 = ceil(mel / 2), F2 = ceil(F1 / 2).
+    """
+    c = config
+    if c.encoder_input == "patches":
+        return 2 * length * c.patch_size ** 2 * c.num_channels * c.d_model
+    if c.encoder_input == "frames":
+        t1, f1 = -(-length // 2), -(-c.num_mel_bins // 2)
+        t2, f2 = -(-t1 // 2), -(-f1 // 2)
+        ch = c.conv_channels
+        return (2 * 9 * ch * t1 * f1 + 2 * 9 * ch * ch * t2 * f2 + 2 * t2 * f2 * ch * c.d_model)
+    return 0
+
+
+def _flop_speedup_with_input(config: ModelConfig, length: int, n: int, r: float,
+                             attention: str) -> float:
+    """(PA encoder + front end) / (CoDA encoder + front end) FLOPs at config's depth."""
+    from coda_flax.summary import encoder_flops
+
+    front = input_flops(config, length)
+    pa = encoder_flops(config, n, "parallel_adapter")["encoder"]
+    coda = encoder_flops(config, n, attention, reduction=r)["encoder"]
+    return (pa + front) / (coda + front)
 
 
 def _strip_routers(params: dict) -> dict:
@@ -480,14 +643,25 @@ def measure_interleaved(fns: dict[Any, Callable[[], Any]], *, repeats: int, warm
 def _encode_fn(config: ModelConfig):
     import jax
 
-    from coda_flax.model import EncoderDecoder
-    model = EncoderDecoder(config)
+    from coda_flax.model import build_module
+    model = build_module(config)
     return jax.jit(lambda params, tokens: model.apply({"params": params}, tokens,
                                                       method="encode"))
 
 
 def _generate_fn(config: ModelConfig):
     import jax
+    import jax.numpy as jnp
+
+    if config.head == "ctc":
+        from coda_flax.model import build_module
+        module = build_module(config)
+
+        def greedy_ctc(params, inputs):
+            # Encode, CTC logits, the best label per frame (0 = blank) on the real frames.
+            logits, mask = module.apply({"params": params}, inputs)
+            return jnp.where(mask, jnp.argmax(logits, axis=-1), 0)
+        return jax.jit(greedy_ctc)
 
     from coda_flax.train.t5_model import CodaT5Model
     model = CodaT5Model(config)
@@ -501,11 +675,31 @@ def _generate_fn(config: ModelConfig):
     return jax.jit(generate)
 
 
+def _input_lengths(config: ModelConfig, s: SweepSettings) -> list[tuple[int, float | None]]:
+    """(input length, audio seconds or None) per length of the sweep for this preset."""
+    if config.encoder_input != "frames":
+        return [(length, None) for length in s.lengths]
+    if s.audio_seconds is not None:
+        return [(audio_frames(sec), float(sec)) for sec in s.audio_seconds]
+    return [(frames, frames_seconds(frames)) for frames in s.lengths]
+
+
+def _length_label(row: dict) -> str:
+    """'n = 4096', 'n = 1024 patches', 'n = 750 (30.0 s)' for logs and plot legends."""
+    kind = row.get("input", "tokens")
+    if kind == "frames":
+        return f"n = {row['n']} ({row['audio_seconds']:g} s)"
+    if kind == "patches":
+        return f"n = {row['n']} patches"
+    return f"n = {row['n']}"
+
+
 def run_sweep(settings: SweepSettings = SweepSettings(), *, backend: str | None = None,
               log: Log | None = None) -> dict[str, Any]:
     """The Parallel Adapter vs CoDA sweep; returns the JSON-ready result (module docstring)."""
     import jax
 
+    from coda_flax.inputs import encoder_length
     from coda_flax.summary import flop_speedup
 
     s = settings
@@ -518,21 +712,26 @@ def run_sweep(settings: SweepSettings = SweepSettings(), *, backend: str | None 
                   dtype=s.dtype, router=s.router, solver=s.solver, adapter_dim=s.adapter_dim)
     rng = np.random.default_rng(s.seed)
     for preset in s.presets:
+        base = _base_config(preset)
         pa_config = bench_config(preset, 1, **cfg_kw)
         name = preset_name(preset)
+        ctc = pa_config.head == "ctc"
         if log:
-            log(f"[bench] {name}: {pa_config.num_encoder_layers} encoder / "
-                f"{pa_config.num_decoder_layers} decoder layers, random parameters ...")
+            depth = (f"{pa_config.num_encoder_layers} of {base.num_encoder_layers} encoder"
+                     if pa_config.num_encoder_layers != base.num_encoder_layers
+                     else f"{pa_config.num_encoder_layers} encoder")
+            log(f"[bench] {name}: {depth} / {pa_config.num_decoder_layers} decoder layers, "
+                f"{pa_config.encoder_input} input, random parameters ...")
         params = random_params(pa_config, s.seed, device)
         pa_params = _strip_routers(params)
         for mode in s.modes:
-            for n in s.lengths:
-                enc = jax.device_put(rng.integers(2, pa_config.vocab_size, (s.batch_size, n),
-                                                  dtype=np.int32), device)
+            for length, seconds in _input_lengths(pa_config, s):
+                n = encoder_length(pa_config, length)
+                enc = jax.device_put(random_inputs(pa_config, s.batch_size, length, rng), device)
                 dec = jax.device_put(np.zeros((s.batch_size, s.decode_length), np.int32),
                                      device)
                 make = _encode_fn if mode == "encode" else _generate_fn
-                args = (enc,) if mode == "encode" else (enc, dec)
+                args = (enc,) if mode == "encode" or ctc else (enc, dec)
                 fns, variants = {}, {}
                 pa_fn = make(pa_config)
                 fns["pa"] = (lambda f=pa_fn, args=args: f(pa_params, *args))
@@ -550,36 +749,49 @@ def run_sweep(settings: SweepSettings = SweepSettings(), *, backend: str | None 
                             fns[key] = (lambda f=pa_fn, args=args: f(pa_params, *args))
                         else:
                             fns[key] = (lambda f=make(config), args=args: f(params, *args))
+                what = (f"{length} frames ({seconds:g} s) -> n={n}" if seconds is not None
+                        else f"n={n}")
                 if log:
-                    log(f"[bench] {name} {mode} n={n}: {len(fns)} models, compiling and "
+                    log(f"[bench] {name} {mode} {what}: {len(fns)} models, compiling and "
                         f"timing ({s.repeats} rounds) ...")
                 samples, compiled = measure_interleaved(
                     fns, repeats=s.repeats, warmup=s.warmup,
                     min_sample_seconds=s.min_sample_seconds, timer=s.timer, settle=s.settle,
                     log=log)
                 pa_time = _statistic(samples["pa"], s.statistic)
+                front = input_flops(pa_config, length)
                 for (r, attention), (key, config, k) in variants.items():
                     coda_time = _statistic(samples[key], s.statistic)
                     measured = pa_time / coda_time
                     bound = flop_speedup(config, n, r, attention)
                     result["rows"].append({
-                        "preset": name, "mode": mode, "n": n, "r": r, "k": k,
+                        "preset": name, "mode": mode, "input": pa_config.encoder_input,
+                        "head": pa_config.head, "input_length": length,
+                        "audio_seconds": seconds, "n": n, "r": r, "k": k,
                         "attention": attention, "num_heads": config.num_heads,
                         "num_kv_heads": config.num_kv_heads, "batch_size": s.batch_size,
-                        "decode_length": s.decode_length if mode == "generate" else None,
+                        "decode_length": (s.decode_length if mode == "generate" and not ctc
+                                          else None),
                         "num_encoder_layers": config.num_encoder_layers,
-                        "num_decoder_layers": config.num_decoder_layers, "dtype": s.dtype,
+                        "num_decoder_layers": config.num_decoder_layers,
+                        "preset_num_encoder_layers": base.num_encoder_layers,
+                        "preset_num_decoder_layers": base.num_decoder_layers,
+                        "dtype": s.dtype,
                         "statistic": s.statistic, "timer": s.timer, "pa_seconds": pa_time,
                         "coda_seconds": coda_time, "measured_speedup": measured,
                         "paired_speedup": _paired(samples["pa"], samples[key]),
                         "flop_speedup": bound, "measured_over_flop": measured / bound,
+                        "input_flops": front,
+                        "flop_speedup_with_input": _flop_speedup_with_input(
+                            config, length, n, r, attention),
+                        "paper_speedup": paper_speedup(preset, mode, n, r, attention),
                         "pa_samples": samples["pa"], "coda_samples": samples[key],
                         "pa_compile_seconds": compiled["pa"],
                         "coda_compile_seconds": compiled[key]})
                 if log:
                     log(format_table([row for row in result["rows"] if row["preset"] == name
-                                      and row["mode"] == mode and row["n"] == n],
-                                     header=False))
+                                      and row["mode"] == mode
+                                      and row["input_length"] == length], header=False))
     result["device"]["load_average_end"] = _load_average()
     return result
 
@@ -734,27 +946,101 @@ _COLUMNS = (("preset", "preset", "{}"), ("mode", "mode", "{}"), ("n", "n", "{}")
             ("flop_speedup", "FLOP bound", "{:.3f}"), ("measured_over_flop", "meas/FLOP", "{:.3f}"))
 
 
+# Extra columns, shown only when some row needs them: image / audio inputs ("input": what the
+# model reads, e.g. "4096 patches", "2998 frames"; "audio": seconds), the bound with the shared
+# input front end, and the paper's speedup.
+_INPUT_COLUMN = ("input_length", "input", "{}")
+_AUDIO_COLUMN = ("audio_seconds", "audio s", "{:g}")
+_WITH_INPUT_COLUMN = ("flop_speedup_with_input", "bound+input", "{:.3f}")
+_PAPER_COLUMN = ("paper_speedup", "paper", "{:.1f}")
+
+
+def _columns(rows: Sequence[dict]) -> list[tuple[str, str, str]]:
+    columns = list(_COLUMNS)
+    media = any(row.get("input", "tokens") != "tokens" for row in rows)
+    if media:
+        at = columns.index(("n", "n", "{}"))
+        extra = [_INPUT_COLUMN]
+        if any(row.get("input") == "frames" for row in rows):
+            extra.append(_AUDIO_COLUMN)
+        columns[at:at] = extra
+        columns.append(_WITH_INPUT_COLUMN)
+    if any(row.get("paper_speedup") is not None for row in rows):
+        columns.append(_PAPER_COLUMN)
+    return columns
+
+
 def _cell(row: dict, key: str, fmt: str) -> str:
     value = row.get(key)
+    if key == "input_length":
+        kind = row.get("input", "tokens")
+        length = row.get("input_length", row.get("n"))
+        return f"{length} {kind}" if length is not None else "-"
     if value is None:
         return "-"
-    if key.endswith("_seconds"):
+    if key.endswith("_seconds") and key != "audio_seconds":
         value = value * 1e3
     return fmt.format(value)
 
 
 def format_table(rows: Sequence[dict], header: bool = True) -> str:
-    """The sweep rows as an aligned text table (times in milliseconds per call)."""
-    cells = [[_cell(row, key, fmt) for key, _, fmt in _COLUMNS] for row in rows]
-    titles = [title for _, title, _ in _COLUMNS]
+    """The sweep rows as an aligned text table (times in milliseconds per call).
+
+    Text rows: preset, mode, n, r, k, attention, PA ms, CoDA ms, speedup, paired, FLOP bound,
+    meas/FLOP. Image / audio rows add "input" (e.g. "4096 patches", "2998 frames") before n
+    (then the encoder length), "audio s" for audio, and "bound+input" (flop_speedup_with_input)
+    at the end; rows with a paper figure add "paper". Reads schema 1 rows (as text rows).
+    """
+    columns = _columns(rows)
+    cells = [[_cell(row, key, fmt) for key, _, fmt in columns] for row in rows]
+    titles = [title for _, title, _ in columns]
     widths = [max([len(t)] + [len(c[i]) for c in cells]) for i, t in enumerate(titles)]
-    left = {"preset", "mode", "attention"}
+    left = {"preset", "mode", "attention", "input_length"}
     def line(values):
         return "  ".join(v.ljust(w) if key in left else v.rjust(w)
-                         for v, w, (key, _, _) in zip(values, widths, _COLUMNS)).rstrip()
+                         for v, w, (key, _, _) in zip(values, widths, columns)).rstrip()
     lines = [line(titles), line(["-" * w for w in widths])] if header else []
     lines += [line(c) for c in cells]
     return "\n".join(lines)
+
+
+def format_notes(rows: Sequence[dict]) -> str:
+    """Notes printed under the table: runs shallower than the preset, the paper's figures,
+    the front end of image / audio models. "" when there is nothing to say."""
+    notes = []
+    seen = set()
+    for row in rows:
+        key = (row["preset"], row.get("num_encoder_layers"), row.get("num_decoder_layers"))
+        full = row.get("preset_num_encoder_layers")
+        if key in seen or full is None or row.get("num_encoder_layers") == full:
+            continue
+        seen.add(key)
+        dec = ""
+        generate = any(r.get("mode") == "generate" and r["preset"] == row["preset"]
+                       for r in rows)
+        if row.get("preset_num_decoder_layers") and generate:
+            dec = (f" and {row['num_decoder_layers']} of its {row['preset_num_decoder_layers']}"
+                   f" decoder layers")
+        notes.append(f"note: {row['preset']} timed with {row['num_encoder_layers']} of its "
+                     f"{full} encoder layers{dec} (--num-layers, to keep the run short); every "
+                     f"encoder layer costs the same, so the FLOP bound is the full encoder's, "
+                     f"but fixed costs (input front end, decoder) weigh more than at full depth.")
+    papers = sorted({row["preset"] for row in rows if row.get("paper_speedup") is not None})
+    for name in papers:
+        paper = PAPER_SPEEDUPS.get(name)
+        if paper:
+            notes.append(f"note: paper = the paper's measured end-to-end speedup, "
+                         f"{paper['source']}, {name} at n = {paper['n']} "
+                         f"({paper['attention'].replace('_', '-')}); the paper's hardware and "
+                         f"full-depth model, not this run's.")
+    if any(row.get("input") == "frames" for row in rows):
+        notes.append("note: audio rows: input = log-mel frames (10 ms hop), n = encoder tokens "
+                     "after the 4x conv subsampling; bound+input adds the subsampling "
+                     "convolutions, which both models run, to the FLOP bound.")
+    elif any(row.get("input") == "patches" for row in rows):
+        notes.append("note: bound+input adds the patch projection, which both models run, to "
+                     "the FLOP bound.")
+    return "\n".join(notes)
 
 
 def _fmt_bytes(x) -> str:
@@ -802,9 +1088,9 @@ def write_json(result: dict, path: str) -> str:
 
 
 def plot_speedups(result: dict, path: str) -> str | None:
-    """Measured (solid) and FLOP-bound (dashed) speedup vs r, one colour per n, one panel per
-    (preset, mode, attention). Returns the path, or None when there are no rows or no
-    matplotlib."""
+    """Measured (solid) and FLOP-bound (dashed) speedup vs r, one colour per n (the paper's
+    speedups as stars), one panel per (preset, mode, attention). Returns the path, or None when
+    there are no rows or no matplotlib. Reads schema 1 results too."""
     rows = result["rows"]
     if not rows:
         return None
@@ -818,6 +1104,7 @@ def plot_speedups(result: dict, path: str) -> str | None:
     panels = sorted({(r["preset"], r["mode"], r["attention"]) for r in rows},
                     key=lambda p: (p[0], MODES.index(p[1]), p[2]))
     lengths = sorted({r["n"] for r in rows})
+    label = {(r["preset"], r["n"]): _length_label(r) for r in rows}
     cols = min(len(panels), 2)
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(6.0 * cols, 4.2 * nrows), squeeze=False)
@@ -830,8 +1117,13 @@ def plot_speedups(result: dict, path: str) -> str | None:
                 continue
             rs = [r["r"] for r in sel]
             ax.plot(rs, [r["measured_speedup"] for r in sel], "o-", color=color,
-                    label=f"n = {n}")
+                    label=label[(preset, n)])
             ax.plot(rs, [r["flop_speedup"] for r in sel], "--", color=color, alpha=0.7)
+            paper = [(r["r"], r["paper_speedup"]) for r in sel
+                     if r.get("paper_speedup") is not None]
+            if paper:
+                ax.plot(*zip(*paper), "*", color=color, markersize=11, markeredgecolor="black",
+                        markeredgewidth=0.5, label=f"{label[(preset, n)]}: paper")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
         plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
@@ -843,9 +1135,17 @@ def plot_speedups(result: dict, path: str) -> str | None:
         ax.yaxis.set_major_formatter(plain)
         ax.set_xlabel("reduction r")
         ax.set_ylabel("speedup over the Parallel Adapter")
-        ax.set_title(f"{preset} {mode} {attention.replace('_', '-')}", fontsize=10)
+        some = next(r for r in rows if (r["preset"], r["mode"], r["attention"])
+                    == (preset, mode, attention))
+        depth = ""
+        full = some.get("preset_num_encoder_layers")
+        if full is not None and some.get("num_encoder_layers") != full:
+            depth = f" ({some['num_encoder_layers']} of {full} enc. layers)"
+        ax.set_title(f"{preset} {mode} {attention.replace('_', '-')}{depth}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, title="solid: measured, dashed: FLOP bound", title_fontsize=7)
+        ax.legend(fontsize=8, title="solid: measured, dashed: FLOP bound"
+                  + (", stars: paper" if any(r.get("paper_speedup") is not None for r in rows)
+                     else ""), title_fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     device = result.get("device", {})
@@ -915,6 +1215,19 @@ def _parse_nonnegative_float(text: str) -> float:
     return value
 
 
+def _parse_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"audio duration must be a number of seconds, got "
+                                         f"{text!r}") from None
+    try:
+        audio_frames(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return int(value) if value.is_integer() else value
+
+
 def _parse_nonnegative_int(text: str) -> int:
     try:
         value = int(text)
@@ -929,12 +1242,18 @@ _DESCRIPTION = """\
 Inference speed of CoDA against the Parallel Adapter (CodaConfig(reduction=1)) on the same
 random weights and inputs, next to the FLOP bound of `coda summary`.
 
-Sweep (default): presets x lengths n x reductions r x attention, in modes
-  encode    jit'd EncoderDecoder.apply(..., method="encode")
-  generate  encode + greedy decoding of exactly --decode-length tokens with the cache
+Sweep (default): presets x lengths x reductions r x attention, in modes
+  encode    the jit'd encoder forward (EncoderDecoder / EncoderCtc .encode)
+  generate  encode + greedy decoding of exactly --decode-length tokens with the cache (text and
+            image presets); encode + CTC logits + per-frame argmax (speech presets)
+Lengths are tokens (text presets), image patches (pix2struct: a full grid of random patches)
+or audio frames at 10 ms (speech_*; or --audio-seconds 10,30); n is the encoder length CoDA
+routes over (audio: ceil(frames / 4) after the conv subsampling).
 Per row: PA and CoDA time per call, measured speedup, FLOP-bound speedup
-(summary.flop_speedup), measured / FLOP bound. Writes OUTPUT/bench.json and
-OUTPUT/speedup.png (measured solid, FLOP bound dashed, vs r, one line per n).
+(summary.flop_speedup at n), measured / FLOP bound; image / audio rows add the bound with the
+shared input front end, and pix2struct rows at n = 4096 the paper's speedup (Table 6).
+Writes OUTPUT/bench.json and OUTPUT/speedup.png (measured solid, FLOP bound dashed, vs r, one
+line per n, paper stars).
 
 --soft-topk instead times soft top-k (T iterations): implicit vs unrolled gradients (time and
 compiled temporary memory) and the router's share of one CoDA layer's forward time; writes
@@ -948,6 +1267,10 @@ rotated order and take the median over --repeats rounds (--statistic min on a bu
 examples:
   coda bench --lengths 512 --reductions 1,3 --attention k_to_all --modes encode --num-layers 2
   coda bench --presets t5_1_1_base,paper_text_base --lengths 512,2048 --num-layers 2
+  coda bench --presets pix2struct --lengths 1024,2048,4096 --reductions 1,8,16,32 \
+      --attention k_to_all --modes generate --num-layers 3 --batch-size 1
+  coda bench --presets speech_base --audio-seconds 10,30 --reductions 1,2,4 \
+      --attention k_to_all --num-layers 2
   coda bench --soft-topk --soft-topk-lengths 512,4096
 """
 
@@ -957,10 +1280,17 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--presets", type=_csv(_parse_choice(sorted(PRESETS), "preset"), "presets"),
                    default=("paper_text_base",), metavar="NAME[,NAME]",
                    help="model presets (default paper_text_base; t5_1_1_base is the MHA "
-                        "counterpart of the MQA paper_text_base)")
+                        "counterpart of the MQA paper_text_base; pix2struct reads image "
+                        "patches, speech_base/large/xl audio frames)")
     p.add_argument("--lengths", type=_csv(_parse_positive("length n"), "lengths"),
                    default=DEFAULT_LENGTHS, metavar="N[,N]",
-                   help=f"encoder lengths n (default {','.join(map(str, DEFAULT_LENGTHS))})")
+                   help=f"input lengths: tokens, patches (pix2struct) or audio frames at 10 ms "
+                        f"(speech presets) (default {','.join(map(str, DEFAULT_LENGTHS))})")
+    p.add_argument("--audio-seconds", type=_csv(_parse_seconds, "audio seconds"), default=None,
+                   metavar="S[,S]",
+                   help="speech presets: durations in seconds instead of --lengths, e.g. 10,30 "
+                        "(16 kHz, 25 ms windows every 10 ms: 10 s = 998 frames = 250 encoder "
+                        "tokens)")
     p.add_argument("--reductions", type=_csv(_parse_reduction, "reductions"),
                    default=DEFAULT_REDUCTIONS, metavar="R[,R]",
                    help=f"reductions r >= 1 (default {','.join(map(str, DEFAULT_REDUCTIONS))}; "
@@ -1053,7 +1383,8 @@ def bench_main(args: argparse.Namespace) -> int:
         else:
             settings = SweepSettings(
                 presets=args.presets, lengths=args.lengths, reductions=args.reductions,
-                attentions=args.attention, modes=args.modes, batch_size=args.batch_size,
+                attentions=args.attention, modes=args.modes,
+                audio_seconds=args.audio_seconds, batch_size=args.batch_size,
                 decode_length=args.decode_length, num_layers=args.num_layers,
                 num_decoder_layers=args.num_decoder_layers, dtype=args.dtype,
                 repeats=args.repeats, warmup=args.warmup,
@@ -1071,6 +1402,9 @@ def bench_main(args: argparse.Namespace) -> int:
         result = run_sweep(settings, backend=args.backend, log=log)
         path = write_json(result, os.path.join(args.output, "bench.json"))
         print(format_table(result["rows"]))
+        notes = format_notes(result["rows"])
+        if notes:
+            print(notes)
         if not args.no_plot:
             plot = plot_speedups(result, os.path.join(args.output, "speedup.png"))
             print(f"plot: {plot}" if plot else "plot: skipped (matplotlib not installed)")

@@ -6,12 +6,31 @@ decisions into the "intermediates" collection; this module reads them back and d
 
     routing_decisions(config, params, encoder_input_tokens) -> dict
         indices [L, b, k], lam [L, b, n], weights [L, b, k], selected [L, b, n], valid [b, n]
+        (token ids, image patches or audio frames: whatever config.encoder_input says; n is
+        the encoder length, after the 4x subsampling for audio)
     routing_statistics(selected [L, n] or [L, b, n], valid=None) -> dict
         fraction of layers routing each token, overlap between layers, padding share (= 0)
     plot_routing_heatmap(values [L, n], tokens, path)        layers x tokens heatmap (PNG)
     render_token_highlights(tokens, values [L, n], path)     text coloured by #layers (HTML + PNG)
     plot_patch_routing(selected [L, rows*cols], (rows, cols), path, image=None)
                                                               image patches, one panel per layer
+
+Images (Pix2Struct patches [n, 2 + p*p*C]: row id, column id (1-based, 0 = padding), pixels):
+
+    patch_grid_positions(patches) -> (rows [n], cols [n]) 0-based cells (-1: padding), grid_hw
+    place_patches(values [L, n], patches) -> [L, rows, cols]  values put on their patch cells
+    patch_image(patches, patch_size) -> [H, W, C] in [0, 1]  the page, rebuilt from the pixels
+    patch_ink_from_patches(patches, patch_size)  -> bool [n]  patches with ink (dark pixels)
+    plot_image_routing(values [L, n], patches, path)         per-layer routing over the image
+    ink_share(selected [L, n], ink [n], valid) -> dict       share of routed patches with ink
+                                                              vs the page's share of ink patches
+    plot_ink_share(stats, path)                               bars per layer vs the page's share
+
+Audio (frames [T, 1 + mel]: 1-based frame index (0 = padding), log-mel):
+
+    audio_routing_strips(values [L, n], T) -> [L, T]          encoder token j -> frames 4j..4j+3
+    plot_audio_routing(values [L, n], frames, path)           log-mel spectrogram over one strip
+                                                              per layer, on a common time axis
 
 Figures are drawn on matplotlib's Agg canvas (`matplotlib.figure.Figure`, never pyplot), so
 nothing here touches the interactive backend or global pyplot state. No argv is read here
@@ -30,8 +49,12 @@ import numpy as np
 
 __all__ = ["routing_decisions", "routing_statistics", "plot_routing_heatmap",
            "render_token_highlights", "plot_patch_routing", "is_routed", "check_routed",
-           "display_token",
-           "decisions_to_json"]
+           "display_token", "decisions_to_json", "patch_grid_positions", "place_patches",
+           "patch_image", "patch_ink_from_patches", "plot_image_routing", "ink_share",
+           "plot_ink_share", "audio_routing_strips", "plot_audio_routing", "SUBSAMPLING"]
+
+SUBSAMPLING = 4                                # audio frames per encoder token (2 stride-2 convs)
+INK_THRESHOLD = 0.5                            # grey level below which a pixel is ink
 
 SELECTED_COLORS = ("#f2f2f2", "#c0392b")       # skipped (adapter only), routed
 PADDING_COLOR = "#9e9e9e"
@@ -66,12 +89,12 @@ def _params_tree(params: Mapping[str, Any]) -> Mapping[str, Any]:
 
 @functools.lru_cache(maxsize=8)
 def _encode_intermediates(config, jit: bool):
-    """params, tokens -> the encoder's "intermediates" collection (jitted once per config)."""
+    """params, inputs -> the encoder's "intermediates" collection (jitted once per config)."""
     import jax
 
-    from coda_flax.model import EncoderDecoder
+    from coda_flax.model import build_module
 
-    model = EncoderDecoder(config)
+    model = build_module(config)
 
     def run(p, t):
         _, state = model.apply({"params": p}, t, method="encode", mutable=["intermediates"])
@@ -83,8 +106,11 @@ def _encode_intermediates(config, jit: bool):
 def routing_decisions(config, params, encoder_input_tokens, *, jit: bool = True) -> dict:
     """Runs the encoder and returns every layer's routing decision as numpy arrays.
 
-    encoder_input_tokens: [b, n] (or [n]) ints, 0 = padding. params: the model's parameter tree
-    (or {"params": tree}); only the token embedder and the encoder are used.
+    encoder_input_tokens: what config.encoder_input reads, with or without the batch axis:
+    "tokens" [b, n] ints (0 = padding); "patches" [b, n, 2 + p*p*C] (row id 0 = padding);
+    "frames" [b, T, 1 + mel] (frame index 0 = padding), routed over the n = ceil(T / 4)
+    encoder tokens after the subsampling. params: the model's parameter tree (or
+    {"params": tree}); only the input embedding and the encoder are used.
 
     Returns a dict:
       layers    [L] layer indices 0..L-1
@@ -92,8 +118,8 @@ def routing_decisions(config, params, encoder_input_tokens, *, jit: bool = True)
       lam       [L, b, n] float32 the router's soft top-k weights (router_lam)
       weights   [L, b, k] float32 m = lam at the routed positions (equation 11)
       selected  [L, b, n] bool    True where a position is among the layer's k routed ones
-      valid     [b, n] bool       real (non-padding) tokens
-      n, k, reduction, router, attention
+      valid     [b, n] bool       real (non-padding) tokens / patches / encoder frames
+      n, k, reduction, router, attention, input (config.encoder_input)
     When k = n (a sequence so short that ceil(n / r) = n) the layers route everything and sow
     nothing: indices = arange(n), lam = valid, selected = True everywhere.
     """
@@ -101,25 +127,37 @@ def routing_decisions(config, params, encoder_input_tokens, *, jit: bool = True)
     import jax.numpy as jnp
 
     check_routed(config)
+    kind = getattr(config, "encoder_input", "tokens")
     tokens = np.asarray(encoder_input_tokens)
-    if tokens.ndim == 1:
-        tokens = tokens[None]
-    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"encoder_input_tokens must be [batch, length] ints, got "
-                         f"{tokens.dtype} {tokens.shape}.")
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= config.vocab_size):
-        raise ValueError(f"token ids must lie in [0, vocab_size={config.vocab_size}); got "
-                         f"ids from {tokens.min()} to {tokens.max()} (a vocabulary larger than "
-                         f"the model's?).")
-    b, n = tokens.shape
+    if kind == "tokens":
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"encoder_input_tokens must be [batch, length] ints, got "
+                             f"{tokens.dtype} {tokens.shape}.")
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, vocab_size={config.vocab_size}); got "
+                             f"ids from {tokens.min()} to {tokens.max()} (a vocabulary larger "
+                             f"than the model's?).")
+        inputs = jnp.asarray(tokens, jnp.int32)
+        valid = tokens > 0
+    else:
+        from coda_flax.inputs import check_inputs, encoder_mask
+
+        if tokens.ndim == 2:
+            tokens = tokens[None]
+        check_inputs(config, tokens)
+        tokens = tokens.astype(np.float32)
+        inputs = jnp.asarray(tokens)
+        valid = np.asarray(encoder_mask(config, tokens))
+    b, n = valid.shape
     k = config.coda.k(n)
     num_layers = config.num_encoder_layers
     tree = _params_tree(params)
-    inter = _encode_intermediates(config, jit)(tree, jnp.asarray(tokens, jnp.int32))
+    inter = _encode_intermediates(config, jit)(tree, inputs)
     inter = jax.tree_util.tree_map(np.asarray, inter)
     encoder = inter.get("encoder", {}) if hasattr(inter, "get") else {}
 
-    valid = tokens > 0
     indices = np.zeros((num_layers, b, k), np.int32)
     lam = np.zeros((num_layers, b, n), np.float32)
     for i in range(num_layers):
@@ -139,7 +177,7 @@ def routing_decisions(config, params, encoder_input_tokens, *, jit: bool = True)
     return {"layers": list(range(num_layers)), "indices": indices, "lam": lam,
             "weights": weights, "selected": selected, "valid": valid, "n": n, "k": k,
             "reduction": config.coda.reduction, "router": config.coda.router,
-            "attention": config.coda.attention}
+            "attention": config.coda.attention, "input": kind}
 
 
 def routing_statistics(selected, valid=None) -> dict:
@@ -211,6 +249,8 @@ def decisions_to_json(decisions: Mapping[str, Any], batch_index: int = 0,
     """One batch row of `routing_decisions` as a JSON-ready dict (lam rounded to 6 places)."""
     layers = list(decisions["layers"]) if layers is None else list(layers)
     out = {key: decisions[key] for key in ("n", "k", "reduction", "router", "attention")}
+    if "input" in decisions:
+        out["input"] = decisions["input"]
     valid = decisions["valid"][batch_index]
     out["num_real_tokens"] = int(valid.sum())
     out["layers"] = [{
@@ -247,6 +287,16 @@ def display_token(token: str) -> str:
 def _figure(figsize, dpi, layout="constrained"):
     from matplotlib.figure import Figure
     return Figure(figsize=figsize, dpi=dpi, layout=layout)
+
+
+def _suptitle(fig, title: str, fontsize: float = 11) -> None:
+    """fig.suptitle with every line wrapped to the figure's width (long CLI titles)."""
+    import textwrap
+
+    chars = max(20, int(fig.get_figwidth() * 72 / (0.56 * fontsize)))
+    lines = [wrapped for line in str(title).split("\n")
+             for wrapped in (textwrap.wrap(line, chars) or [""])]
+    fig.suptitle("\n".join(lines), fontsize=fontsize)
 
 
 def _save(fig, path: str, dpi: int) -> str:
@@ -617,7 +667,6 @@ def plot_patch_routing(selected, grid_hw: tuple[int, int], path: str, image=None
     in [0, 1] or uint8) drawn under the overlay: skipped patches are dimmed, routed ones tinted
     (for lam, a translucent heatmap). Without an image the grid itself is drawn. Returns path.
     """
-    import matplotlib
     from matplotlib.colors import BoundaryNorm, ListedColormap
 
     values = _as_2d(selected, "selected")
@@ -685,5 +734,320 @@ def plot_patch_routing(selected, grid_hw: tuple[int, int], path: str, image=None
         title = ("CoDA routing over image patches" + (" (dimmed: adapter only)"
                                                      if image is not None and kind == "selected"
                                                      else ""))
-    fig.suptitle(title, fontsize=11)
+    _suptitle(fig, title, 11)
+    return _save(fig, path, dpi)
+
+
+
+# -------------------------------------------------------------------------------------- images
+
+
+def _patches_2d(patches) -> np.ndarray:
+    arr = np.asarray(patches)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2 or arr.shape[1] < 2:
+        raise ValueError(f"patches must be [n, 2 + p*p*C] (row id, column id, pixels), got "
+                         f"shape {arr.shape}.")
+    return arr
+
+
+def patch_grid_positions(patches, grid_hw: tuple[int, int] | None = None):
+    """Where each patch sits: (rows [n], cols [n]) 0-based cells, -1 for padding, and
+    grid_hw = (rows, cols) of the grid (default: the largest row / column id).
+
+    patches: [n, 2 + ...] (only the two id columns are read; [n, 2] ids work too). Row id 0
+    marks padding. Raises if a patch lies outside grid_hw or two patches share a cell.
+    """
+    arr = _patches_2d(patches)
+    ids = np.rint(arr[:, :2]).astype(np.int64)
+    real = ids[:, 0] > 0
+    if grid_hw is None:
+        grid_hw = ((int(ids[real, 0].max()), int(ids[real, 1].max())) if real.any()
+                   else (0, 0))
+    rows_n, cols_n = (int(x) for x in grid_hw)
+    rows = np.where(real, ids[:, 0] - 1, -1)
+    cols = np.where(real, ids[:, 1] - 1, -1)
+    if real.any():
+        if (rows[real] >= rows_n).any() or (cols[real] >= cols_n).any() or (cols[real] < 0).any():
+            raise ValueError(f"patch ids outside the {rows_n} x {cols_n} grid (row ids "
+                             f"{ids[real, 0].min()}..{ids[real, 0].max()}, column ids "
+                             f"{ids[real, 1].min()}..{ids[real, 1].max()}).")
+        cells = rows[real] * cols_n + cols[real]
+        if len(np.unique(cells)) != len(cells):
+            raise ValueError("two patches have the same (row, column) id.")
+    return rows, cols, (rows_n, cols_n)
+
+
+def place_patches(values, patches, grid_hw: tuple[int, int] | None = None, fill=0):
+    """Puts per-patch values on the image grid by the patches' own (row, column) ids.
+
+    values: [n] or [L, n] (bool or float), in the order of `patches` ([n, 2 + ...]).
+    Returns [rows, cols] or [L, rows, cols] of values' dtype; cells without a patch (and
+    padding patches) get `fill`.
+    """
+    v = np.asarray(values)
+    squeeze = v.ndim == 1
+    if squeeze:
+        v = v[None]
+    rows, cols, (rows_n, cols_n) = patch_grid_positions(patches, grid_hw)
+    if v.ndim != 2 or v.shape[1] != rows.shape[0]:
+        raise ValueError(f"values must be [n] or [layers, n] with n = {rows.shape[0]} patches, "
+                         f"got shape {np.shape(values)}.")
+    grid = np.full((v.shape[0], rows_n, cols_n), fill, dtype=v.dtype)
+    real = rows >= 0
+    grid[:, rows[real], cols[real]] = v[:, real]
+    return grid[0] if squeeze else grid
+
+
+def _unpatchify(patches, patch_size: int, channels: int, grid_hw) -> np.ndarray:
+    """The image [rows * p, cols * p, C] from patch pixels (row-major p x p x C per patch)."""
+    arr = _patches_2d(patches).astype(np.float32)
+    rows, cols, (rows_n, cols_n) = patch_grid_positions(arr, grid_hw)
+    p = patch_size
+    image = np.zeros((rows_n * p, cols_n * p, channels), np.float32)
+    for i in np.flatnonzero(rows >= 0):
+        r, c = rows[i], cols[i]
+        image[r * p:(r + 1) * p, c * p:(c + 1) * p] = arr[i, 2:].reshape(p, p, channels)
+    return image
+
+
+def _patch_channels(patches, patch_size: int) -> int:
+    dim = _patches_2d(patches).shape[1] - 2
+    if dim < 1 or dim % (patch_size * patch_size):
+        raise ValueError(f"patch width {dim} is not a multiple of patch_size^2 = "
+                         f"{patch_size * patch_size}; pass the model's patch_size.")
+    return dim // (patch_size * patch_size)
+
+
+def _minmax(x: np.ndarray, mask=None) -> np.ndarray:
+    """x rescaled to [0, 1] by the min / max over mask (patchify standardises each image, an
+    affine map: min-max undoes it for a page with both black and white pixels)."""
+    ref = x if mask is None else x[mask]
+    if ref.size == 0:
+        return np.zeros_like(x, np.float32)
+    lo, hi = float(ref.min()), float(ref.max())
+    return np.clip((x - lo) / (hi - lo), 0, 1).astype(np.float32) if hi > lo else \
+        np.ones_like(x, np.float32)
+
+
+def patch_image(patches, patch_size: int, grid_hw: tuple[int, int] | None = None,
+                channels: int | None = None) -> np.ndarray:
+    """The page the patches were cut from, for drawing: float32 [rows * p, cols * p, C] in
+    [0, 1] (the standardised pixels min-max rescaled over the real patches; cells without a
+    patch are white). Uses coda_flax.patches.unpatchify when it is there."""
+    arr = _patches_2d(patches).astype(np.float32)
+    channels = channels or _patch_channels(arr, patch_size)
+    _, _, grid_hw = patch_grid_positions(arr, grid_hw)
+    try:
+        from coda_flax.patches import unpatchify
+        image = unpatchify(arr, grid_hw[0], grid_hw[1], patch_size=patch_size,
+                           channels=channels)
+    except ImportError:
+        image = _unpatchify(arr, patch_size, channels, grid_hw)
+    present = place_patches(np.ones(arr.shape[0], bool), arr, grid_hw, fill=False)
+    cover = np.repeat(np.repeat(present, patch_size, 0), patch_size, 1)      # [H, W]
+    out = _minmax(image, np.broadcast_to(cover[..., None], image.shape))
+    out[~cover] = 1.0
+    return out
+
+
+def patch_ink_from_patches(patches, patch_size: int, threshold: float = INK_THRESHOLD,
+                           channels: int | None = None) -> np.ndarray:
+    """bool [n]: patches holding ink, from their own pixels.
+
+    The pixels are rescaled to [0, 1] over all real patches (patch_image: undoes patchify's
+    standardisation on a page with white paper and black ink); a patch has ink when some pixel's
+    grey level (mean over channels) is below `threshold`. Padding patches are False. The
+    patches are resized, which greys thin strokes: coda_flax.patches.patch_ink, which looks at
+    the original image, is the better mask when the image is at hand."""
+    arr = _patches_2d(patches).astype(np.float32)
+    channels = channels or _patch_channels(arr, patch_size)
+    real = arr[:, 0] > 0
+    grey = arr[:, 2:].reshape(arr.shape[0], -1, channels).mean(axis=2)      # [n, p*p]
+    grey = _minmax(grey, np.broadcast_to(real[:, None], grey.shape))
+    return (grey < threshold).any(axis=1) & real
+
+
+def ink_share(selected, ink_mask, valid=None) -> dict:
+    """Do the routers pick the patches with ink? (the paper's section 6 claim: CoDA skips the
+    white background of documents.)
+
+    selected: [L, n] (or [n]) bool, True = routed by that layer; ink_mask: [n] bool (patches
+    with ink); valid: [n] bool real patches (None: all). Returns (numpy / floats):
+      routed_ink_share   [L]   share of a layer's routed (real) patches that hold ink
+      page_ink_share     float share of the real patches that hold ink (what random routing
+                               would give)
+      enrichment         [L]   routed_ink_share / page_ink_share (1 = no preference for ink)
+      ink_coverage       [L]   share of the ink patches the layer routes
+      routed             [L]   routed real patches per layer
+      ink_patches, real_patches   ints
+    """
+    sel = np.asarray(selected).astype(bool)
+    if sel.ndim == 1:
+        sel = sel[None]
+    if sel.ndim != 2:
+        raise ValueError(f"selected must be [layers, n], got shape {np.shape(selected)}.")
+    n = sel.shape[1]
+    ink = np.asarray(ink_mask).astype(bool).reshape(-1)
+    if ink.shape != (n,):
+        raise ValueError(f"ink_mask must have {n} entries, got shape {np.shape(ink_mask)}.")
+    val = np.ones(n, bool) if valid is None else np.asarray(valid).astype(bool).reshape(-1)
+    if val.shape != (n,):
+        raise ValueError(f"valid must have {n} entries, got shape {np.shape(valid)}.")
+    ink = ink & val
+    routed = (sel & val).sum(axis=1)
+    routed_ink = (sel & ink).sum(axis=1)
+    real, inked = int(val.sum()), int(ink.sum())
+    page = inked / real if real else 0.0
+    share = np.divide(routed_ink, routed, out=np.zeros(len(routed)), where=routed > 0)
+    return {"routed_ink_share": share,
+            "page_ink_share": page,
+            "enrichment": share / page if page > 0 else np.full(len(routed), np.nan),
+            "ink_coverage": (routed_ink / inked if inked else np.zeros(len(routed))),
+            "routed": routed, "ink_patches": inked, "real_patches": real}
+
+
+def plot_ink_share(stats: Mapping[str, Any], path: str, *,
+                   layer_labels: Sequence[Any] | None = None, title: str | None = None,
+                   figsize: tuple[float, float] | None = None, dpi: int = 100) -> str:
+    """Bars: the share of each layer's routed patches that hold ink; dashed line: the share of
+    ink patches on the page (= what routing blind to the content would give); dots: the share
+    of the ink patches each layer routes. `stats` is `ink_share`'s result. Returns path."""
+    share = np.asarray(stats["routed_ink_share"], np.float64)
+    num_layers = len(share)
+    if num_layers == 0:
+        raise ValueError("ink_share statistics have no layers.")
+    labels = _layer_labels(layer_labels, num_layers)
+    page = float(stats["page_ink_share"])
+    if figsize is None:
+        figsize = (float(np.clip(4.7 + 0.35 * num_layers, 7.0, 16.0)), 3.6)
+    fig = _figure(figsize, dpi)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(num_layers)
+    ax.bar(x, share, width=0.7, color=SELECTED_COLORS[1], label="routed patches with ink")
+    ax.axhline(page, color="black", linestyle="--", linewidth=1.2,
+               label=f"ink patches on the page ({page:.2f})")
+    if "ink_coverage" in stats:
+        ax.plot(x, np.asarray(stats["ink_coverage"], np.float64), "o", color="#4c72b0",
+                markersize=4, label="share of ink patches routed")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_xlabel("encoder layer")
+    ax.set_ylabel("share")
+    ax.set_ylim(0, 1.02)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    _suptitle(fig, title or "Do the routers pick the ink? Routed-patch ink share per layer", 11)
+    return _save(fig, path, dpi)
+
+
+def plot_image_routing(values, patches, path: str, *, patch_size: int,
+                       grid_hw: tuple[int, int] | None = None, image=None,
+                       layer_labels: Sequence[Any] | None = None, title: str | None = None,
+                       ncols: int | None = None, panel_inches: float = 2.6,
+                       dpi: int = 100) -> str:
+    """Routing over an image, one panel per layer: `values` [L, n] (bool routed, or lam) in the
+    order of `patches` [n, 2 + p*p*C] are placed on their cells by the patches' (row, column)
+    ids (place_patches) and drawn over the page rebuilt from the pixels (patch_image; or
+    `image`, which must cover the grid at p pixels per patch). Returns path."""
+    v = _as_2d(values, "values")
+    grid = place_patches(v, patches, grid_hw, fill=False if v.dtype == bool else 0.0)
+    num_layers, rows, cols = grid.shape
+    if image is None:
+        image = patch_image(patches, patch_size, (rows, cols))
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    return plot_patch_routing(grid.reshape(num_layers, rows * cols), (rows, cols), path,
+                              image=image, layer_labels=layer_labels, title=title, ncols=ncols,
+                              panel_inches=panel_inches, dpi=dpi)
+
+
+# --------------------------------------------------------------------------------------- audio
+
+
+def audio_routing_strips(values, num_frames: int, subsampling: int = SUBSAMPLING) -> np.ndarray:
+    """Encoder-token values on the input frame axis: [L, n] -> [L, num_frames].
+
+    The 4x convolutional subsampling (two stride-2 convolutions) makes encoder token j from
+    the frames around 4j: token j is drawn over frames [4j, 4j + 4) (the last token's span is
+    cut at num_frames). n must be ceil(num_frames / subsampling)."""
+    v = _as_2d(values, "values")
+    n = v.shape[1]
+    if subsampling < 1 or n != -(-int(num_frames) // subsampling):
+        raise ValueError(f"{n} encoder tokens do not match {num_frames} frames at "
+                         f"{subsampling}x subsampling (expected "
+                         f"{-(-int(num_frames) // max(subsampling, 1))}).")
+    return np.repeat(v, subsampling, axis=1)[:, :int(num_frames)]
+
+
+def plot_audio_routing(values, frames, path: str, *, frame_step_ms: float = 10.0,
+                       subsampling: int = SUBSAMPLING,
+                       layer_labels: Sequence[Any] | None = None, title: str | None = None,
+                       kind: str | None = None, figsize: tuple[float, float] | None = None,
+                       dpi: int = 100) -> str:
+    """Routing over time: the log-mel spectrogram on top, one strip per encoder layer under it
+    (routed: red, adapter only: light grey; or lam), all on one time axis in seconds.
+
+    values: [L, n] per encoder token (n = ceil(T / subsampling)); frames: the model's input
+    [T, 1 + mel] (column 0 = 1-based frame index, 0 = padding: shown grey). Returns path."""
+    import matplotlib
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    f = np.asarray(frames, np.float32)
+    if f.ndim == 3 and f.shape[0] == 1:
+        f = f[0]
+    if f.ndim != 2 or f.shape[1] < 2:
+        raise ValueError(f"frames must be [T, 1 + mel] (frame index, log-mel), got shape "
+                         f"{f.shape}.")
+    v = _as_2d(values, "values")
+    num_layers = v.shape[0]
+    T = f.shape[0]
+    strips = audio_routing_strips(v, T, subsampling)
+    kind = _values_kind(v, kind)
+    labels = _layer_labels(layer_labels, num_layers)
+    real = f[:, 0] > 0
+    step = frame_step_ms / 1000.0
+    seconds = T * step
+    if figsize is None:
+        figsize = (float(np.clip(3.0 + 0.9 * seconds, 7.0, 18.0)),
+                   float(np.clip(2.6 + 0.22 * num_layers, 3.6, 11.0)))
+    fig = _figure(figsize, dpi)
+    grid = fig.add_gridspec(2, 1, height_ratios=[1.0, max(1.0, 0.12 * num_layers)])
+    ax_spec = fig.add_subplot(grid[0])
+    ax = fig.add_subplot(grid[1], sharex=ax_spec)
+    mel = np.ma.masked_array(f[:, 1:].T, mask=np.broadcast_to(~real[None], f[:, 1:].T.shape))
+    spec = ax_spec.imshow(mel, aspect="auto", origin="lower", interpolation="nearest",
+                          extent=(0, seconds, 0, f.shape[1] - 1),
+                          cmap=matplotlib.colormaps["magma"].with_extremes(bad=PADDING_COLOR))
+    ax_spec.set_ylabel("mel bin", fontsize=8)
+    ax_spec.tick_params(labelsize=7, labelbottom=False)
+    fig.colorbar(spec, ax=ax_spec, pad=0.01, fraction=0.03).set_label("log-mel", fontsize=8)
+    data = np.ma.masked_array(strips.astype(np.float64),
+                              mask=np.broadcast_to(~real[None], strips.shape))
+    if kind == "selected":
+        cmap = ListedColormap(SELECTED_COLORS).with_extremes(bad=PADDING_COLOR)
+        im = ax.imshow(data, aspect="auto", interpolation="nearest", cmap=cmap,
+                       norm=BoundaryNorm([-0.5, 0.5, 1.5], 2),
+                       extent=(0, seconds, num_layers - 0.5, -0.5))
+    else:
+        lim = (0.0, 1.0) if kind == "lam" else (float(np.min(v)), float(np.max(v)))
+        im = ax.imshow(data, aspect="auto", interpolation="nearest",
+                       cmap=matplotlib.colormaps[LAM_CMAP].with_extremes(bad=PADDING_COLOR),
+                       vmin=lim[0], vmax=lim[1], extent=(0, seconds, num_layers - 0.5, -0.5))
+    ystep = _nice_step(num_layers, 32)
+    ax.set_yticks(np.arange(0, num_layers, ystep))
+    ax.set_yticklabels(labels[::ystep], fontsize=7)
+    ax.set_ylabel("encoder layer", fontsize=8)
+    ax.set_xlabel(f"time (s); encoder token = {subsampling} frames = "
+                  f"{subsampling * frame_step_ms:g} ms", fontsize=8)
+    ax.tick_params(labelsize=7)
+    cbar = fig.colorbar(im, ax=ax, pad=0.01, fraction=0.03)
+    if kind == "selected":
+        cbar.set_ticks([0, 1])
+        cbar.set_ticklabels(["adapter\nonly", "routed"], fontsize=7)
+    else:
+        cbar.set_label("router $\\lambda$" if kind == "lam" else "router score", fontsize=8)
+    _suptitle(fig, title or "CoDA routing over time (top: log-mel input)", 11)
     return _save(fig, path, dpi)

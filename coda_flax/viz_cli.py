@@ -1,6 +1,9 @@
-"""`coda visualize`: per-layer routing heatmaps of a CoDA encoder (paper Figure 7, for text).
+"""`coda visualize`: per-layer routing heatmaps of a CoDA encoder (paper Figure 7), for text,
+images and audio.
 
     coda visualize --checkpoint DIR --text "..." [--vocab PATH] [--output DIR] [--layers all]
+    coda visualize --checkpoint DIR --image PATH [--max-patches N]       (patch models)
+    coda visualize --checkpoint DIR --audio PATH [--max-seconds S]       (speech models)
     coda visualize --random-init --preset NAME [--reduction R] [--length N] [--output DIR]
 
 Runs the encoder on the text (tokenized with the SentencePiece vocabulary: --vocab, else
@@ -15,13 +18,30 @@ $CODA_VOCAB; EOS appended as in the seqio tasks) and writes into --output:
 The encoder length n is the text's own token count (k = ceil(n / r) routed per layer); --length N
 pads to N instead (padding is never routed while real tokens are left). Without --text a random
 token sequence of --length tokens (default 64) is used and tokens are shown as ids.
---random-init builds a freshly initialised model from --preset (plus "tiny") for a quick look
-without a checkpoint. `add_visualize_parser` registers the subcommand; `visualize_main` runs it.
+--random-init builds a freshly initialised model from --preset (plus "tiny", and
+"tiny_vision" / "tiny_speech" for small patch / audio models) for a quick look without a
+checkpoint; --num-layers L keeps only L encoder layers of it (pix2struct has 18 of width 1536).
+
+Image models (pix2struct): --image PATH is cut into at most --max-patches Pix2Struct patches
+(coda_flax.patches.patchify; default 4096, the paper's n); without --image a synthetic
+document page (dark word blocks on white) is used. Writes routing_image.png / routing_image_lam.png
+(per-layer routing over the page, placed by the patches' row / column ids), heatmap.png (layers x
+patches), ink_share.png (per layer: the share of routed patches holding ink vs the share of ink
+patches on the page; ink = pixels darker than --ink-threshold, coda_flax.patches.patch_ink) and
+decisions.json (+ grid, ink statistics).
+
+Speech models (speech_*): --audio PATH (wav, 16-bit PCM; flac / ogg with soundfile) becomes 80
+log-mel frames every 10 ms (coda_flax.audio.frame_features), routed over the ceil(T / 4)
+encoder frames; without --audio a synthetic utterance (voiced bursts and pauses) is used.
+Writes routing_audio.png / routing_audio_lam.png (log-mel spectrogram over one strip per layer
+on a common time axis), heatmap.png (layers x encoder frames) and decisions.json.
+`add_visualize_parser` registers the subcommand; `visualize_main` runs it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -33,8 +53,13 @@ from coda_flax.routing import ROUTERS
 
 DEFAULT_MAX_LENGTH = 512        # T5's and the paper's text encoder length
 DEFAULT_RANDOM_LENGTH = 64
+DEFAULT_MAX_PATCHES = 4096      # the paper's vision models (Pix2Struct, n = 4096)
+DEFAULT_RANDOM_SECONDS = 3.0    # the synthetic utterance without --audio
 DEFAULT_OUTPUT = "routing_viz"
 TINY_PRESET = "tiny"
+TINY_VISION = "tiny_vision"     # tiny_config reading 4x4 RGB patches (a text decoder)
+TINY_SPEECH = "tiny_speech"     # tiny_config reading 80 log-mel bins (a CTC head)
+TINY_PRESETS = (TINY_PRESET, TINY_VISION, TINY_SPEECH)
 
 
 class VisualizeError(ValueError):
@@ -49,6 +74,26 @@ def _reduction(text: str):
     if not r >= 1:
         raise argparse.ArgumentTypeError(f"reduction must be >= 1, got {text}")
     return int(r) if r.is_integer() else r
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -76,6 +121,20 @@ def add_visualize_parser(subparsers) -> argparse.ArgumentParser:
     text = p.add_mutually_exclusive_group()
     text.add_argument("--text", help="the encoder input text")
     text.add_argument("--text-file", metavar="PATH", help="read the input text from a file")
+    text.add_argument("--image", metavar="PATH",
+                      help="an image (png, jpg, ...) for a patch model (pix2struct)")
+    text.add_argument("--audio", metavar="PATH",
+                      help="an audio file (wav; flac / ogg with soundfile) for a speech model")
+    p.add_argument("--max-patches", type=_positive_int, default=None, metavar="N",
+                   help=f"image models: patches per image (default {DEFAULT_MAX_PATCHES}, the "
+                        f"paper's n; Pix2Struct keeps the aspect ratio)")
+    p.add_argument("--max-seconds", type=_positive_float, default=None, metavar="S",
+                   help="speech models: use the first S seconds of --audio (default: all), or "
+                        f"the length of the synthetic utterance (default "
+                        f"{DEFAULT_RANDOM_SECONDS:g})")
+    p.add_argument("--ink-threshold", type=_unit_float, default=0.5, metavar="T",
+                   help="image models: a pixel is ink when its grey level (0 black .. 1 white) "
+                        "is below T (default 0.5)")
     p.add_argument("--vocab", metavar="PATH",
                    help="SentencePiece model for --text (default: $CODA_VOCAB)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, metavar="DIR",
@@ -87,9 +146,12 @@ def add_visualize_parser(subparsers) -> argparse.ArgumentParser:
                         f"length, at most {DEFAULT_MAX_LENGTH}); without --text the length of "
                         f"the random token sequence (default {DEFAULT_RANDOM_LENGTH})")
     p.add_argument("--no-eos", action="store_true", help="do not append EOS to the text")
-    p.add_argument("--preset", choices=sorted(PRESETS) + [TINY_PRESET], metavar="NAME",
+    p.add_argument("--preset", choices=sorted(PRESETS) + list(TINY_PRESETS), metavar="NAME",
                    help=f"model for --random-init: {', '.join(sorted(PRESETS))}, or "
-                        f"{TINY_PRESET}")
+                        f"{', '.join(TINY_PRESETS)}")
+    p.add_argument("--num-layers", type=_positive_int, metavar="L",
+                   help="--random-init: keep only L encoder layers of the preset (e.g. 2 of "
+                        "pix2struct's 18, for a quick look on a CPU)")
     p.add_argument("--reduction", type=_reduction, metavar="R",
                    help="CoDA reduction r > 1 (--random-init default 3); with --checkpoint "
                         "overrides the checkpoint's r")
@@ -146,18 +208,36 @@ def _random_init_config(args) -> ModelConfig:
                   attention=args.attention or "k_to_all", router=args.router or "soft_topk")
     if args.adapter_dim is not None:
         fields["adapter_dim"] = args.adapter_dim
-    if args.preset == TINY_PRESET:
-        from coda_flax.config import tiny_config
+    depth = {} if args.num_layers is None else {"num_encoder_layers": args.num_layers}
+    if args.preset in TINY_PRESETS:
         fields.setdefault("adapter_dim", 4)
-        return tiny_config(CodaConfig(**fields))
-    return ModelConfig.from_preset(args.preset, coda=CodaConfig(**fields))
+        return tiny_model_config(args.preset, CodaConfig(**fields), **depth)
+    return ModelConfig.from_preset(args.preset, coda=CodaConfig(**fields), **depth)
+
+
+def tiny_model_config(name: str = TINY_PRESET, coda: CodaConfig | None = None,
+                      **overrides) -> ModelConfig:
+    """The `--preset tiny*` models: tiny_config reading tokens, 4x4 RGB patches (tiny_vision,
+    a text decoder) or 80 log-mel bins (tiny_speech: 4-channel conv subsampling, CTC head)."""
+    from coda_flax.config import tiny_config
+
+    extra = {TINY_PRESET: {},
+             TINY_VISION: dict(encoder_input="patches", patch_size=4, num_channels=3,
+                               max_patch_positions=128, encoder_relative_attention=False),
+             TINY_SPEECH: dict(encoder_input="frames", num_mel_bins=80, conv_channels=4,
+                               head="ctc", num_decoder_layers=0, vocab_size=29,
+                               mlp_activations=("swish",))}[name]
+    extra.update(overrides)
+    if coda is not None and name == TINY_SPEECH and coda.epsilon == CodaConfig.epsilon:
+        coda = dataclasses.replace(coda, epsilon=1.0)             # appendix D: speech models
+    return tiny_config(coda, **extra)
 
 
 def _model_config(args) -> ModelConfig | None:
     """The --random-init config (None for --checkpoint, whose config comes with it)."""
     if args.random_init:
         return _random_init_config(args)
-    for flag in ("preset", "router", "adapter_dim"):
+    for flag in ("preset", "router", "adapter_dim", "num_layers"):
         if getattr(args, flag) is not None:
             raise VisualizeError(f"--{flag.replace('_', '-')} applies to --random-init only; a "
                                  f"checkpoint brings its own model config.")
@@ -179,10 +259,13 @@ def _init_fn(config: ModelConfig):
     import jax
     import jax.numpy as jnp
 
-    from coda_flax.model import EncoderDecoder
+    from coda_flax.inputs import input_dtype, input_shape
+    from coda_flax.model import build_module, init_length
 
-    dummy = jnp.ones((1, 8), jnp.int32)
-    return jax.jit(lambda rng: EncoderDecoder(config).init(rng, dummy, method="encode"))
+    # Long enough that every layer builds its router (k < n); audio: 4 frames per token.
+    length = max(8, init_length(config)) * (4 if config.encoder_input == "frames" else 1)
+    dummy = jnp.ones(input_shape(config, 1, length), input_dtype(config))
+    return jax.jit(lambda rng: build_module(config).init(rng, dummy, method="encode"))
 
 
 def _load_checkpoint(args):
@@ -311,6 +394,11 @@ def _visualize(args) -> int:
         source = {"random_init": {"preset": args.preset, "seed": args.seed}}
     viz.check_routed(config)
     layers = parse_layers(args.layers, config.num_encoder_layers)
+    _check_input_flags(args, config)
+    if config.encoder_input == "patches":
+        return _visualize_image(args, config, params, source, layers)
+    if config.encoder_input == "frames":
+        return _visualize_audio(args, config, params, source, layers)
     ids, labels, text, vocab_path = _tokens(args, config)
     if params is None:
         params = random_init_params(config, args.seed)
@@ -366,6 +454,269 @@ def _visualize(args) -> int:
     for key, path in files.items():
         print(f"wrote {path}")
     return 0
+
+
+# ------------------------------------------------------------------------------ images / audio
+
+_INPUT_FLAGS = {"tokens": ("--text / --text-file", "a text model"),
+                "patches": ("--image", "an image (patch) model such as pix2struct"),
+                "frames": ("--audio", "a speech model such as speech_base")}
+
+
+def _check_input_flags(args, config: ModelConfig) -> None:
+    """The input flags must fit what the model reads."""
+    kind = config.encoder_input
+    given = {"tokens": args.text is not None or args.text_file is not None,
+             "patches": args.image is not None, "frames": args.audio is not None}
+    for other, used in given.items():
+        if used and other != kind:
+            flag, what = _INPUT_FLAGS[other]
+            raise VisualizeError(f"{flag} needs {what}, but this model reads {kind} "
+                                 f"(ModelConfig.encoder_input={kind!r}); use "
+                                 f"{_INPUT_FLAGS[kind][0]}.")
+    if kind != "tokens":
+        for flag in ("vocab", "length"):
+            if getattr(args, flag) is not None:
+                raise VisualizeError(f"--{flag} applies to text models; this model reads "
+                                     f"{kind} ({'--max-patches' if kind == 'patches' else '--max-seconds'}"
+                                     f" sets the input size).")
+        if args.no_eos:
+            raise VisualizeError("--no-eos applies to text models.")
+    if kind != "patches" and args.max_patches is not None:
+        raise VisualizeError("--max-patches applies to image (patch) models.")
+    if kind != "frames" and args.max_seconds is not None:
+        raise VisualizeError("--max-seconds applies to speech models.")
+
+
+def synthetic_page(height: int = 192, width: int = 144, seed: int = 0):
+    """A document-like test image: float32 [H, W, 3] in [0, 1], white paper with black word
+    blocks in lines (paragraphs, short last lines, a blank band): the white background CoDA's
+    router can skip (paper section 6)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    page = np.ones((height, width, 3), np.float32)
+    margin, line_h, x_h = max(4, width // 12), max(6, height // 16), max(2, height // 40)
+    y = margin
+    line = 0
+    while y + x_h < height - margin:
+        if line % 5 == 4 or (height * 0.45 < y < height * 0.58):
+            y += line_h                                  # paragraph break / blank band
+            line += 1
+            continue
+        end = width - margin - (rng.integers(width // 4, width // 2) if line % 5 == 3 else 0)
+        x = margin
+        while True:
+            w = int(rng.integers(max(2, width // 40), max(3, width // 8)))
+            if x + w > end:
+                break
+            page[y:y + x_h, x:x + w] = 0.05
+            x += w + max(2, width // 50)
+        y += line_h
+        line += 1
+    return page
+
+
+def _read_image(path: str, channels: int):
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise VisualizeError(f"--image: {path} not found.")
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise VisualizeError("--image needs Pillow (pip install pillow).") from e
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            return np.asarray(img, np.uint8)
+    except OSError as e:
+        raise VisualizeError(f"--image: cannot read {path} as an image: {e}") from None
+
+
+def _patch_inputs(args, config: ModelConfig):
+    """-> (patches [n, 2 + p*p*C], ink mask [n] bool, image or None, description)."""
+    try:
+        from coda_flax import patches as patching
+    except ImportError:
+        raise VisualizeError("image inputs need coda_flax.patches (patchify), which this "
+                             "installation lacks.") from None
+    max_patches = args.max_patches or DEFAULT_MAX_PATCHES
+    if args.image is not None:
+        image, what = _read_image(args.image, config.num_channels), args.image
+    else:
+        image, what = synthetic_page(seed=args.seed), "synthetic page"
+    p = config.patch_size
+    patches = patching.patchify(image, max_patches, p, channels=config.num_channels)
+    rows, cols = patching.patch_grid(patches)
+    if max(rows, cols) >= config.max_patch_positions:
+        raise VisualizeError(f"the {rows} x {cols} patch grid exceeds the model's "
+                             f"max_patch_positions {config.max_patch_positions}; lower "
+                             f"--max-patches.")
+    ink = patching.patch_ink(image, max_patches, p, threshold=args.ink_threshold)
+    return patches, ink, image, what
+
+
+def _visualize_image(args, config: ModelConfig, params, source, layers) -> int:
+    from coda_flax import viz
+    from coda_flax.checkpoints.io import config_to_dict
+
+    patches, ink, image, what = _patch_inputs(args, config)
+    if params is None:
+        params = random_init_params(config, args.seed)
+    decisions = viz.routing_decisions(config, params, patches)
+    n, k, r = decisions["n"], decisions["k"], config.coda.reduction
+    valid = decisions["valid"][0]
+    selected = decisions["selected"][layers, 0]
+    lam = decisions["lam"][layers, 0]
+    _, _, grid = viz.patch_grid_positions(patches)
+    stats = viz.ink_share(selected, ink, valid)
+
+    out = os.path.abspath(args.output)
+    os.makedirs(out, exist_ok=True)
+    head = (f"{_name(args)}: r = {r}, k = {k} of n = {n} patches "
+            f"({grid[0]} x {grid[1]} grid, {int(valid.sum())} real)")
+    p = config.patch_size
+    files = {
+        "routing_image": viz.plot_image_routing(
+            selected, patches, os.path.join(out, "routing_image.png"), patch_size=p,
+            layer_labels=layers, title=f"Routed patches per encoder layer\n{head}"),
+        "routing_image_lam": viz.plot_image_routing(
+            lam, patches, os.path.join(out, "routing_image_lam.png"), patch_size=p,
+            layer_labels=layers, title=f"Router $\\lambda$ per encoder layer\n{head}"),
+        "heatmap": viz.plot_routing_heatmap(
+            selected, None, os.path.join(out, "heatmap.png"), layer_labels=layers,
+            valid=valid, title=f"Routed patches (row-major order) per layer\n{head}"),
+        "ink_share": viz.plot_ink_share(
+            stats, os.path.join(out, "ink_share.png"), layer_labels=layers,
+            title=f"Share of routed patches with ink vs the page\n{head}"),
+    }
+    record = {"source": source, "image": what, "max_patches": int(patches.shape[0]),
+              "patch_size": p, "grid": list(grid),
+              "patch_ids": patches[:, :2].astype(int).tolist(),
+              "ink": {"threshold": args.ink_threshold, "mask": ink.astype(int).tolist(),
+                      **viz._jsonable(stats)},
+              **viz.decisions_to_json(decisions, 0, layers),
+              "model_config": config_to_dict(config)}
+    files["decisions"] = _write_record(out, record)
+    print(head + f"; {len(layers)} of {config.num_encoder_layers} layers shown")
+    print(f"ink: {stats['ink_patches']} of {stats['real_patches']} patches "
+          f"({stats['page_ink_share']:.3f} of the page; threshold {args.ink_threshold:g})")
+    for i, row, share, cover in zip(layers, selected, stats["routed_ink_share"],
+                                    stats["ink_coverage"]):
+        print(f"  layer {i:>2}: {int(row.sum())} routed, {share:.3f} of them with ink "
+              f"(page {stats['page_ink_share']:.3f}), {cover:.3f} of the ink patches routed")
+    _print_files(files)
+    return 0
+
+
+def synthetic_utterance(seconds: float = DEFAULT_RANDOM_SECONDS, sample_rate: int = 16000,
+                        seed: int = 0):
+    """A speech-like test waveform: voiced bursts (harmonic tones with a falling pitch and a
+    smooth envelope) separated by pauses with faint noise. float32 [samples] in [-1, 1]."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sample_rate))
+    x = 0.003 * rng.standard_normal(n).astype(np.float32)
+    t = 0.15
+    while t < seconds - 0.2:
+        dur = float(rng.uniform(0.15, 0.45))
+        a, b = int(t * sample_rate), min(n, int((t + dur) * sample_rate))
+        tt = np.arange(b - a) / sample_rate
+        f0 = float(rng.uniform(110, 220)) * (1 - 0.2 * tt / dur)
+        phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+        burst = sum(np.sin(h * phase) / h for h in range(1, 8))
+        x[a:b] += (0.25 * np.sin(np.pi * tt / dur) ** 2 * burst).astype(np.float32)
+        t += dur + float(rng.uniform(0.08, 0.35))
+    return np.clip(x, -1, 1).astype(np.float32)
+
+
+def _frame_inputs(args, config: ModelConfig):
+    """-> (frames [T, 1 + mel], description, seconds)."""
+    try:
+        from coda_flax import audio
+    except ImportError:
+        raise VisualizeError("audio inputs need coda_flax.audio (frame_features), which this "
+                             "installation lacks.") from None
+    if args.audio is not None:
+        try:
+            waveform = audio.load_waveform(args.audio, audio.SAMPLE_RATE)
+        except (OSError, ValueError) as e:
+            raise VisualizeError(f"--audio: cannot read {args.audio}: {e}") from None
+        what = args.audio
+        if args.max_seconds is not None:
+            waveform = waveform[:int(round(args.max_seconds * audio.SAMPLE_RATE))]
+    else:
+        seconds = args.max_seconds or DEFAULT_RANDOM_SECONDS
+        waveform, what = synthetic_utterance(seconds, audio.SAMPLE_RATE, args.seed), \
+            "synthetic utterance"
+    if waveform.size == 0:
+        raise VisualizeError(f"--audio: {args.audio} holds no samples.")
+    frames = audio.frame_features(waveform, audio.SAMPLE_RATE, num_mel_bins=config.num_mel_bins)
+    return frames, what, waveform.size / audio.SAMPLE_RATE
+
+
+def _visualize_audio(args, config: ModelConfig, params, source, layers) -> int:
+    import numpy as np
+
+    from coda_flax import viz
+    from coda_flax.checkpoints.io import config_to_dict
+
+    frames, what, seconds = _frame_inputs(args, config)
+    if params is None:
+        params = random_init_params(config, args.seed)
+    decisions = viz.routing_decisions(config, params, frames)
+    n, k, r = decisions["n"], decisions["k"], config.coda.reduction
+    selected = decisions["selected"][layers, 0]
+    lam = decisions["lam"][layers, 0]
+    T = frames.shape[0]
+
+    out = os.path.abspath(args.output)
+    os.makedirs(out, exist_ok=True)
+    head = (f"{_name(args)}: r = {r}, k = {k} of n = {n} encoder frames "
+            f"({T} log-mel frames, {seconds:.2f} s)")
+    files = {
+        "routing_audio": viz.plot_audio_routing(
+            selected, frames, os.path.join(out, "routing_audio.png"), layer_labels=layers,
+            title=f"Routed encoder frames per layer\n{head}"),
+        "routing_audio_lam": viz.plot_audio_routing(
+            lam, frames, os.path.join(out, "routing_audio_lam.png"), layer_labels=layers,
+            kind="lam", title=f"Router $\\lambda$ per layer\n{head}"),
+        "heatmap": viz.plot_routing_heatmap(
+            selected, None, os.path.join(out, "heatmap.png"), layer_labels=layers,
+            valid=decisions["valid"][0], title=f"Routed encoder frames per layer\n{head}"),
+    }
+    record = {"source": source, "audio": what, "seconds": seconds, "num_frames": int(T),
+              "frame_step_ms": 10.0, "subsampling": viz.SUBSAMPLING,
+              **viz.decisions_to_json(decisions, 0, layers),
+              "model_config": config_to_dict(config)}
+    files["decisions"] = _write_record(out, record)
+    print(head + f"; {len(layers)} of {config.num_encoder_layers} layers shown")
+    step = viz.SUBSAMPLING * 0.01
+    for i, row in zip(layers, selected):
+        times = ", ".join(f"{j * step:.2f}" for j in np.flatnonzero(row)[:12])
+        more = " ..." if row.sum() > 12 else ""
+        print(f"  layer {i:>2}: {int(row.sum())} routed, at s = {times}{more}")
+    _print_files(files)
+    return 0
+
+
+def _name(args) -> str:
+    return ("random init " + str(args.preset) if args.random_init
+            else os.path.basename(os.path.normpath(args.checkpoint)))
+
+
+def _write_record(out: str, record) -> str:
+    path = os.path.join(out, "decisions.json")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(dump_json(record) + "\n")
+    return path
+
+
+def _print_files(files) -> None:
+    for path in files.values():
+        print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,10 @@
 
     python scripts/bench.py --lengths 512 --reductions 1,3 --attention k_to_all \\
         --modes encode --num-layers 2 --output bench_out
+    python scripts/bench.py --presets pix2struct --lengths 1024,2048,4096 \
+        --reductions 1,8,16,32 --attention k_to_all --modes generate --num-layers 3
+    python scripts/bench.py --presets speech_base --audio-seconds 10,30 --reductions 1,2,4 \
+        --attention k_to_all
     python scripts/bench.py --soft-topk
 
 Same arguments as `coda bench --help`; needs only the core install (no gin / TensorFlow).

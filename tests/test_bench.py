@@ -23,7 +23,11 @@ ROW_KEYS = {"preset", "mode", "n", "r", "k", "attention", "num_heads", "num_kv_h
             "batch_size", "decode_length", "num_encoder_layers", "num_decoder_layers", "dtype",
             "statistic", "timer", "pa_seconds", "coda_seconds", "measured_speedup",
             "paired_speedup", "flop_speedup", "measured_over_flop", "pa_samples", "coda_samples",
-            "pa_compile_seconds", "coda_compile_seconds"}
+            "pa_compile_seconds", "coda_compile_seconds",
+            # schema 2: what the encoder reads, the preset's own depth, front end, paper
+            "input", "head", "input_length", "audio_seconds", "preset_num_encoder_layers",
+            "preset_num_decoder_layers", "input_flops", "flop_speedup_with_input",
+            "paper_speedup"}
 TOP_KEYS = {"schema_version", "kind", "created", "jax_version", "jaxlib_version",
             "flax_version", "device", "settings", "rows", "soft_topk"}
 DEVICE_KEYS = {"platform", "device_kind", "num_devices", "cpu_count", "load_average_start",
@@ -47,7 +51,7 @@ def test_sweep_json_schema(tiny_sweep, tmp_path):
     path = bench.write_json(result, str(tmp_path / "out" / "bench.json"))
     loaded = json.load(open(path))                      # JSON-serialisable, round trips
     assert set(loaded) == TOP_KEYS
-    assert loaded["schema_version"] == bench.SCHEMA_VERSION == 1
+    assert loaded["schema_version"] == bench.SCHEMA_VERSION == 2
     assert loaded["kind"] == "coda_bench"
     assert loaded["jax_version"] == jax.__version__
     assert set(loaded["device"]) == DEVICE_KEYS
@@ -69,6 +73,11 @@ def test_sweep_json_schema(tiny_sweep, tmp_path):
         assert row["num_encoder_layers"] == 1 and row["num_decoder_layers"] == 1
         assert (row["num_heads"], row["num_kv_heads"]) == (4, 2)
         assert row["decode_length"] == (3 if row["mode"] == "generate" else None)
+        assert (row["input"], row["head"], row["input_length"]) == ("tokens", "decoder", 12)
+        assert row["audio_seconds"] is None and row["paper_speedup"] is None
+        assert (row["preset_num_encoder_layers"], row["preset_num_decoder_layers"]) == (2, 2)
+        assert row["input_flops"] == 0                     # token lookup: no front-end FLOPs
+        assert row["flop_speedup_with_input"] == pytest.approx(row["flop_speedup"])
         for key in ("pa_seconds", "coda_seconds", "measured_speedup", "paired_speedup",
                     "flop_speedup",
                     "measured_over_flop", "pa_compile_seconds", "coda_compile_seconds"):

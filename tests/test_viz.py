@@ -261,3 +261,279 @@ def test_cli_checkpoint_with_text(checkpoint_and_vocab, tmp_path, capsys):
     assert "longer than --length 4" in error(["--text", text, "--length", "4"])
     assert "nothing is routed" in error(["--text", text, "--reduction", "1"])
     assert "--random-init only" in error(["--text", text, "--preset", "tiny"])
+
+
+# ------------------------------------------------------------------------------------ images
+
+P = 2                                            # patch size of the hand-built patches
+
+
+def _patches(ids, pixels=None, channels=1, n=None):
+    """Patches [n, 2 + P*P*C] with the given (row, col) ids (1-based) and pixel values."""
+    n = n or len(ids)
+    out = np.zeros((n, 2 + P * P * channels), np.float32)
+    for i, (r, c) in enumerate(ids):
+        out[i, :2] = (r, c)
+        out[i, 2:] = 1.0 if pixels is None else pixels[i]
+    return out
+
+
+def test_place_patches_puts_values_on_their_cells():
+    # A 2 x 3 grid given in shuffled order, plus two padding rows.
+    ids = [(2, 3), (1, 1), (2, 1), (1, 3), (1, 2), (2, 2)]
+    patches = _patches(ids, n=8)
+    rows, cols, grid = viz.patch_grid_positions(patches)
+    assert grid == (2, 3)
+    np.testing.assert_array_equal(rows, [1, 0, 1, 0, 0, 1, -1, -1])
+    np.testing.assert_array_equal(cols, [2, 0, 0, 2, 1, 1, -1, -1])
+    selected = np.zeros((2, 8), bool)
+    selected[0, [0, 4]] = True                   # layer 0 routes (2, 3) and (1, 2)
+    selected[1, [1, 6]] = True                   # layer 1 routes (1, 1) and a padding row
+    placed = viz.place_patches(selected, patches)
+    np.testing.assert_array_equal(placed[0], [[0, 1, 0], [0, 0, 1]])
+    np.testing.assert_array_equal(placed[1], [[1, 0, 0], [0, 0, 0]])   # padding dropped
+    lam = np.arange(8, dtype=np.float32)
+    np.testing.assert_array_equal(viz.place_patches(lam, patches, fill=-1),
+                                  [[1, 4, 3], [2, 5, 0]])
+    with pytest.raises(ValueError, match="same"):
+        viz.place_patches(lam[:2], _patches([(1, 1), (1, 1)]))
+    with pytest.raises(ValueError, match="outside"):
+        viz.patch_grid_positions(_patches([(3, 1)]), grid_hw=(2, 2))
+    with pytest.raises(ValueError, match="values"):
+        viz.place_patches(lam[:3], patches)
+
+
+def test_image_heatmap_places_the_routed_set_over_the_page(monkeypatch, tmp_path):
+    # 2 x 2 grid of 2x2 grey patches in the order (2,2), (1,1), (1,2), (2,1); patch (1, 2) is
+    # black, the others white. The routed patches must land on their cells over that page.
+    ids = [(2, 2), (1, 1), (1, 2), (2, 1)]
+    pixels = [1.0, 1.0, 0.0, 1.0]
+    patches = _patches(ids, pixels)
+    seen = {}
+
+    def fake(selected, grid_hw, path, image=None, **kw):
+        seen.update(selected=selected, grid_hw=grid_hw, image=image)
+        return path
+    monkeypatch.setattr(viz, "plot_patch_routing", fake)
+    selected = np.array([[True, False, True, False]])            # routes (2, 2) and (1, 2)
+    viz.plot_image_routing(selected, patches, str(tmp_path / "x.png"), patch_size=P)
+    assert seen["grid_hw"] == (2, 2)
+    np.testing.assert_array_equal(seen["selected"], [[False, True, False, True]])  # row-major
+    image = seen["image"]
+    assert image.shape == (4, 4)                                  # grey: one channel dropped
+    np.testing.assert_array_equal(image[:2, 2:], 0.0)             # the black patch, top right
+    assert (image[:2, :2] == 1).all() and (image[2:] == 1).all()
+    monkeypatch.undo()
+    img = _image(viz.plot_image_routing(selected, patches, tmp_path / "real.png",
+                                        patch_size=P, dpi=50))
+    assert img[..., :3].std() > 0.05
+
+
+def test_patch_image_undoes_standardisation_and_matches_unpatchify():
+    page = np.ones((8, 6, 3), np.float32)
+    page[2:4, 1:5] = 0.0
+    # The pix2struct layout of a standardised page (what patchify makes), in row-major order.
+    std = (page - page.mean()) / page.std()
+    pix = std.reshape(4, P, 3, P, 3).transpose(0, 2, 1, 3, 4).reshape(12, P * P * 3)
+    ids = [(r + 1, c + 1) for r in range(4) for c in range(3)]
+    patches = _patches(ids, pix, channels=3, n=14)
+    np.testing.assert_allclose(viz.patch_image(patches, P), page, atol=1e-6)
+    np.testing.assert_allclose(viz._unpatchify(patches, P, 3, (4, 3)), std, atol=1e-6)
+    try:
+        from coda_flax.patches import unpatchify
+    except ImportError:
+        return
+    np.testing.assert_allclose(unpatchify(patches, patch_size=P, channels=3), std, atol=1e-6)
+
+
+def test_patch_ink_from_patches():
+    # Four 2x2 RGB patches: white, one dark pixel, light grey (0.7), all black; one padding.
+    white, dark_pixel, grey, black = (np.ones(12), np.r_[np.zeros(3), np.ones(9)],
+                                      np.full(12, 0.7), np.zeros(12))
+    pixels = np.stack([white, dark_pixel, grey, black]) * 4.0 - 1.0   # any affine scaling
+    patches = _patches([(1, 1), (1, 2), (2, 1), (2, 2)], pixels, channels=3, n=5)
+    np.testing.assert_array_equal(viz.patch_ink_from_patches(patches, P),
+                                  [False, True, False, True, False])
+    np.testing.assert_array_equal(viz.patch_ink_from_patches(patches, P, threshold=0.8),
+                                  [False, True, True, True, False])
+
+
+def test_ink_share_on_a_hand_computed_example():
+    #                 patch: 0  1  2  3  4  5(pad)
+    ink = np.array([1, 1, 0, 0, 0, 0], bool)
+    valid = np.array([1, 1, 1, 1, 1, 0], bool)
+    selected = np.array([[1, 1, 1, 0, 0, 0],         # 2 of 3 routed patches have ink
+                         [0, 0, 1, 1, 0, 1],         # no ink; the padding slot is ignored
+                         [1, 0, 0, 0, 1, 0]], bool)  # 1 of 2
+    s = viz.ink_share(selected, ink, valid)
+    np.testing.assert_allclose(s["routed_ink_share"], [2 / 3, 0, 1 / 2])
+    assert s["page_ink_share"] == pytest.approx(2 / 5)
+    np.testing.assert_allclose(s["enrichment"], [5 / 3, 0, 5 / 4])
+    np.testing.assert_allclose(s["ink_coverage"], [1, 0, 1 / 2])
+    np.testing.assert_array_equal(s["routed"], [3, 2, 2])
+    assert (s["ink_patches"], s["real_patches"]) == (2, 5)
+    one = viz.ink_share(selected[0], ink)                           # [n], all valid
+    assert one["page_ink_share"] == pytest.approx(2 / 6)
+    np.testing.assert_allclose(one["routed_ink_share"], [2 / 3])
+    with pytest.raises(ValueError, match="ink_mask"):
+        viz.ink_share(selected, ink[:4])
+
+
+def test_plot_ink_share(tmp_path):
+    stats = viz.ink_share(np.eye(4, 6, dtype=bool), np.array([1, 0, 1, 0, 0, 0], bool))
+    img = _image(viz.plot_ink_share(stats, tmp_path / "ink.png", dpi=50))
+    assert img.shape[1] > img.shape[0] and img[..., :3].std() > 0.05
+
+
+# ------------------------------------------------------------------------------------- audio
+
+
+def test_audio_routing_strips():
+    values = np.array([[1, 0, 1], [0, 1, 0]], bool)         # 3 encoder tokens of 10 frames
+    strips = viz.audio_routing_strips(values, 10)
+    assert strips.shape == (2, 10) and strips.dtype == bool
+    np.testing.assert_array_equal(strips[0], [1, 1, 1, 1, 0, 0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(strips[1], [0, 0, 0, 0, 1, 1, 1, 1, 0, 0])
+    lam = viz.audio_routing_strips(np.array([0.2, 0.9]), 8)    # [n] -> [1, T]
+    np.testing.assert_allclose(lam, [[0.2] * 4 + [0.9] * 4])
+    with pytest.raises(ValueError, match="encoder tokens"):
+        viz.audio_routing_strips(values, 13)                     # 13 frames -> 4 tokens
+
+
+def test_plot_audio_routing(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = np.concatenate([np.arange(1, 51)[:, None], rng.normal(size=(50, 8))], 1)
+    frames[46:] = 0                                             # padding
+    sel = rng.random((3, 13)) < 0.3
+    img = _image(viz.plot_audio_routing(sel, frames, tmp_path / "a.png", dpi=50))
+    assert img.shape[1] > img.shape[0] and img[..., :3].std() > 0.05
+    img = _image(viz.plot_audio_routing(rng.random((3, 13)), frames, tmp_path / "b.png",
+                                        kind="lam", dpi=50, figsize=(6, 4)))
+    assert img.shape[:2] == (200, 300)
+    with pytest.raises(ValueError, match="encoder tokens"):
+        viz.plot_audio_routing(sel[:, :5], frames, tmp_path / "c.png")
+
+
+# ---------------------------------------------------------------- decisions for patches, frames
+
+
+def test_routing_decisions_for_patches_and_frames():
+    from coda_flax.viz_cli import TINY_SPEECH, TINY_VISION, tiny_model_config
+
+    rng = np.random.default_rng(0)
+    config = tiny_model_config(TINY_VISION, CodaConfig(reduction=R, adapter_dim=4))
+    params = random_init_params(config, 0)
+    patches = np.zeros((12, 2 + 4 * 4 * 3), np.float32)
+    patches[:10, 0] = np.repeat([1, 2], 5)[:10]
+    patches[:10, 1] = np.tile(np.arange(1, 6), 2)
+    patches[:10, 2:] = rng.normal(size=(10, 48))                 # 10 real, 2 padding
+    d = viz.routing_decisions(config, params, patches)
+    assert (d["n"], d["k"], d["input"]) == (12, 4, "patches")
+    np.testing.assert_array_equal(d["valid"][0], np.arange(12) < 10)
+    assert d["selected"].shape == (2, 1, 12) and not d["selected"][:, 0, 10:].any()
+    np.testing.assert_array_equal(d["selected"].sum(-1), 4)
+
+    config = tiny_model_config(TINY_SPEECH, CodaConfig(reduction=R, adapter_dim=4))
+    assert config.coda.epsilon == 1.0 and config.head == "ctc"
+    params = random_init_params(config, 0)
+    frames = np.zeros((40, 81), np.float32)
+    frames[:30, 0] = np.arange(1, 31)
+    frames[:30, 1:] = rng.normal(size=(30, 80))
+    d = viz.routing_decisions(config, params, frames[None])
+    assert (d["n"], d["k"], d["input"]) == (10, 4, "frames")   # ceil(ceil(40 / 2) / 2)
+    np.testing.assert_array_equal(d["valid"][0], np.arange(10) < 8)   # frames 0, 4, .. 28
+    assert not d["selected"][:, 0, 8:].any()
+    with pytest.raises(ValueError, match="1 \\+ num_mel_bins"):
+        viz.routing_decisions(config, params, frames[:, :20])
+
+
+# ------------------------------------------------------------------------------ CLI: images
+
+
+def _write_page(path):
+    from PIL import Image
+    from coda_flax.viz_cli import synthetic_page
+    page = (synthetic_page(96, 72, seed=1) * 255).astype(np.uint8)
+    Image.fromarray(page).save(path)
+    return page
+
+
+def test_cli_image(tmp_path, capsys):
+    pytest.importorskip("coda_flax.patches", reason="coda_flax.patches (patchify) is missing")
+    from coda_flax import patches as patching
+    page = _write_page(tmp_path / "page.png")
+    out = tmp_path / "viz"
+    assert _cli(["--random-init", "--preset", "tiny_vision", "--image",
+                 str(tmp_path / "page.png"), "--max-patches", "48", "--output", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["decisions.json", "heatmap.png", "ink_share.png",
+                                       "routing_image.png", "routing_image_lam.png"]
+    record = json.load(open(out / "decisions.json"))
+    rows, cols = patching.grid_size(96, 72, 48, 4)
+    assert record["grid"] == [rows, cols] and record["n"] == 48 and record["input"] == "patches"
+    assert record["k"] == 16 and record["image"] == str(tmp_path / "page.png")
+    ink = np.array(record["ink"]["mask"], bool)
+    np.testing.assert_array_equal(ink, patching.patch_ink(page, 48, 4))
+    assert 0 < ink.sum() < rows * cols                          # some ink, some white
+    selected = np.array([layer["selected"] for layer in record["layers"]], bool)
+    valid = np.arange(48) < rows * cols
+    expect = viz.ink_share(selected, ink, valid)
+    np.testing.assert_allclose(record["ink"]["routed_ink_share"], expect["routed_ink_share"],
+                               atol=1e-6)
+    assert record["ink"]["page_ink_share"] == pytest.approx(expect["page_ink_share"])
+    assert "of them with ink" in capsys.readouterr().out
+    # Without --image: a synthetic page.
+    assert _cli(["--random-init", "--preset", "tiny_vision", "--max-patches", "32",
+                 "--layers", "1", "--output", str(out)]) == 0
+    record = json.load(open(out / "decisions.json"))
+    assert record["image"] == "synthetic page" and [l["layer"] for l in record["layers"]] == [1]
+
+
+def test_cli_audio(tmp_path, capsys):
+    audio = pytest.importorskip("coda_flax.audio",
+                                reason="coda_flax.audio (frame_features) is missing")
+    from coda_flax.viz_cli import synthetic_utterance
+    audio.write_wav(str(tmp_path / "a.wav"), synthetic_utterance(1.0, seed=2))
+    out = tmp_path / "viz"
+    assert _cli(["--random-init", "--preset", "tiny_speech", "--audio", str(tmp_path / "a.wav"),
+                 "--output", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["decisions.json", "heatmap.png", "routing_audio.png",
+                                       "routing_audio_lam.png"]
+    record = json.load(open(out / "decisions.json"))
+    assert record["num_frames"] == 98 and record["seconds"] == pytest.approx(1.0)
+    assert (record["n"], record["k"], record["input"]) == (25, 9, "frames")
+    assert all(sum(layer["selected"]) == 9 for layer in record["layers"])
+    assert "routed, at s =" in capsys.readouterr().out
+    assert _cli(["--random-init", "--preset", "tiny_speech", "--audio", str(tmp_path / "a.wav"),
+                 "--max-seconds", "0.5", "--output", str(out)]) == 0
+    assert json.load(open(out / "decisions.json"))["num_frames"] == 48
+
+
+def test_cli_input_errors(tmp_path, capsys):
+    def error(argv):
+        assert _cli(argv) == 2
+        return capsys.readouterr().err
+
+    assert "--image needs an image" in error(["--random-init", "--preset", "tiny", "--image",
+                                              str(tmp_path / "x.png")])
+    assert "--audio needs a speech model" in error(["--random-init", "--preset", "tiny_vision",
+                                                    "--audio", str(tmp_path / "x.wav")])
+    assert "--text / --text-file needs a text model" in error(
+        ["--random-init", "--preset", "tiny_speech", "--text", "hi"])
+    assert "--max-patches applies to image" in error(["--random-init", "--preset", "tiny",
+                                                      "--max-patches", "16"])
+    assert "--length applies to text" in error(["--random-init", "--preset", "tiny_vision",
+                                                "--length", "16"])
+    assert "not found" in error(["--random-init", "--preset", "tiny_vision", "--image",
+                                 str(tmp_path / "missing.png")])
+    assert "--random-init only" in error(["--checkpoint", str(tmp_path), "--num-layers", "1"])
+
+
+def test_cli_pix2struct_random_init(tmp_path):
+    """The paper's vision preset without a checkpoint (one of its 18 layers, 64 patches)."""
+    pytest.importorskip("coda_flax.patches", reason="coda_flax.patches (patchify) is missing")
+    out = tmp_path / "viz"
+    assert _cli(["--random-init", "--preset", "pix2struct", "--num-layers", "1",
+                 "--max-patches", "64", "--reduction", "8", "--output", str(out)]) == 0
+    record = json.load(open(out / "decisions.json"))
+    assert (record["n"], record["k"]) == (64, 8)
+    assert record["model_config"]["d_model"] == 1536
