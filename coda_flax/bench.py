@@ -636,6 +636,27 @@ def measure_interleaved(fns: dict[Any, Callable[[], Any]], *, repeats: int, warm
     return samples, compile_seconds
 
 
+def measure_models(models: dict, params: dict, batch: dict, repeats: int) -> dict:
+    """Seconds per call of the encoder and of encode + greedy decoding ({name: {"encoder",
+    "end_to_end"}}) of trained models (CodaT5Model / CodaCtcModel) on the same batch, timed
+    interleaved (measure_interleaved); the median over `repeats` rounds."""
+    import jax
+
+    fns = {}
+    for name, m in models.items():
+        encode = jax.jit(lambda p, x, m=m: m.module.apply({"params": p}, x, method="encode"))
+        predict = jax.jit(m.predict_batch)
+        fns[(name, "encoder")] = (lambda f=encode, n=name: f(params[n],
+                                                              batch["encoder_input_tokens"]))
+        fns[(name, "end_to_end")] = lambda f=predict, n=name: f(params[n], batch)
+    samples, _ = measure_interleaved(fns, repeats=max(1, repeats), warmup=1,
+                                     min_sample_seconds=0.05)
+    out = {name: {} for name in models}
+    for (name, what), times in samples.items():
+        out[name][what] = float(np.median(times))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # The sweep: Parallel Adapter vs CoDA.
 

@@ -30,6 +30,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from coda_flax.bench import measure_models
 from coda_flax.config import CodaConfig, ModelConfig
 
 Log = Callable[[str], None]
@@ -67,18 +68,22 @@ class CompareSettings:
     speed_repeats: int = 5
     headline: str = "anls"             # the metric of the table's quality column
     lower_is_better: bool = False
+    extra_metrics: tuple = ()          # more columns of the table
 
 
 SETTINGS = {
     "rendered_words": CompareSettings("coda_rendered_words", "vision", 256, 8, _VISION_MODEL,
-                                      pretrain_lr=1e-2, headline="exact_match"),
+                                      pretrain_lr=1e-2, headline="exact_match",
+                                      extra_metrics=("anls",)),
     "rendered_docs": CompareSettings("coda_rendered_docs", "vision", 256, 32, _VISION_MODEL,
-                                     headline="anls"),
+                                     pretrain_lr=1e-2, headline="anls",
+                                     extra_metrics=("exact_match",)),
     "easy_vqa": CompareSettings("coda_easy_vqa", "vision", 256, 16, _VISION_MODEL,
                                 headline="exact_match"),
     "speech": CompareSettings("coda_speech_offline", "speech", 512, 96, _SPEECH_MODEL,
                               variants=(("parallel_adapter", 1), ("coda_r2", 2), ("coda_r4", 4)),
-                              epsilon=1.0, headline="wer", lower_is_better=True),
+                              epsilon=1.0, headline="wer", lower_is_better=True,
+                              extra_metrics=("cer",)),
 }
 
 
@@ -115,25 +120,6 @@ def register(s: CompareSettings, data_dir: str | None, prepare: bool, log: Log):
             tasks.prepare_offline_speech(data_dir, log=log)
         tasks.register_speech_tasks(data_dir)
     return tasks.get_task_or_mixture(s.task)
-
-
-def measure_speed(models: dict, params: dict, batch: dict, repeats: int) -> dict:
-    """Seconds per call of the encoder and of encode + greedy decoding, per model, timed
-    interleaved on the same batch (coda_flax.bench.measure_interleaved)."""
-    from coda_flax.bench import measure_interleaved
-    fns = {}
-    for name, m in models.items():
-        encode = jax.jit(lambda p, x, m=m: m.module.apply({"params": p}, x, method="encode"))
-        predict = jax.jit(m.predict_batch)
-        fns[(name, "encoder")] = (lambda f=encode, n=name: f(params[n],
-                                                              batch["encoder_input_tokens"]))
-        fns[(name, "end_to_end")] = lambda f=predict, n=name: f(params[n], batch)
-    samples, _ = measure_interleaved(fns, repeats=max(1, repeats), warmup=1,
-                                     min_sample_seconds=0.05)
-    out = {name: {} for name in models}
-    for (name, what), times in samples.items():
-        out[name][what] = float(np.median(times))
-    return out
 
 
 def ink_fractions(selected, ink, valid) -> tuple[list[float], float]:
@@ -204,7 +190,7 @@ def run_compare(name: str, output_dir: str, *, quick_run: bool = False,
     examples = run.eval_examples(task, lengths, "validation", s.speed_batch)
     examples = (examples * s.speed_batch)[:s.speed_batch]
     batch = run.to_batch(examples, lengths)
-    speed = measure_speed(models, params, batch, s.speed_repeats)
+    speed = measure_models(models, params, batch, s.speed_repeats)
     base = speed["parallel_adapter"]
     for variant, row in results.items():
         row.update({f"{k}_seconds": v for k, v in speed[variant].items()})
@@ -262,11 +248,14 @@ def results_table(summary: dict) -> str:
     lines = [f"{summary['task']}: Parallel Adapter vs CoDA ({s['input_length']} "
              f"{'patches' if s['domain'] == 'vision' else 'frames'} in, dense backbone "
              f"{s['pretrain_steps']} steps, {s['finetune_steps']} finetuning steps)", "",
-             f"| variant | r | n | k | {metric} | encoder speedup | end-to-end speedup "
-             f"| trainable params |", "|---|---|---|---|---|---|---|---|"]
+             f"| variant | r | n | k | {metric} | "
+             + "".join(f"{m} | " for m in s["extra_metrics"])
+             + "encoder speedup | end-to-end speedup | trainable params |",
+             "|---|---|---|---|---|" + "---|" * len(s["extra_metrics"]) + "---|---|---|"]
     for name, r in summary["variants"].items():
+        extra = "".join(f"{r['eval'][m]:.1f} | " for m in s["extra_metrics"])
         lines.append(f"| {name} | {r['reduction']} | {r['n']} | {r['k']} | {r['quality']:.1f} "
-                     f"| {r['encoder_speedup']:.2f}x | {r['end_to_end_speedup']:.2f}x "
+                     f"| {extra}{r['encoder_speedup']:.2f}x | {r['end_to_end_speedup']:.2f}x "
                      f"| {r['trainable_params']:,} |")
     if "ink_share" in summary:
         lines += ["", "Share of routed patches that contain ink, per layer (the page's share of "

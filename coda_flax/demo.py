@@ -21,8 +21,8 @@ import time
 from typing import Callable
 
 import jax
-import numpy as np
 
+from coda_flax.bench import measure_models
 from coda_flax.config import CodaConfig, ModelConfig
 
 
@@ -75,32 +75,6 @@ def model_config(s: DemoSettings, vocab_size: int, coda: CodaConfig | None) -> M
                        num_kv_heads=1, head_dim=s.head_dim, d_ff=s.d_ff,
                        num_encoder_layers=s.num_encoder_layers,
                        num_decoder_layers=s.num_decoder_layers, coda=coda)
-
-
-def _time(fn: Callable, args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))                                 # compile + warm up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def measure_speed(models: dict, params: dict, batch: dict, repeats: int) -> dict:
-    """Median encoder and encode+greedy-decode seconds per model on the same batch.
-
-    Models are measured round-robin `repeats` times so that machine noise hits all alike."""
-    encode = {name: jax.jit(lambda p, x, m=m: m.module.apply({"params": p}, x, method="encode"))
-              for name, m in models.items()}
-    predict = {name: jax.jit(m.predict_batch) for name, m in models.items()}
-    enc_args = lambda name: (params[name], batch["encoder_input_tokens"])
-    samples = {name: {"encoder": [], "end_to_end": []} for name in models}
-    for _ in range(max(repeats, 1)):
-        for name in models:
-            samples[name]["encoder"].append(_time(encode[name], enc_args(name), 1))
-            samples[name]["end_to_end"].append(_time(predict[name], (params[name], batch), 1))
-    return {name: {k: float(np.median(v)) for k, v in s.items()} for name, s in samples.items()}
 
 
 def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
@@ -164,7 +138,7 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
     examples = run.eval_examples(task, lengths, "validation", s.speed_batch)
     examples = (examples * s.speed_batch)[:s.speed_batch]
     batch = run.to_batch(examples, lengths)
-    speed = measure_speed(models, params, batch, s.speed_repeats)
+    speed = measure_models(models, params, batch, s.speed_repeats)
     base = speed["parallel_adapter"]
     for name in results:
         results[name].update(

@@ -56,13 +56,13 @@ def test_results_table_layout():
     summary = {"task": "coda_speech_offline", "settings": dict(
         compare.SETTINGS["speech"].__dict__), "variants": {
             "parallel_adapter": dict(reduction=1, n=128, k=128, quality=50.0,
-                                     encoder_speedup=1.0, end_to_end_speedup=1.0,
-                                     trainable_params=1000),
-            "coda_r2": dict(reduction=2, n=128, k=64, quality=55.5, encoder_speedup=1.8,
-                            end_to_end_speedup=1.7, trainable_params=1100)}}
+                                     eval=dict(wer=50.0, cer=20.0), encoder_speedup=1.0,
+                                     end_to_end_speedup=1.0, trainable_params=1000),
+            "coda_r2": dict(reduction=2, n=128, k=64, quality=55.5, eval=dict(wer=55.5, cer=21.25),
+                            encoder_speedup=1.8, end_to_end_speedup=1.7, trainable_params=1100)}}
     table = compare.results_table(summary)
-    assert "| coda_r2 | 2 | 128 | 64 | 55.5 | 1.80x | 1.70x | 1,100 |" in table
-    assert "wer (lower is better)" in table
+    assert "| coda_r2 | 2 | 128 | 64 | 55.5 | 21.2 | 1.80x | 1.70x | 1,100 |" in table
+    assert "| wer (lower is better) | cer |" in table
 
 
 def test_unknown_comparison_lists_the_choices(tmp_path):
