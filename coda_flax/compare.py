@@ -122,22 +122,16 @@ def register(s: CompareSettings, data_dir: str | None, prepare: bool, log: Log):
     return tasks.get_task_or_mixture(s.task)
 
 
-def ink_fractions(selected, ink, valid) -> tuple[list[float], float]:
-    """selected [L, b, n], ink [b, n], valid [b, n] (bool) -> (per layer: share of the routed
-    real patches that contain ink, share of the real patches that contain ink)."""
-    selected, ink, valid = (np.asarray(a, bool) for a in (selected, ink, valid))
-    routed = [float(np.sum(sel & ink & valid) / max(np.sum(sel & valid), 1)) for sel in selected]
-    return routed, float(np.sum(ink & valid) / max(np.sum(valid), 1))
-
-
 def ink_share(model_config_, params, examples, batch) -> dict:
-    """Does the router pick ink? ink_fractions of a batch of rendered pages (the page's share
-    is what routing at random would give)."""
+    """Does the router pick ink? viz.ink_share over a batch of rendered pages (all pages'
+    patches pooled); the page's share is what routing blind to the content would give."""
     from coda_flax import viz
     decisions = viz.routing_decisions(model_config_, params, batch["encoder_input_tokens"])
+    selected = np.asarray(decisions["selected"])                          # [L, b, n]
     ink = np.stack([np.asarray(e["ink"], bool) for e in examples])
-    routed, page = ink_fractions(decisions["selected"], ink, decisions["valid"])
-    return {"routed_ink_share": routed, "page_ink_share": page}
+    stats = viz.ink_share(selected.reshape(len(selected), -1), ink.reshape(-1),
+                          np.asarray(decisions["valid"]).reshape(-1))
+    return {k: np.asarray(v).tolist() for k, v in stats.items()}
 
 
 def run_compare(name: str, output_dir: str, *, quick_run: bool = False,
@@ -226,20 +220,15 @@ def _plots(summary, models, params, examples, batch, output_dir):
         plot_ink_share(shares, os.path.join(output_dir, "ink_share.png"))
     for v in routed:
         cfg = models[v].config
-        decisions = viz.routing_decisions(cfg, params[v], batch["encoder_input_tokens"][:1])
+        x = batch["encoder_input_tokens"][0]
+        decisions = viz.routing_decisions(cfg, params[v], x[None])
         lam = np.asarray(decisions["lam"])[:, 0]
         path = os.path.join(output_dir, f"routing_{v}.png")
+        title = f"{v}: router preference (lam) per layer"
         if cfg.encoder_input == "patches":
-            from coda_flax.patches import patch_grid, unpatchify
-            rows, cols = patch_grid(batch["encoder_input_tokens"][0])
-            image = unpatchify(batch["encoder_input_tokens"][0], rows, cols,
-                               patch_size=cfg.patch_size)
-            viz.plot_patch_routing(lam[:, :rows * cols], (rows, cols), path, image=image,
-                                   title=f"{v}: router preference per layer")
+            viz.plot_image_routing(lam, x, path, patch_size=cfg.patch_size, title=title)
         else:
-            n = int(np.asarray(decisions["valid"])[0].sum()) if "valid" in decisions else None
-            viz.plot_routing_heatmap(lam[:, :n], None, path,
-                                     title=f"{v}: router preference over time per layer")
+            viz.plot_audio_routing(lam, x, path, title=title)
 
 
 def results_table(summary: dict) -> str:

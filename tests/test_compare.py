@@ -39,17 +39,9 @@ def test_quick_rendered_words_comparison_writes_every_output(data_dir, tmp_path)
     assert coda["trainable_params"] > pa["trainable_params"]           # + the routers
     shares = on_disk["ink_share"]["coda_r4"]
     assert len(shares["routed_ink_share"]) == 2 and 0 < shares["page_ink_share"] < 1
+    assert shares["routed"] == [2 * 16] * 2                   # k patches of each of 2 pages
     for name in ("results.md", "speed_quality.png", "ink_share.png", "routing_coda_r4.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
-
-
-def test_ink_share_counts_routed_ink_patches():
-    selected = np.array([[[1, 1, 0, 0]], [[0, 0, 1, 1]]], bool)          # [L=2, b=1, n=4]
-    ink = np.array([1, 0, 0, 0], bool)
-    valid = np.array([[1, 1, 1, 0]], bool)
-    routed, page = compare.ink_fractions(selected, ink[None], valid)
-    assert routed == [0.5, 0.0]                  # layer 1's routed padding patch is not counted
-    assert page == pytest.approx(1 / 3)
 
 
 def test_results_table_layout():
