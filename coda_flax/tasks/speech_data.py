@@ -56,11 +56,12 @@ import subprocess
 import tarfile
 import tempfile
 import unicodedata
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from coda_flax.tasks.shakespeare import default_data_dir, read_jsonl, sha256_file, split_of
+from coda_flax.tasks.shakespeare import (default_data_dir, read_jsonl, sha256_file, split_of,
+                                         write_jsonl)
 
 SPEECH_SUBDIR = "speech"
 LIBRISPEECH_ENV_VAR = "CODA_LIBRISPEECH_DIR"
@@ -585,18 +586,6 @@ def materialise(record: dict, root: str, *, waveform: Optional[np.ndarray] = Non
 
 
 # ----------------------------------------------------------------------------- the corpus
-
-def write_jsonl(path: str, records: Iterable[dict]) -> int:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    n = 0
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
-
 
 def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, np.float64), q)) if len(values) else 0.0

