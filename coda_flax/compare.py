@@ -61,6 +61,7 @@ class CompareSettings:
     batch_size: int = 16
     pretrain_steps: int = 600
     pretrain_lr: float = 3e-3
+    pretrain_warmup: int = 0
     finetune_steps: int = 200
     finetune_lr: float = 3e-3
     eval_examples: int = 128
@@ -73,10 +74,11 @@ class CompareSettings:
 
 SETTINGS = {
     "rendered_words": CompareSettings("coda_rendered_words", "vision", 256, 8, _VISION_MODEL,
-                                      pretrain_lr=1e-2, headline="exact_match",
+                                      pretrain_steps=1500, pretrain_warmup=100,
+                                      finetune_steps=300, headline="exact_match",
                                       extra_metrics=("anls",)),
     "rendered_docs": CompareSettings("coda_rendered_docs", "vision", 256, 32, _VISION_MODEL,
-                                     pretrain_lr=1e-2, headline="anls",
+                                     pretrain_steps=1500, pretrain_warmup=100, headline="anls",
                                      extra_metrics=("exact_match",)),
     "easy_vqa": CompareSettings("coda_easy_vqa", "vision", 256, 16, _VISION_MODEL,
                                 headline="exact_match"),
@@ -96,8 +98,8 @@ def quick(s: CompareSettings) -> CompareSettings:
     return dataclasses.replace(
         s, model=small, input_length=min(s.input_length, 64 if s.domain == "vision" else 128),
         target_length=min(s.target_length, 24), variants=s.variants[:2], adapter_dim=4,
-        batch_size=2, pretrain_steps=2, finetune_steps=2, eval_examples=2, speed_batch=2,
-        speed_repeats=1)
+        batch_size=2, pretrain_steps=2, pretrain_warmup=0, finetune_steps=2, eval_examples=2,
+        speed_batch=2, speed_repeats=1)
 
 
 def model_config(s: CompareSettings, reduction: float | None) -> ModelConfig:
@@ -159,7 +161,7 @@ def run_compare(name: str, output_dir: str, *, quick_run: bool = False,
     if not os.path.isdir(os.path.join(pre_dir, "final")):
         run.train(model_config=model_config(s, None), **common, train_steps=s.pretrain_steps,
                   model_dir=pre_dir, trainable="all", learning_rate=s.pretrain_lr,
-                  k_anneal_stages=1)
+                  warmup_steps=s.pretrain_warmup, k_anneal_stages=1)
     dense = os.path.join(pre_dir, "final")
 
     log(f"[compare 3/5] finetune {len(s.variants)} variants ({s.finetune_steps} steps each; "
