@@ -143,6 +143,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from coda_flax import argtypes
 from coda_flax.config import ATTENTION_VARIANTS, DTYPES, PRESETS, CodaConfig, ModelConfig
 from coda_flax.routing import ROUTERS, num_routed
 from coda_flax.soft_topk import SOLVERS
@@ -318,22 +319,26 @@ class SweepSettings:
         for field in ("num_layers", "num_decoder_layers", "adapter_dim"):
             if getattr(self, field) is not None:
                 _check_positive_int(field, getattr(self, field))
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup must be an integer >= 0, got {self.warmup!r}.")
         if not self.min_sample_seconds >= 0:
             raise ValueError(f"min_sample_seconds must be >= 0, got {self.min_sample_seconds}.")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {sorted(DTYPES)}.")
-        if self.statistic not in STATISTICS:
-            raise ValueError(f"unknown statistic {self.statistic!r}; choose one of {STATISTICS}.")
-        if self.timer not in TIMERS:
-            raise ValueError(f"unknown timer {self.timer!r}; choose one of {TIMERS}.")
-        if isinstance(self.settle, bool) or not isinstance(self.settle, int) or self.settle < 0:
-            raise ValueError(f"settle must be an integer >= 0, got {self.settle!r}.")
+        _check_timing(self)
         if self.router not in ROUTERS:
             raise ValueError(f"unknown router {self.router!r}; choose one of {ROUTERS}.")
         if self.solver not in SOLVERS:
             raise ValueError(f"unknown solver {self.solver!r}; choose one of {SOLVERS}.")
+
+
+def _check_timing(settings) -> None:
+    """The fields both settings share: warmup, dtype, statistic, timer, settle."""
+    for field in ("warmup", "settle"):
+        value = getattr(settings, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{field} must be an integer >= 0, got {value!r}.")
+    for field, choices in (("dtype", sorted(DTYPES)), ("statistic", STATISTICS),
+                           ("timer", TIMERS)):
+        if getattr(settings, field) not in choices:
+            raise ValueError(f"unknown {field} {getattr(settings, field)!r}; choose one of "
+                             f"{choices}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,16 +375,7 @@ class SoftTopkSettings:
         if self.attention not in ATTENTION_VARIANTS:
             raise ValueError(f"unknown attention {self.attention!r}; choose one of "
                              f"{ATTENTION_VARIANTS}.")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {sorted(DTYPES)}.")
-        if self.statistic not in STATISTICS:
-            raise ValueError(f"unknown statistic {self.statistic!r}; choose one of {STATISTICS}.")
-        if self.timer not in TIMERS:
-            raise ValueError(f"unknown timer {self.timer!r}; choose one of {TIMERS}.")
-        if isinstance(self.settle, bool) or not isinstance(self.settle, int) or self.settle < 0:
-            raise ValueError(f"settle must be an integer >= 0, got {self.settle!r}.")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup must be an integer >= 0, got {self.warmup!r}.")
+        _check_timing(self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1192,29 +1188,11 @@ def _csv(item_parser: Callable[[str], Any], what: str):
         return tuple(item_parser(p) for p in parts)
     return parse
 
-
-def _parse_reduction(text: str):
-    try:
-        r = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"reduction must be a number >= 1, got {text!r}") from None
-    if not r >= 1 or math.isinf(r):
-        raise argparse.ArgumentTypeError(
-            f"reduction r must be >= 1 (1 = Parallel Adapter), got {text}")
-    return int(r) if r.is_integer() else r
-
-
 def _parse_positive(what: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{what} must be an integer >= 1, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{what} must be an integer >= 1, got {value}")
-        return value
-    return parse
+    return argtypes.positive_int(f"{what} must be an integer >= 1")
+
+
+_REDUCTION = argtypes.reduction("reduction r must be >= 1 (1 = Parallel Adapter)", finite=True)
 
 
 def _parse_choice(choices: Sequence[str], what: str):
@@ -1224,16 +1202,6 @@ def _parse_choice(choices: Sequence[str], what: str):
                                              f"{', '.join(choices)}")
         return text
     return parse
-
-
-def _parse_nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
 
 
 def _parse_seconds(text: str) -> float:
@@ -1247,16 +1215,6 @@ def _parse_seconds(text: str) -> float:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return int(value) if value.is_integer() else value
-
-
-def _parse_nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 _DESCRIPTION = """\
@@ -1312,7 +1270,7 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="speech presets: durations in seconds instead of --lengths, e.g. 10,30 "
                         "(16 kHz, 25 ms windows every 10 ms: 10 s = 998 frames = 250 encoder "
                         "tokens)")
-    p.add_argument("--reductions", type=_csv(_parse_reduction, "reductions"),
+    p.add_argument("--reductions", type=_csv(_REDUCTION, "reductions"),
                    default=DEFAULT_REDUCTIONS, metavar="R[,R]",
                    help=f"reductions r >= 1 (default {','.join(map(str, DEFAULT_REDUCTIONS))}; "
                         "r = 1 times the Parallel Adapter against itself: the noise floor)")
@@ -1344,15 +1302,15 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="activation dtype (default float32)")
     p.add_argument("--repeats", type=_parse_positive("repeats"), default=5, metavar="R",
                    help="interleaved timing rounds (default 5)")
-    p.add_argument("--warmup", type=_parse_nonnegative_int, default=1, metavar="W",
+    p.add_argument("--warmup", type=argtypes.nonnegative_int, default=1, metavar="W",
                    help="untimed calls after the compiling one (default 1)")
-    p.add_argument("--min-sample-seconds", type=_parse_nonnegative_float, default=0.05,
+    p.add_argument("--min-sample-seconds", type=argtypes.nonnegative_float, default=0.05,
                    metavar="S", help="a timed sample repeats a call until it lasts S seconds "
                                      "(default 0.05)")
     p.add_argument("--statistic", type=_parse_choice(STATISTICS, "statistic"), default="median",
                    help="per-model statistic over the rounds (default median; min is more "
                         "robust on a loaded machine)")
-    p.add_argument("--settle", type=_parse_nonnegative_int, default=1, metavar="S",
+    p.add_argument("--settle", type=argtypes.nonnegative_int, default=1, metavar="S",
                    help="untimed calls of a model before each of its timed samples, so that "
                         "it is timed in its steady state and not right after another model "
                         "(default 1)")
@@ -1367,7 +1325,7 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--soft-topk-lengths", type=_csv(_parse_positive("length n"), "lengths"),
                    default=(512, 4096), metavar="N[,N]",
                    help="lengths of the soft top-k benchmark (default 512,4096)")
-    p.add_argument("--soft-topk-reductions", type=_csv(_parse_reduction, "reductions"),
+    p.add_argument("--soft-topk-reductions", type=_csv(_REDUCTION, "reductions"),
                    default=(3, 8), metavar="R[,R]",
                    help="r of the CoDA layers the router share is measured against "
                         "(default 3,8; the gradient rows use k = ceil(n / 3))")

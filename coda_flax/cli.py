@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from coda_flax import argtypes
 from coda_flax.bench import add_bench_parser
 from coda_flax.checkpoints.cli import add_convert_parser
 from coda_flax.train.cli import add_run_parsers
@@ -21,28 +22,12 @@ from coda_flax.reproduce_cli import add_reproduce_parser
 from coda_flax.config import ATTENTION_VARIANTS, PRESETS, CodaConfig, ModelConfig
 
 
-def _reduction(text: str) -> float:
-    try:
-        r = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"reduction must be a number >= 1, got {text!r}") from None
-    if not r >= 1:      # also rejects nan
-        raise argparse.ArgumentTypeError(
-            f"reduction must be >= 1 (1 = Parallel Adapter, r routes k = ceil(n / r) tokens), "
-            f"got {text}")
-    return int(r) if r.is_integer() else r
-
-
 def _positive_int(what: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be an integer >= 1, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{what} must be an integer >= 1, got {value}")
-        return value
-    return parse
+    return argtypes.positive_int(f"{what} must be an integer >= 1")
+
+
+_REDUCTION = argtypes.reduction(
+    "reduction must be >= 1 (1 = Parallel Adapter, r routes k = ceil(n / r) tokens)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "k-to-k / k-to-all, with FLOP-bound speedups over the Parallel Adapter.")
     summary.add_argument("--preset", required=True, choices=sorted(PRESETS), metavar="NAME",
                          help=f"model preset, one of: {', '.join(sorted(PRESETS))}")
-    summary.add_argument("--reduction", required=True, type=_reduction, metavar="R",
+    summary.add_argument("--reduction", required=True, type=_REDUCTION, metavar="R",
                          help="CoDA reduction r >= 1; k = ceil(n / r) tokens are routed "
                               "(1 = Parallel Adapter)")
     summary.add_argument("--attention", default="k_to_all", choices=ATTENTION_VARIANTS,

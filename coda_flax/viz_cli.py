@@ -48,6 +48,7 @@ import os
 import re
 import sys
 
+from coda_flax import argtypes
 from coda_flax.config import ATTENTION_VARIANTS, PRESETS, CodaConfig, ModelConfig
 from coda_flax.routing import ROUTERS
 
@@ -64,46 +65,6 @@ TINY_PRESETS = (TINY_PRESET, TINY_VISION, TINY_SPEECH)
 
 class VisualizeError(ValueError):
     """A usage or input problem, reported as `coda visualize: error: ...` with exit status 2."""
-
-
-def _reduction(text: str):
-    try:
-        r = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"reduction must be a number >= 1, got {text!r}") from None
-    if not r >= 1:
-        raise argparse.ArgumentTypeError(f"reduction must be >= 1, got {text}")
-    return int(r) if r.is_integer() else r
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
-
-
-def _unit_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def add_visualize_parser(subparsers) -> argparse.ArgumentParser:
@@ -125,14 +86,14 @@ def add_visualize_parser(subparsers) -> argparse.ArgumentParser:
                       help="an image (png, jpg, ...) for a patch model (pix2struct)")
     text.add_argument("--audio", metavar="PATH",
                       help="an audio file (wav; flac / ogg with soundfile) for a speech model")
-    p.add_argument("--max-patches", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--max-patches", type=argtypes.positive_int(), default=None, metavar="N",
                    help=f"image models: patches per image (default {DEFAULT_MAX_PATCHES}, the "
                         f"paper's n; Pix2Struct keeps the aspect ratio)")
-    p.add_argument("--max-seconds", type=_positive_float, default=None, metavar="S",
+    p.add_argument("--max-seconds", type=argtypes.positive_float, default=None, metavar="S",
                    help="speech models: use the first S seconds of --audio (default: all), or "
                         f"the length of the synthetic utterance (default "
                         f"{DEFAULT_RANDOM_SECONDS:g})")
-    p.add_argument("--ink-threshold", type=_unit_float, default=0.5, metavar="T",
+    p.add_argument("--ink-threshold", type=argtypes.unit_float, default=0.5, metavar="T",
                    help="image models: a pixel is ink when its grey level (0 black .. 1 white) "
                         "is below T (default 0.5)")
     p.add_argument("--vocab", metavar="PATH",
@@ -141,7 +102,7 @@ def add_visualize_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"output directory (default ./{DEFAULT_OUTPUT})")
     p.add_argument("--layers", default="all",
                    help="encoder layers to show: all (default) or a list like 0,3,6-11")
-    p.add_argument("--length", type=_positive_int, metavar="N",
+    p.add_argument("--length", type=argtypes.positive_int(), metavar="N",
                    help="encoder length: pad the text to N tokens (default: the text's own "
                         f"length, at most {DEFAULT_MAX_LENGTH}); without --text the length of "
                         f"the random token sequence (default {DEFAULT_RANDOM_LENGTH})")
@@ -149,10 +110,10 @@ def add_visualize_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS) + list(TINY_PRESETS), metavar="NAME",
                    help=f"model for --random-init: {', '.join(sorted(PRESETS))}, or "
                         f"{', '.join(TINY_PRESETS)}")
-    p.add_argument("--num-layers", type=_positive_int, metavar="L",
+    p.add_argument("--num-layers", type=argtypes.positive_int(), metavar="L",
                    help="--random-init: keep only L encoder layers of the preset (e.g. 2 of "
                         "pix2struct's 18, for a quick look on a CPU)")
-    p.add_argument("--reduction", type=_reduction, metavar="R",
+    p.add_argument("--reduction", type=argtypes.reduction(), metavar="R",
                    help="CoDA reduction r > 1 (--random-init default 3); with --checkpoint "
                         "overrides the checkpoint's r")
     p.add_argument("--attention", choices=ATTENTION_VARIANTS,
@@ -160,11 +121,11 @@ def add_visualize_parser(subparsers) -> argparse.ArgumentParser:
                         "checkpoint's)")
     p.add_argument("--router", choices=ROUTERS, help="router for --random-init "
                    "(default soft_topk)")
-    p.add_argument("--adapter-dim", type=_positive_int, metavar="D",
+    p.add_argument("--adapter-dim", type=argtypes.positive_int(), metavar="D",
                    help="adapter width for --random-init (default: the preset's, else 64)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of --random-init parameters and of random tokens (default 0)")
-    p.add_argument("--max-token-labels", type=_positive_int, default=64, metavar="N",
+    p.add_argument("--max-token-labels", type=argtypes.positive_int(), default=64, metavar="N",
                    help="label heatmap columns with the tokens when n <= N, else with "
                         "thinned positions (default 64)")
     p.set_defaults(func=visualize_main)
