@@ -16,7 +16,9 @@ The paper's protocol (section 3.3) at CPU scale, on real offline data:
        patches on the page (does the router skip whitespace, as the paper's Figure 7 shows?).
 
 Outputs in the output folder: results.json, results.md, speed_quality.png, routing plots and
-(rendered words / documents) ink_share.png.
+(rendered words / documents) ink_share.png. The table also gives the score of always answering
+the most frequent validation target. A second run reuses the dense backbone and every finished
+variant (their MODEL_DIR/final), evaluating them again; delete the folder to start over.
 """
 
 from __future__ import annotations
@@ -136,9 +138,23 @@ def ink_share(model_config_, params, examples, batch) -> dict:
     return {k: np.asarray(v).tolist() for k, v in stats.items()}
 
 
+def majority_baseline(task, lengths, max_examples: int, models: dict) -> dict:
+    """The task's metrics when every answer is the most frequent validation target (over the
+    evaluated examples): the floor a model that ignores its input reaches."""
+    from coda_flax.train import run
+    eos_id = next(iter(models.values())).eos_id
+    examples = run.eval_examples(task, lengths, "validation", max_examples)
+    texts = [run.target_text(task, ex, eos_id) for ex in examples]
+    answer = max(sorted(set(texts)), key=texts.count)
+    targets = [run.postprocess(task, t, ex, is_target=True) for t, ex in zip(texts, examples)]
+    predictions = [run.postprocess(task, answer, ex, is_target=False) for ex in examples]
+    return {"answer": answer, **run.task_metrics(task, targets, predictions)}
+
+
 def run_compare(name: str, output_dir: str, *, quick_run: bool = False,
                 data_dir: str | None = None, prepare: bool = True, log: Log = print) -> dict:
     """Runs the comparison `name` (a key of SETTINGS); writes and returns the results."""
+    from coda_flax.checkpoints import load_checkpoint
     from coda_flax.checkpoints.peft import parameter_summary, trainable_mask
     from coda_flax.train import run
     from coda_flax.train.ctc_model import make_model
@@ -169,11 +185,17 @@ def run_compare(name: str, output_dir: str, *, quick_run: bool = False,
     results, models, params = {}, {}, {}
     for variant, r in s.variants:
         cfg = model_config(s, r)
-        out = run.train(model_config=cfg, **common, train_steps=s.finetune_steps,
-                        model_dir=os.path.join(output_dir, "finetune", variant),
-                        initial_checkpoint_path=dense, trainable="finetune",
-                        learning_rate=s.finetune_lr, k_anneal_fraction=0.2, k_anneal_stages=2)
-        p, ev = out["params"], out["eval"]
+        run_dir = os.path.join(output_dir, "finetune", variant)
+        if os.path.isdir(os.path.join(run_dir, "final")):       # finished before: evaluate it
+            p = load_checkpoint(os.path.join(run_dir, "final"))[1]
+            ev = run.evaluate_params(make_model(cfg), p, task, lengths, "validation",
+                                     s.batch_size, s.eval_examples)
+        else:
+            out = run.train(model_config=cfg, **common, train_steps=s.finetune_steps,
+                            model_dir=run_dir, initial_checkpoint_path=dense,
+                            trainable="finetune", learning_rate=s.finetune_lr,
+                            k_anneal_fraction=0.2, k_anneal_stages=2)
+            p, ev = out["params"], out["eval"]
         counts = parameter_summary(p, trainable_mask(p, "finetune"))
         n = _encoder_length(cfg, s.input_length)
         results[variant] = {"reduction": r, "n": n, "k": cfg.coda.k(n), "eval": ev,
@@ -195,6 +217,7 @@ def run_compare(name: str, output_dir: str, *, quick_run: bool = False,
     log("[compare 5/5] table, plots")
     summary = {"name": name, "task": s.task, "settings": dataclasses.asdict(s),
                "quick": quick_run, "variants": results,
+               "majority": majority_baseline(task, lengths, s.eval_examples, models),
                "device": jax.devices()[0].device_kind, "seconds": None}
     _plots(summary, models, params, examples, batch, output_dir)
     summary["seconds"] = time.time() - t_start
@@ -248,6 +271,10 @@ def results_table(summary: dict) -> str:
         lines.append(f"| {name} | {r['reduction']} | {r['n']} | {r['k']} | {r['quality']:.1f} "
                      f"| {extra}{r['encoder_speedup']:.2f}x | {r['end_to_end_speedup']:.2f}x "
                      f"| {r['trainable_params']:,} |")
+    if "majority" in summary:
+        m = summary["majority"]
+        lines += ["", f"Always answering the most frequent validation target ({m['answer']!r}): "
+                  f"{s['headline']} {m[s['headline']]:.1f}."]
     if "ink_share" in summary:
         lines += ["", "Share of routed patches that contain ink, per layer (the page's share of "
                   "ink patches in brackets: what random routing would give):", ""]

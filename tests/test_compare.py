@@ -37,11 +37,23 @@ def test_quick_rendered_words_comparison_writes_every_output(data_dir, tmp_path)
     assert pa["encoder_speedup"] == pa["end_to_end_speedup"] == 1.0
     assert coda["encoder_speedup"] > 0 and 0.0 <= coda["quality"] <= 100.0
     assert coda["trainable_params"] > pa["trainable_params"]           # + the routers
+    texts = [r["text"] for r in vision_data.read_rendered_docs(
+        vision_data.rendered_words_dir(data_dir), "validation")][:2]        # the 2 evaluated
+    majority = on_disk["majority"]
+    assert majority["answer"] in texts
+    assert majority["exact_match"] == pytest.approx(100 * texts.count(majority["answer"]) / 2)
     shares = on_disk["ink_share"]["coda_r4"]
     assert len(shares["routed_ink_share"]) == 2 and 0 < shares["page_ink_share"] < 1
     assert shares["routed"] == [2 * 16] * 2                   # k patches of each of 2 pages
     for name in ("results.md", "speed_quality.png", "ink_share.png", "routing_coda_r4.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
+    # A second run reuses the finished variants: no training, the same evaluation.
+    log = os.path.join(out, "finetune", "coda_r4", "metrics.jsonl")
+    before = os.path.getmtime(log)
+    again = compare.run_compare("rendered_words", out, quick_run=True, data_dir=data_dir,
+                                prepare=False, log=lambda s: None)
+    assert os.path.getmtime(log) == before
+    assert again["variants"]["coda_r4"]["eval"] == summary["variants"]["coda_r4"]["eval"]
 
 
 def test_results_table_layout():

@@ -112,6 +112,27 @@ def decode_ids(vocab, ids, eos_id) -> str:
 
 
 # ------------------------------------------------------------------------------ evaluation
+def target_text(task, example, eos_id) -> str:
+    """The raw target string of a tokenised example."""
+    _, out_vocab = _features(task)
+    return _text(example.get("targets_pretokenized",
+                             decode_ids(out_vocab, example["targets"], eos_id)))
+
+
+def postprocess(task, text: str, example, is_target: bool):
+    return (task.postprocess_fn(text, example=example, is_target=is_target)
+            if task.postprocess_fn else text)
+
+
+def task_metrics(task, targets, predictions) -> dict:
+    """Every metric of the task on postprocessed targets / predictions, as floats."""
+    results = {}
+    for fn in task.metric_fns:
+        results.update({k: float(getattr(v, "value", v))
+                        for k, v in fn(targets, predictions).items()})
+    return results
+
+
 def evaluate_params(model, params, task, feature_lengths: Mapping[str, int],
                     split: str = "validation", batch_size: int = 32,
                     max_examples: int | None = None, predictions_path: str | None = None) -> dict:
@@ -137,22 +158,16 @@ def evaluate_params(model, params, task, feature_lengths: Mapping[str, int],
         decodes = np.asarray(predict(params, batch))[:len(chunk)]
         for ex, tokens in zip(chunk, decodes):
             text = decode_ids(out_vocab, tokens, model.eos_id)
-            pred = task.postprocess_fn(text, example=ex, is_target=False) \
-                if task.postprocess_fn else text
-            target = _text(ex.get("targets_pretokenized",
-                                  decode_ids(out_vocab, ex["targets"], model.eos_id)))
-            tgt = task.postprocess_fn(target, example=ex, is_target=True) \
-                if task.postprocess_fn else target
-            predictions.append(pred)
-            targets.append(tgt)
+            target = target_text(task, ex, model.eos_id)
+            predictions.append(postprocess(task, text, ex, is_target=False))
+            targets.append(postprocess(task, target, ex, is_target=True))
             rows.append({"input": _text(ex.get("inputs_pretokenized", "")), "target": target,
                          "prediction": text})
     results = {"loss_per_token": totals["loss"] / max(weight, 1.0),
                "num_examples": len(examples)}
     if "correct" in totals:
         results["token_accuracy"] = totals["correct"] / max(weight, 1.0)
-    for fn in task.metric_fns:
-        results.update({k: float(getattr(v, "value", v)) for k, v in fn(targets, predictions).items()})
+    results.update(task_metrics(task, targets, predictions))
     if predictions_path:
         with open(predictions_path, "w") as f:
             for row in rows:
