@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from coda_flax.layers import ACTIVATIONS, LoraConfig
 from coda_flax.routing import ROUTERS, num_routed
-from coda_flax.soft_topk import GRADIENTS, SOLVERS
+from coda_flax.soft_topk import GRADIENTS, SOLVERS, check_settings
 
 ATTENTION_VARIANTS = ("k_to_all", "k_to_k")
 ENCODER_INPUTS = ("tokens", "patches", "frames")     # coda_flax.inputs
@@ -68,6 +68,8 @@ class CodaConfig:
         _check_choice(name, "router", self.router, ROUTERS)
         _check_choice(name, "solver", self.solver, SOLVERS)
         _check_choice(name, "gradient", self.gradient, GRADIENTS)
+        check_settings(name, epsilon=self.epsilon, num_iters=self.num_iters,
+                       epsilon_init=self.epsilon_init, epsilon_decay=self.epsilon_decay)
         _check_choice(name, "adapter_activation", self.adapter_activation, ACTIVATIONS)
         if self.adapter_dim < 1:
             raise ValueError(f"{name}: adapter_dim must be >= 1, got {self.adapter_dim}.")

@@ -48,8 +48,15 @@ def scatter_add(x, indices, updates):
 
 
 def select_top_k(key, mask, k: int):
-    """Indices of the k largest `key` values per row, real tokens first, sorted ascending."""
-    key = jnp.where(mask, key.astype(jnp.float32), -jnp.inf)
+    """Indices of the k largest `key` values per row, real tokens first, sorted ascending.
+
+    Follows soft_topk's ranking of non-finite scores: NaN counts as -inf (top_k alone would
+    rank NaN first), and real tokens at -inf / NaN still come before padding (they sit at
+    the lowest finite float32, tied with a real score of exactly -FLT_MAX).
+    """
+    key = key.astype(jnp.float32)
+    low = jnp.isnan(key) | (key == -jnp.inf)
+    key = jnp.where(mask, jnp.where(low, jnp.finfo(jnp.float32).min, key), -jnp.inf)
     _, idx = jax.lax.top_k(key, k)
     return jnp.sort(idx, axis=-1).astype(jnp.int32)
 

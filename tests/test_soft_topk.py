@@ -183,3 +183,158 @@ def test_implicit_gradient_memory_does_not_grow_with_iterations():
     assert implicit[1] <= implicit[0] * 1.05
     assert unrolled[1] > 5 * unrolled[0]                  # unrolled keeps every iterate
     assert implicit[0] * 5 <= unrolled[0]
+
+
+# --- issue 9: shift invariance, extreme and non-finite scores, argument validation ---------
+# Expected values below come from the float64 references in np_reference.py or by hand from
+# the semantics in soft_topk's docstring (+inf first, NaN = -inf, ties share), never from
+# soft_topk itself.
+
+@pytest.mark.parametrize("solver", ["coordinate_descent", "exact"])
+@pytest.mark.parametrize("shift", [1e6, -1e6, 1e3])
+def test_large_offset_is_solved_on_the_shifted_back_scores(solver, shift):
+    s = (RNG.normal(size=(2, 64)) * 0.5).astype(np.float32)
+    shifted = (s + np.float32(shift)).astype(np.float32)       # rounds the scores themselves
+    lam = np.asarray(soft_topk(shifted, 22, solver=solver))
+    back = shifted.astype(np.float64) - shift                  # exact in float64
+    if solver == "exact":
+        want = np.stack([ref.soft_topk_bisect(row, 22, 0.03) for row in back])
+        np.testing.assert_allclose(lam.sum(-1), 22, rtol=1e-5)  # was ~3 before the fix
+    else:
+        want = np.stack([ref.soft_topk_cd(row, 22, 0.03, 20) for row in back])
+    np.testing.assert_allclose(lam, want, atol=2e-4, rtol=1e-3)
+
+
+def test_exact_solver_with_one_huge_outlier_keeps_the_other_tokens():
+    # 1e30 is saturated; the remaining budget 1 goes to the largest of the rest (2 vs 1 is
+    # 33 eps apart): lam ~ [1, 0, 0, 1]. Before the fix: all zeros / all ones.
+    s = np.array([1e30, 0.0, 1.0, 2.0], np.float32)
+    lam = np.asarray(soft_topk(s, 2, solver="exact"))
+    want = np.concatenate([[1.0], ref.soft_topk_bisect(s[1:].astype(np.float64), 1, 0.03)])
+    np.testing.assert_allclose(lam, want, atol=1e-6)
+    s = np.array([0.0, -1e31, -2e31], np.float32)
+    np.testing.assert_allclose(soft_topk(s, 2, solver="exact"), [1, 1, 0], atol=1e-6)
+    s = np.array([3e38, -3e38, -2e38, 0.0], np.float32)                  # gaps overflow
+    np.testing.assert_allclose(soft_topk(s, 2, solver="exact"), [1, 0, 0, 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["coordinate_descent", "exact"])
+def test_reported_extreme_rows(solver):
+    s = np.array([-1e30, -1e30, -1e30, 0.5], np.float32)
+    lam = np.asarray(soft_topk(s, 2, solver=solver))
+    if solver == "exact":                 # the three tied tokens share the budget left
+        np.testing.assert_allclose(lam, [1 / 3, 1 / 3, 1 / 3, 1], atol=1e-6)
+    else:                                 # 20 steps of (13) stop where the transcription does
+        want = ref.soft_topk_cd(s.astype(np.float64) - 0.5, 2, 0.03, 20)
+        np.testing.assert_allclose(lam, want, atol=1e-6)
+        assert lam[3] == 1.0 and lam.sum() <= 2
+    # k = n: all ones (coordinate descent gave [1, 0, 1, 1])
+    np.testing.assert_array_equal(soft_topk(np.array([0.3, -2, 5, 1], np.float32), 4,
+                                            solver=solver), 1.0)
+    # one +inf: certainly selected, the rest is soft top-k with k - 1 (was NaN for CD)
+    s = np.array([np.inf, 0.3, -2.0, 5.0, 1.0], np.float32)
+    lam = np.asarray(soft_topk(s, 2, solver=solver, epsilon=1.0, num_iters=500,
+                               epsilon_init=1.0))
+    want = np.concatenate([[1.0], ref.soft_topk_bisect(s[1:].astype(np.float64), 1, 1.0)])
+    np.testing.assert_allclose(lam, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["coordinate_descent", "exact"])
+def test_infinite_and_nan_scores_follow_the_documented_tiers(solver):
+    inf, nan = np.inf, np.nan
+    cases = [  # scores, mask (None = all real), k, expected (by hand)
+        ([inf, 0.0, inf, 1.0], None, 1, [0.5, 0, 0.5, 0]),           # more +inf than k: share
+        ([inf, 0.0, inf, 1.0], None, 2, [1, 0, 1, 0]),
+        ([nan, -inf, 1.0, inf], None, 3, [0.5, 0.5, 1, 1]),          # NaN = -inf, share rest
+        ([nan, -inf, 1.0, inf], None, 2, [0, 0, 1, 1]),
+        ([nan, nan, nan], None, 2, [2 / 3] * 3),
+        ([-inf, 3.0, -inf, 2.0], [True, True, False, True], 3, [1, 1, 0, 1]),   # padded -inf
+        ([inf, inf, 0.0], [False, False, True], 1, [0, 0, 1]),       # padded +inf: nothing
+        ([inf, nan, 0.0], [False, False, False], 2, [0, 0, 0]),      # no real token
+    ]
+    for scores, mask, k, want in cases:
+        lam = np.asarray(soft_topk(np.array(scores, np.float32), k, solver=solver,
+                                   mask=None if mask is None else np.array(mask)))
+        np.testing.assert_allclose(lam, want, atol=1e-6, err_msg=f"{scores} {mask} k={k}")
+
+
+@pytest.mark.parametrize("solver", ["coordinate_descent", "exact"])
+@pytest.mark.parametrize("gradient", ["implicit", "unrolled"])
+def test_gradients_stay_finite_at_extreme_scores(solver, gradient):
+    rows = np.array([[np.nan, -np.inf, 1.0, np.inf, 0.9, 1.1, 0.0, 0.95],
+                     [1e30, -1e30, 3e38, -3e38, 0.0, 1.0, 0.5, 0.7],
+                     [1e6, 1e6 + 0.0625, 1e6 - 0.125, 1e6, -1e6, 1e6, 1e6 + 1, 1e6 - 1]],
+                    np.float32)
+    w = jnp.asarray(RNG.normal(size=rows.shape), jnp.float32)
+    mask = np.ones(rows.shape, bool)
+    mask[2, 4] = False
+    f = lambda x: jnp.sum(w * soft_topk(x, 3, mask=mask, solver=solver, gradient=gradient,
+                                        epsilon=0.3))
+    g = np.asarray(jax.grad(f)(jnp.asarray(rows)))
+    assert np.all(np.isfinite(g)), g
+    assert np.all(g[~np.isfinite(rows)] == 0)            # lam of inf / NaN does not move
+    assert np.abs(g[0]).max() > 0.01 and np.abs(g[2]).max() > 0.01   # not trivially zero
+
+
+def test_implicit_gradient_matches_finite_differences_next_to_infinite_scores():
+    # Row [+inf, -inf, NaN, finite...] with k = 3: the finite tokens solve k - 1 = 2.
+    n, eps = 8, 0.5
+    fin = RNG.normal(size=(n,)) * 0.8
+    w = RNG.normal(size=(n + 3,))
+    loss_np = lambda x: float(np.dot(ref.soft_topk_bisect(x, 2, eps), w[3:]))
+    want = _fd_grad(loss_np, fin, 1e-5)
+    scores = jnp.asarray(np.concatenate([[np.inf, -np.inf, np.nan], fin]), jnp.float32)
+    for solver in ("coordinate_descent", "exact"):
+        loss = lambda x: jnp.dot(soft_topk(x, 3, epsilon=eps, solver=solver, num_iters=500,
+                                           epsilon_init=eps), jnp.asarray(w, jnp.float32))
+        got = np.asarray(jax.grad(loss)(scores))
+        np.testing.assert_array_equal(got[:3], 0.0)
+        np.testing.assert_allclose(got[3:], want, atol=2e-4 + 1e-3 * np.abs(want).max())
+
+
+BAD_SETTINGS = [  # (parameter, bad value, words the message must contain)
+    ("epsilon", 0.0, "> 0"), ("epsilon", -0.1, "> 0"), ("epsilon", float("nan"), "finite"),
+    ("epsilon", float("inf"), "finite"), ("epsilon", "0.03", "finite"),
+    ("epsilon_init", float("nan"), "finite"), ("epsilon_init", -4.0, "> 0"),
+    ("epsilon_init", 0.0, "> 0"), ("epsilon_init", float("inf"), "finite"),
+    ("epsilon_decay", 0.0, "(0, 1]"), ("epsilon_decay", -0.7, "(0, 1]"),
+    ("epsilon_decay", 1.5, "(0, 1]"), ("epsilon_decay", float("nan"), "(0, 1]"),
+    ("num_iters", 0, ">= 1"), ("num_iters", -3, ">= 1"), ("num_iters", 2.5, "integer"),
+    ("num_iters", True, "integer"),
+]
+
+
+@pytest.mark.parametrize("solver", ["coordinate_descent", "exact"])
+@pytest.mark.parametrize("param,value,words", BAD_SETTINGS)
+def test_bad_settings_raise_naming_parameter_and_range(param, value, words, solver):
+    with pytest.raises(ValueError, match=param) as err:
+        soft_topk(jnp.zeros((2, 5)), 2, solver=solver, **{param: value})
+    assert words in str(err.value) and "soft_topk" in str(err.value)
+
+
+@pytest.mark.parametrize("param,value,words", BAD_SETTINGS)
+def test_coda_config_rejects_the_same_settings(param, value, words):
+    from coda_flax import CodaConfig
+    with pytest.raises(ValueError, match=param) as err:
+        CodaConfig(**{param: value})
+    assert words in str(err.value) and "CodaConfig" in str(err.value)
+
+
+def test_k_below_one_and_valid_edge_settings():
+    with pytest.raises(ValueError, match="1 <= k <= n"):
+        soft_topk(jnp.zeros((2, 5)), 0)
+    with pytest.raises(ValueError, match="1 <= k <= n"):
+        soft_topk(jnp.zeros((2, 5)), -1)
+    from coda_flax import CodaConfig
+    CodaConfig(epsilon_decay=1.0, num_iters=1, epsilon_init=0.01, epsilon=2.0)   # all valid
+    lam = soft_topk(jnp.zeros((5,)), 2, epsilon_decay=1.0, num_iters=1, epsilon_init=0.01)
+    np.testing.assert_allclose(lam, 0.4, atol=1e-6)
+
+
+def test_router_ranks_nan_last_among_real_tokens_and_before_padding():
+    from coda_flax.routing import select_top_k
+    key = jnp.array([[0.0, np.nan, 1.0, -np.inf, 5.0, 2.0]], jnp.float32)
+    mask = jnp.array([[True, True, True, True, False, True]])
+    np.testing.assert_array_equal(select_top_k(key, mask, 3), [[0, 2, 5]])
+    # 5 slots for 5 real tokens: the NaN / -inf real ones before the padded 5.0
+    np.testing.assert_array_equal(select_top_k(key, mask, 5), [[0, 1, 2, 3, 5]])
