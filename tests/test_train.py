@@ -92,7 +92,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
             yield b
             i += 1
     tr = th.trainer(tmp_path, total_steps=6)
-    with pytest.raises(TrainingDiverged, match=r"step 3.*last good checkpoint is step 2"):
+    # batch 3 is the 4th update: step 4, as metrics.jsonl and the checkpoints number it
+    with pytest.raises(TrainingDiverged, match=r"at step 4: the loss is nan.*last good "
+                                               r"checkpoint is step 2"):
         tr.train(tr.init_state(th.SHAPES), poisoned, n=th.N)
     assert tr.checkpoints.latest_step() == 2
 

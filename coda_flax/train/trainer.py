@@ -5,17 +5,31 @@
 Only trainable parameters (finetuning: adapters, routers, layer norms) are differentiated and
 updated; the frozen backbone is passed through untouched. A run resumes exactly from its
 latest checkpoint (parameters, optimizer state, step, rng and data position); SIGTERM saves
-a checkpoint and raises `Preempted`; a non-finite loss stops the run and keeps the last good
-checkpoint.
+a checkpoint of the step it arrived in (any step, checkpoint and final steps included) and
+raises `Preempted`.
+
+Divergence guard: before a step's update is kept (and so before it can be saved) the loss, the
+gradient norm and the updated trainable parameters must be finite, no parameter may exceed
+`max_abs_param` in magnitude, and the update may not exceed `max_update_ratio` times the norm of
+the parameters it changes (max(norm, 1)). A step that fails raises `TrainingDiverged` naming the
+step (numbered as in metrics.jsonl: step N is the state after N updates) and the last checkpoint,
+which is therefore always finite and sane; restoring also skips a checkpoint that is not (one
+written by an older version) with a warning. A rerun with a lower learning rate resumes from it.
+
+Steps are numbered the same everywhere: checkpoint N, metrics.jsonl row "step": N and the
+messages all mean "after N updates".
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import signal
+import sys
 import time
+import warnings
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
@@ -29,6 +43,7 @@ from tqdm.auto import tqdm
 
 from coda_flax.checkpoints.peft import trainable_mask
 from coda_flax.train import partitioning
+from coda_flax.train.lock import ModelDirLock
 from coda_flax.train.optimizer import KStage, adafactor, k_at, k_schedule, learning_rate_schedule
 
 Batch = Mapping[str, np.ndarray]
@@ -36,7 +51,11 @@ BatchesFn = Callable[[int], Iterator[Batch]]   # start batch index -> iterator (
 
 
 class TrainingDiverged(FloatingPointError):
-    """A non-finite loss; the message names the step and the last good checkpoint."""
+    """A non-finite or insane step; the message names the step and the last good checkpoint."""
+
+
+class ResumeError(ValueError):
+    """The checkpoints in MODEL_DIR cannot be resumed by this run (settings changed, damage)."""
 
 
 class Preempted(RuntimeError):
@@ -61,6 +80,13 @@ class TrainerConfig:
     k_anneal_stages: int = 4
     parameter_scale: bool = True               # Adafactor's relative step size (T5X default)
     progress: bool = True
+    max_abs_param: float = 1e6                 # divergence guard (0: off); see the module doc
+    max_update_ratio: float = 10.0             # ||update|| / max(||params||, 1) (0: off)
+
+
+# Settings that shape the checkpointed state (with every model_config field): when the saved
+# state does not fit, the ones that changed since it was saved are named.
+STATE_SETTINGS = ("trainable", "parameter_scale")
 
 
 def split_params(params, mask):
@@ -142,8 +168,15 @@ class Trainer:
                 return model.loss_fn(merge_params(tr, frozen), batch, rng)
             (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(trainable)
             updates, opt_state = self.optimizer.update(grads, opt_state, trainable)
+            param_norm = optax.tree.norm(trainable)
             trainable = optax.apply_updates(trainable, updates)
-            metrics = dict(metrics, loss=value, grad_norm=optax.tree.norm(grads))
+            leaves = jax.tree_util.tree_leaves(trainable)
+            # NaN propagates through max, so a non-finite parameter shows as a non-finite max
+            max_abs = (jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
+                       if leaves else jnp.zeros(()))
+            metrics = dict(metrics, loss=value, grad_norm=optax.tree.norm(grads),
+                           update_norm=optax.tree.norm(updates), param_norm=param_norm,
+                           max_abs_param=max_abs)
             return trainable, opt_state, metrics
 
         trainable_s, frozen_s, opt_s = self.shardings
@@ -156,28 +189,132 @@ class Trainer:
         return fn
 
     # ---------------------------------------------------------------- checkpoints
+    def settings(self) -> dict[str, Any]:
+        """What this run was configured with (saved with every checkpoint, compared on resume)."""
+        cfg = {k: v for k, v in dataclasses.asdict(self.cfg).items()
+               if k not in ("model_dir", "progress")}
+        model = getattr(self.model, "config", None)
+        if dataclasses.is_dataclass(model):
+            cfg["model_config"] = dataclasses.asdict(model)
+        return json.loads(json.dumps(cfg, default=str))          # tuples -> lists, as saved
+
     def save(self, state, data_position: int, force: bool = False):
         step = int(state["step"])
+        if step in self.checkpoints.all_steps():     # already saved (e.g. SIGTERM on a save step)
+            return
         self.checkpoints.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(_nested(state)),
-            meta=ocp.args.JsonSave({"step": step, "data_position": data_position})),
+            meta=ocp.args.JsonSave({"step": step, "data_position": data_position,
+                                    "settings": self.settings()})),
             force=force)
         self.checkpoints.wait_until_finished()
 
     def restore_latest(self, state):
-        """Restores the latest checkpoint into `state`'s structure; None if there is none."""
-        step = self.checkpoints.latest_step()
-        if step is None:
+        """The latest usable checkpoint restored into `state`'s structure; None if there is none.
+
+        A checkpoint that cannot be read (damaged) or whose trainable parameters are not
+        finite and sane is skipped with a warning, and the one before it is tried. When the
+        saved state does not fit this run, the settings that changed are named (ResumeError).
+        """
+        steps = sorted(self.checkpoints.all_steps(), reverse=True)
+        if not steps:
             return None
+        where = f"{self.cfg.model_dir}/checkpoints"
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _nested(state))
-        restored = self.checkpoints.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        state = dict(restored["state"], step=int(restored["meta"]["step"]))
-        return state, int(restored["meta"]["data_position"])
+        problems = []
+        for step in steps:
+            saved = _read_meta(self.checkpoints.directory, step)
+            changed = _changed(saved.get("settings") if saved else None, self.settings())
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    restored = self.checkpoints.restore(step, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+            except Exception as e:                       # noqa: BLE001 (orbax raises many kinds)
+                shaping = {k: v for k, v in changed.items()
+                           if k in STATE_SETTINGS or k.startswith("model_config.")}
+                if shaping:
+                    raise ResumeError(
+                        f"{where} step {step} was saved with other settings, and its state does "
+                        f"not fit this run: {_describe_changes(shaping)}. Use the saved settings "
+                        f"to resume, or a new MODEL_DIR to start again.") from None
+                problems.append(f"step {step}: {_one_line(e)}")
+                warnings.warn(f"checkpoint step {step} in {where} cannot be read "
+                              f"({_one_line(e)}); trying the one before it.", stacklevel=2)
+                continue
+            bad = self._insane(restored["state"]["trainable"])
+            if bad:
+                problems.append(f"step {step}: {bad}")
+                warnings.warn(f"checkpoint step {step} in {where} is not usable ({bad}); "
+                              f"trying the one before it.", stacklevel=2)
+                continue
+            if changed:
+                print(f"[train] resuming from step {step} with changed settings: "
+                      f"{_describe_changes(changed)}", file=sys.stderr)
+            self._set_aside([s for s in steps if s > step])
+            state = dict(restored["state"], step=int(restored["meta"]["step"]))
+            return state, int(restored["meta"]["data_position"])
+        raise ResumeError(f"no usable checkpoint in {where}: {'; '.join(problems)}. Delete the "
+                          f"damaged step directories (or use a new MODEL_DIR) to start again.")
+
+    def _set_aside(self, steps):
+        """Moves unusable checkpoints to MODEL_DIR/unusable_checkpoints (kept for inspection),
+        so that the resumed run can save those steps again."""
+        if not steps or jax.process_index() != 0:
+            return
+        aside = os.path.join(self.cfg.model_dir, "unusable_checkpoints")
+        os.makedirs(aside, exist_ok=True)
+        for step in steps:
+            target = os.path.join(aside, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(os.path.join(str(self.checkpoints.directory), str(step)), target)
+            warnings.warn(f"checkpoint step {step} moved to {target}.", stacklevel=3)
+        self.checkpoints.reload()
+
+    # ---------------------------------------------------------------- divergence guard
+    def _insane(self, trainable) -> str | None:
+        """Why these trainable parameters are not finite and sane, or None."""
+        leaves = jax.tree_util.tree_leaves(trainable)
+        if not leaves:
+            return None
+        with jax.set_mesh(self.mesh):
+            biggest = float(jax.jit(lambda ls: jnp.max(jnp.stack(
+                [jnp.max(jnp.abs(x)) for x in ls])))(leaves))
+        if not np.isfinite(biggest):
+            return "a trainable parameter is not finite"
+        if self.cfg.max_abs_param and biggest > self.cfg.max_abs_param:
+            return (f"a trainable parameter has |value| {biggest:.3g} > max_abs_param "
+                    f"{self.cfg.max_abs_param:g}")
+        return None
+
+    def divergence(self, metrics: Mapping[str, Any]) -> str | None:
+        """Why a step's update must not be kept (loss, gradient, update, parameters), or None."""
+        m = {k: float(metrics[k]) for k in ("loss", "grad_norm", "update_norm", "param_norm",
+                                            "max_abs_param")}
+        for key, what in (("loss", "the loss"), ("grad_norm", "the gradient norm"),
+                          ("update_norm", "the update norm"),
+                          ("max_abs_param", "an updated parameter")):
+            if not np.isfinite(m[key]):
+                return f"{what} is {m[key]}"
+        cfg = self.cfg
+        if cfg.max_abs_param and m["max_abs_param"] > cfg.max_abs_param:
+            return (f"an updated parameter has |value| {m['max_abs_param']:.3g} > max_abs_param "
+                    f"{cfg.max_abs_param:g} (loss {m['loss']:.4g})")
+        if cfg.max_update_ratio and m["update_norm"] > cfg.max_update_ratio * max(
+                m["param_norm"], 1.0):
+            return (f"the update norm {m['update_norm']:.3g} is more than max_update_ratio "
+                    f"{cfg.max_update_ratio:g} x the parameter norm "
+                    f"max({m['param_norm']:.3g}, 1) (loss {m['loss']:.4g})")
+        return None
 
     # ---------------------------------------------------------------- loop
     def train(self, state, batches: BatchesFn, n: int, eval_fn=None, resume: bool = True):
         """Runs to cfg.total_steps; returns (state, history of logged metrics)."""
+        lock = (ModelDirLock(self.cfg.model_dir) if jax.process_index() == 0
+                else contextlib.nullcontext())         # one lock per run, held by process 0
+        with lock:
+            return self._train(state, batches, n, eval_fn, resume)
+
+    def _train(self, state, batches: BatchesFn, n: int, eval_fn, resume: bool):
         cfg = self.cfg
         start_position = 0
         if resume:
@@ -185,6 +322,7 @@ class Trainer:
             if restored is not None:
                 state, start_position = restored
         stages = self.k_stages(n)
+        vocab_size = getattr(getattr(self.model, "config", None), "vocab_size", None)
         history: list[dict] = []
         stop = {"signal": None}
         previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
@@ -195,10 +333,18 @@ class Trainer:
         data = batches(start_position)
         position = start_position
         t0, tokens = time.time(), 0
+
+        def preempt_if_signalled():
+            if stop["signal"] is not None:
+                self.save(state, position, force=True)     # a no-op when this step is saved
+                raise Preempted(f"signal {stop['signal']}: saved step {step} in "
+                                f"{cfg.model_dir}/checkpoints; run again to resume.")
         try:
             while step < cfg.total_steps:
                 batch = next(data)
                 position += 1
+                if vocab_size:
+                    check_token_ids(batch, vocab_size, f"training batch {position}")
                 k = k_at(stages, step)
                 fn = self._step_fn(k, n)
                 rng = jax.random.fold_in(state["rng"], step)
@@ -207,12 +353,18 @@ class Trainer:
                     trainable, opt_state, metrics = fn(state["trainable"], state["frozen"],
                                                        state["opt_state"], sharded, rng)
                 loss = float(metrics["loss"])
-                if not np.isfinite(loss):
+                reason = self.divergence(metrics)
+                if reason is not None:      # the update is dropped: nothing of it is saved
+                    writer.write(step + 1, {"k": k, "reason": reason, **{
+                        name: float(v) for name, v in metrics.items()}}, "diverged")
                     last = self.checkpoints.latest_step()
                     raise TrainingDiverged(
-                        f"loss is {loss} at step {step}; stopped without saving. The last good "
-                        f"checkpoint is {'step ' + str(last) if last is not None else 'none'} in "
-                        f"{cfg.model_dir}/checkpoints. Lower the learning rate or check the data.")
+                        f"training diverged at step {step + 1}: {reason}; the update was not "
+                        f"kept or saved. The last good checkpoint is "
+                        f"{'step ' + str(last) if last is not None else 'none'} in "
+                        f"{cfg.model_dir}/checkpoints: rerun with a lower learning rate (it "
+                        f"resumes from {'step ' + str(last) if last is not None else 'scratch'})"
+                        f" or check the data.")
                 state = dict(state, trainable=trainable, opt_state=opt_state, step=step + 1)
                 step += 1
                 inputs = np.asarray(batch["encoder_input_tokens"])
@@ -234,17 +386,36 @@ class Trainer:
                     writer.write(step, eval_fn(self.params(state), step), "eval")
                 if step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
                     self.save(state, position)
-                if stop["signal"] is not None:
-                    self.save(state, position, force=True)
-                    raise Preempted(f"signal {stop['signal']}: saved step {step} in "
-                                    f"{cfg.model_dir}/checkpoints; run again to resume.")
+                preempt_if_signalled()
             if eval_fn is not None and step == cfg.total_steps:
                 writer.write(step, eval_fn(self.params(state), step), "eval")
+            preempt_if_signalled()                 # SIGTERM during the final evaluation
         finally:
             signal.signal(signal.SIGTERM, previous)
             bar.close()
             writer.close()
         return state, history
+
+
+TOKEN_KEYS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+
+
+def check_token_ids(batch: Mapping[str, Any], vocab_size: int, where: str = "batch") -> None:
+    """ValueError naming the first integer token id outside [0, vocab_size) (a vocabulary that
+    does not match the model, or damaged data): out of range ids give no error inside jit, only
+    garbage (non-finite) logits. Float inputs (image patches, audio frames) are not ids."""
+    for key in TOKEN_KEYS:
+        if key not in batch:
+            continue
+        x = np.asarray(batch[key])
+        if x.size == 0 or not np.issubdtype(x.dtype, np.integer):
+            continue
+        low, high = int(x.min()), int(x.max())
+        if low < 0 or high >= vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"{where}: {key} holds token id {bad}, outside the model's "
+                             f"vocabulary [0, {vocab_size}); the data's vocabulary does not "
+                             f"match model_config.vocab_size (or the data is damaged).")
 
 
 class MetricsWriter:
@@ -303,3 +474,39 @@ def _check_fits(params, expected):
         raise ValueError("the initial checkpoint does not fit the model config:\n  " +
                          "\n  ".join(lines) + "\nUse the gin model file that matches the "
                          "checkpoint (or convert it with `coda convert`).")
+
+
+def _read_meta(directory, step: int) -> dict | None:
+    """A checkpoint's meta item (step, data position, settings) read as plain JSON."""
+    path = os.path.join(str(directory), str(step), "meta", "metadata")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _flat_settings(d, prefix=""):
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            yield from _flat_settings(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _changed(saved: Mapping[str, Any] | None, now: Mapping[str, Any]) -> dict[str, tuple]:
+    """{setting: (saved, now)} for every setting that differs; {} when none was recorded."""
+    if not saved:
+        return {}
+    a, b = dict(_flat_settings(saved)), dict(_flat_settings(now))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _describe_changes(changed: Mapping[str, tuple]) -> str:
+    return ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
