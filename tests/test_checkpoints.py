@@ -428,6 +428,87 @@ def test_adapters_refuse_damaged_files(finetuned, tmp_path, damage):
         load_adapters(d, finetuned["base"])
 
 
+def _edit_json(file, edit):
+    meta = json.load(open(file))
+    edit(meta)
+    json.dump(meta, open(file, "w"))
+
+
+@pytest.mark.parametrize("field,value", [("relative_attention_max_distance", 32),
+                                         ("layer_norm_epsilon", 1e-5),
+                                         ("coda.num_iters", 3)])
+def test_adapters_refuse_an_edited_config_that_changes_no_shape(finetuned, tmp_path, field,
+                                                               value):
+    d = str(tmp_path / "copy")
+    shutil.copytree(finetuned["dir"], d)
+    *path, name = ["model_config", *field.split(".")]
+
+    def edit(meta):
+        node = meta
+        for p in path:
+            node = node[p]
+        node[name] = value
+    _edit_json(os.path.join(d, "adapter_config.json"), edit)
+    with pytest.raises(ValueError, match=rf"model_config differs .*\b{field}=.* vs {value!r}"):
+        load_adapters(d, finetuned["base"])
+    cfg = finetuned["config"]
+    if "." in field:        # passing another CodaConfig is allowed (e.g. another r): a warning
+        with pytest.warns(UserWarning, match=rf"trained with CodaConfig .*'{name}'"):
+            load_adapters(finetuned["dir"], finetuned["base"], config=cfg.with_coda(
+                **{name: value}))
+    else:                   # another backbone passed in: an error
+        with pytest.raises(ValueError, match=rf"saved for {name}=.*has {name}={value!r}"):
+            load_adapters(finetuned["dir"], finetuned["base"], config=cfg.replace(
+                **{name: value}))
+
+
+def test_adapters_fingerprint_covers_every_function_field_but_dtype_and_dropout(finetuned):
+    from coda_flax.checkpoints.adapters import config_fingerprint
+    config = finetuned["config"]
+    fields = config_fingerprint(config)["config"]
+    import dataclasses
+    assert set(fields) == {f.name for f in dataclasses.fields(ModelConfig)} - {
+        "dtype", "dropout_rate"}
+    assert set(fields["coda"]) == {f.name for f in dataclasses.fields(CodaConfig)}
+    assert (config_fingerprint(config.replace(dtype="bfloat16"))["config_sha256"] ==
+            config_fingerprint(config)["config_sha256"] !=
+            config_fingerprint(config.replace(layer_norm_epsilon=1e-5))["config_sha256"])
+
+
+def test_adapters_hash_is_required_and_non_finite_values_are_refused(finetuned, tmp_path):
+    d = str(tmp_path / "copy")
+    shutil.copytree(finetuned["dir"], d)
+    _edit_json(os.path.join(d, "adapter_config.json"), lambda m: m.pop("sha256"))
+    with pytest.raises(ValueError, match="records no sha256"):
+        load_adapters(d, finetuned["base"])
+    flat = flatten_params(finetuned["params"])
+    key = next(k for k in sorted(flat) if "adapter" in k)
+    nan = unflatten_params(dict(flat, **{key: np.full(np.shape(flat[key]), np.nan, np.float32)}))
+    with pytest.raises(ValueError, match=rf"refusing to save: parameter '{key}' has \d+ "
+                                         r"non-finite"):
+        save_adapters(str(tmp_path / "nan"), nan, finetuned["config"])
+    # a NaN file with a matching hash (written by an older version, or by hand)
+    from safetensors.numpy import load_file, save_file
+    from coda_flax.checkpoints.adapters import _sha256
+    weights = os.path.join(d, "model-adapters.safetensors")
+    tensors = load_file(weights)
+    tensors[key] = np.full(tensors[key].shape, np.inf, np.float32)
+    save_file(tensors, weights)
+    _edit_json(os.path.join(d, "adapter_config.json"), lambda m: m.update(sha256=_sha256(weights)))
+    with pytest.raises(ValueError, match=rf"parameter '{key}' has \d+ non-finite"):
+        load_adapters(d, finetuned["base"])
+
+
+def test_a_damaged_checkpoint_is_one_clear_error(finetuned, tmp_path):
+    from coda_flax.checkpoints import save_checkpoint
+    d = str(tmp_path / "ckpt")
+    save_checkpoint(d, finetuned["params"], finetuned["config"])
+    os.remove(os.path.join(d, "params", "_METADATA"))
+    with pytest.raises(ValueError, match=r"params: the orbax metadata \(_METADATA\) .* missing "
+                                         r"or unreadable; the checkpoint is damaged"):
+        load_checkpoint(d)
+
+
 def test_adapters_missing_files(finetuned, tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter directory"):
         load_adapters(str(tmp_path / "none"), finetuned["base"])

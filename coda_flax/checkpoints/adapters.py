@@ -4,17 +4,27 @@
                                      adapters, routers, layer norms, LoRA), "/"-joined keys
     DIR/adapter_config.json          the ModelConfig (with its CodaConfig), the file's sha256,
                                      and a fingerprint of the base: the shapes of the frozen
-                                     parameters and a checksum of the token embedding
+                                     parameters, a checksum of the token embedding, and every
+                                     config field that changes the function (with its sha256)
 
 A few kilobytes to megabytes instead of the whole model. `load_adapters` refuses files that
 do not fit the base (naming the parameter, expected vs found shape), truncated or corrupt
-files, and configs whose backbone differs from the one given.
+files (the sha256 is always written and always checked: a config without one is refused),
+non-finite values (refused on save too), and configs whose backbone differs from the one
+given or from the one recorded (an edited adapter_config.json).
+
+The config fingerprint is derived from the dataclass fields, so a field added to ModelConfig
+or CodaConfig is covered without a hand list. Excluded, because they do not change the
+function the adapters compute: ModelConfig.dtype (the computation precision: the same function
+rounded differently; adapters trained in float32 are meant to run in bfloat16) and
+ModelConfig.dropout_rate (active only while training; evaluation is deterministic).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import warnings
 from typing import Any, Mapping
@@ -30,12 +40,33 @@ from coda_flax.config import CodaConfig, ModelConfig
 WEIGHTS_FILE = "model-adapters.safetensors"
 CONFIG_FILE = "adapter_config.json"
 FORMAT = "coda_flax.adapters"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2: config fingerprint in "base", sha256 required
 EMBEDDING = "token_embedder/embedding"
 # CodaConfig fields that change parameter shapes (checked through the shapes themselves).
 _SHAPE_FIELDS = ("adapter_dim", "lora_rank", "lora_targets")
-# ModelConfig fields that do not describe the frozen backbone.
-_NON_BACKBONE_FIELDS = ("coda", "dropout_rate", "dtype")
+# ModelConfig fields that do not change the function (see the module doc); "coda" is the
+# adapters' own config, fingerprinted separately.
+_NON_FUNCTION_FIELDS = ("dropout_rate", "dtype")
+_NON_BACKBONE_FIELDS = ("coda", *_NON_FUNCTION_FIELDS)
+
+
+def config_fingerprint(config: ModelConfig) -> dict[str, Any]:
+    """Every config field that changes the function, as JSON (the CodaConfig under "coda"),
+    and the sha256 of that JSON."""
+    fields = {k: v for k, v in config_to_dict(config).items() if k not in _NON_FUNCTION_FIELDS}
+    text = json.dumps(fields, sort_keys=True)
+    return {"config": fields, "config_sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def _config_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix="") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, Mapping) and isinstance(y, Mapping):
+            out += _config_differences(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}={x!r} vs {y!r}")
+    return out
 
 
 def _trainable(key: str) -> bool:
@@ -72,6 +103,8 @@ def save_adapters(path: str, params: Mapping[str, Any], config: ModelConfig) -> 
     check_flat_params(flat, expected_shapes(config), "save_adapters")
     trained = {k: np.ascontiguousarray(np.asarray(v, np.float32))
                for k, v in flat.items() if _trainable(k)}
+    _check_finite(trained, "save_adapters: refusing to save", "the training diverged; save "
+                  "the adapters of the last good checkpoint instead")
     frozen = {k: list(np.shape(v)) for k, v in flat.items() if not _trainable(k)}
     os.makedirs(path, exist_ok=True)
     weights = os.path.join(path, WEIGHTS_FILE)
@@ -83,7 +116,8 @@ def save_adapters(path: str, params: Mapping[str, Any], config: ModelConfig) -> 
         "base": {"frozen_shapes": frozen,
                  "num_frozen_params": int(sum(np.prod(s, dtype=np.int64) for s in
                                               frozen.values())),
-                 "embedding_checksum": _embedding_checksum(flat)}})
+                 "embedding_checksum": _embedding_checksum(flat),
+                 **config_fingerprint(config)}})
     return {"weights": weights, "config": os.path.join(path, CONFIG_FILE),
             "num_params": int(sum(v.size for v in trained.values())),
             "bytes": os.path.getsize(weights)}
@@ -105,6 +139,36 @@ def _read_meta(path: str) -> dict[str, Any]:
     return meta
 
 
+def _check_finite(tensors: Mapping[str, np.ndarray], what: str, fix: str) -> None:
+    for k in sorted(tensors):
+        v = np.asarray(tensors[k])
+        if v.size and not np.all(np.isfinite(v)):
+            bad = int(np.size(v) - np.sum(np.isfinite(v)))
+            raise ValueError(f"{what}: parameter {k!r} has {bad} non-finite value(s) (NaN / "
+                             f"inf); {fix}.")
+
+
+def _check_recorded_config(meta: Mapping[str, Any], path: str) -> None:
+    """The recorded model_config must match the fingerprint written with it (an edit of
+    adapter_config.json that changes the function is refused, naming the field)."""
+    base = meta.get("base", {})
+    if "config_sha256" not in base or "config" not in base:
+        raise ValueError(f"{os.path.join(path, CONFIG_FILE)} has no config fingerprint "
+                         f"(base.config / base.config_sha256; written by an older coda_flax); "
+                         f"re-save the adapters with save_adapters.")
+    recorded = json.dumps(base["config"], sort_keys=True)
+    if hashlib.sha256(recorded.encode()).hexdigest() != base["config_sha256"]:
+        raise ValueError(f"{os.path.join(path, CONFIG_FILE)}: base.config does not match its "
+                         f"sha256 (the file was edited or damaged); re-save the adapters.")
+    now = {k: v for k, v in meta["model_config"].items() if k not in _NON_FUNCTION_FIELDS}
+    diffs = _config_differences(base["config"], json.loads(json.dumps(now)))
+    if diffs:
+        raise ValueError(f"{os.path.join(path, CONFIG_FILE)}: model_config differs from the "
+                         f"config the adapters were trained with ({'; '.join(diffs[:5])}, "
+                         f"trained vs now); it was edited. Restore the trained values (or "
+                         f"re-save the adapters).")
+
+
 def _read_weights(path: str, meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
@@ -119,9 +183,14 @@ def _read_weights(path: str, meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
     except (SafetensorError, ValueError, OSError, UnicodeDecodeError) as e:
         raise ValueError(f"adapter weights {file} are corrupt or truncated ({e}); {fix}.") \
             from None
-    if meta.get("sha256") and _sha256(file) != meta["sha256"]:
+    if not meta.get("sha256"):
+        raise ValueError(f"{os.path.join(path, CONFIG_FILE)} records no sha256 of {file}, so "
+                         f"the weights cannot be checked; {fix}.")
+    if _sha256(file) != meta["sha256"]:
         raise ValueError(f"adapter weights {file} are corrupt or truncated: their sha256 does "
                          f"not match the one recorded in {CONFIG_FILE}; {fix}.")
+    _check_finite(tensors, f"adapter weights {file}", "they come from a diverged run; "
+                  "save the adapters of the last good checkpoint instead")
     return tensors
 
 
@@ -194,6 +263,7 @@ def load_adapters(path: str, base_params: Mapping[str, Any],
     the config.
     """
     meta = _read_meta(path)
+    _check_recorded_config(meta, path)
     saved = config_from_dict(meta["model_config"])
     if config is not None:
         _check_backbone_config(saved, config)

@@ -60,11 +60,21 @@ def read_orbax_tree(path: str, subtree: str | None = None) -> dict[str, Any]:
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(path)
+    fix = "the checkpoint is damaged or incomplete; write it again (e.g. `coda convert`)"
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path} not found: {fix}.")
     checkpointer = ocp.PyTreeCheckpointer()
-    metadata = checkpointer.metadata(path)
+    try:
+        metadata = checkpointer.metadata(path)
+    except Exception as e:                                   # noqa: BLE001 (orbax's many kinds)
+        raise ValueError(f"{path}: cannot read the orbax metadata ({_one_line(e)}); {fix}.") \
+            from None
     tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", None)
     if tree is None:
         tree = metadata
+    if not isinstance(tree, Mapping):    # e.g. _METADATA deleted: orbax knows no tree
+        raise ValueError(f"{path}: the orbax metadata (_METADATA) that describes the parameter "
+                         f"tree is missing or unreadable; {fix}.")
     tree = dict(tree)
     if subtree is not None:
         if subtree not in tree:
@@ -74,8 +84,12 @@ def read_orbax_tree(path: str, subtree: str | None = None) -> dict[str, Any]:
     restore_args = jax.tree_util.tree_map(
         lambda m: ocp.RestoreArgs(restore_type=np.ndarray) if hasattr(m, "shape")
         else ocp.RestoreArgs(), tree)
-    restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-        item=tree, restore_args=restore_args, partial_restore=subtree is not None))
+    try:
+        restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+            item=tree, restore_args=restore_args, partial_restore=subtree is not None))
+    except Exception as e:                                   # noqa: BLE001
+        raise ValueError(f"{path}: cannot restore the parameters ({_one_line(e)}); {fix}.") \
+            from None
     return restored if subtree is None else restored[subtree]
 
 
@@ -100,3 +114,8 @@ def load_checkpoint(directory: str) -> tuple[ModelConfig, dict[str, Any]]:
     flat = flatten_params(read_orbax_tree(params_dir))
     check_flat_params(flat, expected_shapes(config), f"checkpoint {directory}")
     return config, unflatten_params(flat)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
