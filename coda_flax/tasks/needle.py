@@ -1,0 +1,210 @@
+"""Offline routing task "who got it?": a one-sentence needle at a random offset in real filler.
+
+    who got it: <Shakespeare lines ...> Brutus gave the crown to Hector. <... Shakespeare lines>
+    -> Hector
+
+The needle names a giver and a receiver from NAMES (never both the same) and always starts past
+the first `min_offset` tokens (default ceil(n / 3): past the k tokens that truncation, first_k,
+keeps at r = 3 and r = 5); everything else is real text from the Shakespeare corpus, with every
+line that mentions one of the names left out, so the needle is the only evidence.
+
+Why this task needs learned routing (and not only the decoder): T5 has no absolute position
+embeddings, and the decoder's cross-attention has no position bias. A token that no encoder layer
+routes is a function of its identity only (embedding + position-wise adapters), so the decoder
+sees the unrouted tokens as a bag. "Brutus gave the crown to Hector" and "Hector gave the crown
+to Brutus" are the same bag: without a frozen layer processing the needle (relative-position
+attention), the best possible accuracy is 50% (pick one of the two names), while the majority
+floor is 1 / len(NAMES). A router that sends the needle through the frozen layers can reach 100%.
+
+Files (under <data_dir>/shakespeare/, next to the corpus of coda_flax.tasks.shakespeare):
+    needle.jsonl       id, split, text (the whole input), target (the receiver), giver,
+                       needle_start / needle_end (token offsets of the needle sentence in the
+                       tokenised input, without EOS), num_tokens
+    needle_stats.json  the settings it was built with (rebuilt when they change)
+Splits follow the corpus (the filler of validation examples comes from validation scenes) and
+are stratified: every receiver appears equally often in each split.
+Pure Python + SentencePiece (no TensorFlow); the seqio task is registered in tasks.offline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+from typing import Callable, Optional, Sequence
+
+from coda_flax.tasks.shakespeare import corpus_dir, read_jsonl, write_jsonl
+
+NEEDLE_FILE = "needle.jsonl"
+NEEDLE_STATS = "needle_stats.json"
+NEEDLE_FORMAT_VERSION = 1
+PROMPT = "who got it:"
+# single pieces in the demo's 2000-piece Shakespeare vocabulary
+NAMES = ("Hamlet", "Antonio", "Rosalind", "Falstaff", "Brutus", "Caesar", "Cassio", "Hector")
+OBJECTS = ("the crown", "a letter", "the ring", "a sword", "the key", "a purse")
+VERBS = ("gave", "sent", "sold", "threw", "lent", "passed")
+
+
+def needle_sentence(giver: str, receiver: str, verb: str, obj: str) -> str:
+    return f"{giver} {verb} {obj} to {receiver}."
+
+
+def _filler_lines(scenes: Sequence[dict], names: Sequence[str]) -> dict:
+    """{split: [list of lines of one scene, ...]} without the lines that mention a name."""
+    pattern = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b", re.IGNORECASE)
+    out = {"train": [], "validation": []}
+    for scene in scenes:
+        lines = [line.split(": ", 1)[-1].strip() for line in scene["text"].split("\n")]
+        lines = [line for line in lines if line and not pattern.search(line)]
+        if lines and scene.get("split", "train") in out:
+            out[scene["split"]].append(lines)
+    return out
+
+
+def build_needle_examples(scenes: Sequence[dict], encode: Callable[[str], list], *,
+                          input_length: int, num_train: int, num_validation: int,
+                          min_offset: Optional[int] = None, names: Sequence[str] = NAMES,
+                          seed: int = 0) -> list[dict]:
+    """The examples of both splits (see the module docstring).
+
+    encode: text -> token ids (the task's SentencePiece model, without EOS). input_length: the
+    encoder length n; inputs take at most n - 1 tokens (EOS is appended). min_offset: the first
+    token of the needle is at an offset >= this (default ceil(n / 3)); offsets are drawn
+    uniformly from [min_offset, n - 1 - needle length]."""
+    if len(names) < 2:
+        raise ValueError(f"need at least two names, got {list(names)}")
+    min_offset = math.ceil(input_length / 3) if min_offset is None else int(min_offset)
+    prompt_len = len(encode(PROMPT))
+    longest = max(len(encode(" " + needle_sentence(g, r, v, o)))
+                  for g in names for r in names for v in VERBS for o in OBJECTS)
+    if not prompt_len <= min_offset <= input_length - 1 - longest:
+        raise ValueError(f"input_length={input_length} leaves no room for a needle of up to "
+                         f"{longest} tokens at offset >= {min_offset} (prompt: {prompt_len} "
+                         f"tokens); use a longer input or a smaller min_offset.")
+    filler = _filler_lines(scenes, names)
+    word_cache: dict = {}
+
+    def tokens(word):                 # SentencePiece splits at spaces: a text's tokens are the
+        if word not in word_cache:    # concatenation of its words' tokens
+            word_cache[word] = len(encode(" " + word))
+        return word_cache[word]
+
+    rng = random.Random(seed)
+    out = []
+    for split, count in (("train", num_train), ("validation", num_validation)):
+        if count and not filler[split]:
+            raise ValueError(f"no filler text for split {split!r} (no scenes in that split).")
+        for i in range(count):
+            receiver = names[i % len(names)]                     # stratified
+            giver = rng.choice([n for n in names if n != receiver])
+            needle = needle_sentence(giver, receiver, rng.choice(VERBS), rng.choice(OBJECTS))
+            needle_len = len(encode(" " + needle))
+            target_offset = rng.randint(min_offset, input_length - 1 - needle_len)
+            while True:                                   # a rare overshoot: another start
+                scene = rng.choice(filler[split])
+                start = rng.randrange(len(scene))
+                words = [w for line in scene[start:] + scene[:start] for w in line.split()]
+                while len(words) < 4 * input_length:               # short scenes: wrap around
+                    words += words
+                before, used, j = [], prompt_len, 0
+                while used < target_offset:
+                    before.append(words[j])
+                    used += tokens(words[j])
+                    j += 1
+                if used + needle_len > input_length - 1 and before:   # the last word overshot
+                    used -= tokens(before.pop())
+                    j -= 1
+                if min_offset <= used <= input_length - 1 - needle_len:
+                    break
+            needle_start, needle_end = used, used + needle_len
+            after, total = [], needle_end
+            while total + tokens(words[j]) <= input_length - 1:
+                after.append(words[j])
+                total += tokens(words[j])
+                j += 1
+            text = " ".join([PROMPT, *before, needle, *after])
+            out.append({"id": f"{split}/{i}", "split": split, "text": text, "target": receiver,
+                        "giver": giver, "needle": needle, "needle_start": needle_start,
+                        "needle_end": needle_end, "num_tokens": total})
+    rng.shuffle(out)
+    return out
+
+
+def needle_path(data_dir: Optional[str] = None) -> str:
+    return os.path.join(corpus_dir(data_dir), NEEDLE_FILE)
+
+
+def prepare_needle(data_dir: Optional[str], vocab_model: str, *, input_length: int,
+                   num_train: int = 8000, num_validation: int = 400,
+                   min_offset: Optional[int] = None, seed: int = 0, force: bool = False,
+                   log: Callable[[str], None] = print) -> dict:
+    """Writes needle.jsonl next to the prepared Shakespeare corpus (prepare_shakespeare first),
+    tokenised with vocab_model; reuses it when it was built with the same settings. Returns the
+    settings and counts (needle_stats.json)."""
+    import sentencepiece as spm
+
+    root = corpus_dir(data_dir)
+    scenes_path = os.path.join(root, "scenes.jsonl")
+    if not os.path.exists(scenes_path):
+        raise FileNotFoundError(f"{scenes_path} not found: prepare the Shakespeare corpus first "
+                                f"(coda_flax.tasks.prepare_shakespeare / scripts/prepare_data.py).")
+    settings = {"format_version": NEEDLE_FORMAT_VERSION, "vocab_model": os.path.abspath(vocab_model),
+                "input_length": input_length, "num_train": num_train,
+                "num_validation": num_validation,
+                "min_offset": math.ceil(input_length / 3) if min_offset is None else min_offset,
+                "seed": seed, "names": list(NAMES)}
+    stats_path, path = os.path.join(root, NEEDLE_STATS), os.path.join(root, NEEDLE_FILE)
+    if not force and os.path.exists(stats_path) and os.path.exists(path):
+        with open(stats_path) as f:
+            stats = json.load(f)
+        if {k: stats.get(k) for k in settings} == settings:
+            log(f"[data] needle task already built: {path}")
+            return stats
+    sp = spm.SentencePieceProcessor(model_file=vocab_model)
+    records = build_needle_examples(read_jsonl(scenes_path), sp.encode, input_length=input_length,
+                                    num_train=num_train, num_validation=num_validation,
+                                    min_offset=settings["min_offset"], seed=seed)
+    write_jsonl(path, records)
+    val = [r for r in records if r["split"] == "validation"]
+    stats = dict(settings, examples=len(records), validation=len(val),
+                 evidence_share_of_input=sum((r["needle_end"] - r["needle_start"]) / (r["num_tokens"] + 1)
+                                             for r in val) / max(1, len(val)))
+    with open(stats_path, "w") as f:
+        json.dump(stats, f, indent=1)
+    log(f"[data] needle task: {len(records)} examples ({len(val)} validation) -> {path}")
+    return stats
+
+
+def evidence_share(selected, spans, valid) -> dict:
+    """How much of what the router sends through the frozen layers is the needle.
+
+    selected [L, b, n] bool (routed positions per layer), spans [(start, end)] * b (needle token
+    offsets), valid [b, n] bool (real tokens, EOS included). Returns
+      routed_evidence_share [L]  share of routed real tokens that lie in the needle
+      evidence_recall       [L]  share of needle tokens that are routed
+      chance                     needle tokens / real tokens (a router that ignores content)
+    averaged over the b examples."""
+    import numpy as np
+
+    selected, valid = np.asarray(selected, bool), np.asarray(valid, bool)
+    if selected.ndim != 3 or selected.shape[1:] != valid.shape or len(spans) != valid.shape[0]:
+        raise ValueError(f"shapes: selected {selected.shape} must be [L, b, n] with valid "
+                         f"{valid.shape} = [b, n] and {len(spans)} spans = b")
+    evidence = np.zeros_like(valid)
+    for i, (start, end) in enumerate(spans):
+        if not 0 <= start < end <= valid.shape[1]:
+            raise ValueError(f"span {i} = ({start}, {end}) is outside [0, {valid.shape[1]}]")
+        evidence[i, start:end] = True
+    routed = selected & valid[None]
+    hits = (routed & evidence[None]).sum(-1)                           # [L, b]
+    share = hits / np.maximum(routed.sum(-1), 1)
+    recall = hits / evidence.sum(-1)[None]
+    chance = evidence.sum(-1) / valid.sum(-1)
+    return {"routed_evidence_share": share.mean(-1), "evidence_recall": recall.mean(-1),
+            "chance": float(chance.mean())}
+
+
+__all__ = ["NAMES", "PROMPT", "build_needle_examples", "prepare_needle", "needle_path",
+           "evidence_share", "needle_sentence"]

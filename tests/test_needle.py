@@ -1,0 +1,136 @@
+"""The routing task 'who got it?' (coda_flax.tasks.needle) on a synthetic corpus (no downloads)."""
+
+import math
+import os
+import re
+
+import numpy as np
+import pytest
+
+from corpus_helpers import prepared_corpus
+from coda_flax.tasks import needle, shakespeare
+
+N = 64
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("needle_data")
+    vocab = prepared_corpus(root, vocab_size=300, num_scenes=12)
+    return root, vocab
+
+
+@pytest.fixture(scope="module")
+def sp(corpus):
+    import sentencepiece as spm
+    return spm.SentencePieceProcessor(model_file=corpus[1])
+
+
+@pytest.fixture(scope="module")
+def records(corpus, sp):
+    scenes = shakespeare.read_jsonl(os.path.join(str(corpus[0]), "shakespeare", "scenes.jsonl"))
+    return needle.build_needle_examples(scenes, sp.encode, input_length=N, num_train=400,
+                                        num_validation=48, seed=3)
+
+
+def test_needle_offsets_tokens_and_targets(records, sp):
+    k3 = math.ceil(N / 3)
+    starts = []
+    for r in records:
+        ids = sp.encode(r["text"])
+        assert len(ids) == r["num_tokens"] <= N - 1                  # room for EOS, no truncation
+        assert ids[r["needle_start"]:r["needle_end"]] == sp.encode(" " + r["needle"])
+        assert r["needle_start"] >= k3                               # never inside first_k at r=3
+        assert r["text"].startswith(needle.PROMPT + " ")
+        giver, receiver = r["giver"], r["target"]
+        assert giver != receiver and {giver, receiver} <= set(needle.NAMES)
+        assert r["needle"].startswith(giver + " ") and r["needle"].endswith(f" to {receiver}.")
+        filler = r["text"].replace(r["needle"], " ")
+        assert not re.search("|".join(needle.NAMES), filler)         # the needle is the only hint
+        starts.append(r["needle_start"])
+    starts = np.array(starts)
+    longest = max(r["needle_end"] - r["needle_start"] for r in records)
+    # random offsets that cover the whole allowed range past k, not one fixed place
+    assert starts.min() <= k3 + 2 and starts.max() >= N - 1 - longest - 3
+    assert len(set(starts.tolist())) >= (N - 1 - longest - k3) // 2
+    # the receiver is not predictable from the position
+    assert abs(np.corrcoef(starts, [needle.NAMES.index(r["target"]) for r in records])[0, 1]) < 0.2
+
+
+def test_stratified_splits_every_receiver_in_validation(records):
+    val = [r["target"] for r in records if r["split"] == "validation"]
+    train = [r["target"] for r in records if r["split"] == "train"]
+    assert len(val) == 48 and len(train) == 400
+    assert {n: val.count(n) for n in needle.NAMES} == {n: 6 for n in needle.NAMES}
+    assert set(train) == set(needle.NAMES)
+
+
+def test_validation_filler_comes_from_validation_scenes(corpus, sp):
+    scenes = shakespeare.read_jsonl(os.path.join(str(corpus[0]), "shakespeare", "scenes.jsonl"))
+    lines = needle._filler_lines(scenes, needle.NAMES)
+    val_words = {w for scene in lines["validation"] for line in scene for w in line.split()}
+    train_only = {w for scene in lines["train"] for line in scene for w in line.split()} - val_words
+    recs = needle.build_needle_examples(scenes, sp.encode, input_length=N, num_train=0,
+                                        num_validation=40, seed=1)
+    for r in recs:
+        words = set(r["text"].replace(r["needle"], " ").split()[len(needle.PROMPT.split()):])
+        assert words <= val_words and not words & train_only
+
+
+def test_filler_drops_lines_that_name_a_receiver():
+    scenes = [{"split": "train", "text": "A: fair day\nB: hamlet is here\nC: Brutus!\nD: gone"}]
+    assert needle._filler_lines(scenes, ("Hamlet", "Brutus"))["train"] == [["fair day", "gone"]]
+
+
+def test_too_short_input_is_a_clear_error(corpus, sp):
+    scenes = shakespeare.read_jsonl(os.path.join(str(corpus[0]), "shakespeare", "scenes.jsonl"))
+    with pytest.raises(ValueError, match="no room for a needle"):
+        needle.build_needle_examples(scenes, sp.encode, input_length=12, num_train=2,
+                                     num_validation=2)
+
+
+def test_prepare_needle_registers_a_seqio_task(corpus, sp):
+    from coda_flax import tasks
+    root, vocab = corpus
+    logs = []
+    stats = needle.prepare_needle(str(root), vocab, input_length=N, num_train=40,
+                                  num_validation=16, log=logs.append)
+    assert stats["validation"] == 16 and stats["min_offset"] == math.ceil(N / 3)
+    needle.prepare_needle(str(root), vocab, input_length=N, num_train=40, num_validation=16,
+                          log=logs.append)
+    assert "already built" in logs[-1]
+    tasks.register_offline_tasks(str(root), vocab)
+    task = tasks.get_task_or_mixture("coda_shakespeare_needle")
+    recs = {r["id"]: r for r in shakespeare.read_jsonl(needle.needle_path(str(root)))}
+    exs = list(task.get_dataset({"inputs": N, "targets": 8}, split="validation", shuffle=False,
+                                num_epochs=1).as_numpy_iterator())
+    assert len(exs) == 16
+    for ex in exs:
+        r = recs[ex["id"].decode()]
+        assert ex["inputs"][-1] == 1 and len(ex["inputs"]) == r["num_tokens"] + 1
+        needle_ids = ex["inputs"][r["needle_start"]:r["needle_end"]]
+        assert needle_ids.tolist() == sp.encode(" " + r["needle"])
+        assert ex["targets_pretokenized"].decode() == r["target"]
+
+
+def test_evidence_share_hand_computed():
+    # 2 layers, 2 examples, n = 6; example 1 has one padding position
+    valid = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]], bool)
+    spans = [(2, 4), (0, 1)]
+    selected = np.array([
+        [[0, 0, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0]],      # layer 0
+        [[1, 1, 0, 0, 0, 0], [0, 1, 1, 0, 0, 1]],      # layer 1: a padded position selected
+    ], bool)
+    out = needle.evidence_share(selected, spans, valid)
+    # layer 0: ex0 2 of 3 routed are needle, ex1 1 of 2; layer 1: ex0 0 of 2, ex1 0 of 2 real
+    np.testing.assert_allclose(out["routed_evidence_share"], [(2 / 3 + 1 / 2) / 2, 0.0])
+    np.testing.assert_allclose(out["evidence_recall"], [(2 / 2 + 1 / 1) / 2, 0.0])
+    assert out["chance"] == pytest.approx((2 / 6 + 1 / 5) / 2)
+
+
+def test_evidence_share_rejects_bad_shapes_and_spans():
+    valid = np.ones((1, 4), bool)
+    with pytest.raises(ValueError, match="shapes"):
+        needle.evidence_share(np.ones((2, 4), bool), [(0, 1)], valid)
+    with pytest.raises(ValueError, match="outside"):
+        needle.evidence_share(np.ones((1, 1, 4), bool), [(3, 6)], valid)
