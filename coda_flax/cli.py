@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from coda_flax import argtypes
@@ -46,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="tiny sizes and steps (for tests)")
     demo.add_argument("--output", default="outputs/demo", help="output folder")
     demo.add_argument("--data-dir", default=None,
-                      help="data cache (default $CODA_DATA_DIR or ~/.cache/coda_flax/data)")
-    demo.set_defaults(func=lambda a: (__import__("coda_flax.demo").demo.run_demo(
-        a.output, quick=a.quick, data_dir=a.data_dir), 0)[1])
+                      help="data cache, an existing directory (default $CODA_DATA_DIR or "
+                           "~/.cache/coda_flax/data, created when missing)")
+    demo.set_defaults(func=_demo)
 
     compare = sub.add_parser(
         "compare", help="Parallel Adapter vs CoDA on an offline image or speech task",
@@ -99,6 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.gin_bindings = bindings
     return int(args.func(args) or 0)
+
+
+def _demo(a: argparse.Namespace) -> int:
+    # a directory the user names must exist: a typo must not create a tree at that path (the
+    # default cache is created on demand)
+    if a.data_dir is not None and not os.path.isdir(a.data_dir):
+        print(f"coda demo: error: --data-dir {a.data_dir} is not an existing directory; create "
+              f"it first (mkdir -p {a.data_dir}) or leave --data-dir out to use the cache.",
+              file=sys.stderr)
+        return 2
+    from coda_flax import demo
+    demo.run_demo(a.output, quick=a.quick, data_dir=a.data_dir)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------

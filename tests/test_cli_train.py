@@ -2,6 +2,11 @@
 
 import json
 import os
+import re
+import signal
+import socket
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -37,11 +42,28 @@ def _train(model_dir, data, vocab, steps, extra=()):
                  "--gin.train.progress=False", *extra])
 
 
-def test_train_cli_loss_falls_then_eval_and_infer_write_results(corpus, tmp_path):
+def _sigterm_after(path, rows):
+    """SIGTERM to this process once `path` has `rows` lines (a scheduler's preemption)."""
+    def watch():
+        while not (os.path.exists(path) and len(open(path).readlines()) >= rows):
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_train_cli_loss_falls_then_eval_and_infer_write_results(corpus, tmp_path, capsys):
     data, vocab = corpus
     run = tmp_path / "run"
+    _sigterm_after(run / "metrics.jsonl", 3)            # preempted, then resumed
+    assert _train(run, data, vocab, steps=40) == 143
+    saved = int(re.search(r"saved step (\d+) in", capsys.readouterr().err).group(1))
+    assert 3 <= saved < 40 and os.path.isdir(run / "checkpoints" / str(saved))
+    assert not os.path.exists(run / "LOCK")
     assert _train(run, data, vocab, steps=40) == 0
     rows = [json.loads(l) for l in open(run / "metrics.jsonl")]
+    assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, 41))
     losses = [r["loss"] for r in rows if r["split"] == "train"]
     assert len(losses) == 40 and np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
     assert [r for r in rows if r["split"] == "eval"][0]["num_examples"] == 8
@@ -65,9 +87,60 @@ def test_train_cli_loss_falls_then_eval_and_infer_write_results(corpus, tmp_path
     assert json.loads(open(pred).readline())["input"].startswith("shakespeare play")
 
 
-def test_unknown_task_and_missing_gin_file_are_clear(corpus, tmp_path):
+def _one_error_line(capsys, mode):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err[-2000:]
+    lines = [l for l in err.splitlines() if l.startswith(f"coda {mode}: error: ")]
+    assert len(lines) == 1, err[-2000:]
+    return lines[0]
+
+
+def test_errors_are_one_line_and_name_the_fix(corpus, tmp_path, capsys):
     data, vocab = corpus
-    with pytest.raises(Exception, match="coda_shakespeare_play"):      # lists registered names
-        _train(tmp_path / "x", data, vocab, 1, ["--gin.MIXTURE_OR_TASK_NAME='coda_shakespear'"])
-    with pytest.raises(FileNotFoundError, match="gin file"):
-        main(["train", "--gin_file=gin/runs/nope.gin"])
+    assert _train(tmp_path / "x", data, vocab, 1,
+                  ["--gin.MIXTURE_OR_TASK_NAME='coda_shakespear'"]) == 1
+    line = _one_error_line(capsys, "train")                # lists the registered names
+    assert "unknown task or mixture 'coda_shakespear'" in line and "coda_shakespeare_play" in line
+    assert main(["train", "--gin_file=gin/runs/nope.gin"]) == 1
+    assert "gin file(s) not found" in _one_error_line(capsys, "train")
+    # a misspelled macro is an error (before anything is written), unless allowed
+    assert _train(tmp_path / "typo", data, vocab, 1, ["--gin.TRAIN_STEPZ=3"]) == 1
+    assert re.search(r"unknown gin macro\(s\) TRAIN_STEPZ \(set on the command line\).*"
+                     r"TRAIN_STEPS", _one_error_line(capsys, "train"))
+    assert not os.path.exists(tmp_path / "typo")
+    from coda_flax.train.cli import GinConfigError
+    with pytest.raises(GinConfigError, match="TRAIN_STEPZ"):              # --debug: raised
+        _train(tmp_path / "typo", data, vocab, 1, ["--gin.TRAIN_STEPZ=3", "--debug"])
+    # a required macro left unset is named (it was "<object object at 0x...>")
+    assert main(["eval", "--gin_file=gin/runs/eval.gin", "--gin.CHECKPOINT_PATH='/nowhere'",
+                 "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
+                 f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'e'}'"]) == 1
+    assert ("MIXTURE_OR_TASK_NAME must be set: add --gin.MIXTURE_OR_TASK_NAME="
+            in _one_error_line(capsys, "eval"))
+    # a damaged checkpoint: one line
+    assert main(["eval", "--gin_file=gin/runs/eval.gin", f"--gin.CHECKPOINT_PATH='{tmp_path}'",
+                 "--gin.MIXTURE_OR_TASK_NAME='coda_shakespeare_play'",
+                 "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
+                 f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'e'}'", f"--gin.DATA_DIR='{data}'",
+                 f"--gin.VOCAB_PATH='{vocab}'"]) == 1
+    assert "config.json not found" in _one_error_line(capsys, "eval")
+
+
+def test_a_second_run_in_the_same_model_dir_is_refused(corpus, tmp_path, capsys):
+    data, vocab = corpus
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": "2026-12-01T09:00:00+00:00"}         # this process: alive
+    (run / "LOCK").write_text(json.dumps(holder))
+    assert _train(run, data, vocab, 1) == 1
+    line = _one_error_line(capsys, "train")
+    assert f"in use by pid {os.getpid()} on host {socket.gethostname()}" in line
+    assert sorted(os.listdir(run)) == ["LOCK"]                 # nothing written
+
+
+def test_demo_does_not_create_a_data_dir_it_was_not_asked_to(tmp_path, capsys):
+    missing = tmp_path / "nonexistent" / "dir"
+    assert main(["demo", "--quick", "--data-dir", str(missing)]) == 2
+    assert "is not an existing directory; create it first" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "nonexistent")

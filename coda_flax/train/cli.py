@@ -41,8 +41,65 @@ def _register_configurables():
     _register_configurables.done = True
 
 
-def parse_gin(gin_files, gin_bindings, search_paths=()):
-    """T5X-style flags: --gin_file (repeatable, searched in gin/ too) and --gin.NAME=VALUE."""
+class GinConfigError(ValueError):
+    """An unknown or unset gin macro."""
+
+
+# Macros the run files define for T5X compatibility that nothing in coda_flax reads.
+IGNORED_MACROS = frozenset({"USE_CACHED_TASKS"})
+
+
+def _walk_references(value, found):
+    import gin.config as gc
+    if isinstance(value, gc.ConfigurableReference):
+        found.add(value.scoped_selector)
+    elif isinstance(value, (list, tuple, set)):
+        for v in value:
+            _walk_references(v, found)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _walk_references(k, found)
+            _walk_references(v, found)
+
+
+def check_gin(gin_bindings=(), allow_unknown: bool = False) -> None:
+    """Strict gin: every macro must be read by something, and none may be left %gin.REQUIRED.
+
+    A macro that nothing references (`--gin.TRAIN_STEPZ=3`) is a typo that gin would accept
+    silently; it is an error unless allow_unknown (--gin_allow_unknown). Bindings of unknown
+    configurables or parameters are already errors in gin itself."""
+    import gin.config as gc
+    macros, references = {}, set()
+    for (scope, selector), params in gc._CONFIG.items():        # gin's parsed bindings
+        if selector == "gin.macro":
+            macros[scope] = params.get("value")
+        for v in params.values():
+            _walk_references(v, references)
+    unused = [] if allow_unknown else sorted(
+        n for n in macros if f"{n}/gin.macro" not in references and n not in IGNORED_MACROS)
+    if unused:
+        from_flags = {b.split("=", 1)[0].strip() for b in gin_bindings}
+        known = sorted(n for n in macros if f"{n}/gin.macro" in references)
+        raise GinConfigError(
+            f"unknown gin macro(s) {', '.join(unused)} (set "
+            f"{'on the command line' if set(unused) & from_flags else 'in a gin file'}) are "
+            f"read by nothing; a typo? Known macros: {', '.join(known)}. Pass "
+            f"--gin_allow_unknown to accept them.")
+    required = sorted(name for name, v in macros.items()
+                      if isinstance(v, gc.ConfigurableReference)
+                      and v.scoped_selector == "gin.REQUIRED/gin.constant"
+                      and f"{name}/gin.macro" in references)
+    if required:
+        raise GinConfigError(
+            f"gin macro(s) {', '.join(required)} must be set: add "
+            f"{' '.join(f'--gin.{n}=...' for n in required)} (strings in quotes, e.g. "
+            f"--gin.{required[0]}=\"'value'\").")
+
+
+def parse_gin(gin_files, gin_bindings, search_paths=(), allow_unknown: bool = False):
+    """T5X-style flags: --gin_file (repeatable, searched in gin/ too) and --gin.NAME=VALUE.
+
+    Strict by default (check_gin): unknown macros and unset required ones are errors."""
     _register_configurables()
     for path in (*search_paths, os.getcwd(), GIN_DIR):
         gin.add_config_file_search_path(path)
@@ -51,8 +108,10 @@ def parse_gin(gin_files, gin_bindings, search_paths=()):
     if missing:
         raise FileNotFoundError(f"gin file(s) not found: {missing}; looked in the current "
                                 f"directory and {GIN_DIR} (e.g. gin/runs/finetune.gin).")
+    gin.clear_config()                # a second parse in one process starts from scratch
     gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings),
                                         finalize_config=False)
+    check_gin(gin_bindings, allow_unknown)
 
 
 def split_gin_flags(argv):
@@ -76,24 +135,49 @@ def add_run_parsers(sub):
         p.add_argument("--gin_file", action="append", default=[], required=True,
                        help="gin file (repeatable); paths are also looked up under gin/")
         p.add_argument("--gin_search_path", action="append", default=[])
+        p.add_argument("--gin_allow_unknown", action="store_true",
+                       help="accept gin macros that nothing reads (default: an error)")
+        p.add_argument("--debug", action="store_true",
+                       help="show the full traceback of an error (also: CODA_DEBUG=1)")
         p.set_defaults(func=lambda args, mode=mode: run_mode(mode, args))
 
 
 _ENTRY = {"train": "train", "eval": "evaluate", "infer": "infer"}      # gin names
 
 
+def one_line_error(e: BaseException) -> str:
+    """An exception as one line: its type and message, without gin's call-site notes."""
+    text = str(e)
+    for marker in ("\n  In call to configurable", "\n  In file", "\n  No configurable"):
+        if marker in text and text.index(marker) > 0:
+            text = text[:text.index(marker)]
+    text = " ".join(text.split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def run_mode(mode: str, args) -> int:
-    parse_gin(args.gin_file, getattr(args, "gin_bindings", []), args.gin_search_path)
-    fn = gin.get_configurable(_ENTRY[mode])
-    if mode == "train":
-        operative = gin.config_str()             # the resolved config, saved in MODEL_DIR
-        try:
+    """Runs a mode; errors are one line on stderr (exit 1) unless --debug / CODA_DEBUG=1.
+
+    Exit status: 0 done, 1 error, 143 preempted (SIGTERM; a checkpoint of the step was saved)."""
+    debug = getattr(args, "debug", False) or os.environ.get("CODA_DEBUG", "") not in ("", "0")
+    try:
+        parse_gin(args.gin_file, getattr(args, "gin_bindings", []), args.gin_search_path,
+                  getattr(args, "gin_allow_unknown", False))
+        fn = gin.get_configurable(_ENTRY[mode])
+        if mode == "train":
+            operative = gin.config_str()         # the resolved config, saved in MODEL_DIR
             fn(extra_files={"config.gin": operative})
-        except Preempted as e:                   # checkpoint saved; the scheduler may restart us
-            print(f"[train] {e}", file=sys.stderr)
-            return 143
-    else:
-        fn()
+        else:
+            fn()
+    except Preempted as e:                       # checkpoint saved; the scheduler may restart us
+        print(f"[train] {e}", file=sys.stderr)
+        return 143
+    except Exception as e:                       # noqa: BLE001 (the CLI's edge)
+        if debug:
+            raise
+        print(f"coda {mode}: error: {one_line_error(e)} (--debug or CODA_DEBUG=1 for the "
+              f"traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

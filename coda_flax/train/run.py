@@ -18,7 +18,7 @@ from coda_flax.config import ModelConfig
 from coda_flax.inputs import encoder_length, input_shape
 from coda_flax.train.ctc_model import make_model
 from coda_flax.train.t5_model import CodaT5Model
-from coda_flax.train.trainer import Trainer, TrainerConfig
+from coda_flax.train.trainer import Trainer, TrainerConfig, check_token_ids
 
 
 # ------------------------------------------------------------------------------ tasks
@@ -149,6 +149,8 @@ def evaluate_params(model, params, task, feature_lengths: Mapping[str, int],
         padded = chunk + [chunk[-1]] * (batch_size - len(chunk))     # static shapes
         batch = to_batch(padded, feature_lengths)
         batch["decoder_loss_weights"][len(chunk):] = 0.0               # the filler rows
+        check_token_ids(batch, model.config.vocab_size,
+                        f"task {task.name!r} split {split!r} examples {start}..")
         _, metrics = loss_fn(params, batch)
         w = float(metrics.get("weight_sum", np.sum(batch["decoder_loss_weights"])))
         totals["loss"] = totals.get("loss", 0.0) + float(metrics["cross_ent_loss"])  # a sum
@@ -212,14 +214,31 @@ def train(*, model_config: ModelConfig, mixture_or_task_name: str,
           seed: int = 0, z_loss: float = 1e-4, label_smoothing: float = 0.0,
           data_dir: str | None = None, vocab_path: str | None = None,
           tfds_data_dir: str | None = None, progress: bool = True,
-          parameter_scale: bool = True, extra_files: Mapping[str, str] | None = None):
+          parameter_scale: bool = True, extra_files: Mapping[str, str] | None = None,
+          max_abs_param: float = 1e6, max_update_ratio: float = 10.0):
     """Trains `model_config` on a SeqIO task; evaluates at eval_every and at the end.
 
     Returns {"params", "history" (logged train metrics), "eval" (the final evaluation)}; the
-    final parameters are also saved to MODEL_DIR/final (a `load_checkpoint` directory)."""
+    final parameters are also saved to MODEL_DIR/final (a `load_checkpoint` directory).
+    MODEL_DIR is locked for the run (a second run there is refused, coda_flax/train/lock.py);
+    max_abs_param / max_update_ratio: the divergence guard (coda_flax/train/trainer.py)."""
+    settings = dict(locals())
+    import contextlib
+
+    from coda_flax.train.lock import ModelDirLock
+    # one run per MODEL_DIR: refused before anything in it (config.gin, metrics) is touched
+    with (ModelDirLock(model_dir) if jax.process_index() == 0 else contextlib.nullcontext()):
+        return _train(**settings)
+
+
+def _train(*, model_config, mixture_or_task_name, task_feature_lengths, train_steps, batch_size,
+           model_dir, initial_checkpoint_path, learning_rate, schedule, warmup_steps, trainable,
+           checkpoint_every, keep_checkpoints, log_every, eval_every, eval_split,
+           eval_batch_size, eval_max_examples, k_anneal_fraction, k_anneal_stages,
+           num_partitions, seed, z_loss, label_smoothing, data_dir, vocab_path, tfds_data_dir,
+           progress, parameter_scale, extra_files, max_abs_param, max_update_ratio):
     from coda_flax.checkpoints import save_checkpoint
     task = ensure_registered(mixture_or_task_name, data_dir, vocab_path, tfds_data_dir)
-    os.makedirs(model_dir, exist_ok=True)
     for name, text in (extra_files or {}).items():        # e.g. the resolved gin config
         with open(os.path.join(model_dir, name), "w") as f:
             f.write(text)
@@ -230,7 +249,8 @@ def train(*, model_config: ModelConfig, mixture_or_task_name: str,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
         log_every=log_every, eval_every=eval_every, seed=seed, num_partitions=num_partitions,
         k_anneal_fraction=k_anneal_fraction, k_anneal_stages=k_anneal_stages,
-        parameter_scale=parameter_scale, progress=progress))
+        parameter_scale=parameter_scale, progress=progress, max_abs_param=max_abs_param,
+        max_update_ratio=max_update_ratio))
     state = trainer.init_state(_input_shapes(model_config, task_feature_lengths, batch_size),
                                _initial_params(model_config, initial_checkpoint_path))
     batches = seqio_batches(mixture_or_task_name, task_feature_lengths, batch_size, "train",
@@ -243,8 +263,10 @@ def train(*, model_config: ModelConfig, mixture_or_task_name: str,
                                       eval_batch_size, eval_max_examples)
         return evals[step]
     n = encoder_length(model_config, task_feature_lengths["inputs"])
-    state, history = trainer.train(state, batches, n=n,
-                                   eval_fn=eval_fn)
+    try:
+        state, history = trainer.train(state, batches, n=n, eval_fn=eval_fn)
+    finally:            # orbax's background threads end here, not at interpreter exit
+        trainer.checkpoints.close()
     params = jax.device_get(trainer.params(state))
     if jax.process_index() == 0:
         save_checkpoint(os.path.join(model_dir, "final"), params, model_config, overwrite=True)
@@ -288,6 +310,7 @@ def infer(*, checkpoint_path: str, inputs: Sequence[str], output_path: str,
     examples = [{"inputs": np.asarray(vocab.encode(text) + [1], np.int32),
                  "targets": np.zeros((1,), np.int32)} for text in inputs]
     batch = to_batch(examples, {"inputs": input_length, "targets": target_length})
+    check_token_ids(batch, config.vocab_size, f"infer inputs (vocabulary {vocab_path})")
     decodes = np.asarray(model.predict_batch(params, batch, num_decodes=num_decodes))
     outputs = [vocab.decode([int(t) for t in row if t > 1]) for row in decodes]
     with open(output_path, "w") as f:
