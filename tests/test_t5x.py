@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import flax.linen as nn
 import jax
@@ -25,11 +26,28 @@ from flax.linen import partitioning as flax_partitioning
 
 from coda_flax import CodaConfig, EncoderDecoder, ModelConfig, tiny_config
 from coda_flax.checkpoints.peft import param_group
-from coda_flax.t5x import (AXIS_RULES, FACTOR_RULES, T5XEncoderDecoder, model_config,
-                           param_filter, split_axes)
+from coda_flax.t5x import (AXIS_RULES, FACTOR_RULES, T5XEncoderDecoder, axis_rules,
+                           model_config, param_filter, split_axes)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL_GIN = os.path.join(ROOT, "gin", "t5x", "coda_model.gin")
+GIN_DIR = os.path.join(ROOT, "coda_flax", "t5x", "gin")
+MODEL_GIN = os.path.join(GIN_DIR, "coda_model.gin")
+# CI clones the repository with a read-only ../shared beside it; scripts/env.sh installs T5X
+# from its wheels there, so in CI a missing T5X is a failure, not a skip.
+SHARED_WHEELS = os.path.join(os.path.dirname(ROOT), "shared", "wheels")
+T5X_EXPECTED = (os.environ.get("CI", "").lower() in ("1", "true")
+                and os.path.isdir(SHARED_WHEELS))
+
+
+def _require_t5x():
+    """Skips where T5X is not installed (it is not on PyPI); fails in CI, where it must be."""
+    try:
+        import t5x.train  # noqa: F401
+    except ImportError as e:
+        if T5X_EXPECTED:
+            pytest.fail(f"CI=true and {SHARED_WHEELS} exists, but t5x does not import ({e}): "
+                        f"scripts/env.sh should have installed it from the wheels.")
+        pytest.skip(f"T5X is not installed (not on PyPI): {e}")
 B, N, L = 2, 8, 5                                  # batch, encoder length, decoder length
 
 
@@ -81,16 +99,19 @@ def test_missing_t5x_gives_an_install_hint(monkeypatch):
         ct.nope
 
 
-def test_module_has_encoder_decoders_parameters(setup):
+def test_module_params_are_what_coda_flax_checkpoints_hold(setup):
+    """T5X initialises with float32 token arrays; the parameters must still be exactly the
+    names and shapes of coda_flax's checkpoint format (expected_shapes: an independent table),
+    which save_t5x_checkpoint / `coda convert` write and read, and nothing else may be in the
+    variables (T5X would treat another collection as mutable training state)."""
+    from coda_flax.checkpoints.tree import expected_shapes, flatten_params
+
     config, _, variables, params = setup
-    ref = EncoderDecoder(config).init(jax.random.PRNGKey(0), jnp.ones((B, N), jnp.int32),
-                                      jnp.ones((B, L), jnp.int32))
-    ours = traverse_util.flatten_dict(params)
-    theirs = traverse_util.flatten_dict(nn.meta.unbox(ref["params"]))
-    assert sorted(ours) == sorted(theirs)
-    for k in ours:                                  # same initialisation, same names
-        np.testing.assert_array_equal(ours[k], theirs[k])
-    assert set(variables) == {"params"}             # nothing else for T5X's train state
+    flat = {k: tuple(np.shape(v)) for k, v in flatten_params(params).items()}
+    assert flat == expected_shapes(config)
+    assert "encoder/layers_0/router/kernel" in flat and "encoder/layers_0/adapter/up/kernel" in flat
+    assert set(variables) == {"params"}
+    assert all(v.dtype == jnp.float32 for v in jax.tree_util.tree_leaves(params))
 
 
 def test_module_called_like_t5x_matches_encoder_decoder(setup):
@@ -205,10 +226,74 @@ def test_rules_name_every_axis_t5x_does_not_know():
         boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)) for n in leaf.names}
     t5x_standard = {"vocab", "embed", "mlp", "heads", "kv", "relpos_buckets"}
     assert names - t5x_standard == set(FACTOR_RULES) == {n for n, _ in AXIS_RULES}
-    # gin/t5x/coda_model.gin binds the same partitioning rules.
-    text = open(MODEL_GIN).read()
-    literal = re.search(r"additional_rules = (\[.*\])", text).group(1)
-    assert tuple(map(tuple, ast.literal_eval(literal))) == AXIS_RULES
+    # coda_model.gin binds axis_rules(MODEL_CONFIG): kv heads shard unless there is only one.
+    assert "additional_rules = @coda_t5x.axis_rules()" in open(MODEL_GIN).read()
+    assert dict(axis_rules(lora)) == {"kv_heads": "model", "adapter": "model", "lora_rank": None}
+    mqa = ModelConfig.from_preset("paper_text_base")
+    assert dict(axis_rules(mqa)) == {"kv_heads": None, "adapter": "model", "lora_rank": None}
+
+
+SHARDING_SCRIPT = r"""
+import json, sys
+import jax, jax.numpy as jnp
+from coda_flax import CodaConfig, tiny_config
+from coda_flax.t5x import T5XEncoderDecoder, axis_rules, split_axes
+from coda_flax.train import partitioning
+assert jax.device_count() == 8, jax.devices()
+config = tiny_config(CodaConfig(reduction=2, adapter_dim=8), num_heads=4, num_kv_heads=4)
+tokens = jnp.ones((1, 8), jnp.int32)
+boxed = jax.eval_shape(lambda: T5XEncoderDecoder(config).init(jax.random.PRNGKey(0), tokens,
+                                                             tokens[:, :4]))["params"]
+names = ["encoder/layers_0/adapter/down/kernel", "encoder/layers_0/adapter/up/kernel",
+         "encoder/layers_0/attention/key/kernel", "encoder/layers_0/attention/value/kernel",
+         "decoder/layers_0/encoder_decoder_attention/key/kernel"]
+def pick(tree):
+    from flax import traverse_util
+    flat = traverse_util.flatten_dict(tree, sep="/")
+    return {n: flat[n] for n in names}
+mesh = partitioning.make_mesh(num_partitions=4)                # ('data', 'model') = (2, 4)
+out = {"coda_flax": {n: [str(s.spec), s.is_fully_replicated] for n, s in pick(
+    partitioning.param_shardings(boxed, mesh)).items()}}
+if sys.argv[1] == "t5x":
+    from flax.core import freeze
+    from t5x import partitioning as t5x_partitioning
+    from t5x.train_state import InferenceState
+    rules = t5x_partitioning.standard_logical_axis_rules(additional_rules=axis_rules(config))
+    partitioner = t5x_partitioning.PjitPartitioner(num_partitions=4, logical_axis_rules=rules)
+    variables = split_axes({"params": boxed})
+    state = InferenceState.create(freeze(jax.tree_util.tree_map(
+        lambda x: jnp.zeros(x.shape, x.dtype), variables)))
+    axes = partitioner.get_mesh_axes(state).params
+    shardings = jax.tree_util.tree_map(lambda spec: jax.sharding.NamedSharding(
+        partitioner.mesh, spec), axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    out["t5x"] = {n: [str(s.spec), s.is_fully_replicated] for n, s in pick(shardings).items()}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_adapters_and_kv_projections_shard_under_model_parallelism():
+    """On 8 (virtual CPU) devices, a ('data', 'model') = (2, 4) mesh: adapter kernels and the
+    multi-head key / value projections are split over 'model' (not fully replicated), by
+    coda_flax's own partitioning rules and, where T5X is installed, by T5X's partitioner with
+    coda_model.gin's rules."""
+    try:
+        import t5x.partitioning  # noqa: F401
+        which = "t5x"
+    except ImportError:
+        if T5X_EXPECTED:
+            raise
+        which = "coda_flax"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+           "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT, which], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    import json
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert set(result) == ({"coda_flax", "t5x"} if which == "t5x" else {"coda_flax"})
+    for source, shardings in result.items():
+        for name, (spec, replicated) in shardings.items():
+            assert not replicated and "model" in spec, (source, name, spec)
 
 
 def test_model_config_for_gin():
@@ -222,16 +307,16 @@ def test_model_config_for_gin():
 # ------------------------------------------------------------------ with T5X installed
 @pytest.fixture(scope="module")
 def t5x_model():
-    pytest.importorskip("t5x", reason="T5X is not installed (not on PyPI)")
+    _require_t5x()
     import seqio
-    from t5x import adafactor, decoding, optimizers
+    from t5x import decoding
 
-    from coda_flax.t5x import CodaEncoderDecoderModel, logical_factor_rules
+    from coda_flax.t5x import (Adafactor, CodaEncoderDecoderModel, finetuning_optimizer,
+                               logical_factor_rules)
 
     vocab = seqio.ByteVocabulary()                              # 259 ids, no files needed
-    opt = optimizers.MultiOptimizer(((
-        traverse_util.ModelParamTraversal(param_filter("finetune")),
-        adafactor.Adafactor(decay_rate=0.8, logical_factor_rules=logical_factor_rules())),))
+    opt = finetuning_optimizer(
+        Adafactor(decay_rate=0.8, logical_factor_rules=logical_factor_rules()), "finetune")
     model = CodaEncoderDecoderModel(_config(), vocab, vocab, opt, z_loss=1e-4,
                                     decode_fn=decoding.temperature_sample)
     return model, opt
@@ -334,14 +419,16 @@ def test_gin_file_builds_the_model(t5x_model, tmp_path):
             gin.parse_config_files_and_bindings([str(override)], [])
             model = gin.query_parameter("%MODEL").scoped_configurable_fn()
             rules = gin.query_parameter(
-                "partitioning.standard_logical_axis_rules.additional_rules")
+                "partitioning.standard_logical_axis_rules.additional_rules"
+            ).scoped_configurable_fn()
         finally:
             gin.clear_config()
     assert isinstance(model, CodaEncoderDecoderModel)
     assert model.config.coda == CodaConfig(reduction=3, attention="k_to_all",
                                            router="soft_topk")
     assert model.config.dropout_rate == 0.1 and model.config.dtype == "bfloat16"
-    assert tuple(map(tuple, rules)) == AXIS_RULES
+    assert rules == axis_rules(model.config)
+    assert dict(rules) == {"kv_heads": None, "adapter": "model", "lora_rank": None}  # 1 kv head
 
 
 def test_save_t5x_checkpoint_is_read_back_by_t5x(t5x_model, tmp_path):
@@ -367,7 +454,7 @@ def test_save_t5x_checkpoint_is_read_back_by_t5x(t5x_model, tmp_path):
 
 
 def test_tasks_module_registers_the_paper_tasks_for_t5x(monkeypatch):
-    pytest.importorskip("t5x", reason="T5X is not installed (keeps the default suite fast)")
+    _require_t5x()
     import importlib
 
     import seqio
@@ -377,3 +464,195 @@ def test_tasks_module_registers_the_paper_tasks_for_t5x(monkeypatch):
     assert "coda_rte" in module.REGISTERED
     vocab = seqio.get_mixture_or_task("coda_rte").output_features["inputs"].vocabulary
     assert vocab.sentencepiece_model_file == module.T5_VOCAB
+    from coda_flax.t5x import vocabulary
+    assert vocab == vocabulary() and vocab.extra_ids == 100
+    assert "100extra" not in open(MODEL_GIN).read()          # the vocabulary comes from code
+
+
+# ------------------------------------------------------- T5X's own train.py / eval.py / infer.py
+# A tiny CoDA r = 3 model converted from a random dense one, on the offline Shakespeare play
+# task (a synthetic corpus: no downloads), driven by `python -m t5x.train / eval / infer` with
+# the packaged gin files. k anneals over 6 steps: k_schedule(64, 3, 6, 0.5, 3) = 64, 64, 43, 22..
+STEPS, STOP = 6, 3
+K_FLAGS = ["--gin.K_SCHEDULE_STEPS=6", "--gin.K_ANNEAL_FRACTION=0.5", "--gin.K_ANNEAL_STAGES=3"]
+TINY = dict(vocab_size=8192, d_model=32, num_heads=4, num_kv_heads=4, head_dim=8, d_ff=64,
+            num_encoder_layers=2, num_decoder_layers=2, relative_attention_num_buckets=8,
+            relative_attention_max_distance=32)
+
+
+def _t5x_command(script, run_file, *flags, train=False):
+    import t5x
+
+    configs = os.path.join(os.path.dirname(t5x.__file__), "configs")
+    gin = ["coda_model.gin", run_file] + (["coda_trainer.gin", "init_from_params.gin"]
+                                          if train else []) + ["tiny_offline.gin"]
+    return [sys.executable, "-m", f"t5x.{script}", f"--gin_search_paths={GIN_DIR},{configs}",
+            *[f"--gin_file={g}" for g in gin], *flags]
+
+
+def _start(cmd, env, log):
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT)
+
+
+def _wait(proc, log, what):
+    assert proc.wait(timeout=900) == 0, f"{what} failed:\n" + open(log).read()[-6000:]
+
+
+def _train_flags(model_dir, steps, init):
+    return [f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}",
+            f"--gin.INITIAL_CHECKPOINT_PATH='{init}'", *K_FLAGS,
+            "--gin.utils.SaveCheckpointConfig.period=3", "--gin.train.gc_period=1",
+            "--gin.train.train_eval_dataset_cfg=None", "--gin.train.infer_eval_dataset_cfg=None",
+            "--gin.utils.create_learning_rate_scheduler.warmup_steps=0",
+            "--gin.utils.create_learning_rate_scheduler.base_learning_rate=0.01"]
+
+
+def _train_metrics(log):
+    """{step: {metric: value}} from T5X's per-epoch (here per-step) train summaries."""
+    out = {}
+    for step, fields in re.findall(r"\] \[(\d+)\] collection=train (accuracy=.*)", open(log).read()):
+        out[int(step)] = {k: float(v) for k, v in re.findall(r"([\w/]+)=([-0-9.e+]+)", fields)}
+    return out
+
+
+@pytest.fixture(scope="module")
+def t5x_run(tmp_path_factory):
+    """Runs once: convert, train uninterrupted | train to STOP then resume, eval and infer."""
+    _require_t5x()
+    import flax.linen as nn
+
+    from corpus_helpers import prepared_corpus
+
+    from coda_flax.checkpoints.convert import dense_to_coda
+    from coda_flax.checkpoints.native import save_checkpoint
+    from coda_flax.t5x.__main__ import main as to_t5x
+
+    t0 = time.time()
+    root = tmp_path_factory.mktemp("t5x_run")
+    prepared_corpus(root, vocab_size=300)
+    dense = ModelConfig(**TINY)
+    tokens = jnp.ones((1, 8), jnp.int32)
+    params = nn.meta.unbox(EncoderDecoder(dense).init(jax.random.PRNGKey(0), tokens,
+                                                      tokens[:, :4])["params"])
+    coda = CodaConfig(reduction=3, adapter_dim=8)
+    params = dense_to_coda(params, coda, 1, model_config=dense)
+    save_checkpoint(str(root / "coda"), params, dense.replace(coda=coda))
+    assert to_t5x([str(root / "coda"), str(root / "coda_t5x")]) == 0
+    init = str(root / "coda_t5x" / "checkpoint_0")
+
+    # One persistent compilation cache: a later process reuses what an earlier one compiled.
+    env = {**os.environ, "CODA_DATA_DIR": str(root), "JAX_PLATFORMS": "cpu",
+           "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    env.pop("CODA_VOCAB", None)
+    logs = {k: str(root / f"{k}.log") for k in ("full", "stop", "resume", "eval", "infer")}
+    full, stopped = str(root / "full"), str(root / "stopped")
+
+    def train(model_dir, steps, log):
+        return _start(_t5x_command("train", "runs/finetune.gin",
+                                   *_train_flags(model_dir, steps, init), train=True), env, log)
+
+    # Two phases of two or three processes each (the machine has few cores):
+    # 1. the uninterrupted run | the run stopped at STOP;
+    # 2. the resumed run | t5x.eval and t5x.infer on the uninterrupted run's final checkpoint
+    #    (whose parameters the resumed run must reproduce: checked below).
+    phase = [(train(full, STEPS, logs["full"]), logs["full"], "uninterrupted run"),
+             (train(stopped, STOP, logs["stop"]), logs["stop"], "stopped run")]
+    for proc, log, what in phase:
+        _wait(proc, log, what)
+    assert os.path.isdir(os.path.join(stopped, f"checkpoint_{STOP}"))
+    assert not os.path.exists(os.path.join(stopped, f"checkpoint_{STEPS}"))
+    checkpoint = os.path.join(full, f"checkpoint_{STEPS}")
+    split = ["--gin.utils.DatasetConfig.split='validation'",
+             "--gin.utils.DatasetConfig.batch_size=8"]
+    phase = [(train(stopped, STEPS, logs["resume"]), logs["resume"], "resumed run"),
+             (_start(_t5x_command("eval", "runs/eval.gin", f"--gin.CHECKPOINT_PATH='{checkpoint}'",
+                                  f"--gin.EVAL_OUTPUT_DIR='{root / 'eval'}'", *split),
+                     env, logs["eval"]), logs["eval"], "t5x.eval"),
+             (_start(_t5x_command("infer", "runs/infer.gin", f"--gin.CHECKPOINT_PATH='{checkpoint}'",
+                                  f"--gin.INFER_OUTPUT_DIR='{root / 'infer'}'", *split),
+                     env, logs["infer"]), logs["infer"], "t5x.infer")]
+    for proc, log, what in phase:
+        _wait(proc, log, what)
+    print(f"t5x_run: {time.time() - t0:.0f}s")
+    return dict(root=root, logs=logs, full=full, stopped=stopped, params=params,
+                config=dense.replace(coda=coda))
+
+
+def _checkpoint_params(path):
+    from coda_flax.checkpoints.t5x import read_t5x
+    from coda_flax.checkpoints.tree import flatten_params
+
+    return {k: np.asarray(v) for k, v in flatten_params(read_t5x(path)).items()}
+
+
+def test_t5x_train_resumes_with_the_losses_of_an_uninterrupted_run(t5x_run):
+    logs = t5x_run["logs"]
+    full, stop, resume = (_train_metrics(logs[k]) for k in ("full", "stop", "resume"))
+    assert sorted(full) == list(range(1, STEPS + 1)), full.keys()
+    assert sorted(stop) == list(range(1, STOP + 1))
+    assert sorted(resume) == list(range(STOP + 1, STEPS + 1))
+    assert "Starting main loop over steps 3-6" in open(logs["resume"]).read()
+    for step in range(1, STEPS + 1):
+        got = (stop if step <= STOP else resume)[step]
+        for name in ("loss", "cross_ent_loss", "coda/k"):
+            np.testing.assert_allclose(got[name], full[step][name], rtol=1e-6,
+                                       err_msg=f"{name} at step {step}")
+    losses = [full[s]["loss"] for s in range(1, STEPS + 1)]
+    assert len(set(losses)) > 1                               # it trains: the loss moves
+    # The parameters the two runs end with are the same.
+    a = _checkpoint_params(os.path.join(t5x_run["full"], f"checkpoint_{STEPS}"))
+    b = _checkpoint_params(os.path.join(t5x_run["stopped"], f"checkpoint_{STEPS}"))
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_t5x_train_anneals_k_in_stages(t5x_run):
+    from coda_flax.train.optimizer import k_at, k_schedule
+
+    stages = k_schedule(64, 3, STEPS, 0.5, 3)
+    assert [s.k for s in stages] == [64, 43, 22]
+    full = _train_metrics(t5x_run["logs"]["full"])
+    # The summary of step s covers train step s - 1 (T5X's step counter is the one after it).
+    assert [full[s]["coda/k"] for s in range(1, STEPS + 1)] == \
+        [k_at(stages, s - 1) for s in range(1, STEPS + 1)] == [64, 64, 43, 22, 22, 22]
+
+
+def test_t5x_train_keeps_the_backbone_bit_identical(t5x_run):
+    from coda_flax.checkpoints.tree import flatten_params
+
+    start = {k: np.asarray(v) for k, v in flatten_params(t5x_run["params"]).items()}
+    end = _checkpoint_params(os.path.join(t5x_run["stopped"], f"checkpoint_{STEPS}"))
+    assert sorted(start) == sorted(end)
+    moved = {k for k in start if not np.array_equal(start[k], end[k])}
+    trainable = {k for k in start if param_group(k) != "backbone"}
+    assert moved <= trainable
+    assert {k for k in moved if "router" in k} and {k for k in moved if "adapter/up" in k}
+
+
+def test_t5x_eval_and_infer_write_predictions(t5x_run):
+    """On the final checkpoint (the uninterrupted run's: the resumed run ends with the same
+    parameters, test_t5x_train_resumes_with_the_losses_of_an_uninterrupted_run)."""
+    import glob
+    import json
+
+    root = t5x_run["root"]
+    evals = glob.glob(str(root / "eval" / "inference_eval" / "coda_shakespeare_play-*.jsonl"))
+    metrics = glob.glob(str(root / "eval" / "inference_eval" / "*metrics*.jsonl"))
+    assert evals and metrics, os.listdir(root / "eval")
+    assert "accuracy" in open(metrics[0]).read()
+    preds = glob.glob(str(root / "infer" / "coda_shakespeare_play-*.jsonl*"))
+    assert preds, os.listdir(root / "infer")
+    rows = [json.loads(line) for line in open(preds[0])]
+    assert len(rows) == _validation_size(root) and all("prediction" in r for r in rows)
+    assert {r["inputs"].split(":")[0] for r in rows if isinstance(r["inputs"], str)} <= \
+        {"shakespeare play"}
+
+
+def _validation_size(root):
+    import json
+
+    path = os.path.join(root, "shakespeare", "play_passages.jsonl")
+    return sum(json.loads(line).get("split") == "validation" for line in open(path))

@@ -1,6 +1,6 @@
 """CodaEncoderDecoderModel: CoDA as a `t5x.models.EncoderDecoderModel` (needs T5X installed).
 
-    MODEL = @coda_t5x.CodaEncoderDecoderModel()          # gin/t5x/coda_model.gin
+    MODEL = @coda_t5x.CodaEncoderDecoderModel()          # coda_flax/t5x/gin/coda_model.gin
     coda_t5x.CodaEncoderDecoderModel.config = @coda_t5x.model_config()
 
 Everything T5X does with a model (loss_fn, eval_fn, score_batch, predict_batch_with_aux with
@@ -16,10 +16,14 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping, Optional
 
+import jax
+import jax.numpy as jnp
 from flax import core as flax_core
+from flax import struct as flax_struct
+from jax.sharding import PartitionSpec
 
 from coda_flax.config import ModelConfig
-from coda_flax.t5x.module import FACTOR_RULES, T5XEncoderDecoder, split_axes
+from coda_flax.t5x.module import FACTOR_RULES, T5XEncoderDecoder, param_filter, split_axes
 
 INSTALL_HINT = ("T5X is not on PyPI; install it from source, e.g. `pip install "
                 "'t5x @ git+https://github.com/google-research/t5x'` (or `git clone "
@@ -37,6 +41,7 @@ def _import_t5x():
         import t5x.adafactor
         import t5x.decoding
         import t5x.models
+        import t5x.optimizers
     except ImportError as e:
         raise ImportError(f"coda_flax.t5x: importing t5x failed ({e}); T5X is installed but "
                           f"one of its dependencies is missing or incompatible. "
@@ -46,7 +51,8 @@ def _import_t5x():
 
 t5x = _import_t5x()
 
-__all__ = ["CodaEncoderDecoderModel", "logical_factor_rules", "save_t5x_checkpoint"]
+__all__ = ["CodaEncoderDecoderModel", "logical_factor_rules", "save_t5x_checkpoint",
+           "Adafactor", "NoUpdate", "finetuning_optimizer"]
 
 
 class CodaEncoderDecoderModel(t5x.models.EncoderDecoderModel):
@@ -109,6 +115,84 @@ def logical_factor_rules():
     for name, dim in FACTOR_RULES.items():
         rules.setdefault(name, adafactor.factor_name_to_factordim(dim))
     return flax_core.freeze(rules)
+
+
+class Adafactor(t5x.adafactor.Adafactor):
+    """t5x.adafactor.Adafactor whose factorisation rules (from `logical_factor_rules`) name the
+    heuristic rule for parameters of rank <= 2 without a batch dimension.
+
+    T5X applies its heuristics (factor the two largest dimensions) to those whatever the logical
+    rule says, logging "... the provided factor rule ... is ignored" once per parameter; here
+    they get that heuristic rule explicitly: the same optimizer, without the dozens of warnings.
+    The rank-3 attention kernels keep their logical rules (embed = row, heads / kv = column).
+    """
+
+    def set_param_axes(self, param_logical_axes):
+        super().set_param_axes(param_logical_axes)
+        factor_map = self.hyper_params.factor_map
+        if not factor_map:
+            return
+        adafactor = t5x.adafactor
+
+        def rule(value):
+            if (isinstance(value, tuple) and len(value) <= 2
+                    and adafactor.FactorDim.BATCH not in value):
+                return adafactor.HEURISTIC_RULE
+            return value
+
+        self.hyper_params = self.hyper_params.replace(
+            factor_map={path: rule(value) for path, value in factor_map.items()})
+
+
+@flax_struct.dataclass
+class _NoUpdateHyperParams:
+    learning_rate: Any = None       # T5X's trainer sets it on every optimizer; unused
+
+
+class NoUpdate(t5x.optimizers.OptimizerDef):
+    """Leaves its parameters unchanged (the frozen backbone of `finetuning_optimizer`).
+
+    It keeps a 0-d placeholder as each parameter's state instead of T5X MultiOptimizer's `None`
+    for parameters no sub-optimizer selects: orbax writes `None` leaves without data, and T5X's
+    restore then fails to read them (NOT_FOUND ... param_states.<frozen parameter>) when a
+    finetuning run resumes from its checkpoint. With a state per parameter the checkpoint
+    round-trips; the cost is one float per frozen parameter tensor.
+    """
+
+    def __init__(self):
+        super().__init__(_NoUpdateHyperParams())
+
+    def init_state(self, params):
+        placeholders = jax.tree_util.tree_map(lambda _: jnp.zeros((), jnp.float32), params)
+        return t5x.optimizers.OptimizerState(jnp.asarray(0, jnp.int32), placeholders)
+
+    def apply_gradient(self, hyper_params, params, state, grads):
+        del hyper_params, grads
+        return params, t5x.optimizers.OptimizerState(state.step + 1, state.param_states)
+
+    def derive_logical_axes(self, optimizer, param_logical_axes):
+        """Placeholders are replicated (an empty PartitionSpec each)."""
+        axes = jax.tree_util.tree_map(lambda _: PartitionSpec(), optimizer.state.param_states)
+        return optimizer.replace(
+            state=optimizer.state.replace(param_states=axes),  # step, as T5X's optimizers
+            target=param_logical_axes)
+
+
+def finetuning_optimizer(optimizer, trainable: str = "finetune"):
+    """`optimizer` (e.g. Adafactor) on the parameters `param_filter(trainable)` selects, the
+    others frozen (`NoUpdate`): coda_model.gin's OPTIMIZER.
+
+    A t5x.optimizers.MultiOptimizer of (selected, optimizer) and (the rest, NoUpdate()); with
+    trainable="all" it is `optimizer` alone.
+    """
+    selected = param_filter(trainable)
+    if trainable == "all":
+        return optimizer
+    from flax import traverse_util
+    return t5x.optimizers.MultiOptimizer((
+        (traverse_util.ModelParamTraversal(selected), optimizer),
+        (traverse_util.ModelParamTraversal(lambda path, value: not selected(path, value)),
+         NoUpdate())))
 
 
 def save_t5x_checkpoint(params: Mapping[str, Any], config: ModelConfig, directory: str, *,

@@ -42,16 +42,28 @@ from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.model import EncoderDecoder
 
 __all__ = ["T5XEncoderDecoder", "model_config", "split_axes", "param_filter", "AXIS_RULES",
-           "FACTOR_RULES"]
+           "FACTOR_RULES", "axis_rules"]
 
-# Logical axis -> mesh axis, for the names t5x.partitioning.standard_logical_axis_rules lacks.
-# Key / value heads stay replicated: with multi-query attention (the paper's models) there is a
-# single one, which no 'model' axis divides.
+# Logical axis -> mesh axis, for the names t5x.partitioning.standard_logical_axis_rules lacks:
+# adapters shard their width over 'model' like the MLP, key / value heads like the query heads
+# (coda_flax.train.partitioning.STANDARD_RULES does the same). A multi-query model (one key /
+# value head: the paper's presets) cannot split its single head, so `axis_rules(config)`, which
+# coda_model.gin binds, replicates kv_heads there.
 AXIS_RULES: tuple[tuple[str, str | None], ...] = (
-    ("kv_heads", None),
-    ("adapter", None),
+    ("kv_heads", "model"),
+    ("adapter", "model"),
     ("lora_rank", None),
 )
+
+
+def axis_rules(config: ModelConfig | None = None) -> list[tuple[str, str | None]]:
+    """AXIS_RULES for `config` (gin: partitioning.standard_logical_axis_rules.additional_rules):
+    kv_heads replicated when the model has a single key / value head (multi-query)."""
+    rules = dict(AXIS_RULES)
+    if config is not None and config.num_kv_heads == 1:
+        rules["kv_heads"] = None
+    return list(rules.items())
+
 
 # Logical axis -> Adafactor factor dimension ("row" | "column" | "none"), for the names
 # t5x.adafactor.standard_logical_factor_rules lacks (it raises KeyError on unknown names).
@@ -166,3 +178,4 @@ def _train_all(path: str, value: Any) -> bool:
 def _train_finetune_groups(path: str, value: Any) -> bool:
     del value
     return param_group(path) in FINETUNE_GROUPS
+

@@ -1,7 +1,8 @@
 """Sharding over a ('data', 'model') mesh from the parameters' logical axis names.
 
-Like T5X's standard_logical_axis_rules: batch over 'data'; heads, mlp, vocab over 'model';
-everything else replicated. A logical dimension that does not divide its mesh axis is
+Like T5X's standard_logical_axis_rules: batch over 'data'; heads, key / value heads, mlp, vocab
+and the adapter width over 'model' (adapters shard like the MLP, key / value projections like
+the query heads); everything else replicated. A logical dimension that does not divide its mesh axis is
 replicated instead (e.g. a single multi-query key / value head), so any preset shards on any
 mesh. `initialize_distributed` joins the processes of a multi-host job.
 """
@@ -25,7 +26,7 @@ STANDARD_RULES: LogicalRules = (
     ("kv", None),
     ("length", None),
     ("relpos_buckets", None),
-    ("adapter", None),
+    ("adapter", "model"),
     ("lora_rank", None),
 )
 
