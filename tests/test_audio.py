@@ -7,10 +7,10 @@ import wave
 import jax
 import numpy as np
 import pytest
+import soundfile
+import tensorflow as tf
 
 from coda_flax import audio
-
-tf = pytest.importorskip("tensorflow")
 
 
 def _tf_log_mel(x, sample_rate=16000, num_mel_bins=80, frame_length=400, frame_step=160,
@@ -148,7 +148,6 @@ def test_read_raw_pcm(tmp_path):
 
 
 def test_read_flac(tmp_path):
-    soundfile = pytest.importorskip("soundfile")
     x = (0.25 * np.sin(np.arange(1600) / 5.0)).astype(np.float32)
     soundfile.write(str(tmp_path / "x.flac"), x, 16000, subtype="PCM_16")
     y, sr = audio.read_audio(str(tmp_path / "x.flac"))

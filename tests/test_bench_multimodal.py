@@ -85,10 +85,7 @@ def test_audio_seconds_to_frames():
     for bad in (0, 0.01, -1, float("nan"), True):
         with pytest.raises(ValueError, match="seconds"):
             bench.audio_frames(bad)
-    try:
-        from coda_flax import audio
-    except ImportError:
-        return
+    from coda_flax import audio
     for seconds in (0.025, 1.0, 10, 30):
         assert bench.audio_frames(seconds) == audio.num_frames(round(seconds * 16000))
 
@@ -232,7 +229,7 @@ def test_paper_speedups():
 
 
 def test_paper_speedups_match_configs_table6():
-    table6 = pytest.importorskip("configs.table6")
+    from configs import table6
     quoted = {row["reduction"]: row["paper"]["ocrvqa_speedup"] for row in table6.ROWS
               if row["reduction"] is not None}
     assert bench.PAPER_SPEEDUPS["pix2struct"]["speedups"] == quoted
@@ -288,7 +285,6 @@ def test_table_columns_for_images_and_audio():
 
 
 def test_plot_with_paper_stars(tmp_path):
-    pytest.importorskip("matplotlib")
     rows = [_row(r=r, paper_speedup=p, measured_speedup=m, flop_speedup=f)
             for r, p, m, f in ((1, None, 1.0, 1.0), (8, 8.0, 7.0, 7.5), (16, 13.5, 11.0, 13.0))]
     rows += [_row(preset="speech_base", input="frames", input_length=998, audio_seconds=10.0,

@@ -6,14 +6,13 @@ import itertools
 import jax
 import numpy as np
 import pytest
+import torch
 from flax.core import meta
 
 from coda_flax.config import CodaConfig, tiny_config
 from coda_flax.train.ctc_model import CodaCtcModel, make_model
 from coda_flax.train.t5_model import CodaT5Model
 from coda_flax.train.trainer import Trainer, TrainerConfig
-
-torch = pytest.importorskip("torch")
 
 MEL = 6
 AUDIO = dict(encoder_input="frames", num_mel_bins=MEL, conv_channels=4, head="ctc",

@@ -11,17 +11,18 @@ import random
 import sys
 import tarfile
 
+import jiwer
 import numpy as np
 import pytest
+import seqio
+import soundfile
+import tensorflow as tf
 
-tf = pytest.importorskip("tensorflow")
-seqio = pytest.importorskip("seqio")
-
-from coda_flax import audio  # noqa: E402
-from coda_flax.tasks import metrics  # noqa: E402
-from coda_flax.tasks import speech  # noqa: E402
-from coda_flax.tasks import speech_data as sd  # noqa: E402
-from coda_flax.tasks.features import ContinuousEncDecFeatureConverter  # noqa: E402
+from coda_flax import audio
+from coda_flax.tasks import metrics
+from coda_flax.tasks import speech
+from coda_flax.tasks import speech_data as sd
+from coda_flax.tasks.features import ContinuousEncDecFeatureConverter
 
 LENGTHS = {"inputs": 400, "targets": 64}
 
@@ -339,7 +340,6 @@ LIBRI = {
 
 @pytest.fixture(scope="module")
 def librispeech_dir(tmp_path_factory):
-    soundfile = pytest.importorskip("soundfile")
     base = tmp_path_factory.mktemp("libri")
     for split, chapters in LIBRI.items():
         for (spk, chap), lines in chapters.items():
@@ -418,7 +418,6 @@ def test_prepare_librispeech(librispeech_dir, tmp_path):
 # ----------------------------------------------------------------------------- metrics
 
 def test_wer_cer_match_jiwer():
-    jiwer = pytest.importorskip("jiwer")
     rng = random.Random(0)
     words = "the a cat sat on mat dog ran far away".split()
     refs, hyps = [], []

@@ -9,16 +9,15 @@ import zipfile
 
 import numpy as np
 import pytest
+import seqio
+import tensorflow as tf
+import tensorflow_datasets as tfds
 
-tf = pytest.importorskip("tensorflow")
-tfds = pytest.importorskip("tensorflow_datasets")
-seqio = pytest.importorskip("seqio")
-
-from corpus_helpers import WORDS, synthetic_corpus  # noqa: E402
-from coda_flax import tasks  # noqa: E402
-from coda_flax.tasks import metrics, shakespeare  # noqa: E402
-from coda_flax.tasks import span_corruption as sc  # noqa: E402
-from coda_flax.tasks.vocab import get_vocabulary, train_sentencepiece  # noqa: E402
+from corpus_helpers import WORDS, synthetic_corpus
+from coda_flax import tasks
+from coda_flax.tasks import metrics, shakespeare
+from coda_flax.tasks import span_corruption as sc
+from coda_flax.tasks.vocab import get_vocabulary, train_sentencepiece
 
 
 EXAMPLE_TEXT = [

@@ -12,17 +12,14 @@ import zipfile
 
 import numpy as np
 import pytest
+import seqio
+from PIL import Image
 
-tf = pytest.importorskip("tensorflow")
-seqio = pytest.importorskip("seqio")
-PIL = pytest.importorskip("PIL")
-from PIL import Image  # noqa: E402
-
-from corpus_helpers import WORDS  # noqa: E402
-from coda_flax import patches as P  # noqa: E402
-from coda_flax.tasks import vision, vision_data  # noqa: E402
-from coda_flax.tasks.features import ContinuousEncDecFeatureConverter  # noqa: E402
-from coda_flax.tasks.vision_data import MissingVisionDataError  # noqa: E402
+from corpus_helpers import WORDS
+from coda_flax import patches as P
+from coda_flax.tasks import vision, vision_data
+from coda_flax.tasks.features import ContinuousEncDecFeatureConverter
+from coda_flax.tasks.vision_data import MissingVisionDataError
 
 QUIET = dict(log=lambda s: None)
 MAX_PATCHES = 48
@@ -49,10 +46,9 @@ def _shape_image(seed, size=64):
 
 @pytest.fixture(scope="module")
 def fonts():
-    try:
-        return vision_data.find_fonts(download=False, **QUIET)
-    except MissingVisionDataError as e:
-        pytest.skip(str(e))
+    # No skip: find_fonts falls back to the DejaVu copy that matplotlib (a test dependency)
+    # bundles, so a missing font is a broken environment or a broken find_fonts.
+    return vision_data.find_fonts(download=False, **QUIET)
 
 
 # ----------------------------------------------------------------------------- easy-VQA wheel

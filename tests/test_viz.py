@@ -213,7 +213,6 @@ def test_cli_errors(tmp_path, capsys, monkeypatch):
 @pytest.fixture(scope="module")
 def checkpoint_and_vocab(tmp_path_factory, model):
     """A saved tiny CoDA checkpoint (vocab_size 512) and a tiny SentencePiece model."""
-    pytest.importorskip("seqio")
     from coda_flax.checkpoints import expected_shapes, save_checkpoint, unflatten_params
     from coda_flax.tasks.vocab import train_sentencepiece
 
@@ -339,10 +338,7 @@ def test_patch_image_undoes_standardisation_and_matches_unpatchify():
     patches = _patches(ids, pix, channels=3, n=14)
     np.testing.assert_allclose(viz.patch_image(patches, P), page, atol=1e-6)
     np.testing.assert_allclose(viz._unpatchify(patches, P, 3, (4, 3)), std, atol=1e-6)
-    try:
-        from coda_flax.patches import unpatchify
-    except ImportError:
-        return
+    from coda_flax.patches import unpatchify
     np.testing.assert_allclose(unpatchify(patches, patch_size=P, channels=3), std, atol=1e-6)
 
 
@@ -459,7 +455,6 @@ def _write_page(path):
 
 
 def test_cli_image(tmp_path, capsys):
-    pytest.importorskip("coda_flax.patches", reason="coda_flax.patches (patchify) is missing")
     from coda_flax import patches as patching
     page = _write_page(tmp_path / "page.png")
     out = tmp_path / "viz"
@@ -489,8 +484,7 @@ def test_cli_image(tmp_path, capsys):
 
 
 def test_cli_audio(tmp_path, capsys):
-    audio = pytest.importorskip("coda_flax.audio",
-                                reason="coda_flax.audio (frame_features) is missing")
+    from coda_flax import audio
     from coda_flax.viz_cli import synthetic_utterance
     audio.write_wav(str(tmp_path / "a.wav"), synthetic_utterance(1.0, seed=2))
     out = tmp_path / "viz"
@@ -530,7 +524,6 @@ def test_cli_input_errors(tmp_path, capsys):
 
 def test_cli_pix2struct_random_init(tmp_path):
     """The paper's vision preset without a checkpoint (one of its 18 layers, 64 patches)."""
-    pytest.importorskip("coda_flax.patches", reason="coda_flax.patches (patchify) is missing")
     out = tmp_path / "viz"
     assert _cli(["--random-init", "--preset", "pix2struct", "--num-layers", "1",
                  "--max-patches", "64", "--reduction", "8", "--output", str(out)]) == 0
