@@ -350,6 +350,49 @@ def test_t5x_model_trains_only_finetuning_parameters(t5x_model):
     assert moved <= trainable
 
 
+@pytest.mark.filterwarnings("ignore:.*Traversal.*:DeprecationWarning")
+def test_coda_trainer_differentiates_only_the_trained_parameters(t5x_model, monkeypatch):
+    """CodaTrainer hands T5X's gradient accumulation the trained parameters only (the frozen
+    backbone is a constant of the loss), updates exactly those, and routes the k of its stage."""
+    from t5x import partitioning as t5x_partitioning
+    from t5x import train_state as train_state_lib
+
+    from coda_flax.t5x import CodaTrainer
+    from coda_flax.t5x import trainer as coda_trainer
+
+    model, opt = t5x_model
+    shapes = {"encoder_input_tokens": (B, N), "decoder_input_tokens": (B, L)}
+    state = train_state_lib.FlaxOptimTrainState.create(
+        opt, model.get_initial_variables(jax.random.PRNGKey(0), shapes))
+    partitioner = t5x_partitioning.PjitPartitioner(num_partitions=1)
+    axes = partitioner.get_mesh_axes(state)
+    differentiated = []
+    accumulate = coda_trainer.trainer_lib.accumulate_grads_microbatched
+
+    def spy(model_, train_state, *args, **kwargs):
+        differentiated.append(set(train_state.params))
+        return accumulate(model_, train_state, *args, **kwargs)
+
+    monkeypatch.setattr(coda_trainer.trainer_lib, "accumulate_grads_microbatched", spy)
+    trainer = CodaTrainer(model, state, partitioner, eval_names=[], summary_dir=None,
+                          train_state_axes=axes, rng=jax.random.PRNGKey(3),
+                          learning_rate_fn=lambda step: 1e-2, num_microbatches=None,
+                          k_schedule_steps=4, k_anneal_fraction=0.5, k_anneal_stages=2)
+    before = {k: np.array(v) for k, v in traverse_util.flatten_dict(state.params,
+                                                                    sep="/").items()}
+    trainable = {k for k in before if param_group(k) != "backbone"}
+    assert trainer.trained == trainable
+    batch = {k: jnp.asarray(v) for k, v in _batch().items()}
+    summary = trainer.train(iter([batch] * 4), 4).result()
+    assert differentiated and all(d == trainable for d in differentiated)
+    # stages over 4 steps: k = N until step 2, then ceil(N / 2); one compilation each
+    assert [s.k for s in trainer.stages] == [N, 4] and set(trainer._steps) == {N, 4}
+    assert float(summary["coda/k"].value) == 4 and int(trainer.train_state.step) == 4
+    after = traverse_util.flatten_dict(trainer.train_state.params, sep="/")
+    moved = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert moved <= trainable and {k for k in moved if "router" in k}
+
+
 def test_t5x_model_scores_and_decodes_like_coda_t5_model(t5x_model):
     from coda_flax.train.t5_model import CodaT5Model
 
