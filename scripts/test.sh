@@ -11,7 +11,9 @@ for a in "$@"; do
   if [ "$a" = "--slow" ]; then MARK=(); else ARGS+=("$a"); fi
 done
 set +e
-python -m pytest -n "${PYTEST_WORKERS:-2}" "${MARK[@]}" "${ARGS[@]}"
+# --dist loadgroup: tests marked xdist_group("name") share one worker (e.g. test_t5x.py's T5X
+# runs, made once per module); the others are spread as with the default --dist load.
+python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadgroup "${MARK[@]}" "${ARGS[@]}"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then echo "[test] pytest collected no tests: failing." >&2; exit 1; fi

@@ -1,11 +1,15 @@
-"""coda_flax.t5x: CoDA inside T5X's own EncoderDecoderModel / train.py.
+"""coda_flax.t5x: CoDA inside T5X's own EncoderDecoderModel / train.py / eval.py / infer.py.
 
 Without T5X: the module T5X drives is called exactly the way t5x/models.py calls it (init,
 _compute_logits, encode, _compute_kv_cache, _compute_logits_from_slice) and must match
 coda_flax.EncoderDecoder; the params_axes layout, the trainable-parameter filter, the rules
-and the lazy import are checked too. With T5X installed (pytest.importorskip), the real
-t5x.models.EncoderDecoderModel subclass trains, scores and decodes like CodaT5Model, the gin
-file builds it, and save_t5x_checkpoint writes a checkpoint T5X reads back.
+and the lazy import are checked too, and adapters / multi-head key-value kernels shard over
+'model' on 8 virtual devices. With T5X installed: the real t5x.models.EncoderDecoderModel
+subclass trains, scores and decodes like CodaT5Model, CodaTrainer differentiates only the
+trained parameters, the gin file builds the model, save_t5x_checkpoint writes a checkpoint T5X
+reads back, and T5X's own `t5x.train` (stopped and resumed), `t5x.eval` and `t5x.infer` run on
+a tiny offline example. Without T5X those skip, except in CI (CI=true with ../shared/wheels
+present, where scripts/env.sh installs T5X): there they fail.
 """
 
 import ast
@@ -559,6 +563,11 @@ def _train_metrics(log):
     return out
 
 
+# Under pytest-xdist (scripts/test.sh: --dist loadgroup) the tests sharing the module-scoped run
+# go to one worker, so it runs once.
+T5X_RUN_GROUP = pytest.mark.xdist_group("t5x_run")
+
+
 @pytest.fixture(scope="module")
 def t5x_run(tmp_path_factory):
     """Runs once: convert, train uninterrupted | train to STOP then resume, eval and infer."""
@@ -630,6 +639,7 @@ def _checkpoint_params(path):
     return {k: np.asarray(v) for k, v in flatten_params(read_t5x(path)).items()}
 
 
+@T5X_RUN_GROUP
 def test_t5x_train_resumes_with_the_losses_of_an_uninterrupted_run(t5x_run):
     logs = t5x_run["logs"]
     full, stop, resume = (_train_metrics(logs[k]) for k in ("full", "stop", "resume"))
@@ -652,6 +662,7 @@ def test_t5x_train_resumes_with_the_losses_of_an_uninterrupted_run(t5x_run):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7, err_msg=k)
 
 
+@T5X_RUN_GROUP
 def test_t5x_train_anneals_k_in_stages(t5x_run):
     from coda_flax.train.optimizer import k_at, k_schedule
 
@@ -663,6 +674,7 @@ def test_t5x_train_anneals_k_in_stages(t5x_run):
         [k_at(stages, s - 1) for s in range(1, STEPS + 1)] == [64, 64, 43, 22, 22, 22]
 
 
+@T5X_RUN_GROUP
 def test_t5x_train_keeps_the_backbone_bit_identical(t5x_run):
     from coda_flax.checkpoints.tree import flatten_params
 
@@ -675,6 +687,7 @@ def test_t5x_train_keeps_the_backbone_bit_identical(t5x_run):
     assert {k for k in moved if "router" in k} and {k for k in moved if "adapter/up" in k}
 
 
+@T5X_RUN_GROUP
 def test_t5x_eval_and_infer_write_predictions(t5x_run):
     """On the final checkpoint (the uninterrupted run's: the resumed run ends with the same
     parameters, test_t5x_train_resumes_with_the_losses_of_an_uninterrupted_run)."""
