@@ -42,5 +42,6 @@ def trainer(model_dir, total_steps=6, mesh=None, **kw):
     cfg = dict(model_dir=str(model_dir), total_steps=total_steps, learning_rate=0.01,
                checkpoint_every=2, log_every=1, k_anneal_fraction=0.5, k_anneal_stages=3,
                progress=False)
+    the_model = kw.pop("model", None) or model()
     cfg.update(kw)
-    return Trainer(kw.pop("model", None) or model(), TrainerConfig(**cfg), mesh=mesh)
+    return Trainer(the_model, TrainerConfig(**cfg), mesh=mesh)

@@ -243,6 +243,9 @@ def _train(*, model_config, mixture_or_task_name, task_feature_lengths, train_st
         with open(os.path.join(model_dir, name), "w") as f:
             f.write(text)
     model = make_model(model_config, z_loss=z_loss, label_smoothing=label_smoothing)
+    # the data first: a missing file fails before any checkpoint machinery exists
+    batches = seqio_batches(mixture_or_task_name, task_feature_lengths, batch_size, "train",
+                            seed=seed, feature_converter_cls=model.FEATURE_CONVERTER_CLS)
     trainer = Trainer(model, TrainerConfig(
         model_dir=model_dir, total_steps=train_steps, learning_rate=learning_rate,
         schedule=schedule, warmup_steps=warmup_steps, trainable=trainable,
@@ -253,8 +256,6 @@ def _train(*, model_config, mixture_or_task_name, task_feature_lengths, train_st
         max_update_ratio=max_update_ratio))
     state = trainer.init_state(_input_shapes(model_config, task_feature_lengths, batch_size),
                                _initial_params(model_config, initial_checkpoint_path))
-    batches = seqio_batches(mixture_or_task_name, task_feature_lengths, batch_size, "train",
-                            seed=seed, feature_converter_cls=model.FEATURE_CONVERTER_CLS)
 
     evals = {}
 

@@ -113,6 +113,10 @@ class Trainer:
         self.optimizer = adafactor(self.lr, config.parameter_scale)
         self.compiled_stages: dict[int, Callable] = {}
         self.trace_count = 0
+        self._init_cache: dict[tuple, tuple] = {}
+        self._opt_init = jax.jit(self.optimizer.init)
+        self._rng_init = jax.jit(lambda: jax.random.PRNGKey(config.seed + 1),
+                                 out_shardings=partitioning.replicated(self.mesh))
         os.makedirs(config.model_dir, exist_ok=True)
         self.checkpoints = ocp.CheckpointManager(
             os.path.abspath(os.path.join(config.model_dir, "checkpoints")),
@@ -128,13 +132,20 @@ class Trainer:
                           self.cfg.k_anneal_stages, target_k=coda.num_routed)
 
     def init_state(self, input_shapes: Mapping[str, tuple], initial_params=None):
-        """Sharded params (fresh or from `initial_params`), optimizer state, step 0."""
-        boxed = jax.eval_shape(lambda: self.model.get_initial_variables(
-            jax.random.PRNGKey(self.cfg.seed), input_shapes)["params"])
-        shardings = partitioning.param_shardings(boxed, self.mesh)
-        if initial_params is None:
+        """Sharded params (fresh or from `initial_params`), optimizer state, step 0.
+
+        The jitted initialisers are kept, so a second call (a rerun in one process, e.g.
+        after `Preempted`) compiles nothing."""
+        key = tuple(sorted((k, tuple(v)) for k, v in input_shapes.items()))
+        if key not in self._init_cache:
+            boxed = jax.eval_shape(lambda: self.model.get_initial_variables(
+                jax.random.PRNGKey(self.cfg.seed), input_shapes)["params"])
+            shardings = partitioning.param_shardings(boxed, self.mesh)
             init = jax.jit(lambda rng: meta.unbox(self.model.get_initial_variables(
                 rng, input_shapes)["params"]), out_shardings=shardings)
+            self._init_cache[key] = (boxed, shardings, init)
+        boxed, shardings, init = self._init_cache[key]
+        if initial_params is None:
             params = init(jax.random.PRNGKey(self.cfg.seed))
         else:
             _check_fits(initial_params, meta.unbox(boxed))
@@ -142,12 +153,11 @@ class Trainer:
         self.mask = trainable_mask(params, self.cfg.trainable)
         trainable, frozen = split_params(params, self.mask)
         with jax.set_mesh(self.mesh):                     # state typed for the mesh, as steps are
-            opt_state = jax.jit(self.optimizer.init)(trainable)
+            opt_state = self._opt_init(trainable)
         # The step keeps every array where it is, so each k stage compiles exactly once.
         self.shardings = jax.tree_util.tree_map(lambda x: x.sharding,
                                                 (trainable, frozen, opt_state))
-        rng = jax.jit(lambda: jax.random.PRNGKey(self.cfg.seed + 1),      # a global array,
-                      out_shardings=partitioning.replicated(self.mesh))()  # also multi-host
+        rng = self._rng_init()                            # a global array, also multi-host
         return {"trainable": trainable, "frozen": frozen, "opt_state": opt_state,
                 "step": 0, "rng": rng}
 
