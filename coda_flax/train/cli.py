@@ -11,6 +11,7 @@ reads gin; the functions it configures live in coda_flax.train.run.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -75,16 +76,22 @@ def check_gin(gin_bindings=(), allow_unknown: bool = False) -> None:
             macros[scope] = params.get("value")
         for v in params.values():
             _walk_references(v, references)
-    unused = [] if allow_unknown else sorted(
-        n for n in macros if f"{n}/gin.macro" not in references and n not in IGNORED_MACROS)
+    unread = sorted(n for n in macros
+                    if f"{n}/gin.macro" not in references and n not in IGNORED_MACROS)
+    # A run file's own macro may be bypassed by a direct binding (BATCH_SIZE in eval.gin when
+    # --gin.evaluate.batch_size=4 is passed): that is ordinary gin use, so only the macros set
+    # on the command line must be read; unread ones from files are reported, not refused.
+    from_flags = {b.split("=", 1)[0].strip() for b in gin_bindings}
+    unused = [] if allow_unknown else [n for n in unread if n in from_flags]
     if unused:
-        from_flags = {b.split("=", 1)[0].strip() for b in gin_bindings}
         known = sorted(n for n in macros if f"{n}/gin.macro" in references)
         raise GinConfigError(
-            f"unknown gin macro(s) {', '.join(unused)} (set "
-            f"{'on the command line' if set(unused) & from_flags else 'in a gin file'}) are "
-            f"read by nothing; a typo? Known macros: {', '.join(known)}. Pass "
-            f"--gin_allow_unknown to accept them.")
+            f"unknown gin macro(s) {', '.join(unused)} (set on the command line) are read by "
+            f"nothing; a typo? Known macros: {', '.join(known)}. Pass --gin_allow_unknown to "
+            f"accept them.")
+    if unread and not allow_unknown:
+        logging.warning("gin macro(s) %s set in a gin file are read by nothing (bypassed by a "
+                        "direct binding, or a typo in the file)", ", ".join(unread))
     required = sorted(name for name, v in macros.items()
                       if isinstance(v, gc.ConfigurableReference)
                       and v.scoped_selector == "gin.REQUIRED/gin.constant"
