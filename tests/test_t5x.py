@@ -695,10 +695,11 @@ def test_t5x_eval_and_infer_write_predictions(t5x_run):
     import json
 
     root = t5x_run["root"]
-    evals = glob.glob(str(root / "eval" / "inference_eval" / "coda_shakespeare_play-*.jsonl"))
-    metrics = glob.glob(str(root / "eval" / "inference_eval" / "*metrics*.jsonl"))
-    assert evals and metrics, os.listdir(root / "eval")
-    assert "accuracy" in open(metrics[0]).read()
+    metrics = root / "eval" / "inference_eval" / "coda_shakespeare_play-metrics.jsonl"
+    assert metrics.exists(), os.listdir(root / "eval")
+    records = [json.loads(line) for line in open(metrics)]
+    assert [r["step"] for r in records] == [STEPS]
+    assert 0.0 <= records[0]["accuracy"] <= 100.0
     preds = glob.glob(str(root / "infer" / "coda_shakespeare_play-*.jsonl*"))
     assert preds, os.listdir(root / "infer")
     rows = [json.loads(line) for line in open(preds[0])]
