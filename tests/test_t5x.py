@@ -300,6 +300,27 @@ def test_adapters_and_kv_projections_shard_under_model_parallelism():
             assert not replicated and "model" in spec, (source, name, spec)
 
 
+def test_gin_files_ship_with_the_package():
+    """setup.cfg's package_data covers every gin file, and `python -m coda_flax.t5x --gin-dir`
+    (for T5X's --gin_search_paths; needs no T5X) prints the folder they are in."""
+    import configparser
+    import fnmatch
+
+    import coda_flax.t5x as ct
+
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    globs = cfg["options.package_data"]["coda_flax.t5x"].split()
+    files = sorted(os.listdir(ct.GIN_DIR))
+    assert {"coda_model.gin", "coda_trainer.gin", "init_from_params.gin",
+            "tiny_offline.gin"} <= set(files)
+    assert all(any(fnmatch.fnmatch(f"gin/{f}", g) for g in globs) for f in files)
+    assert not os.path.exists(os.path.join(ROOT, "gin", "t5x"))
+    out = subprocess.run([sys.executable, "-m", "coda_flax.t5x", "--gin-dir"], cwd="/",
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ct.GIN_DIR and os.path.isfile(os.path.join(out, "coda_model.gin"))
+
+
 def test_model_config_for_gin():
     c = model_config(preset="paper_text_base", coda=CodaConfig(reduction=3), dropout_rate=0.1)
     assert c == ModelConfig.from_preset("paper_text_base", coda=CodaConfig(reduction=3),
