@@ -17,7 +17,9 @@ which is therefore always finite and sane; restoring also skips a checkpoint tha
 written by an older version) with a warning. A rerun with a lower learning rate resumes from it.
 
 Steps are numbered the same everywhere: checkpoint N, metrics.jsonl row "step": N and the
-messages all mean "after N updates".
+messages all mean "after N updates". `train` holds MODEL_DIR/LOCK (coda_flax/train/lock.py):
+a second run in the directory is refused; each checkpoint records the run's settings, and a
+resume whose state does not fit names the settings that changed (ResumeError).
 """
 
 from __future__ import annotations
