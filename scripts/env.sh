@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Creates (or reuses) .venv with Python 3.11 and installs coda_flax with the given extras.
-# Reinstalls only when setup.cfg / pyproject.toml or the extras change.
+# Installs with the exact tested versions of constraints.txt (setup.cfg holds ranges):
+#     pip install -c constraints.txt -e .[extras]
+# Reinstalls only when setup.cfg / pyproject.toml / constraints.txt or the extras change.
 # Usage: source scripts/env.sh [extras]     (default extras: test,hf,train)
 #
 # T5X (for tests/test_t5x.py) is not on the package index. When ../shared/wheels (beside the
@@ -20,10 +22,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
 fi
 STAMP="$VENV/.coda_stamp"
-WANT="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-$EXTRAS"
+WANT="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)-$EXTRAS"
 if [ "$(head -n1 "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "[env] installing coda_flax[$EXTRAS] (first run takes a few minutes)"
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]"
+  "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[$EXTRAS]"
   echo "$WANT" > "$STAMP"
 fi
 # T5X from ../shared/wheels (line 2 of the stamp), only with the train extra (seqio, TF, gin).
@@ -36,7 +38,7 @@ if [ -z "${CODA_NO_T5X:-}" ] && [[ ",$EXTRAS," == *",train,"* ]] \
   if [ "$(sed -n 2p "$STAMP" 2>/dev/null)" != "$T5X_WANT" ]; then
     echo "[env] installing T5X from $T5X_WHEELS"
     "$VENV/bin/python" -m pip install -q --no-deps "$T5X_WHEELS"/*.whl
-    "$VENV/bin/python" -m pip install -q "${T5X_PINS[@]}"
+    "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" "${T5X_PINS[@]}"
     printf '%s\n%s\n' "$WANT" "$T5X_WANT" > "$STAMP"
   fi
 fi
