@@ -5,13 +5,13 @@
         --gin.INITIAL_CHECKPOINT_PATH="'/ckpts/{preset}'" --gin.VOCAB_PATH="'/t5/spiece.model'" \\
         --gin.TFDS_DATA_DIR="'/data/tfds'"
 
-A table (configs/tableN.py, plain data) is a grid: every cell of a row of ours (not a row quoted
-from other work) and a metric column is one experiment, whose stages are gin runs of the project's
-own trainer:
+A table (coda_flax/configs/tableN.py, plain data, shipped in the package) is a grid: every cell
+of a row of ours (not a row quoted from other work) and a metric column is one experiment, whose
+stages are gin runs of the project's own trainer:
 
     pretrain   CoDA pretraining (appendix B), when the row has one and --pretrain-steps != 0
-    finetune   gin/runs/finetune.gin with Table 8's task lengths, steps, batch size, learning rate
-    eval       gin/runs/eval.gin on the column's split
+    finetune   runs/finetune.gin with Table 8's task lengths, steps, batch size, learning rate
+    eval       runs/eval.gin on the column's split
                -> OUTPUT/<table>/<experiment>/eval_results.json
 
 Training stages live in OUTPUT/runs/<preset>.<variant>...<hash>/ (the hash covers the gin files and
@@ -46,7 +46,6 @@ import dataclasses
 import fnmatch
 import hashlib
 import importlib
-import importlib.util
 import json
 import math
 import os
@@ -57,13 +56,16 @@ import time
 import traceback
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS_DIR = os.path.join(REPO_ROOT, "configs")
+from coda_flax.resources import GIN_DIR, packaged_gin_name, resolve_gin_file
+
+CONFIGS_PACKAGE = "coda_flax.configs"      # the tables ship in the package (package data)
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 TABLE_NUMBERS = (2, 3, 4, 5, 6, 9)
 DEFAULT_OUTPUT = os.path.join("outputs", "reproduce")
 
-FINETUNE_GIN = "gin/runs/finetune.gin"
-EVAL_GIN = "gin/runs/eval.gin"
+# Gin files by their name in the packaged gin folder (coda_flax.resources.GIN_DIR).
+FINETUNE_GIN = "runs/finetune.gin"
+EVAL_GIN = "runs/eval.gin"
 
 # Bindings the runner sets itself; a user binding of these would break the table's meaning.
 RUNNER_OWNED = ("MODEL_DIR", "CHECKPOINT_PATH", "EVAL_OUTPUT_DIR", "MIXTURE_OR_TASK_NAME", "SPLIT")
@@ -94,18 +96,8 @@ class TableNotImplementedError(ReproduceError):
 
 # ------------------------------------------------------------------------------ tables (data)
 def _configs_package() -> str:
-    """Imports configs/ as a package under a private name (configs/ is not part of coda_flax)."""
-    name = "_coda_flax_paper_configs"
-    if name not in sys.modules:
-        init = os.path.join(CONFIGS_DIR, "__init__.py")
-        if not os.path.exists(init):
-            raise ReproduceError(f"the table configs are missing: {init} not found.")
-        spec = importlib.util.spec_from_file_location(name, init,
-                                                      submodule_search_locations=[CONFIGS_DIR])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return name
+    """The package of the table configs (coda_flax/configs, shipped in the wheel)."""
+    return CONFIGS_PACKAGE
 
 
 def table_id(which) -> str:
@@ -118,7 +110,8 @@ def table_id(which) -> str:
 
 
 def load_table(which) -> dict:
-    """The TABLE dict of configs/tableN.py (a deep copy), validated. which: 2, "2" or "table2"."""
+    """The TABLE dict of coda_flax/configs/tableN.py (a deep copy), validated.
+    which: 2, "2" or "table2"."""
     package = _configs_package()
     module = importlib.import_module(f"{package}.{table_id(which)}")
     spec = copy.deepcopy(module.TABLE)
@@ -204,19 +197,28 @@ def parse_bindings(bindings: Iterable) -> list[tuple[str, str]]:
 
 
 def _gin_file_arg(path: str) -> str:
-    """A repository path (gin/models/x.gin) as a --gin_file argument: relative to the current
-    directory when the repository is below it (gin/models/x.gin from the repository root), else
-    absolute, so that gin finds it at its first try from anywhere."""
-    full = path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
-    rel = os.path.relpath(full)
-    return full if rel.startswith("..") else rel
+    """A table's gin file as a --gin_file argument. A packaged one (models/x.gin; the older
+    gin/models/x.gin too) by its short name, which `coda train` finds in the packaged gin folder
+    from any directory, unless a file of that name in the current directory would shadow it
+    (then its absolute path); any other file by its absolute path."""
+    name = packaged_gin_name(path)
+    if name is None:
+        return os.path.abspath(path)
+    full = os.path.join(GIN_DIR, *name.split("/"))
+    return name if resolve_gin_file(name) == full else full
 
 
 def _gin_file_path(arg: str) -> str:
-    """The repository path (gin/...) of a --gin_file argument."""
-    full = os.path.abspath(arg)
-    rel = os.path.relpath(full, REPO_ROOT)
-    return full if rel.startswith("..") else rel
+    """A --gin_file argument for messages: its packaged name, else its absolute path."""
+    return packaged_gin_name(arg) or os.path.abspath(arg)
+
+
+def _gin_key(path: str) -> str:
+    """A gin file as the run fingerprints name it: gin/<name> for a packaged file (the
+    repository path before the gin files moved into the package, so that the fingerprints of
+    finished runs stay valid), else the path as given."""
+    name = packaged_gin_name(path)
+    return path if name is None else f"gin/{name}"
 
 
 _SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
@@ -332,7 +334,8 @@ def _eval_done(directory: str, fingerprint: str) -> bool:
 def _fingerprint(parent: str, argv_head: Sequence[str], bindings: Sequence[tuple[str, str]]) -> str:
     effective = dict(bindings)                 # the last binding of a name wins, as in gin
     kept = sorted((n, v) for n, v in effective.items() if n not in LOCATION_BINDINGS)
-    text = json.dumps([parent, list(argv_head), kept])
+    text = json.dumps([parent, [_gin_key(a) if a.endswith(".gin") else a for a in argv_head],
+                       kept])
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -490,7 +493,7 @@ def _title(spec) -> str:
 
 
 def _missing_gin_files(stage: Stage) -> list[str]:
-    return [_gin_file_path(f) for f in stage.gin_files if not os.path.exists(f)]
+    return [_gin_file_path(f) for f in stage.gin_files if resolve_gin_file(f) is None]
 
 
 def dry_run_text(spec, experiments: Sequence[Experiment], output_dir: str | None = None) -> str:

@@ -231,7 +231,7 @@ def test_paper_speedups():
 
 
 def test_paper_speedups_match_configs_table6():
-    from configs import table6
+    from coda_flax.configs import table6
     quoted = {row["reduction"]: row["paper"]["ocrvqa_speedup"] for row in table6.ROWS
               if row["reduction"] is not None}
     assert bench.PAPER_SPEEDUPS["pix2struct"]["speedups"] == quoted

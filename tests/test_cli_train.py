@@ -16,6 +16,7 @@ pytest.importorskip("gin")
 
 from corpus_helpers import prepared_corpus  # noqa: E402
 from coda_flax.cli import main  # noqa: E402
+from coda_flax.resources import GIN_DIR  # noqa: E402
 
 TINY = ["--gin.model_config.vocab_size=400", "--gin.model_config.d_model=32",
         "--gin.model_config.num_heads=2", "--gin.model_config.head_dim=16",
@@ -29,9 +30,9 @@ def corpus(tmp_path_factory):
 
 
 def _train(model_dir, data, vocab, steps, extra=()):
-    return main(["train", "--gin_file=gin/models/tiny.gin",
-                 "--gin_file=gin/models/variants/coda_k_to_all.gin",
-                 "--gin_file=gin/runs/finetune.gin", *TINY,
+    return main(["train", "--gin_file=models/tiny.gin",         # packaged gin files by name
+                 "--gin_file=models/variants/coda_k_to_all.gin",
+                 "--gin_file=runs/finetune.gin", *TINY,
                  f"--gin.MODEL_DIR='{model_dir}'", f"--gin.DATA_DIR='{data}'",
                  f"--gin.VOCAB_PATH='{vocab}'",
                  "--gin.MIXTURE_OR_TASK_NAME='coda_shakespeare_play'",
@@ -71,7 +72,7 @@ def test_train_cli_loss_falls_then_eval_and_infer_write_results(corpus, tmp_path
     assert "MIXTURE_OR_TASK_NAME = 'coda_shakespeare_play'" in config
     assert "REDUCTION = 3" in config and "CodaConfig.reduction = %REDUCTION" in config
     out = tmp_path / "eval"
-    assert main(["eval", "--gin_file=gin/runs/eval.gin", f"--gin.CHECKPOINT_PATH='{run}/final'",
+    assert main(["eval", "--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH='{run}/final'",
                  "--gin.MIXTURE_OR_TASK_NAME='coda_shakespeare_play'",
                  "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
                  f"--gin.EVAL_OUTPUT_DIR='{out}'", f"--gin.DATA_DIR='{data}'",
@@ -80,6 +81,7 @@ def test_train_cli_loss_falls_then_eval_and_infer_write_results(corpus, tmp_path
     assert {"accuracy", "loss_per_token", "token_accuracy"} <= set(results)
     assert os.path.getsize(out / "predictions_validation.jsonl") > 0
     pred = tmp_path / "pred.jsonl"
+    # gin/runs/infer.gin: the repository path of earlier versions still finds the packaged file
     assert main(["infer", "--gin_file=gin/runs/infer.gin", f"--gin.CHECKPOINT_PATH='{run}/final'",
                  "--gin.INPUTS=['shakespeare play: LORD A0 the king']",
                  f"--gin.OUTPUT_PATH='{pred}'", f"--gin.VOCAB_PATH='{vocab}'",
@@ -101,8 +103,9 @@ def test_errors_are_one_line_and_name_the_fix(corpus, tmp_path, capsys):
                   ["--gin.MIXTURE_OR_TASK_NAME='coda_shakespear'"]) == 1
     line = _one_error_line(capsys, "train")                # lists the registered names
     assert "unknown task or mixture 'coda_shakespear'" in line and "coda_shakespeare_play" in line
-    assert main(["train", "--gin_file=gin/runs/nope.gin"]) == 1
-    assert "gin file(s) not found" in _one_error_line(capsys, "train")
+    assert main(["train", "--gin_file=runs/nope.gin"]) == 1
+    line = _one_error_line(capsys, "train")
+    assert "gin file(s) not found: ['runs/nope.gin']" in line and GIN_DIR in line
     # a misspelled macro is an error (before anything is written), unless allowed
     assert _train(tmp_path / "typo", data, vocab, 1, ["--gin.TRAIN_STEPZ=3"]) == 1
     assert re.search(r"unknown gin macro\(s\) TRAIN_STEPZ \(set on the command line\).*"
@@ -112,13 +115,13 @@ def test_errors_are_one_line_and_name_the_fix(corpus, tmp_path, capsys):
     with pytest.raises(GinConfigError, match="TRAIN_STEPZ"):              # --debug: raised
         _train(tmp_path / "typo", data, vocab, 1, ["--gin.TRAIN_STEPZ=3", "--debug"])
     # a required macro left unset is named (it was "<object object at 0x...>")
-    assert main(["eval", "--gin_file=gin/runs/eval.gin", "--gin.CHECKPOINT_PATH='/nowhere'",
+    assert main(["eval", "--gin_file=runs/eval.gin", "--gin.CHECKPOINT_PATH='/nowhere'",
                  "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
                  f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'e'}'"]) == 1
     assert ("MIXTURE_OR_TASK_NAME must be set: add --gin.MIXTURE_OR_TASK_NAME="
             in _one_error_line(capsys, "eval"))
     # a damaged checkpoint: one line
-    assert main(["eval", "--gin_file=gin/runs/eval.gin", f"--gin.CHECKPOINT_PATH='{tmp_path}'",
+    assert main(["eval", "--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH='{tmp_path}'",
                  "--gin.MIXTURE_OR_TASK_NAME='coda_shakespeare_play'",
                  "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
                  f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'e'}'", f"--gin.DATA_DIR='{data}'",
@@ -144,3 +147,10 @@ def test_demo_does_not_create_a_data_dir_it_was_not_asked_to(tmp_path, capsys):
     assert main(["demo", "--quick", "--data-dir", str(missing)]) == 2
     assert "is not an existing directory; create it first" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "nonexistent")
+
+
+def test_gin_dir_flag_prints_the_packaged_folder(capsys):
+    from coda_flax.train.cli import main as train_main
+    assert train_main(["--gin-dir"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == GIN_DIR and os.path.isfile(os.path.join(out, "runs", "finetune.gin"))

@@ -1,6 +1,7 @@
 """`coda reproduce`: the paper's tables as data (checked against the paper text), their gin files,
 the dry run, the table writer, prerequisite checks, and a tiny end-to-end run that resumes."""
 
+import copy
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import pytest
 from coda_flax.config import ModelConfig
 
 from coda_flax import reproduce as rp
+from coda_flax.resources import GIN_DIR
 from coda_flax.reproduce_cli import main as cli_main
 
 # The paper's text lives beside the clone (<clone>/../shared/paper), not in the repository.
@@ -206,6 +208,39 @@ def test_every_grid_entry_has_gin_files_that_exist_and_parse(tables, tmp_path):
     gin.clear_config()
 
 
+def test_packaged_gin_files_by_name_from_any_directory_with_stable_fingerprints(tables, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)                       # outside the repository
+    ckpt = ["INITIAL_CHECKPOINT_PATH='/c/{preset}'"]
+    e = rp.expand(tables[2], "/out", ckpt)[9]                    # k_to_all_r3.base_mnli
+    assert e.stages[1].gin_files == ["models/t5_1_1_base.gin", "models/variants/coda_k_to_all.gin",
+                                     "runs/finetune.gin"]
+    assert e.stages[2].gin_files == ["runs/eval.gin"]
+    assert not any(rp._missing_gin_files(s) for s in e.stages)
+    # The run fingerprints are those from before the gin files moved into the package (computed
+    # then with gin/models/... paths), so finished runs are still found.
+    assert [s.fingerprint for s in e.stages] == ["bbde093a0d", "505258e1a5", "0ae9b20071"]
+    assert os.path.basename(rp.expand(tables[2], "/out", ckpt)[0].stages[0].directory) == \
+        "t5_1_1_base.parallel_adapter.coda_mnli.d056b60fc5"
+    # A table naming its gin files the old way (gin/models/...) gets the same runs.
+    old = copy.deepcopy(tables[2])
+    for item in (*old["rows"], *old["columns"]):
+        for key in ("model_gin", "variant_gin"):
+            if item.get(key):
+                item[key] = "gin/" + item[key]
+    assert ([s.argv for s in rp.expand(old, "/out", ckpt)[9].stages]
+            == [s.argv for s in e.stages])
+    # A file of the same name in the current directory would shadow the packaged one: the
+    # command then names the packaged file by its absolute path.
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "eval.gin").write_text("# not the packaged one\n")
+    assert rp._gin_file_arg("runs/eval.gin") == os.path.join(GIN_DIR, "runs", "eval.gin")
+    assert rp._gin_file_arg("models/tiny.gin") == "models/tiny.gin"
+    assert rp._gin_file_arg("mine.gin") == str(tmp_path / "mine.gin")     # a user's own file
+    assert rp._missing_gin_files(rp.Stage("train", ["train", "--gin_file=mine.gin"], "", "")) \
+        == [str(tmp_path / "mine.gin")]
+
+
 def test_dry_run_lists_every_table_with_exact_commands(capsys, tables, tmp_path):
     assert cli_main(["--table", "all", "--dry-run", "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -358,14 +393,14 @@ def tiny_spec(pretrain=False):
         delta_avg=dict(label="Δ Avg", decimals=1),
         initial_checkpoint=dict(required=False, help=""),
         columns=[dict(key="play", label="Play Acc.", kind="metric",
-                      model_gin="gin/models/tiny.gin", preset="tiny",
+                      model_gin="models/tiny.gin", preset="tiny",
                       task="coda_shakespeare_play", metric="accuracy", split="validation",
                       feature_lengths={"inputs": 64, "targets": 8}, train_steps=2, batch_size=8,
                       learning_rate=0.02, schedule="constant")],
         rows=[dict(key="coda_r3", labels=["CoDA", "3"],
-                   variant_gin="gin/models/variants/coda_k_to_all.gin", reduction=3,
-                   pretrain=dict(run_gin="gin/runs/pretrain.gin",
-                                 variant_gin="gin/models/variants/coda_k_to_all.gin",
+                   variant_gin="models/variants/coda_k_to_all.gin", reduction=3,
+                   pretrain=dict(run_gin="runs/pretrain.gin",
+                                 variant_gin="models/variants/coda_k_to_all.gin",
                                  task="coda_shakespeare_span_corruption",
                                  feature_lengths={"inputs": 64, "targets": 14}, num_routed=16,
                                  train_steps=1) if pretrain else None,
@@ -397,7 +432,7 @@ def test_tiny_experiment_runs_end_to_end_then_is_skipped(corpus, tmp_path, monke
     (exp,) = table["experiments"]
     assert (exp["status"], exp["ours"], exp["paper"]) == ("finished", acc, 50.0)
     assert exp["commands"][0].startswith(
-        f"coda train --gin_file={rp._gin_file_arg('gin/models/tiny.gin')} ")
+        f"coda train --gin_file={rp._gin_file_arg('models/tiny.gin')} ")
     md = open(tmp_path / "tiny.md").read()
     assert f"| CoDA | 3 | {acc:.1f} (paper 50.0) | ± 0.0 (paper ± 0.0) |" in md
     run_dir = exp["run_dir"]

@@ -1,7 +1,12 @@
 """gin edge of the training stack: `coda train|eval|infer` and `python -m coda_flax.train`.
 
-    python -m coda_flax.train --gin_file=gin/models/tiny.gin --gin_file=gin/runs/finetune.gin \\
+    python -m coda_flax.train --gin_file=models/tiny.gin --gin_file=runs/finetune.gin \\
         --gin.MODEL_DIR="'/tmp/run'" --gin.MIXTURE_OR_TASK_NAME="'coda_shakespeare_play'"
+    python -m coda_flax.train --gin-dir         # prints the folder of the packaged gin files
+
+--gin_file is looked up as given, then in --gin_search_path, then in the packaged gin folder
+(coda_flax/gin; coda_flax.resources.resolve_gin_file; gin/models/tiny.gin, the repository path
+of earlier versions, still works).
 
 Run files use T5X's macro names (MODEL_DIR, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS,
 TRAIN_STEPS, BATCH_SIZE, INITIAL_CHECKPOINT_PATH, ...). This module is the only place that
@@ -18,11 +23,9 @@ import sys
 import gin
 
 from coda_flax.config import CodaConfig, ModelConfig
+from coda_flax.resources import GIN_DIR, resolve_gin_file
 from coda_flax.train import run
 from coda_flax.train.trainer import Preempted
-
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "gin")
 
 
 def model_config(preset: str | None = None, coda: CodaConfig | None = None, **fields) -> ModelConfig:
@@ -104,19 +107,22 @@ def check_gin(gin_bindings=(), allow_unknown: bool = False) -> None:
 
 
 def parse_gin(gin_files, gin_bindings, search_paths=(), allow_unknown: bool = False):
-    """T5X-style flags: --gin_file (repeatable, searched in gin/ too) and --gin.NAME=VALUE.
+    """T5X-style flags: --gin_file (repeatable) and --gin.NAME=VALUE.
 
-    Strict by default (check_gin): unknown macros and unset required ones are errors."""
+    A gin file is looked up as given, then in search_paths, then in the packaged GIN_DIR
+    (coda_flax.resources.resolve_gin_file). Strict by default (check_gin): unknown macros and
+    unset required ones are errors."""
     _register_configurables()
     for path in (*search_paths, os.getcwd(), GIN_DIR):
         gin.add_config_file_search_path(path)
-    missing = [f for f in gin_files if not any(
-        os.path.exists(os.path.join(p, f)) for p in ("", *search_paths, GIN_DIR))]
+    resolved = [resolve_gin_file(f, search_paths) for f in gin_files]
+    missing = [f for f, r in zip(gin_files, resolved) if r is None]
     if missing:
-        raise FileNotFoundError(f"gin file(s) not found: {missing}; looked in the current "
-                                f"directory and {GIN_DIR} (e.g. gin/runs/finetune.gin).")
+        where = ", ".join(["the current directory", *search_paths, GIN_DIR])
+        raise FileNotFoundError(f"gin file(s) not found: {missing}; looked in {where} "
+                                f"(e.g. runs/finetune.gin, models/tiny.gin).")
     gin.clear_config()                # a second parse in one process starts from scratch
-    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings),
+    gin.parse_config_files_and_bindings(resolved, list(gin_bindings),
                                         finalize_config=False)
     check_gin(gin_bindings, allow_unknown)
 
@@ -134,13 +140,15 @@ def split_gin_flags(argv):
 
 
 def add_run_parsers(sub):
-    for mode, help_text in (("train", "train with a gin run file (gin/runs/*.gin)"),
-                            ("eval", "evaluate a checkpoint (gin/runs/eval.gin)"),
-                            ("infer", "decode raw inputs (gin/runs/infer.gin)")):
+    for mode, help_text in (("train", "train with a gin run file (runs/*.gin)"),
+                            ("eval", "evaluate a checkpoint (runs/eval.gin)"),
+                            ("infer", "decode raw inputs (runs/infer.gin)")):
         p = sub.add_parser(mode, help=help_text,
                            description=f"{help_text}. Bind values with --gin.NAME=VALUE.")
         p.add_argument("--gin_file", action="append", default=[], required=True,
-                       help="gin file (repeatable); paths are also looked up under gin/")
+                       help="gin file (repeatable): a path, or a name in the packaged gin "
+                            "folder (models/tiny.gin, runs/finetune.gin; `python -m "
+                            "coda_flax.train --gin-dir` prints it)")
         p.add_argument("--gin_search_path", action="append", default=[])
         p.add_argument("--gin_allow_unknown", action="store_true",
                        help="accept gin macros that nothing reads (default: an error)")
@@ -190,6 +198,9 @@ def run_mode(mode: str, args) -> int:
 
 def main(argv=None, mode: str = "train") -> int:
     bindings, rest = split_gin_flags(sys.argv[1:] if argv is None else argv)
+    if rest == ["--gin-dir"]:
+        print(GIN_DIR)
+        return 0
     parser = argparse.ArgumentParser(prog=f"python -m coda_flax.train")
     sub = parser.add_subparsers(dest="command")
     add_run_parsers(sub)

@@ -33,13 +33,13 @@ SIZES = (("base", "Base", "t5_1_1_base"), ("large", "Large", "t5_1_1_large"),
 DATASETS = (("mnli", "MNLI"), ("rte", "RTE"), ("boolq", "BoolQ"))
 
 COLUMNS = [dict(key=f"{size}_{d}", group=group, label=label, kind="metric",
-                model_gin=f"gin/models/{preset}.gin", preset=preset, **finetune(label))
+                model_gin=f"models/{preset}.gin", preset=preset, **finetune(label))
            for size, group, preset in SIZES for d, label in DATASETS]
 KEYS = [c["key"] for c in COLUMNS]
 
-PA = "gin/models/variants/parallel_adapter.gin"
-K_TO_ALL = "gin/models/variants/coda_k_to_all.gin"
-K_TO_K = "gin/models/variants/coda_k_to_k.gin"
+PA = "models/variants/parallel_adapter.gin"
+K_TO_ALL = "models/variants/coda_k_to_all.gin"
+K_TO_K = "models/variants/coda_k_to_k.gin"
 
 
 def row(key, labels, variant_gin, reduction, paper, delta):

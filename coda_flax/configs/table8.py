@@ -66,15 +66,15 @@ def finetune(dataset: str, split: str = "validation") -> dict:
 # Appendix B: "We run CODA pre-training for text and vision models, using an additional 100K
 # steps and 200K steps respectively. For text models, the input sequence length is n = 512 and we
 # set the number of selected tokens k = 192. For vision models, [...] n = 4096 image patches and
-# we set k = 1024." Span corruption on C4 as T5; batch size and learning rate: gin/runs/pretrain.gin
+# we set k = 1024." Span corruption on C4 as T5; batch size and learning rate: runs/pretrain.gin
 # (T5's, not restated by the paper). Speech models get no CoDA pretraining.
 def coda_pretraining(variant_gin: str, *, modality: str = "text") -> dict:
     if modality == "text":
-        return dict(run_gin="gin/runs/pretrain.gin", variant_gin=variant_gin,
+        return dict(run_gin="runs/pretrain.gin", variant_gin=variant_gin,
                     task="coda_c4_span_corruption", feature_lengths={"inputs": 512, "targets": 114},
                     num_routed=192, train_steps=100_000)
     if modality == "vision":
-        return dict(run_gin="gin/runs/pretrain.gin", variant_gin=variant_gin,
+        return dict(run_gin="runs/pretrain.gin", variant_gin=variant_gin,
                     task="coda_pix2struct_pretraining", feature_lengths={"inputs": 4096},
                     num_routed=1024, train_steps=200_000)
     raise ValueError(f"no CoDA pretraining for modality {modality!r}")

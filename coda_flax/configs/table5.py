@@ -4,7 +4,7 @@ Parallel Adapter vs CoDA at r = 2, 4, plus fully finetuned w2v-BERT / BEST-RQ qu
 reference. No CoDA pretraining for speech (appendix B); Table 8: input length 3200, batch 256,
 150K steps, Adafactor, 0.001 with inverse decay.
 
-NOT RUNNABLE: the speech stack exists (log-mel front end, gin/models/speech_{base,large,xl}.gin,
+NOT RUNNABLE: the speech stack exists (log-mel front end, models/speech_{base,large,xl}.gin,
 the coda_librispeech task, WER), but coda_flax decodes with CTC where the paper uses a 2-layer
 LSTM transducer, and the BEST-RQ pretrained encoders cannot be imported (no converter; the
 weights are not public). `coda reproduce --table 5 --dry-run` lists the grid; `coda compare
@@ -20,12 +20,12 @@ CAPTION = (r"Table 5. Comparison of CoDA and the parallel adapter baselines on L
 
 SIZES = (("base", "Base"), ("large", "Large"), ("xl", "XL"))
 COLUMNS = [dict(key=f"{size}_{split}", group=group, label=split, kind="metric",
-                model_gin=f"gin/models/speech_{size}.gin", preset=f"speech_{size}",
+                model_gin=f"models/speech_{size}.gin", preset=f"speech_{size}",
                 **finetune("LibriSpeech", split=f"test_{split}"))
            for size, group in SIZES for split in ("clean", "other")]
 KEYS = [c["key"] for c in COLUMNS]
-PA = "gin/models/variants/parallel_adapter.gin"
-CODA = "gin/models/variants/coda_k_to_all.gin"
+PA = "models/variants/parallel_adapter.gin"
+CODA = "models/variants/coda_k_to_all.gin"
 
 
 def row(key, labels, reduction, paper, delta):

@@ -5,7 +5,7 @@ k-to-all (the section 6 default) at r = 3, 5. Table 4 is its XL block, with XSum
 Recipe (section 6, appendix B): a dense model pretrained as T5 -> CoDA pretraining (100K steps,
 n = 512, k = 192) -> finetuning with Table 8's hyperparameters. "We report the best results on the
 development set": `coda reproduce` reports the final checkpoint's evaluation and, in tableN.json,
-the best in-training evaluation (train.eval_every, every 5000 steps in gin/runs/finetune.gin).
+the best in-training evaluation (train.eval_every, every 5000 steps in runs/finetune.gin).
 """
 
 from .table8 import coda_pretraining, finetune
@@ -16,8 +16,8 @@ CAPTION = (r"Table 9. Fine-tuning results on 6 language tasks \times 3 model siz
 PAPER_TEXT_CHECKPOINTS = (
     "dense checkpoints of the paper's own text models (Table 7; never released), one per size. "
     "Pretrain one as T5 did (span corruption on C4, TFDS c4/en) with `coda train "
-    "--gin_file=gin/models/paper_text_xl.gin --gin_file=gin/models/variants/dense.gin "
-    "--gin_file=gin/runs/pretrain.gin --gin.MODEL_DIR=\"'CKPTS/paper_text_xl'\" "
+    "--gin_file=models/paper_text_xl.gin --gin_file=models/variants/dense.gin "
+    "--gin_file=runs/pretrain.gin --gin.MODEL_DIR=\"'CKPTS/paper_text_xl'\" "
     "--gin.TRAIN_STEPS=1000000 --gin.VOCAB_PATH=\"'.../spiece.model'\"` (likewise "
     "paper_text_base / paper_text_large), then pass "
     "--gin.INITIAL_CHECKPOINT_PATH=\"'CKPTS/{preset}/final'\" ({preset} is replaced by each "
@@ -35,14 +35,14 @@ def columns(xsum_split):
 
 COLUMNS = columns("validation")
 KEYS = [c["key"] for c in COLUMNS]
-PA = "gin/models/variants/parallel_adapter.gin"
-CODA = "gin/models/variants/coda_k_to_all.gin"
+PA = "models/variants/parallel_adapter.gin"
+CODA = "models/variants/coda_k_to_all.gin"
 
 
 def row(size, key, labels, reduction, paper, section=None):
     preset = f"paper_text_{size}"
     return dict(key=f"{size}_{key}", labels=labels, section=section,
-                model_gin=f"gin/models/{preset}.gin", preset=preset,
+                model_gin=f"models/{preset}.gin", preset=preset,
                 variant_gin=PA if reduction is None else CODA, reduction=reduction,
                 pretrain=None if reduction is None else coda_pretraining(CODA),
                 paper=dict(zip(KEYS, paper)))

@@ -4,7 +4,7 @@ Parallel Adapter vs CoDA at r = 4, 8, 16, 32, with the measured speed-ups quoted
 pretraining: 200K steps with k = 1024 (appendix B); Table 8: 4096 patches, batch 256 (Screen2Words
 32), 20K steps, Adafactor, 0.01 with cosine decay.
 
-NOT RUNNABLE: the vision stack exists (gin/models/pix2struct.gin, the coda_ocrvqa / coda_docvqa /
+NOT RUNNABLE: the vision stack exists (models/pix2struct.gin, the coda_ocrvqa / coda_docvqa /
 coda_screen2words tasks reading the published layouts, exact match / ANLS / CIDEr), but the
 Pix2Struct pretrained weights cannot be imported (no Pix2Struct -> coda_flax converter yet) and
 the CoDA pretraining task (Pix2Struct's screenshot parsing) is not written. `coda compare
@@ -18,7 +18,7 @@ CAPTION = ("Table 6. Comparison of CoDA and the parallel adapter applied to a pr
            "tasks. We only compare between adapter methods to cleanly observe the effect of the "
            "conditional computation in CoDA.")
 
-MODEL = dict(model_gin="gin/models/pix2struct.gin", preset="pix2struct")
+MODEL = dict(model_gin="models/pix2struct.gin", preset="pix2struct")
 COLUMNS = [
     dict(key="ocrvqa", group="OCRvQA", label="EM", kind="metric", **MODEL, **finetune("OCR-VQA")),
     dict(key="ocrvqa_speedup", group="OCRvQA", label="Speedup", kind="paper_only", suffix="×"),
@@ -30,8 +30,8 @@ COLUMNS = [
          suffix="×"),
 ]
 KEYS = [c["key"] for c in COLUMNS]
-PA = "gin/models/variants/parallel_adapter.gin"
-CODA = "gin/models/variants/coda_k_to_all.gin"
+PA = "models/variants/parallel_adapter.gin"
+CODA = "models/variants/coda_k_to_all.gin"
 
 
 def row(key, labels, reduction, paper):

@@ -20,7 +20,7 @@ PRESET = "paper_text_xl"
 
 
 def row(key, labels, reduction, paper, delta):
-    return dict(key=key, labels=labels, model_gin=f"gin/models/{PRESET}.gin", preset=PRESET,
+    return dict(key=key, labels=labels, model_gin=f"models/{PRESET}.gin", preset=PRESET,
                 variant_gin=PA if reduction is None else CODA, reduction=reduction,
                 pretrain=None if reduction is None else coda_pretraining(CODA),
                 paper=dict(zip(KEYS, paper)), paper_delta_avg=delta, delta_baseline="pa")
