@@ -131,3 +131,20 @@ def test_speed_quality_labels_do_not_overlap():
     order = np.sort(placed)
     assert np.all(np.diff(order) >= 2.0 - 1e-9)
     assert np.all(placed >= ys)          # labels only move up from their point
+
+
+def test_finished_backbone_is_reused_and_said_so(tmp_path):
+    pre = tmp_path / "pretrain"
+    (pre / "final").mkdir(parents=True)
+    with open(pre / "metrics.jsonl", "w") as f:
+        for step in (100, 200):
+            f.write(json.dumps({"split": "train", "step": step}) + "\n")
+        f.write(json.dumps({"split": "eval", "step": 200}) + "\n")
+    report = {"loss_real_tokens": 5.0, "unigram_entropy": 6.0, "tokens": 3, "steps": 200}
+    json.dump(report, open(pre / "backbone.json", "w"))
+    assert demo._trained_steps(str(pre)) == 200
+    logs = []
+    s = demo.DemoSettings(pretrain_steps=200)
+    # nothing is trained or loaded: a reuse needs no model, data or vocabulary
+    assert demo.pretrain_backbone(s, 100, str(pre), {}, logs.append) == report
+    assert "reusing the pretrained backbone" in logs[0]
