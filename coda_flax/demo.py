@@ -170,17 +170,9 @@ def summarize_seeds(accuracies, n: int) -> dict:
 # ------------------------------------------------------------------------------ the demo
 def _trained_steps(model_dir: str) -> int | None:
     """The last training step logged in model_dir/metrics.jsonl (None without one)."""
-    path, last = os.path.join(model_dir, "metrics.jsonl"), None
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    m = json.loads(line)
-                except ValueError:
-                    continue
-                if m.get("split") == "train":
-                    last = int(m["step"])
-    return last
+    from coda_flax.train.trainer import read_metrics
+    rows = read_metrics(model_dir, "train")
+    return int(rows[-1]["step"]) if rows else None
 
 
 def _load_json(path):

@@ -704,19 +704,9 @@ def _best_in_training(e: Experiment):
     """The best value of the column's metric among the finetuning run's evaluations."""
     if e.split != "validation":
         return None
-    path = os.path.join(e.finetune_stage.directory, "metrics.jsonl")
-    values = []
-    try:
-        with open(path) as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if row.get("split") == "eval" and isinstance(row.get(e.metric), (int, float)):
-                    values.append(row[e.metric])
-    except OSError:
-        return None
+    from coda_flax.train.trainer import read_metrics
+    values = [row[e.metric] for row in read_metrics(e.finetune_stage.directory, "eval")
+              if isinstance(row.get(e.metric), (int, float))]
     if not values:
         return None
     return min(values) if e.metric == "wer" else max(values)

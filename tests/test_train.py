@@ -146,3 +146,18 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
         got = json.load(open(tmp_path / f"p{i}.json"))
         assert got["process_count"] == 2
         np.testing.assert_allclose(got["losses"], one["losses"], rtol=2e-5)
+
+
+def test_read_metrics_filters_splits_and_skips_a_torn_line(tmp_path):
+    from coda_flax.train.trainer import MetricsWriter, read_metrics
+    assert read_metrics(str(tmp_path / "absent")) == []
+    w = MetricsWriter(str(tmp_path))
+    w.write(1, {"loss": 2.5}, "train")
+    w.write(2, {"accuracy": 0.5}, "eval")
+    w.write(3, {"loss": 1.5}, "train")
+    w.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"split": "train", "step": 4, "lo')          # a run killed mid-write
+    assert [r["step"] for r in read_metrics(str(tmp_path), "train")] == [1, 3]
+    assert read_metrics(str(tmp_path), "eval") == [{"split": "eval", "step": 2, "accuracy": 0.5}]
+    assert len(read_metrics(str(tmp_path))) == 3

@@ -454,6 +454,25 @@ class MetricsWriter:
             self.tb.close()
 
 
+def read_metrics(model_dir: str, split: str | None = None) -> list[dict]:
+    """The rows of model_dir/metrics.jsonl (of one split if given); [] without the file.
+
+    A line that is not JSON (a run killed mid-write) is skipped."""
+    rows = []
+    try:
+        with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if split is None or row.get("split") == split:
+                    rows.append(row)
+    except OSError:
+        pass
+    return rows
+
+
 def _tensorboard_writer(model_dir: str):
     try:
         from clu import metric_writers
