@@ -65,12 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--quick", action="store_true", help="tiny sizes and steps (for tests)")
     compare.add_argument("--output", default=None, help="output folder (default outputs/TASK)")
     compare.add_argument("--data-dir", default=None,
-                         help="data cache (default $CODA_DATA_DIR or ~/.cache/coda_flax/data)")
+                         help="data cache, an existing directory (default $CODA_DATA_DIR or "
+                              "~/.cache/coda_flax/data, created when missing)")
     compare.add_argument("--no-prepare", dest="prepare", action="store_false",
                          help="use the data already in the cache; do not fetch or build any")
-    compare.set_defaults(func=lambda a: (__import__("coda_flax.compare").compare.run_compare(
-        a.task, a.output or f"outputs/{a.task}", quick_run=a.quick, data_dir=a.data_dir,
-        prepare=a.prepare), 0)[1])
+    compare.set_defaults(func=_compare)
 
     summary = sub.add_parser(
         "summary", help="parameter counts and analytic encoder FLOPs of a preset",
@@ -102,16 +101,31 @@ def main(argv: list[str] | None = None) -> int:
     return int(args.func(args) or 0)
 
 
+def _missing_data_dir(command: str, data_dir: str | None) -> bool:
+    """A --data-dir the user names must exist: a typo must not create a tree at that path (the
+    default cache is created on demand). Prints the one-line error when it does not."""
+    if data_dir is None or os.path.isdir(data_dir):
+        return False
+    print(f"coda {command}: error: --data-dir {data_dir} is not an existing directory; create "
+          f"it first (mkdir -p {data_dir}) or leave --data-dir out to use the cache.",
+          file=sys.stderr)
+    return True
+
+
 def _demo(a: argparse.Namespace) -> int:
-    # a directory the user names must exist: a typo must not create a tree at that path (the
-    # default cache is created on demand)
-    if a.data_dir is not None and not os.path.isdir(a.data_dir):
-        print(f"coda demo: error: --data-dir {a.data_dir} is not an existing directory; create "
-              f"it first (mkdir -p {a.data_dir}) or leave --data-dir out to use the cache.",
-              file=sys.stderr)
+    if _missing_data_dir("demo", a.data_dir):
         return 2
     from coda_flax import demo
     demo.run_demo(a.output, quick=a.quick, data_dir=a.data_dir)
+    return 0
+
+
+def _compare(a: argparse.Namespace) -> int:
+    if _missing_data_dir("compare", a.data_dir):
+        return 2
+    from coda_flax import compare
+    compare.run_compare(a.task, a.output or f"outputs/{a.task}", quick_run=a.quick,
+                        data_dir=a.data_dir, prepare=a.prepare)
     return 0
 
 

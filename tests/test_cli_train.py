@@ -142,11 +142,13 @@ def test_a_second_run_in_the_same_model_dir_is_refused(corpus, tmp_path, capsys)
     assert sorted(os.listdir(run)) == ["LOCK"]                 # nothing written
 
 
-def test_demo_does_not_create_a_data_dir_it_was_not_asked_to(tmp_path, capsys):
+@pytest.mark.parametrize("command", [["demo", "--quick"], ["compare", "easy_vqa", "--quick"]])
+def test_demo_does_not_create_a_data_dir_it_was_not_asked_to(command, tmp_path, capsys):
     missing = tmp_path / "nonexistent" / "dir"
-    assert main(["demo", "--quick", "--data-dir", str(missing)]) == 2
-    assert "is not an existing directory; create it first" in capsys.readouterr().err
-    assert not os.path.exists(tmp_path / "nonexistent")
+    assert main([*command, "--output", str(tmp_path / "out"), "--data-dir", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"coda {command[0]}: error" in err and "is not an existing directory" in err
+    assert not os.path.exists(tmp_path / "nonexistent") and not os.path.exists(tmp_path / "out")
 
 
 def test_gin_dir_flag_prints_the_packaged_folder(capsys):
