@@ -25,6 +25,7 @@ def data_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow    # ~70 s on 2 cores; the quick demo covers the shared finetune / table path
 def test_quick_rendered_words_comparison_writes_every_output(data_dir, tmp_path):
     out = str(tmp_path / "cmp")
     summary = compare.run_compare("rendered_words", out, quick_run=True, data_dir=data_dir,

@@ -53,6 +53,7 @@ def test_training_freezes_backbone_anneals_k_and_compiles_once_per_stage(tmp_pat
     assert os.listdir(tmp_path / "tensorboard")
 
 
+@pytest.mark.slow    # ~45 s; trainable="all" also runs in the quick demo's pretraining
 def test_loss_falls_when_training_everything(tmp_path):
     tr = th.trainer(tmp_path, total_steps=40, trainable="all", learning_rate=0.05,
                     checkpoint_every=100)
@@ -62,6 +63,8 @@ def test_loss_falls_when_training_everything(tmp_path):
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 
 
+@pytest.mark.slow    # ~70 s; exact resume is also checked by test_fault_injection (kill -9
+# mid-save) and SIGTERM + resume by test_cli_train
 def test_sigterm_saves_and_resumed_run_equals_uninterrupted(tmp_path):
     full = th.trainer(tmp_path / "a", total_steps=6)
     _, want = full.train(full.init_state(th.SHAPES), th.batches(), n=th.N)
