@@ -182,13 +182,9 @@ class Trainer:
             updates, opt_state = self.optimizer.update(grads, opt_state, trainable)
             param_norm = optax.tree.norm(trainable)
             trainable = optax.apply_updates(trainable, updates)
-            leaves = jax.tree_util.tree_leaves(trainable)
-            # NaN propagates through max, so a non-finite parameter shows as a non-finite max
-            max_abs = (jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
-                       if leaves else jnp.zeros(()))
             metrics = dict(metrics, loss=value, grad_norm=optax.tree.norm(grads),
                            update_norm=optax.tree.norm(updates), param_norm=param_norm,
-                           max_abs_param=max_abs)
+                           max_abs_param=_max_abs(trainable))
             return trainable, opt_state, metrics
 
         trainable_s, frozen_s, opt_s = self.shardings
@@ -285,12 +281,8 @@ class Trainer:
     # ---------------------------------------------------------------- divergence guard
     def _insane(self, trainable) -> str | None:
         """Why these trainable parameters are not finite and sane, or None."""
-        leaves = jax.tree_util.tree_leaves(trainable)
-        if not leaves:
-            return None
         with jax.set_mesh(self.mesh):
-            biggest = float(jax.jit(lambda ls: jnp.max(jnp.stack(
-                [jnp.max(jnp.abs(x)) for x in ls])))(leaves))
+            biggest = float(jax.jit(_max_abs)(trainable))
         if not np.isfinite(biggest):
             return "a trainable parameter is not finite"
         if self.cfg.max_abs_param and biggest > self.cfg.max_abs_param:
@@ -407,6 +399,15 @@ class Trainer:
             bar.close()
             writer.close()
         return state, history
+
+
+def _max_abs(tree):
+    """The largest |value| over the tree's arrays (0 for an empty tree). NaN propagates through
+    max, so a non-finite parameter shows as a non-finite result."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        return jnp.zeros(())
+    return jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
 
 
 TOKEN_KEYS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
