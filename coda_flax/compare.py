@@ -141,11 +141,12 @@ def ink_share(model_config_, params, examples, batch) -> dict:
 def majority_baseline(task, lengths, max_examples: int, models: dict) -> dict:
     """The task's metrics when every answer is the most frequent validation target (over the
     evaluated examples): the floor a model that ignores its input reaches."""
+    from coda_flax.tasks.metrics import majority_floor
     from coda_flax.train import run
     eos_id = next(iter(models.values())).eos_id
     examples = run.eval_examples(task, lengths, "validation", max_examples)
     texts = [run.target_text(task, ex, eos_id) for ex in examples]
-    answer = max(sorted(set(texts)), key=texts.count)
+    answer, _ = majority_floor(texts)
     targets = [run.postprocess(task, t, ex, is_target=True) for t, ex in zip(texts, examples)]
     predictions = [run.postprocess(task, answer, ex, is_target=False) for ex in examples]
     return {"answer": answer, **run.task_metrics(task, targets, predictions)}

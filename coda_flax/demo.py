@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from coda_flax.config import CodaConfig, ModelConfig
+from coda_flax.tasks.metrics import majority_floor
 
 TASK = "coda_shakespeare_needle"
 
@@ -111,15 +112,6 @@ def binomial_se(p: float, n: int) -> float:
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"binomial_se needs a fraction p in [0, 1], got {p}")
     return math.sqrt(p * (1.0 - p) / n)
-
-
-def majority_floor(targets) -> tuple[str, float]:
-    """(the most frequent answer, its share): the accuracy of always predicting it."""
-    targets = list(targets)
-    if not targets:
-        raise ValueError("majority_floor of an empty list")
-    values, counts = np.unique(np.asarray(targets, dtype=object).astype(str), return_counts=True)
-    return str(values[np.argmax(counts)]), float(counts.max() / len(targets))
 
 
 def unigram_entropy(counts) -> float:

@@ -15,6 +15,15 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 
+def majority_floor(targets) -> tuple[str, float]:
+    """(the most frequent answer, its share): the accuracy of always predicting it."""
+    targets = list(targets)
+    if not targets:
+        raise ValueError("majority_floor of an empty list")
+    values, counts = np.unique(np.asarray(targets, dtype=object).astype(str), return_counts=True)
+    return str(values[np.argmax(counts)]), float(counts.max() / len(targets))
+
+
 def _text(x) -> str:
     if isinstance(x, (bytes, np.bytes_)):
         return bytes(x).decode("utf-8")
