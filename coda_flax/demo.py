@@ -66,6 +66,7 @@ class DemoSettings:
                        "sigmoid_r3_k_to_k")
     needle_train: int = 8000
     needle_validation: int = 400        # 50 per receiver
+    probe_train: int = 2000             # training examples of the role probe (role_probe)
     backbone_eval_batches: int = 20
     speed_batch: int = 8
     speed_repeats: int = 5
@@ -76,7 +77,8 @@ QUICK = DemoSettings(d_model=32, num_heads=2, head_dim=16, d_ff=64, num_encoder_
                      num_decoder_layers=1, adapter_dim=8, input_length=64, target_length=8,
                      batch_size=4, pretrain_batch_size=4, pretrain_steps=4, finetune_steps=3,
                      seeds=(0,), one_seed=(),
-                     needle_train=64, needle_validation=16, backbone_eval_batches=2,
+                     needle_train=64, needle_validation=16, probe_train=32,
+                     backbone_eval_batches=2,
                      speed_batch=2, speed_repeats=1, vocab_size=300)
 
 QUICK_VARIANTS = ("parallel_adapter", "coda_r3_k_to_all", "first_k_r5_k_to_k")
@@ -293,6 +295,7 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
     from coda_flax.bench import measure_models
     from coda_flax.tasks import needle
     from coda_flax.train import run
+    from coda_flax.train.t5_model import CodaT5Model
 
     s = QUICK if quick else DemoSettings()
     if quick and variants is VARIANTS:            # the code path of every kind, fewer runs
@@ -370,8 +373,16 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
     evidence = routing_evidence(models, params, examples, records, lengths, output_dir, task)
     for name, ev in evidence.items():
         results[name]["evidence"] = ev
+    from coda_flax.checkpoints import load_checkpoint
+    dense_cfg, dense_params = load_checkpoint(pretrained)
+    probe_models = {"backbone (frozen, before finetuning)": CodaT5Model(dense_cfg), **models}
+    probe_params = {"backbone (frozen, before finetuning)": dense_params, **params}
+    train_examples = run.eval_examples(task, lengths, "train", max_examples=s.probe_train)
+    probes = role_probe(probe_models, probe_params, (train_examples, records),
+                        (examples, records), task.output_features["inputs"].vocabulary, lengths)
     summary = {"settings": dataclasses.asdict(s), "quick": quick, "task": TASK,
                "variants": results, "backbone": backbone, "num_validation": n_val,
+               "role_probe": probes,
                "majority_answer": majority, "majority_floor": floor,
                "needle": {k: needle_stats[k] for k in ("min_offset", "names")},
                "device": jax.devices()[0].device_kind, "seconds": time.time() - t_start}
@@ -436,6 +447,19 @@ def results_table(summary: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(
                 f"{_pct(a)}% / {_pct(c)}%" for a, c in zip(ev["routed_evidence_share"],
                                                            ev["evidence_recall"])) + " |")
+    probes = summary.get("role_probe")
+    if probes:
+        num_states = len(next(iter(probes.values()))["accuracy"])
+        lines += ["", "Does a token's encoder state say who received? Accuracy (%) of a linear "
+                      "probe (ridge regression, fit on "
+                      f"{s.get('probe_train', '?')} training needles) telling the receiver's "
+                      "name token from the giver's, on the validation needles (chance 50%; "
+                      "first seed):", "",
+                  "| model | embedding | " + " | ".join(f"after layer {i}"
+                                                      for i in range(num_states - 1)) + " |",
+                  "|---|" + "---|" * num_states]
+        for name, pr in probes.items():
+            lines.append(f"| {name} | " + " | ".join(_pct(a) for a in pr["accuracy"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -520,6 +544,64 @@ def routing_evidence(models: dict, params: dict, examples, records: dict, length
                                       f"{_pct(out[name]['routed_evidence_share'][-1])}% of the "
                                       f"last layer's routed tokens are needle tokens, chance "
                                       f"{_pct(out[name]['chance'])}%)")
+    return out
+
+
+def encoder_states(config: ModelConfig, params, tokens):
+    """[L + 1, b, n, d] float32: the token embeddings and every encoder layer's output for
+    tokens [b, n] (CoDA layers included: routed tokens updated, the others by the adapter)."""
+    import flax.linen as nn
+    import jax
+    from coda_flax.model import EncoderDecoder
+
+    params = nn.meta.unbox(params.get("params", params))
+    model = EncoderDecoder(config)
+
+    @jax.jit
+    def run_encoder(p, t):
+        _, state = model.apply({"params": p}, t, method="encode", capture_intermediates=True,
+                               mutable=["intermediates"])
+        layers = state["intermediates"]["encoder"]
+        outs = [layers[f"layers_{i}"]["__call__"][0] for i in range(config.num_encoder_layers)]
+        return [o[0] if isinstance(o, tuple) else o for o in outs]
+
+    embedded = np.asarray(params["token_embedder"]["embedding"])[np.asarray(tokens)]
+    return np.stack([embedded] + [np.asarray(o) for o in run_encoder(params, tokens)]
+                    ).astype(np.float32)
+
+
+def role_probe(models: dict, params: dict, train, validation, vocab, lengths,
+               batch: int = 100) -> dict:
+    """Per variant and layer: accuracy of a linear probe (needle.ridge_probe) that tells the
+    receiver's name token from the giver's by its encoder state, fit on `train` and scored on
+    `validation` ((examples, records by id) pairs). 50% = the state does not say who received;
+    adapters only read and write single token states, so an adapter-only model cannot answer
+    better than its states let it."""
+    from coda_flax.tasks import needle
+    from coda_flax.train import run
+
+    def features(model_cfg, p, data):
+        examples, records = data
+        xs, ys = [], []
+        for i in range(0, len(examples), batch):
+            chunk = examples[i:i + batch]
+            tokens = run.to_batch(chunk, lengths)["encoder_input_tokens"]
+            recs = [records[e["id"].decode() if isinstance(e["id"], bytes) else str(e["id"])]
+                    for e in chunk]
+            spans = [(r["needle_start"], r["needle_end"]) for r in recs]
+            ids = [(vocab.encode(r["giver"])[-1], vocab.encode(r["target"])[-1]) for r in recs]
+            x, y = needle.role_features(encoder_states(model_cfg, p, tokens), tokens, spans,
+                                        *zip(*ids))
+            xs.append(x)
+            ys.append(y)
+        return np.concatenate(xs, axis=1), np.concatenate(ys)
+
+    out = {}
+    for name, model in models.items():
+        x_tr, y_tr = features(model.config, params[name], train)
+        x_va, y_va = features(model.config, params[name], validation)
+        out[name] = {"accuracy": [needle.ridge_probe(a, y_tr, b, y_va)
+                                  for a, b in zip(x_tr, x_va)], "num_validation": len(y_va)}
     return out
 
 

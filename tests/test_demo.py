@@ -64,7 +64,15 @@ def test_demo_quick_writes_table_plot_and_heatmaps(data_dir, tmp_path):
     assert "evidence" not in variants["parallel_adapter"]
     b = results["backbone"]
     assert b["tokens"] > 0 and b["loss_real_tokens"] > 0 and b["unigram_entropy"] > 0
+    probes = results["role_probe"]
+    assert list(probes) == ["backbone (frozen, before finetuning)", *variants]
+    for pr in probes.values():
+        assert len(pr["accuracy"]) == layers + 1 and all(0 <= a <= 1 for a in pr["accuracy"])
+    # the embedding of a name does not depend on its role: every model's layer-0 probe is the
+    # same (the embeddings are frozen in adapter-only finetuning)
+    assert len({pr["accuracy"][0] for pr in probes.values()}) == 1
     table = open(out / "results.md").read()
+    assert "linear probe" in table
     assert all(f"| {name} |" in table for name in variants)
     assert "| majority answer" in table and "± SE" in table and "Backbone:" in table
     for f in ("speed_quality.png", "routing_coda_r3_k_to_all_0.png"):
@@ -148,3 +156,28 @@ def test_finished_backbone_is_reused_and_said_so(tmp_path):
     # nothing is trained or loaded: a reuse needs no model, data or vocabulary
     assert demo.pretrain_backbone(s, 100, str(pre), {}, logs.append) == report
     assert "reusing the pretrained backbone" in logs[0]
+
+
+def test_encoder_states_start_at_the_embedding_and_end_before_the_final_norm():
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from coda_flax.config import CodaConfig
+    from coda_flax.model import EncoderDecoder
+
+    cfg = demo.model_config(demo.QUICK, 50, CodaConfig(reduction=3, adapter_dim=4))
+    tokens = np.array([[3, 7, 9, 11, 4, 1, 0, 0], [5, 6, 7, 8, 9, 10, 12, 1]], np.int32)
+    model = EncoderDecoder(cfg)
+    params = model.init(jax.random.PRNGKey(0), jnp.asarray(tokens), jnp.zeros((2, 2), jnp.int32),
+                        jnp.zeros((2, 2), jnp.int32))["params"]
+    params = nn.meta.unbox(params)
+    states = demo.encoder_states(cfg, params, tokens)
+    assert states.shape == (cfg.num_encoder_layers + 1, 2, 8, cfg.d_model)
+    np.testing.assert_array_equal(states[0], np.asarray(params["token_embedder"]["embedding"])[tokens])
+    # encode() = the final RMSNorm of the last layer's output (T5: x / rms(x) * scale)
+    last = states[-1].astype(np.float64)
+    normed = last / np.sqrt((last ** 2).mean(-1, keepdims=True) + cfg.layer_norm_epsilon)
+    normed *= np.asarray(params["encoder"]["encoder_norm"]["scale"])
+    encoded = model.apply({"params": params}, jnp.asarray(tokens), method="encode")
+    np.testing.assert_allclose(np.asarray(encoded), normed, atol=1e-5)

@@ -134,3 +134,40 @@ def test_evidence_share_rejects_bad_shapes_and_spans():
         needle.evidence_share(np.ones((2, 4), bool), [(0, 1)], valid)
     with pytest.raises(ValueError, match="outside"):
         needle.evidence_share(np.ones((1, 1, 4), bool), [(3, 6)], valid)
+
+
+def test_role_positions_first_giver_last_receiver():
+    row = [5, 7, 9, 3, 4, 9, 2, 1]
+    # span (1, 7): giver 9 first at 2, receiver 2 last at 6
+    assert needle.role_positions(row, (1, 7), 9, 2) == (2, 6)
+    assert needle.role_positions(row, (1, 7), 9, 9) == (2, 5)
+    assert needle.role_positions(row, (3, 7), 7, 2) is None        # giver outside the span
+
+
+def test_ridge_probe_separable_random_and_closed_form():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    x = rng.normal(size=(400, 5))
+    x[:, 2] += 4.0 * (2 * y - 1)                      # one feature separates the classes
+    assert needle.ridge_probe(x[:300], y[:300], x[300:], y[300:]) == 1.0
+    noise = rng.normal(size=(2000, 5))
+    labels = rng.integers(0, 2, 2000)
+    assert abs(needle.ridge_probe(noise[:1000], labels[:1000], noise[1000:], labels[1000:])
+               - 0.5) < 0.06
+    # ridge -> 0: the least-squares fit of the +-1 targets (numpy's lstsq) decides the same way
+    a = np.c_[x[:300], np.ones(300)]
+    w = np.linalg.lstsq(a, 2.0 * y[:300] - 1, rcond=None)[0]
+    expected = ((np.c_[x[300:], np.ones(100)] @ w > 0) == y[300:]).mean()
+    assert needle.ridge_probe(x[:300], y[:300], x[300:], y[300:], ridge=1e-9) == expected
+    with pytest.raises(ValueError, match="same d"):
+        needle.ridge_probe(x[:, :3], y, x, y)
+
+
+def test_role_features_pick_the_name_states():
+    states = np.arange(2 * 2 * 6 * 3, dtype=np.float32).reshape(2, 2, 6, 3)   # [L, b, n, d]
+    tokens = np.array([[1, 8, 4, 9, 0, 0], [8, 8, 5, 9, 9, 1]])
+    x, y = needle.role_features(states, tokens, [(1, 4), (0, 5)], [8, 8], [9, 9])
+    assert y.tolist() == [0, 1, 0, 1]
+    np.testing.assert_array_equal(x, states[:, [0, 0, 1, 1], [1, 3, 0, 4]])
+    with pytest.raises(ValueError, match="single-token"):
+        needle.role_features(states, tokens, [(0, 1), (2, 3)], [8, 8], [9, 9])
