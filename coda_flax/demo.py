@@ -25,6 +25,7 @@ says so when it does.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -547,14 +548,12 @@ def routing_evidence(models: dict, params: dict, examples, records: dict, length
     return out
 
 
-def encoder_states(config: ModelConfig, params, tokens):
-    """[L + 1, b, n, d] float32: the token embeddings and every encoder layer's output for
-    tokens [b, n] (CoDA layers included: routed tokens updated, the others by the adapter)."""
-    import flax.linen as nn
+@functools.lru_cache(maxsize=None)
+def _layer_outputs_fn(config: ModelConfig):
+    """One jitted encoder per config (compiled once per input shape) -> every layer's output."""
     import jax
     from coda_flax.model import EncoderDecoder
 
-    params = nn.meta.unbox(params.get("params", params))
     model = EncoderDecoder(config)
 
     @jax.jit
@@ -565,9 +564,18 @@ def encoder_states(config: ModelConfig, params, tokens):
         outs = [layers[f"layers_{i}"]["__call__"][0] for i in range(config.num_encoder_layers)]
         return [o[0] if isinstance(o, tuple) else o for o in outs]
 
+    return run_encoder
+
+
+def encoder_states(config: ModelConfig, params, tokens):
+    """[L + 1, b, n, d] float32: the token embeddings and every encoder layer's output for
+    tokens [b, n] (CoDA layers included: routed tokens updated, the others by the adapter)."""
+    import flax.linen as nn
+
+    params = nn.meta.unbox(params.get("params", params))
     embedded = np.asarray(params["token_embedder"]["embedding"])[np.asarray(tokens)]
-    return np.stack([embedded] + [np.asarray(o) for o in run_encoder(params, tokens)]
-                    ).astype(np.float32)
+    outputs = _layer_outputs_fn(config)(params, tokens)
+    return np.stack([embedded] + [np.asarray(o) for o in outputs]).astype(np.float32)
 
 
 def role_probe(models: dict, params: dict, train, validation, vocab, lengths,
