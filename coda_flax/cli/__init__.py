@@ -20,17 +20,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from coda_flax.cli.bench import add_bench_parser
-from coda_flax.cli.convert import add_convert_parser
-from coda_flax.cli.compare import add_compare_parser
-from coda_flax.cli.demo import add_demo_parser
-from coda_flax.cli.reproduce import add_reproduce_parser
-from coda_flax.cli.summary import add_summary_parser
-from coda_flax.cli.train import add_run_parsers, split_gin_flags
-from coda_flax.cli.visualize import add_visualize_parser
-
 
 def build_parser() -> argparse.ArgumentParser:
+    # The subcommand modules are imported here, not at the package's import, so that
+    # `python -m coda_flax.cli.reproduce` (and the like) runs its module only once.
+    from coda_flax.cli.bench import add_bench_parser
+    from coda_flax.cli.compare import add_compare_parser
+    from coda_flax.cli.convert import add_convert_parser
+    from coda_flax.cli.demo import add_demo_parser
+    from coda_flax.cli.reproduce import add_reproduce_parser
+    from coda_flax.cli.summary import add_summary_parser
+    from coda_flax.cli.train import add_run_parsers
+    from coda_flax.cli.visualize import add_visualize_parser
+
     parser = argparse.ArgumentParser(prog="coda", description="Conditional Adapters (CoDA) in JAX/Flax.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_convert_parser(sub)
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from coda_flax.cli.train import split_gin_flags
+
     bindings, argv = split_gin_flags(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.gin_bindings = bindings
