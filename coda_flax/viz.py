@@ -1,45 +1,27 @@
-"""Routing visualisation: which tokens each CoDA encoder layer routes (paper Figure 7).
+"""Routing plots: which tokens each CoDA encoder layer routes (paper Figure 7).
 
-Every CoDA encoder layer sends k = ceil(n / r) of its n tokens through the frozen Transformer
-layer (equations 3, 9-11); the rest only see the parallel adapter. The layers sow their
-decisions into the "intermediates" collection; this module reads them back and draws them.
+The decisions come from coda_flax.analysis.routing_stats (routing_decisions: indices, lam,
+weights, selected [L, b, n], valid [b, n]); image patches are placed with
+coda_flax.analysis.patch_grid. This module draws them:
 
-    routing_decisions(config, params, encoder_input_tokens) -> dict
-        indices [L, b, k], lam [L, b, n], weights [L, b, k], selected [L, b, n], valid [b, n]
-        (token ids, image patches or audio frames: whatever config.encoder_input says; n is
-        the encoder length, after the 4x subsampling for audio)
-    routing_statistics(selected [L, n] or [L, b, n], valid=None) -> dict
-        fraction of layers routing each token, overlap between layers, padding share (= 0)
     plot_routing_heatmap(values [L, n], tokens, path)        layers x tokens heatmap (PNG)
     render_token_highlights(tokens, values [L, n], path)     text coloured by #layers (HTML + PNG)
     plot_patch_routing(selected [L, rows*cols], (rows, cols), path, image=None)
                                                               image patches, one panel per layer
-
-Images (Pix2Struct patches [n, 2 + p*p*C]: row id, column id (1-based, 0 = padding), pixels):
-
-    patch_grid_positions(patches) -> (rows [n], cols [n]) 0-based cells (-1: padding), grid_hw
-    place_patches(values [L, n], patches) -> [L, rows, cols]  values put on their patch cells
-    patch_image(patches, patch_size) -> [H, W, C] in [0, 1]  the page, rebuilt from the pixels
-    patch_ink_from_patches(patches, patch_size)  -> bool [n]  patches with ink (dark pixels)
     plot_image_routing(values [L, n], patches, path)         per-layer routing over the image
-    ink_share(selected [L, n], ink [n], valid) -> dict       share of routed patches with ink
-                                                              vs the page's share of ink patches
     plot_ink_share(stats, path)                               bars per layer vs the page's share
-
-Audio (frames [T, 1 + mel]: 1-based frame index (0 = padding), log-mel):
-
+                                                              (stats: routing_stats.ink_share)
     audio_routing_strips(values [L, n], T) -> [L, T]          encoder token j -> frames 4j..4j+3
     plot_audio_routing(values [L, n], frames, path)           log-mel spectrogram over one strip
                                                               per layer, on a common time axis
 
 Figures are drawn on matplotlib's Agg canvas (`matplotlib.figure.Figure`, never pyplot), so
 nothing here touches the interactive backend or global pyplot state. No argv is read here
-(`coda visualize` lives in coda_flax/viz_cli.py).
+(`coda visualize` lives in coda_flax/cli/visualize.py).
 """
 
 from __future__ import annotations
 
-import functools
 import html
 import math
 import os
@@ -47,232 +29,17 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["routing_decisions", "routing_statistics", "plot_routing_heatmap",
-           "render_token_highlights", "plot_patch_routing", "is_routed", "check_routed",
-           "display_token", "decisions_to_json", "patch_grid_positions", "place_patches",
-           "patch_image", "patch_ink_from_patches", "plot_image_routing", "ink_share",
-           "plot_ink_share", "audio_routing_strips", "plot_audio_routing", "SUBSAMPLING"]
+from coda_flax.analysis.patch_grid import patch_image, place_patches
+
+__all__ = ["plot_routing_heatmap", "render_token_highlights", "plot_patch_routing",
+           "display_token", "plot_image_routing", "plot_ink_share", "audio_routing_strips",
+           "plot_audio_routing", "SUBSAMPLING"]
 
 SUBSAMPLING = 4                                # audio frames per encoder token (2 stride-2 convs)
-INK_THRESHOLD = 0.5                            # grey level below which a pixel is ink
-
 SELECTED_COLORS = ("#f2f2f2", "#c0392b")       # skipped (adapter only), routed
 PADDING_COLOR = "#9e9e9e"
 LAM_CMAP = "coolwarm"                          # the paper's warm = preferred, cool = skipped
 COUNT_CMAP = "YlOrRd"
-
-
-# ----------------------------------------------------------------------------------- decisions
-
-
-def is_routed(config) -> bool:
-    """True when the encoder of `config` routes (CoDA with r > 1 or an explicit num_routed)."""
-    c = getattr(config, "coda", None)
-    return c is not None and (c.reduction > 1 or c.num_routed is not None)
-
-
-def check_routed(config) -> None:
-    if config.coda is None:
-        raise ValueError("this model has no CoDA layers (ModelConfig.coda is None: a dense T5 "
-                         "encoder): nothing is routed, every token goes through every layer.")
-    if not is_routed(config):
-        raise ValueError("this model is CoDA with reduction r = 1 (the Parallel Adapter "
-                         "baseline): nothing is routed, every token goes through every layer. "
-                         "Use a CoDA model with r > 1 (e.g. --reduction 3 overrides r).")
-
-
-def _params_tree(params: Mapping[str, Any]) -> Mapping[str, Any]:
-    if "params" in params and "encoder" not in params:
-        return params["params"]
-    return params
-
-
-@functools.lru_cache(maxsize=8)
-def _encode_intermediates(config, jit: bool):
-    """params, inputs -> the encoder's "intermediates" collection (jitted once per config)."""
-    import jax
-
-    from coda_flax.model import build_module
-
-    model = build_module(config)
-
-    def run(p, t):
-        _, state = model.apply({"params": p}, t, method="encode", mutable=["intermediates"])
-        return state["intermediates"]
-
-    return jax.jit(run) if jit else run
-
-
-def routing_decisions(config, params, encoder_input_tokens, *, jit: bool = True) -> dict:
-    """Runs the encoder and returns every layer's routing decision as numpy arrays.
-
-    encoder_input_tokens: what config.encoder_input reads, with or without the batch axis:
-    "tokens" [b, n] ints (0 = padding); "patches" [b, n, 2 + p*p*C] (row id 0 = padding);
-    "frames" [b, T, 1 + mel] (frame index 0 = padding), routed over the n = ceil(T / 4)
-    encoder tokens after the subsampling. params: the model's parameter tree (or
-    {"params": tree}); only the input embedding and the encoder are used.
-
-    Returns a dict:
-      layers    [L] layer indices 0..L-1
-      indices   [L, b, k] int32   the routed positions, ascending (router_indices)
-      lam       [L, b, n] float32 the router's soft top-k weights (router_lam)
-      weights   [L, b, k] float32 m = lam at the routed positions (equation 11)
-      selected  [L, b, n] bool    True where a position is among the layer's k routed ones
-      valid     [b, n] bool       real (non-padding) tokens / patches / encoder frames
-      n, k, reduction, router, attention, input (config.encoder_input)
-    When k = n (a sequence so short that ceil(n / r) = n) the layers route everything and sow
-    nothing: indices = arange(n), lam = valid, selected = True everywhere.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    check_routed(config)
-    kind = getattr(config, "encoder_input", "tokens")
-    tokens = np.asarray(encoder_input_tokens)
-    if kind == "tokens":
-        if tokens.ndim == 1:
-            tokens = tokens[None]
-        if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-            raise ValueError(f"encoder_input_tokens must be [batch, length] ints, got "
-                             f"{tokens.dtype} {tokens.shape}.")
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= config.vocab_size):
-            raise ValueError(f"token ids must lie in [0, vocab_size={config.vocab_size}); got "
-                             f"ids from {tokens.min()} to {tokens.max()} (a vocabulary larger "
-                             f"than the model's?).")
-        inputs = jnp.asarray(tokens, jnp.int32)
-        valid = tokens > 0
-    else:
-        from coda_flax.inputs import check_inputs, encoder_mask
-
-        if tokens.ndim == 2:
-            tokens = tokens[None]
-        check_inputs(config, tokens)
-        tokens = tokens.astype(np.float32)
-        inputs = jnp.asarray(tokens)
-        valid = np.asarray(encoder_mask(config, tokens))
-    b, n = valid.shape
-    k = config.coda.k(n)
-    num_layers = config.num_encoder_layers
-    tree = _params_tree(params)
-    inter = _encode_intermediates(config, jit)(tree, inputs)
-    inter = jax.tree_util.tree_map(np.asarray, inter)
-    encoder = inter.get("encoder", {}) if hasattr(inter, "get") else {}
-
-    indices = np.zeros((num_layers, b, k), np.int32)
-    lam = np.zeros((num_layers, b, n), np.float32)
-    for i in range(num_layers):
-        layer = encoder.get(f"layers_{i}", {})
-        if "router_indices" in layer:
-            indices[i] = layer["router_indices"][0]
-            lam[i] = layer["router_lam"][0]
-        elif k == n:
-            indices[i] = np.arange(n, dtype=np.int32)[None]
-            lam[i] = valid.astype(np.float32)
-        else:
-            raise RuntimeError(f"encoder layer {i} sowed no routing decision although k={k} < "
-                               f"n={n}; is it a CoDA layer?")
-    selected = np.zeros((num_layers, b, n), bool)
-    np.put_along_axis(selected, indices, True, axis=2)
-    weights = np.take_along_axis(lam, indices, axis=2)
-    return {"layers": list(range(num_layers)), "indices": indices, "lam": lam,
-            "weights": weights, "selected": selected, "valid": valid, "n": n, "k": k,
-            "reduction": config.coda.reduction, "router": config.coda.router,
-            "attention": config.coda.attention, "input": kind}
-
-
-def routing_statistics(selected, valid=None) -> dict:
-    """Summary numbers for routing masks.
-
-    selected: [L, n] or [L, b, n] bool (True = routed by that layer); valid: [n] or [b, n] bool
-    (True = real token; None = all real).
-
-    Returns (numpy arrays; per-token results are [n] for 2-D input, [b, n] for 3-D):
-      routed_per_layer    [L]      routed positions per layer (summed over the batch)
-      fraction_of_layers  [(b,) n] share of layers that route each token
-      coverage            float    share of real tokens routed by at least one layer
-      never_routed        int      real tokens no layer routes
-      always_routed       int      real tokens every layer routes
-      overlap             [L, L]   |A_i & A_j| / |A_i|: share of layer i's routed tokens that
-                                   layer j also routes (1 on the diagonal)
-      jaccard             [L, L]   |A_i & A_j| / |A_i | A_j|
-      adjacent_jaccard    [L - 1]  jaccard between consecutive layers
-      padding_routed      int      routed slots that fall on padding
-      padding_share       float    padding_routed / all routed slots; 0 whenever k does not
-                                   exceed the real tokens (padding is never preferred)
-    """
-    sel = np.asarray(selected).astype(bool)
-    if sel.ndim not in (2, 3):
-        raise ValueError(f"selected must be [layers, n] or [layers, batch, n], got {sel.shape}.")
-    squeeze = sel.ndim == 2
-    if squeeze:
-        sel = sel[:, None]
-    num_layers, b, n = sel.shape
-    if valid is None:
-        val = np.ones((b, n), bool)
-    else:
-        val = np.asarray(valid).astype(bool).reshape((-1, n) if np.ndim(valid) else (b, n))
-        if val.shape != (b, n):
-            raise ValueError(f"valid has shape {np.shape(valid)}; expected "
-                             f"{(n,) if squeeze else (b, n)} to match selected {np.shape(selected)}.")
-    if num_layers == 0:
-        raise ValueError("selected has no layers.")
-    flat = sel.reshape(num_layers, b * n)
-    inter = flat.astype(np.int64) @ flat.T.astype(np.int64)        # [L, L] |A_i & A_j|
-    count = np.diag(inter).astype(np.float64)
-    union = count[:, None] + count[None, :] - inter
-    overlap = np.divide(inter, count[:, None], out=np.zeros_like(inter, np.float64),
-                        where=count[:, None] > 0)
-    jaccard = np.divide(inter, union, out=np.ones_like(inter, np.float64), where=union > 0)
-    frac = sel.mean(axis=0)                                         # [b, n]
-    frac = np.where(val, frac, 0.0)
-    any_routed = sel.any(axis=0) & val
-    all_routed = sel.all(axis=0) & val
-    real = int(val.sum())
-    padding_routed = int((sel & ~val[None]).sum())
-    total_routed = int(sel.sum())
-    return {
-        "routed_per_layer": sel.sum(axis=(1, 2)),
-        "fraction_of_layers": frac[0] if squeeze else frac,
-        "coverage": float(any_routed.sum() / real) if real else 0.0,
-        "never_routed": int(real - any_routed.sum()),
-        "always_routed": int(all_routed.sum()),
-        "overlap": overlap,
-        "jaccard": jaccard,
-        "adjacent_jaccard": np.array([jaccard[i, i + 1] for i in range(num_layers - 1)]),
-        "padding_routed": padding_routed,
-        "padding_share": padding_routed / total_routed if total_routed else 0.0,
-    }
-
-
-def decisions_to_json(decisions: Mapping[str, Any], batch_index: int = 0,
-                      layers: Sequence[int] | None = None) -> dict:
-    """One batch row of `routing_decisions` as a JSON-ready dict (lam rounded to 6 places)."""
-    layers = list(decisions["layers"]) if layers is None else list(layers)
-    out = {key: decisions[key] for key in ("n", "k", "reduction", "router", "attention")}
-    if "input" in decisions:
-        out["input"] = decisions["input"]
-    valid = decisions["valid"][batch_index]
-    out["num_real_tokens"] = int(valid.sum())
-    out["layers"] = [{
-        "layer": int(i),
-        "indices": decisions["indices"][i, batch_index].tolist(),
-        "weights": np.round(decisions["weights"][i, batch_index], 6).tolist(),
-        "lam": np.round(decisions["lam"][i, batch_index], 6).tolist(),
-        "selected": decisions["selected"][i, batch_index].astype(int).tolist(),
-    } for i in layers]
-    stats = routing_statistics(decisions["selected"][layers, batch_index], valid)
-    out["statistics"] = _jsonable(stats)
-    return out
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return np.round(value, 6).tolist() if value.dtype.kind == "f" else value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 # ------------------------------------------------------------------------------------- drawing
@@ -740,172 +507,6 @@ def plot_patch_routing(selected, grid_hw: tuple[int, int], path: str, image=None
 
 
 # -------------------------------------------------------------------------------------- images
-
-
-def _patches_2d(patches) -> np.ndarray:
-    arr = np.asarray(patches)
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 2 or arr.shape[1] < 2:
-        raise ValueError(f"patches must be [n, 2 + p*p*C] (row id, column id, pixels), got "
-                         f"shape {arr.shape}.")
-    return arr
-
-
-def patch_grid_positions(patches, grid_hw: tuple[int, int] | None = None):
-    """Where each patch sits: (rows [n], cols [n]) 0-based cells, -1 for padding, and
-    grid_hw = (rows, cols) of the grid (default: the largest row / column id).
-
-    patches: [n, 2 + ...] (only the two id columns are read; [n, 2] ids work too). Row id 0
-    marks padding. Raises if a patch lies outside grid_hw or two patches share a cell.
-    """
-    arr = _patches_2d(patches)
-    ids = np.rint(arr[:, :2]).astype(np.int64)
-    real = ids[:, 0] > 0
-    if grid_hw is None:
-        grid_hw = ((int(ids[real, 0].max()), int(ids[real, 1].max())) if real.any()
-                   else (0, 0))
-    rows_n, cols_n = (int(x) for x in grid_hw)
-    rows = np.where(real, ids[:, 0] - 1, -1)
-    cols = np.where(real, ids[:, 1] - 1, -1)
-    if real.any():
-        if (rows[real] >= rows_n).any() or (cols[real] >= cols_n).any() or (cols[real] < 0).any():
-            raise ValueError(f"patch ids outside the {rows_n} x {cols_n} grid (row ids "
-                             f"{ids[real, 0].min()}..{ids[real, 0].max()}, column ids "
-                             f"{ids[real, 1].min()}..{ids[real, 1].max()}).")
-        cells = rows[real] * cols_n + cols[real]
-        if len(np.unique(cells)) != len(cells):
-            raise ValueError("two patches have the same (row, column) id.")
-    return rows, cols, (rows_n, cols_n)
-
-
-def place_patches(values, patches, grid_hw: tuple[int, int] | None = None, fill=0):
-    """Puts per-patch values on the image grid by the patches' own (row, column) ids.
-
-    values: [n] or [L, n] (bool or float), in the order of `patches` ([n, 2 + ...]).
-    Returns [rows, cols] or [L, rows, cols] of values' dtype; cells without a patch (and
-    padding patches) get `fill`.
-    """
-    v = np.asarray(values)
-    squeeze = v.ndim == 1
-    if squeeze:
-        v = v[None]
-    rows, cols, (rows_n, cols_n) = patch_grid_positions(patches, grid_hw)
-    if v.ndim != 2 or v.shape[1] != rows.shape[0]:
-        raise ValueError(f"values must be [n] or [layers, n] with n = {rows.shape[0]} patches, "
-                         f"got shape {np.shape(values)}.")
-    grid = np.full((v.shape[0], rows_n, cols_n), fill, dtype=v.dtype)
-    real = rows >= 0
-    grid[:, rows[real], cols[real]] = v[:, real]
-    return grid[0] if squeeze else grid
-
-
-def _unpatchify(patches, patch_size: int, channels: int, grid_hw) -> np.ndarray:
-    """The image [rows * p, cols * p, C] from patch pixels (row-major p x p x C per patch)."""
-    arr = _patches_2d(patches).astype(np.float32)
-    rows, cols, (rows_n, cols_n) = patch_grid_positions(arr, grid_hw)
-    p = patch_size
-    image = np.zeros((rows_n * p, cols_n * p, channels), np.float32)
-    for i in np.flatnonzero(rows >= 0):
-        r, c = rows[i], cols[i]
-        image[r * p:(r + 1) * p, c * p:(c + 1) * p] = arr[i, 2:].reshape(p, p, channels)
-    return image
-
-
-def _patch_channels(patches, patch_size: int) -> int:
-    dim = _patches_2d(patches).shape[1] - 2
-    if dim < 1 or dim % (patch_size * patch_size):
-        raise ValueError(f"patch width {dim} is not a multiple of patch_size^2 = "
-                         f"{patch_size * patch_size}; pass the model's patch_size.")
-    return dim // (patch_size * patch_size)
-
-
-def _minmax(x: np.ndarray, mask=None) -> np.ndarray:
-    """x rescaled to [0, 1] by the min / max over mask (patchify standardises each image, an
-    affine map: min-max undoes it for a page with both black and white pixels)."""
-    ref = x if mask is None else x[mask]
-    if ref.size == 0:
-        return np.zeros_like(x, np.float32)
-    lo, hi = float(ref.min()), float(ref.max())
-    return np.clip((x - lo) / (hi - lo), 0, 1).astype(np.float32) if hi > lo else \
-        np.ones_like(x, np.float32)
-
-
-def patch_image(patches, patch_size: int, grid_hw: tuple[int, int] | None = None,
-                channels: int | None = None) -> np.ndarray:
-    """The page the patches were cut from, for drawing: float32 [rows * p, cols * p, C] in
-    [0, 1] (the standardised pixels min-max rescaled over the real patches; cells without a
-    patch are white). Uses coda_flax.patches.unpatchify when it is there."""
-    arr = _patches_2d(patches).astype(np.float32)
-    channels = channels or _patch_channels(arr, patch_size)
-    _, _, grid_hw = patch_grid_positions(arr, grid_hw)
-    try:
-        from coda_flax.patches import unpatchify
-        image = unpatchify(arr, grid_hw[0], grid_hw[1], patch_size=patch_size,
-                           channels=channels)
-    except ImportError:
-        image = _unpatchify(arr, patch_size, channels, grid_hw)
-    present = place_patches(np.ones(arr.shape[0], bool), arr, grid_hw, fill=False)
-    cover = np.repeat(np.repeat(present, patch_size, 0), patch_size, 1)      # [H, W]
-    out = _minmax(image, np.broadcast_to(cover[..., None], image.shape))
-    out[~cover] = 1.0
-    return out
-
-
-def patch_ink_from_patches(patches, patch_size: int, threshold: float = INK_THRESHOLD,
-                           channels: int | None = None) -> np.ndarray:
-    """bool [n]: patches holding ink, from their own pixels.
-
-    The pixels are rescaled to [0, 1] over all real patches (patch_image: undoes patchify's
-    standardisation on a page with white paper and black ink); a patch has ink when some pixel's
-    grey level (mean over channels) is below `threshold`. Padding patches are False. The
-    patches are resized, which greys thin strokes: coda_flax.patches.patch_ink, which looks at
-    the original image, is the better mask when the image is at hand."""
-    arr = _patches_2d(patches).astype(np.float32)
-    channels = channels or _patch_channels(arr, patch_size)
-    real = arr[:, 0] > 0
-    grey = arr[:, 2:].reshape(arr.shape[0], -1, channels).mean(axis=2)      # [n, p*p]
-    grey = _minmax(grey, np.broadcast_to(real[:, None], grey.shape))
-    return (grey < threshold).any(axis=1) & real
-
-
-def ink_share(selected, ink_mask, valid=None) -> dict:
-    """Do the routers pick the patches with ink? (the paper's section 6 claim: CoDA skips the
-    white background of documents.)
-
-    selected: [L, n] (or [n]) bool, True = routed by that layer; ink_mask: [n] bool (patches
-    with ink); valid: [n] bool real patches (None: all). Returns (numpy / floats):
-      routed_ink_share   [L]   share of a layer's routed (real) patches that hold ink
-      page_ink_share     float share of the real patches that hold ink (what random routing
-                               would give)
-      enrichment         [L]   routed_ink_share / page_ink_share (1 = no preference for ink)
-      ink_coverage       [L]   share of the ink patches the layer routes
-      routed             [L]   routed real patches per layer
-      ink_patches, real_patches   ints
-    """
-    sel = np.asarray(selected).astype(bool)
-    if sel.ndim == 1:
-        sel = sel[None]
-    if sel.ndim != 2:
-        raise ValueError(f"selected must be [layers, n], got shape {np.shape(selected)}.")
-    n = sel.shape[1]
-    ink = np.asarray(ink_mask).astype(bool).reshape(-1)
-    if ink.shape != (n,):
-        raise ValueError(f"ink_mask must have {n} entries, got shape {np.shape(ink_mask)}.")
-    val = np.ones(n, bool) if valid is None else np.asarray(valid).astype(bool).reshape(-1)
-    if val.shape != (n,):
-        raise ValueError(f"valid must have {n} entries, got shape {np.shape(valid)}.")
-    ink = ink & val
-    routed = (sel & val).sum(axis=1)
-    routed_ink = (sel & ink).sum(axis=1)
-    real, inked = int(val.sum()), int(ink.sum())
-    page = inked / real if real else 0.0
-    share = np.divide(routed_ink, routed, out=np.zeros(len(routed)), where=routed > 0)
-    return {"routed_ink_share": share,
-            "page_ink_share": page,
-            "enrichment": share / page if page > 0 else np.full(len(routed), np.nan),
-            "ink_coverage": (routed_ink / inked if inked else np.zeros(len(routed))),
-            "routed": routed, "ink_patches": inked, "real_patches": real}
 
 
 def plot_ink_share(stats: Mapping[str, Any], path: str, *,

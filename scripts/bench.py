@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Thin launcher for `coda bench` (coda_flax/bench.py): CoDA vs Parallel Adapter speed.
+"""Thin launcher for `coda bench` (coda_flax/cli/bench.py): CoDA vs Parallel Adapter speed.
 
     python scripts/bench.py --lengths 512 --reductions 1,3 --attention k_to_all \\
         --modes encode --num-layers 2 --output bench_out
@@ -18,11 +18,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from coda_flax.bench import _DESCRIPTION, bench_main, configure_parser  # noqa: E402
+from coda_flax.cli.bench import DESCRIPTION, bench_main, configure_parser  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/bench.py", description=_DESCRIPTION,
+    parser = argparse.ArgumentParser(prog="scripts/bench.py", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     configure_parser(parser)
     return bench_main(parser.parse_args(argv))

@@ -37,7 +37,7 @@ def positive_float(text):
 
 
 def main(argv=None) -> int:
-    from coda_flax import demo
+    from coda_flax.experiments import demo
 
     names = [v[0] for v in demo.VARIANTS]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -14,7 +14,9 @@ import pytest
 
 from coda_flax import CodaConfig, EncoderDecoder, ModelConfig, tiny_config
 from coda_flax import bench
-from coda_flax.summary import abstract_params, flop_speedup
+from coda_flax.analysis import bench_report, synthetic
+from coda_flax.cli import bench as bench_cli
+from coda_flax.analysis.summary import abstract_params, flop_speedup
 
 TINY = tiny_config()          # d 16, 4 heads (2 kv), 2 + 2 layers, vocab 64
 FAST = dict(repeats=2, warmup=0, min_sample_seconds=0.0, settle=0)
@@ -48,7 +50,7 @@ def tiny_sweep():
 
 def test_sweep_json_schema(tiny_sweep, tmp_path):
     settings, result = tiny_sweep
-    path = bench.write_json(result, str(tmp_path / "out" / "bench.json"))
+    path = bench_report.write_json(result, str(tmp_path / "out" / "bench.json"))
     loaded = json.load(open(path))                      # JSON-serialisable, round trips
     assert set(loaded) == TOP_KEYS
     assert loaded["schema_version"] == bench.SCHEMA_VERSION == 2
@@ -114,20 +116,23 @@ def test_parallel_adapter_rows_time_the_pa_against_itself(tiny_sweep):
 
 def test_plot_is_written(tiny_sweep, tmp_path):
     _, result = tiny_sweep
-    path = bench.plot_speedups(result, str(tmp_path / "speedup.png"))
+    path = bench_report.plot_speedups(result, str(tmp_path / "speedup.png"))
     assert path is not None and os.path.getsize(path) > 1000
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert bench.plot_speedups(dict(result, rows=[]), str(tmp_path / "none.png")) is None
+    assert bench_report.plot_speedups(dict(result, rows=[]), str(tmp_path / "none.png")) is None
 
 
 def test_min_statistic_is_the_minimum_sample():
     settings = bench.SweepSettings(presets=(TINY,), lengths=(8,), reductions=(2,),
                                    attentions=("k_to_all",), modes=("encode",), num_layers=1,
                                    statistic="min", **FAST)
-    (row,) = bench.run_sweep(settings)["rows"]
+    logged = []
+    (row,) = bench.run_sweep(settings, log=logged.append)["rows"]
     assert row["pa_seconds"] == min(row["pa_samples"])
     assert row["coda_seconds"] == min(row["coda_samples"])
+    # progress only: the rows are printed once, by `coda bench`, when the run is done
+    assert logged and not any("FLOP bound" in m or "meas/FLOP" in m for m in logged)
 
 
 # ------------------------------------------------------------------------ configs and weights
@@ -150,7 +155,7 @@ def test_bench_config_depth_override_keeps_the_decoder_proportion():
 
 def test_random_params_fit_pa_and_coda():
     config = bench.bench_config(TINY, 2, num_layers=1)
-    params = bench.random_params(config, seed=0)
+    params = synthetic.random_params(config, seed=0)
     expected = abstract_params(config)
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(expected)
     for got, want in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(expected)):
@@ -160,7 +165,7 @@ def test_random_params_fit_pa_and_coda():
         model = EncoderDecoder(bench.bench_config(TINY, r, num_layers=1))
         out = jax.jit(lambda p, t: model.apply({"params": p}, t, method="encode"))(params, tokens)
         assert out.shape == (2, 8, TINY.d_model) and bool(jnp.all(jnp.isfinite(out)))
-    again = bench.random_params(config, seed=0)
+    again = synthetic.random_params(config, seed=0)
     assert all(bool(jnp.array_equal(a, b)) for a, b in
                zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(again)))
 
@@ -172,7 +177,7 @@ def test_soft_topk_json_schema(tmp_path):
     settings = bench.SoftTopkSettings(lengths=(16,), reductions=(1, 2), gradient_reduction=3,
                                       num_iters=20, preset=TINY, **FAST)
     result = bench.run_soft_topk(settings)
-    loaded = json.load(open(bench.write_json(result, str(tmp_path / "soft_topk.json"))))
+    loaded = json.load(open(bench_report.write_json(result, str(tmp_path / "soft_topk.json"))))
     assert set(loaded) == TOP_KEYS and loaded["rows"] == []
     soft = loaded["soft_topk"]
     assert set(soft) == {"settings", "gradients", "router_share"}
@@ -196,7 +201,7 @@ def test_soft_topk_json_schema(tmp_path):
     assert (share["n"], share["r"], share["k"]) == (16, 2, 8)
     assert share["router_share"] == pytest.approx(share["router_seconds"]
                                                   / share["layer_seconds"])
-    text = bench.format_soft_topk_table(soft)
+    text = bench_report.format_soft_topk_table(soft)
     assert "implicit vs unrolled" in text and "share of one CoDA layer" in text
 
 
@@ -216,7 +221,7 @@ def test_format_table():
     rows = [_row(), _row(n=4096, r=8, k=512, attention="k_to_k", pa_seconds=3.5,
                          coda_seconds=0.5, measured_speedup=7.0, paired_speedup=None,
                          flop_speedup=7.3, measured_over_flop=7.0 / 7.3), _row(r=1.5, k=342)]
-    lines = bench.format_table(rows).splitlines()
+    lines = bench_report.format_table(rows).splitlines()
     assert len(lines) == 2 + len(rows)
     assert lines[0].split() == ["preset", "mode", "n", "r", "k", "attention", "PA", "ms",
                                 "CoDA", "ms", "speedup", "paired", "FLOP", "bound", "meas/FLOP"]
@@ -227,14 +232,14 @@ def test_format_table():
     assert lines[3].split()[6:] == ["3500.00", "500.00", "7.000", "-", "7.300", "0.959"]
     assert lines[4].split()[3] == "1.5"
     assert len({len(line) for line in lines[:2]}) == 1          # aligned columns
-    assert bench.format_table(rows, header=False).splitlines() == lines[2:]
+    assert bench_report.format_table(rows, header=False).splitlines() == lines[2:]
 
 
 # ------------------------------------------------------------------------------------- CLI
 
 
 def _parser():
-    return bench.configure_parser(argparse.ArgumentParser(prog="coda bench"))
+    return bench_cli.configure_parser(argparse.ArgumentParser(prog="coda bench"))
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -268,7 +273,7 @@ def test_cli_defaults():
     assert args.reductions == (1, 2, 3, 4, 5, 8, 16, 32)
     assert args.lengths == (128, 256, 512, 1024, 2048, 4096)
     assert args.attention == ("k_to_all", "k_to_k") and args.modes == ("encode", "generate")
-    assert args.func is bench.bench_main and not args.soft_topk
+    assert args.func is bench_cli.bench_main and not args.soft_topk
     args = _parser().parse_args(["--reductions", "1,2.5,8", "--lengths", "512,4096",
                                  "--presets", "t5_1_1_base,paper_text_base"])
     assert args.reductions == (1, 2.5, 8) and args.lengths == (512, 4096)
@@ -278,7 +283,7 @@ def test_cli_defaults():
 def test_coda_cli_has_bench(capsys):
     from coda_flax.cli import build_parser
     args = build_parser().parse_args(["bench", "--lengths", "512", "--reductions", "1,3"])
-    assert args.func is bench.bench_main and args.reductions == (1, 3)
+    assert args.func is bench_cli.bench_main and args.reductions == (1, 3)
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["bench", "--reductions", "0"])
     assert exc.value.code == 2 and "reduction r must be >= 1" in capsys.readouterr().err
@@ -317,9 +322,12 @@ def test_bench_main_writes_json_plot_and_table(tmp_path, monkeypatch, capsys):
     out = tmp_path / "bench_out"
     args = _parser().parse_args(["--lengths", "512", "--reductions", "1,3", "--num-layers", "2",
                                  "--modes", "encode", "--output", str(out), "--quiet"])
-    assert bench.bench_main(args) == 0
+    assert bench_cli.bench_main(args) == 0
     assert seen["settings"].num_layers == 2 and seen["settings"].reductions == (1, 3)
     assert json.load(open(out / "bench.json"))["rows"] == canned["rows"]
     assert (out / "speedup.png").exists()
     printed = capsys.readouterr().out
     assert "FLOP bound" in printed and "2.845" in printed and "bench.json" in printed
+    assert printed.startswith(f"coda bench: writes {out / 'bench.json'} and "
+                              f"{out / 'speedup.png'}\n")
+    assert printed.count("FLOP bound") == 1                # the rows once

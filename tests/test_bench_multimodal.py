@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from coda_flax import bench
+from coda_flax.analysis import bench_report, summary, synthetic
+from coda_flax.cli import bench as bench_cli
 from coda_flax.config import ModelConfig, tiny_config
-from coda_flax.summary import flop_speedup
+from coda_flax.analysis.summary import flop_speedup
 
 FAST = dict(repeats=2, warmup=0, min_sample_seconds=0.0, settle=0)
 # d 16, 4 heads (2 kv), 2 + 2 layers; 2x2 RGB patches, 3 x 4 grids at 12 patches.
@@ -48,27 +50,27 @@ def frame_sweep():
 
 
 def test_patch_grid_shape():
-    assert bench.patch_grid_shape(1024) == (32, 32)
-    assert bench.patch_grid_shape(2048) == (32, 64)
-    assert bench.patch_grid_shape(4096) == (64, 64)
-    assert bench.patch_grid_shape(12) == (3, 4)
-    assert bench.patch_grid_shape(7) == (1, 7)
+    assert synthetic.patch_grid_shape(1024) == (32, 32)
+    assert synthetic.patch_grid_shape(2048) == (32, 64)
+    assert synthetic.patch_grid_shape(4096) == (64, 64)
+    assert synthetic.patch_grid_shape(12) == (3, 4)
+    assert synthetic.patch_grid_shape(7) == (1, 7)
     with pytest.raises(ValueError):
-        bench.patch_grid_shape(0)
+        synthetic.patch_grid_shape(0)
 
 
 def test_random_inputs_layout():
     rng = np.random.default_rng(0)
-    x = bench.random_inputs(PATCHES, 2, 12, rng)
+    x = synthetic.random_inputs(PATCHES, 2, 12, rng)
     assert x.shape == (2, 12, 2 + 2 * 2 * 3) and x.dtype == np.float32
     for b in range(2):                               # full 3 x 4 grid, row-major, 1-based
         np.testing.assert_array_equal(x[b, :, 0], [1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3])
         np.testing.assert_array_equal(x[b, :, 1], [1, 2, 3, 4] * 3)
     assert x[..., 2:].std() > 0.5                    # random pixels
-    f = bench.random_inputs(FRAMES, 2, 40, rng)
+    f = synthetic.random_inputs(FRAMES, 2, 40, rng)
     assert f.shape == (2, 40, 9) and f.dtype == np.float32
     np.testing.assert_array_equal(f[1, :, 0], np.arange(1, 41))      # every frame real
-    t = bench.random_inputs(tiny_config(), 2, 12, rng)
+    t = synthetic.random_inputs(tiny_config(), 2, 12, rng)
     assert t.shape == (2, 12) and t.dtype == np.int32 and t.min() >= 2 and t.max() < 64
 
 
@@ -94,10 +96,10 @@ def test_input_flops_match_xla_and_hand_count():
     from coda_flax.inputs import ConvSubsampling, PatchEmbedder
 
     # Hand count for FRAMES at T = 40: T1 = 20, F1 = 4, T2 = 10, F2 = 2, C = 4, d = 16.
-    assert bench.input_flops(FRAMES, 40) == 2 * 9 * 4 * 20 * 4 + 2 * 9 * 16 * 10 * 2 \
+    assert summary.input_flops(FRAMES, 40) == 2 * 9 * 4 * 20 * 4 + 2 * 9 * 16 * 10 * 2 \
         + 2 * 10 * 2 * 4 * 16
-    assert bench.input_flops(PATCHES, 12) == 2 * 12 * 12 * 16
-    assert bench.input_flops(tiny_config(), 512) == 0
+    assert summary.input_flops(PATCHES, 12) == 2 * 12 * 12 * 16
+    assert summary.input_flops(tiny_config(), 512) == 0
     # XLA's count adds the elementwise work (relu, masks, position adds) and leaves out the
     # convolution taps that fall on "SAME" padding: within 10% at 80 mel bins.
     cases = ((ConvSubsampling, FRAMES.replace(conv_channels=16, num_mel_bins=80), 64),
@@ -113,7 +115,7 @@ def test_input_flops_match_xla_and_hand_count():
             # XLA:CPU (the test machines) reports FLOPs: only another backend may lack them.
             assert jax.default_backend() != "cpu", "XLA:CPU gave no cost analysis"
             pytest.skip(f"the {jax.default_backend()} backend gives no cost analysis")
-        ours = bench.input_flops(config, length)
+        ours = summary.input_flops(config, length)
         assert 0.9 * ours <= cost["flops"] <= 1.1 * ours, (module.__name__, ours,
                                                           cost["flops"])
 
@@ -132,7 +134,7 @@ def test_bench_config_keeps_input_and_head():
 
 def test_random_params_of_a_ctc_model():
     config = bench.bench_config(FRAMES, 2, num_layers=1)
-    params = bench.random_params(config, seed=0)
+    params = synthetic.random_params(config, seed=0)
     sub = params["encoder"]["subsampling"]
     assert set(sub) == {"conv_0", "conv_1", "input_projection"}
     assert not np.asarray(sub["conv_1"]["bias"]).any()                # conv biases at zero
@@ -160,7 +162,7 @@ def _check_common(row, rows_r):
 
 
 def test_patch_sweep_rows(patch_sweep, tmp_path):
-    result = json.load(open(bench.write_json(patch_sweep, str(tmp_path / "bench.json"))))
+    result = json.load(open(bench_report.write_json(patch_sweep, str(tmp_path / "bench.json"))))
     assert result["schema_version"] == 2
     rows = result["rows"]
     assert len(rows) == 2 * 2                                   # r x mode
@@ -172,7 +174,7 @@ def test_patch_sweep_rows(patch_sweep, tmp_path):
         assert row["decode_length"] == (3 if row["mode"] == "generate" else None)
         assert (row["num_encoder_layers"], row["num_decoder_layers"]) == (1, 1)
         assert (row["preset_num_encoder_layers"], row["preset_num_decoder_layers"]) == (2, 2)
-        assert row["input_flops"] == bench.input_flops(PATCHES, 12)
+        assert row["input_flops"] == summary.input_flops(PATCHES, 12)
         _check_common(row, [PATCHES])
 
 
@@ -185,7 +187,7 @@ def test_frame_sweep_rows_use_the_subsampled_length(frame_sweep):
         assert row["audio_seconds"] == pytest.approx(bench.frames_seconds(40))
         assert row["decode_length"] is None                     # CTC: no decoder steps
         assert (row["num_encoder_layers"], row["num_decoder_layers"]) == (1, 0)
-        assert row["input_flops"] == bench.input_flops(FRAMES, 40)
+        assert row["input_flops"] == summary.input_flops(FRAMES, 40)
         _check_common(row, [FRAMES])
 
 
@@ -193,8 +195,8 @@ def test_ctc_generate_is_the_per_frame_argmax():
     from coda_flax.model import EncoderCtc
 
     config = bench.bench_config(FRAMES, 3, num_layers=1)
-    params = bench.random_params(config, seed=1)
-    x = bench.random_inputs(config, 1, 40, np.random.default_rng(0))
+    params = synthetic.random_params(config, seed=1)
+    x = synthetic.random_inputs(config, 1, 40, np.random.default_rng(0))
     x[0, 30:] = 0                                                # padded frames
     out = np.asarray(bench._generate_fn(config)(params, x))
     logits, mask = EncoderCtc(config).apply({"params": params}, x)
@@ -258,7 +260,7 @@ def test_table_columns_for_images_and_audio():
                  audio_seconds=30.0, n=750, r=4, k=188, paper_speedup=None,
                  num_decoder_layers=0, preset_num_decoder_layers=0,
                  preset_num_encoder_layers=31, num_encoder_layers=2)]
-    lines = bench.format_table(rows).splitlines()
+    lines = bench_report.format_table(rows).splitlines()
     assert lines[0].split() == ["preset", "mode", "input", "audio", "s", "n", "r", "k",
                                 "attention", "PA", "ms", "CoDA", "ms", "speedup", "paired",
                                 "FLOP", "bound", "meas/FLOP", "bound+input", "paper"]
@@ -269,21 +271,21 @@ def test_table_columns_for_images_and_audio():
     assert lines[4].split()[:7] == ["speech_base", "generate", "2998", "frames", "30", "750",
                                     "4"]
     # Images only: no audio column; no paper figures: no paper column.
-    only = bench.format_table([_row(paper_speedup=None)]).splitlines()[0].split()
+    only = bench_report.format_table([_row(paper_speedup=None)]).splitlines()[0].split()
     assert "audio" not in only and "paper" not in only and "bound+input" in only
-    notes = bench.format_notes(rows)
+    notes = bench_report.format_notes(rows)
     assert "pix2struct timed with 3 of its 18 encoder layers and 1 of its 6 decoder" in notes
     assert "speech_base timed with 2 of its 31 encoder layers (" in notes
     assert "Table 6 (OCR-VQA)" in notes and "4x conv subsampling" in notes
-    assert bench.format_notes([_row(num_encoder_layers=18, num_decoder_layers=6,
+    assert bench_report.format_notes([_row(num_encoder_layers=18, num_decoder_layers=6,
                                     paper_speedup=None, input="tokens")]) == ""
     # Schema 1 rows (no input keys) still print as text rows.
     old = {k: v for k, v in _row(preset="paper_text_base").items()
            if k in ("preset", "mode", "n", "r", "k", "attention", "pa_seconds", "coda_seconds",
                     "measured_speedup", "paired_speedup", "flop_speedup",
                     "measured_over_flop")}
-    assert bench.format_table([old]).splitlines()[0].split()[2] == "n"
-    assert bench.format_notes([old]) == ""
+    assert bench_report.format_table([old]).splitlines()[0].split()[2] == "n"
+    assert bench_report.format_notes([old]) == ""
 
 
 def test_plot_with_paper_stars(tmp_path):
@@ -293,7 +295,7 @@ def test_plot_with_paper_stars(tmp_path):
                   n=250, r=r, paper_speedup=None) for r in (1, 2, 4)]
     result = {"rows": rows, "device": {"platform": "cpu"},
               "settings": {"statistic": "median", "repeats": 3}}
-    path = bench.plot_speedups(result, str(tmp_path / "speedup.png"))
+    path = bench_report.plot_speedups(result, str(tmp_path / "speedup.png"))
     assert path and os.path.getsize(path) > 1000
 
 
@@ -301,7 +303,7 @@ def test_plot_with_paper_stars(tmp_path):
 
 
 def _parser():
-    return bench.configure_parser(argparse.ArgumentParser(prog="coda bench"))
+    return bench_cli.configure_parser(argparse.ArgumentParser(prog="coda bench"))
 
 
 def test_cli_accepts_the_new_presets_and_audio_seconds():
@@ -342,11 +344,11 @@ def test_bench_main_passes_audio_seconds_and_prints_notes(tmp_path, monkeypatch,
     args = _parser().parse_args(["--presets", "speech_base", "--audio-seconds", "10",
                                  "--reductions", "1,2", "--num-layers", "2", "--no-plot",
                                  "--output", str(tmp_path), "--quiet"])
-    assert bench.bench_main(args) == 0
+    assert bench_cli.bench_main(args) == 0
     assert seen["settings"].audio_seconds == (10,)
     out = capsys.readouterr().out
     assert "998 frames" in out and "2 of its 31 encoder layers" in out
     args = _parser().parse_args(["--presets", "pix2struct", "--audio-seconds", "10",
                                  "--output", str(tmp_path), "--quiet"])
-    assert bench.bench_main(args) == 2
+    assert bench_cli.bench_main(args) == 2
     assert "speech presets" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from coda_flax.checkpoints import (config_from_dict, config_to_dict, dense_to_co
                                    load_t5x, param_group, parameter_summary,
                                    print_trainable_parameters, save_adapters, trainable_mask,
                                    unflatten_params)
-from coda_flax.checkpoints.cli import add_convert_parser
+from coda_flax.cli.convert import add_convert_parser
 
 try:
     import torch

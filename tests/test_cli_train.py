@@ -79,6 +79,9 @@ def test_train_cli_loss_falls_then_eval_and_infer_write_results(corpus, tmp_path
                  f"--gin.VOCAB_PATH='{vocab}'", "--gin.BATCH_SIZE=8"]) == 0
     results = json.load(open(out / "eval_results.json"))
     assert {"accuracy", "loss_per_token", "token_accuracy"} <= set(results)
+    printed = capsys.readouterr().out                      # `coda eval` prints its metrics
+    assert "coda eval: metrics" in printed
+    assert re.search(r"loss_per_token\s+%.4f" % results["loss_per_token"], printed)
     assert os.path.getsize(out / "predictions_validation.jsonl") > 0
     pred = tmp_path / "pred.jsonl"
     # gin/runs/infer.gin: the repository path of earlier versions still finds the packaged file
@@ -111,7 +114,7 @@ def test_errors_are_one_line_and_name_the_fix(corpus, tmp_path, capsys):
     assert re.search(r"unknown gin macro\(s\) TRAIN_STEPZ \(set on the command line\).*"
                      r"TRAIN_STEPS", _one_error_line(capsys, "train"))
     assert not os.path.exists(tmp_path / "typo")
-    from coda_flax.train.cli import GinConfigError
+    from coda_flax.train.gin_config import GinConfigError
     with pytest.raises(GinConfigError, match="TRAIN_STEPZ"):              # --debug: raised
         _train(tmp_path / "typo", data, vocab, 1, ["--gin.TRAIN_STEPZ=3", "--debug"])
     # a required macro left unset is named (it was "<object object at 0x...>")
@@ -152,7 +155,7 @@ def test_demo_does_not_create_a_data_dir_it_was_not_asked_to(command, tmp_path, 
 
 
 def test_gin_dir_flag_prints_the_packaged_folder(capsys):
-    from coda_flax.train.cli import main as train_main
+    from coda_flax.cli.train import main as train_main
     assert train_main(["--gin-dir"]) == 0
     out = capsys.readouterr().out.strip()
     assert out == GIN_DIR and os.path.isfile(os.path.join(out, "runs", "finetune.gin"))

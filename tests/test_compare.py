@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from coda_flax import compare
+from coda_flax.experiments import compare
 from coda_flax.tasks import vision_data
 from coda_flax.tasks.vision_data import MissingVisionDataError
 

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("seqio")
 
 from corpus_helpers import synthetic_corpus  # noqa: E402
-from coda_flax import demo  # noqa: E402
+from coda_flax.experiments import demo  # noqa: E402
 from coda_flax.cli import main  # noqa: E402
 from coda_flax.tasks import needle, shakespeare  # noqa: E402
 

@@ -11,7 +11,7 @@ from coda_flax.checkpoints import dense_to_coda
 from coda_flax.config import CodaConfig, ModelConfig, tiny_config
 from coda_flax.inputs import ConvSubsampling, PatchEmbedder, encoder_length, encoder_mask
 from coda_flax.model import build_module, init_args
-from coda_flax.summary import parameter_table
+from coda_flax.analysis.summary import parameter_table
 
 P = 2                               # patch size of the tiny image model
 IMAGE = dict(encoder_input="patches", patch_size=P, num_channels=3, max_patch_positions=16,

@@ -13,9 +13,11 @@ import pytest
 
 from coda_flax.config import ModelConfig
 
-from coda_flax import reproduce as rp
+from coda_flax.experiments import gin_commands as gc
+from coda_flax.experiments import paper_tables as pt
+from coda_flax.experiments import reproduce as rp
 from coda_flax.resources import GIN_DIR
-from coda_flax.reproduce_cli import main as cli_main
+from coda_flax.cli.reproduce import main as cli_main
 
 # The paper's text lives beside the clone (<clone>/../shared/paper), not in the repository.
 PAPER_TXT = os.environ.get("CODA_PAPER_TXT") or str(
@@ -28,7 +30,7 @@ READY = (2, 3, 4, 9)
 
 @pytest.fixture(scope="module")
 def tables():
-    return {n: rp.load_table(n) for n in rp.TABLE_NUMBERS}
+    return {n: pt.load_table(n) for n in pt.TABLE_NUMBERS}
 
 
 # ------------------------------------------------------------------------------ transcription
@@ -74,7 +76,7 @@ def _strip_trailing_none(seq):
     return seq
 
 
-@pytest.mark.parametrize("number", rp.TABLE_NUMBERS)
+@pytest.mark.parametrize("number", pt.TABLE_NUMBERS)
 def test_paper_numbers_and_caption_match_the_paper_text(tables, paper_lines, number):
     spec = tables[number]
     block, caption = _block(paper_lines, number)
@@ -100,7 +102,7 @@ def test_paper_numbers_and_caption_match_the_paper_text(tables, paper_lines, num
 
 
 def test_delta_avg_is_transcribed_for_exactly_the_tables_that_print_it(tables):
-    assert tuple(n for n in rp.TABLE_NUMBERS if tables[n].get("delta_avg")) == DELTA_AVG_TABLES
+    assert tuple(n for n in pt.TABLE_NUMBERS if tables[n].get("delta_avg")) == DELTA_AVG_TABLES
     for n in DELTA_AVG_TABLES:
         assert tables[n]["delta_avg"]["label"] == "Δ Avg"
 
@@ -114,7 +116,7 @@ def test_paper_delta_avg_agrees_with_the_transcribed_cells(tables, number):
     d = spec["delta_avg"]["decimals"]
     tolerance = 2 * 0.5 * 10 ** -spec["decimals"] + 0.5 * 10 ** -d + 1e-9
     rows = {r["key"]: r for r in spec["rows"]}
-    keys = [c["key"] for c in rp.metric_columns(spec)]
+    keys = [c["key"] for c in pt.metric_columns(spec)]
     checked = 0
     for row in spec["rows"]:
         if row.get("reference"):
@@ -128,7 +130,7 @@ def test_paper_delta_avg_agrees_with_the_transcribed_cells(tables, number):
 
 
 def test_table8_hyperparameters_match_the_paper_and_the_task_lengths(paper_lines):
-    table8 = rp.load_table8()
+    table8 = pt.load_table8()
     block, caption = _block(paper_lines, 8)
     assert caption == table8.CAPTION
     previous, seen = None, set()
@@ -168,8 +170,8 @@ _VARIANTS = {  # variant file -> (reduction it fixes, attention, router)
 
 def test_every_grid_entry_has_gin_files_that_exist_and_parse(tables, tmp_path):
     import gin
-    from coda_flax.train.cli import parse_gin
-    for number in rp.TABLE_NUMBERS:
+    from coda_flax.train.gin_config import parse_gin
+    for number in pt.TABLE_NUMBERS:
         spec = tables[number]
         exps = rp.expand(spec, tmp_path, ["INITIAL_CHECKPOINT_PATH='/ckpt/{preset}'"])
         assert len(exps) == EXPECTED_EXPERIMENTS[number]
@@ -180,7 +182,7 @@ def test_every_grid_entry_has_gin_files_that_exist_and_parse(tables, tmp_path):
                 if key in seen:
                     continue
                 seen.add(key)
-                assert not rp._missing_gin_files(s), (e.name, s.kind)
+                assert not gc.missing_gin_files(s.gin_files), (e.name, s.kind)
                 gin.clear_config()
                 parse_gin(s.gin_files, [f"{n} = {v}" for n, v in s.bindings.items()])
                 if s.kind == "eval":
@@ -216,7 +218,7 @@ def test_packaged_gin_files_by_name_from_any_directory_with_stable_fingerprints(
     assert e.stages[1].gin_files == ["models/t5_1_1_base.gin", "models/variants/coda_k_to_all.gin",
                                      "runs/finetune.gin"]
     assert e.stages[2].gin_files == ["runs/eval.gin"]
-    assert not any(rp._missing_gin_files(s) for s in e.stages)
+    assert not any(gc.missing_gin_files(s.gin_files) for s in e.stages)
     # The run fingerprints are those from before the gin files moved into the package (computed
     # then with gin/models/... paths), so finished runs are still found.
     assert [s.fingerprint for s in e.stages] == ["bbde093a0d", "505258e1a5", "0ae9b20071"]
@@ -234,10 +236,11 @@ def test_packaged_gin_files_by_name_from_any_directory_with_stable_fingerprints(
     # command then names the packaged file by its absolute path.
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "eval.gin").write_text("# not the packaged one\n")
-    assert rp._gin_file_arg("runs/eval.gin") == os.path.join(GIN_DIR, "runs", "eval.gin")
-    assert rp._gin_file_arg("models/tiny.gin") == "models/tiny.gin"
-    assert rp._gin_file_arg("mine.gin") == str(tmp_path / "mine.gin")     # a user's own file
-    assert rp._missing_gin_files(rp.Stage("train", ["train", "--gin_file=mine.gin"], "", "")) \
+    assert gc.gin_file_arg("runs/eval.gin") == os.path.join(GIN_DIR, "runs", "eval.gin")
+    assert gc.gin_file_arg("models/tiny.gin") == "models/tiny.gin"
+    assert gc.gin_file_arg("mine.gin") == str(tmp_path / "mine.gin")     # a user's own file
+    stage = rp.Stage("train", ["train", "--gin_file=mine.gin"], "", "")
+    assert gc.missing_gin_files(stage.gin_files) \
         == [str(tmp_path / "mine.gin")]
 
 
@@ -252,7 +255,7 @@ def test_dry_run_lists_every_table_with_exact_commands(capsys, tables, tmp_path)
     assert out.count("NOT RUNNABLE: needs Pix2Struct pretrained weights") == 1
     # The printed commands are the argv the runner executes.
     printed = [shlex.split(l.strip()) for l in out.splitlines() if l.startswith("  coda ")]
-    argvs = [["coda", *s.argv] for n in rp.TABLE_NUMBERS
+    argvs = [["coda", *s.argv] for n in pt.TABLE_NUMBERS
              for e in rp.expand(tables[n], tmp_path) for s in e.stages]
     assert all(p in argvs for p in printed) and len(printed) > 200
     assert "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 1664, 'targets': 64}\"" in out   # XSum
@@ -304,7 +307,7 @@ def test_write_table_puts_ours_and_paper_side_by_side(tables):
     results = {f"pa.{k}": {"accuracy": v, "loss_per_token": 0.1} for k, v in pa.items()}
     results.update({f"k_to_all_r3.{k}": v for k, v in coda.items()})       # numbers work too
     results["k_to_k_r3.base_mnli"] = {"accuracy": 85.04}
-    md = rp.write_table(spec, results)
+    md = pt.write_table(spec, results)
     lines = md.splitlines()
     assert lines[0].startswith("**Table 2.** Results of applying CoDA to T5 v1.1 models.")
     assert lines[2] == ("| Model | Reduction r | Base MNLI | Base RTE | Base BoolQ | Large MNLI | "
@@ -320,17 +323,17 @@ def test_write_table_puts_ours_and_paper_side_by_side(tables):
     assert body[2].startswith("| CoDA, k-to-k attention | 3 | 85.0 (paper 86.3) | - (paper 72.2) |")
     assert body[2].endswith("| - (paper -0.3) |")                # incomplete row: no Δ yet
     assert body[4].endswith("| - (paper 84.8) | - (paper -2.1) |")
-    assert rp.write_table(spec, {}).count("- (paper") == 50     # 45 cells + 5 Δ
+    assert pt.write_table(spec, {}).count("- (paper") == 50     # 45 cells + 5 Δ
 
-    md9 = rp.write_table(tables[9], {"xl_coda_r5.xsum": {"rouge2": 20.04}})
+    md9 = pt.write_table(tables[9], {"xl_coda_r5.xsum": {"rouge2": 20.04}})
     assert "| **Large** |" in md9 and "| CoDA | 10M | 5 |" in md9
     assert "| 20.0 (paper 20.7) |" in md9
-    md4 = rp.write_table(tables[4], {})
+    md4 = pt.write_table(tables[4], {})
     assert ("| Prefix Tuning (Li & Liang, 2021) [†] | 15M (2M) | - | (86.3) | - | - | - | - | "
             "20.5 | - |") in md4
-    md6 = rp.write_table(tables[6], {"coda_r8.docvqa": {"anls": 66.0}})
+    md6 = pt.write_table(tables[6], {"coda_r8.docvqa": {"anls": 66.0}})
     assert "| CoDA | 8 | - (paper 67.6) | - (paper 8.0×) | 66.0 (paper 66.6) |" in md6
-    md5 = rp.write_table(tables[5], {})
+    md5 = pt.write_table(tables[5], {})
     assert "| CoDA | 2 |" in md5 and "(paper +0.02) |" in md5 and "Not runnable yet" in md5
 
 
@@ -418,7 +421,7 @@ def corpus(tmp_path_factory):
 def test_tiny_experiment_runs_end_to_end_then_is_skipped(corpus, tmp_path, monkeypatch):
     data, vocab = corpus
     spec = tiny_spec()
-    rp.validate_table(spec)
+    pt.validate_table(spec)
     bindings = [f"DATA_DIR='{data}'", f"VOCAB_PATH='{vocab}'", *TINY]
     logs = []
     summary = rp.run_table(spec, tmp_path, bindings=bindings, log=logs.append)
@@ -432,7 +435,7 @@ def test_tiny_experiment_runs_end_to_end_then_is_skipped(corpus, tmp_path, monke
     (exp,) = table["experiments"]
     assert (exp["status"], exp["ours"], exp["paper"]) == ("finished", acc, 50.0)
     assert exp["commands"][0].startswith(
-        f"coda train --gin_file={rp._gin_file_arg('models/tiny.gin')} ")
+        f"coda train --gin_file={gc.gin_file_arg('models/tiny.gin')} ")
     md = open(tmp_path / "tiny.md").read()
     assert f"| CoDA | 3 | {acc:.1f} (paper 50.0) | ± 0.0 (paper ± 0.0) |" in md
     run_dir = exp["run_dir"]

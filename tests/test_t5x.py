@@ -599,7 +599,7 @@ def t5x_run(tmp_path_factory):
 
     from coda_flax.checkpoints.convert import dense_to_coda
     from coda_flax.checkpoints.native import save_checkpoint
-    from coda_flax.t5x.__main__ import main as to_t5x
+    from coda_flax.cli.t5x import main as to_t5x
 
     t0 = time.time()
     root = tmp_path_factory.mktemp("t5x_run")

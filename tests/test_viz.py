@@ -13,8 +13,9 @@ import pytest
 
 from coda_flax import CodaConfig, EncoderDecoder, tiny_config
 from coda_flax import viz
-from coda_flax.viz_cli import (add_visualize_parser, dump_json, parse_layers,
-                                random_init_params)
+from coda_flax.analysis import patch_grid, routing_stats
+from coda_flax.analysis.synthetic import random_init_params
+from coda_flax.cli.visualize import add_visualize_parser, dump_json, parse_layers
 
 R = 3
 
@@ -36,7 +37,7 @@ def tokens():
 @pytest.fixture(scope="module")
 def decisions(model, tokens):
     config, params = model
-    return viz.routing_decisions(config, params, tokens)
+    return routing_stats.routing_decisions(config, params, tokens)
 
 
 def _image(path):
@@ -76,7 +77,7 @@ def test_routing_decisions_agree_with_the_intermediates(model, tokens, decisions
     assert (np.diff(decisions["indices"], axis=-1) > 0).all()            # ascending, distinct
     np.testing.assert_allclose(decisions["weights"],
                                np.take_along_axis(decisions["lam"], decisions["indices"], 2))
-    stats = viz.routing_statistics(sel[:, 0], decisions["valid"][0])
+    stats = routing_stats.routing_statistics(sel[:, 0], decisions["valid"][0])
     assert stats["padding_share"] == 0.0 and stats["padding_routed"] == 0
 
 
@@ -84,9 +85,9 @@ def test_routing_decisions_refuse_models_that_route_nothing(model, tokens):
     _, params = model
     for config in (tiny_config(None), tiny_config(CodaConfig(reduction=1, adapter_dim=4))):
         with pytest.raises(ValueError, match="nothing is routed"):
-            viz.routing_decisions(config, params, tokens)
+            routing_stats.routing_decisions(config, params, tokens)
     with pytest.raises(ValueError, match="vocab_size"):
-        viz.routing_decisions(model[0], params, np.array([[5, 64, 3]]))
+        routing_stats.routing_decisions(model[0], params, np.array([[5, 64, 3]]))
 
 
 def test_routing_statistics_on_a_hand_built_case():
@@ -95,7 +96,7 @@ def test_routing_statistics_on_a_hand_built_case():
                     [1, 0, 1, 0, 0, 0],
                     [1, 1, 0, 0, 0, 1]], bool)
     valid = np.array([1, 1, 1, 1, 1, 0], bool)
-    s = viz.routing_statistics(sel, valid)
+    s = routing_stats.routing_statistics(sel, valid)
     np.testing.assert_array_equal(s["routed_per_layer"], [2, 2, 3])
     np.testing.assert_allclose(s["fraction_of_layers"], [1, 2 / 3, 1 / 3, 0, 0, 0])
     assert s["coverage"] == pytest.approx(3 / 5)
@@ -106,7 +107,7 @@ def test_routing_statistics_on_a_hand_built_case():
                                               [2 / 3, 1 / 4, 1]])
     np.testing.assert_allclose(s["adjacent_jaccard"], [1 / 3, 1 / 4])
     assert s["padding_routed"] == 1 and s["padding_share"] == pytest.approx(1 / 7)
-    batched = viz.routing_statistics(np.stack([sel, sel], 1), np.stack([valid, valid]))
+    batched = routing_stats.routing_statistics(np.stack([sel, sel], 1), np.stack([valid, valid]))
     assert batched["fraction_of_layers"].shape == (2, 6)
     assert batched["coverage"] == pytest.approx(3 / 5)
 
@@ -281,25 +282,25 @@ def test_place_patches_puts_values_on_their_cells():
     # A 2 x 3 grid given in shuffled order, plus two padding rows.
     ids = [(2, 3), (1, 1), (2, 1), (1, 3), (1, 2), (2, 2)]
     patches = _patches(ids, n=8)
-    rows, cols, grid = viz.patch_grid_positions(patches)
+    rows, cols, grid = patch_grid.patch_grid_positions(patches)
     assert grid == (2, 3)
     np.testing.assert_array_equal(rows, [1, 0, 1, 0, 0, 1, -1, -1])
     np.testing.assert_array_equal(cols, [2, 0, 0, 2, 1, 1, -1, -1])
     selected = np.zeros((2, 8), bool)
     selected[0, [0, 4]] = True                   # layer 0 routes (2, 3) and (1, 2)
     selected[1, [1, 6]] = True                   # layer 1 routes (1, 1) and a padding row
-    placed = viz.place_patches(selected, patches)
+    placed = patch_grid.place_patches(selected, patches)
     np.testing.assert_array_equal(placed[0], [[0, 1, 0], [0, 0, 1]])
     np.testing.assert_array_equal(placed[1], [[1, 0, 0], [0, 0, 0]])   # padding dropped
     lam = np.arange(8, dtype=np.float32)
-    np.testing.assert_array_equal(viz.place_patches(lam, patches, fill=-1),
+    np.testing.assert_array_equal(patch_grid.place_patches(lam, patches, fill=-1),
                                   [[1, 4, 3], [2, 5, 0]])
     with pytest.raises(ValueError, match="same"):
-        viz.place_patches(lam[:2], _patches([(1, 1), (1, 1)]))
+        patch_grid.place_patches(lam[:2], _patches([(1, 1), (1, 1)]))
     with pytest.raises(ValueError, match="outside"):
-        viz.patch_grid_positions(_patches([(3, 1)]), grid_hw=(2, 2))
+        patch_grid.patch_grid_positions(_patches([(3, 1)]), grid_hw=(2, 2))
     with pytest.raises(ValueError, match="values"):
-        viz.place_patches(lam[:3], patches)
+        patch_grid.place_patches(lam[:3], patches)
 
 
 def test_image_heatmap_places_the_routed_set_over_the_page(monkeypatch, tmp_path):
@@ -336,8 +337,8 @@ def test_patch_image_undoes_standardisation_and_matches_unpatchify():
     pix = std.reshape(4, P, 3, P, 3).transpose(0, 2, 1, 3, 4).reshape(12, P * P * 3)
     ids = [(r + 1, c + 1) for r in range(4) for c in range(3)]
     patches = _patches(ids, pix, channels=3, n=14)
-    np.testing.assert_allclose(viz.patch_image(patches, P), page, atol=1e-6)
-    np.testing.assert_allclose(viz._unpatchify(patches, P, 3, (4, 3)), std, atol=1e-6)
+    np.testing.assert_allclose(patch_grid.patch_image(patches, P), page, atol=1e-6)
+    np.testing.assert_allclose(patch_grid._unpatchify(patches, P, 3, (4, 3)), std, atol=1e-6)
     from coda_flax.patches import unpatchify
     np.testing.assert_allclose(unpatchify(patches, patch_size=P, channels=3), std, atol=1e-6)
 
@@ -348,9 +349,9 @@ def test_patch_ink_from_patches():
                                       np.full(12, 0.7), np.zeros(12))
     pixels = np.stack([white, dark_pixel, grey, black]) * 4.0 - 1.0   # any affine scaling
     patches = _patches([(1, 1), (1, 2), (2, 1), (2, 2)], pixels, channels=3, n=5)
-    np.testing.assert_array_equal(viz.patch_ink_from_patches(patches, P),
+    np.testing.assert_array_equal(patch_grid.patch_ink_from_patches(patches, P),
                                   [False, True, False, True, False])
-    np.testing.assert_array_equal(viz.patch_ink_from_patches(patches, P, threshold=0.8),
+    np.testing.assert_array_equal(patch_grid.patch_ink_from_patches(patches, P, threshold=0.8),
                                   [False, True, True, True, False])
 
 
@@ -361,22 +362,22 @@ def test_ink_share_on_a_hand_computed_example():
     selected = np.array([[1, 1, 1, 0, 0, 0],         # 2 of 3 routed patches have ink
                          [0, 0, 1, 1, 0, 1],         # no ink; the padding slot is ignored
                          [1, 0, 0, 0, 1, 0]], bool)  # 1 of 2
-    s = viz.ink_share(selected, ink, valid)
+    s = routing_stats.ink_share(selected, ink, valid)
     np.testing.assert_allclose(s["routed_ink_share"], [2 / 3, 0, 1 / 2])
     assert s["page_ink_share"] == pytest.approx(2 / 5)
     np.testing.assert_allclose(s["enrichment"], [5 / 3, 0, 5 / 4])
     np.testing.assert_allclose(s["ink_coverage"], [1, 0, 1 / 2])
     np.testing.assert_array_equal(s["routed"], [3, 2, 2])
     assert (s["ink_patches"], s["real_patches"]) == (2, 5)
-    one = viz.ink_share(selected[0], ink)                           # [n], all valid
+    one = routing_stats.ink_share(selected[0], ink)                           # [n], all valid
     assert one["page_ink_share"] == pytest.approx(2 / 6)
     np.testing.assert_allclose(one["routed_ink_share"], [2 / 3])
     with pytest.raises(ValueError, match="ink_mask"):
-        viz.ink_share(selected, ink[:4])
+        routing_stats.ink_share(selected, ink[:4])
 
 
 def test_plot_ink_share(tmp_path):
-    stats = viz.ink_share(np.eye(4, 6, dtype=bool), np.array([1, 0, 1, 0, 0, 0], bool))
+    stats = routing_stats.ink_share(np.eye(4, 6, dtype=bool), np.array([1, 0, 1, 0, 0, 0], bool))
     img = _image(viz.plot_ink_share(stats, tmp_path / "ink.png", dpi=50))
     assert img.shape[1] > img.shape[0] and img[..., :3].std() > 0.05
 
@@ -414,7 +415,7 @@ def test_plot_audio_routing(tmp_path):
 
 
 def test_routing_decisions_for_patches_and_frames():
-    from coda_flax.viz_cli import TINY_SPEECH, TINY_VISION, tiny_model_config
+    from coda_flax.analysis.synthetic import TINY_SPEECH, TINY_VISION, tiny_model_config
 
     rng = np.random.default_rng(0)
     config = tiny_model_config(TINY_VISION, CodaConfig(reduction=R, adapter_dim=4))
@@ -423,7 +424,7 @@ def test_routing_decisions_for_patches_and_frames():
     patches[:10, 0] = np.repeat([1, 2], 5)[:10]
     patches[:10, 1] = np.tile(np.arange(1, 6), 2)
     patches[:10, 2:] = rng.normal(size=(10, 48))                 # 10 real, 2 padding
-    d = viz.routing_decisions(config, params, patches)
+    d = routing_stats.routing_decisions(config, params, patches)
     assert (d["n"], d["k"], d["input"]) == (12, 4, "patches")
     np.testing.assert_array_equal(d["valid"][0], np.arange(12) < 10)
     assert d["selected"].shape == (2, 1, 12) and not d["selected"][:, 0, 10:].any()
@@ -435,12 +436,12 @@ def test_routing_decisions_for_patches_and_frames():
     frames = np.zeros((40, 81), np.float32)
     frames[:30, 0] = np.arange(1, 31)
     frames[:30, 1:] = rng.normal(size=(30, 80))
-    d = viz.routing_decisions(config, params, frames[None])
+    d = routing_stats.routing_decisions(config, params, frames[None])
     assert (d["n"], d["k"], d["input"]) == (10, 4, "frames")   # ceil(ceil(40 / 2) / 2)
     np.testing.assert_array_equal(d["valid"][0], np.arange(10) < 8)   # frames 0, 4, .. 28
     assert not d["selected"][:, 0, 8:].any()
     with pytest.raises(ValueError, match="1 \\+ num_mel_bins"):
-        viz.routing_decisions(config, params, frames[:, :20])
+        routing_stats.routing_decisions(config, params, frames[:, :20])
 
 
 # ------------------------------------------------------------------------------ CLI: images
@@ -448,7 +449,7 @@ def test_routing_decisions_for_patches_and_frames():
 
 def _write_page(path):
     from PIL import Image
-    from coda_flax.viz_cli import synthetic_page
+    from coda_flax.analysis.synthetic import synthetic_page
     page = (synthetic_page(96, 72, seed=1) * 255).astype(np.uint8)
     Image.fromarray(page).save(path)
     return page
@@ -471,7 +472,7 @@ def test_cli_image(tmp_path, capsys):
     assert 0 < ink.sum() < rows * cols                          # some ink, some white
     selected = np.array([layer["selected"] for layer in record["layers"]], bool)
     valid = np.arange(48) < rows * cols
-    expect = viz.ink_share(selected, ink, valid)
+    expect = routing_stats.ink_share(selected, ink, valid)
     np.testing.assert_allclose(record["ink"]["routed_ink_share"], expect["routed_ink_share"],
                                atol=1e-6)
     assert record["ink"]["page_ink_share"] == pytest.approx(expect["page_ink_share"])
@@ -485,7 +486,7 @@ def test_cli_image(tmp_path, capsys):
 
 def test_cli_audio(tmp_path, capsys):
     from coda_flax import audio
-    from coda_flax.viz_cli import synthetic_utterance
+    from coda_flax.analysis.synthetic import synthetic_utterance
     audio.write_wav(str(tmp_path / "a.wav"), synthetic_utterance(1.0, seed=2))
     out = tmp_path / "viz"
     assert _cli(["--random-init", "--preset", "tiny_speech", "--audio", str(tmp_path / "a.wav"),

@@ -84,8 +84,9 @@ def test_the_wheel_ships_gin_files_and_table_configs(installed):
 def test_installed_wheel_outside_the_repository_finds_its_files(installed):
     python, bindir, env, work, _ = installed
     venv = os.path.dirname(bindir)
-    out = _run([python, "-c", "import coda_flax, coda_flax.resources as r, coda_flax.reproduce "
-                "as rp; print(coda_flax.__file__); print(r.GIN_DIR); print(rp.CONFIGS_DIR)"],
+    out = _run([python, "-c", "import coda_flax, coda_flax.resources as r, "
+                "coda_flax.experiments.paper_tables as pt; print(coda_flax.__file__); "
+                "print(r.GIN_DIR); print(pt.CONFIGS_DIR)"],
                cwd=work, env=env).split()
     assert all(p.startswith(venv + os.sep) for p in out), out      # the wheel, not the repo
     summary = json.loads(_run([os.path.join(bindir, "coda"), "summary", "--preset",

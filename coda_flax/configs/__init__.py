@@ -12,8 +12,8 @@ Inference" (arXiv 2304.04947). One module per table; each defines a plain dict `
     table8.py   Table 8's finetuning hyperparameters (and the pretraining recipe of appendix B),
                 used by the tables above
 
-`coda reproduce --table N` (coda_flax/reproduce.py) expands a TABLE into experiments (one per
-row x column cell) and runs `coda train` / `coda eval` for each.
+`coda reproduce --table N` (coda_flax/experiments/reproduce.py) expands a TABLE into
+experiments (one per row x column cell) and runs `coda train` / `coda eval` for each.
 
 TABLE schema (every value is plain data: str, int, float, None, list, dict):
 

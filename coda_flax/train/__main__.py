@@ -2,7 +2,7 @@
 
 import sys
 
-from coda_flax.train.cli import main
+from coda_flax.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -383,7 +383,11 @@ class Trainer:
                            **{name: float(v) for name, v in metrics.items()}}
                     history.append(row)
                     writer.write(step, row, "train")
-                    bar.set_postfix(loss=f"{loss:.4f}", k=k, tok_s=f"{row['tokens_per_s']:.0f}")
+                    # The step's loss is a sum over target tokens (T5X's loss_fn); the bar shows
+                    # it per token, the number to compare across batch sizes and lengths.
+                    per_token = loss / max(float(metrics.get("weight_sum", 1.0)), 1.0)
+                    bar.set_postfix(loss_per_token=f"{per_token:.4f}", k=k,
+                                    tok_s=f"{row['tokens_per_s']:.0f}")
                     t0, tokens = time.time(), 0
                 bar.update(1)
                 if eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0:

@@ -34,33 +34,31 @@ anything runs and reported together, each with how to provide it. Tables 5 (spee
 Pix2Struct) cannot be imported and the paper's transducer / screenshot-parsing pretraining are
 not built (`coda compare` runs the same comparisons at CPU scale on offline data).
 
-Library code: load_table, expand, dry_run_text, check_prerequisites, run_table, collect_results,
-write_table (pure: spec + results -> markdown), table_json.
+Library code: expand, select, dry_run_text, run_table, collect_results, table_json here;
+load_table and write_table (pure: spec + results -> markdown) in experiments/paper_tables.py,
+check_prerequisites in experiments/prerequisites.py, the command lines in
+experiments/gin_commands.py.
 """
 
 from __future__ import annotations
 
-import ast
-import copy
 import dataclasses
 import fnmatch
 import hashlib
-import importlib
 import json
-import math
 import os
-import re
-import shlex
-import sys
 import time
 import traceback
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from coda_flax.resources import GIN_DIR, packaged_gin_name, resolve_gin_file
+from coda_flax.experiments.gin_commands import (argv_bindings, command_line, gin_file_arg,
+                                                gin_key, gin_literal, literal,
+                                                missing_gin_files, parse_bindings)
+from coda_flax.experiments.paper_tables import (ReproduceError, column_header, metric_columns,
+                                                our_value, row_delta, row_values, table_title,
+                                                write_table)
+from coda_flax.experiments.prerequisites import MissingPrerequisitesError, check_prerequisites
 
-CONFIGS_PACKAGE = "coda_flax.configs"      # the tables ship in the package (package data)
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
-TABLE_NUMBERS = (2, 3, 4, 5, 6, 9)
 DEFAULT_OUTPUT = os.path.join("outputs", "reproduce")
 
 # Gin files by their name in the packaged gin folder (coda_flax.resources.GIN_DIR).
@@ -76,186 +74,9 @@ LOCATION_BINDINGS = ("MODEL_DIR", "CHECKPOINT_PATH", "EVAL_OUTPUT_DIR", "INITIAL
                      "train.checkpoint_every", "train.keep_checkpoints", "train.log_every")
 PLACEHOLDERS = ("preset", "size", "task", "row", "column", "table")
 
-# Files of the offline tasks (coda_flax/tasks/offline.py) under shakespeare.corpus_dir(DATA_DIR).
-OFFLINE_TASK_FILES = {"coda_shakespeare_span_corruption": "scenes.jsonl",
-                      "coda_shakespeare_play": "play_passages.jsonl",
-                      "coda_shakespeare_speaker": "speaker.jsonl"}
-
-
-class ReproduceError(Exception):
-    """A usage or configuration problem: nothing was run (exit status 2)."""
-
-
-class MissingPrerequisitesError(ReproduceError):
-    """Data, vocabulary or checkpoints the experiments need are not there."""
-
 
 class TableNotImplementedError(ReproduceError):
     """The table needs something coda_flax cannot provide (Tables 5 / 6: see their status_note)."""
-
-
-# ------------------------------------------------------------------------------ tables (data)
-def _configs_package() -> str:
-    """The package of the table configs (coda_flax/configs, shipped in the wheel)."""
-    return CONFIGS_PACKAGE
-
-
-def table_id(which) -> str:
-    text = str(which).strip().lower()
-    text = text[len("table"):] if text.startswith("table") else text
-    if not text.isdigit() or int(text) not in TABLE_NUMBERS:
-        raise ReproduceError(f"unknown table {which!r}; the paper's tables with experiment grids "
-                             f"are {', '.join(map(str, TABLE_NUMBERS))}.")
-    return f"table{int(text)}"
-
-
-def load_table(which) -> dict:
-    """The TABLE dict of coda_flax/configs/tableN.py (a deep copy), validated.
-    which: 2, "2" or "table2"."""
-    package = _configs_package()
-    module = importlib.import_module(f"{package}.{table_id(which)}")
-    spec = copy.deepcopy(module.TABLE)
-    validate_table(spec)
-    return spec
-
-
-def load_table8():
-    return importlib.import_module(f"{_configs_package()}.table8")
-
-
-_TRAIN_FIELDS = ("task", "metric", "split", "feature_lengths", "train_steps", "batch_size",
-                 "learning_rate", "schedule")
-
-
-def validate_table(spec: Mapping[str, Any]) -> None:
-    """Structural checks of a table spec; raises ReproduceError naming the problem."""
-    where = f"table spec {spec.get('id', '?')!r}"
-    for key in ("id", "caption", "status", "label_columns", "columns", "rows"):
-        if key not in spec:
-            raise ReproduceError(f"{where}: missing key {key!r}.")
-    if spec["status"] not in ("ready", "not_implemented"):
-        raise ReproduceError(f"{where}: status must be 'ready' or 'not_implemented'.")
-    cols = {c["key"]: c for c in spec["columns"]}
-    rows = {r["key"]: r for r in spec["rows"]}
-    if len(cols) != len(spec["columns"]) or len(rows) != len(spec["rows"]):
-        raise ReproduceError(f"{where}: duplicate column or row keys.")
-    for c in spec["columns"]:
-        kind = c.get("kind", "metric")
-        if kind not in ("metric", "paper_only"):
-            raise ReproduceError(f"{where}: column {c['key']!r} has unknown kind {kind!r}.")
-        missing = [f for f in _TRAIN_FIELDS if kind == "metric" and f not in c]
-        if missing:
-            raise ReproduceError(f"{where}: column {c['key']!r} lacks {missing}.")
-    for r in spec["rows"]:
-        unknown = set(r.get("paper", {})) - set(cols)
-        if unknown:
-            raise ReproduceError(f"{where}: row {r['key']!r} has paper numbers for unknown "
-                                 f"columns {sorted(unknown)}.")
-        if len(r.get("labels", ())) != len(spec["label_columns"]):
-            raise ReproduceError(f"{where}: row {r['key']!r} needs one label per label column "
-                                 f"{spec['label_columns']}.")
-        if r.get("reference"):
-            continue
-        if "variant_gin" not in r:
-            raise ReproduceError(f"{where}: row {r['key']!r} lacks variant_gin.")
-        if r.get("delta_baseline") and r["delta_baseline"] not in rows:
-            raise ReproduceError(f"{where}: row {r['key']!r}: delta_baseline "
-                                 f"{r['delta_baseline']!r} is not a row.")
-        for c in spec["columns"]:
-            if c.get("kind", "metric") != "metric":
-                continue
-            owners = [x for x in (r, c) if "model_gin" in x]
-            if len(owners) != 1:
-                raise ReproduceError(f"{where}: cell ({r['key']}, {c['key']}): exactly one of the "
-                                     f"row and the column must give model_gin.")
-
-
-def metric_columns(spec) -> list[dict]:
-    return [c for c in spec["columns"] if c.get("kind", "metric") == "metric"]
-
-
-# ------------------------------------------------------------------------------ gin helpers
-def gin_literal(value) -> str:
-    """A Python value as a gin literal (strings quoted, dicts as Python dicts)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) >= 1e16:
-        return repr(int(value))
-    return repr(value)
-
-
-def parse_bindings(bindings: Iterable) -> list[tuple[str, str]]:
-    """'NAME = VALUE' strings (coda_flax.train.cli.split_gin_flags) or (name, value) pairs."""
-    out = []
-    for b in bindings or ():
-        if isinstance(b, (tuple, list)):
-            name, value = b
-        else:
-            if "=" not in b:
-                raise ReproduceError(f"gin binding {b!r} is not NAME=VALUE.")
-            name, value = b.split("=", 1)
-        out.append((name.strip(), str(value).strip()))
-    return out
-
-
-def _gin_file_arg(path: str) -> str:
-    """A table's gin file as a --gin_file argument. A packaged one (models/x.gin; the older
-    gin/models/x.gin too) by its short name, which `coda train` finds in the packaged gin folder
-    from any directory, unless a file of that name in the current directory would shadow it
-    (then its absolute path); any other file by its absolute path."""
-    name = packaged_gin_name(path)
-    if name is None:
-        return os.path.abspath(path)
-    full = os.path.join(GIN_DIR, *name.split("/"))
-    return name if resolve_gin_file(name) == full else full
-
-
-def _gin_file_path(arg: str) -> str:
-    """A --gin_file argument for messages: its packaged name, else its absolute path."""
-    return packaged_gin_name(arg) or os.path.abspath(arg)
-
-
-def _gin_key(path: str) -> str:
-    """A gin file as the run fingerprints name it: gin/<name> for a packaged file (the
-    repository path before the gin files moved into the package, so that the fingerprints of
-    finished runs stay valid), else the path as given."""
-    name = packaged_gin_name(path)
-    return path if name is None else f"gin/{name}"
-
-
-_SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
-
-
-def shell_quote(arg: str) -> str:
-    """T5X's quoting style for gin flags: --gin.NAME="'value'" (shlex.split gives back arg)."""
-    if _SAFE.match(arg):
-        return arg
-    if arg.startswith("--gin.") and "=" in arg:
-        name, value = arg.split("=", 1)
-        if _SAFE.match(name) and not re.search(r'["$`\\!]', value):
-            return f'{name}="{value}"'
-    return shlex.quote(arg)
-
-
-def command_line(argv: Sequence[str]) -> str:
-    return " ".join(["coda", *(shell_quote(a) for a in argv)])
-
-
-def _argv_bindings(argv: Sequence[str]) -> dict[str, str]:
-    """The --gin.NAME=VALUE bindings of a stage's argv (last one wins)."""
-    out = {}
-    for a in argv:
-        if a.startswith("--gin.") and "=" in a:
-            name, value = a[len("--gin."):].split("=", 1)
-            out[name.strip()] = value.strip()
-    return out
-
-
-def _literal(text: str | None):
-    if text is None:
-        return None
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 # ------------------------------------------------------------------------------ experiments
@@ -276,7 +97,7 @@ class Stage:
 
     @property
     def bindings(self) -> dict[str, str]:
-        return _argv_bindings(self.argv)
+        return argv_bindings(self.argv)
 
     def command(self) -> str:
         return command_line(self.argv)
@@ -334,7 +155,7 @@ def _eval_done(directory: str, fingerprint: str) -> bool:
 def _fingerprint(parent: str, argv_head: Sequence[str], bindings: Sequence[tuple[str, str]]) -> str:
     effective = dict(bindings)                 # the last binding of a name wins, as in gin
     kept = sorted((n, v) for n, v in effective.items() if n not in LOCATION_BINDINGS)
-    text = json.dumps([parent, [_gin_key(a) if a.endswith(".gin") else a for a in argv_head],
+    text = json.dumps([parent, [gin_key(a) if a.endswith(".gin") else a for a in argv_head],
                        kept])
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
@@ -356,7 +177,7 @@ def _merged(bindings) -> list[tuple[str, str]]:
 
 
 def _train_argv(files, bindings) -> list[str]:
-    return ["train", *(f"--gin_file={_gin_file_arg(f)}" for f in files),
+    return ["train", *(f"--gin_file={gin_file_arg(f)}" for f in files),
             *(f"--gin.{n}={v}" for n, v in _merged(bindings))]
 
 
@@ -401,7 +222,7 @@ def _experiment(spec, row, col, output_dir, user, init_template, pretrain_steps)
             "column": col["key"], "table": spec["id"]}
     user_b = [(n, _substitute(v, subs)) for n, v in user]
     init = _substitute(init_template, subs) if init_template is not None else None
-    init = None if _literal(init) is None else init
+    init = None if literal(init) is None else init
     runs = os.path.join(output_dir, "runs")
     stages, parent = [], ""
 
@@ -451,7 +272,7 @@ def _experiment(spec, row, col, output_dir, user, init_template, pretrain_steps)
     eval_b += [(n, gin_literal(v)) for n, v in col.get("eval_bindings", {}).items()]
     owned = [("CHECKPOINT_PATH", gin_literal(os.path.join(run_dir, "final"))),
              ("EVAL_OUTPUT_DIR", gin_literal(result_dir))]
-    eval_argv = ["eval", f"--gin_file={_gin_file_arg(EVAL_GIN)}",
+    eval_argv = ["eval", f"--gin_file={gin_file_arg(EVAL_GIN)}",
                  *(f"--gin.{n}={v}" for n, v in _merged(eval_b + user_b + owned))]
     eval_fp = _fingerprint(fp, ["eval", EVAL_GIN], eval_b + user_b)
     stages.append(Stage("eval", eval_argv, result_dir, eval_fp))
@@ -463,7 +284,7 @@ def _experiment(spec, row, col, output_dir, user, init_template, pretrain_steps)
                   schedule=col["schedule"],
                   pretrain=pre if parent else None)
     return Experiment(name=name, table=spec["id"], row=row["key"], column=col["key"],
-                      labels=list(row["labels"]), column_label=_column_header(col), task=task,
+                      labels=list(row["labels"]), column_label=column_header(col), task=task,
                       split=col["split"], metric=col["metric"], preset=preset,
                       paper=row.get("paper", {}).get(col["key"]), result_dir=result_dir,
                       stages=stages, config=config)
@@ -482,24 +303,16 @@ def select(spec, experiments: Sequence[Experiment], only: Iterable[str] | None) 
         rows = [r["key"] for r in spec["rows"] if not r.get("reference")]
         cols = [c["key"] for c in metric_columns(spec)]
         raise ReproduceError(f"--only {', '.join(unmatched)} matches no experiment of "
-                             f"{_title(spec)}; rows: {', '.join(rows)}; columns: "
+                             f"{table_title(spec)}; rows: {', '.join(rows)}; columns: "
                              f"{', '.join(cols)} (or ROW.COLUMN; * and ? patterns work).")
     return chosen
 
 
 # ------------------------------------------------------------------------------ dry run
-def _title(spec) -> str:
-    return f"Table {spec.get('number', spec['id'])}"
-
-
-def _missing_gin_files(stage: Stage) -> list[str]:
-    return [_gin_file_path(f) for f in stage.gin_files if resolve_gin_file(f) is None]
-
-
 def dry_run_text(spec, experiments: Sequence[Experiment], output_dir: str | None = None) -> str:
     """The experiments of a table with the exact commands a real run would execute."""
     n = len(experiments)
-    lines = [f"{_title(spec)}: {spec.get('title', '')}",
+    lines = [f"{table_title(spec)}: {spec.get('title', '')}",
              f"  {spec['caption']}"]
     if spec["status"] != "ready":
         lines.append(f"  NOT RUNNABLE: {spec.get('status_note') or 'not implemented yet'}. "
@@ -529,7 +342,7 @@ def dry_run_text(spec, experiments: Sequence[Experiment], output_dir: str | None
                 continue
             if s.kind != "eval":
                 first_seen[s.directory] = e.name
-            missing = _missing_gin_files(s)
+            missing = missing_gin_files(s.gin_files)
             tag = " (done)" if s.kind != "eval" and s.done() else ""
             lines.append(f"  # {s.kind}{tag}"
                          + (f"  -- missing gin file(s): {', '.join(missing)}" if missing else ""))
@@ -547,140 +360,18 @@ def experiments_json(experiments: Sequence[Experiment]) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------ prerequisites
-def _default_tfds_dir() -> str:
-    return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"),
-                                                           "tensorflow_datasets")
-
-
-def _tfds_prepared_dir(data_dir: str, tfds_name: str) -> str:
-    """TFDS's layout: <data_dir>/<name>[/<config>]/<version>/dataset_info.json."""
-    name, _, version = tfds_name.partition(":")
-    parts = [data_dir, *name.split("/")]
-    return os.path.join(*parts, version) if version else os.path.join(*parts)
-
-
-def _tfds_is_prepared(data_dir: str, tfds_name: str) -> bool:
-    path = _tfds_prepared_dir(data_dir, tfds_name)
-    if ":" in tfds_name:
-        return os.path.exists(os.path.join(path, "dataset_info.json"))
-    return os.path.isdir(path) and any(
-        os.path.exists(os.path.join(path, v, "dataset_info.json")) for v in os.listdir(path))
-
-
-_TFDS_NOTES = {
-    "xsum": " XSum also needs its archive downloaded by hand first (tfds build xsum "
-            "--manual_dir DIR; see the TFDS xsum page).",
-    "c4": " C4 is ~800 GB, built with Apache Beam; copying a prepared c4/en/<version> folder is "
-          "easier. To skip CoDA pretraining (finetune straight from the dense checkpoint, "
-          "Figure 3's 0 steps) pass --pretrain-steps 0.",
-}
-
-
-def check_prerequisites(spec, experiments: Sequence[Experiment]) -> list[str]:
-    """What the unfinished stages need and do not find, each with how to provide it ([] = ok)."""
-    pending = [(e, s) for e in experiments if not e.finished() for s in e.stages if not s.done()]
-    problems: list[str] = []
-    seen: set = set()
-
-    def add(key, text):
-        if key not in seen:
-            seen.add(key)
-            problems.append(text)
-
-    for _, s in pending:
-        for f in _missing_gin_files(s):
-            add(("gin", f), f"gin file {f} does not exist.")
-
-    tfds_names = offline = None
-    for e, s in pending:
-        b = s.bindings
-        task = _literal(b.get("MIXTURE_OR_TASK_NAME"))
-        if task is None:
-            continue
-        if tfds_names is None:
-            from coda_flax.tasks.paper import TFDS_NAMES as tfds_names  # noqa: N811
-            from coda_flax.tasks import shakespeare as offline
-        vocab = _literal(b.get("VOCAB_PATH"))
-        if task in tfds_names:
-            data_dir = _literal(b.get("TFDS_DATA_DIR")) or _default_tfds_dir()
-            name = tfds_names[task]
-            if "://" not in data_dir and not _tfds_is_prepared(data_dir, name):
-                base = name.split(":")[0]
-                add(("tfds", name, data_dir),
-                    f"TFDS dataset '{name}' (task {task}) is not prepared in {data_dir} "
-                    f"(looked for {_tfds_prepared_dir(data_dir, name)}/dataset_info.json; "
-                    f"nothing is downloaded). On a machine with internet run `tfds build {base} "
-                    f"--data_dir DIR`, copy DIR here and pass --gin.TFDS_DATA_DIR=\"'DIR'\" (or "
-                    f"set $TFDS_DATA_DIR)." + _TFDS_NOTES.get(base.split("/")[0], ""))
-            vocab = vocab or os.environ.get("CODA_VOCAB")
-            if not vocab:
-                add(("vocab", None),
-                    "no vocabulary: the paper's tasks use T5's SentencePiece model "
-                    "(gs://t5-data/vocabs/cc_all.32000/sentencepiece.model, also spiece.model in "
-                    "the Hugging Face google/t5-v1_1-* repositories). Copy it here and pass "
-                    "--gin.VOCAB_PATH=\"'/path/spiece.model'\" (or set $CODA_VOCAB).")
-            elif "://" not in str(vocab) and not os.path.exists(vocab):
-                add(("vocab", vocab), f"vocabulary {vocab} does not exist (VOCAB_PATH / "
-                                      "$CODA_VOCAB): copy T5's SentencePiece model there.")
-        elif task in OFFLINE_TASK_FILES:
-            root = offline.corpus_dir(_literal(b.get("DATA_DIR")))
-            path = os.path.join(root, OFFLINE_TASK_FILES[task])
-            if not os.path.exists(path):
-                add(("offline", path),
-                    f"offline corpus file {path} (task {task}) does not exist: run `python "
-                    f"scripts/prepare_data.py --data-dir DIR` and pass --gin.DATA_DIR=\"'DIR'\".")
-            spm = os.path.join(root, "spm")
-            if vocab is None and not (os.path.isdir(spm) and any(
-                    f.endswith(".model") for f in os.listdir(spm))):
-                add(("vocab", root), f"no vocabulary for {task}: none under {spm}; run "
-                                     "scripts/prepare_data.py or pass --gin.VOCAB_PATH.")
-            elif vocab is not None and not os.path.exists(vocab):
-                add(("vocab", vocab), f"vocabulary {vocab} does not exist (VOCAB_PATH).")
-        else:
-            add(("task", task), f"task {task} is not one coda_flax registers (paper tasks: "
-                                f"{', '.join(tfds_names)}; offline: "
-                                f"{', '.join(OFFLINE_TASK_FILES)}).")
-
-    required = spec.get("initial_checkpoint", {}).get("required")
-    presets: dict[str, set] = {}
-    for e in experiments:
-        train_stage = e.stages[0]
-        if train_stage.done() or e.finished():
-            continue
-        path = _literal(train_stage.bindings.get("INITIAL_CHECKPOINT_PATH"))
-        if path is None:
-            if required:
-                add(("ckpt", None), f"no initial checkpoint: pass --gin.INITIAL_CHECKPOINT_PATH. "
-                                    f"{_title(spec)} starts from "
-                                    + spec["initial_checkpoint"]["help"])
-            continue
-        presets.setdefault(path, set()).add(e.preset)
-        if "://" not in path and not os.path.exists(os.path.join(path, "config.json")):
-            add(("ckpt", path), f"initial checkpoint {path} (preset {e.preset}) is not a coda_flax "
-                                f"checkpoint directory (no config.json). "
-                                + (f"{_title(spec)} starts from "
-                                   + spec["initial_checkpoint"]["help"] if required else ""))
-    for path, used_by in presets.items():
-        if len(used_by) > 1:
-            add(("ckpt-shared", path),
-                f"one INITIAL_CHECKPOINT_PATH ({path}) for several model sizes "
-                f"({', '.join(sorted(used_by))}): put {{preset}} in it (replaced per experiment) "
-                f"or run one size at a time with --only.")
-    return problems
-
-
 # ------------------------------------------------------------------------------ running
 def _run_stage(stage: Stage) -> None:
-    """Runs `coda <argv>` in this process through the gin edge (coda_flax.train.cli)."""
+    """Runs the stage (`coda <argv>`) in this process through the gin edge
+    (coda_flax.train.gin_config.run_gin: the same strict parsing as `coda train|eval`)."""
     import gin
-    from coda_flax.train import cli as train_cli
+    from coda_flax.train.gin_config import run_gin
     gin.clear_config()
     try:
-        rc = train_cli.main(list(stage.argv))
+        run_gin(stage.mode, stage.gin_files,
+                [f"{name} = {value}" for name, value in stage.bindings.items()])
     finally:
         gin.clear_config()
-    if rc:
-        raise RuntimeError(f"`{stage.command()}` exited with status {rc}.")
 
 
 def _write_json(path: str, data) -> None:
@@ -733,7 +424,7 @@ def run_table(spec, output_dir: str = DEFAULT_OUTPUT, *, bindings: Iterable = ()
     of the written table, the experiments run / skipped / failed."""
     if spec["status"] != "ready":
         raise TableNotImplementedError(
-            f"{_title(spec)} cannot run: it {spec.get('status_note') or 'is not implemented'}. "
+            f"{table_title(spec)} cannot run: it {spec.get('status_note') or 'is not implemented'}. "
             f"`coda reproduce --table {spec.get('number', '')} --dry-run` lists the planned "
             "experiments.")
     output_dir = os.path.abspath(output_dir)
@@ -744,7 +435,7 @@ def run_table(spec, output_dir: str = DEFAULT_OUTPUT, *, bindings: Iterable = ()
         if problems:
             todo = sum(not e.finished() for e in experiments)
             raise MissingPrerequisitesError(
-                f"cannot run {_title(spec)}: {len(problems)} prerequisite(s) missing for the "
+                f"cannot run {table_title(spec)}: {len(problems)} prerequisite(s) missing for the "
                 f"{todo} unfinished experiment(s); nothing was run.\n"
                 + "\n".join(f"  {i}. {p}" for i, p in enumerate(problems, 1)))
     ran, skipped, failures = [], [], {}
@@ -785,133 +476,13 @@ def run_table(spec, output_dir: str = DEFAULT_OUTPUT, *, bindings: Iterable = ()
         log(f"  {e.metric} = {value} (paper {e.paper})")
         write_outputs(spec, everything, output_dir, failures)
     md_path, json_path = write_outputs(spec, everything, output_dir, failures)
-    log(f"{_title(spec)}: {len(ran)} run, {len(skipped)} skipped, {len(failures)} failed; "
+    log(f"{table_title(spec)}: {len(ran)} run, {len(skipped)} skipped, {len(failures)} failed; "
         f"table: {md_path} (+ {os.path.basename(json_path)})")
     return dict(table=spec["id"], markdown=md_path, json=json_path, ran=ran, skipped=skipped,
                 failed=failures, experiments=[e.name for e in experiments])
 
 
 # ------------------------------------------------------------------------------ the table
-def _column_header(col) -> str:
-    return " ".join(x for x in (col.get("group"), col["label"]) if x)
-
-
-def _fmt_paper(row, col, decimals) -> str | None:
-    text = row.get("paper_text", {}).get(col["key"])
-    if text is not None:
-        return text
-    value = row.get("paper", {}).get(col["key"])
-    if value is None:
-        return None
-    if col.get("kind", "metric") == "paper_only":
-        return f"{value}{col.get('suffix', '')}"
-    return f"{value:.{decimals}f}"
-
-
-def format_delta(value: float, decimals: int = 1) -> str:
-    """The paper's style: '± 0.0', '+0.2', '-2.1'."""
-    if abs(value) < 0.5 * 10 ** -decimals:
-        return f"± {0:.{decimals}f}"
-    return f"{value:+.{decimals}f}"
-
-
-def _ours(results: Mapping[str, Any], name: str, metric: str) -> float | None:
-    value = results.get(name)
-    if isinstance(value, Mapping):
-        value = value.get(metric)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        return None
-    return float(value)
-
-
-def _row_values(spec, row, results) -> dict[str, float | None]:
-    return {c["key"]: _ours(results, f"{row['key']}.{c['key']}", c["metric"])
-            for c in metric_columns(spec)}
-
-
-def _delta(spec, row, results) -> float | None:
-    base = {r["key"]: r for r in spec["rows"]}.get(row.get("delta_baseline"))
-    if base is None:
-        return None
-    a, b = _row_values(spec, row, results), _row_values(spec, base, results)
-    if not a or any(v is None for v in (*a.values(), *b.values())):
-        return None
-    return sum(a.values()) / len(a) - sum(b.values()) / len(b)
-
-
-def write_table(table_spec: Mapping[str, Any], results: Mapping[str, Any]) -> str:
-    """The table in the paper's layout as markdown: label columns, then one column per paper
-    column (group + label, e.g. "Base MNLI"), then Δ Avg; each cell "ours (paper X)", "-" for
-    ours where there is no result yet. results: {"<row>.<column>": eval_results dict (the
-    column's metric is read from it) or a number}. Pure: no file or environment access."""
-    spec = table_spec
-    dec = spec.get("decimals", 1)
-    delta = spec.get("delta_avg")
-    cols = spec["columns"]
-    labels = list(spec["label_columns"])
-    header = labels + [_column_header(c) for c in cols] + ([delta["label"]] if delta else [])
-    caption = spec["caption"]
-    prefix = f"Table {spec.get('number')}."
-    if caption.startswith(prefix):
-        caption = caption[len(prefix):].strip()
-    lines = [f"**{prefix}** {caption}", "",
-             "| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] * len(labels) + ["---:"] * (len(header) - len(labels)))
-             + "|"]
-    section = None
-    for row in spec["rows"]:
-        if row.get("section") and row["section"] != section:
-            section = row["section"]
-            lines.append("| " + " | ".join([f"**{section}**"] + [""] * (len(header) - 1)) + " |")
-        cells = [str(x) for x in row.get("labels", [])]
-        cells += [""] * (len(labels) - len(cells))
-        for c in cols:
-            paper = _fmt_paper(row, c, dec)
-            if row.get("reference"):
-                cells.append(paper if paper is not None else "-")
-                continue
-            ours = None
-            if c.get("kind", "metric") == "metric":
-                ours = _ours(results, f"{row['key']}.{c['key']}", c["metric"])
-            elif isinstance(results.get(f"{row['key']}.{c['key']}"), (int, float)):
-                ours = float(results[f"{row['key']}.{c['key']}"])
-            cells.append(_cell(ours, paper, dec, c.get("suffix", "")
-                               if c.get("kind") == "paper_only" else ""))
-        if delta:
-            d = delta.get("decimals", dec)
-            paper_delta = row.get("paper_delta_avg")
-            paper = None if paper_delta is None else format_delta(paper_delta, d)
-            if row.get("reference"):
-                cells.append(paper or "-")
-            else:
-                ours = _delta(spec, row, results)
-                cells.append(_cell(ours, paper, d, delta=True))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("Cells: ours (paper X); \"-\": not run yet. Ours: the final checkpoint evaluated "
-                 "on the column's split (`coda eval`).")
-    if delta:
-        lines.append(f"{delta['label']}: mean of a row's cells minus the mean of its baseline "
-                     "row's, once both rows are complete.")
-    if any(r.get("reference") for r in spec["rows"]):
-        lines.append("Rows without ours are quoted from the paper (results of other work).")
-    for note in spec.get("notes", ()):
-        lines.append(f"Note: {note}")
-    if spec.get("status") != "ready":
-        lines.append(f"Not runnable yet: {spec.get('status_note', '')}.")
-    return "\n".join(lines) + "\n"
-
-
-def _cell(ours, paper, decimals, suffix="", delta=False) -> str:
-    if ours is None:
-        text = "-"
-    elif delta:
-        text = format_delta(ours, decimals)
-    else:
-        text = f"{ours:.{decimals}f}{suffix}"
-    return text if paper is None else f"{text} (paper {paper})"
-
-
 def table_json(spec, experiments: Sequence[Experiment], results: Mapping[str, Any],
                failures: Mapping[str, str] | None = None) -> dict:
     """The machine-readable companion of write_table."""
@@ -920,7 +491,7 @@ def table_json(spec, experiments: Sequence[Experiment], results: Mapping[str, An
     for e in experiments:
         exps.append(dict(name=e.name, row=e.row, column=e.column, task=e.task, split=e.split,
                          metric=e.metric, preset=e.preset, paper=e.paper,
-                         ours=_ours(results, e.name, e.metric),
+                         ours=our_value(results, e.name, e.metric),
                          status="finished" if e.name in results else
                          ("failed" if e.name in failures else "pending"),
                          error=failures.get(e.name), best_in_training=_best_in_training(e),
@@ -930,11 +501,11 @@ def table_json(spec, experiments: Sequence[Experiment], results: Mapping[str, An
     for row in spec["rows"]:
         entry = dict(labels=row.get("labels"), reference=bool(row.get("reference")),
                      paper=row.get("paper", {}),
-                     ours={} if row.get("reference") else _row_values(spec, row, results))
+                     ours={} if row.get("reference") else row_values(spec, row, results))
         if spec.get("delta_avg"):
             entry["delta_avg"] = dict(paper=row.get("paper_delta_avg"),
                                       ours=None if row.get("reference") else
-                                      _delta(spec, row, results))
+                                      row_delta(spec, row, results))
         rows[row["key"]] = entry
     return dict(table=spec["id"], number=spec.get("number"), title=spec.get("title"),
                 caption=spec["caption"], status=spec["status"], rows=rows, experiments=exps,

@@ -50,7 +50,7 @@ from coda_flax.config import ATTENTION_VARIANTS, CodaConfig, ModelConfig
 __all__ = ["GROUPS", "TRAINABLE_GROUPS", "VARIANTS", "FLOP_TERMS", "SOFT_TOPK_FLOPS_PER_TOKEN_ITER",
            "abstract_params",
            "param_group", "parameter_table", "encoder_flops", "flop_speedup", "flop_table",
-           "summarize"]
+           "summarize", "input_flops", "flop_speedup_with_input"]
 
 # ---------------------------------------------------------------------------------------------
 # Parameters.
@@ -80,7 +80,7 @@ def param_group(path) -> str:
     return "backbone"
 
 
-def _key_name(entry) -> str:
+def key_name(entry) -> str:
     for attr in ("key", "name", "idx"):
         if hasattr(entry, attr):
             return str(getattr(entry, attr))
@@ -105,7 +105,7 @@ def parameter_table(config: ModelConfig) -> dict[str, Any]:
     groups = dict.fromkeys(GROUPS, 0)
     leaves = jax.tree_util.tree_flatten_with_path(abstract_params(config))[0]
     for path, leaf in leaves:
-        groups[param_group([_key_name(p) for p in path])] += math.prod(leaf.shape)
+        groups[param_group([key_name(p) for p in path])] += math.prod(leaf.shape)
     total = sum(groups.values())
     trainable = sum(groups[g] for g in TRAINABLE_GROUPS)
     return {"groups": groups, "total": total, "trainable": trainable,
@@ -224,6 +224,38 @@ def flop_table(config: ModelConfig, n: int, reduction: float | None = None) -> d
     pa = variants["parallel_adapter"]["encoder"]
     return {"n": n, "k": coda.k(n), "reduction": r, "variants": variants,
             "speedup_vs_parallel_adapter": {v: pa / t["encoder"] for v, t in variants.items()}}
+
+
+def input_flops(config: ModelConfig, length: int) -> int:
+    """FLOPs of the input front end for one sequence of `length` rows (multiply-add = 2), the
+    same for the Parallel Adapter and CoDA and not counted by encoder_flops:
+
+      tokens   0 (an embedding lookup)
+      patches  2 n (p*p*C) d                      the patch projection (position tables: lookups)
+      frames   2 * 9 * C * T1 * F1                conv_0, 3x3, 1 -> C channels, stride 2
+               + 2 * 9 * C * C * T2 * F2          conv_1, 3x3, C -> C, stride 2
+               + 2 * T2 * (F2 * C) * d            the projection to d_model
+               with T1 = ceil(T / 2), T2 = ceil(T1 / 2), F1 = ceil(mel / 2), F2 = ceil(F1 / 2).
+    """
+    c = config
+    if c.encoder_input == "patches":
+        return 2 * length * c.patch_size ** 2 * c.num_channels * c.d_model
+    if c.encoder_input == "frames":
+        t1, f1 = -(-length // 2), -(-c.num_mel_bins // 2)
+        t2, f2 = -(-t1 // 2), -(-f1 // 2)
+        ch = c.conv_channels
+        return (2 * 9 * ch * t1 * f1 + 2 * 9 * ch * ch * t2 * f2 + 2 * t2 * f2 * ch * c.d_model)
+    return 0
+
+
+def flop_speedup_with_input(config: ModelConfig, length: int, n: int, r: float,
+                             attention: str) -> float:
+    """(PA encoder + front end) / (CoDA encoder + front end) FLOPs at config's depth, for an
+    input of `length` rows whose encoder length is n (the front end both models share)."""
+    front = input_flops(config, length)
+    pa = encoder_flops(config, n, "parallel_adapter")["encoder"]
+    coda = encoder_flops(config, n, attention, reduction=r)["encoder"]
+    return (pa + front) / (coda + front)
 
 
 def summarize(config: ModelConfig, n: int = 512) -> dict[str, Any]:

@@ -1,9 +1,9 @@
-"""`coda reproduce`: the command line of coda_flax.reproduce (argv is parsed here only).
+"""`coda reproduce`: the command line of coda_flax.experiments.reproduce (argv is parsed here only).
 
     coda reproduce --table N [--dry-run [--json]] [--output DIR] [--only ROW[,ROW...]]
                    [--pretrain-steps N] [--gin.NAME=VALUE ...]
 
-`add_reproduce_parser(subparsers)` registers the subcommand; `python -m coda_flax.reproduce_cli`
+`add_reproduce_parser(subparsers)` registers the subcommand; `python -m coda_flax.cli.reproduce`
 runs it on its own.
 """
 
@@ -33,7 +33,8 @@ value is replaced per experiment. Exit status: 0 ok, 1 some experiments failed, 
 
 def add_reproduce_parser(subparsers) -> argparse.ArgumentParser:
     """Adds the `reproduce` subcommand to an argparse subparsers object."""
-    from coda_flax.reproduce import DEFAULT_OUTPUT, TABLE_NUMBERS
+    from coda_flax.experiments.paper_tables import TABLE_NUMBERS
+    from coda_flax.experiments.reproduce import DEFAULT_OUTPUT
     p = subparsers.add_parser(
         "reproduce", help="run the paper's tables (2, 3, 4, 5, 6, 9) as grids of coda train/eval",
         description="Reproduce a table of the paper: one `coda train` (+ CoDA pretraining) and "
@@ -59,17 +60,19 @@ def add_reproduce_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def reproduce_main(args) -> int:
-    from coda_flax import reproduce as lib
+    from coda_flax.cli.console import quiet_startup
+    from coda_flax.experiments import paper_tables
+    from coda_flax.experiments import reproduce as lib
     bindings = getattr(args, "gin_bindings", []) or []
     try:
         if str(args.table).strip().lower() == "all":
             if not args.dry_run:
                 raise lib.ReproduceError("--table all works with --dry-run only; run one table "
                                          "at a time.")
-            names = [f"table{n}" for n in lib.TABLE_NUMBERS]
+            names = [f"table{n}" for n in paper_tables.TABLE_NUMBERS]
         else:
-            names = [lib.table_id(args.table)]
-        specs = [lib.load_table(n) for n in names]
+            names = [paper_tables.table_id(args.table)]
+        specs = [paper_tables.load_table(n) for n in names]
         if args.dry_run:
             out = []
             for spec in specs:
@@ -84,6 +87,7 @@ def reproduce_main(args) -> int:
             if args.json:
                 print(json.dumps(out if len(out) > 1 else out[0], indent=2))
             return 0
+        quiet_startup()
         summary = lib.run_table(specs[0], args.output, bindings=bindings, only=args.only,
                                 pretrain_steps=args.pretrain_steps)
     except lib.ReproduceError as err:
@@ -93,7 +97,7 @@ def reproduce_main(args) -> int:
 
 
 def main(argv=None) -> int:
-    from coda_flax.train.cli import split_gin_flags
+    from coda_flax.cli.train import split_gin_flags
     bindings, rest = split_gin_flags(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="coda")
     add_reproduce_parser(parser.add_subparsers(dest="command", required=True))

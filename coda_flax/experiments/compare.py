@@ -11,8 +11,8 @@ The paper's protocol (section 3.3) at CPU scale, on real offline data:
     4. quality on the validation split (rendered words / documents: exact match and ANLS;
        easy-VQA:
        exact match; speech: WER, CER), measured encoder and end-to-end inference speedups over
-       the Parallel Adapter on the same batch (interleaved timing, coda_flax.bench), and for
-       rendered words / documents the share of routed patches that contain ink beside the share of ink
+       the Parallel Adapter on the same batch (interleaved timing, coda_flax.analysis.timing),
+       and for rendered words / documents the share of routed patches that contain ink beside the share of ink
        patches on the page (does the router skip whitespace, as the paper's Figure 7 shows?).
 
 Outputs in the output folder: results.json, results.md, speed_quality.png, routing plots and
@@ -24,7 +24,6 @@ variant (their MODEL_DIR/final), evaluating them again; delete the folder to sta
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Callable
@@ -32,8 +31,8 @@ from typing import Callable
 import jax
 import numpy as np
 
-from coda_flax.bench import measure_models
 from coda_flax.config import CodaConfig, ModelConfig
+from coda_flax.experiments import pipeline
 
 Log = Callable[[str], None]
 
@@ -127,13 +126,15 @@ def register(s: CompareSettings, data_dir: str | None, prepare: bool, log: Log):
 
 
 def ink_share(model_config_, params, examples, batch) -> dict:
-    """Does the router pick ink? viz.ink_share over a batch of rendered pages (all pages'
-    patches pooled); the page's share is what routing blind to the content would give."""
-    from coda_flax import viz
-    decisions = viz.routing_decisions(model_config_, params, batch["encoder_input_tokens"])
+    """Does the router pick ink? routing_stats.ink_share over a batch of rendered pages (all
+    pages' patches pooled); the page's share is what routing blind to the content would
+    give."""
+    from coda_flax.analysis import routing_stats
+    decisions = routing_stats.routing_decisions(model_config_, params,
+                                                batch["encoder_input_tokens"])
     selected = np.asarray(decisions["selected"])                          # [L, b, n]
     ink = np.stack([np.asarray(e["ink"], bool) for e in examples])
-    stats = viz.ink_share(selected.reshape(len(selected), -1), ink.reshape(-1),
+    stats = routing_stats.ink_share(selected.reshape(len(selected), -1), ink.reshape(-1),
                           np.asarray(decisions["valid"]).reshape(-1))
     return {k: np.asarray(v).tolist() for k, v in stats.items()}
 
@@ -154,11 +155,11 @@ def majority_baseline(task, lengths, max_examples: int, models: dict) -> dict:
 
 def run_compare(name: str, output_dir: str, *, quick_run: bool = False,
                 data_dir: str | None = None, prepare: bool = True, log: Log = print) -> dict:
-    """Runs the comparison `name` (a key of SETTINGS); writes and returns the results."""
-    from coda_flax.checkpoints import load_checkpoint
-    from coda_flax.checkpoints.peft import parameter_summary, trainable_mask
+    """Runs the comparison `name` (a key of SETTINGS); writes and returns the results.
+
+    The steps are coda_flax.experiments.pipeline's: pretrain_dense -> finetune_variant (per
+    variant: convert, finetune, evaluate) -> speed_table -> table and plots."""
     from coda_flax.train import run
-    from coda_flax.train.ctc_model import make_model
 
     if name not in SETTINGS:
         raise ValueError(f"unknown comparison {name!r}; choose one of {sorted(SETTINGS)}.")
@@ -168,52 +169,44 @@ def run_compare(name: str, output_dir: str, *, quick_run: bool = False,
     log(f"[compare 1/5] data for {s.task}")
     task = register(s, data_dir, prepare, log)
     lengths = {"inputs": s.input_length, "targets": s.target_length}
-    common = dict(mixture_or_task_name=s.task, task_feature_lengths=lengths,
-                  batch_size=s.batch_size, log_every=25, checkpoint_every=10**9,
-                  eval_batch_size=s.batch_size, eval_max_examples=s.eval_examples,
-                  data_dir=data_dir, progress=True, parameter_scale=False)
+    common = dict(mixture_or_task_name=s.task, batch_size=s.batch_size, log_every=25,
+                  checkpoint_every=10**9, data_dir=data_dir, progress=True,
+                  parameter_scale=False)
+    evaluation = dict(task_feature_lengths=lengths, eval_batch_size=s.batch_size,
+                      eval_max_examples=s.eval_examples)
 
     log(f"[compare 2/5] the dense backbone: {s.pretrain_steps} steps, every parameter trained")
-    pre_dir = os.path.join(output_dir, "dense")
-    if not os.path.isdir(os.path.join(pre_dir, "final")):
-        run.train(model_config=model_config(s, None), **common, train_steps=s.pretrain_steps,
-                  model_dir=pre_dir, trainable="all", learning_rate=s.pretrain_lr,
-                  warmup_steps=s.pretrain_warmup, k_anneal_stages=1)
-    dense = os.path.join(pre_dir, "final")
+    dense = pipeline.pretrain_dense(
+        model_config(s, None), os.path.join(output_dir, "dense"),
+        train_steps=s.pretrain_steps, learning_rate=s.pretrain_lr,
+        warmup_steps=s.pretrain_warmup, log=log, **common, **evaluation)
 
     log(f"[compare 3/5] finetune {len(s.variants)} variants ({s.finetune_steps} steps each; "
         f"adapters + routers + layer norms)")
     results, models, params = {}, {}, {}
     for variant, r in s.variants:
         cfg = model_config(s, r)
-        run_dir = os.path.join(output_dir, "finetune", variant)
-        if os.path.isdir(os.path.join(run_dir, "final")):       # finished before: evaluate it
-            p = load_checkpoint(os.path.join(run_dir, "final"))[1]
-            ev = run.evaluate_params(make_model(cfg), p, task, lengths, "validation",
-                                     s.batch_size, s.eval_examples)
-        else:
-            out = run.train(model_config=cfg, **common, train_steps=s.finetune_steps,
-                            model_dir=run_dir, initial_checkpoint_path=dense,
-                            trainable="finetune", learning_rate=s.finetune_lr,
-                            k_anneal_fraction=0.2, k_anneal_stages=2)
-            p, ev = out["params"], out["eval"]
-        counts = parameter_summary(p, trainable_mask(p, "finetune"))
+        out = pipeline.finetune_variant(
+            cfg, os.path.join(output_dir, "finetune", variant), initial_checkpoint_path=dense,
+            task=task, feature_lengths=lengths, eval_batch_size=s.batch_size,
+            eval_max_examples=s.eval_examples, train_steps=s.finetune_steps,
+            learning_rate=s.finetune_lr, log=log, **common)
+        ev = out["eval"]
         n = _encoder_length(cfg, s.input_length)
         results[variant] = {"reduction": r, "n": n, "k": cfg.coda.k(n), "eval": ev,
-                            "quality": ev[s.headline], "trainable_params": counts["trainable"],
-                            "total_params": counts["total"]}
-        models[variant], params[variant] = make_model(cfg), p
+                            "quality": ev[s.headline],
+                            "trainable_params": out["trainable_params"],
+                            "total_params": out["total_params"]}
+        models[variant], params[variant] = out["model"], out["params"]
         log(f"  {variant}: {s.headline} {ev[s.headline]:.1f}")
 
     log("[compare 4/5] inference speed on one validation batch (interleaved timing)")
     examples = run.eval_examples(task, lengths, "validation", s.speed_batch)
     examples = (examples * s.speed_batch)[:s.speed_batch]
-    batch = run.to_batch(examples, lengths)
-    speed = measure_models(models, params, batch, s.speed_repeats)
-    base = speed["parallel_adapter"]
+    batch = pipeline.speed_batch(examples, s.speed_batch, lengths)
+    speed = pipeline.speed_table(models, params, batch, s.speed_repeats)
     for variant, row in results.items():
-        row.update({f"{k}_seconds": v for k, v in speed[variant].items()})
-        row.update({f"{k}_speedup": base[k] / v for k, v in speed[variant].items()})
+        row.update(speed[variant])
 
     log("[compare 5/5] table, plots")
     summary = {"name": name, "task": s.task, "settings": dataclasses.asdict(s),
@@ -222,8 +215,7 @@ def run_compare(name: str, output_dir: str, *, quick_run: bool = False,
                "device": jax.devices()[0].device_kind, "seconds": None}
     _plots(summary, models, params, examples, batch, output_dir)
     summary["seconds"] = time.time() - t_start
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=float)
+    pipeline.save_json(os.path.join(output_dir, "results.json"), summary, default=float)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(results_table(summary))
     log(results_table(summary))
@@ -238,8 +230,9 @@ def _encoder_length(cfg: ModelConfig, length: int) -> int:
 
 def _plots(summary, models, params, examples, batch, output_dir):
     from coda_flax import viz
+    from coda_flax.analysis import routing_stats
     plot_speed_quality(summary, os.path.join(output_dir, "speed_quality.png"))
-    routed = [v for v in models if viz.is_routed(models[v].config)]
+    routed = [v for v in models if routing_stats.is_routed(models[v].config)]
     if summary["task"] in ("coda_rendered_docs", "coda_rendered_words") and routed:
         shares = {v: ink_share(models[v].config, params[v], examples, batch) for v in routed}
         summary["ink_share"] = shares
@@ -247,7 +240,7 @@ def _plots(summary, models, params, examples, batch, output_dir):
     for v in routed:
         cfg = models[v].config
         x = batch["encoder_input_tokens"][0]
-        decisions = viz.routing_decisions(cfg, params[v], x[None])
+        decisions = routing_stats.routing_decisions(cfg, params[v], x[None])
         lam = np.asarray(decisions["lam"])[:, 0]
         path = os.path.join(output_dir, f"routing_{v}.png")
         title = f"{v}: router preference (lam) per layer"

@@ -41,28 +41,22 @@ on a common time axis), heatmap.png (layers x encoder frames) and decisions.json
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
 import json
 import os
 import re
 import sys
 
-from coda_flax import argtypes
+from coda_flax.analysis.synthetic import (DEFAULT_RANDOM_SECONDS, TINY_PRESETS,
+                                          random_init_params, synthetic_page,
+                                          synthetic_utterance, tiny_model_config)
+from coda_flax.cli import argtypes
 from coda_flax.config import ATTENTION_VARIANTS, PRESETS, CodaConfig, ModelConfig
 from coda_flax.routing import ROUTERS
 
 DEFAULT_MAX_LENGTH = 512        # T5's and the paper's text encoder length
 DEFAULT_RANDOM_LENGTH = 64
 DEFAULT_MAX_PATCHES = 4096      # the paper's vision models (Pix2Struct, n = 4096)
-DEFAULT_RANDOM_SECONDS = 3.0    # the synthetic utterance without --audio
 DEFAULT_OUTPUT = "routing_viz"
-TINY_PRESET = "tiny"
-TINY_VISION = "tiny_vision"     # tiny_config reading 4x4 RGB patches (a text decoder)
-TINY_SPEECH = "tiny_speech"     # tiny_config reading 80 log-mel bins (a CTC head)
-TINY_PRESETS = (TINY_PRESET, TINY_VISION, TINY_SPEECH)
-
-
 class VisualizeError(ValueError):
     """A usage or input problem, reported as `coda visualize: error: ...` with exit status 2."""
 
@@ -176,24 +170,6 @@ def _random_init_config(args) -> ModelConfig:
     return ModelConfig.from_preset(args.preset, coda=CodaConfig(**fields), **depth)
 
 
-def tiny_model_config(name: str = TINY_PRESET, coda: CodaConfig | None = None,
-                      **overrides) -> ModelConfig:
-    """The `--preset tiny*` models: tiny_config reading tokens, 4x4 RGB patches (tiny_vision,
-    a text decoder) or 80 log-mel bins (tiny_speech: 4-channel conv subsampling, CTC head)."""
-    from coda_flax.config import tiny_config
-
-    extra = {TINY_PRESET: {},
-             TINY_VISION: dict(encoder_input="patches", patch_size=4, num_channels=3,
-                               max_patch_positions=128, encoder_relative_attention=False),
-             TINY_SPEECH: dict(encoder_input="frames", num_mel_bins=80, conv_channels=4,
-                               head="ctc", num_decoder_layers=0, vocab_size=29,
-                               mlp_activations=("swish",))}[name]
-    extra.update(overrides)
-    if coda is not None and name == TINY_SPEECH and coda.epsilon == CodaConfig.epsilon:
-        coda = dataclasses.replace(coda, epsilon=1.0)             # appendix D: speech models
-    return tiny_config(coda, **extra)
-
-
 def _model_config(args) -> ModelConfig | None:
     """The --random-init config (None for --checkpoint, whose config comes with it)."""
     if args.random_init:
@@ -203,30 +179,6 @@ def _model_config(args) -> ModelConfig | None:
             raise VisualizeError(f"--{flag.replace('_', '-')} applies to --random-init only; a "
                                  f"checkpoint brings its own model config.")
     return None
-
-
-def random_init_params(config: ModelConfig, seed: int = 0):
-    """Freshly initialised embedding + encoder parameters (the decoder is not needed).
-
-    Uses an "rbg" PRNG key: flax's init with the default threefry key takes seconds to compile
-    on CPU, rbg a fraction of that."""
-    import jax
-
-    return _init_fn(config)(jax.random.key(seed, impl="rbg"))["params"]
-
-
-@functools.lru_cache(maxsize=4)
-def _init_fn(config: ModelConfig):
-    import jax
-    import jax.numpy as jnp
-
-    from coda_flax.inputs import input_dtype, input_shape
-    from coda_flax.model import build_module, init_length
-
-    # Long enough that every layer builds its router (k < n); audio: 4 frames per token.
-    length = max(8, init_length(config)) * (4 if config.encoder_input == "frames" else 1)
-    dummy = jnp.ones(input_shape(config, 1, length), input_dtype(config))
-    return jax.jit(lambda rng: build_module(config).init(rng, dummy, method="encode"))
 
 
 def _load_checkpoint(args):
@@ -339,6 +291,7 @@ def _visualize(args) -> int:
     import numpy as np
 
     from coda_flax import viz
+    from coda_flax.analysis import routing_stats
     from coda_flax.checkpoints.io import config_to_dict
 
     if args.checkpoint is not None and not os.path.isdir(args.checkpoint):
@@ -353,7 +306,7 @@ def _visualize(args) -> int:
         source = {"checkpoint": os.path.abspath(args.checkpoint)}
     else:
         source = {"random_init": {"preset": args.preset, "seed": args.seed}}
-    viz.check_routed(config)
+    routing_stats.check_routed(config)
     layers = parse_layers(args.layers, config.num_encoder_layers)
     _check_input_flags(args, config)
     if config.encoder_input == "patches":
@@ -363,7 +316,7 @@ def _visualize(args) -> int:
     ids, labels, text, vocab_path = _tokens(args, config)
     if params is None:
         params = random_init_params(config, args.seed)
-    decisions = viz.routing_decisions(config, params, ids[None])
+    decisions = routing_stats.routing_decisions(config, params, ids[None])
     n, k = decisions["n"], decisions["k"]
     valid = decisions["valid"][0]
     num_real = int(valid.sum())
@@ -396,7 +349,7 @@ def _visualize(args) -> int:
     files["highlights_html"], files["highlights_png"] = hl["html"], hl["png"]
     record = {"source": source, "text": text, "vocab": vocab_path,
               "token_ids": np.asarray(ids).tolist(), "tokens": labels,
-              **viz.decisions_to_json(decisions, 0, layers),
+              **routing_stats.decisions_to_json(decisions, 0, layers),
               "model_config": config_to_dict(config)}
     files["decisions"] = os.path.join(out, "decisions.json")
     with open(files["decisions"], "w", encoding="utf-8") as f:
@@ -449,35 +402,6 @@ def _check_input_flags(args, config: ModelConfig) -> None:
         raise VisualizeError("--max-seconds applies to speech models.")
 
 
-def synthetic_page(height: int = 192, width: int = 144, seed: int = 0):
-    """A document-like test image: float32 [H, W, 3] in [0, 1], white paper with black word
-    blocks in lines (paragraphs, short last lines, a blank band): the white background CoDA's
-    router can skip (paper section 6)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    page = np.ones((height, width, 3), np.float32)
-    margin, line_h, x_h = max(4, width // 12), max(6, height // 16), max(2, height // 40)
-    y = margin
-    line = 0
-    while y + x_h < height - margin:
-        if line % 5 == 4 or (height * 0.45 < y < height * 0.58):
-            y += line_h                                  # paragraph break / blank band
-            line += 1
-            continue
-        end = width - margin - (rng.integers(width // 4, width // 2) if line % 5 == 3 else 0)
-        x = margin
-        while True:
-            w = int(rng.integers(max(2, width // 40), max(3, width // 8)))
-            if x + w > end:
-                break
-            page[y:y + x_h, x:x + w] = 0.05
-            x += w + max(2, width // 50)
-        y += line_h
-        line += 1
-    return page
-
-
 def _read_image(path: str, channels: int):
     import numpy as np
 
@@ -520,18 +444,19 @@ def _patch_inputs(args, config: ModelConfig):
 
 def _visualize_image(args, config: ModelConfig, params, source, layers) -> int:
     from coda_flax import viz
+    from coda_flax.analysis import patch_grid, routing_stats
     from coda_flax.checkpoints.io import config_to_dict
 
     patches, ink, image, what = _patch_inputs(args, config)
     if params is None:
         params = random_init_params(config, args.seed)
-    decisions = viz.routing_decisions(config, params, patches)
+    decisions = routing_stats.routing_decisions(config, params, patches)
     n, k, r = decisions["n"], decisions["k"], config.coda.reduction
     valid = decisions["valid"][0]
     selected = decisions["selected"][layers, 0]
     lam = decisions["lam"][layers, 0]
-    _, _, grid = viz.patch_grid_positions(patches)
-    stats = viz.ink_share(selected, ink, valid)
+    _, _, grid = patch_grid.patch_grid_positions(patches)
+    stats = routing_stats.ink_share(selected, ink, valid)
 
     out = os.path.abspath(args.output)
     os.makedirs(out, exist_ok=True)
@@ -556,8 +481,8 @@ def _visualize_image(args, config: ModelConfig, params, source, layers) -> int:
               "patch_size": p, "grid": list(grid),
               "patch_ids": patches[:, :2].astype(int).tolist(),
               "ink": {"threshold": args.ink_threshold, "mask": ink.astype(int).tolist(),
-                      **viz._jsonable(stats)},
-              **viz.decisions_to_json(decisions, 0, layers),
+                      **routing_stats.to_jsonable(stats)},
+              **routing_stats.decisions_to_json(decisions, 0, layers),
               "model_config": config_to_dict(config)}
     files["decisions"] = _write_record(out, record)
     print(head + f"; {len(layers)} of {config.num_encoder_layers} layers shown")
@@ -569,28 +494,6 @@ def _visualize_image(args, config: ModelConfig, params, source, layers) -> int:
               f"(page {stats['page_ink_share']:.3f}), {cover:.3f} of the ink patches routed")
     _print_files(files)
     return 0
-
-
-def synthetic_utterance(seconds: float = DEFAULT_RANDOM_SECONDS, sample_rate: int = 16000,
-                        seed: int = 0):
-    """A speech-like test waveform: voiced bursts (harmonic tones with a falling pitch and a
-    smooth envelope) separated by pauses with faint noise. float32 [samples] in [-1, 1]."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    n = int(round(seconds * sample_rate))
-    x = 0.003 * rng.standard_normal(n).astype(np.float32)
-    t = 0.15
-    while t < seconds - 0.2:
-        dur = float(rng.uniform(0.15, 0.45))
-        a, b = int(t * sample_rate), min(n, int((t + dur) * sample_rate))
-        tt = np.arange(b - a) / sample_rate
-        f0 = float(rng.uniform(110, 220)) * (1 - 0.2 * tt / dur)
-        phase = 2 * np.pi * np.cumsum(f0) / sample_rate
-        burst = sum(np.sin(h * phase) / h for h in range(1, 8))
-        x[a:b] += (0.25 * np.sin(np.pi * tt / dur) ** 2 * burst).astype(np.float32)
-        t += dur + float(rng.uniform(0.08, 0.35))
-    return np.clip(x, -1, 1).astype(np.float32)
 
 
 def _frame_inputs(args, config: ModelConfig):
@@ -622,12 +525,13 @@ def _visualize_audio(args, config: ModelConfig, params, source, layers) -> int:
     import numpy as np
 
     from coda_flax import viz
+    from coda_flax.analysis import routing_stats
     from coda_flax.checkpoints.io import config_to_dict
 
     frames, what, seconds = _frame_inputs(args, config)
     if params is None:
         params = random_init_params(config, args.seed)
-    decisions = viz.routing_decisions(config, params, frames)
+    decisions = routing_stats.routing_decisions(config, params, frames)
     n, k, r = decisions["n"], decisions["k"], config.coda.reduction
     selected = decisions["selected"][layers, 0]
     lam = decisions["lam"][layers, 0]
@@ -650,7 +554,7 @@ def _visualize_audio(args, config: ModelConfig, params, source, layers) -> int:
     }
     record = {"source": source, "audio": what, "seconds": seconds, "num_frames": int(T),
               "frame_step_ms": 10.0, "subsampling": viz.SUBSAMPLING,
-              **viz.decisions_to_json(decisions, 0, layers),
+              **routing_stats.decisions_to_json(decisions, 0, layers),
               "model_config": config_to_dict(config)}
     files["decisions"] = _write_record(out, record)
     print(head + f"; {len(layers)} of {config.num_encoder_layers} layers shown")
@@ -681,7 +585,7 @@ def _print_files(files) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m coda_flax.viz_cli ...` (the same as `coda visualize ...`)."""
+    """`python -m coda_flax.cli.visualize ...` (the same as `coda visualize ...`)."""
     parser = argparse.ArgumentParser(prog="coda")
     add_visualize_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["visualize", *(sys.argv[1:] if argv is None else argv)])

@@ -1,25 +1,16 @@
-"""The `coda` command line (an edge of the library: argv is parsed here and nowhere else).
+"""`coda summary`: parameter counts and analytic encoder FLOPs of a preset
+(coda_flax.analysis.summary).
 
     coda summary --preset NAME --reduction R [--attention k_to_all|k_to_k] [--length N]
                  [--adapter-dim D] [--json]
-    coda compare {rendered_words,rendered_docs,easy_vqa,speech} [--quick] [--output DIR]
-    coda bench [--presets ...] [--lengths ...] [--reductions ...] [--modes encode,generate]
-               [--num-layers L] [--soft-topk] [--output DIR]     (coda_flax/bench.py)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
-from coda_flax import argtypes
-from coda_flax.bench import add_bench_parser
-from coda_flax.checkpoints.cli import add_convert_parser
-from coda_flax.train.cli import add_run_parsers
-from coda_flax.viz_cli import add_visualize_parser
-from coda_flax.reproduce_cli import add_reproduce_parser
+from coda_flax.cli import argtypes
 from coda_flax.config import ATTENTION_VARIANTS, PRESETS, CodaConfig, ModelConfig
 
 
@@ -31,46 +22,8 @@ _REDUCTION = argtypes.reduction(
     "reduction must be >= 1 (1 = Parallel Adapter, r routes k = ceil(n / r) tokens)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="coda", description="Conditional Adapters (CoDA) in JAX/Flax.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_convert_parser(sub)
-    add_bench_parser(sub)
-    add_run_parsers(sub)
-    add_visualize_parser(sub)
-    add_reproduce_parser(sub)
-    demo = sub.add_parser("demo", help="end-to-end demo on offline Shakespeare data",
-                          description="Pretrain a small dense T5, convert it to CoDA, finetune "
-                                      "the Parallel Adapter, CoDA r = 3 / 5 and the router "
-                                      "ablations, and write a results table, a speed-quality "
-                                      "plot and routing heatmaps.")
-    demo.add_argument("--quick", action="store_true", help="tiny sizes and steps (for tests)")
-    demo.add_argument("--output", default="outputs/demo", help="output folder")
-    demo.add_argument("--data-dir", default=None,
-                      help="data cache, an existing directory (default $CODA_DATA_DIR or "
-                           "~/.cache/coda_flax/data, created when missing)")
-    demo.set_defaults(func=_demo)
-
-    compare = sub.add_parser(
-        "compare", help="Parallel Adapter vs CoDA on an offline image or speech task",
-        description="Train a dense backbone on the task, convert it to the Parallel Adapter "
-                    "and to CoDA at several r, finetune adapters + routers, and write quality, "
-                    "measured speedups, routing plots (and the ink share of routed patches for "
-                    "rendered documents) to the output folder.")
-    compare.add_argument("task", choices=("rendered_words", "rendered_docs", "easy_vqa",
-                                          "speech"),
-                         help="rendered_words (one of 16 words on a white page -> the word), "
-                              "rendered_docs (a snippet of text -> its transcription), easy_vqa "
-                              "(question rendered over the image -> answer) or speech (CTC, WER)")
-    compare.add_argument("--quick", action="store_true", help="tiny sizes and steps (for tests)")
-    compare.add_argument("--output", default=None, help="output folder (default outputs/TASK)")
-    compare.add_argument("--data-dir", default=None,
-                         help="data cache, an existing directory (default $CODA_DATA_DIR or "
-                              "~/.cache/coda_flax/data, created when missing)")
-    compare.add_argument("--no-prepare", dest="prepare", action="store_false",
-                         help="use the data already in the cache; do not fetch or build any")
-    compare.set_defaults(func=_compare)
-
+def add_summary_parser(sub) -> argparse.ArgumentParser:
+    """Adds the `summary` subcommand to an argparse subparsers object."""
     summary = sub.add_parser(
         "summary", help="parameter counts and analytic encoder FLOPs of a preset",
         description="Parameter table (total, trainable under CoDA finetuning, per group) and "
@@ -89,48 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--adapter-dim", default=None, type=_positive_int("adapter-dim"),
                          metavar="D", help="adapter width (default: the preset's, else 64)")
     summary.add_argument("--json", action="store_true", help="print the numbers as JSON")
-    summary.set_defaults(func=_summary)
-    return parser
+    summary.set_defaults(func=summary_main)
+    return summary
 
-
-def main(argv: list[str] | None = None) -> int:
-    from coda_flax.train.cli import split_gin_flags
-    bindings, argv = split_gin_flags(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.gin_bindings = bindings
-    return int(args.func(args) or 0)
-
-
-def _missing_data_dir(command: str, data_dir: str | None) -> bool:
-    """A --data-dir the user names must exist: a typo must not create a tree at that path (the
-    default cache is created on demand). Prints the one-line error when it does not."""
-    if data_dir is None or os.path.isdir(data_dir):
-        return False
-    print(f"coda {command}: error: --data-dir {data_dir} is not an existing directory; create "
-          f"it first (mkdir -p {data_dir}) or leave --data-dir out to use the cache.",
-          file=sys.stderr)
-    return True
-
-
-def _demo(a: argparse.Namespace) -> int:
-    if _missing_data_dir("demo", a.data_dir):
-        return 2
-    from coda_flax import demo
-    demo.run_demo(a.output, quick=a.quick, data_dir=a.data_dir)
-    return 0
-
-
-def _compare(a: argparse.Namespace) -> int:
-    if _missing_data_dir("compare", a.data_dir):
-        return 2
-    from coda_flax import compare
-    compare.run_compare(a.task, a.output or f"outputs/{a.task}", quick_run=a.quick,
-                        data_dir=a.data_dir, prepare=a.prepare)
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# coda summary
 
 _GROUP_LABELS = {"backbone": "backbone (frozen)", "adapters": "adapters", "routers": "routers",
                  "layer_norms": "layer norms", "lora": "lora"}
@@ -143,8 +57,8 @@ _VARIANT_LABELS = {"dense": "dense", "parallel_adapter": "Parallel Adapter",
 _VARIANT_ORDER = ("dense", "parallel_adapter", "k_to_k", "k_to_all")
 
 
-def _summary(args: argparse.Namespace) -> int:
-    from coda_flax import summary as lib        # jax / flax load only for this command
+def summary_main(args: argparse.Namespace) -> int:
+    from coda_flax.analysis import summary as lib     # jax / flax load only for this command
 
     coda_fields = dict(reduction=args.reduction, attention=args.attention)
     if args.adapter_dim is not None:
@@ -222,10 +136,6 @@ def format_summary(result: dict) -> str:
 
 
 def _soft_topk_note(coda: dict) -> str:
-    from coda_flax.summary import SOFT_TOPK_FLOPS_PER_TOKEN_ITER
+    from coda_flax.analysis.summary import SOFT_TOPK_FLOPS_PER_TOKEN_ITER
     return (f"~{SOFT_TOPK_FLOPS_PER_TOKEN_ITER} FLOPs per token per iteration x "
             f"{coda['num_iters']} iterations")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""argparse types shared by the `coda` subcommands (cli.py, bench.py, viz_cli.py).
+"""argparse types and checks shared by the `coda` subcommands (coda_flax/cli/*.py).
 
 Each parses one command-line value and, on bad input, raises argparse.ArgumentTypeError with a
 message that names what was expected; argparse turns it into `coda ...: error: ...`, exit 2.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 from typing import Callable
 
 
@@ -56,3 +58,18 @@ def reduction(expected: str = "reduction must be >= 1", finite: bool = False):
         r = check(text)
         return int(r) if r.is_integer() else r
     return parse
+
+
+DATA_DIR_HELP = ("data cache, an existing directory (default $CODA_DATA_DIR or "
+                 "~/.cache/coda_flax/data, created when missing)")
+
+
+def missing_data_dir(command: str, data_dir: str | None) -> bool:
+    """A --data-dir the user names must exist: a typo must not create a tree at that path (the
+    default cache is created on demand). Prints the one-line error when it does not."""
+    if data_dir is None or os.path.isdir(data_dir):
+        return False
+    print(f"coda {command}: error: --data-dir {data_dir} is not an existing directory; create "
+          f"it first (mkdir -p {data_dir}) or leave --data-dir out to use the cache.",
+          file=sys.stderr)
+    return True

@@ -293,7 +293,7 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
     import jax
 
     from coda_flax import tasks
-    from coda_flax.bench import measure_models
+    from coda_flax.analysis.timing import measure_models
     from coda_flax.tasks import needle
     from coda_flax.train import run
     from coda_flax.train.t5_model import CodaT5Model
@@ -518,7 +518,7 @@ def routing_evidence(models: dict, params: dict, examples, records: dict, length
                      output_dir: str, task, heatmap_examples: int = 2) -> dict:
     """Figure 7 heatmaps of the first validation inputs and the evidence share (needle.
     evidence_share) of each routed variant over the whole validation split."""
-    from coda_flax import viz
+    from coda_flax.analysis import routing_stats as viz
     from coda_flax.tasks import needle
     from coda_flax.train import run
 

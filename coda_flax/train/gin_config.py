@@ -1,10 +1,8 @@
-"""gin edge of the training stack: `coda train|eval|infer` and `python -m coda_flax.train`.
+"""gin edge of the training stack: parses gin files and bindings (strictly) and runs the
+configured entry point (train / evaluate / infer). The command line that feeds it is
+coda_flax/cli/train.py (`coda train|eval|infer`, `python -m coda_flax.train`).
 
-    python -m coda_flax.train --gin_file=models/tiny.gin --gin_file=runs/finetune.gin \\
-        --gin.MODEL_DIR="'/tmp/run'" --gin.MIXTURE_OR_TASK_NAME="'coda_shakespeare_play'"
-    python -m coda_flax.train --gin-dir         # prints the folder of the packaged gin files
-
---gin_file is looked up as given, then in --gin_search_path, then in the packaged gin folder
+A gin file is looked up as given, then in --gin_search_path, then in the packaged gin folder
 (coda_flax/gin; coda_flax.resources.resolve_gin_file; gin/models/tiny.gin, the repository path
 of earlier versions, still works).
 
@@ -15,17 +13,14 @@ reads gin; the functions it configures live in coda_flax.train.run.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 
 import gin
 
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.resources import GIN_DIR, resolve_gin_file
 from coda_flax.train import run
-from coda_flax.train.trainer import Preempted
 
 
 def model_config(preset: str | None = None, coda: CodaConfig | None = None, **fields) -> ModelConfig:
@@ -127,83 +122,16 @@ def parse_gin(gin_files, gin_bindings, search_paths=(), allow_unknown: bool = Fa
     check_gin(gin_bindings, allow_unknown)
 
 
-def split_gin_flags(argv):
-    """Separates --gin.NAME=VALUE bindings (T5X's flag style) from the other arguments."""
-    bindings, rest = [], []
-    for arg in argv:
-        if arg.startswith("--gin.") and "=" in arg:
-            name, value = arg[len("--gin."):].split("=", 1)
-            bindings.append(f"{name} = {value}")
-        else:
-            rest.append(arg)
-    return bindings, rest
+ENTRY_POINTS = {"train": "train", "eval": "evaluate", "infer": "infer"}      # mode -> gin name
 
 
-def add_run_parsers(sub):
-    for mode, help_text in (("train", "train with a gin run file (runs/*.gin)"),
-                            ("eval", "evaluate a checkpoint (runs/eval.gin)"),
-                            ("infer", "decode raw inputs (runs/infer.gin)")):
-        p = sub.add_parser(mode, help=help_text,
-                           description=f"{help_text}. Bind values with --gin.NAME=VALUE.")
-        p.add_argument("--gin_file", action="append", default=[], required=True,
-                       help="gin file (repeatable): a path, or a name in the packaged gin "
-                            "folder (models/tiny.gin, runs/finetune.gin; `python -m "
-                            "coda_flax.train --gin-dir` prints it)")
-        p.add_argument("--gin_search_path", action="append", default=[])
-        p.add_argument("--gin_allow_unknown", action="store_true",
-                       help="accept gin macros that nothing reads (default: an error)")
-        p.add_argument("--debug", action="store_true",
-                       help="show the full traceback of an error (also: CODA_DEBUG=1)")
-        p.set_defaults(func=lambda args, mode=mode: run_mode(mode, args))
-
-
-_ENTRY = {"train": "train", "eval": "evaluate", "infer": "infer"}      # gin names
-
-
-def one_line_error(e: BaseException) -> str:
-    """An exception as one line: its type and message, without gin's call-site notes."""
-    text = str(e)
-    for marker in ("\n  In call to configurable", "\n  In file", "\n  No configurable"):
-        if marker in text and text.index(marker) > 0:
-            text = text[:text.index(marker)]
-    text = " ".join(text.split())
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def run_mode(mode: str, args) -> int:
-    """Runs a mode; errors are one line on stderr (exit 1) unless --debug / CODA_DEBUG=1.
-
-    Exit status: 0 done, 1 error, 143 preempted (SIGTERM; a checkpoint of the step was saved)."""
-    debug = getattr(args, "debug", False) or os.environ.get("CODA_DEBUG", "") not in ("", "0")
-    try:
-        parse_gin(args.gin_file, getattr(args, "gin_bindings", []), args.gin_search_path,
-                  getattr(args, "gin_allow_unknown", False))
-        fn = gin.get_configurable(_ENTRY[mode])
-        if mode == "train":
-            operative = gin.config_str()         # the resolved config, saved in MODEL_DIR
-            fn(extra_files={"config.gin": operative})
-        else:
-            fn()
-    except Preempted as e:                       # checkpoint saved; the scheduler may restart us
-        print(f"[train] {e}", file=sys.stderr)
-        return 143
-    except Exception as e:                       # noqa: BLE001 (the CLI's edge)
-        if debug:
-            raise
-        print(f"coda {mode}: error: {one_line_error(e)} (--debug or CODA_DEBUG=1 for the "
-              f"traceback)", file=sys.stderr)
-        return 1
-    return 0
-
-
-def main(argv=None, mode: str = "train") -> int:
-    bindings, rest = split_gin_flags(sys.argv[1:] if argv is None else argv)
-    if rest == ["--gin-dir"]:
-        print(GIN_DIR)
-        return 0
-    parser = argparse.ArgumentParser(prog=f"python -m coda_flax.train")
-    sub = parser.add_subparsers(dest="command")
-    add_run_parsers(sub)
-    args = parser.parse_args([mode, *rest] if not rest or rest[0] not in _ENTRY else rest)
-    args.gin_bindings = bindings
-    return args.func(args)
+def run_gin(mode: str, gin_files, gin_bindings=(), search_paths=(),
+            allow_unknown: bool = False):
+    """Parses the gin files and 'NAME = VALUE' bindings (parse_gin, strict) and runs the mode's
+    configured function (run.train / run.evaluate / run.infer); returns what it returns.
+    Training saves the operative config as MODEL_DIR/config.gin."""
+    parse_gin(gin_files, gin_bindings, search_paths, allow_unknown)
+    fn = gin.get_configurable(ENTRY_POINTS[mode])
+    if mode == "train":
+        return fn(extra_files={"config.gin": gin.config_str()})
+    return fn()
