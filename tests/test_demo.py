@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("seqio")
 
 from corpus_helpers import synthetic_corpus  # noqa: E402
+from coda_flax.analysis import figures, probes  # noqa: E402
 from coda_flax.experiments import demo  # noqa: E402
 from coda_flax.cli import main  # noqa: E402
 from coda_flax.tasks import needle, shakespeare  # noqa: E402
@@ -135,7 +136,7 @@ def test_unigram_entropy_by_hand():
 
 def test_speed_quality_labels_do_not_overlap():
     ys = np.array([50.0, 50.5, 51.0, 20.0, 20.2])
-    placed = demo._label_positions(np.zeros(5), ys, min_gap=2.0)
+    placed = figures.label_positions(np.zeros(5), ys, min_gap=2.0)
     order = np.sort(placed)
     assert np.all(np.diff(order) >= 2.0 - 1e-9)
     assert np.all(placed >= ys)          # labels only move up from their point
@@ -172,9 +173,10 @@ def test_encoder_states_start_at_the_embedding_and_end_before_the_final_norm():
     params = model.init(jax.random.PRNGKey(0), jnp.asarray(tokens), jnp.zeros((2, 2), jnp.int32),
                         jnp.zeros((2, 2), jnp.int32))["params"]
     params = nn.meta.unbox(params)
-    states = demo.encoder_states(cfg, params, tokens)
+    states = probes.encoder_states(cfg, params, tokens)
     assert states.shape == (cfg.num_encoder_layers + 1, 2, 8, cfg.d_model)
-    np.testing.assert_array_equal(states[0], np.asarray(params["token_embedder"]["embedding"])[tokens])
+    embedding = np.asarray(params["token_embedder"]["embedding"])
+    np.testing.assert_array_equal(states[0], embedding[tokens])
     # encode() = the final RMSNorm of the last layer's output (T5: x / rms(x) * scale)
     last = states[-1].astype(np.float64)
     normed = last / np.sqrt((last ** 2).mean(-1, keepdims=True) + cfg.layer_norm_epsilon)

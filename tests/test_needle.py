@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from corpus_helpers import prepared_corpus
+from coda_flax.analysis import probes
 from coda_flax.tasks import needle, shakespeare
 
 N = 64
@@ -149,18 +150,18 @@ def test_ridge_probe_separable_random_and_closed_form():
     y = rng.integers(0, 2, 400)
     x = rng.normal(size=(400, 5))
     x[:, 2] += 4.0 * (2 * y - 1)                      # one feature separates the classes
-    assert needle.ridge_probe(x[:300], y[:300], x[300:], y[300:]) == 1.0
+    assert probes.ridge_probe(x[:300], y[:300], x[300:], y[300:]) == 1.0
     noise = rng.normal(size=(2000, 5))
     labels = rng.integers(0, 2, 2000)
-    assert abs(needle.ridge_probe(noise[:1000], labels[:1000], noise[1000:], labels[1000:])
+    assert abs(probes.ridge_probe(noise[:1000], labels[:1000], noise[1000:], labels[1000:])
                - 0.5) < 0.06
     # ridge -> 0: the least-squares fit of the +-1 targets (numpy's lstsq) decides the same way
     a = np.c_[x[:300], np.ones(300)]
     w = np.linalg.lstsq(a, 2.0 * y[:300] - 1, rcond=None)[0]
     expected = ((np.c_[x[300:], np.ones(100)] @ w > 0) == y[300:]).mean()
-    assert needle.ridge_probe(x[:300], y[:300], x[300:], y[300:], ridge=1e-9) == expected
+    assert probes.ridge_probe(x[:300], y[:300], x[300:], y[300:], ridge=1e-9) == expected
     with pytest.raises(ValueError, match="same d"):
-        needle.ridge_probe(x[:, :3], y, x, y)
+        probes.ridge_probe(x[:, :3], y, x, y)
 
 
 def test_role_features_pick_the_name_states():

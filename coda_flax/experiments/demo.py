@@ -25,7 +25,6 @@ says so when it does.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -34,6 +33,8 @@ from typing import Callable
 
 import numpy as np
 
+from coda_flax.analysis import figures
+from coda_flax.analysis import probes as token_probes
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.tasks.metrics import majority_floor
 
@@ -390,7 +391,13 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
     _save_json(os.path.join(output_dir, "results.json"), summary)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(results_table(summary))
-    plot_speed_quality(summary, os.path.join(output_dir, "speed_quality.png"))
+    figures.plot_speed_quality(
+        {name: (r["encoder_speedup"], 100 * r["accuracy"]["mean"], 100 * r["accuracy"]["se"])
+         for name, r in results.items()}, os.path.join(output_dir, "speed_quality.png"),
+        floor=100 * floor, floor_label="majority answer", ceiling=50.0,
+        ceiling_label="best possible without routing the needle",
+        ylabel="validation accuracy, % (who got it?)",
+        title="Speed-quality trade-off (cf. paper Figure 5); bars = binomial SE")
     log(results_table(summary))
     log(f"[demo] done in {time.time() - t_start:.0f} s; outputs in {output_dir}")
     return summary
@@ -464,56 +471,6 @@ def results_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _label_positions(xs, ys, min_gap):
-    """Vertical label positions: sorted by y, pushed apart by at least min_gap."""
-    order = np.argsort(ys)
-    placed = np.array(ys, np.float64)
-    last = -np.inf
-    for i in order:
-        placed[i] = max(placed[i], last + min_gap)
-        last = placed[i]
-    return placed
-
-
-def plot_speed_quality(summary: dict, path: str):
-    """Accuracy (± SE) vs measured encoder speedup over the Parallel Adapter (paper Figure 5);
-    labels sit in a column to the right of the points, spaced so they never overlap."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(summary["variants"])
-    xs = np.array([summary["variants"][k]["encoder_speedup"] for k in names])
-    ys = np.array([100 * summary["variants"][k]["accuracy"]["mean"] for k in names])
-    se = np.array([100 * summary["variants"][k]["accuracy"]["se"] for k in names])
-    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    lo = min(float(ys.min() - se.max()), 100 * summary["majority_floor"]) - 5
-    hi = max(float(ys.max() + se.max()), 50) + 5
-    gap = (hi - lo) / 22
-    label_y = _label_positions(xs, ys, gap)
-    x_text = float(xs.max()) + 0.25 * max(float(np.ptp(xs)), 0.5)
-    for i, name in enumerate(names):
-        marker = "s" if name in ("parallel_adapter", "full_finetuning") else (
-            "x" if "first_k" in name or "sigmoid" in name else "o")
-        c = colors[i % len(colors)]
-        ax.errorbar(xs[i], ys[i], yerr=se[i], fmt=marker, color=c, ms=7, capsize=3)
-        ax.annotate(name, (xs[i], ys[i]), xytext=(x_text, label_y[i]), textcoords="data",
-                    fontsize=8, color=c, va="center",
-                    arrowprops=dict(arrowstyle="-", color=c, lw=0.5, alpha=0.6))
-    ax.axhline(100 * summary["majority_floor"], color="gray", lw=0.8, ls="--",
-               label="majority answer")
-    ax.axhline(50, color="tab:red", lw=0.8, ls=":", label="best possible without routing the needle")
-    ax.set_xlim(min(float(xs.min()), 1.0) - 0.1, x_text + 0.6 * max(float(np.ptp(xs)), 0.5))
-    ax.set_ylim(lo, min(hi + 2 * gap, 105))
-    ax.set_xlabel("measured encoder speedup over the Parallel Adapter")
-    ax.set_ylabel("validation accuracy, % (who got it?)")
-    ax.set_title("Speed-quality trade-off (cf. paper Figure 5); bars = binomial SE")
-    ax.legend(loc="lower left", fontsize=8)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def routing_evidence(models: dict, params: dict, examples, records: dict, lengths,
                      output_dir: str, task, heatmap_examples: int = 2) -> dict:
     """Figure 7 heatmaps of the first validation inputs and the evidence share (needle.
@@ -538,7 +495,7 @@ def routing_evidence(models: dict, params: dict, examples, records: dict, length
             length = int((tokens[j] > 0).sum())
             pieces = [vocab.decode([int(t)]) for t in tokens[j, :length]]
             start, end = spans[j]
-            plot_needle_routing(decisions["selected"][:, j, :length], pieces, (start, end),
+            figures.plot_span_routing(decisions["selected"][:, j, :length], pieces, (start, end),
                                 os.path.join(output_dir, f"routing_{name}_{j}.png"),
                                 title=f"{name}: routed tokens per encoder layer (needle boxed; "
                                       f"over the validation split "
@@ -548,43 +505,13 @@ def routing_evidence(models: dict, params: dict, examples, records: dict, length
     return out
 
 
-@functools.lru_cache(maxsize=None)
-def _layer_outputs_fn(config: ModelConfig):
-    """One jitted encoder per config (compiled once per input shape) -> every layer's output."""
-    import jax
-    from coda_flax.model import EncoderDecoder
-
-    model = EncoderDecoder(config)
-
-    @jax.jit
-    def run_encoder(p, t):
-        _, state = model.apply({"params": p}, t, method="encode", capture_intermediates=True,
-                               mutable=["intermediates"])
-        layers = state["intermediates"]["encoder"]
-        outs = [layers[f"layers_{i}"]["__call__"][0] for i in range(config.num_encoder_layers)]
-        return [o[0] if isinstance(o, tuple) else o for o in outs]
-
-    return run_encoder
-
-
-def encoder_states(config: ModelConfig, params, tokens):
-    """[L + 1, b, n, d] float32: the token embeddings and every encoder layer's output for
-    tokens [b, n] (CoDA layers included: routed tokens updated, the others by the adapter)."""
-    import flax.linen as nn
-
-    params = nn.meta.unbox(params.get("params", params))
-    embedded = np.asarray(params["token_embedder"]["embedding"])[np.asarray(tokens)]
-    outputs = _layer_outputs_fn(config)(params, tokens)
-    return np.stack([embedded] + [np.asarray(o) for o in outputs]).astype(np.float32)
-
-
 def role_probe(models: dict, params: dict, train, validation, vocab, lengths,
                batch: int = 100) -> dict:
-    """Per variant and layer: accuracy of a linear probe (needle.ridge_probe) that tells the
-    receiver's name token from the giver's by its encoder state, fit on `train` and scored on
-    `validation` ((examples, records by id) pairs). 50% = the state does not say who received;
-    adapters only read and write single token states, so an adapter-only model cannot answer
-    better than its states let it."""
+    """Per variant and layer: accuracy of a linear probe (analysis.probes.ridge_probe) that
+    tells the receiver's name token from the giver's by its encoder state, fit on `train` and
+    scored on `validation` ((examples, records by id) pairs). 50% = the state does not say who
+    received; adapters only read and write single token states, so an adapter-only model
+    cannot answer better than its states let it."""
     from coda_flax.tasks import needle
     from coda_flax.train import run
 
@@ -598,8 +525,8 @@ def role_probe(models: dict, params: dict, train, validation, vocab, lengths,
                     for e in chunk]
             spans = [(r["needle_start"], r["needle_end"]) for r in recs]
             ids = [(vocab.encode(r["giver"])[-1], vocab.encode(r["target"])[-1]) for r in recs]
-            x, y = needle.role_features(encoder_states(model_cfg, p, tokens), tokens, spans,
-                                        *zip(*ids))
+            states = token_probes.encoder_states(model_cfg, p, tokens)
+            x, y = needle.role_features(states, tokens, spans, *zip(*ids))
             xs.append(x)
             ys.append(y)
         return np.concatenate(xs, axis=1), np.concatenate(ys)
@@ -608,42 +535,6 @@ def role_probe(models: dict, params: dict, train, validation, vocab, lengths,
     for name, model in models.items():
         x_tr, y_tr = features(model.config, params[name], train)
         x_va, y_va = features(model.config, params[name], validation)
-        out[name] = {"accuracy": [needle.ridge_probe(a, y_tr, b, y_va)
+        out[name] = {"accuracy": [token_probes.ridge_probe(a, y_tr, b, y_va)
                                   for a, b in zip(x_tr, x_va)], "num_validation": len(y_va)}
     return out
-
-
-def plot_needle_routing(selected, pieces, span, path: str, title: str = ""):
-    """Figure 7 for one input: layers x tokens, routed cells dark, the needle's columns boxed
-    and its token labels in bold blue."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Rectangle
-
-    selected = np.asarray(selected, bool)
-    num_layers, n = selected.shape
-    if len(pieces) != n:
-        raise ValueError(f"{len(pieces)} token labels for {n} positions")
-    start, end = span
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.13 * n + 1.5), 0.45 * num_layers + 1.8),
-                           layout="constrained")
-    ax.imshow(selected.astype(float), aspect="auto", interpolation="nearest", vmin=0, vmax=1,
-              cmap=ListedColormap(["#f0f0f0", "#b2182b"]))
-    ax.add_patch(Rectangle((start - 0.5, -0.5), end - start, num_layers, fill=False,
-                           edgecolor="#2166ac", lw=2.0))
-    ax.set_xticks(range(n))
-    ax.set_xticklabels([p.strip() or "_" for p in pieces], rotation=90, fontsize=6)
-    for i, label in enumerate(ax.get_xticklabels()):
-        if start <= i < end:
-            label.set_color("#2166ac")
-            label.set_fontweight("bold")
-    ax.set_yticks(range(num_layers))
-    ax.set_yticklabels([f"layer {i}" for i in range(num_layers)], fontsize=8)
-    ax.set_title(title or "routed tokens per layer", fontsize=9)
-    ax.set_xlabel("input token (dark = routed through the frozen layer, light = adapter only)",
-                  fontsize=8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

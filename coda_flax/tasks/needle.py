@@ -217,29 +217,10 @@ def role_positions(tokens, span, giver_id: int, receiver_id: int):
     return start + row.index(giver_id), start + len(row) - 1 - row[::-1].index(receiver_id)
 
 
-def ridge_probe(x_train, y_train, x_test, y_test, ridge: float = 1.0) -> float:
-    """Accuracy on (x_test, y_test) of a ridge-regression classifier fit on (x_train, y_train):
-    w = argmin |[x 1] w - (2y - 1)|^2 + ridge |w|^2, predict y = ([x 1] w > 0). x [m, d] floats,
-    y [m] in {0, 1}. The probe behind role_probe: can a linear read-out of one token's state
-    tell the giver's name from the receiver's?"""
-    import numpy as np
-
-    x_train, x_test = np.asarray(x_train, np.float64), np.asarray(x_test, np.float64)
-    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
-    if x_train.ndim != 2 or x_test.ndim != 2 or x_train.shape[1] != x_test.shape[1]:
-        raise ValueError(f"ridge_probe needs [m, d] features with the same d, got "
-                         f"{x_train.shape} and {x_test.shape}")
-    if len(y_train) != len(x_train) or len(y_test) != len(x_test) or not len(y_test):
-        raise ValueError("ridge_probe: one label per row, and a non-empty test set")
-    a = np.c_[x_train, np.ones(len(x_train))]
-    w = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ (2.0 * y_train - 1.0))
-    return float(((np.c_[x_test, np.ones(len(x_test))] @ w > 0) == (y_test > 0)).mean())
-
-
 def role_features(states, tokens, spans, giver_ids, receiver_ids):
     """states [L, b, n, d] (per-layer token states) -> features [L, 2m, d] and labels [2m]
     (0 = the giver's name token, 1 = the receiver's) over the m examples whose names are single
-    tokens in the needle span."""
+    tokens in the needle span: the inputs of analysis.probes.ridge_probe."""
     import numpy as np
 
     rows, labels = [], []
@@ -255,5 +236,4 @@ def role_features(states, tokens, spans, giver_ids, receiver_ids):
 
 
 __all__ = ["NAMES", "PROMPT", "build_needle_examples", "prepare_needle", "needle_path",
-           "evidence_share", "needle_sentence", "role_positions", "ridge_probe",
-           "role_features"]
+           "evidence_share", "needle_sentence", "role_positions", "role_features"]

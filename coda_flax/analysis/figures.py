@@ -1,0 +1,109 @@
+"""The demo's figures: quality against measured speedup (paper Figure 5) and which tokens each
+encoder layer routed with the evidence span boxed (paper Figure 7 for one input)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def label_positions(xs, ys, min_gap):
+    """Vertical label positions: sorted by y, pushed apart by at least min_gap."""
+    order = np.argsort(ys)
+    placed = np.array(ys, np.float64)
+    last = -np.inf
+    for i in order:
+        placed[i] = max(placed[i], last + min_gap)
+        last = placed[i]
+    return placed
+
+
+def plot_speed_quality(points: dict, path: str, *, floor: float, floor_label: str,
+                       ceiling: float | None = None, ceiling_label: str = "",
+                       xlabel: str = "measured encoder speedup over the Parallel Adapter",
+                       ylabel: str = "validation accuracy, %", title: str = ""):
+    """Quality (± SE) against measured speedup, one point per variant (paper Figure 5); labels
+    sit in a column to the right of the points, spaced so they never overlap.
+
+    Args:
+      points: {variant: (speedup, quality %, standard error %)}; a name containing
+        parallel_adapter / full_finetuning is drawn as a square, first_k / sigmoid as a cross.
+      path: the PNG to write.
+      floor / floor_label: a dashed reference line (e.g. the majority answer, %).
+      ceiling / ceiling_label: an optional dotted line (e.g. the best possible without routing).
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(points)
+    xs = np.array([points[k][0] for k in names], np.float64)
+    ys = np.array([points[k][1] for k in names], np.float64)
+    se = np.array([points[k][2] for k in names], np.float64)
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    lo = min(float(ys.min() - se.max()), floor) - 5
+    hi = max(float(ys.max() + se.max()), ceiling if ceiling is not None else -np.inf) + 5
+    gap = (hi - lo) / 22
+    label_y = label_positions(xs, ys, gap)
+    x_text = float(xs.max()) + 0.25 * max(float(np.ptp(xs)), 0.5)
+    for i, name in enumerate(names):
+        marker = "s" if name in ("parallel_adapter", "full_finetuning") else (
+            "x" if "first_k" in name or "sigmoid" in name else "o")
+        c = colors[i % len(colors)]
+        ax.errorbar(xs[i], ys[i], yerr=se[i], fmt=marker, color=c, ms=7, capsize=3)
+        ax.annotate(name, (xs[i], ys[i]), xytext=(x_text, label_y[i]), textcoords="data",
+                    fontsize=8, color=c, va="center",
+                    arrowprops=dict(arrowstyle="-", color=c, lw=0.5, alpha=0.6))
+    ax.axhline(floor, color="gray", lw=0.8, ls="--", label=floor_label)
+    if ceiling is not None:
+        ax.axhline(ceiling, color="tab:red", lw=0.8, ls=":", label=ceiling_label)
+    ax.set_xlim(min(float(xs.min()), 1.0) - 0.1, x_text + 0.6 * max(float(np.ptp(xs)), 0.5))
+    ax.set_ylim(lo, min(hi + 2 * gap, 105))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "Speed-quality trade-off (cf. paper Figure 5); bars = standard error")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_span_routing(selected, pieces, span, path: str, title: str = ""):
+    """Figure 7 for one input: layers x tokens, routed cells dark, one span of tokens (the
+    evidence, e.g. the needle) boxed and its token labels in bold blue.
+
+    Args:
+      selected: [L, n] bool, routed positions per encoder layer.
+      pieces: the n token strings (x tick labels).
+      span: (start, end) token offsets of the boxed span.
+    Returns the path written."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Rectangle
+
+    selected = np.asarray(selected, bool)
+    num_layers, n = selected.shape
+    if len(pieces) != n:
+        raise ValueError(f"{len(pieces)} token labels for {n} positions")
+    start, end = span
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.13 * n + 1.5), 0.45 * num_layers + 1.8),
+                           layout="constrained")
+    ax.imshow(selected.astype(float), aspect="auto", interpolation="nearest", vmin=0, vmax=1,
+              cmap=ListedColormap(["#f0f0f0", "#b2182b"]))
+    ax.add_patch(Rectangle((start - 0.5, -0.5), end - start, num_layers, fill=False,
+                           edgecolor="#2166ac", lw=2.0))
+    ax.set_xticks(range(n))
+    ax.set_xticklabels([p.strip() or "_" for p in pieces], rotation=90, fontsize=6)
+    for i, label in enumerate(ax.get_xticklabels()):
+        if start <= i < end:
+            label.set_color("#2166ac")
+            label.set_fontweight("bold")
+    ax.set_yticks(range(num_layers))
+    ax.set_yticklabels([f"layer {i}" for i in range(num_layers)], fontsize=8)
+    ax.set_title(title or "routed tokens per layer", fontsize=9)
+    ax.set_xlabel("input token (dark = routed through the frozen layer, light = adapter only)",
+                  fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
