@@ -6,9 +6,10 @@ arrives as the `encoder_input_tokens` of an EncDecFeatureConverter batch:
 
     "tokens"   int   [b, n]            token ids, 0 = padding
     "patches"  float [b, n, 2 + p*p*C] Pix2Struct layout: row id, column id (1-based, 0 = padding),
-                                       then the flattened patch pixels (coda_flax.patches)
+                                       then the flattened patch pixels
+                                       (coda_flax.frontends.patches)
     "frames"   float [b, T, 1 + F]     frame index (1-based, 0 = padding), then F log-mel bins
-                                       (coda_flax.audio)
+                                       (coda_flax.frontends.audio)
 
 * PatchEmbedder -- Pix2Struct's patch embedding: a linear projection of the pixels plus learned
   row and column embeddings (absolute 2-D positions; the encoder then uses no relative bias).

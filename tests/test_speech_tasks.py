@@ -18,7 +18,7 @@ import seqio
 import soundfile
 import tensorflow as tf
 
-from coda_flax import audio
+from coda_flax.frontends import audio
 from coda_flax.tasks import metrics
 from coda_flax.tasks import speech
 from coda_flax.tasks import speech_data as sd

@@ -16,7 +16,7 @@ import seqio
 from PIL import Image
 
 from corpus_helpers import WORDS
-from coda_flax import patches as P
+from coda_flax.frontends import patches as P
 from coda_flax.tasks import vision, vision_data
 from coda_flax.tasks.features import ContinuousEncDecFeatureConverter
 from coda_flax.tasks.vision_data import MissingVisionDataError

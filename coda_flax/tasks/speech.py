@@ -8,8 +8,8 @@
                           test_clean, test_other
 
 Examples: "inputs" float32 [frames, 1 + 80] (column 0 the 1-based frame index, then log-mel;
-coda_flax.audio), "targets" int32 character ids of CharVocabulary without EOS (CTC labels),
-"targets_pretokenized" the transcript (WER / CER are computed on it), plus "id", "speaker",
+coda_flax.frontends.audio), "targets" int32 character ids of CharVocabulary without EOS (CTC
+labels), "targets_pretokenized" the transcript (WER / CER are computed on it), plus "id", "speaker",
 "source". Read them with coda_flax.tasks.features.ContinuousEncDecFeatureConverter. Examples
 longer than the requested feature lengths are dropped (truncating audio or transcript would
 make the CTC label wrong), so evaluate long utterances with longer lengths (LibriSpeech: up to

@@ -27,7 +27,7 @@ Cache layout (<data_dir>/speech):
     extracted/<package>/            dpkg-deb -x of each data package
     espeak/root/                    espeak-ng and its libraries (when not installed)
     audio/<source>/<name>.wav       16 kHz mono 16-bit audio of every utterance
-    features/<source>/<name>.npy    float32 [frames, 1 + 80]: frame index, log-mel (coda_flax.audio)
+    features/<source>/<name>.npy    float32 [frames, 1 + 80]: frame index, log-mel (coda_flax.frontends.audio)
     manifest.jsonl                  one record per utterance: id, source, speaker, split,
                                     transcript, raw_transcript, audio, features, duration,
                                     num_frames (paths relative to the speech directory)
@@ -545,8 +545,8 @@ def _atomic_save_npy(path: str, array: np.ndarray) -> None:
 
 
 def compute_features(waveform: np.ndarray) -> np.ndarray:
-    """coda_flax.audio.frame_features with FEATURE_CONFIG (16 kHz input)."""
-    from coda_flax.audio import frame_features
+    """coda_flax.frontends.audio.frame_features with FEATURE_CONFIG (16 kHz input)."""
+    from coda_flax.frontends.audio import frame_features
 
     cfg = {k: v for k, v in FEATURE_CONFIG.items() if k not in ("sample_rate", "num_mel_bins")}
     return frame_features(waveform, FEATURE_CONFIG["sample_rate"],
@@ -556,7 +556,7 @@ def compute_features(waveform: np.ndarray) -> np.ndarray:
 def materialise(record: dict, root: str, *, waveform: Optional[np.ndarray] = None) -> dict:
     """Writes audio/<id>.wav (16 kHz) and features/<id>.npy for a record (both reused when
     present) and fills in audio, features, duration, num_frames."""
-    from coda_flax.audio import load_waveform, read_audio, write_wav
+    from coda_flax.frontends.audio import load_waveform, read_audio, write_wav
 
     name = record["id"]
     audio_rel = os.path.join("audio", name + ".wav")
@@ -665,7 +665,7 @@ def _espeak_records(root: str, data_dir: Optional[str], num: int, log: Log
     if found is None:
         return [], "skipped: espeak-ng could not be run (see the log)"
     cmd, env = found
-    from coda_flax.audio import read_audio, resample
+    from coda_flax.frontends.audio import read_audio, resample
 
     utts = espeak_utterances(sentences, num)
     records = []
@@ -816,7 +816,7 @@ def librispeech_features(record: dict, cache_dir: Optional[str]) -> np.ndarray:
                             record["chapter"], record["id"] + ".npy")
         if os.path.exists(path):
             return np.load(path)
-    from coda_flax.audio import load_waveform
+    from coda_flax.frontends.audio import load_waveform
 
     features = compute_features(load_waveform(record["audio"], SAMPLE_RATE))
     if path:
