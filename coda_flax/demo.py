@@ -291,6 +291,7 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
 
     from coda_flax import tasks
     from coda_flax.bench import measure_models
+    from coda_flax.datasets.records import read_jsonl
     from coda_flax.tasks import needle
     from coda_flax.train import run
 
@@ -366,7 +367,7 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
             end_to_end_speedup=base["end_to_end"] / speed[name]["end_to_end"])
 
     log("[demo 5/5] table, speed-quality plot, routing heatmaps, evidence share")
-    records = {r["id"]: r for r in tasks.shakespeare.read_jsonl(needle.needle_path(data_dir))}
+    records = {r["id"]: r for r in read_jsonl(needle.needle_path(data_dir))}
     evidence = routing_evidence(models, params, examples, records, lengths, output_dir, task)
     for name, ev in evidence.items():
         results[name]["evidence"] = ev

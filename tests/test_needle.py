@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from corpus_helpers import prepared_corpus
-from coda_flax.tasks import needle, shakespeare
+from coda_flax.datasets import shakespeare
+from coda_flax.tasks import needle
 
 N = 64
 

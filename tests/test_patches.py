@@ -1,5 +1,6 @@
 """coda_flax.frontends.patches: Pix2Struct patching against an integer re-derivation of the
-grid, numpy re-derivations of patch pixels, and transformers' Pix2StructImageProcessor as an external oracle."""
+grid, numpy re-derivations of patch pixels, and transformers' Pix2StructImageProcessor as an
+external oracle."""
 
 import math
 import warnings
@@ -231,7 +232,7 @@ def test_matches_transformers_pix2struct_processor(h, w, max_patches):
 def _font():
     """No skip: find_fonts falls back to the DejaVu copy bundled with matplotlib (a test
     dependency), so a missing font means a broken environment or a broken find_fonts."""
-    from coda_flax.tasks.vision_data import find_fonts
+    from coda_flax.datasets.vision import find_fonts
     return find_fonts(download=False, log=lambda s: None)["sans"]
 
 

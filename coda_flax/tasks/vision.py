@@ -14,7 +14,7 @@ UTF-8 byte). Use them with coda_flax.tasks.features.ContinuousEncDecFeatureConve
     coda_screen2words    Screen2Words (Wang et al. 2021): RICO screenshot -> summary     (CIDEr)
 
 The first two are prepared offline by scripts/prepare_vision_data.py under $CODA_DATA_DIR
-(coda_flax.tasks.vision_data). The last three are read from a local copy in their published
+(coda_flax.datasets.vision). The last three are read from a local copy in their published
 layout (see OCRVQA_LAYOUT / DOCVQA_LAYOUT / SCREEN2WORDS_LAYOUT): pass ocrvqa_dir= / docvqa_dir= /
 screen2words_dir= to register_vision_tasks, or set $CODA_OCRVQA_DIR / $CODA_DOCVQA_DIR /
 $CODA_SCREEN2WORDS_DIR, or put them in ocrvqa/, docvqa/, screen2words/ under one directory given
@@ -37,13 +37,13 @@ from typing import Callable, Mapping, Optional, Union
 import numpy as np
 import seqio
 
+from coda_flax.datasets import vision as vision_data
+from coda_flax.datasets.vision import MissingVisionDataError
 from coda_flax.frontends import patches as patching
 from coda_flax.tasks import metrics
-from coda_flax.tasks import vision_data
 from coda_flax.tasks._tf import tf
 from coda_flax.tasks.features import TASK_FEATURE_LENGTHS, continuous_output_features
 from coda_flax.tasks.registry import add_task
-from coda_flax.tasks.vision_data import MissingVisionDataError
 
 VISION_TASKS = ("coda_easy_vqa", "coda_rendered_docs", "coda_rendered_words", "coda_ocrvqa",
                 "coda_docvqa", "coda_screen2words")
