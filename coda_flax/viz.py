@@ -47,13 +47,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from coda_flax.inputs import SUBSAMPLING
+
 __all__ = ["routing_decisions", "routing_statistics", "plot_routing_heatmap",
            "render_token_highlights", "plot_patch_routing", "is_routed", "check_routed",
            "display_token", "decisions_to_json", "patch_grid_positions", "place_patches",
            "patch_image", "patch_ink_from_patches", "plot_image_routing", "ink_share",
            "plot_ink_share", "audio_routing_strips", "plot_audio_routing", "SUBSAMPLING"]
 
-SUBSAMPLING = 4                                # audio frames per encoder token (2 stride-2 convs)
 INK_THRESHOLD = 0.5                            # grey level below which a pixel is ink
 
 SELECTED_COLORS = ("#f2f2f2", "#c0392b")       # skipped (adapter only), routed
