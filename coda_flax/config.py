@@ -226,6 +226,28 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def model_config(preset: str | None = None, coda: CodaConfig | None = None,
+                 **fields: Any) -> ModelConfig:
+    """A ModelConfig from a preset with overrides, or from every field given explicitly.
+
+    The one builder behind gin's `@model_config()` (coda_flax.train.cli) and
+    `@coda_t5x.model_config()` (coda_flax.t5x), the demo's models and `coda compare`'s.
+
+    Args:
+        preset: a name in PRESETS, or None to give every ModelConfig field in `fields`.
+        coda: the CodaConfig (None: the dense model).
+        **fields: ModelConfig fields (overrides of the preset's).
+    Returns:
+        ModelConfig.from_preset(preset, coda=coda, **fields), or ModelConfig(coda=coda, **fields).
+
+    Example: model_config(preset="paper_text_base", coda=CodaConfig(reduction=3),
+    dropout_rate=0.1).
+    """
+    if preset is not None:
+        return ModelConfig.from_preset(preset, coda=coda, **fields)
+    return ModelConfig(coda=coda, **fields)
+
+
 def tiny_config(coda: CodaConfig | None = None, **overrides: Any) -> ModelConfig:
     """A few-thousand-parameter model for tests and examples."""
     fields = dict(vocab_size=64, d_model=16, num_heads=4, num_kv_heads=2, head_dim=8, d_ff=32,

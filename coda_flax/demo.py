@@ -33,6 +33,7 @@ from typing import Callable
 
 import numpy as np
 
+from coda_flax import config
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.tasks.metrics import majority_floor
 
@@ -98,10 +99,10 @@ SOLVERS = ("coordinate_descent", "exact")
 
 
 def model_config(s: DemoSettings, vocab_size: int, coda: CodaConfig | None) -> ModelConfig:
-    return ModelConfig(vocab_size=vocab_size, d_model=s.d_model, num_heads=s.num_heads,
-                       num_kv_heads=1, head_dim=s.head_dim, d_ff=s.d_ff,
-                       num_encoder_layers=s.num_encoder_layers,
-                       num_decoder_layers=s.num_decoder_layers, coda=coda)
+    return config.model_config(coda=coda, vocab_size=vocab_size, d_model=s.d_model,
+                               num_heads=s.num_heads, num_kv_heads=1, head_dim=s.head_dim,
+                               d_ff=s.d_ff, num_encoder_layers=s.num_encoder_layers,
+                               num_decoder_layers=s.num_decoder_layers)
 
 
 # ------------------------------------------------------------------------------ statistics

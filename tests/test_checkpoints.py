@@ -489,12 +489,12 @@ def test_adapters_hash_is_required_and_non_finite_values_are_refused(finetuned, 
         save_adapters(str(tmp_path / "nan"), nan, finetuned["config"])
     # a NaN file with a matching hash (written by an older version, or by hand)
     from safetensors.numpy import load_file, save_file
-    from coda_flax.checkpoints.adapters import _sha256
+    from coda_flax.checksums import sha256_file
     weights = os.path.join(d, "model-adapters.safetensors")
     tensors = load_file(weights)
     tensors[key] = np.full(tensors[key].shape, np.inf, np.float32)
     save_file(tensors, weights)
-    _edit_json(os.path.join(d, "adapter_config.json"), lambda m: m.update(sha256=_sha256(weights)))
+    _edit_json(os.path.join(d, "adapter_config.json"), lambda m: m.update(sha256=sha256_file(weights)))
     with pytest.raises(ValueError, match=rf"parameter '{key}' has \d+ non-finite"):
         load_adapters(d, finetuned["base"])
 
