@@ -494,7 +494,8 @@ def test_adapters_hash_is_required_and_non_finite_values_are_refused(finetuned, 
     tensors = load_file(weights)
     tensors[key] = np.full(tensors[key].shape, np.inf, np.float32)
     save_file(tensors, weights)
-    _edit_json(os.path.join(d, "adapter_config.json"), lambda m: m.update(sha256=sha256_file(weights)))
+    _edit_json(os.path.join(d, "adapter_config.json"),
+               lambda m: m.update(sha256=sha256_file(weights)))
     with pytest.raises(ValueError, match=rf"parameter '{key}' has \d+ non-finite"):
         load_adapters(d, finetuned["base"])
 
