@@ -834,7 +834,7 @@ def _one_layer_module(config: ModelConfig):
     import flax.linen as nn
 
     from coda_flax.coda_layer import CodaEncoderLayer
-    from coda_flax.layers import RelativePositionBias
+    from coda_flax.model import relative_position_bias
 
     class OneLayer(nn.Module):
         config: ModelConfig
@@ -842,9 +842,7 @@ def _one_layer_module(config: ModelConfig):
         @nn.compact
         def __call__(self, x, valid, positions):
             c = self.config
-            relpos = RelativePositionBias(c.relative_attention_num_buckets,
-                                          c.relative_attention_max_distance, c.num_heads, True,
-                                          name="relpos_bias")
+            relpos = relative_position_bias(c, bidirectional=True)
             return CodaEncoderLayer(c, name="layer")(x, valid, positions, relpos)
 
     return OneLayer(config)

@@ -37,11 +37,13 @@ class DenseEncoderLayer(nn.Module):
 
     def setup(self):
         c = self.config
-        self.pre_attention_layer_norm = RMSNorm(c.layer_norm_epsilon, c.jnp_dtype)
-        self.attention = Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.dropout_rate,
-                                   c.lora, c.jnp_dtype)
-        self.pre_mlp_layer_norm = RMSNorm(c.layer_norm_epsilon, c.jnp_dtype)
-        self.mlp = GatedMlp(c.d_ff, c.mlp_activations, c.dropout_rate, c.lora, c.jnp_dtype)
+        self.pre_attention_layer_norm = RMSNorm(epsilon=c.layer_norm_epsilon, dtype=c.jnp_dtype)
+        self.attention = Attention(num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
+                                   head_dim=c.head_dim, dropout_rate=c.dropout_rate,
+                                   lora=c.lora, dtype=c.jnp_dtype)
+        self.pre_mlp_layer_norm = RMSNorm(epsilon=c.layer_norm_epsilon, dtype=c.jnp_dtype)
+        self.mlp = GatedMlp(d_ff=c.d_ff, activations=c.mlp_activations,
+                            dropout_rate=c.dropout_rate, lora=c.lora, dtype=c.jnp_dtype)
         self.dropout = nn.Dropout(c.dropout_rate)
 
     def branch(self, x_q, xn_q, xn_kv, q_pos, kv_pos, mask, relpos, deterministic):
@@ -63,11 +65,11 @@ class CodaEncoderLayer(DenseEncoderLayer):
     def setup(self):
         super().setup()
         c = self.config.coda
-        self.adapter = ParallelAdapter(c.adapter_dim, c.adapter_activation, self.config.jnp_dtype)
+        self.adapter = ParallelAdapter(adapter_dim=c.adapter_dim, activation=c.adapter_activation,
+                                       dtype=self.config.jnp_dtype)
         self.routes = c.reduction > 1 or c.num_routed is not None
         if self.routes:
-            self.router = Router(c.router, c.epsilon, c.num_iters, c.epsilon_init,
-                                 c.epsilon_decay, c.solver, c.gradient, c.router_init_std)
+            self.router = Router.from_config(c)
 
     def __call__(self, x, valid, positions, relpos, segment_ids=None, deterministic=True):
         c = self.config.coda

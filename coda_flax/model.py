@@ -21,13 +21,22 @@ from coda_flax.inputs import (ConvSubsampling, PatchEmbedder, check_inputs, enco
 from coda_flax.layers import Attention, Dense, GatedMlp, ParallelAdapter, RelativePositionBias, RMSNorm
 
 __all__ = ["ModelConfig", "CodaConfig", "PRESETS", "tiny_config", "Encoder", "Decoder",
-           "DecoderLayer", "EncoderDecoder", "EncoderCtc", "build_module", "init_args"]
+           "DecoderLayer", "EncoderDecoder", "EncoderCtc", "build_module", "init_args",
+           "relative_position_bias"]
 
 
-def _relpos(c: ModelConfig, bidirectional: bool) -> RelativePositionBias:
-    return RelativePositionBias(c.relative_attention_num_buckets,
-                                c.relative_attention_max_distance, c.num_heads, bidirectional,
-                                name="relpos_bias")
+def relative_position_bias(c: ModelConfig, *, bidirectional: bool,
+                           name: str = "relpos_bias") -> RelativePositionBias:
+    """The T5 relative position bias of a config (encoder: bidirectional, decoder: causal).
+
+    Args:
+        c: the ModelConfig (buckets, max distance, heads).
+        bidirectional: True in the encoder, False in the decoder.
+        name: the module name (the parameter tree's "relpos_bias").
+    """
+    return RelativePositionBias(num_buckets=c.relative_attention_num_buckets,
+                                max_distance=c.relative_attention_max_distance,
+                                num_heads=c.num_heads, bidirectional=bidirectional, name=name)
 
 
 def _positions(tokens, positions):
@@ -56,12 +65,13 @@ class Encoder(nn.Module):
         valid = encoder_mask(c, inputs)
         positions = _positions(valid, positions)
         x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
-        relpos = _relpos(c, bidirectional=True) if c.encoder_relative_attention else None
+        relpos = (relative_position_bias(c, bidirectional=True) if c.encoder_relative_attention
+                  else None)
         layer = DenseEncoderLayer if c.coda is None else CodaEncoderLayer
         for i in range(c.num_encoder_layers):
-            x = layer(c, name=f"layers_{i}")(x, valid, positions, relpos, segment_ids,
-                                             deterministic)
-        x = RMSNorm(c.layer_norm_epsilon, c.jnp_dtype, name="encoder_norm")(x)
+            x = layer(c, name=f"layers_{i}")(x, valid, positions, relpos,
+                                             segment_ids=segment_ids, deterministic=deterministic)
+        x = RMSNorm(epsilon=c.layer_norm_epsilon, dtype=c.jnp_dtype, name="encoder_norm")(x)
         return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
 
 
@@ -75,20 +85,22 @@ class DecoderLayer(nn.Module):
                  deterministic=True):
         c = self.config
         drop = lambda z: nn.Dropout(c.dropout_rate)(z, deterministic=deterministic)
-        attn = lambda name: Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.dropout_rate,
-                                      c.lora, c.jnp_dtype, name=name)
-        norm = lambda name: RMSNorm(c.layer_norm_epsilon, c.jnp_dtype, name=name)
+        attn = lambda name: Attention(num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
+                                      head_dim=c.head_dim, dropout_rate=c.dropout_rate,
+                                      lora=c.lora, dtype=c.jnp_dtype, name=name)
+        norm = lambda name: RMSNorm(epsilon=c.layer_norm_epsilon, dtype=c.jnp_dtype, name=name)
         yn = norm("pre_self_attention_layer_norm")(y)
         z = y + drop(attn("self_attention")(yn, yn, positions, positions, self_mask, relpos,
                                             decode=decode, deterministic=deterministic))
         zn = norm("pre_cross_attention_layer_norm")(z)
         z = z + drop(attn("encoder_decoder_attention")(zn, encoded, None, None, cross_mask,
                                                        deterministic=deterministic))
-        mlp = GatedMlp(c.d_ff, c.mlp_activations, c.dropout_rate, c.lora, c.jnp_dtype,
-                       name="mlp")
+        mlp = GatedMlp(d_ff=c.d_ff, activations=c.mlp_activations, dropout_rate=c.dropout_rate,
+                       lora=c.lora, dtype=c.jnp_dtype, name="mlp")
         z = z + drop(mlp(norm("pre_mlp_layer_norm")(z), deterministic=deterministic))
         if c.coda is not None:
-            z = z + ParallelAdapter(c.coda.adapter_dim, c.coda.adapter_activation, c.jnp_dtype,
+            z = z + ParallelAdapter(adapter_dim=c.coda.adapter_dim,
+                                    activation=c.coda.adapter_activation, dtype=c.jnp_dtype,
                                     name="adapter")(yn)
         return z
 
@@ -108,11 +120,11 @@ class Decoder(nn.Module):
         cross = attention_mask(encoder_valid, segment_ids, encoder_segment_ids)
         y = self.shared_embedding(tokens).astype(c.jnp_dtype)
         y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
-        relpos = _relpos(c, bidirectional=False)
+        relpos = relative_position_bias(c, bidirectional=False)
         for i in range(c.num_decoder_layers):
             y = DecoderLayer(c, name=f"layers_{i}")(y, encoded, causal, cross, positions, relpos,
-                                                    decode, deterministic)
-        y = RMSNorm(c.layer_norm_epsilon, c.jnp_dtype, name="decoder_norm")(y)
+                                                    decode=decode, deterministic=deterministic)
+        y = RMSNorm(epsilon=c.layer_norm_epsilon, dtype=c.jnp_dtype, name="decoder_norm")(y)
         y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
         if c.logits_via_embedding:              # T5 v1.0: tied head, rescaled by d_model^-0.5
             return self.shared_embedding.attend(y * (c.d_model ** -0.5)).astype(jnp.float32)
