@@ -23,7 +23,13 @@ from coda_flax.routing import Router, gather, scatter_add
 
 
 def attention_mask(kv_valid, q_segments=None, kv_segments=None):
-    """[b, 1 or q, kv] bool: real keys, and (when packed) keys of the query's own segment."""
+    """[b, 1 or q, kv] bool: real keys, and (when packed) keys of the query's own segment.
+
+    Args:
+        kv_valid: [b, kv] bool, the real key tokens.
+        q_segments, kv_segments: [b, q] / [b, kv] segment ids of packed examples (None:
+            unpacked; then the mask is [b, 1, kv]).
+    """
     mask = kv_valid[:, None, :]
     if q_segments is not None:
         mask = mask & (q_segments[:, :, None] == kv_segments[:, None, :])
@@ -54,6 +60,18 @@ class DenseEncoderLayer(nn.Module):
         return zt + self.dropout(zr, deterministic=deterministic)
 
     def __call__(self, x, valid, positions, relpos, segment_ids=None, deterministic=True):
+        """The dense layer on every token.
+
+        Args:
+            x: [b, n, d] the layer input X.
+            valid: [b, n] bool, the real tokens.
+            positions: [b, n] token positions (for the relative bias).
+            relpos: the encoder's RelativePositionBias, or None.
+            segment_ids: [b, n] segment ids of packed examples, or None.
+            deterministic: no dropout.
+        Returns:
+            X' [b, n, d].
+        """
         xn = self.pre_attention_layer_norm(x)
         mask = attention_mask(valid, segment_ids, segment_ids)
         return x + self.branch(x, xn, xn, positions, positions, mask, relpos, deterministic)
@@ -72,6 +90,11 @@ class CodaEncoderLayer(DenseEncoderLayer):
             self.router = Router.from_config(c)
 
     def __call__(self, x, valid, positions, relpos, segment_ids=None, deterministic=True):
+        """Equations (2)-(8) on X; arguments and result as DenseEncoderLayer.__call__.
+
+        The router's indices and lam are sown into "intermediates" (router_indices,
+        router_lam) whenever k < n.
+        """
         c = self.config.coda
         xn = self.pre_attention_layer_norm(x)
         x_out = x + self.adapter(xn)                                           # (2)

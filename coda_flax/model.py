@@ -46,10 +46,13 @@ def _positions(tokens, positions):
 
 
 class Encoder(nn.Module):
+    """Input embedding -> num_encoder_layers CoDA (or dense) layers -> RMSNorm."""
+
     config: ModelConfig
     shared_embedding: nn.Module | None = None        # the token embedder (text inputs)
 
     def embed(self, inputs):
+        """Token ids [b, n], patches [b, n, 2 + p*p*C] or frames [b, T, 1 + F] -> [b, n, d]."""
         c = self.config
         check_inputs(c, inputs)
         if c.encoder_input == "patches":
@@ -60,6 +63,8 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, segment_ids=None, positions=None, deterministic=True):
+        """Args: inputs as `embed`; segment_ids / positions [b, n] of packed examples (None:
+        unpacked); deterministic: no dropout. Returns: the encoded tokens [b, n, d]."""
         c = self.config
         x = self.embed(inputs)
         valid = encoder_mask(c, inputs)
@@ -106,12 +111,17 @@ class DecoderLayer(nn.Module):
 
 
 class Decoder(nn.Module):
+    """T5 decoder: shared token embedding -> DecoderLayer x L -> RMSNorm -> logits."""
+
     config: ModelConfig
     shared_embedding: nn.Module
 
     @nn.compact
     def __call__(self, encoded, encoder_valid, tokens, segment_ids=None, positions=None,
                  encoder_segment_ids=None, decode=False, deterministic=True):
+        """Args: encoded [b, n, d], encoder_valid [b, n] bool, tokens [b, len] decoder input
+        ids (+ packing ids); decode: one step with the cache. Returns: logits [b, len, vocab]
+        float32."""
         c = self.config
         positions = _positions(tokens, positions)
         causal = positions[:, None, :] <= positions[:, :, None]                # [b, q, k]
@@ -148,6 +158,8 @@ class EncoderDecoder(nn.Module):
 
     def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
                enable_dropout=False):
+        """The encoder output [b, n, d] of a batch's encoder_input_tokens (ids, patches or
+        frames), with the packing ids when packed."""
         return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions,
                             deterministic=not enable_dropout)
 
@@ -164,6 +176,19 @@ class EncoderDecoder(nn.Module):
     def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
                  encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
                  decoder_positions=None, enable_dropout=False, decode=False):
+        """Teacher-forced logits [b, len, vocab] (float32) of an EncDecFeatureConverter batch.
+
+        Args:
+            encoder_input_tokens: [b, n] ids (or [b, n, dim] patches / frames).
+            decoder_input_tokens: [b, len] ids (targets shifted right).
+            decoder_target_tokens: accepted for T5X compatibility, unused.
+            encoder_segment_ids, decoder_segment_ids, encoder_positions, decoder_positions:
+                packing ids (None: unpacked).
+            enable_dropout: training mode.
+            decode: one autoregressive step with the cache.
+        Returns:
+            logits [b, len, vocab] float32.
+        """
         encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
                               enable_dropout)
         return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
@@ -185,6 +210,7 @@ class EncoderCtc(nn.Module):
 
     def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
                enable_dropout=False):
+        """The encoder output [b, n, d] (n after the audio subsampling)."""
         return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions,
                             deterministic=not enable_dropout)
 

@@ -36,20 +36,42 @@ class RoutingDecision(NamedTuple):
 
 
 def num_routed(n: int, reduction: float) -> int:
-    """k = ceil(n / r), at least 1 and at most n."""
+    """k = ceil(n / r), at least 1 and at most n.
+
+    Args:
+        n: the number of tokens.
+        reduction: r >= 1 (r = 1 routes every token).
+    Returns:
+        the number of routed tokens k.
+    """
     if reduction < 1:
         raise ValueError(f"reduction r must be >= 1 (r = 1 routes every token), got {reduction}.")
     return max(1, min(n, math.ceil(n / reduction)))
 
 
 def gather(x, indices):
-    """P x of equation (4): rows `indices` [b, k] of x [b, n, ...] -> [b, k, ...]."""
+    """P x of equation (4).
+
+    Args:
+        x: [b, n, ...].
+        indices: [b, k] int rows to take.
+    Returns:
+        [b, k, ...], the rows `indices` of x.
+    """
     idx = indices.reshape(indices.shape + (1,) * (x.ndim - 2))
     return jnp.take_along_axis(x, idx, axis=1)
 
 
 def scatter_add(x, indices, updates):
-    """x + P^T updates (equation 7): adds updates [b, k, ...] into rows `indices` of x."""
+    """x + P^T updates (equation 7).
+
+    Args:
+        x: [b, n, ...].
+        indices: [b, k] int rows (distinct per example).
+        updates: [b, k, ...], cast to x's dtype.
+    Returns:
+        x with updates added into rows `indices`, [b, n, ...].
+    """
     return jax.vmap(lambda xb, ib, ub: xb.at[ib].add(ub.astype(xb.dtype)))(x, indices, updates)
 
 
