@@ -674,3 +674,22 @@ def test_coda_convert_t5x_with_preset_check(t5x_params, tmp_path, capsys):
     assert _convert(["--t5x", d, "--preset", "t5_1_1_small", "--output",
                      str(tmp_path / "bad")]) == 2
     assert "wrong config or preset?" in capsys.readouterr().err
+
+
+def test_read_format_json_checks_the_header(tmp_path):
+    from coda_flax.checkpoints.io import read_format_json, write_json
+
+    path = str(tmp_path / "config.json")
+    read = lambda: read_format_json(path, "coda_flax checkpoint config", "coda_flax", 1,
+                                    fix="convert it again")
+    write_json(path, {"format": "coda_flax", "format_version": 1, "model_config": {}})
+    assert read()["format_version"] == 1
+    write_json(path, {"format": "other", "model_config": {}})
+    with pytest.raises(ValueError, match="is not a coda_flax checkpoint config.*convert it again"):
+        read()
+    write_json(path, {"format": "coda_flax", "format_version": 1})
+    with pytest.raises(ValueError, match="needs format='coda_flax' and model_config"):
+        read()
+    write_json(path, {"format": "coda_flax", "format_version": 2, "model_config": {}})
+    with pytest.raises(ValueError, match="newer coda_flax .*2 > 1"):
+        read()
