@@ -23,7 +23,7 @@ utterance with any other digit (3D, 28.8, 1234) is dropped, as are pure annotati
 (* -> star, # -> pound). Everything is resampled to 16 kHz (frontends.audio.SAMPLE_RATE).
 
 Cache layout (<data_dir>/speech):
-    debs/*.deb                      downloaded packages (SHA-256 checked where recorded)
+    debs/*.deb                      downloaded packages (SHA-256: DEBIAN_SHA256, else apt's)
     extracted/<package>/            dpkg-deb -x of each data package
     espeak/root/                    espeak-ng and its libraries (when not installed)
     audio/<source>/<name>.wav       16 kHz mono 16-bit audio of every utterance
@@ -73,8 +73,8 @@ FEATURE_CONFIG = {"sample_rate": SAMPLE_RATE, "num_mel_bins": NUM_MEL_BINS,
                   "frame_length_ms": 25.0, "frame_step_ms": 10.0, "lower_hz": 125.0,
                   "upper_hz": 7600.0, "log_offset": 1e-6, "power": 2.0}
 
-# Debian bookworm packages seen when this was written: file -> SHA-256. apt-get download verifies
-# other versions against the signed archive index; those are accepted with a notice.
+# Debian bookworm packages seen when this was written: file -> SHA-256. Other versions are checked
+# against the SHA256 apt's package lists give (fetch.verify_deb), else accepted with a notice.
 DEBIAN_SHA256 = {
     "asterisk-core-sounds-en-wav_1.6.1-1_all.deb":
         "2be3ea287d83299d143815fa804f11179a75b7affd4a758b98b55f5afc18a35d",
