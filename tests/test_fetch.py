@@ -4,6 +4,7 @@
 import io
 import os
 import subprocess
+import sys
 import tarfile
 import zipfile
 
@@ -163,6 +164,6 @@ def test_data_dir_follows_the_environment(monkeypatch, tmp_path):
 def test_fetch_imports_no_heavy_module():
     code = ("import sys, coda_flax.datasets.fetch, coda_flax.datasets.shakespeare; "
             "print(','.join(m for m in ('tensorflow', 'seqio') if m in sys.modules))")
-    out = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == ""
