@@ -90,6 +90,7 @@ import numpy as np
 from coda_flax.analysis.synthetic import fill_random, random_inputs, random_params
 from coda_flax.analysis.timing import Log, measure_interleaved, paired_speedup, sample_statistic
 from coda_flax.config import ATTENTION_VARIANTS, DTYPES, PRESETS, CodaConfig, ModelConfig
+from coda_flax.frontends.audio import SAMPLE_RATE
 from coda_flax.routing import ROUTERS, num_routed
 from coda_flax.soft_topk import SOLVERS
 
@@ -104,8 +105,8 @@ STATISTICS = ("median", "min")
 TIMERS = ("wall", "process")     # time.perf_counter | time.process_time (CPU time, all threads)
 DEFAULT_REDUCTIONS = (1, 2, 3, 4, 5, 8, 16, 32)
 DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096)
-# The speech front end's framing (coda_flax.audio: 16 kHz, 25 ms windows every 10 ms, no end pad).
-SAMPLE_RATE = 16000
+# The speech front end's framing (coda_flax.frontends.audio: 16 kHz, 25 ms windows every 10 ms,
+# no end pad).
 FRAME_LENGTH = 400                 # samples (25 ms)
 FRAME_STEP = 160                   # samples (10 ms)
 # The paper's measured inference speedups over the Parallel Adapter (end to end), by preset:
@@ -157,7 +158,8 @@ def _base_config(preset: str | ModelConfig) -> ModelConfig:
 
 def audio_frames(seconds: float) -> int:
     """Log-mel frames of `seconds` of 16 kHz audio (25 ms windows every 10 ms, no end padding,
-    as coda_flax.audio.frame_features): 1 + (round(16000 s) - 400) // 160; 10 s -> 998."""
+    as coda_flax.frontends.audio.frame_features): 1 + (round(16000 s) - 400) // 160;
+    10 s -> 998."""
     if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
             or not math.isfinite(seconds) or seconds * SAMPLE_RATE < FRAME_LENGTH):
         raise ValueError(f"audio duration must be a number of seconds >= "
@@ -554,7 +556,7 @@ def _one_layer_module(config: ModelConfig):
     import flax.linen as nn
 
     from coda_flax.coda_layer import CodaEncoderLayer
-    from coda_flax.layers import RelativePositionBias
+    from coda_flax.model import relative_position_bias
 
     class OneLayer(nn.Module):
         config: ModelConfig
@@ -562,9 +564,7 @@ def _one_layer_module(config: ModelConfig):
         @nn.compact
         def __call__(self, x, valid, positions):
             c = self.config
-            relpos = RelativePositionBias(c.relative_attention_num_buckets,
-                                          c.relative_attention_max_distance, c.num_heads, True,
-                                          name="relpos_bias")
+            relpos = relative_position_bias(c, bidirectional=True)
             return CodaEncoderLayer(c, name="layer")(x, valid, positions, relpos)
 
     return OneLayer(config)

@@ -23,7 +23,13 @@ from coda_flax.routing import Router, gather, scatter_add
 
 
 def attention_mask(kv_valid, q_segments=None, kv_segments=None):
-    """[b, 1 or q, kv] bool: real keys, and (when packed) keys of the query's own segment."""
+    """[b, 1 or q, kv] bool: real keys, and (when packed) keys of the query's own segment.
+
+    Args:
+        kv_valid: [b, kv] bool, the real key tokens.
+        q_segments, kv_segments: [b, q] / [b, kv] segment ids of packed examples (None:
+            unpacked; then the mask is [b, 1, kv]).
+    """
     mask = kv_valid[:, None, :]
     if q_segments is not None:
         mask = mask & (q_segments[:, :, None] == kv_segments[:, None, :])
@@ -37,11 +43,13 @@ class DenseEncoderLayer(nn.Module):
 
     def setup(self):
         c = self.config
-        self.pre_attention_layer_norm = RMSNorm(c.layer_norm_epsilon, c.jnp_dtype)
-        self.attention = Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.dropout_rate,
-                                   c.lora, c.jnp_dtype)
-        self.pre_mlp_layer_norm = RMSNorm(c.layer_norm_epsilon, c.jnp_dtype)
-        self.mlp = GatedMlp(c.d_ff, c.mlp_activations, c.dropout_rate, c.lora, c.jnp_dtype)
+        self.pre_attention_layer_norm = RMSNorm(epsilon=c.layer_norm_epsilon, dtype=c.jnp_dtype)
+        self.attention = Attention(num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
+                                   head_dim=c.head_dim, dropout_rate=c.dropout_rate,
+                                   lora=c.lora, dtype=c.jnp_dtype)
+        self.pre_mlp_layer_norm = RMSNorm(epsilon=c.layer_norm_epsilon, dtype=c.jnp_dtype)
+        self.mlp = GatedMlp(d_ff=c.d_ff, activations=c.mlp_activations,
+                            dropout_rate=c.dropout_rate, lora=c.lora, dtype=c.jnp_dtype)
         self.dropout = nn.Dropout(c.dropout_rate)
 
     def branch(self, x_q, xn_q, xn_kv, q_pos, kv_pos, mask, relpos, deterministic):
@@ -52,6 +60,18 @@ class DenseEncoderLayer(nn.Module):
         return zt + self.dropout(zr, deterministic=deterministic)
 
     def __call__(self, x, valid, positions, relpos, segment_ids=None, deterministic=True):
+        """The dense layer on every token.
+
+        Args:
+            x: [b, n, d] the layer input X.
+            valid: [b, n] bool, the real tokens.
+            positions: [b, n] token positions (for the relative bias).
+            relpos: the encoder's RelativePositionBias, or None.
+            segment_ids: [b, n] segment ids of packed examples, or None.
+            deterministic: no dropout.
+        Returns:
+            X' [b, n, d].
+        """
         xn = self.pre_attention_layer_norm(x)
         mask = attention_mask(valid, segment_ids, segment_ids)
         return x + self.branch(x, xn, xn, positions, positions, mask, relpos, deterministic)
@@ -63,13 +83,18 @@ class CodaEncoderLayer(DenseEncoderLayer):
     def setup(self):
         super().setup()
         c = self.config.coda
-        self.adapter = ParallelAdapter(c.adapter_dim, c.adapter_activation, self.config.jnp_dtype)
+        self.adapter = ParallelAdapter(adapter_dim=c.adapter_dim, activation=c.adapter_activation,
+                                       dtype=self.config.jnp_dtype)
         self.routes = c.reduction > 1 or c.num_routed is not None
         if self.routes:
-            self.router = Router(c.router, c.epsilon, c.num_iters, c.epsilon_init,
-                                 c.epsilon_decay, c.solver, c.gradient, c.router_init_std)
+            self.router = Router.from_config(c)
 
     def __call__(self, x, valid, positions, relpos, segment_ids=None, deterministic=True):
+        """Equations (2)-(8) on X; arguments and result as DenseEncoderLayer.__call__.
+
+        The router's indices and lam are sown into "intermediates" (router_indices,
+        router_lam) whenever k < n.
+        """
         c = self.config.coda
         xn = self.pre_attention_layer_norm(x)
         x_out = x + self.adapter(xn)                                           # (2)

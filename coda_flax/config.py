@@ -175,6 +175,16 @@ class ModelConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ModelConfig":
+        """A preset of PRESETS with overrides.
+
+        Args:
+            name: t5_1_1_{small,base,large,xl}, paper_text_{base,large,xl}, pix2struct,
+                speech_{base,large,xl}.
+            **overrides: ModelConfig fields. A CodaConfig passed as coda= takes the preset's
+                adapter_dim / epsilon (Table 7, appendix D) unless it sets its own.
+        Returns:
+            the ModelConfig.
+        """
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
         fields = dict(PRESETS[name])
@@ -226,8 +236,36 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def model_config(preset: str | None = None, coda: CodaConfig | None = None,
+                 **fields: Any) -> ModelConfig:
+    """A ModelConfig from a preset with overrides, or from every field given explicitly.
+
+    The one builder behind gin's `@model_config()` (coda_flax.train.gin_config) and
+    `@coda_t5x.model_config()` (coda_flax.t5x), the demo's models and `coda compare`'s.
+
+    Args:
+        preset: a name in PRESETS, or None to give every ModelConfig field in `fields`.
+        coda: the CodaConfig (None: the dense model).
+        **fields: ModelConfig fields (overrides of the preset's).
+    Returns:
+        ModelConfig.from_preset(preset, coda=coda, **fields), or ModelConfig(coda=coda, **fields).
+
+    Example: model_config(preset="paper_text_base", coda=CodaConfig(reduction=3),
+    dropout_rate=0.1).
+    """
+    if preset is not None:
+        return ModelConfig.from_preset(preset, coda=coda, **fields)
+    return ModelConfig(coda=coda, **fields)
+
+
 def tiny_config(coda: CodaConfig | None = None, **overrides: Any) -> ModelConfig:
-    """A few-thousand-parameter model for tests and examples."""
+    """A few-thousand-parameter model for tests and examples.
+
+    Args:
+        coda: the CodaConfig (None: dense).
+        **overrides: ModelConfig fields replacing the tiny sizes (vocab 64, d_model 16, 4 query
+            / 2 key-value heads, 2 + 2 layers).
+    """
     fields = dict(vocab_size=64, d_model=16, num_heads=4, num_kv_heads=2, head_dim=8, d_ff=32,
                   num_encoder_layers=2, num_decoder_layers=2, relative_attention_num_buckets=8,
                   relative_attention_max_distance=16, coda=coda)

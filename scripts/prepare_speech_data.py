@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Prepares the speech data of the CoDA speech tasks (coda_flax.tasks.speech_data).
+"""Prepares the speech data of the CoDA speech tasks (coda_flax.datasets.speech).
 
 Offline corpus: fetches the Debian packages asterisk-core-sounds-en-wav + asterisk-core-sounds-en
 (read prompts with transcripts) and pocketsphinx-testdata (LibriVox / cards / digit clips) with
@@ -23,8 +23,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from coda_flax.tasks import speech_data  # noqa: E402
-from coda_flax.tasks.shakespeare import default_data_dir  # noqa: E402
+from coda_flax.datasets import speech as speech_data  # noqa: E402
+from coda_flax.datasets.fetch import default_data_dir  # noqa: E402
 
 
 def main(argv=None):

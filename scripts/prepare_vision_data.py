@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Prepares the offline image data of the vision tasks (coda_flax.tasks.vision_data).
+"""Prepares the offline image data of the vision tasks (coda_flax.datasets.vision).
 
 * easy-VQA: the PyPI wheel easy-vqa==1.0 via `pip download --no-deps` (SHA-256 verified, never
   installed), unzipped to <data-dir>/easy_vqa, every file checked against the wheel's RECORD;
@@ -24,8 +24,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from coda_flax.tasks.shakespeare import default_data_dir  # noqa: E402
-from coda_flax.tasks.vision_data import prepare_vision_data  # noqa: E402
+from coda_flax.datasets.fetch import default_data_dir  # noqa: E402
+from coda_flax.datasets.vision import prepare_vision_data  # noqa: E402
 
 
 def main(argv=None):

@@ -35,7 +35,7 @@ def synthetic_corpus(plays_dir, num_plays=3, num_scenes=6, seed=0):
 
 def prepared_corpus(root, vocab_size=300, passage_chars=400, validation_fraction=0.3, **kw):
     """A synthetic corpus built into <root>/shakespeare as prepare_data would; -> vocab path."""
-    from coda_flax.tasks import shakespeare
+    from coda_flax.datasets import shakespeare
     out = os.path.join(str(root), "shakespeare")
     synthetic_corpus(os.path.join(out, "plays"), **{"num_plays": 3, "num_scenes": 6, **kw})
     stats = shakespeare.build_corpus(os.path.join(out, "plays"), out, vocab_size=vocab_size,

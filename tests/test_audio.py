@@ -1,5 +1,5 @@
-"""coda_flax.audio: log-mel features against tf.signal (stft + linear_to_mel_weight_matrix), the
-frame-index column, resampling and the audio readers (WAV 8/16-bit, raw PCM, FLAC), with files
+"""coda_flax.frontends.audio: log-mel features against tf.signal (stft +
+linear_to_mel_weight_matrix), the frame-index column, resampling and the audio readers (WAV 8/16-bit, raw PCM, FLAC), with files
 the tests write themselves."""
 
 import wave
@@ -10,7 +10,7 @@ import pytest
 import soundfile
 import tensorflow as tf
 
-from coda_flax import audio
+from coda_flax.frontends import audio
 
 
 def _tf_log_mel(x, sample_rate=16000, num_mel_bins=80, frame_length=400, frame_step=160,

@@ -75,7 +75,7 @@ def test_random_inputs_layout():
 
 
 def test_audio_seconds_to_frames():
-    # 16 kHz, 25 ms windows every 10 ms, no end padding (coda_flax.audio.frame_features).
+    # 16 kHz, 25 ms windows every 10 ms, no end padding (coda_flax.frontends.audio.frame_features).
     assert bench.audio_frames(10) == 998 and bench.audio_frames(30) == 2998
     assert bench.audio_frames(0.025) == 1
     assert bench.frames_seconds(998) == pytest.approx(9.995)
@@ -87,7 +87,7 @@ def test_audio_seconds_to_frames():
     for bad in (0, 0.01, -1, float("nan"), True):
         with pytest.raises(ValueError, match="seconds"):
             bench.audio_frames(bad)
-    from coda_flax import audio
+    from coda_flax.frontends import audio
     for seconds in (0.025, 1.0, 10, 30):
         assert bench.audio_frames(seconds) == audio.num_frames(round(seconds * 16000))
 

@@ -489,12 +489,13 @@ def test_adapters_hash_is_required_and_non_finite_values_are_refused(finetuned, 
         save_adapters(str(tmp_path / "nan"), nan, finetuned["config"])
     # a NaN file with a matching hash (written by an older version, or by hand)
     from safetensors.numpy import load_file, save_file
-    from coda_flax.checkpoints.adapters import _sha256
+    from coda_flax.checksums import sha256_file
     weights = os.path.join(d, "model-adapters.safetensors")
     tensors = load_file(weights)
     tensors[key] = np.full(tensors[key].shape, np.inf, np.float32)
     save_file(tensors, weights)
-    _edit_json(os.path.join(d, "adapter_config.json"), lambda m: m.update(sha256=_sha256(weights)))
+    _edit_json(os.path.join(d, "adapter_config.json"),
+               lambda m: m.update(sha256=sha256_file(weights)))
     with pytest.raises(ValueError, match=rf"parameter '{key}' has \d+ non-finite"):
         load_adapters(d, finetuned["base"])
 
@@ -673,3 +674,22 @@ def test_coda_convert_t5x_with_preset_check(t5x_params, tmp_path, capsys):
     assert _convert(["--t5x", d, "--preset", "t5_1_1_small", "--output",
                      str(tmp_path / "bad")]) == 2
     assert "wrong config or preset?" in capsys.readouterr().err
+
+
+def test_read_format_json_checks_the_header(tmp_path):
+    from coda_flax.checkpoints.io import read_format_json, write_json
+
+    path = str(tmp_path / "config.json")
+    read = lambda: read_format_json(path, "coda_flax checkpoint config", "coda_flax", 1,
+                                    fix="convert it again")
+    write_json(path, {"format": "coda_flax", "format_version": 1, "model_config": {}})
+    assert read()["format_version"] == 1
+    write_json(path, {"format": "other", "model_config": {}})
+    with pytest.raises(ValueError, match="is not a coda_flax checkpoint config.*convert it again"):
+        read()
+    write_json(path, {"format": "coda_flax", "format_version": 1})
+    with pytest.raises(ValueError, match="needs format='coda_flax' and model_config"):
+        read()
+    write_json(path, {"format": "coda_flax", "format_version": 2, "model_config": {}})
+    with pytest.raises(ValueError, match="newer coda_flax .*2 > 1"):
+        read()

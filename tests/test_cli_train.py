@@ -11,12 +11,9 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("seqio")
-pytest.importorskip("gin")
-
-from corpus_helpers import prepared_corpus  # noqa: E402
-from coda_flax.cli import main  # noqa: E402
-from coda_flax.resources import GIN_DIR  # noqa: E402
+from corpus_helpers import prepared_corpus
+from coda_flax.cli import main
+from coda_flax.resources import GIN_DIR
 
 TINY = ["--gin.model_config.vocab_size=400", "--gin.model_config.d_model=32",
         "--gin.model_config.num_heads=2", "--gin.model_config.head_dim=16",

@@ -11,7 +11,8 @@ from flax.core import meta
 from param_helpers import perturb
 from coda_flax import (CodaConfig, CodaEncoderLayer, DenseEncoderLayer, EncoderDecoder,
                        ModelConfig, tiny_config)
-from coda_flax.layers import ParallelAdapter, RelativePositionBias, RMSNorm
+from coda_flax.layers import ParallelAdapter, RMSNorm
+from coda_flax.model import relative_position_bias
 
 RNG = np.random.default_rng(2)
 N = 15
@@ -40,8 +41,7 @@ def _layer_inputs(cfg, b=2, n=N, seed=0):
     x = jnp.asarray(np.random.default_rng(seed).normal(size=(b, n, cfg.d_model)), jnp.float32)
     valid = jnp.ones((b, n), bool).at[1, n - 4:].set(False)
     pos = jnp.broadcast_to(jnp.arange(n), (b, n))
-    rel = RelativePositionBias(cfg.relative_attention_num_buckets,
-                               cfg.relative_attention_max_distance, cfg.num_heads, True)
+    rel = relative_position_bias(cfg, bidirectional=True, name=None)
     rp = meta.unbox(rel.init(jax.random.PRNGKey(3), pos, pos)["params"])
     return x, valid, pos, (lambda q, k: rel.apply({"params": rp}, q, k))
 

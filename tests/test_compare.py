@@ -6,19 +6,18 @@ import os
 import numpy as np
 import pytest
 
+from coda_flax.datasets import vision as vision_data
+from coda_flax.datasets.vision import MissingVisionDataError
 from coda_flax.experiments import compare
-from coda_flax.tasks import vision_data
-from coda_flax.tasks.vision_data import MissingVisionDataError
 
 WORDS = "thou art more lovely and more temperate rough winds do shake the darling buds".split()
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    try:
-        vision_data.find_fonts(download=False, log=lambda s: None)
-    except MissingVisionDataError as e:
-        pytest.skip(str(e))
+    """Rendered words in a temporary cache. No skip: find_fonts falls back to the DejaVu copy
+    bundled with matplotlib (a dependency), so a missing font fails with MissingVisionDataError
+    naming the fix (scripts/prepare_vision_data.py fetches fonts-dejavu-core)."""
     root = str(tmp_path_factory.mktemp("compare_data"))
     vision_data.prepare_rendered_words(root, words=WORDS[:4], num_train=8, num_validation=4,
                                        download=False, log=lambda s: None)

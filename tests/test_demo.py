@@ -6,13 +6,12 @@ import os
 import numpy as np
 import pytest
 
-pytest.importorskip("seqio")
-
-from corpus_helpers import synthetic_corpus  # noqa: E402
-from coda_flax.analysis import figures, probes  # noqa: E402
-from coda_flax.experiments import demo  # noqa: E402
-from coda_flax.cli import main  # noqa: E402
-from coda_flax.tasks import needle, shakespeare  # noqa: E402
+from corpus_helpers import synthetic_corpus
+from coda_flax.analysis import figures, probes
+from coda_flax.cli import main
+from coda_flax.datasets import shakespeare
+from coda_flax.experiments import demo
+from coda_flax.tasks import needle
 
 
 @pytest.fixture(scope="module")

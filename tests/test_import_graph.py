@@ -27,19 +27,17 @@ CORE, IO, ANALYSIS, EXPERIMENTS, CLI = range(5)
 LAYER_NAMES = {CORE: "core", IO: "I/O", ANALYSIS: "analysis", EXPERIMENTS: "experiments",
                CLI: "cli"}
 
-# First dotted component below coda_flax -> layer. Packages that may not exist yet (frontends,
-# datasets: the lower-layer refactor of issue 12) are allowed to be missing; nothing else is.
+# First dotted component below coda_flax -> layer.
 LAYERS = {
     "soft_topk": CORE, "routing": CORE, "layers": CORE, "coda_layer": CORE, "model": CORE,
     "config": CORE, "inputs": CORE, "ctc": CORE,
     "checkpoints": IO, "train": IO, "tasks": IO, "t5x": IO, "frontends": IO, "datasets": IO,
-    "configs": IO, "resources": IO,
-    "patches": IO, "audio": IO,          # input front ends, on their way into frontends/
+    "configs": IO, "resources": IO, "checksums": IO,
     "analysis": ANALYSIS, "bench": ANALYSIS, "viz": ANALYSIS,
     "experiments": EXPERIMENTS,
     "cli": CLI,
 }
-MAY_BE_MISSING = {"frontends", "datasets", "patches", "audio"}
+MAY_BE_MISSING: set = set()
 PUBLIC_API_MAX = IO                      # coda_flax/__init__.py: core + checkpoints
 
 # experiments modules that are not tools: the steps the tools share.
@@ -49,8 +47,9 @@ MAX_LINES = 600
 # module (dotted, below coda_flax; the last component alone matches too, so that a module
 # that moves between packages keeps its entry) -> why it may be longer
 LONG_MODULES = {
-    "speech_data": "the speech corpora (read prompts, LibriVox clips, espeak-ng) and their "
-                   "verified fetchers; split by the data-layer refactor (datasets/)",
+    "datasets.speech": "one concern, building the offline speech corpora (read prompts, LibriVox "
+                       "clips, espeak-ng synthesis) into features; fetching lives in "
+                       "datasets/fetch.py",
     "bench": "one concern, the two benchmarks of DESIGN's bench.py (the PA vs CoDA sweep and "
              "the soft top-k micro-benchmark) with their settings; timing, random weights, "
              "tables and plots live in analysis/",

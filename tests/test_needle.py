@@ -9,7 +9,8 @@ import pytest
 
 from corpus_helpers import prepared_corpus
 from coda_flax.analysis import probes
-from coda_flax.tasks import needle, shakespeare
+from coda_flax.datasets import shakespeare
+from coda_flax.tasks import needle
 
 N = 64
 

@@ -1,5 +1,6 @@
-"""coda_flax.patches: Pix2Struct patching against an integer re-derivation of the grid, numpy
-re-derivations of patch pixels, and transformers' Pix2StructImageProcessor as an external oracle."""
+"""coda_flax.frontends.patches: Pix2Struct patching against an integer re-derivation of the
+grid, numpy re-derivations of patch pixels, and transformers' Pix2StructImageProcessor as an
+external oracle."""
 
 import math
 import warnings
@@ -7,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from coda_flax import patches as P
+from coda_flax.frontends import patches as P
 
 
 def _img(h, w, c=3, seed=0):
@@ -190,8 +191,10 @@ def test_patch_ink_with_resize_uses_pixel_centres():
 
 def test_tf_patchify_in_a_dataset():
     import tensorflow as tf
+
+    from coda_flax.tasks.vision import tf_patchify
     images = np.stack([_img(40, 56, seed=s) for s in range(2)])
-    ds = tf.data.Dataset.from_tensor_slices(images).map(lambda im: P.tf_patchify(im, 12, 8))
+    ds = tf.data.Dataset.from_tensor_slices(images).map(lambda im: tf_patchify(im, 12, 8))
     assert ds.element_spec.shape.as_list() == [12, 2 + 8 * 8 * 3]
     for got, img in zip(ds.as_numpy_iterator(), images):
         np.testing.assert_array_equal(got, P.patchify(img, 12, 8, channels=3))
@@ -229,7 +232,7 @@ def test_matches_transformers_pix2struct_processor(h, w, max_patches):
 def _font():
     """No skip: find_fonts falls back to the DejaVu copy bundled with matplotlib (a test
     dependency), so a missing font means a broken environment or a broken find_fonts."""
-    from coda_flax.tasks.vision_data import find_fonts
+    from coda_flax.datasets.vision import find_fonts
     return find_fonts(download=False, log=lambda s: None)["sans"]
 
 

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # DESIGN.md section 3 (binding) and the README's library use.
 REQUIRED = {"soft_topk", "Router", "CodaEncoderLayer", "EncoderDecoder", "ModelConfig",
             "CodaConfig", "build_module", "load_hf_t5", "dense_to_coda", "EncoderCtc"}
-GENERIC_HELPERS = {"gather", "scatter_add", "Routing"}
+GENERIC_HELPERS = {"gather", "scatter_add", "RoutingDecision", "relative_position_bias",
+                   "model_config", "sha256_file"}
 
 
 def test_every_exported_name_imports():

@@ -4,12 +4,10 @@ LibriSpeech tree of FLAC files, both seqio tasks through ContinuousEncDecFeature
 errors, and WER / CER against jiwer. Nothing here downloads."""
 
 import gzip
-import io
 import json
 import os
 import random
 import sys
-import tarfile
 
 import jiwer
 import numpy as np
@@ -18,10 +16,10 @@ import seqio
 import soundfile
 import tensorflow as tf
 
-from coda_flax import audio
+from coda_flax.frontends import audio
 from coda_flax.tasks import metrics
 from coda_flax.tasks import speech
-from coda_flax.tasks import speech_data as sd
+from coda_flax.datasets import speech as sd
 from coda_flax.tasks.features import ContinuousEncDecFeatureConverter
 
 LENGTHS = {"inputs": 400, "targets": 64}
@@ -284,47 +282,6 @@ def test_missing_offline_manifest(tmp_path):
 
 
 # ----------------------------------------------------------------------------- debs
-
-def _ar_member(name, data):
-    header = f"{name:<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(data):<10}`\n".encode()
-    return header + data + (b"\n" if len(data) % 2 else b"")
-
-
-def _fake_deb(path, files):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
-        for name, content in files.items():
-            info = tarfile.TarInfo("./" + name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    with open(path, "wb") as f:
-        f.write(b"!<arch>\n" + _ar_member("debian-binary", b"2.0\n")
-                + _ar_member("control.tar.xz", b"") + _ar_member("data.tar.xz", buf.getvalue()))
-
-
-def test_deb_extraction_without_dpkg(tmp_path, monkeypatch):
-    debs = tmp_path / "debs"
-    debs.mkdir()
-    _fake_deb(str(debs / "fakepkg_1.0_all.deb"), {"usr/share/x/hello.txt": b"hi"})
-    monkeypatch.setattr(sd.shutil, "which", lambda name: None)  # no apt-get, no dpkg-deb
-    path = sd.fetch_debian_package("fakepkg", str(debs), log=lambda m: None)  # placed by hand
-    out = sd.extract_deb(path, str(tmp_path / "out"), log=lambda m: None)
-    assert (tmp_path / "out" / "usr" / "share" / "x" / "hello.txt").read_bytes() == b"hi"
-    assert os.path.isdir(out)
-    with pytest.raises(RuntimeError, match="apt-get not found"):
-        sd.fetch_debian_package("otherpkg", str(debs), log=lambda m: None)
-    (tmp_path / "bad.deb").write_bytes(b"not a deb")
-    with pytest.raises(ValueError, match="not a Debian package"):
-        sd.extract_deb(str(tmp_path / "bad.deb"), str(tmp_path / "o2"), log=lambda m: None)
-
-
-def test_deb_checksum_mismatch(tmp_path):
-    bad = tmp_path / "pocketsphinx-testdata_0.8+5prealpha+1-15_all.deb"
-    bad.write_bytes(b"tampered")
-    with pytest.raises(RuntimeError, match="SHA-256 mismatch"):
-        sd._verify_deb(str(bad), log=lambda m: None)
-    assert not bad.exists()
-
 
 # ----------------------------------------------------------------------------- LibriSpeech
 

@@ -11,8 +11,8 @@ import pytest
 
 from coda_flax import CodaConfig, EncoderDecoder, ModelConfig, tiny_config
 from coda_flax.cli import main
-from coda_flax.analysis.summary import (GROUPS, encoder_flops, flop_speedup, flop_table,
-                                        param_group, parameter_table)
+from coda_flax.analysis.summary import encoder_flops, flop_speedup, flop_table, parameter_table
+from coda_flax.checkpoints.peft import GROUPS, param_group
 
 # tiny_config: V=64, d=16, h=4 query heads, g=2 kv heads, dh=8, f=32, gated MLP (wi_0, wi_1, wo),
 # 2 encoder + 2 decoder layers, 8 relative-position buckets. Adapter width a=4.

@@ -1,5 +1,5 @@
-"""Vision data and seqio tasks (coda_flax.tasks.vision_data / vision) on tiny data the tests write
-themselves: a fake easy-VQA wheel, rendered pages from a word list, and OCR-VQA / DocVQA /
+"""Vision data and seqio tasks (coda_flax.datasets.vision / tasks.vision) on tiny data the tests
+write themselves: a fake easy-VQA wheel, rendered pages from a word list, and OCR-VQA / DocVQA /
 Screen2Words directories in their published layouts. Nothing here downloads."""
 
 import base64
@@ -16,10 +16,11 @@ import seqio
 from PIL import Image
 
 from corpus_helpers import WORDS
-from coda_flax import patches as P
-from coda_flax.tasks import vision, vision_data
+from coda_flax.frontends import patches as P
+from coda_flax.datasets import vision as vision_data
+from coda_flax.tasks import vision
 from coda_flax.tasks.features import ContinuousEncDecFeatureConverter
-from coda_flax.tasks.vision_data import MissingVisionDataError
+from coda_flax.datasets.vision import MissingVisionDataError
 
 QUIET = dict(log=lambda s: None)
 MAX_PATCHES = 48

@@ -339,7 +339,7 @@ def test_patch_image_undoes_standardisation_and_matches_unpatchify():
     patches = _patches(ids, pix, channels=3, n=14)
     np.testing.assert_allclose(patch_grid.patch_image(patches, P), page, atol=1e-6)
     np.testing.assert_allclose(patch_grid._unpatchify(patches, P, 3, (4, 3)), std, atol=1e-6)
-    from coda_flax.patches import unpatchify
+    from coda_flax.frontends.patches import unpatchify
     np.testing.assert_allclose(unpatchify(patches, patch_size=P, channels=3), std, atol=1e-6)
 
 
@@ -456,7 +456,7 @@ def _write_page(path):
 
 
 def test_cli_image(tmp_path, capsys):
-    from coda_flax import patches as patching
+    from coda_flax.frontends import patches as patching
     page = _write_page(tmp_path / "page.png")
     out = tmp_path / "viz"
     assert _cli(["--random-init", "--preset", "tiny_vision", "--image",
@@ -485,8 +485,8 @@ def test_cli_image(tmp_path, capsys):
 
 
 def test_cli_audio(tmp_path, capsys):
-    from coda_flax import audio
     from coda_flax.analysis.synthetic import synthetic_utterance
+    from coda_flax.frontends import audio
     audio.write_wav(str(tmp_path / "a.wav"), synthetic_utterance(1.0, seed=2))
     out = tmp_path / "viz"
     assert _cli(["--random-init", "--preset", "tiny_speech", "--audio", str(tmp_path / "a.wav"),

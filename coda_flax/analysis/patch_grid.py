@@ -112,12 +112,12 @@ def patch_image(patches, patch_size: int, grid_hw: tuple[int, int] | None = None
                 channels: int | None = None) -> np.ndarray:
     """The page the patches were cut from, for drawing: float32 [rows * p, cols * p, C] in
     [0, 1] (the standardised pixels min-max rescaled over the real patches; cells without a
-    patch are white). Uses coda_flax.patches.unpatchify when it is there."""
+    patch are white). Uses coda_flax.frontends.patches.unpatchify when it is there."""
     arr = _patches_2d(patches).astype(np.float32)
     channels = channels or _patch_channels(arr, patch_size)
     _, _, grid_hw = patch_grid_positions(arr, grid_hw)
     try:
-        from coda_flax.patches import unpatchify
+        from coda_flax.frontends.patches import unpatchify
         image = unpatchify(arr, grid_hw[0], grid_hw[1], patch_size=patch_size,
                            channels=channels)
     except ImportError:
@@ -136,8 +136,8 @@ def patch_ink_from_patches(patches, patch_size: int, threshold: float = INK_THRE
     The pixels are rescaled to [0, 1] over all real patches (patch_image: undoes patchify's
     standardisation on a page with white paper and black ink); a patch has ink when some pixel's
     grey level (mean over channels) is below `threshold`. Padding patches are False. The
-    patches are resized, which greys thin strokes: coda_flax.patches.patch_ink, which looks at
-    the original image, is the better mask when the image is at hand."""
+    patches are resized, which greys thin strokes: coda_flax.frontends.patches.patch_ink, which
+    looks at the original image, is the better mask when the image is at hand."""
     arr = _patches_2d(patches).astype(np.float32)
     channels = channels or _patch_channels(arr, patch_size)
     real = arr[:, 0] > 0

@@ -1,9 +1,9 @@
 """Parameter counts and analytic encoder FLOPs of dense T5, the Parallel Adapter and CoDA.
 
 Parameters are counted from the real parameter tree, without allocating it:
-`jax.eval_shape(EncoderDecoder(config).init, ...)`, unboxed, then grouped by path
-(`param_group`): adapters, routers, LoRA, layer norms (trained during CoDA finetuning,
-paper section 3.3) and the frozen backbone.
+`jax.eval_shape(EncoderDecoder(config).init, ...)`, unboxed, then grouped by path with
+coda_flax.checkpoints.peft.param_group: adapters, routers, LoRA, layer norms (trained during CoDA
+finetuning, paper section 3.3) and the frozen backbone.
 
 FLOPs are analytic and count a multiply-add as 2 FLOPs. Per encoder layer, with
 d = d_model, h = num_heads, g = num_kv_heads, dh = head_dim, f = d_ff, a = adapter_dim,
@@ -45,47 +45,15 @@ from typing import Any
 import flax
 import jax
 
+from coda_flax.checkpoints.peft import FINETUNE_GROUPS, GROUPS, param_group
 from coda_flax.config import ATTENTION_VARIANTS, CodaConfig, ModelConfig
 
-__all__ = ["GROUPS", "TRAINABLE_GROUPS", "VARIANTS", "FLOP_TERMS", "SOFT_TOPK_FLOPS_PER_TOKEN_ITER",
-           "abstract_params",
-           "param_group", "parameter_table", "encoder_flops", "flop_speedup", "flop_table",
+__all__ = ["VARIANTS", "FLOP_TERMS", "SOFT_TOPK_FLOPS_PER_TOKEN_ITER", "abstract_params",
+           "parameter_table", "encoder_flops", "flop_speedup", "flop_table",
            "summarize", "input_flops", "flop_speedup_with_input"]
 
 # ---------------------------------------------------------------------------------------------
 # Parameters.
-
-GROUPS = ("backbone", "adapters", "routers", "layer_norms", "lora")
-# What CoDA finetuning trains (paper section 3.3 / appendix B): everything but the backbone.
-TRAINABLE_GROUPS = ("adapters", "routers", "layer_norms", "lora")
-
-
-def param_group(path) -> str:
-    """The group of a parameter given its path (a "/"-joined string or a sequence of names).
-
-    'lora_a' / 'lora_b' -> "lora"; a path through an 'adapter' module -> "adapters"; through a
-    'router' -> "routers"; the 'scale' of any *norm* module -> "layer_norms"; else "backbone".
-    """
-    parts = tuple(path.split("/")) if isinstance(path, str) else tuple(str(p) for p in path)
-    if parts and parts[0] == "params":
-        parts = parts[1:]
-    if parts and parts[-1] in ("lora_a", "lora_b"):
-        return "lora"
-    if any("adapter" in p for p in parts[:-1]):
-        return "adapters"
-    if any("router" in p for p in parts[:-1]):
-        return "routers"
-    if parts and parts[-1] == "scale" and len(parts) >= 2 and "norm" in parts[-2]:
-        return "layer_norms"
-    return "backbone"
-
-
-def key_name(entry) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
 
 def abstract_params(config: ModelConfig) -> dict:
     """The unboxed `params` tree of `build_module(config)` as ShapeDtypeStructs (no memory)."""
@@ -105,9 +73,9 @@ def parameter_table(config: ModelConfig) -> dict[str, Any]:
     groups = dict.fromkeys(GROUPS, 0)
     leaves = jax.tree_util.tree_flatten_with_path(abstract_params(config))[0]
     for path, leaf in leaves:
-        groups[param_group([key_name(p) for p in path])] += math.prod(leaf.shape)
+        groups[param_group(path)] += math.prod(leaf.shape)
     total = sum(groups.values())
-    trainable = sum(groups[g] for g in TRAINABLE_GROUPS)
+    trainable = sum(groups[g] for g in FINETUNE_GROUPS)
     return {"groups": groups, "total": total, "trainable": trainable,
             "trainable_fraction": trainable / total if total else 0.0}
 

@@ -68,12 +68,12 @@ def fill_random(shapes, rng: np.random.Generator, device=None):
     """Random arrays for a tree of ShapeDtypeStructs (see `random_params` for the scales)."""
     import jax
 
-    from coda_flax.analysis.summary import key_name
+    from coda_flax.checkpoints.peft import path_names
 
     flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
     leaves = []
     for path, leaf in flat:
-        names = [key_name(p) for p in path]
+        names = list(path_names(path))
         name, parent = names[-1], names[-2] if len(names) > 1 else ""
         shape = tuple(leaf.shape)
         if name == "scale":

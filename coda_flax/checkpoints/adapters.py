@@ -23,7 +23,6 @@ ModelConfig.dropout_rate (active only while training; evaluation is deterministi
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import warnings
@@ -31,7 +30,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from coda_flax.checkpoints.io import config_from_dict, config_to_dict, read_json, write_json
+from coda_flax.checksums import sha256_file, sha256_text
+from coda_flax.checkpoints.io import (config_from_dict, config_to_dict, read_format_json,
+                                      write_json)
 from coda_flax.checkpoints.peft import FINETUNE_GROUPS, param_group
 from coda_flax.checkpoints.tree import (check_flat_params, expected_shapes, flatten_params,
                                         unflatten_params)
@@ -55,7 +56,7 @@ def config_fingerprint(config: ModelConfig) -> dict[str, Any]:
     and the sha256 of that JSON."""
     fields = {k: v for k, v in config_to_dict(config).items() if k not in _NON_FUNCTION_FIELDS}
     text = json.dumps(fields, sort_keys=True)
-    return {"config": fields, "config_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    return {"config": fields, "config_sha256": sha256_text(text)}
 
 
 def _config_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix="") -> list[str]:
@@ -71,14 +72,6 @@ def _config_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix="") -
 
 def _trainable(key: str) -> bool:
     return param_group(key) in FINETUNE_GROUPS
-
-
-def _sha256(file: str) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _embedding_checksum(flat: Mapping[str, Any]) -> float | None:
@@ -112,7 +105,7 @@ def save_adapters(path: str, params: Mapping[str, Any], config: ModelConfig) -> 
     write_json(os.path.join(path, CONFIG_FILE), {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "model_config": config_to_dict(config), "weights_file": WEIGHTS_FILE,
-        "sha256": _sha256(weights), "num_params": int(sum(v.size for v in trained.values())),
+        "sha256": sha256_file(weights), "num_params": int(sum(v.size for v in trained.values())),
         "base": {"frozen_shapes": frozen,
                  "num_frozen_params": int(sum(np.prod(s, dtype=np.int64) for s in
                                               frozen.values())),
@@ -129,14 +122,8 @@ def _read_meta(path: str) -> dict[str, Any]:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"adapter directory {path} not found; expected {WEIGHTS_FILE} "
                                 f"and {CONFIG_FILE} written by save_adapters.")
-    meta = read_json(os.path.join(path, CONFIG_FILE), "adapter config")
-    if meta.get("format") != FORMAT or "model_config" not in meta:
-        raise ValueError(f"{os.path.join(path, CONFIG_FILE)} is not a coda_flax adapter config "
-                         f"(format {meta.get('format')!r}); write it with save_adapters.")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path} was written by a newer coda_flax (adapter format_version "
-                         f"{meta['format_version']}); upgrade coda_flax.")
-    return meta
+    return read_format_json(os.path.join(path, CONFIG_FILE), "coda_flax adapter config",
+                            FORMAT, FORMAT_VERSION, fix="write it with save_adapters")
 
 
 def _check_finite(tensors: Mapping[str, np.ndarray], what: str, fix: str) -> None:
@@ -157,7 +144,7 @@ def _check_recorded_config(meta: Mapping[str, Any], path: str) -> None:
                          f"(base.config / base.config_sha256; written by an older coda_flax); "
                          f"re-save the adapters with save_adapters.")
     recorded = json.dumps(base["config"], sort_keys=True)
-    if hashlib.sha256(recorded.encode()).hexdigest() != base["config_sha256"]:
+    if sha256_text(recorded) != base["config_sha256"]:
         raise ValueError(f"{os.path.join(path, CONFIG_FILE)}: base.config does not match its "
                          f"sha256 (the file was edited or damaged); re-save the adapters.")
     now = {k: v for k, v in meta["model_config"].items() if k not in _NON_FUNCTION_FIELDS}
@@ -186,7 +173,7 @@ def _read_weights(path: str, meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
     if not meta.get("sha256"):
         raise ValueError(f"{os.path.join(path, CONFIG_FILE)} records no sha256 of {file}, so "
                          f"the weights cannot be checked; {fix}.")
-    if _sha256(file) != meta["sha256"]:
+    if sha256_file(file) != meta["sha256"]:
         raise ValueError(f"adapter weights {file} are corrupt or truncated: their sha256 does "
                          f"not match the one recorded in {CONFIG_FILE}; {fix}.")
     _check_finite(tensors, f"adapter weights {file}", "they come from a diverged run; "

@@ -62,6 +62,31 @@ def write_json(path: str, data: Mapping[str, Any]) -> None:
         f.write("\n")
 
 
+def read_format_json(path: str, what: str, fmt: str, version: int, *, fix: str) -> dict[str, Any]:
+    """Reads the JSON a coda_flax checkpoint writer put beside its files and checks its header.
+
+    Args:
+        path: the JSON file (config.json, adapter_config.json).
+        what: what the file is, for messages ("coda_flax checkpoint config").
+        fmt: the "format" the file must record; it must also hold a "model_config".
+        version: the newest "format_version" this coda_flax reads.
+        fix: what to do when the file is not of this format (ends the error message).
+    Returns:
+        the JSON object.
+    Raises:
+        FileNotFoundError: no file. ValueError: invalid JSON, another format, no model_config,
+            or a format_version newer than `version`.
+    """
+    meta = read_json(path, what)
+    if meta.get("format") != fmt or "model_config" not in meta:
+        raise ValueError(f"{path} is not a {what} (needs format={fmt!r} and model_config, found "
+                         f"format {meta.get('format')!r}); {fix}.")
+    if meta.get("format_version", 0) > version:
+        raise ValueError(f"{path} was written by a newer coda_flax (format_version "
+                         f"{meta['format_version']} > {version}); upgrade coda_flax.")
+    return meta
+
+
 def read_json(path: str, what: str) -> dict[str, Any]:
     """Reads a JSON object; FileNotFoundError / ValueError say which file and what it is."""
     if not os.path.isfile(path):

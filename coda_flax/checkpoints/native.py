@@ -16,7 +16,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from coda_flax.checkpoints.io import config_from_dict, config_to_dict, read_json, write_json
+from coda_flax.checkpoints.io import (config_from_dict, config_to_dict, read_format_json,
+                                      write_json)
 from coda_flax.checkpoints.tree import (check_flat_params, expected_shapes, flatten_params,
                                         unflatten_params)
 from coda_flax.config import ModelConfig
@@ -98,14 +99,9 @@ def load_checkpoint(directory: str) -> tuple[ModelConfig, dict[str, Any]]:
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"checkpoint directory {directory} not found; expected the "
                                 f"output of `coda convert` ({CONFIG_FILE} + {PARAMS_DIR}/).")
-    meta = read_json(os.path.join(directory, CONFIG_FILE), "coda_flax checkpoint config")
-    if meta.get("format") != FORMAT or "model_config" not in meta:
-        raise ValueError(f"{os.path.join(directory, CONFIG_FILE)} is not a coda_flax checkpoint "
-                         f"config (needs format={FORMAT!r} and model_config); for Hugging Face "
-                         f"directories use load_hf_t5, for T5X ones load_t5x.")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{directory} was written by a newer coda_flax (format_version "
-                         f"{meta['format_version']} > {FORMAT_VERSION}); upgrade coda_flax.")
+    meta = read_format_json(os.path.join(directory, CONFIG_FILE), "coda_flax checkpoint config",
+                            FORMAT, FORMAT_VERSION, fix="for Hugging Face directories use "
+                            "load_hf_t5, for T5X ones load_t5x")
     config = config_from_dict(meta["model_config"])
     params_dir = os.path.join(directory, PARAMS_DIR)
     if not os.path.isdir(params_dir):

@@ -25,7 +25,9 @@ FINETUNE_GROUPS = ("adapters", "routers", "layer_norms", "lora")
 MODES = ("finetune", "all")
 
 
-def _parts(path) -> tuple[str, ...]:
+def path_names(path) -> tuple[str, ...]:
+    """The module / parameter names of a "/"-joined path, a tuple of names or a jax key path
+    (only dict keys count: the .value of a metadata box is skipped)."""
     if isinstance(path, str):
         return tuple(p for p in path.split("/") if p)
     parts = []
@@ -44,7 +46,7 @@ def param_group(path: str | Sequence[Any]) -> str:
     contains "adapter" -> "adapters", "router" -> "routers"; the "scale" of a module whose
     name contains "norm" -> "layer_norms"; everything else -> "backbone".
     """
-    parts = _parts(path)
+    parts = path_names(path)
     if not parts:
         raise ValueError("param_group: empty parameter path.")
     if parts[0] == "params":                     # a path from the variables dict

@@ -23,15 +23,15 @@ token sequence of --length tokens (default 64) is used and tokens are shown as i
 checkpoint; --num-layers L keeps only L encoder layers of it (pix2struct has 18 of width 1536).
 
 Image models (pix2struct): --image PATH is cut into at most --max-patches Pix2Struct patches
-(coda_flax.patches.patchify; default 4096, the paper's n); without --image a synthetic
+(coda_flax.frontends.patches.patchify; default 4096, the paper's n); without --image a synthetic
 document page (dark word blocks on white) is used. Writes routing_image.png / routing_image_lam.png
 (per-layer routing over the page, placed by the patches' row / column ids), heatmap.png (layers x
 patches), ink_share.png (per layer: the share of routed patches holding ink vs the share of ink
-patches on the page; ink = pixels darker than --ink-threshold, coda_flax.patches.patch_ink) and
-decisions.json (+ grid, ink statistics).
+patches on the page; ink = pixels darker than --ink-threshold,
+coda_flax.frontends.patches.patch_ink) and decisions.json (+ grid, ink statistics).
 
 Speech models (speech_*): --audio PATH (wav, 16-bit PCM; flac / ogg with soundfile) becomes 80
-log-mel frames every 10 ms (coda_flax.audio.frame_features), routed over the ceil(T / 4)
+log-mel frames every 10 ms (coda_flax.frontends.audio.frame_features), routed over the ceil(T / 4)
 encoder frames; without --audio a synthetic utterance (voiced bursts and pauses) is used.
 Writes routing_audio.png / routing_audio_lam.png (log-mel spectrogram over one strip per layer
 on a common time axis), heatmap.png (layers x encoder frames) and decisions.json.
@@ -422,9 +422,9 @@ def _read_image(path: str, channels: int):
 def _patch_inputs(args, config: ModelConfig):
     """-> (patches [n, 2 + p*p*C], ink mask [n] bool, image or None, description)."""
     try:
-        from coda_flax import patches as patching
+        from coda_flax.frontends import patches as patching
     except ImportError:
-        raise VisualizeError("image inputs need coda_flax.patches (patchify), which this "
+        raise VisualizeError("image inputs need coda_flax.frontends.patches (patchify), which this "
                              "installation lacks.") from None
     max_patches = args.max_patches or DEFAULT_MAX_PATCHES
     if args.image is not None:
@@ -499,10 +499,10 @@ def _visualize_image(args, config: ModelConfig, params, source, layers) -> int:
 def _frame_inputs(args, config: ModelConfig):
     """-> (frames [T, 1 + mel], description, seconds)."""
     try:
-        from coda_flax import audio
+        from coda_flax.frontends import audio
     except ImportError:
-        raise VisualizeError("audio inputs need coda_flax.audio (frame_features), which this "
-                             "installation lacks.") from None
+        raise VisualizeError("audio inputs need coda_flax.frontends.audio (frame_features), "
+                             "which this installation lacks.") from None
     if args.audio is not None:
         try:
             waveform = audio.load_waveform(args.audio, audio.SAMPLE_RATE)

@@ -114,7 +114,7 @@ def register(s: CompareSettings, data_dir: str | None, prepare: bool, log: Log):
     from coda_flax import tasks
     if s.domain == "vision":
         if prepare:
-            from coda_flax.tasks.vision_data import prepare_vision_data
+            from coda_flax.datasets.vision import prepare_vision_data
             prepare_vision_data(data_dir, log=log)
         tasks.register_vision_tasks(data_dir, max_patches=s.input_length,
                                     patch_size=s.model["patch_size"], tasks=(s.task,))

@@ -33,6 +33,7 @@ from typing import Callable
 
 import numpy as np
 
+from coda_flax import config
 from coda_flax.analysis import figures
 from coda_flax.analysis import probes as token_probes
 from coda_flax.config import CodaConfig, ModelConfig
@@ -102,10 +103,10 @@ SOLVERS = ("coordinate_descent", "exact")
 
 
 def model_config(s: DemoSettings, vocab_size: int, coda: CodaConfig | None) -> ModelConfig:
-    return ModelConfig(vocab_size=vocab_size, d_model=s.d_model, num_heads=s.num_heads,
-                       num_kv_heads=1, head_dim=s.head_dim, d_ff=s.d_ff,
-                       num_encoder_layers=s.num_encoder_layers,
-                       num_decoder_layers=s.num_decoder_layers, coda=coda)
+    return config.model_config(coda=coda, vocab_size=vocab_size, d_model=s.d_model,
+                               num_heads=s.num_heads, num_kv_heads=1, head_dim=s.head_dim,
+                               d_ff=s.d_ff, num_encoder_layers=s.num_encoder_layers,
+                               num_decoder_layers=s.num_decoder_layers)
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -295,6 +296,7 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
 
     from coda_flax import tasks
     from coda_flax.analysis.timing import measure_models
+    from coda_flax.datasets.records import read_jsonl
     from coda_flax.tasks import needle
     from coda_flax.train import run
     from coda_flax.train.t5_model import CodaT5Model
@@ -371,7 +373,7 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
             end_to_end_speedup=base["end_to_end"] / speed[name]["end_to_end"])
 
     log("[demo 5/5] table, speed-quality plot, routing heatmaps, evidence share")
-    records = {r["id"]: r for r in tasks.shakespeare.read_jsonl(needle.needle_path(data_dir))}
+    records = {r["id"]: r for r in read_jsonl(needle.needle_path(data_dir))}
     evidence = routing_evidence(models, params, examples, records, lengths, output_dir, task)
     for name, ev in evidence.items():
         results[name]["evidence"] = ev

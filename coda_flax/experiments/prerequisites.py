@@ -73,7 +73,7 @@ def check_prerequisites(spec, experiments: Sequence) -> list[str]:
             continue
         if tfds_names is None:
             from coda_flax.tasks.paper import TFDS_NAMES as tfds_names  # noqa: N811
-            from coda_flax.tasks import shakespeare as offline
+            from coda_flax.datasets import shakespeare as offline
         vocab = literal(b.get("VOCAB_PATH"))
         if task in tfds_names:
             data_dir = literal(b.get("TFDS_DATA_DIR")) or _default_tfds_dir()

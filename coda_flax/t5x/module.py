@@ -38,7 +38,7 @@ from flax import traverse_util
 from flax.linen import partitioning as flax_partitioning
 
 from coda_flax.checkpoints.peft import FINETUNE_GROUPS, MODES, param_group
-from coda_flax.config import CodaConfig, ModelConfig
+from coda_flax.config import ModelConfig, model_config
 from coda_flax.model import EncoderDecoder
 
 __all__ = ["T5XEncoderDecoder", "model_config", "split_axes", "param_filter", "AXIS_RULES",
@@ -120,17 +120,6 @@ class T5XEncoderDecoder(EncoderDecoder):
             raise ValueError(f"T5XEncoderDecoder.decode: max_decode_length={max_decode_length} "
                              f"but the decoder cache holds {sorted(lengths)} positions; "
                              f"initialise the cache with decoder_input_tokens of that length.")
-
-
-def model_config(preset: str | None = None, coda: CodaConfig | None = None,
-                 **fields: Any) -> ModelConfig:
-    """A ModelConfig for gin: a preset with overrides, or every field given explicitly.
-
-    model_config(preset="paper_text_base", coda=CodaConfig(reduction=3), dropout_rate=0.1)
-    """
-    if preset is not None:
-        return ModelConfig.from_preset(preset, coda=coda, **fields)
-    return ModelConfig(coda=coda, **fields)
 
 
 def split_axes(variables: Mapping[str, Any]) -> dict[str, Any]:

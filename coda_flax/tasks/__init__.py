@@ -7,15 +7,16 @@
     ds = task.get_dataset(tasks.TASK_FEATURE_LENGTHS["coda_mnli"], split="validation")
 
 Image tasks (vision: easy-VQA, rendered documents, OCR-VQA / DocVQA / Screen2Words from local
-copies; vision_data prepares the offline ones) and speech tasks (speech: offline Debian /
-espeak-ng audio, LibriSpeech from a local copy; speech_data prepares them) read float vectors
-through features.ContinuousEncDecFeatureConverter.
+copies) and speech tasks (speech: offline Debian / espeak-ng audio, LibriSpeech from a local
+copy) read float vectors through features.ContinuousEncDecFeatureConverter. The corpora they read
+are downloaded and built by coda_flax.datasets (shakespeare, speech, vision); the prepare_*
+functions and the Missing*DataError classes are re-exported here from there.
 
 Modules: preprocessors (T5 text-to-text formats), span_corruption (T5 pretraining objective),
-metrics, tfds_source (read-only TFDS with clear errors), paper / offline (registration),
-shakespeare (offline corpus: download, parser, JSONL; no TensorFlow), vocab (SentencePiece),
-registry (lookup). Attributes are imported lazily so that `coda_flax.tasks.shakespeare` and
-`coda_flax.tasks.vocab` work without importing TensorFlow.
+metrics, tfds_source (read-only TFDS with clear errors), paper / offline / vision / speech
+(registration), needle (the needle task's examples), vocab (SentencePiece), registry (lookup).
+Attributes are imported lazily so that `coda_flax.tasks.vocab` works without importing
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -38,16 +39,16 @@ _EXPORTS = {
     "TfdsSource": "tfds_source",
     "train_sentencepiece": "vocab",
     "get_vocabulary": "vocab",
-    "prepare_shakespeare": "shakespeare",
+    "prepare_shakespeare": "coda_flax.datasets.shakespeare",
     "register_speech_tasks": "speech",
     "SPEECH_TASKS": "speech",
     "CharVocabulary": "speech",
-    "prepare_offline_speech": "speech_data",
-    "MissingSpeechDataError": "speech_data",
+    "prepare_offline_speech": "coda_flax.datasets.speech",
+    "MissingSpeechDataError": "coda_flax.datasets.speech",
     "register_vision_tasks": "vision",
     "VISION_TASKS": "vision",
-    "prepare_vision_data": "vision_data",
-    "MissingVisionDataError": "vision_data",
+    "prepare_vision_data": "coda_flax.datasets.vision",
+    "MissingVisionDataError": "coda_flax.datasets.vision",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -55,7 +56,8 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name):
     if name in _EXPORTS:
-        module = importlib.import_module(f"coda_flax.tasks.{_EXPORTS[name]}")
+        path = _EXPORTS[name]
+        module = importlib.import_module(path if "." in path else f"coda_flax.tasks.{path}")
         return getattr(module, name)
     raise AttributeError(f"module 'coda_flax.tasks' has no attribute '{name}'")
 

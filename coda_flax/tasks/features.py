@@ -50,8 +50,8 @@ class ContinuousEncDecFeatureConverter(seqio.EncDecFeatureConverter):
     """EncDecFeatureConverter for encoders that read vectors instead of token ids.
 
     Task feature "inputs" is float32 [length, dim]: image patches (Pix2Struct layout: row, column,
-    pixels; coda_flax.patches) or audio frames (frame index, log-mel; coda_flax.audio). Column 0
-    is a 1-based position, so padded rows (all zeros) are recognised as padding by the model.
+    pixels; coda_flax.frontends.patches) or audio frames (frame index, log-mel;
+    coda_flax.frontends.audio). Column 0 is a 1-based position, so padded rows (all zeros) are recognised as padding by the model.
     "targets" are token ids as usual. Unpacked only.
     """
 

@@ -16,7 +16,7 @@ to Brutus" are the same bag: without a frozen layer processing the needle (relat
 attention), the best possible accuracy is 50% (pick one of the two names), while the majority
 floor is 1 / len(NAMES). A router that sends the needle through the frozen layers can reach 100%.
 
-Files (under <data_dir>/shakespeare/, next to the corpus of coda_flax.tasks.shakespeare):
+Files (under <data_dir>/shakespeare/, next to the corpus of coda_flax.datasets.shakespeare):
     needle.jsonl       id, split, text (the whole input), target (the receiver), giver,
                        needle_start / needle_end (token offsets of the needle sentence in the
                        tokenised input, without EOS), num_tokens
@@ -35,7 +35,8 @@ import random
 import re
 from typing import Callable, Optional, Sequence
 
-from coda_flax.tasks.shakespeare import corpus_dir, read_jsonl, write_jsonl
+from coda_flax.datasets.records import read_jsonl, write_jsonl
+from coda_flax.datasets.shakespeare import corpus_dir
 
 NEEDLE_FILE = "needle.jsonl"
 NEEDLE_STATS = "needle_stats.json"

@@ -1,4 +1,4 @@
-"""Offline seqio tasks over the Shakespeare corpus (coda_flax.tasks.shakespeare), for runs and
+"""Offline seqio tasks over the Shakespeare corpus (coda_flax.datasets.shakespeare), for runs and
 tests on machines without TFDS data:
 
     coda_shakespeare_span_corruption  scenes -> T5 span corruption (pretraining text)
@@ -22,14 +22,14 @@ from typing import Optional
 
 import seqio
 
+from coda_flax.datasets.records import read_jsonl
+from coda_flax.datasets.shakespeare import CORPUS_SUBDIR, corpus_dir, vocab_model_path
 from coda_flax.tasks import metrics
 from coda_flax.tasks._tf import tf
 from coda_flax.tasks.features import output_features
 from coda_flax.tasks.needle import NEEDLE_FILE
 from coda_flax.tasks.paper import span_corruption_preprocessors
 from coda_flax.tasks.registry import add_task
-from coda_flax.tasks.shakespeare import (
-    CORPUS_SUBDIR, corpus_dir, read_jsonl, vocab_model_path)
 from coda_flax.tasks.vocab import get_vocabulary
 
 OFFLINE_TASKS = ("coda_shakespeare_span_corruption", "coda_shakespeare_play",

@@ -1,6 +1,6 @@
 """seqio tasks of the speech models (paper section 6: CoDA on a speech encoder with a CTC head).
 
-    coda_speech_offline   the offline corpus of coda_flax.tasks.speech_data (Debian asterisk
+    coda_speech_offline   the offline corpus of coda_flax.datasets.speech (Debian asterisk
                           prompts + pocketsphinx test clips + optional espeak-ng sentences);
                           splits train / validation
     coda_librispeech      LibriSpeech from a local copy: train (train-clean-100 + train-clean-360
@@ -8,8 +8,8 @@
                           test_clean, test_other
 
 Examples: "inputs" float32 [frames, 1 + 80] (column 0 the 1-based frame index, then log-mel;
-coda_flax.audio), "targets" int32 character ids of CharVocabulary without EOS (CTC labels),
-"targets_pretokenized" the transcript (WER / CER are computed on it), plus "id", "speaker",
+coda_flax.frontends.audio), "targets" int32 character ids of CharVocabulary without EOS (CTC
+labels), "targets_pretokenized" the transcript (WER / CER are computed on it), plus "id", "speaker",
 "source". Read them with coda_flax.tasks.features.ContinuousEncDecFeatureConverter. Examples
 longer than the requested feature lengths are dropped (truncating audio or transcript would
 make the CTC label wrong), so evaluate long utterances with longer lengths (LibriSpeech: up to
@@ -26,7 +26,7 @@ import numpy as np
 import seqio
 
 from coda_flax.tasks import metrics
-from coda_flax.tasks import speech_data as sd
+from coda_flax.datasets import speech as sd
 from coda_flax.tasks._tf import tf
 from coda_flax.tasks.features import TASK_FEATURE_LENGTHS, continuous_output_features
 from coda_flax.tasks.registry import add_task
@@ -44,7 +44,7 @@ class CharVocabulary(seqio.Vocabulary):
 
     Encoding lowercases; every character outside the alphabet (digits, punctuation, hyphens,
     accented letters) becomes a space, runs of spaces collapse and the ends are stripped (the
-    data pipeline already spells numbers and strips accents: speech_data.normalize_transcript).
+    data pipeline already spells numbers and strips accents: datasets.speech.normalize_transcript).
     Decoding drops ids 0 and any id outside the vocabulary.
     """
 
@@ -228,7 +228,7 @@ def register_speech_tasks(data_dir: Optional[str] = None, librispeech_dir: Optio
     """Registers coda_speech_offline (<data_dir>/speech, data_dir default $CODA_DATA_DIR or
     ~/.cache/coda_flax/data) and coda_librispeech (librispeech_dir or $CODA_LIBRISPEECH_DIR).
     Nothing is read until a dataset is asked for; missing data then raises
-    speech_data.MissingSpeechDataError naming the fix. Returns the registered names."""
+    datasets.speech.MissingSpeechDataError naming the fix. Returns the registered names."""
     features = speech_output_features(vocabulary)
     common = dict(output_features=features, preprocessors=speech_preprocessors(),
                   postprocess_fn=metrics.strip_postprocessor, metric_fns=[metrics.wer,

@@ -1,11 +1,11 @@
 """seqio tasks of CoDA's vision experiments (paper section 6, Table 6) in Pix2Struct's format.
 
-Inputs are Pix2Struct patches (coda_flax.patches): float32 [max_patches, 2 + p*p*3] (row id,
-column id, RGB pixels; zero rows = padding; p = register_vision_tasks(patch_size=16), which must
-match ModelConfig.patch_size); for visual question answering the question is
-rendered as a header above the image first (Pix2Struct section 2.5). Targets are text, by default
-in seqio.ByteVocabulary (pad 0, eos 1, one id per UTF-8 byte). Use them with
-coda_flax.tasks.features.ContinuousEncDecFeatureConverter.
+Inputs are Pix2Struct patches (coda_flax.frontends.patches, tf_patchify here for tf.data):
+float32 [max_patches, 2 + p*p*3] (row id, column id, RGB pixels; zero rows = padding;
+p = register_vision_tasks(patch_size=16), which must match ModelConfig.patch_size); for visual
+question answering the question is rendered as a header above the image first (Pix2Struct
+section 2.5). Targets are text, by default in seqio.ByteVocabulary (pad 0, eos 1, one id per
+UTF-8 byte). Use them with coda_flax.tasks.features.ContinuousEncDecFeatureConverter.
 
     coda_easy_vqa        easy-VQA (PyPI easy-vqa==1.0): question header + 64x64 shapes -> answer
     coda_rendered_docs   synthetic pages with a Shakespeare snippet -> its transcription
@@ -14,7 +14,7 @@ coda_flax.tasks.features.ContinuousEncDecFeatureConverter.
     coda_screen2words    Screen2Words (Wang et al. 2021): RICO screenshot -> summary     (CIDEr)
 
 The first two are prepared offline by scripts/prepare_vision_data.py under $CODA_DATA_DIR
-(coda_flax.tasks.vision_data). The last three are read from a local copy in their published
+(coda_flax.datasets.vision). The last three are read from a local copy in their published
 layout (see OCRVQA_LAYOUT / DOCVQA_LAYOUT / SCREEN2WORDS_LAYOUT): pass ocrvqa_dir= / docvqa_dir= /
 screen2words_dir= to register_vision_tasks, or set $CODA_OCRVQA_DIR / $CODA_DOCVQA_DIR /
 $CODA_SCREEN2WORDS_DIR, or put them in ocrvqa/, docvqa/, screen2words/ under one directory given
@@ -23,7 +23,7 @@ as vision_data_dir= or $CODA_VISION_DATA_DIR. Nothing is read until a dataset is
 Examples carry, besides "inputs" and "targets": "id", "image" (the file path; the pixels stay
 out of the example), "targets_pretokenized", "answers" (every acceptable answer / reference
 summary, for the metrics) and, for VQA, "question"; rendered documents also "bbox" and "ink"
-(bool [max_patches]: patches with text, coda_flax.patches.patch_ink).
+(bool [max_patches]: patches with text, coda_flax.frontends.patches.patch_ink).
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ from typing import Callable, Mapping, Optional, Union
 import numpy as np
 import seqio
 
-from coda_flax import patches as patching
+from coda_flax.datasets import vision as vision_data
+from coda_flax.datasets.vision import MissingVisionDataError
+from coda_flax.frontends import patches as patching
 from coda_flax.tasks import metrics
-from coda_flax.tasks import vision_data
 from coda_flax.tasks._tf import tf
 from coda_flax.tasks.features import TASK_FEATURE_LENGTHS, continuous_output_features
 from coda_flax.tasks.registry import add_task
-from coda_flax.tasks.vision_data import MissingVisionDataError
 
 VISION_TASKS = ("coda_easy_vqa", "coda_rendered_docs", "coda_rendered_words", "coda_ocrvqa",
                 "coda_docvqa", "coda_screen2words")
@@ -253,6 +253,29 @@ def _load_rgb(path: str) -> np.ndarray:
 
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB"))
+
+
+def tf_patchify(image, max_patches: int, patch_size: int = 16, channels: int = 3,
+                normalize: bool = True):
+    """patchify inside tf.data (a seqio preprocessor): tf.numpy_function with the static output
+    shape [max_patches, 2 + p*p*channels].
+
+    Args:
+        image: a uint8 / float tensor HxW or HxWxC; it is converted to `channels` channels so
+            that the shape is known.
+        max_patches, patch_size, normalize: as coda_flax.frontends.patches.patchify.
+    Returns:
+        float32 tensor [max_patches, 2 + patch_size**2 * channels].
+    """
+    patching.check_sizes(max_patches, patch_size)
+
+    def fn(img):
+        return patching.patchify(img, max_patches, patch_size, normalize=normalize,
+                                 channels=channels)
+
+    out = tf.numpy_function(fn, [image], tf.float32, stateful=False)
+    out.set_shape([max_patches, 2 + patch_size * patch_size * channels])
+    return out
 
 
 def _patchify_preprocessor(max_patches: int, patch_size: int = PATCH_SIZE,

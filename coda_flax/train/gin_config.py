@@ -18,16 +18,9 @@ import os
 
 import gin
 
-from coda_flax.config import CodaConfig, ModelConfig
+from coda_flax.config import CodaConfig, model_config
 from coda_flax.resources import GIN_DIR, resolve_gin_file
 from coda_flax.train import run
-
-
-def model_config(preset: str | None = None, coda: CodaConfig | None = None, **fields) -> ModelConfig:
-    """A preset (with overrides) or an explicit ModelConfig, for gin model files."""
-    if preset is not None:
-        return ModelConfig.from_preset(preset, coda=coda, **fields)
-    return ModelConfig(coda=coda, **fields)
 
 
 def _register_configurables():

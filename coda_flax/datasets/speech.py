@@ -3,7 +3,7 @@ normalisation, the offline corpus built from Debian packages, and a LibriSpeech 
 
 Offline corpus (`prepare_offline_speech`; cache <data_dir>/speech, data_dir = $CODA_DATA_DIR or
 ~/.cache/coda_flax/data), real recordings fetched with `apt-get download` (never installed) and
-unpacked with `dpkg-deb -x` (or a pure-Python .deb reader):
+unpacked with `dpkg-deb -x` (or a pure-Python .deb reader), both by coda_flax.datasets.fetch:
 
     asterisk    asterisk-core-sounds-en-wav (8 kHz WAV prompts, one speaker: Allison Smith,
                 CC-BY-SA-3.0) + asterisk-core-sounds-en (core-sounds-en.txt: "name: transcript")
@@ -12,7 +12,7 @@ unpacked with `dpkg-deb -x` (or a pure-Python .deb reader):
                 transcript of the package's goforward.gram and of pocketsphinx's own tests) and
                 tidigits/dhd.2934z.raw ("two nine three four zero", as tidigits.lsn and the tests);
                 numbers.raw / something.raw ship no transcript and are skipped
-    espeak      optional: espeak-ng synthesis of Shakespeare sentences (coda_flax.tasks.shakespeare,
+    espeak      optional: espeak-ng synthesis of Shakespeare sentences (datasets.shakespeare,
                 when that corpus is prepared) with several voices, speeds and pitches; espeak-ng
                 from PATH, else unpacked from its Debian packages and run with LD_LIBRARY_PATH
 
@@ -20,14 +20,15 @@ Transcripts are normalised to the CharVocabulary alphabet (normalize_transcript)
 space and apostrophe. Standalone numbers 0-99 are spelled out ("press 7" -> "press seven"); an
 utterance with any other digit (3D, 28.8, 1234) is dropped, as are pure annotations
 ("[ascending tones]", "(3 seconds of silence)"). Asterisk's spoken keypad symbols become words
-(* -> star, # -> pound). Everything is resampled to 16 kHz.
+(* -> star, # -> pound). Everything is resampled to 16 kHz (frontends.audio.SAMPLE_RATE).
 
 Cache layout (<data_dir>/speech):
-    debs/*.deb                      downloaded packages (SHA-256 checked where recorded)
+    debs/*.deb                      downloaded packages (SHA-256: DEBIAN_SHA256, else apt's)
     extracted/<package>/            dpkg-deb -x of each data package
     espeak/root/                    espeak-ng and its libraries (when not installed)
     audio/<source>/<name>.wav       16 kHz mono 16-bit audio of every utterance
-    features/<source>/<name>.npy    float32 [frames, 1 + 80]: frame index, log-mel (coda_flax.audio)
+    features/<source>/<name>.npy    float32 [frames, 1 + 80]: frame index, log-mel
+                                    (coda_flax.frontends.audio)
     manifest.jsonl                  one record per utterance: id, source, speaker, split,
                                     transcript, raw_transcript, audio, features, duration,
                                     num_frames (paths relative to the speech directory)
@@ -47,35 +48,33 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import unicodedata
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from coda_flax.tasks.shakespeare import (default_data_dir, read_jsonl, sha256_file, split_of,
-                                         write_jsonl)
+from coda_flax.datasets.fetch import (default_data_dir, extract_deb, fetch_and_extract,
+                                      fetch_debian_package)
+from coda_flax.datasets.records import read_jsonl, split_of, write_jsonl
+from coda_flax.frontends.audio import NUM_MEL_BINS, SAMPLE_RATE
 
 SPEECH_SUBDIR = "speech"
 LIBRISPEECH_ENV_VAR = "CODA_LIBRISPEECH_DIR"
 FORMAT_VERSION = 2  # bump when the manifest layout, normalisation or features change
 ALPHABET = " '" + "abcdefghijklmnopqrstuvwxyz"  # CharVocabulary ids 1..28 (0 = pad / CTC blank)
-SAMPLE_RATE = 16000
-NUM_MEL_BINS = 80
 FEATURE_DIM = 1 + NUM_MEL_BINS
 FEATURE_CONFIG = {"sample_rate": SAMPLE_RATE, "num_mel_bins": NUM_MEL_BINS,
                   "frame_length_ms": 25.0, "frame_step_ms": 10.0, "lower_hz": 125.0,
                   "upper_hz": 7600.0, "log_offset": 1e-6, "power": 2.0}
 
-# Debian bookworm packages seen when this was written: file -> SHA-256. apt-get download verifies
-# other versions against the signed archive index; those are accepted with a notice.
+# Debian bookworm packages seen when this was written: file -> SHA-256. Other versions are checked
+# against the SHA256 apt's package lists give (fetch.verify_deb), else accepted with a notice.
 DEBIAN_SHA256 = {
     "asterisk-core-sounds-en-wav_1.6.1-1_all.deb":
         "2be3ea287d83299d143815fa804f11179a75b7affd4a758b98b55f5afc18a35d",
@@ -186,12 +185,7 @@ def normalize_transcript(text: str, *, symbols: Optional[dict] = None) -> Option
     return text or None
 
 
-def split_for(key: str, validation_fraction: float = 0.1) -> str:
-    """"train" or "validation" from an md5 hash of key (coda_flax.tasks.shakespeare.split_of)."""
-    return split_of(key, validation_fraction)
-
-
-# ----------------------------------------------------------------------------- cache / debs
+# ----------------------------------------------------------------------------- cache
 
 def speech_dir(data_dir: Optional[str] = None) -> str:
     """<data_dir>/speech (data_dir default: $CODA_DATA_DIR or ~/.cache/coda_flax/data); data_dir
@@ -200,114 +194,6 @@ def speech_dir(data_dir: Optional[str] = None) -> str:
     if os.path.exists(os.path.join(data_dir, "manifest.jsonl")):
         return data_dir
     return os.path.join(data_dir, SPEECH_SUBDIR)
-
-
-def _run(cmd: Sequence[str], log: Log, **kwargs) -> subprocess.CompletedProcess:
-    log("[speech] " + " ".join(cmd))
-    return subprocess.run(list(cmd), capture_output=True, text=True, **kwargs)
-
-
-def _find_deb(debs_dir: str, package: str) -> Optional[str]:
-    if not os.path.isdir(debs_dir):
-        return None
-    found = sorted(f for f in os.listdir(debs_dir)
-                   if f.startswith(package + "_") and f.endswith(".deb"))
-    return os.path.join(debs_dir, found[-1]) if found else None
-
-
-def _verify_deb(path: str, log: Log) -> None:
-    name = os.path.basename(path)
-    expected = DEBIAN_SHA256.get(name)
-    digest = sha256_file(path)
-    if expected is None:
-        log(f"[speech] {name}: version not recorded here (sha256 {digest[:16]}...); relying on "
-            "apt's verification against the signed archive index")
-    elif digest != expected:
-        os.remove(path)
-        raise RuntimeError(f"SHA-256 mismatch for {name}: got {digest}, expected {expected}; the "
-                           "file was deleted, run again to re-download it.")
-
-
-def fetch_debian_package(package: str, debs_dir: str, *, log: Log = print) -> str:
-    """The .deb of `package` in debs_dir, fetched with `apt-get download` when absent (running
-    `apt-get update` once if the package is unknown and we are root). A .deb placed in debs_dir by
-    hand is used as is. Returns its path."""
-    path = _find_deb(debs_dir, package)
-    if path:
-        return path
-    if shutil.which("apt-get") is None:
-        raise RuntimeError(f"cannot fetch the Debian package {package}: apt-get not found. On a "
-                           f"Debian/Ubuntu machine run `apt-get download {package}` and copy the "
-                           f".deb into {debs_dir}.")
-    os.makedirs(debs_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=debs_dir) as tmp:
-        os.chmod(tmp, 0o755)
-        proc = _run(["apt-get", "download", package], log, cwd=tmp)
-        if proc.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
-            log(f"[speech] apt-get download {package} failed; running apt-get update once")
-            _run(["apt-get", "update"], log)
-            proc = _run(["apt-get", "download", package], log, cwd=tmp)
-        if proc.returncode != 0:
-            raise RuntimeError(f"`apt-get download {package}` failed (rc={proc.returncode}): "
-                               f"{proc.stderr.strip()[-1500:]}\nRun `apt-get update` (as root) "
-                               f"or copy {package}_*.deb into {debs_dir}.")
-        got = _find_deb(tmp, package)
-        if not got:
-            raise RuntimeError(f"apt-get download {package} produced no .deb: {os.listdir(tmp)}")
-        path = os.path.join(debs_dir, os.path.basename(got))
-        shutil.move(got, path)
-    _verify_deb(path, log)
-    log(f"[speech] downloaded {os.path.basename(path)}")
-    return path
-
-
-def _deb_data_member(path: str) -> tuple[str, bytes]:
-    """(name, bytes) of data.tar.* inside a .deb (an `ar` archive)."""
-    with open(path, "rb") as f:
-        if f.read(8) != b"!<arch>\n":
-            raise ValueError(f"{path} is not a Debian package (no ar header)")
-        while True:
-            header = f.read(60)
-            if len(header) < 60:
-                break
-            name = header[:16].decode().strip().rstrip("/")
-            size = int(header[48:58].decode().strip())
-            data = f.read(size)
-            f.read(size % 2)
-            if name.startswith("data.tar"):
-                return name, data
-    raise ValueError(f"{path} has no data.tar member")
-
-
-def extract_deb(path: str, out_dir: str, *, log: Log = print) -> str:
-    """Unpacks a .deb's files into out_dir (`dpkg-deb -x`, or tarfile when dpkg-deb is missing and
-    the data is gzip/xz/bzip2-compressed). Returns out_dir."""
-    os.makedirs(out_dir, exist_ok=True)
-    if shutil.which("dpkg-deb"):
-        proc = _run(["dpkg-deb", "-x", path, out_dir], log)
-        if proc.returncode != 0:
-            raise RuntimeError(f"dpkg-deb -x {path} failed: {proc.stderr.strip()[-1000:]}")
-        return out_dir
-    name, data = _deb_data_member(path)
-    log(f"[speech] unpacking {name} of {os.path.basename(path)} with tarfile")
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-        tar.extractall(out_dir, filter="data")
-    return out_dir
-
-
-def fetch_and_extract(package: str, root: str, *, log: Log = print) -> str:
-    """<root>/extracted/<package>, fetched and unpacked on first use."""
-    out = os.path.join(root, "extracted", package)
-    done = os.path.join(out, ".extracted")
-    if os.path.exists(done):
-        return out
-    deb = fetch_debian_package(package, os.path.join(root, "debs"), log=log)
-    if os.path.isdir(out):
-        shutil.rmtree(out)
-    extract_deb(deb, out, log=log)
-    with open(done, "w") as f:
-        f.write(os.path.basename(deb) + "\n")
-    return out
 
 
 # ----------------------------------------------------------------------------- sources
@@ -334,7 +220,7 @@ def asterisk_utterances(sounds_dir: str, transcripts: dict[str, str]) -> list[di
         if not os.path.exists(wav) or transcript is None:
             continue
         out.append({"id": f"asterisk/{name}", "source": "asterisk", "speaker": "allison",
-                    "split": split_for(f"asterisk/{name}"), "raw_transcript": transcripts[name],
+                    "split": split_of(f"asterisk/{name}"), "raw_transcript": transcripts[name],
                     "transcript": transcript, "original_audio": wav})
     return out
 
@@ -353,8 +239,8 @@ def _asterisk_sounds_dir(root: str) -> str:
 
 
 def asterisk_source(root: str, *, log: Log = print) -> list[dict]:
-    wav_root = fetch_and_extract(ASTERISK_PACKAGES[0], root, log=log)
-    txt_root = fetch_and_extract(ASTERISK_PACKAGES[1], root, log=log)
+    wav_root = fetch_and_extract(ASTERISK_PACKAGES[0], root, known_sha256=DEBIAN_SHA256, log=log)
+    txt_root = fetch_and_extract(ASTERISK_PACKAGES[1], root, known_sha256=DEBIAN_SHA256, log=log)
     txt = os.path.join(txt_root, "usr", "share", "doc", "asterisk-core-sounds-en",
                        "core-sounds-en.txt.gz")
     if not os.path.exists(txt):
@@ -403,12 +289,12 @@ def pocketsphinx_utterances(data_dir: str) -> list[dict]:
                         "raw_transcript": words, "transcript": normalize_transcript(words),
                         "original_audio": raw, "raw_sample_rate": SAMPLE_RATE})
     for u in out:
-        u.update(source="pocketsphinx", split=split_for(u["id"]))
+        u.update(source="pocketsphinx", split=split_of(u["id"]))
     return out
 
 
 def pocketsphinx_source(root: str, *, log: Log = print) -> list[dict]:
-    extracted = fetch_and_extract(POCKETSPHINX_PACKAGE, root, log=log)
+    extracted = fetch_and_extract(POCKETSPHINX_PACKAGE, root, known_sha256=DEBIAN_SHA256, log=log)
     data_dir = os.path.join(extracted, "usr", "share", "pocketsphinx", "test", "data")
     if not os.path.isdir(data_dir):
         raise MissingSpeechDataError(f"pocketsphinx test data not found at {data_dir}")
@@ -438,7 +324,8 @@ def find_espeak(root: str, *, log: Log = print) -> Optional[tuple[list[str], dic
     try:
         if not os.path.exists(os.path.join(local, ".extracted")):
             for package in ESPEAK_PACKAGES:
-                deb = fetch_debian_package(package, os.path.join(root, "debs"), log=log)
+                deb = fetch_debian_package(package, os.path.join(root, "debs"),
+                                           known_sha256=DEBIAN_SHA256, log=log)
                 extract_deb(deb, local, log=log)
             open(os.path.join(local, ".extracted"), "w").close()
     except (RuntimeError, ValueError, OSError) as e:
@@ -480,7 +367,7 @@ def shakespeare_sentences(data_dir: Optional[str] = None, *, min_words: int = 4,
     """(sentence, transcript) pairs from the prepared Shakespeare corpus (plays.jsonl): speeches
     split at . ! ? ; : and kept when espeak-ng reads them literally; unique by transcript. []
     when the corpus is not prepared."""
-    from coda_flax.tasks.shakespeare import corpus_dir
+    from coda_flax.datasets.shakespeare import corpus_dir
 
     path = os.path.join(corpus_dir(data_dir), "plays.jsonl")
     if not os.path.exists(path):
@@ -520,7 +407,7 @@ def espeak_utterances(sentences: Sequence[tuple[str, str]], num: int) -> list[di
         speed = ESPEAK_SPEEDS[(h // 53) % len(ESPEAK_SPEEDS)]
         pitch = ESPEAK_PITCHES[(h // 311) % len(ESPEAK_PITCHES)]
         out.append({"id": f"espeak/{_md5(transcript)[:16]}", "source": "espeak",
-                    "speaker": voice, "split": split_for(transcript), "text": sentence,
+                    "speaker": voice, "split": split_of(transcript), "text": sentence,
                     "raw_transcript": sentence, "transcript": transcript,
                     "espeak": {"voice": voice, "speed": speed, "pitch": pitch}})
     return out
@@ -545,8 +432,8 @@ def _atomic_save_npy(path: str, array: np.ndarray) -> None:
 
 
 def compute_features(waveform: np.ndarray) -> np.ndarray:
-    """coda_flax.audio.frame_features with FEATURE_CONFIG (16 kHz input)."""
-    from coda_flax.audio import frame_features
+    """coda_flax.frontends.audio.frame_features with FEATURE_CONFIG (16 kHz input)."""
+    from coda_flax.frontends.audio import frame_features
 
     cfg = {k: v for k, v in FEATURE_CONFIG.items() if k not in ("sample_rate", "num_mel_bins")}
     return frame_features(waveform, FEATURE_CONFIG["sample_rate"],
@@ -556,7 +443,7 @@ def compute_features(waveform: np.ndarray) -> np.ndarray:
 def materialise(record: dict, root: str, *, waveform: Optional[np.ndarray] = None) -> dict:
     """Writes audio/<id>.wav (16 kHz) and features/<id>.npy for a record (both reused when
     present) and fills in audio, features, duration, num_frames."""
-    from coda_flax.audio import load_waveform, read_audio, write_wav
+    from coda_flax.frontends.audio import load_waveform, read_audio, write_wav
 
     name = record["id"]
     audio_rel = os.path.join("audio", name + ".wav")
@@ -665,7 +552,7 @@ def _espeak_records(root: str, data_dir: Optional[str], num: int, log: Log
     if found is None:
         return [], "skipped: espeak-ng could not be run (see the log)"
     cmd, env = found
-    from coda_flax.audio import read_audio, resample
+    from coda_flax.frontends.audio import read_audio, resample
 
     utts = espeak_utterances(sentences, num)
     records = []
@@ -816,7 +703,7 @@ def librispeech_features(record: dict, cache_dir: Optional[str]) -> np.ndarray:
                             record["chapter"], record["id"] + ".npy")
         if os.path.exists(path):
             return np.load(path)
-    from coda_flax.audio import load_waveform
+    from coda_flax.frontends.audio import load_waveform
 
     features = compute_features(load_waveform(record["audio"], SAMPLE_RATE))
     if path:
@@ -875,6 +762,6 @@ __all__ = [
     "MissingSpeechDataError", "normalize_transcript", "spell_number", "speech_dir",
     "prepare_offline_speech", "read_manifest", "find_librispeech", "librispeech_records",
     "read_librispeech_dir", "librispeech_features", "prepare_librispeech", "iterate_examples",
-    "fetch_debian_package", "extract_deb", "parse_asterisk_transcripts",
+    "parse_asterisk_transcripts",
     "parse_sphinx_transcription", "shakespeare_sentences", "find_espeak", "manifest_stats",
 ]

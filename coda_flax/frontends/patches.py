@@ -25,7 +25,9 @@ result has exactly max_patches rows, so seqio's feature converter pads nothing f
     unpatchify(patches)                 -> the (standardised, resized) image, for plots
     patch_ink(image, max_patches)       -> bool [max_patches]: patches with ink on a white page
     render_header(image, text, font)    -> Pix2Struct's VQA input: the question rendered above
-    tf_patchify(image, max_patches)     -> patchify inside a tf.data / seqio preprocessor
+
+Pure numpy + PIL: the TensorFlow wrapper for tf.data (tf_patchify) lives with the seqio tasks in
+coda_flax.tasks.vision, so this module never imports coda_flax.tasks.
 
 Tested against transformers' Pix2StructImageProcessor (tests/test_patches.py). uint8 inputs are
 scaled to [0, 1] first (Pix2Struct's tf.image.convert_image_dtype); transformers standardises raw
@@ -42,12 +44,13 @@ from typing import Optional
 import numpy as np
 
 __all__ = ["grid_size", "patchify", "patch_grid", "unpatchify", "patch_ink", "render_header",
-           "render_text", "tf_patchify", "standardize", "to_float_image"]
+           "render_text", "standardize", "to_float_image", "check_sizes"]
 
 
 # ----------------------------------------------------------------------------- input checks
 
-def _check_sizes(max_patches: int, patch_size: int) -> None:
+def check_sizes(max_patches: int, patch_size: int) -> None:
+    """Raises ValueError unless max_patches and patch_size are integers >= 1."""
     if int(max_patches) != max_patches or max_patches < 1:
         raise ValueError(f"max_patches must be an integer >= 1, got {max_patches!r}.")
     if int(patch_size) != patch_size or patch_size < 1:
@@ -98,7 +101,7 @@ def _convert_channels(arr: np.ndarray, channels: int) -> np.ndarray:
 
 def grid_size(height: int, width: int, max_patches: int, patch_size: int = 16) -> tuple[int, int]:
     """(rows, cols) of the patch grid Pix2Struct resizes an H x W image to (module docstring)."""
-    _check_sizes(max_patches, patch_size)
+    check_sizes(max_patches, patch_size)
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height} x {width}.")
     # scale * H / p = sqrt(max_patches * H / W), and floor(sqrt(x)) = isqrt(floor(x)): exact
@@ -139,7 +142,7 @@ def patchify(image, max_patches: int, patch_size: int = 16, normalize: bool = Tr
     image: HxW or HxWxC, uint8 (scaled to [0, 1]) or float. channels: convert to this many
     channels first (3: grey -> RGB, RGBA -> RGB); None keeps the image's own. normalize: per-image
     standardisation (Pix2Struct); False keeps the pixel values."""
-    _check_sizes(max_patches, patch_size)
+    check_sizes(max_patches, patch_size)
     image = to_float_image(image, channels)
     if normalize:
         image = standardize(image)
@@ -203,7 +206,7 @@ def patch_ink(image, max_patches: int, patch_size: int = 16, threshold: float = 
     original resolution (the resize would blur thin strokes): original pixel (y, x) lies in patch
     (floor((y + 0.5) * rows / H), floor((x + 0.5) * cols / W)), where the resize puts its centre.
     Padding rows are False."""
-    _check_sizes(max_patches, patch_size)
+    check_sizes(max_patches, patch_size)
     grey = to_float_image(image).mean(axis=2)
     height, width = grey.shape
     rows, cols = grid_size(height, width, max_patches, patch_size)
@@ -239,7 +242,7 @@ def render_header(image, text: str, font_path: str, text_size: int = 36,
     Both parts are scaled to the wider one's width (PIL bicubic). Returns uint8 HxWx3.
 
     image: HxW(xC) uint8 or float in [0, 1]; font_path: a TrueType font (DejaVuSans.ttf from
-    coda_flax.tasks.vision_data.find_fonts)."""
+    coda_flax.datasets.vision.find_fonts)."""
     from PIL import Image
 
     arr = to_float_image(image, channels=3)
@@ -252,22 +255,3 @@ def render_header(image, text: str, font_path: str, text_size: int = 36,
     out.paste(header.resize((width, header_height), Image.Resampling.BICUBIC), (0, 0))
     out.paste(pil.resize((width, height), Image.Resampling.BICUBIC), (0, header_height))
     return np.asarray(out, np.uint8)
-
-
-# ----------------------------------------------------------------------------- TensorFlow
-
-def tf_patchify(image, max_patches: int, patch_size: int = 16, channels: int = 3,
-                normalize: bool = True):
-    """patchify inside tf.data (a seqio preprocessor): tf.numpy_function with the static output
-    shape [max_patches, 2 + p*p*channels]. image: a uint8 / float tensor HxW or HxWxC; it is
-    converted to `channels` channels so that the shape is known."""
-    from coda_flax.tasks._tf import tf
-
-    _check_sizes(max_patches, patch_size)
-
-    def fn(img):
-        return patchify(img, max_patches, patch_size, normalize=normalize, channels=channels)
-
-    out = tf.numpy_function(fn, [image], tf.float32, stateful=False)
-    out.set_shape([max_patches, 2 + patch_size * patch_size * channels])
-    return out

@@ -1,0 +1,56 @@
+"""Record files shared by the offline corpora: JSONL read / write and the hash split.
+
+Every corpus (Shakespeare, speech, rendered pages, the needle task) stores one JSON object per
+line and decides "train" / "validation" from an md5 hash of a key, so that a split never
+depends on the order in which records were built. Standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Iterable
+
+
+def split_of(key: str, validation_fraction: float = 0.1) -> str:
+    """The deterministic split of a record.
+
+    Args:
+        key: what decides the split (a scene id, an utterance id, a sentence).
+        validation_fraction: the share of keys that land in "validation".
+    Returns:
+        "validation" when the md5 hash of key, scaled to [0, 1], is below validation_fraction,
+        else "train".
+    """
+    h = int(hashlib.md5(key.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "validation" if h < validation_fraction else "train"
+
+
+def write_jsonl(path: str, records: Iterable[dict]) -> int:
+    """Writes one JSON object per line (UTF-8, through a temporary file and an atomic rename).
+
+    Args:
+        path: the .jsonl file; its directory is created.
+        records: the objects.
+    Returns:
+        how many records were written.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    n = 0
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The records of a .jsonl file (blank lines skipped)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+__all__ = ["split_of", "write_jsonl", "read_jsonl"]
