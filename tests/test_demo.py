@@ -10,7 +10,7 @@ from corpus_helpers import synthetic_corpus
 from coda_flax.analysis import figures, probes
 from coda_flax.cli import main
 from coda_flax.datasets import shakespeare
-from coda_flax.experiments import demo
+from coda_flax.experiments import demo, pipeline
 from coda_flax.tasks import needle
 
 
@@ -150,7 +150,7 @@ def test_finished_backbone_is_reused_and_said_so(tmp_path):
         f.write(json.dumps({"split": "eval", "step": 200}) + "\n")
     report = {"loss_real_tokens": 5.0, "unigram_entropy": 6.0, "tokens": 3, "steps": 200}
     json.dump(report, open(pre / "backbone.json", "w"))
-    assert demo._trained_steps(str(pre)) == 200
+    assert pipeline.trained_steps(str(pre)) == 200
     logs = []
     s = demo.DemoSettings(pretrain_steps=200)
     # nothing is trained or loaded: a reuse needs no model, data or vocabulary

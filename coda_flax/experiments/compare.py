@@ -120,7 +120,8 @@ def register(s: CompareSettings, data_dir: str | None, prepare: bool, log: Log):
                                     patch_size=s.model["patch_size"], tasks=(s.task,))
     else:
         if prepare:
-            tasks.prepare_offline_speech(data_dir, log=log)
+            from coda_flax.datasets.speech import prepare_offline_speech
+            prepare_offline_speech(data_dir, log=log)
         tasks.register_speech_tasks(data_dir)
     return tasks.get_task_or_mixture(s.task)
 

@@ -25,7 +25,6 @@ says so when it does.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -37,6 +36,7 @@ from coda_flax import config
 from coda_flax.analysis import figures
 from coda_flax.analysis import probes as token_probes
 from coda_flax.config import CodaConfig, ModelConfig
+from coda_flax.experiments import pipeline
 from coda_flax.tasks.metrics import majority_floor
 
 TASK = "coda_shakespeare_needle"
@@ -165,28 +165,10 @@ def summarize_seeds(accuracies, n: int) -> dict:
 
 
 # ------------------------------------------------------------------------------ the demo
-def _trained_steps(model_dir: str) -> int | None:
-    """The last training step logged in model_dir/metrics.jsonl (None without one)."""
-    from coda_flax.train.trainer import read_metrics
-    rows = read_metrics(model_dir, "train")
-    return int(rows[-1]["step"]) if rows else None
-
-
-def _load_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def _save_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 def pretrain_backbone(s: DemoSettings, vocab_size: int, pre_dir: str, common: dict,
                       log: Callable[[str], None]) -> dict:
-    """Stage 2: the dense backbone (reused when pre_dir/final exists) and its report."""
+    """Stage 2: the dense backbone (pipeline.pretrain_dense: reused when pre_dir/final holds
+    s.pretrain_steps steps) and its report (reused with it)."""
     from coda_flax.checkpoints import load_checkpoint
     from coda_flax.tasks.span_corruption import random_spans_helper
     from coda_flax.train import run
@@ -195,25 +177,18 @@ def pretrain_backbone(s: DemoSettings, vocab_size: int, pre_dir: str, common: di
     lengths = {"inputs": s.input_length, "targets": random_spans_helper(s.input_length)[1]}
     report_path = os.path.join(pre_dir, "backbone.json")
     final = os.path.join(pre_dir, "final")
-    done = _trained_steps(pre_dir) if os.path.isdir(final) else None
-    if done == s.pretrain_steps:
-        if os.path.exists(report_path):
-            log(f"  reusing the pretrained backbone and its report in {pre_dir} "
-                f"({done} steps; delete the folder to pretrain again)")
-            return _load_json(report_path)
-        log(f"  reusing the pretrained backbone in {final} ({done} steps; delete the folder to "
-            f"pretrain again); measuring its loss")
-    else:
-        if done is not None:
-            log(f"  {final} has {done} steps, not {s.pretrain_steps}: pretraining again")
-        dense = model_config(s, vocab_size, None)
-        run.train(model_config=dense, mixture_or_task_name="coda_shakespeare_span_corruption",
-                  **dict(common, task_feature_lengths=lengths, batch_size=s.pretrain_batch_size,
-                         eval_batch_size=s.pretrain_batch_size,
-                         eval_max_examples=s.pretrain_batch_size),
-                  train_steps=s.pretrain_steps, model_dir=pre_dir, trainable="all",
-                  learning_rate=s.pretrain_lr, schedule="constant", k_anneal_stages=1)
+    if (os.path.isdir(final) and os.path.exists(report_path)
+            and pipeline.trained_steps(pre_dir) == s.pretrain_steps):
+        log(f"  reusing the pretrained backbone and its report in {pre_dir} "
+            f"({s.pretrain_steps} steps; delete the folder to pretrain again)")
+        return pipeline.load_json(report_path)
     dense = model_config(s, vocab_size, None)
+    pipeline.pretrain_dense(
+        dense, pre_dir, train_steps=s.pretrain_steps, log=log,
+        mixture_or_task_name="coda_shakespeare_span_corruption",
+        **dict(common, task_feature_lengths=lengths, batch_size=s.pretrain_batch_size,
+               eval_batch_size=s.pretrain_batch_size, eval_max_examples=s.pretrain_batch_size),
+        learning_rate=s.pretrain_lr, schedule="constant")
     _, params = load_checkpoint(final)
     batches = run.seqio_batches("coda_shakespeare_span_corruption", lengths, s.batch_size,
                                 "validation", shuffle=False, repeat=False)(0)
@@ -224,7 +199,7 @@ def pretrain_backbone(s: DemoSettings, vocab_size: int, pre_dir: str, common: di
     num_real = vocab.vocab_size - getattr(vocab, "extra_ids", 0)
     report = dict(backbone_report(CodaT5Model(dense), params, batches, num_real),
                   steps=s.pretrain_steps)
-    _save_json(report_path, report)
+    pipeline.save_json(report_path, report)
     return report
 
 
@@ -234,7 +209,6 @@ def finetune_variant(s: DemoSettings, vocab_size: int, name: str, fields, seed: 
     """One finetuning run (reused when run_dir/result.json exists); soft top-k runs are also
     evaluated with the other solver on the same parameters."""
     from coda_flax.checkpoints import load_checkpoint
-    from coda_flax.checkpoints.peft import parameter_summary, trainable_mask
     from coda_flax.train import run
     from coda_flax.train.t5_model import CodaT5Model
 
@@ -245,7 +219,7 @@ def finetune_variant(s: DemoSettings, vocab_size: int, name: str, fields, seed: 
     settings = {"steps": s.finetune_steps, "lr": s.full_finetune_lr if full else s.finetune_lr,
                 "seed": seed, "fields": fields}
     if os.path.exists(result_path) and os.path.isdir(os.path.join(run_dir, "final")):
-        result = _load_json(result_path)
+        result = pipeline.load_json(result_path)
         if result.get("settings") == settings:
             log(f"  {name} seed {seed}: reusing the finished run in {run_dir}")
             _, params = load_checkpoint(os.path.join(run_dir, "final"))
@@ -256,7 +230,7 @@ def finetune_variant(s: DemoSettings, vocab_size: int, name: str, fields, seed: 
                     trainable="all" if full else "finetune", learning_rate=settings["lr"],
                     parameter_scale=False, k_anneal_fraction=0.2, k_anneal_stages=2)
     params, ev = out["params"], out["eval"]
-    counts = parameter_summary(params, trainable_mask(params, "all" if full else "finetune"))
+    counts = pipeline.parameter_counts(params, "all" if full else "finetune")
     result = {"settings": settings, "k": cfg.coda.k(s.input_length) if cfg.coda else s.input_length,
               "accuracy": ev["accuracy"] / 100.0, "num_examples": ev["num_examples"],
               "trainable_params": counts["trainable"], "total_params": counts["total"]}
@@ -270,7 +244,7 @@ def finetune_variant(s: DemoSettings, vocab_size: int, name: str, fields, seed: 
                                       common["task_feature_lengths"], "validation",
                                       s.batch_size)
             result[f"accuracy_{solver}"] = ev2["accuracy"] / 100.0
-    _save_json(result_path, result)
+    pipeline.save_json(result_path, result)
     return dict(result, params=params, model=CodaT5Model(cfg))
 
 
@@ -278,9 +252,10 @@ def prepare_task(s: DemoSettings, data_dir: str | None, log: Callable[[str], Non
     """Shakespeare + its vocabulary, the needle examples for s, the offline tasks registered:
     returns (the corpus' prepare_shakespeare dict, the needle stats, the seqio task TASK)."""
     from coda_flax import tasks
+    from coda_flax.datasets import shakespeare as corpus
     from coda_flax.tasks import needle
 
-    prepared = tasks.prepare_shakespeare(data_dir, vocab_size=s.vocab_size, log=log)
+    prepared = corpus.prepare_shakespeare(data_dir, vocab_size=s.vocab_size, log=log)
     needle_stats = needle.prepare_needle(data_dir, prepared["vocab_model"],
                                          input_length=s.input_length,
                                          num_train=s.needle_train,
@@ -295,7 +270,6 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
     import jax
 
     from coda_flax import tasks
-    from coda_flax.analysis.timing import measure_models
     from coda_flax.datasets.records import read_jsonl
     from coda_flax.tasks import needle
     from coda_flax.train import run
@@ -363,14 +337,11 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
         results[name] = r
 
     log("[demo 4/5] inference speed on the same validation batch (median of round-robin runs)")
-    batch = run.to_batch((examples * s.speed_batch)[:s.speed_batch], lengths)
-    speed = measure_models(models, params, batch, s.speed_repeats)
-    base = speed["parallel_adapter"] if "parallel_adapter" in speed else next(iter(speed.values()))
+    speed = pipeline.speed_table(models, params,
+                                 pipeline.speed_batch(examples, s.speed_batch, lengths),
+                                 s.speed_repeats)
     for name in results:
-        results[name].update(
-            encoder_seconds=speed[name]["encoder"], end_to_end_seconds=speed[name]["end_to_end"],
-            encoder_speedup=base["encoder"] / speed[name]["encoder"],
-            end_to_end_speedup=base["end_to_end"] / speed[name]["end_to_end"])
+        results[name].update(speed[name])
 
     log("[demo 5/5] table, speed-quality plot, routing heatmaps, evidence share")
     records = {r["id"]: r for r in read_jsonl(needle.needle_path(data_dir))}
@@ -390,7 +361,7 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
                "majority_answer": majority, "majority_floor": floor,
                "needle": {k: needle_stats[k] for k in ("min_offset", "names")},
                "device": jax.devices()[0].device_kind, "seconds": time.time() - t_start}
-    _save_json(os.path.join(output_dir, "results.json"), summary)
+    pipeline.save_json(os.path.join(output_dir, "results.json"), summary)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(results_table(summary))
     figures.plot_speed_quality(

@@ -9,8 +9,8 @@
 Image tasks (vision: easy-VQA, rendered documents, OCR-VQA / DocVQA / Screen2Words from local
 copies) and speech tasks (speech: offline Debian / espeak-ng audio, LibriSpeech from a local
 copy) read float vectors through features.ContinuousEncDecFeatureConverter. The corpora they read
-are downloaded and built by coda_flax.datasets (shakespeare, speech, vision); the prepare_*
-functions and the Missing*DataError classes are re-exported here from there.
+are downloaded and built by coda_flax.datasets (shakespeare, speech, vision): this package only
+registers tasks over them.
 
 Modules: preprocessors (T5 text-to-text formats), span_corruption (T5 pretraining objective),
 metrics, tfds_source (read-only TFDS with clear errors), paper / offline / vision / speech
@@ -39,16 +39,11 @@ _EXPORTS = {
     "TfdsSource": "tfds_source",
     "train_sentencepiece": "vocab",
     "get_vocabulary": "vocab",
-    "prepare_shakespeare": "coda_flax.datasets.shakespeare",
     "register_speech_tasks": "speech",
     "SPEECH_TASKS": "speech",
     "CharVocabulary": "speech",
-    "prepare_offline_speech": "coda_flax.datasets.speech",
-    "MissingSpeechDataError": "coda_flax.datasets.speech",
     "register_vision_tasks": "vision",
     "VISION_TASKS": "vision",
-    "prepare_vision_data": "coda_flax.datasets.vision",
-    "MissingVisionDataError": "coda_flax.datasets.vision",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -57,7 +52,7 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name):
     if name in _EXPORTS:
         path = _EXPORTS[name]
-        module = importlib.import_module(path if "." in path else f"coda_flax.tasks.{path}")
+        module = importlib.import_module(f"coda_flax.tasks.{path}")
         return getattr(module, name)
     raise AttributeError(f"module 'coda_flax.tasks' has no attribute '{name}'")
 

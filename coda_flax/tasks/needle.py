@@ -150,7 +150,8 @@ def prepare_needle(data_dir: Optional[str], vocab_model: str, *, input_length: i
     scenes_path = os.path.join(root, "scenes.jsonl")
     if not os.path.exists(scenes_path):
         raise FileNotFoundError(f"{scenes_path} not found: prepare the Shakespeare corpus first "
-                                f"(coda_flax.tasks.prepare_shakespeare / scripts/prepare_data.py).")
+                                f"(coda_flax.datasets.shakespeare.prepare_shakespeare / "
+                                f"scripts/prepare_data.py).")
     settings = {"format_version": NEEDLE_FORMAT_VERSION, "vocab_model": os.path.abspath(vocab_model),
                 "input_length": input_length, "num_train": num_train,
                 "num_validation": num_validation,
