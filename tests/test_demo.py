@@ -9,9 +9,8 @@ import pytest
 from corpus_helpers import synthetic_corpus
 from coda_flax.analysis import figures, probes
 from coda_flax.cli import main
-from coda_flax.datasets import shakespeare
+from coda_flax.datasets import needle, shakespeare
 from coda_flax.experiments import demo, pipeline
-from coda_flax.tasks import needle
 
 
 @pytest.fixture(scope="module")

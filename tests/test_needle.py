@@ -1,4 +1,5 @@
-"""The routing task 'who got it?' (coda_flax.tasks.needle) on a synthetic corpus (no downloads)."""
+"""The routing task "who got it?" (coda_flax.datasets.needle) on a synthetic corpus (no
+downloads), and its statistics (routing_stats.evidence_share, the probes' role features)."""
 
 import math
 import os
@@ -8,9 +9,8 @@ import numpy as np
 import pytest
 
 from corpus_helpers import prepared_corpus
-from coda_flax.analysis import probes
-from coda_flax.datasets import shakespeare
-from coda_flax.tasks import needle
+from coda_flax.analysis import probes, routing_stats
+from coda_flax.datasets import needle, shakespeare
 
 N = 64
 
@@ -123,7 +123,7 @@ def test_evidence_share_hand_computed():
         [[0, 0, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0]],      # layer 0
         [[1, 1, 0, 0, 0, 0], [0, 1, 1, 0, 0, 1]],      # layer 1: a padded position selected
     ], bool)
-    out = needle.evidence_share(selected, spans, valid)
+    out = routing_stats.evidence_share(selected, spans, valid)
     # layer 0: ex0 2 of 3 routed are needle, ex1 1 of 2; layer 1: ex0 0 of 2, ex1 0 of 2 real
     np.testing.assert_allclose(out["routed_evidence_share"], [(2 / 3 + 1 / 2) / 2, 0.0])
     np.testing.assert_allclose(out["evidence_recall"], [(2 / 2 + 1 / 1) / 2, 0.0])
@@ -133,17 +133,17 @@ def test_evidence_share_hand_computed():
 def test_evidence_share_rejects_bad_shapes_and_spans():
     valid = np.ones((1, 4), bool)
     with pytest.raises(ValueError, match="shapes"):
-        needle.evidence_share(np.ones((2, 4), bool), [(0, 1)], valid)
+        routing_stats.evidence_share(np.ones((2, 4), bool), [(0, 1)], valid)
     with pytest.raises(ValueError, match="outside"):
-        needle.evidence_share(np.ones((1, 1, 4), bool), [(3, 6)], valid)
+        routing_stats.evidence_share(np.ones((1, 1, 4), bool), [(3, 6)], valid)
 
 
 def test_role_positions_first_giver_last_receiver():
     row = [5, 7, 9, 3, 4, 9, 2, 1]
     # span (1, 7): giver 9 first at 2, receiver 2 last at 6
-    assert needle.role_positions(row, (1, 7), 9, 2) == (2, 6)
-    assert needle.role_positions(row, (1, 7), 9, 9) == (2, 5)
-    assert needle.role_positions(row, (3, 7), 7, 2) is None        # giver outside the span
+    assert probes.role_positions(row, (1, 7), 9, 2) == (2, 6)
+    assert probes.role_positions(row, (1, 7), 9, 9) == (2, 5)
+    assert probes.role_positions(row, (3, 7), 7, 2) is None        # giver outside the span
 
 
 def test_ridge_probe_separable_random_and_closed_form():
@@ -168,8 +168,8 @@ def test_ridge_probe_separable_random_and_closed_form():
 def test_role_features_pick_the_name_states():
     states = np.arange(2 * 2 * 6 * 3, dtype=np.float32).reshape(2, 2, 6, 3)   # [L, b, n, d]
     tokens = np.array([[1, 8, 4, 9, 0, 0], [8, 8, 5, 9, 9, 1]])
-    x, y = needle.role_features(states, tokens, [(1, 4), (0, 5)], [8, 8], [9, 9])
+    x, y = probes.role_features(states, tokens, [(1, 4), (0, 5)], [8, 8], [9, 9])
     assert y.tolist() == [0, 1, 0, 1]
     np.testing.assert_array_equal(x, states[:, [0, 0, 1, 1], [1, 3, 0, 4]])
     with pytest.raises(ValueError, match="single-token"):
-        needle.role_features(states, tokens, [(0, 1), (2, 3)], [8, 8], [9, 9])
+        probes.role_features(states, tokens, [(0, 1), (2, 3)], [8, 8], [9, 9])

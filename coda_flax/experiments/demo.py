@@ -3,7 +3,7 @@
     Shakespeare (38 plays, from the package index) -> SentencePiece vocabulary
     -> pretrain a small dense T5 with span corruption; report its loss on the real (non-sentinel)
        target tokens against the unigram entropy of those tokens (does the backbone read?)
-    -> finetune on the routing task "who got it?" (coda_flax.tasks.needle): a one-sentence
+    -> finetune on the routing task "who got it?" (coda_flax.datasets.needle): a one-sentence
        needle "A gave B to C." at a random offset past the first n/3 tokens of real filler text.
        Variants as the paper's Table 3: full finetuning, the Parallel Adapter, CoDA r = 3 and 5
        (k-to-all, k-to-k), the sigmoid router and truncation (first_k), over several seeds;
@@ -253,7 +253,7 @@ def prepare_task(s: DemoSettings, data_dir: str | None, log: Callable[[str], Non
     returns (the corpus' prepare_shakespeare dict, the needle stats, the seqio task TASK)."""
     from coda_flax import tasks
     from coda_flax.datasets import shakespeare as corpus
-    from coda_flax.tasks import needle
+    from coda_flax.datasets import needle
 
     prepared = corpus.prepare_shakespeare(data_dir, vocab_size=s.vocab_size, log=log)
     needle_stats = needle.prepare_needle(data_dir, prepared["vocab_model"],
@@ -271,7 +271,7 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
 
     from coda_flax import tasks
     from coda_flax.datasets.records import read_jsonl
-    from coda_flax.tasks import needle
+    from coda_flax.datasets import needle
     from coda_flax.train import run
     from coda_flax.train.t5_model import CodaT5Model
 
@@ -446,10 +446,9 @@ def results_table(summary: dict) -> str:
 
 def routing_evidence(models: dict, params: dict, examples, records: dict, lengths,
                      output_dir: str, task, heatmap_examples: int = 2) -> dict:
-    """Figure 7 heatmaps of the first validation inputs and the evidence share (needle.
-    evidence_share) of each routed variant over the whole validation split."""
-    from coda_flax.analysis import routing_stats as viz
-    from coda_flax.tasks import needle
+    """Figure 7 heatmaps of the first validation inputs and the evidence share
+    (routing_stats.evidence_share) of each routed variant over the whole validation split."""
+    from coda_flax.analysis import routing_stats
     from coda_flax.train import run
 
     vocab = task.output_features["inputs"].vocabulary
@@ -458,12 +457,12 @@ def routing_evidence(models: dict, params: dict, examples, records: dict, length
     spans = [(records[i]["needle_start"], records[i]["needle_end"]) for i in ids]
     out = {}
     for name, model in models.items():
-        if not viz.is_routed(model.config):
+        if not routing_stats.is_routed(model.config):
             continue
-        decisions = viz.routing_decisions(model.config, params[name], tokens)
+        decisions = routing_stats.routing_decisions(model.config, params[name], tokens)
         out[name] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in
-                     needle.evidence_share(decisions["selected"], spans,
-                                           decisions["valid"]).items()}
+                     routing_stats.evidence_share(decisions["selected"], spans,
+                                                  decisions["valid"]).items()}
         for j in range(min(heatmap_examples, len(examples))):
             length = int((tokens[j] > 0).sum())
             pieces = [vocab.decode([int(t)]) for t in tokens[j, :length]]
@@ -485,7 +484,6 @@ def role_probe(models: dict, params: dict, train, validation, vocab, lengths,
     scored on `validation` ((examples, records by id) pairs). 50% = the state does not say who
     received; adapters only read and write single token states, so an adapter-only model
     cannot answer better than its states let it."""
-    from coda_flax.tasks import needle
     from coda_flax.train import run
 
     def features(model_cfg, p, data):
@@ -499,7 +497,7 @@ def role_probe(models: dict, params: dict, train, validation, vocab, lengths,
             spans = [(r["needle_start"], r["needle_end"]) for r in recs]
             ids = [(vocab.encode(r["giver"])[-1], vocab.encode(r["target"])[-1]) for r in recs]
             states = token_probes.encoder_states(model_cfg, p, tokens)
-            x, y = needle.role_features(states, tokens, spans, *zip(*ids))
+            x, y = token_probes.role_features(states, tokens, spans, *zip(*ids))
             xs.append(x)
             ys.append(y)
         return np.concatenate(xs, axis=1), np.concatenate(ys)

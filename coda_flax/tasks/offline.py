@@ -8,7 +8,7 @@ tests on machines without TFDS data:
     coda_shakespeare_speaker          "shakespeare speaker: <speeches, one as '???: ...'>" ->
                                       who speaks it
     coda_shakespeare_needle           "who got it: <filler> A gave B to C. <filler>" -> C, the
-                                      needle past the first n/3 tokens (coda_flax.tasks.needle;
+                                      needle past the first n/3 tokens (coda_flax.datasets.needle;
                                       built by prepare_needle for one input length)
 
 Splits "train" / "validation" come from the JSONL files (hash of the scene). Metrics: accuracy.
@@ -27,7 +27,7 @@ from coda_flax.datasets.shakespeare import CORPUS_SUBDIR, corpus_dir, vocab_mode
 from coda_flax.tasks import metrics
 from coda_flax.tasks._tf import tf
 from coda_flax.tasks.features import output_features
-from coda_flax.tasks.needle import NEEDLE_FILE
+from coda_flax.datasets.needle import NEEDLE_FILE
 from coda_flax.tasks.paper import span_corruption_preprocessors
 from coda_flax.tasks.registry import add_task
 from coda_flax.tasks.vocab import get_vocabulary
@@ -45,7 +45,7 @@ def _missing(path: str) -> MissingOfflineDataError:
     if os.path.basename(path) == NEEDLE_FILE:
         return MissingOfflineDataError(
             f"needle task file not found: {path}. Build it with "
-            f"coda_flax.tasks.needle.prepare_needle(data_dir, vocab_model, input_length=...) "
+            f"coda_flax.datasets.needle.prepare_needle(data_dir, vocab_model, input_length=...) "
             f"(`coda demo` does) after preparing the Shakespeare corpus.")
     return MissingOfflineDataError(
         f"offline corpus file not found: {path}. Prepare it with `python scripts/prepare_data.py` "

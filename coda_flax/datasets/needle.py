@@ -1,4 +1,5 @@
-"""Offline routing task "who got it?": a one-sentence needle at a random offset in real filler.
+"""The routing task "who got it?" (its examples): a one-sentence needle at a random offset in
+real filler text.
 
     who got it: <Shakespeare lines ...> Brutus gave the crown to Hector. <... Shakespeare lines>
     -> Hector
@@ -179,63 +180,5 @@ def prepare_needle(data_dir: Optional[str], vocab_model: str, *, input_length: i
     return stats
 
 
-def evidence_share(selected, spans, valid) -> dict:
-    """How much of what the router sends through the frozen layers is the needle.
-
-    selected [L, b, n] bool (routed positions per layer), spans [(start, end)] * b (needle token
-    offsets), valid [b, n] bool (real tokens, EOS included). Returns
-      routed_evidence_share [L]  share of routed real tokens that lie in the needle
-      evidence_recall       [L]  share of needle tokens that are routed
-      chance                     needle tokens / real tokens (a router that ignores content)
-    averaged over the b examples."""
-    import numpy as np
-
-    selected, valid = np.asarray(selected, bool), np.asarray(valid, bool)
-    if selected.ndim != 3 or selected.shape[1:] != valid.shape or len(spans) != valid.shape[0]:
-        raise ValueError(f"shapes: selected {selected.shape} must be [L, b, n] with valid "
-                         f"{valid.shape} = [b, n] and {len(spans)} spans = b")
-    evidence = np.zeros_like(valid)
-    for i, (start, end) in enumerate(spans):
-        if not 0 <= start < end <= valid.shape[1]:
-            raise ValueError(f"span {i} = ({start}, {end}) is outside [0, {valid.shape[1]}]")
-        evidence[i, start:end] = True
-    routed = selected & valid[None]
-    hits = (routed & evidence[None]).sum(-1)                           # [L, b]
-    share = hits / np.maximum(routed.sum(-1), 1)
-    recall = hits / evidence.sum(-1)[None]
-    chance = evidence.sum(-1) / valid.sum(-1)
-    return {"routed_evidence_share": share.mean(-1), "evidence_recall": recall.mean(-1),
-            "chance": float(chance.mean())}
-
-
-def role_positions(tokens, span, giver_id: int, receiver_id: int):
-    """(giver position, receiver position) of the needle "giver ... to receiver." in one row of
-    token ids: the first giver token and the last receiver token inside span = (start, end);
-    None when either name is not a token there (a name split into several pieces)."""
-    start, end = span
-    row = list(tokens[start:end])
-    if giver_id not in row or receiver_id not in row:
-        return None
-    return start + row.index(giver_id), start + len(row) - 1 - row[::-1].index(receiver_id)
-
-
-def role_features(states, tokens, spans, giver_ids, receiver_ids):
-    """states [L, b, n, d] (per-layer token states) -> features [L, 2m, d] and labels [2m]
-    (0 = the giver's name token, 1 = the receiver's) over the m examples whose names are single
-    tokens in the needle span: the inputs of analysis.probes.ridge_probe."""
-    import numpy as np
-
-    rows, labels = [], []
-    for i, (span, g, r) in enumerate(zip(spans, giver_ids, receiver_ids)):
-        pos = role_positions(tokens[i], span, g, r)
-        if pos is not None:
-            rows += [(i, pos[0]), (i, pos[1])]
-            labels += [0, 1]
-    if not rows:
-        raise ValueError("role_features: no example has single-token names in its needle")
-    b, p = np.array(rows).T
-    return np.asarray(states)[:, b, p], np.array(labels)
-
-
 __all__ = ["NAMES", "PROMPT", "build_needle_examples", "prepare_needle", "needle_path",
-           "evidence_share", "needle_sentence", "role_positions", "role_features"]
+           "needle_sentence"]
