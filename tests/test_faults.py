@@ -30,6 +30,7 @@ def _losses(history):
     return [row["loss"] for row in history]
 
 
+@pytest.mark.slow    # ~70 s; the guard itself is also checked by test_train's NaN-loss test
 def test_divergence_keeps_a_sane_checkpoint_and_a_lower_lr_rerun_resumes_from_it(tmp_path):
     first = _trainer(tmp_path, total_steps=6, keep_checkpoints=10)       # checkpoints 2, 4, 6
     _, want = first.train(first.init_state(th.SHAPES), th.batches(), n=th.N)
