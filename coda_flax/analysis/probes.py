@@ -5,41 +5,24 @@ demo's role features (the giver's and the receiver's name token of a needle sent
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from coda_flax.config import ModelConfig
 
 
-@functools.lru_cache(maxsize=None)
-def _layer_outputs_fn(config: ModelConfig):
-    """One jitted encoder per config (compiled once per input shape) -> every layer's output."""
-    import jax
-    from coda_flax.model import EncoderDecoder
-
-    model = EncoderDecoder(config)
-
-    @jax.jit
-    def run_encoder(p, t):
-        _, state = model.apply({"params": p}, t, method="encode", capture_intermediates=True,
-                               mutable=["intermediates"])
-        layers = state["intermediates"]["encoder"]
-        outs = [layers[f"layers_{i}"]["__call__"][0] for i in range(config.num_encoder_layers)]
-        return [o[0] if isinstance(o, tuple) else o for o in outs]
-
-    return run_encoder
-
-
 def encoder_states(config: ModelConfig, params, tokens):
     """[L + 1, b, n, d] float32: the token embeddings and every encoder layer's output for
-    tokens [b, n] (CoDA layers included: routed tokens updated, the others by the adapter)."""
+    tokens [b, n] (CoDA layers included: routed tokens updated, the others by the adapter).
+    The encoder is jitted once per config (routing_stats.encode_intermediates)."""
     import flax.linen as nn
 
-    params = nn.meta.unbox(params.get("params", params))
+    from coda_flax.analysis.routing_stats import encode_intermediates, params_tree
+
+    params = nn.meta.unbox(params_tree(params))
+    layers = encode_intermediates(config, True, True)(params, tokens)["encoder"]
     embedded = np.asarray(params["token_embedder"]["embedding"])[np.asarray(tokens)]
-    outputs = _layer_outputs_fn(config)(params, tokens)
-    return np.stack([embedded] + [np.asarray(o) for o in outputs]).astype(np.float32)
+    return np.stack([embedded] + [np.asarray(layers[f"layers_{i}"]["__call__"][0])
+                                  for i in range(config.num_encoder_layers)]).astype(np.float32)
 
 
 def ridge_probe(x_train, y_train, x_test, y_test, ridge: float = 1.0) -> float:

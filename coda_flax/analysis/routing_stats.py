@@ -44,15 +44,18 @@ def check_routed(config) -> None:
                          "Use a CoDA model with r > 1 (e.g. --reduction 3 overrides r).")
 
 
-def _params_tree(params: Mapping[str, Any]) -> Mapping[str, Any]:
+def params_tree(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The parameter tree of `params`, given either the tree or {"params": tree}."""
     if "params" in params and "encoder" not in params:
         return params["params"]
     return params
 
 
 @functools.lru_cache(maxsize=8)
-def _encode_intermediates(config, jit: bool):
-    """params, inputs -> the encoder's "intermediates" collection (jitted once per config)."""
+def encode_intermediates(config, jit: bool = True, capture_outputs: bool = False):
+    """params, inputs -> the encoder's "intermediates" collection (jitted once per config):
+    what the layers sow (router_indices, router_lam), and with capture_outputs also every
+    module's output under <module>/__call__ (flax's capture_intermediates)."""
     import jax
 
     from coda_flax.model import build_module
@@ -60,7 +63,8 @@ def _encode_intermediates(config, jit: bool):
     model = build_module(config)
 
     def run(p, t):
-        _, state = model.apply({"params": p}, t, method="encode", mutable=["intermediates"])
+        _, state = model.apply({"params": p}, t, method="encode", mutable=["intermediates"],
+                               capture_intermediates=capture_outputs)
         return state["intermediates"]
 
     return jax.jit(run) if jit else run
@@ -116,8 +120,8 @@ def routing_decisions(config, params, encoder_input_tokens, *, jit: bool = True)
     b, n = valid.shape
     k = config.coda.k(n)
     num_layers = config.num_encoder_layers
-    tree = _params_tree(params)
-    inter = _encode_intermediates(config, jit)(tree, inputs)
+    tree = params_tree(params)
+    inter = encode_intermediates(config, jit)(tree, inputs)
     inter = jax.tree_util.tree_map(np.asarray, inter)
     encoder = inter.get("encoder", {}) if hasattr(inter, "get") else {}
 

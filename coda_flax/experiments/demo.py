@@ -444,6 +444,12 @@ def results_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _example_id(example) -> str:
+    """The needle record id of a tokenised example (seqio yields bytes)."""
+    i = example["id"]
+    return i.decode() if isinstance(i, bytes) else str(i)
+
+
 def routing_evidence(models: dict, params: dict, examples, records: dict, lengths,
                      output_dir: str, task, heatmap_examples: int = 2) -> dict:
     """Figure 7 heatmaps of the first validation inputs and the evidence share
@@ -453,7 +459,7 @@ def routing_evidence(models: dict, params: dict, examples, records: dict, length
 
     vocab = task.output_features["inputs"].vocabulary
     tokens = run.to_batch(examples, lengths)["encoder_input_tokens"]
-    ids = [e["id"].decode() if isinstance(e["id"], bytes) else str(e["id"]) for e in examples]
+    ids = [_example_id(e) for e in examples]
     spans = [(records[i]["needle_start"], records[i]["needle_end"]) for i in ids]
     out = {}
     for name, model in models.items():
@@ -492,8 +498,7 @@ def role_probe(models: dict, params: dict, train, validation, vocab, lengths,
         for i in range(0, len(examples), batch):
             chunk = examples[i:i + batch]
             tokens = run.to_batch(chunk, lengths)["encoder_input_tokens"]
-            recs = [records[e["id"].decode() if isinstance(e["id"], bytes) else str(e["id"])]
-                    for e in chunk]
+            recs = [records[_example_id(e)] for e in chunk]
             spans = [(r["needle_start"], r["needle_end"]) for r in recs]
             ids = [(vocab.encode(r["giver"])[-1], vocab.encode(r["target"])[-1]) for r in recs]
             states = token_probes.encoder_states(model_cfg, p, tokens)
