@@ -115,6 +115,44 @@ def test_prepare_needle_registers_a_seqio_task(corpus, sp):
         assert ex["targets_pretokenized"].decode() == r["target"]
 
 
+def test_the_gave_question_asks_for_the_giver_anywhere(corpus, sp):
+    scenes = shakespeare.read_jsonl(os.path.join(str(corpus[0]), "shakespeare", "scenes.jsonl"))
+    recs = needle.build_needle_examples(scenes, sp.encode, input_length=N, num_train=200,
+                                        num_validation=16, min_offset=0, question="gave", seed=4)
+    prompt = needle.QUESTIONS["gave"][0]
+    prompt_len = len(sp.encode(prompt))
+    for r in recs:
+        assert r["text"].startswith(prompt + " ") and r["target"] == r["giver"] != r["receiver"]
+        assert r["needle"].startswith(r["giver"] + " ")
+        assert sp.encode(r["text"])[r["needle_start"]:r["needle_end"]] == \
+            sp.encode(" " + r["needle"])
+    starts = [r["needle_start"] for r in recs]
+    # min_offset 0: from right after the prompt, also inside the first n / 3 tokens
+    assert min(starts) <= prompt_len + 2 and sum(x < math.ceil(N / 3) for x in starts) > 20
+    val = [r["target"] for r in recs if r["split"] == "validation"]
+    assert {n: val.count(n) for n in needle.NAMES} == {n: 2 for n in needle.NAMES}
+    with pytest.raises(ValueError, match="unknown question 'whom'"):
+        needle.build_needle_examples(scenes, sp.encode, input_length=N, num_train=2,
+                                     num_validation=0, question="whom")
+
+
+def test_pretraining_mixture_holds_span_corruption_and_the_gave_question(corpus, sp):
+    from coda_flax import tasks
+    root, vocab = corpus
+    needle.prepare_needle(str(root), vocab, input_length=N, num_train=40, num_validation=8,
+                          min_offset=0, question="gave", seed=1, log=lambda _: None)
+    assert os.path.exists(needle.needle_path(str(root), "gave"))
+    tasks.register_offline_tasks(str(root), vocab)
+    gave = tasks.get_task_or_mixture("coda_shakespeare_needle_gave")
+    ex = next(gave.get_dataset({"inputs": N, "targets": 8}, split="validation", shuffle=False,
+                               num_epochs=1).as_numpy_iterator())
+    assert ex["inputs_pretokenized"].decode().startswith("who gave it:")
+    mix = tasks.get_task_or_mixture("coda_shakespeare_pretrain_mix")
+    assert sorted(t.name for t in mix.tasks) == ["coda_shakespeare_needle_gave",
+                                                 "coda_shakespeare_span_corruption"]
+    assert mix.get_rate(mix.tasks[0]) == mix.get_rate(mix.tasks[1])
+
+
 def test_evidence_share_hand_computed():
     # 2 layers, 2 examples, n = 6; example 1 has one padding position
     valid = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]], bool)

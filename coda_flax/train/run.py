@@ -120,14 +120,14 @@ def target_text(task, example, eos_id) -> str:
 
 
 def postprocess(task, text: str, example, is_target: bool):
-    return (task.postprocess_fn(text, example=example, is_target=is_target)
-            if task.postprocess_fn else text)
+    fn = getattr(task, "postprocess_fn", None)           # a seqio.Mixture has none
+    return fn(text, example=example, is_target=is_target) if fn else text
 
 
 def task_metrics(task, targets, predictions) -> dict:
     """Every metric of the task on postprocessed targets / predictions, as floats."""
     results = {}
-    for fn in task.metric_fns:
+    for fn in getattr(task, "metric_fns", ()):            # a seqio.Mixture has none
         results.update({k: float(getattr(v, "value", v))
                         for k, v in fn(targets, predictions).items()})
     return results
