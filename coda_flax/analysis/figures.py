@@ -6,14 +6,22 @@ from __future__ import annotations
 import numpy as np
 
 
-def label_positions(xs, ys, min_gap):
-    """Vertical label positions: sorted by y, pushed apart by at least min_gap."""
-    order = np.argsort(ys)
+def label_positions(xs, ys, min_gap, top: float | None = None):
+    """Vertical label positions, at least min_gap apart and in the order of ys (ties: of xs, so
+    that leader lines to a label column on the right do not cross): pushed up from their points,
+    then (when top is given) pushed down below top, so a crowd of points near the top of the
+    plot keeps its labels inside it."""
+    order = np.lexsort((np.asarray(xs, np.float64), np.asarray(ys, np.float64)))
     placed = np.array(ys, np.float64)
     last = -np.inf
     for i in order:
         placed[i] = max(placed[i], last + min_gap)
         last = placed[i]
+    if top is not None:
+        last = top + min_gap
+        for i in order[::-1]:
+            placed[i] = min(placed[i], last - min_gap)
+            last = placed[i]
     return placed
 
 
@@ -39,12 +47,13 @@ def plot_speed_quality(points: dict, path: str, *, floor: float, floor_label: st
     xs = np.array([points[k][0] for k in names], np.float64)
     ys = np.array([points[k][1] for k in names], np.float64)
     se = np.array([points[k][2] for k in names], np.float64)
-    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     lo = min(float(ys.min() - se.max()), floor) - 5
     hi = max(float(ys.max() + se.max()), ceiling if ceiling is not None else -np.inf) + 5
-    gap = (hi - lo) / 22
-    label_y = label_positions(xs, ys, gap)
+    gap = (hi - lo) / 26
+    top = min(hi + 2 * gap, 105)
+    label_y = label_positions(xs, ys, gap, top=top - gap)
     x_text = float(xs.max()) + 0.25 * max(float(np.ptp(xs)), 0.5)
     for i, name in enumerate(names):
         marker = "s" if name in ("parallel_adapter", "full_finetuning") else (
@@ -58,7 +67,7 @@ def plot_speed_quality(points: dict, path: str, *, floor: float, floor_label: st
     if ceiling is not None:
         ax.axhline(ceiling, color="tab:red", lw=0.8, ls=":", label=ceiling_label)
     ax.set_xlim(min(float(xs.min()), 1.0) - 0.1, x_text + 0.6 * max(float(np.ptp(xs)), 0.5))
-    ax.set_ylim(lo, min(hi + 2 * gap, 105))
+    ax.set_ylim(lo, top)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title or "Speed-quality trade-off (cf. paper Figure 5); bars = standard error")
