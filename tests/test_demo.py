@@ -74,7 +74,7 @@ def test_demo_quick_writes_table_plot_and_heatmaps(data_dir, tmp_path):
     table = open(out / "results.md").read()
     assert "linear probe" in table
     assert all(f"| {name} |" in table for name in variants)
-    assert "| majority answer" in table and "± SE" in table and "Backbone:" in table
+    assert "| majority answer" in table and "± SE" in table and "Backbone (" in table
     for f in ("speed_quality.png", "routing_coda_r3_k_to_all_0.png"):
         assert os.path.getsize(out / f) > 1000
     assert not os.path.exists(out / "routing_parallel_adapter_0.png")
@@ -103,7 +103,8 @@ def _summary():
                          "pretrain_steps": 5},
             "num_validation": 100, "majority_floor": 0.125, "majority_answer": "Hamlet",
             "needle": {"min_offset": 3},
-            "backbone": {"loss_real_tokens": 4.5, "unigram_entropy": 6.0, "tokens": 10},
+            "backbone": {"loss_real_tokens": 4.5, "unigram_entropy": 6.0, "tokens": 10,
+                         "gave_accuracy": 0.975, "gave_examples": 400},
             "variants": {"parallel_adapter": dict(k=8, accuracy=acc, encoder_speedup=1.0,
                                                   end_to_end_speedup=1.0,
                                                   trainable_params=1234),
@@ -112,6 +113,7 @@ def _summary():
                                                 trainable_params=1240,
                                                 evidence={"routed_evidence_share": [0.5, 0.25],
                                                           "evidence_recall": [1.0, 0.75],
+                                                          "share_ceiling": [0.2, 0.4],
                                                           "chance": 0.1})}}
 
 
@@ -134,7 +136,8 @@ def test_results_table_layout():
         "coda_r20_k_to_k_exact")[1].split("\n")[0]
     assert "| 25.0 ± 4.3 (coordinate descent) |" in demo.results_table(summary)
     assert "4.500 nats vs unigram entropy 6.000 nats" in table
-    assert "| coda_r3_k_to_k | 50.0% / 100.0% | 25.0% / 75.0% |" in table
+    assert "| coda_r3_k_to_k | 30.0% | 50.0% / 100.0% | 25.0% / 75.0% |" in table
+    assert "'who gave it?' accuracy 97.5% on 400 validation examples" in table
     assert "chance = the needle's share of the input = 10.0%" in table
 
 

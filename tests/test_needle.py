@@ -166,6 +166,8 @@ def test_evidence_share_hand_computed():
     np.testing.assert_allclose(out["routed_evidence_share"], [(2 / 3 + 1 / 2) / 2, 0.0])
     np.testing.assert_allclose(out["evidence_recall"], [(2 / 2 + 1 / 1) / 2, 0.0])
     assert out["chance"] == pytest.approx((2 / 6 + 1 / 5) / 2)
+    # the best a router could do with these routed counts: min(needle, routed) / routed
+    np.testing.assert_allclose(out["share_ceiling"], [(2 / 3 + 1 / 2) / 2, (2 / 2 + 1 / 2) / 2])
 
 
 def test_evidence_share_rejects_bad_shapes_and_spans():

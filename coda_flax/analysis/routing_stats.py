@@ -290,6 +290,7 @@ def evidence_share(selected, spans, valid) -> dict:
     offsets), valid [b, n] bool (real tokens, EOS included). Returns
       routed_evidence_share [L]  share of routed real tokens that lie in the needle
       evidence_recall       [L]  share of needle tokens that are routed
+      share_ceiling         [L]  the most a router could reach: min(needle, routed) / routed
       chance                     needle tokens / real tokens (a router that ignores content)
     averaged over the b examples."""
     selected, valid = np.asarray(selected, bool), np.asarray(valid, bool)
@@ -305,6 +306,8 @@ def evidence_share(selected, spans, valid) -> dict:
     hits = (routed & evidence[None]).sum(-1)                           # [L, b]
     share = hits / np.maximum(routed.sum(-1), 1)
     recall = hits / evidence.sum(-1)[None]
+    count = routed.sum(-1)
+    ceiling = np.minimum(evidence.sum(-1)[None], count) / np.maximum(count, 1)
     chance = evidence.sum(-1) / valid.sum(-1)
     return {"routed_evidence_share": share.mean(-1), "evidence_recall": recall.mean(-1),
-            "chance": float(chance.mean())}
+            "share_ceiling": ceiling.mean(-1), "chance": float(chance.mean())}

@@ -436,10 +436,12 @@ def results_table(summary: dict) -> str:
     b = summary.get("backbone")
     lines = []
     if b:
-        lines += [f"Backbone: span-corruption loss on real target tokens "
-                  f"{b['loss_real_tokens']:.3f} nats vs unigram entropy "
-                  f"{b['unigram_entropy']:.3f} nats ({s['pretrain_steps']} pretraining steps).",
-                  ""]
+        gave = (f"; 'who gave it?' accuracy {_pct(b['gave_accuracy'])}% on "
+                f"{b['gave_examples']} validation examples" if "gave_accuracy" in b else "")
+        lines += [f"Backbone ({s['pretrain_steps']} pretraining steps of "
+                  f"{PRETRAIN_TASKS.get(s.get('pretrain_task'), 'span corruption')}): "
+                  f"span-corruption loss on real target tokens {b['loss_real_tokens']:.3f} nats "
+                  f"vs unigram entropy {b['unigram_entropy']:.3f} nats{gave}.", ""]
     lines += [f"Who got it? ({s['input_length']}-token inputs, the needle past token "
               f"{summary.get('needle', {}).get('min_offset', '?')}; {s['finetune_steps']} "
               f"finetuning steps; {n} validation examples x up to {seeds} seed(s), listed per "
@@ -471,15 +473,18 @@ def results_table(summary: dict) -> str:
         num_layers = len(next(iter(routed.values()))["routed_evidence_share"])
         chance = next(iter(routed.values()))["chance"]
         lines += ["", f"Share of routed tokens that are the needle, per encoder layer (first "
-                      f"seed; chance = the needle's share of the input = {_pct(chance)}%); "
-                      f"recall = share of needle tokens routed.", "",
-                  "| variant | " + " | ".join(f"layer {i} share / recall"
-                                             for i in range(num_layers)) + " |",
-                  "|---|" + "---|" * num_layers]
+                      f"seed; chance = the needle's share of the input = {_pct(chance)}%; "
+                      f"most possible = min(needle, k) / k, the needle having fewer tokens than "
+                      f"k); recall = share of needle tokens routed.", "",
+                  "| variant | most possible share | " + " | ".join(
+                      f"layer {i} share / recall" for i in range(num_layers)) + " |",
+                  "|---|---|" + "---|" * num_layers]
         for name, ev in routed.items():
-            lines.append(f"| {name} | " + " | ".join(
-                f"{_pct(a)}% / {_pct(c)}%" for a, c in zip(ev["routed_evidence_share"],
-                                                           ev["evidence_recall"])) + " |")
+            ceiling = ev.get("share_ceiling")
+            lines.append(f"| {name} | {_pct(np.mean(ceiling)) + '%' if ceiling else '-'} | "
+                         + " | ".join(f"{_pct(a)}% / {_pct(c)}%" for a, c in
+                                      zip(ev["routed_evidence_share"], ev["evidence_recall"]))
+                         + " |")
     probes = summary.get("role_probe")
     if probes:
         num_states = len(next(iter(probes.values()))["accuracy"])
