@@ -49,8 +49,8 @@ def plot_speed_quality(points: dict, path: str, *, floor: float, floor_label: st
     se = np.array([points[k][2] for k in names], np.float64)
     fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    if len(names) > len(colors):                      # one colour per variant
-        colors = [plt.cm.tab20(i % 20) for i in range(len(names))]
+    if len(names) > len(colors):        # one readable colour per variant: tab20b's dark shades
+        colors = colors + [plt.cm.tab20b(i) for i in range(0, 20, 4)]
     lo = min(float(ys.min() - se.max()), floor) - 5
     hi = max(float(ys.max() + se.max()), ceiling if ceiling is not None else -np.inf) + 5
     gap = (hi - lo) / 26
