@@ -85,11 +85,12 @@ def test_cli_passes_variants_and_pretraining_settings(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "run_demo", lambda out, **kw: seen.update(kw, out=out))
     assert main(["demo", "--output", str(tmp_path), "--variants", "parallel_adapter",
                  "first_k_r3_k_to_k", "--pretrain-task", demo.SPAN_TASK,
-                 "--pretrain-steps", "600"]) == 0
+                 "--pretrain-steps", "600", "--seeds", "2", "0", "2"]) == 0
     assert [name for name, _ in seen["variants"]] == ["parallel_adapter", "first_k_r3_k_to_k"]
-    assert seen["settings"] == {"pretrain_task": demo.SPAN_TASK, "pretrain_steps": 600}
+    assert seen["settings"] == {"pretrain_task": demo.SPAN_TASK, "pretrain_steps": 600,
+                                "seeds": (2, 0)}
     for bad in (["--variants", "coda_r7"], ["--pretrain-task", "wikipedia"],
-                ["--pretrain-steps", "0"]):
+                ["--pretrain-steps", "0"], ["--seeds", "-1"], ["--seeds"]):
         with pytest.raises(SystemExit) as e:
             main(["demo", "--output", str(tmp_path), *bad])
         assert e.value.code == 2

@@ -1,14 +1,14 @@
 """`coda demo`: the end-to-end demo on offline Shakespeare data (coda_flax.experiments.demo).
 
     coda demo [--quick] [--output DIR] [--data-dir DIR] [--variants NAME ...]
-              [--pretrain-task TASK] [--pretrain-steps N]
+              [--pretrain-task TASK] [--pretrain-steps N] [--seeds S ...]
 """
 
 from __future__ import annotations
 
 import argparse
 
-from coda_flax.cli.argtypes import DATA_DIR_HELP, missing_data_dir, positive_int
+from coda_flax.cli.argtypes import DATA_DIR_HELP, missing_data_dir, nonnegative_int, positive_int
 
 
 def add_demo_parser(sub) -> argparse.ArgumentParser:
@@ -31,6 +31,9 @@ def add_demo_parser(sub) -> argparse.ArgumentParser:
                            f"{PRETRAIN_TASKS[PRETRAIN_TASK]}; the other one is the ablation)")
     demo.add_argument("--pretrain-steps", type=positive_int(), default=None,
                       help="pretraining steps (default: 1000, or the quick run's)")
+    demo.add_argument("--seeds", type=nonnegative_int, nargs="+", default=None,
+                      help="finetuning seeds (default: 0 1; the variants marked one-seed in "
+                           "DemoSettings.one_seed run with the first only)")
     demo.set_defaults(func=demo_main)
     return demo
 
@@ -42,7 +45,9 @@ def demo_main(a: argparse.Namespace) -> int:
     quiet_startup()
     from coda_flax.experiments import demo
     settings = {k: v for k, v in (("pretrain_task", a.pretrain_task),
-                                  ("pretrain_steps", a.pretrain_steps)) if v is not None}
+                                  ("pretrain_steps", a.pretrain_steps),
+                                  ("seeds", a.seeds and tuple(dict.fromkeys(a.seeds))))
+                if v is not None}
     variants = demo.VARIANTS if a.variants is None else \
         tuple(v for v in demo.VARIANTS if v[0] in a.variants)
     demo.run_demo(a.output, quick=a.quick, data_dir=a.data_dir, variants=variants,
