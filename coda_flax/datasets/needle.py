@@ -52,6 +52,16 @@ NEEDLE_FORMAT_VERSION = 2
 # question -> (prompt, the record field that answers it)
 QUESTIONS = {"got": ("who got it:", "receiver"), "gave": ("who gave it:", "giver")}
 PROMPT = QUESTIONS["got"][0]
+# question -> (examples file, stats file)
+NEEDLE_FILES = {"got": (NEEDLE_FILE, NEEDLE_STATS),
+                "gave": ("needle_gave.jsonl", "needle_gave_stats.json")}
+
+
+def _question(question: str) -> tuple[str, str]:
+    """(prompt, answer field) of a question; a ValueError naming the choices otherwise."""
+    if question not in QUESTIONS:
+        raise ValueError(f"unknown question {question!r}; choose one of {sorted(QUESTIONS)}")
+    return QUESTIONS[question]
 # single pieces in the demo's 2000-piece Shakespeare vocabulary
 NAMES = ("Hamlet", "Antonio", "Rosalind", "Falstaff", "Brutus", "Caesar", "Cassio", "Hector")
 OBJECTS = ("the crown", "a letter", "the ring", "a sword", "the key", "a purse")
@@ -89,9 +99,7 @@ def build_needle_examples(scenes: Sequence[dict], encode: Callable[[str], list],
     uniformly from [min_offset, n - 1 - needle length]."""
     if len(names) < 2:
         raise ValueError(f"need at least two names, got {list(names)}")
-    if question not in QUESTIONS:
-        raise ValueError(f"unknown question {question!r}; choose one of {sorted(QUESTIONS)}")
-    prompt, answer = QUESTIONS[question]
+    prompt, answer = _question(question)
     prompt_len = len(encode(prompt))
     min_offset = math.ceil(input_length / 3) if min_offset is None else int(min_offset)
     if min_offset == 0:                                    # anywhere after the prompt
@@ -153,16 +161,9 @@ def build_needle_examples(scenes: Sequence[dict], encode: Callable[[str], list],
     return out
 
 
-def _files(question: str) -> tuple[str, str]:
-    """(examples file, stats file) of a question."""
-    if question not in QUESTIONS:
-        raise ValueError(f"unknown question {question!r}; choose one of {sorted(QUESTIONS)}")
-    return (NEEDLE_FILE, NEEDLE_STATS) if question == "got" else \
-        (f"needle_{question}.jsonl", f"needle_{question}_stats.json")
-
-
 def needle_path(data_dir: Optional[str] = None, question: str = "got") -> str:
-    return os.path.join(corpus_dir(data_dir), _files(question)[0])
+    _question(question)
+    return os.path.join(corpus_dir(data_dir), NEEDLE_FILES[question][0])
 
 
 def prepare_needle(data_dir: Optional[str], vocab_model: str, *, input_length: int,
@@ -185,13 +186,14 @@ def prepare_needle(data_dir: Optional[str], vocab_model: str, *, input_length: i
                 "num_validation": num_validation,
                 "min_offset": math.ceil(input_length / 3) if min_offset is None else min_offset,
                 "seed": seed, "names": list(NAMES), "question": question}
-    file_name, stats_name = _files(question)
+    prompt = _question(question)[0]
+    file_name, stats_name = NEEDLE_FILES[question]
     stats_path, path = os.path.join(root, stats_name), os.path.join(root, file_name)
     if not force and os.path.exists(stats_path) and os.path.exists(path):
         with open(stats_path) as f:
             stats = json.load(f)
         if {k: stats.get(k) for k in settings} == settings:
-            log(f"[data] needle task ({QUESTIONS[question][0]}) already built: {path}")
+            log(f"[data] needle task ({prompt}) already built: {path}")
             return stats
     sp = spm.SentencePieceProcessor(model_file=vocab_model)
     records = build_needle_examples(read_jsonl(scenes_path), sp.encode, input_length=input_length,
@@ -205,7 +207,8 @@ def prepare_needle(data_dir: Optional[str], vocab_model: str, *, input_length: i
                                              for r in val) / max(1, len(val)))
     with open(stats_path, "w") as f:
         json.dump(stats, f, indent=1)
-    log(f"[data] needle task ({QUESTIONS[question][0]}): {len(records)} examples ({len(val)} validation) -> {path}")
+    log(f"[data] needle task ({prompt}): {len(records)} examples ({len(val)} validation) "
+        f"-> {path}")
     return stats
 
 

@@ -31,7 +31,7 @@ from coda_flax.datasets.shakespeare import CORPUS_SUBDIR, corpus_dir, vocab_mode
 from coda_flax.tasks import metrics
 from coda_flax.tasks._tf import tf
 from coda_flax.tasks.features import output_features
-from coda_flax.datasets.needle import NEEDLE_FILE, needle_path
+from coda_flax.datasets.needle import NEEDLE_FILES, needle_path
 from coda_flax.tasks.paper import span_corruption_preprocessors
 from coda_flax.tasks.registry import add_mixture, add_task
 from coda_flax.tasks.vocab import get_vocabulary
@@ -47,8 +47,9 @@ class MissingOfflineDataError(FileNotFoundError):
 
 
 def _missing(path: str) -> MissingOfflineDataError:
-    if os.path.basename(path).startswith(NEEDLE_FILE.split(".")[0]):
-        question = "" if os.path.basename(path) == NEEDLE_FILE else ', question="gave"'
+    question = {files[0]: q for q, files in NEEDLE_FILES.items()}.get(os.path.basename(path))
+    if question is not None:
+        question = "" if question == "got" else f", question={question!r}"
         return MissingOfflineDataError(
             f"needle task file not found: {path}. Build it with "
             f"coda_flax.datasets.needle.prepare_needle(data_dir, vocab_model, input_length=..."
