@@ -225,6 +225,44 @@ def test_backbone_of_another_pretraining_task_is_not_reused(tmp_path, monkeypatc
     assert "coda_shakespeare_span_corruption" in logs[0] and "pretraining again" in logs[0]
 
 
+@pytest.mark.parametrize("change", ["backbone", "lr"])
+def test_finished_run_of_other_settings_is_trained_again(tmp_path, monkeypatch, change):
+    from coda_flax.train import run
+    s = demo.DemoSettings()
+    run_dir = tmp_path / "finetune" / "parallel_adapter" / "seed0"
+    (run_dir / "final").mkdir(parents=True)
+    settings = {"steps": s.finetune_steps, "lr": s.finetune_lr, "seed": 0,
+                "fields": {"reduction": 1},
+                "backbone": {"task": demo.SPAN_TASK if change == "backbone" else s.pretrain_task,
+                             "steps": s.pretrain_steps}}
+    if change == "lr":
+        settings["lr"] = 0.5
+    json.dump({"settings": settings}, open(run_dir / "result.json", "w"))
+
+    class Trained(Exception):
+        pass
+
+    def fake_train(**kwargs):
+        assert not run_dir.exists()             # the stale run was set aside first
+        raise Trained(kwargs["model_dir"])
+    monkeypatch.setattr(run, "train", fake_train)
+    logs = []
+    with pytest.raises(Trained):
+        demo.finetune_variant(s, 100, "parallel_adapter", {"reduction": 1}, 0, str(run_dir),
+                              "pretrained", {}, None, logs.append)
+    assert "other settings or another backbone" in logs[0]
+
+
+def test_missing_needle_files_name_their_question(tmp_path):
+    from coda_flax.tasks import offline
+    got = str(offline._missing(needle.needle_path(str(tmp_path))))
+    gave = str(offline._missing(needle.needle_path(str(tmp_path), "gave")))
+    assert "needle task file not found" in got and "question=" not in got
+    assert "needle task file not found" in gave and "question='gave'" in gave
+    with pytest.raises(ValueError, match="unknown question 'whom'"):
+        needle.needle_path(str(tmp_path), "whom")
+
+
 def test_encoder_states_start_at_the_embedding_and_end_before_the_final_norm():
     import flax.linen as nn
     import jax

@@ -54,8 +54,8 @@ GAVE_TASK = "coda_shakespeare_needle_gave"
 
 @dataclasses.dataclass(frozen=True)
 class DemoSettings:
-    """Sizes and steps of the default run (~25 minutes on 2 CPU cores); the finetuning learning
-    rate and steps come from scripts/sweep_demo.py (README)."""
+    """Sizes and steps of the default run (about 35-40 minutes on 2 CPU cores, README); the
+    finetuning learning rate and steps come from scripts/sweep_demo.py (README)."""
 
     d_model: int = 128
     num_heads: int = 4
