@@ -1,8 +1,8 @@
 """Train / evaluate / infer on SeqIO tasks: the functions the gin run files configure.
 
 Plain keyword arguments only (gin binds them at the edge, coda_flax/train/gin_config.py).
-Batches use seqio's EncDecFeatureConverter keys; the data position is a batch count, so a resumed run
-skips exactly the batches it has already seen.
+Batches use seqio's EncDecFeatureConverter keys; the data position is a batch count, so a
+resumed run skips exactly the batches it has already seen.
 """
 
 from __future__ import annotations
