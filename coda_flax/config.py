@@ -123,6 +123,7 @@ class ModelConfig:
     patch_size: int = 16
     num_channels: int = 3
     max_patch_positions: int = 4096        # rows / columns of the learned 2-D position tables
+    patch_projection_bias: bool = False    # a bias on the patch projection (public Pix2Struct)
     num_mel_bins: int = 80
     conv_channels: int = 256               # ConvSubsampling width
     head: str = "decoder"                  # "decoder" (T5 text decoder) | "ctc" (encoder + CTC)
