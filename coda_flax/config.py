@@ -180,6 +180,7 @@ class ModelConfig:
 
         Args:
             name: t5_1_1_{small,base,large,xl}, paper_text_{base,large,xl}, pix2struct,
+                pix2struct_large,
                 speech_{base,large,xl}.
             **overrides: ModelConfig fields. A CodaConfig passed as coda= takes the preset's
                 adapter_dim / epsilon (Table 7, appendix D) unless it sets its own.
@@ -228,6 +229,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "pix2struct": dict(_PAPER, vocab_size=50244, d_model=1536, num_heads=24, d_ff=3968,
                        num_encoder_layers=18, adapter_dim=256, encoder_input="patches",
                        encoder_relative_attention=False),
+    # The public Pix2Struct-Large (google-research/pix2struct sizes/large.gin; Hugging Face
+    # google/pix2struct-large): multi-head, 18 / 18 layers, a bias on the patch projection; what
+    # `coda convert` makes of it (coda_flax.checkpoints.pix2struct), Table 6's runnable backbone.
+    "pix2struct_large": dict(_T5_1_1, vocab_size=50244, d_model=1536, num_heads=24,
+                             num_kv_heads=24, head_dim=64, d_ff=3968, num_encoder_layers=18,
+                             num_decoder_layers=18, adapter_dim=256, encoder_input="patches",
+                             encoder_relative_attention=False, patch_projection_bias=True),
     # Table 7's speech encoders (swish FFN, multi-head). The paper decodes with a 2-layer LSTM
     # transducer; coda_flax puts a CTC head on the encoder (vocab = CharVocabulary's 29 ids).
     **{f"speech_{size}": dict(_SPEECH, d_model=d, num_heads=8, num_kv_heads=8, head_dim=hd,

@@ -157,7 +157,8 @@ def test_weights_that_do_not_fit_the_config_are_refused(hf_dir):
     hf = json.load(open(os.path.join(d, "config.json")))
     config = pix2struct_model_config(hf)
     tensors = {k: v.numpy() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"missing tensor 'encoder.embeddings.patch_projection.bias'"):
+    with pytest.raises(ValueError,
+                       match=r"missing tensor 'encoder.embeddings.patch_projection.bias'"):
         hf_pix2struct_to_params({k: v for k, v in tensors.items() if not k.endswith(".bias")},
                                 config)
     with pytest.raises(ValueError, match=r"unexpected tensor 'encoder.encoder.layer.3.mlp"):
@@ -199,8 +200,10 @@ def hf_to_pix2struct_t5x(model) -> dict:
     sd = {k: v.numpy() for k, v in model.state_dict().items()}
     t = {"encoder/token_embedder/patch_projection/kernel":
          sd["encoder.embeddings.patch_projection.weight"].T,
-         "encoder/token_embedder/patch_projection/bias": sd["encoder.embeddings.patch_projection.bias"],
-         "encoder/token_embedder/embedders_0/pos_embedding": sd["encoder.embeddings.row_embedder.weight"],
+         "encoder/token_embedder/patch_projection/bias":
+         sd["encoder.embeddings.patch_projection.bias"],
+         "encoder/token_embedder/embedders_0/pos_embedding":
+         sd["encoder.embeddings.row_embedder.weight"],
          "encoder/token_embedder/embedders_1/pos_embedding":
          sd["encoder.embeddings.column_embedder.weight"],
          "encoder/encoder_norm/scale": sd["encoder.layernorm.weight"],
@@ -223,7 +226,8 @@ def hf_to_pix2struct_t5x(model) -> dict:
         elif k.startswith("decoder.layer."):
             i, rest = parts[2], parts[3:]
             block = {"self_attention": "self_attention",
-                     "encoder_decoder_attention": "encoder_decoder_attention", "mlp": "mlp"}[rest[0]]
+                     "encoder_decoder_attention": "encoder_decoder_attention",
+                     "mlp": "mlp"}[rest[0]]
             norm = {"self_attention": "pre_self_attention_layer_norm",
                     "encoder_decoder_attention": "pre_cross_attention_layer_norm",
                     "mlp": "pre_mlp_layer_norm"}[rest[0]]
@@ -263,7 +267,8 @@ def test_t5x_layout_round_trip_gives_the_same_parameters(hf_dir, tmp_path):
     model, d = hf_dir
     config, params = load_hf_pix2struct(d)
     ckpt = write_with_t5x(hf_to_pix2struct_t5x(model), str(tmp_path / "t5x"))
-    assert os.path.isdir(os.path.join(ckpt, "target.encoder.token_embedder.patch_projection.kernel"))
+    assert os.path.isdir(os.path.join(ckpt,
+                                      "target.encoder.token_embedder.patch_projection.kernel"))
     inferred, loaded = load_t5x_pix2struct(ckpt)
     assert inferred == config
     want, got = flatten_params(params), flatten_params(loaded)
@@ -287,3 +292,16 @@ def test_coda_convert_t5x_pix2struct(hf_dir, tmp_path):
     np.testing.assert_array_equal(flatten_params(coda_params)["encoder/patch_embedder/"
                                                               "patch_projection/bias"],
                                   want["encoder/patch_embedder/patch_projection/bias"])
+
+
+def test_pix2struct_large_preset_is_the_public_large_checkpoint():
+    """Pix2Struct's sizes/large.gin (18 / 18 layers, 24 heads x 64, MLP 3968, d 1536) through
+    transformers' config -> the pix2struct_large preset (dropout: HF's text default 0.1)."""
+    from coda_flax import ModelConfig
+    large = dict(hidden_size=1536, d_ff=3968, d_kv=64)
+    hf = transformers.Pix2StructConfig(
+        text_config=dict(large, num_heads=24, num_layers=18),
+        vision_config=dict(large, num_attention_heads=24, num_hidden_layers=18)).to_dict()
+    hf["model_type"] = "pix2struct"
+    assert pix2struct_model_config(hf) == ModelConfig.from_preset("pix2struct_large",
+                                                                  dropout_rate=0.1)

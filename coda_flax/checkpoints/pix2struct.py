@@ -67,7 +67,8 @@ _TEXT_DEFAULTS = dict(vocab_size=50244, hidden_size=768, d_kv=64, d_ff=2048, num
 _VISION_DEFAULTS = dict(hidden_size=768, patch_embed_hidden_size=768, d_ff=2048, d_kv=64,
                         num_hidden_layers=12, num_attention_heads=12, dense_act_fn="gelu_new",
                         layer_norm_eps=1e-6, seq_len=4096)
-_T5X_RENAMES = (("encoder/token_embedder/patch_projection/", "encoder/patch_embedder/patch_projection/"),
+_T5X_RENAMES = (("encoder/token_embedder/patch_projection/",
+                 "encoder/patch_embedder/patch_projection/"),
                 ("encoder/token_embedder/embedders_0/pos_embedding",
                  "encoder/patch_embedder/row_embedder/embedding"),
                 ("encoder/token_embedder/embedders_1/pos_embedding",
