@@ -5,6 +5,7 @@ checkpoint, the CoDA pretraining task) with how to provide it, and nothing once 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -102,3 +103,50 @@ def test_prerequisites_pass_once_data_vocabulary_and_checkpoint_are_there(table6
     os.remove(data / "docvqa" / "processed" / "val.tfr-00000-of-00001")
     problems = check_prerequisites(table6, experiments)
     assert len(problems) == 1 and "docvqa/processed/val.tfr*" in problems[0]
+
+
+@pytest.mark.slow
+def test_tiny_table6_cell_runs_from_a_converted_pix2struct(tmp_path, capsys):
+    """One Table 6 cell end to end at toy size: a random Hugging Face Pix2Struct converted with
+    `coda convert`, finetuned (CoDA r = 4) on coda_pix2struct_docvqa TFRecords, evaluated."""
+    pytest.importorskip("transformers")
+    from test_pix2struct import _convert, make_hf_model
+    from test_pix2struct_tasks import _example, _png
+
+    import numpy as np
+    from coda_flax.tasks._tf import tf
+
+    text = dict(vocab_size=300, num_layers=1)
+    vision = dict(patch_embed_hidden_size=768, num_hidden_layers=2, seq_len=32)
+    hf_dir, ckpt = str(tmp_path / "hf"), str(tmp_path / "ckpt")
+    make_hf_model(text, vision).save_pretrained(hf_dir)
+    assert _convert(["--hf", hf_dir, "--output", ckpt]) == 0
+    rng = np.random.RandomState(0)
+    d = tmp_path / "data" / "docvqa" / "processed"
+    d.mkdir(parents=True)
+    for split in ("train", "val"):
+        with tf.io.TFRecordWriter(str(d / f"{split}.tfr-00000-of-00001")) as w:
+            for i in range(4):
+                w.write(_example(_png(rng, 48, 64)[0], f"{split}{i}", [f"answer {i}"]))
+    tiny = ["model_config.vocab_size=300", "model_config.d_model=32", "model_config.num_heads=4",
+            "model_config.num_kv_heads=4", "model_config.head_dim=8", "model_config.d_ff=48",
+            "model_config.num_encoder_layers=2", "model_config.num_decoder_layers=1",
+            "model_config.max_patch_positions=32", "model_config.dropout_rate=0.0",
+            "model_config.relative_attention_num_buckets=8",
+            "CodaConfig.adapter_dim=4", "TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 12}",
+            "train.progress=False", "train.k_anneal_stages=1",
+            "train.eval_max_examples=2", "train.eval_batch_size=2", "evaluate.max_examples=4",
+            "evaluate.batch_size=2"]
+    bindings = [f"DATA_DIR='{tmp_path / 'data'}'", f"INITIAL_CHECKPOINT_PATH='{ckpt}'", *tiny]
+    logs = []
+    spec = copy.deepcopy(pt.load_table(6))               # toy batch and steps (eval ignores them)
+    for col in spec["columns"]:
+        col.update(batch_size=2, train_steps=2)
+    summary = rp.run_table(spec, tmp_path / "out", bindings=bindings,
+                           only=["coda_r4.docvqa"], pretrain_steps=0, check=False,
+                           log=logs.append)
+    assert summary["ran"] == ["coda_r4.docvqa"] and not summary["failed"], "\n".join(logs)
+    results = json.load(open(tmp_path / "out" / "table6" / "coda_r4.docvqa" /
+                             "eval_results.json"))
+    assert results["task"] == "coda_pix2struct_docvqa" and results["num_examples"] == 4
+    assert 0.0 <= results["anls"] <= 100.0
