@@ -83,6 +83,22 @@ def test_prerequisites_name_what_is_missing(table6, tmp_path, monkeypatch):
     assert not out.exists()
 
 
+def test_cli_run_with_the_readme_bindings_checks_before_running(tmp_path, capsys):
+    """The README's command with the TFRecords not there: 3 tasks x (train, eval split) named,
+    exit 2, nothing run."""
+    ckpt, vocab = tmp_path / "pix2struct_large", tmp_path / "sentencepiece.model"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    vocab.write_bytes(b"")
+    assert cli_main(["--table", "6", "--output", str(tmp_path / "runs"), "--pretrain-steps", "0",
+                     f"--gin.INITIAL_CHECKPOINT_PATH='{ckpt}'", f"--gin.VOCAB_PATH='{vocab}'",
+                     f"--gin.DATA_DIR='{tmp_path}/data'"]) == 2
+    err = capsys.readouterr().err
+    assert "6 prerequisite(s) missing for the 15 unfinished experiment(s)" in err
+    assert "docvqa/processed/train.tfr*" in err and "vocabulary" not in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_prerequisites_pass_once_data_vocabulary_and_checkpoint_are_there(table6, tmp_path):
     data = tmp_path / "data"
     for dataset, val in (("ocrvqa", "val"), ("docvqa", "val"), ("screen2words", "dev")):
