@@ -7,7 +7,7 @@
     Zr        = FFN(LN_ffn(X[idx] + Zt))                              (6)
     X'        = X + Z_adapter + scatter(idx, m * (Zt + Zr))           (7), (8)
 
-The residual inside (6) is the un-normalised X (DESIGN.md section 1), so the conditional
+The residual inside (6) is the un-normalised X (docs/design.md section 2), so the conditional
 branch is exactly the frozen dense layer on the selected tokens: with k = n the layer is the
 Parallel Adapter layer, and with W_up = 0 it is the dense layer.
 """

@@ -11,7 +11,7 @@ unless it is listed below with a reason.
 
 A module imports its own layer and the layers below it. `__main__` modules are entry points
 (`python -m coda_flax.train`) and may import cli. The package's own __init__ is the public
-API (DESIGN.md section 3): core and checkpoints.
+API (docs/design.md section 3): core and checkpoints.
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ LONG_MODULES = {
     "datasets.speech": "one concern, building the offline speech corpora (read prompts, LibriVox "
                        "clips, espeak-ng synthesis) into features; fetching lives in "
                        "datasets/fetch.py",
-    "bench": "one concern, the two benchmarks of DESIGN's bench.py (the PA vs CoDA sweep and "
+    "bench": "one concern, the two benchmarks (the PA vs CoDA sweep and "
              "the soft top-k micro-benchmark) with their settings; timing, random weights, "
              "tables and plots live in analysis/",
-    "viz": "one concern, DESIGN's routing plots (heatmaps, highlights, images, audio); the "
+    "viz": "one concern, the routing plots (heatmaps, highlights, images, audio); the "
            "decisions and statistics live in analysis/routing_stats.py",
 }
 
