@@ -87,7 +87,7 @@ class CodaEncoderLayer(DenseEncoderLayer):
                                        dtype=self.config.jnp_dtype)
         self.routes = c.reduction > 1 or c.num_routed is not None
         if self.routes:
-            self.router = Router.from_config(c)
+            self.router = Router(kind=c.router, soft_topk=c.soft_topk, init_std=c.router_init_std)
 
     def __call__(self, x, valid, positions, relpos, segment_ids=None, deterministic=True):
         """Equations (2)-(8) on X; arguments and result as DenseEncoderLayer.__call__.

@@ -12,7 +12,7 @@ import coda_flax
 ROOT = Path(__file__).resolve().parents[1]
 # docs/design.md section 3 (binding) and the README's library use.
 REQUIRED = {"soft_topk", "Router", "CodaEncoderLayer", "EncoderDecoder", "ModelConfig",
-            "CodaConfig", "build_module", "load_hf_t5", "dense_to_coda", "EncoderCtc"}
+            "CodaConfig", "SoftTopkConfig", "build_module", "load_hf_t5", "dense_to_coda", "EncoderCtc"}
 GENERIC_HELPERS = {"gather", "scatter_add", "RoutingDecision", "relative_position_bias",
                    "model_config", "sha256_file"}
 
