@@ -87,6 +87,7 @@ from typing import Any
 
 import numpy as np
 
+from coda_flax.analysis.bench_report import MODES, PAPER_SPEEDUPS
 from coda_flax.analysis.synthetic import fill_random, random_inputs, random_params
 from coda_flax.analysis.timing import Log, measure_interleaved, paired_speedup, sample_statistic
 from coda_flax.config import ATTENTION_VARIANTS, DTYPES, PRESETS, CodaConfig, ModelConfig
@@ -100,7 +101,6 @@ __all__ = ["SCHEMA_VERSION", "MODES", "STATISTICS", "TIMERS", "DEFAULT_REDUCTION
            "run_sweep", "run_soft_topk"]
 
 SCHEMA_VERSION = 2
-MODES = ("encode", "generate")
 STATISTICS = ("median", "min")
 TIMERS = ("wall", "process")     # time.perf_counter | time.process_time (CPU time, all threads)
 DEFAULT_REDUCTIONS = (1, 2, 3, 4, 5, 8, 16, 32)
@@ -109,14 +109,6 @@ DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096)
 # no end pad).
 FRAME_LENGTH = 400                 # samples (25 ms)
 FRAME_STEP = 160                   # samples (10 ms)
-# The paper's measured inference speedups over the Parallel Adapter (end to end), by preset:
-# Table 6, OCR-VQA column (Pix2Struct, n = 4096 patches, CoDA k-to-all; DocVQA and Screen2Words
-# give 12.1-12.5x at r = 16 and 16.7-17.8x at r = 32). Checked: coda_flax/configs/table6.py.
-PAPER_SPEEDUPS: dict[str, dict[str, Any]] = {
-    "pix2struct": {"n": 4096, "attention": "k_to_all", "mode": "generate",
-                   "source": "Table 6 (OCR-VQA)",
-                   "speedups": {4: 4.6, 8: 8.0, 16: 13.5, 32: 19.4}},
-}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -163,7 +163,7 @@ def image_input(config, image=None, *, description: str | None = None,
     """An image (a file path, an [H, W(, C)] array, or None: a synthetic document page) cut
     into at most `max_patches` (default 4096) Pix2Struct patches, with the patches that hold
     ink (grey level below ink_threshold)."""
-    from coda_flax.analysis.patch_grid import patch_grid_positions
+    from coda_flax.frontends.patch_grid import patch_grid_positions
     from coda_flax.analysis.synthetic import synthetic_page
     from coda_flax.frontends import patches as patching
 
