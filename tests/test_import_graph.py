@@ -56,9 +56,6 @@ MAX_LINES = 600
 # module (dotted, below coda_flax; the last component alone matches too, so that a module
 # that moves between packages keeps its entry) -> why it may be longer
 LONG_MODULES = {
-    "datasets.speech": "one concern, building the offline speech corpora (read prompts, LibriVox "
-                       "clips, espeak-ng synthesis) into features; fetching lives in "
-                       "datasets/fetch.py",
     "bench": "one concern, the two benchmarks (the PA vs CoDA sweep and the soft top-k "
              "micro-benchmark) with their settings; timing, random weights, tables and plots "
              "live in analysis/",
