@@ -54,36 +54,29 @@ def add_visualize_parser(subparsers) -> argparse.ArgumentParser:
     text.add_argument("--image", metavar="PATH", help="an image for a patch model (pix2struct)")
     text.add_argument("--audio", metavar="PATH", help="wav (flac / ogg with soundfile) audio")
     p.add_argument("--max-patches", type=argtypes.positive_int(), default=None, metavar="N",
-                   help=f"image models: patches per image (default {DEFAULT_MAX_PATCHES}, the "
-                        f"paper's n; Pix2Struct keeps the aspect ratio)")
+                   help=f"image models: patches per image (default {DEFAULT_MAX_PATCHES})")
     p.add_argument("--max-seconds", type=argtypes.positive_float, default=None, metavar="S",
-                   help="speech models: use the first S seconds of --audio (default: all), or "
-                        f"the length of the synthetic utterance (default "
+                   help=f"speech models: the first S seconds (default: all; synthetic: "
                         f"{DEFAULT_RANDOM_SECONDS:g})")
     p.add_argument("--ink-threshold", type=argtypes.unit_float, default=0.5, metavar="T",
-                   help="image models: a pixel is ink when its grey level (0 black .. 1 white) "
-                        "is below T (default 0.5)")
+                   help="image models: ink is grey (0 black .. 1 white) below T (0.5)")
     p.add_argument("--vocab", metavar="PATH", help="SentencePiece model (default: $CODA_VOCAB)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, metavar="DIR",
                    help=f"output directory (default ./{DEFAULT_OUTPUT})")
     p.add_argument("--layers", default="all", help="all (default) or a list like 0,3,6-11")
     p.add_argument("--length", type=argtypes.positive_int(), metavar="N",
-                   help="encoder length: pad the text to N tokens (default: the text's own "
-                        f"length, at most {DEFAULT_MAX_LENGTH}); without --text the length of "
-                        f"the random token sequence (default {DEFAULT_RANDOM_LENGTH})")
+                   help=f"pad the text to N tokens (default: its own length, <= "
+                        f"{DEFAULT_MAX_LENGTH}; random ids: {DEFAULT_RANDOM_LENGTH})")
     p.add_argument("--no-eos", action="store_true", help="do not append EOS to the text")
     p.add_argument("--preset", choices=sorted(PRESETS) + list(TINY_PRESETS), metavar="NAME",
                    help=f"model for --random-init: {', '.join(sorted(PRESETS))}, or "
                         f"{', '.join(TINY_PRESETS)}")
     p.add_argument("--num-layers", type=argtypes.positive_int(), metavar="L",
-                   help="--random-init: keep only L encoder layers of the preset (e.g. 2 of "
-                        "pix2struct's 18, for a quick look on a CPU)")
+                   help="--random-init: keep L encoder layers of the preset")
     p.add_argument("--reduction", type=argtypes.reduction(), metavar="R",
-                   help="CoDA reduction r > 1 (--random-init default 3); with --checkpoint "
-                        "overrides the checkpoint's r")
+                   help="CoDA reduction r > 1 (--random-init: 3; overrides a checkpoint's)")
     p.add_argument("--attention", choices=ATTENTION_VARIANTS,
-                   help="k_to_all / k_to_k (--random-init default k_to_all; overrides a "
-                        "checkpoint's)")
+                   help="--random-init: k_to_all (default); overrides a checkpoint's")
     p.add_argument("--router", choices=ROUTERS, help="--random-init's (default soft_topk)")
     p.add_argument("--adapter-dim", type=argtypes.positive_int(), metavar="D",
                    help="--random-init's adapter width (default: the preset's)")
