@@ -354,7 +354,7 @@ def build_corpus(plays_dir: str, out_dir: str, *, vocab_size: int = 8000, passag
         recs = read_jsonl(os.path.join(out_dir, f"{name}.jsonl"))
         stats[f"{name}_validation"] = sum(r["split"] == "validation" for r in recs)
     if train_vocab:
-        from coda_flax.tasks.vocab import train_sentencepiece  # sentencepiece only
+        from coda_flax.datasets.sentencepiece import train_sentencepiece  # sentencepiece only
 
         model = vocab_model_path(out_dir, vocab_size)
         if not os.path.exists(model):
