@@ -5,8 +5,9 @@ Offline corpus: fetches the Debian packages asterisk-core-sounds-en-wav + asteri
 (read prompts with transcripts) and pocketsphinx-testdata (LibriVox / cards / digit clips) with
 `apt-get download` (never installed), unpacks them, optionally synthesises Shakespeare sentences
 with espeak-ng (needs the corpus of scripts/prepare_data.py), resamples everything to 16 kHz,
-precomputes log-mel features and writes manifest.jsonl + stats.json under <data-dir>/speech
-(default $CODA_DATA_DIR or ~/.cache/coda_flax/data). A second run reuses everything.
+precomputes log-mel features and writes manifest.jsonl + stats.json under
+<data-dir>/speech/offline-<key> (key: a hash of the settings; default data dir $CODA_DATA_DIR or
+~/.cache/coda_flax/data). A second run with the same settings reuses everything.
 
     python scripts/prepare_speech_data.py [--data-dir DIR] [--num-espeak 1500 | --no-espeak]
                                           [--librispeech-dir DIR [--librispeech-splits ...]]

@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import random
+import shutil
 import sys
 
 import jiwer
@@ -134,7 +135,8 @@ def _fake_packages(root):
 
 
 def _fake_shakespeare(data_dir):
-    d = os.path.join(data_dir, "shakespeare")
+    from coda_flax.datasets import cache
+    d = cache.dataset_dir(data_dir, "shakespeare/corpus", {"source": "fake"})
     os.makedirs(d)
     lines = [("HAMLET", "To be, or not to be, that is the question."),
              ("HAMLET", "Whether 'tis nobler in the mind to suffer"),
@@ -147,6 +149,10 @@ def _fake_shakespeare(data_dir):
         for s, t in lines]}
     with open(os.path.join(d, "plays.jsonl"), "w") as f:
         f.write(json.dumps(play) + "\n")
+    files = cache.file_hashes(d)
+    cache.write_json(os.path.join(d, cache.MANIFEST), {
+        "settings": {"source": "fake"}, "files": files,
+        "hash": cache.content_hash({"source": "fake"}, files)})
 
 
 FAKE_ESPEAK = """
@@ -207,18 +213,23 @@ def test_prepare_offline_speech(offline_dir):
                                    "arrows of outrageous fortune") for r in espeak)
 
 
-def test_prepare_offline_speech_reuses_and_prunes(offline_dir):
+def test_prepare_offline_speech_reuses_and_keeps_settings_apart(offline_dir):
+    from coda_flax.datasets import cache
     data_dir, stats, _ = offline_dir
     logs = []
     again = sd.prepare_offline_speech(data_dir, num_espeak=2, log=logs.append)
     assert again == stats and any("already prepared" in m for m in logs)
-    # a rebuild without espeak drops (and deletes) the synthesised files
-    logs = []
-    fewer = sd.prepare_offline_speech(data_dir, espeak=False, force=True, log=logs.append)
+    with_espeak = sd.speech_dir(data_dir)
+    # other settings: a second dataset; the first one's files stay as its manifest says
+    fewer = sd.prepare_offline_speech(data_dir, espeak=False, log=logs.append)
     assert "espeak" not in fewer["sources"] and fewer["utterances"] == 6
-    root = sd.speech_dir(data_dir)
-    assert not os.listdir(os.path.join(root, "audio", "espeak"))
-    assert any("removed 4" in m for m in logs)
+    found = cache.find(data_dir, sd.OFFLINE_DATASET)
+    assert len(found) == 2 and with_espeak in found
+    assert all(cache.verify(d) == [] for d in found)
+    assert len(os.listdir(os.path.join(with_espeak, "audio", "espeak"))) == 2
+    with pytest.raises(cache.AmbiguousDatasetError, match="offline speech"):
+        sd.speech_dir(data_dir)
+    shutil.rmtree(with_espeak)      # the next tests read the one left (as before: no espeak)
 
 
 def test_shakespeare_sentences(tmp_path):

@@ -23,10 +23,12 @@ utterance with any other digit (3D, 28.8, 1234) is dropped, as are pure annotati
 ("[ascending tones]", "(3 seconds of silence)"). Asterisk's spoken keypad symbols become words
 (* -> star, # -> pound). Everything is resampled to 16 kHz (frontends.audio.SAMPLE_RATE).
 
-Cache layout (<data_dir>/speech):
+Cache layout (<data_dir>/speech; the corpus is a dataset of coda_flax.datasets.cache, a folder
+per settings with a manifest.json: settings, row counts, SHA-256 of each file):
     debs/*.deb                      downloaded packages (SHA-256: DEBIAN_SHA256, else apt's)
     extracted/<package>/            dpkg-deb -x of each data package
     espeak/root/                    espeak-ng and its libraries (when not installed)
+  offline-<key>/
     audio/<source>/<name>.wav       16 kHz mono 16-bit audio of every utterance
     features/<source>/<name>.npy    float32 [frames, 1 + 80]: frame index, log-mel
                                     (coda_flax.frontends.audio)
@@ -60,6 +62,7 @@ from coda_flax.datasets.transcripts import APOSTROPHES, normalize_transcript
 from coda_flax.frontends.audio import NUM_MEL_BINS, SAMPLE_RATE
 
 SPEECH_SUBDIR = "speech"
+OFFLINE_DATASET = "speech/offline"   # <data_dir>/speech/offline-<key> (coda_flax.datasets.cache)
 FORMAT_VERSION = 2  # bump when the manifest layout, normalisation or features change
 FEATURE_DIM = 1 + NUM_MEL_BINS
 FEATURE_CONFIG = {"sample_rate": SAMPLE_RATE, "num_mel_bins": NUM_MEL_BINS,
@@ -132,12 +135,17 @@ class MissingSpeechDataError(FileNotFoundError):
 # ----------------------------------------------------------------------------- cache
 
 def speech_dir(data_dir: Optional[str] = None) -> str:
-    """<data_dir>/speech (data_dir default: $CODA_DATA_DIR or ~/.cache/coda_flax/data); data_dir
-    itself when it already holds a manifest.jsonl."""
+    """The offline corpus prepared under data_dir (default: $CODA_DATA_DIR or
+    ~/.cache/coda_flax/data): data_dir itself when it already holds a manifest.jsonl, else the
+    only <data_dir>/speech/offline-<key> (AmbiguousDatasetError naming them when several
+    settings were prepared), else the pattern of the folder it would be."""
+    from coda_flax.datasets import cache
+
     data_dir = data_dir or default_data_dir()
     if os.path.exists(os.path.join(data_dir, "manifest.jsonl")):
         return data_dir
-    return os.path.join(data_dir, SPEECH_SUBDIR)
+    return cache.find_one(data_dir, OFFLINE_DATASET, "offline speech") or os.path.join(
+        data_dir, SPEECH_SUBDIR, "offline-*")
 
 
 # ----------------------------------------------------------------------------- sources
@@ -443,56 +451,56 @@ def manifest_stats(records: Sequence[dict]) -> dict:
 def prepare_offline_speech(data_dir: Optional[str] = None, *, espeak: bool = True,
                            num_espeak: int = 1500, force: bool = False,
                            log: Log = print) -> dict:
-    """Builds (once) the offline speech corpus under <data_dir>/speech: Debian packages fetched
-    and unpacked, every utterance resampled to 16 kHz, features precomputed, manifest.jsonl and
-    stats.json written. A second call with the same settings returns the stored statistics;
-    force=True rebuilds the manifest (audio / feature files are reused). Returns the statistics.
-    """
-    root = os.path.join(data_dir or default_data_dir(), SPEECH_SUBDIR)
-    stats_path = os.path.join(root, "stats.json")
+    """Builds (once) the offline speech corpus: Debian packages fetched and unpacked under
+    <data_dir>/speech, every utterance resampled to 16 kHz, features precomputed, manifest.jsonl
+    and stats.json written into a dataset of coda_flax.datasets.cache,
+    <data_dir>/speech/offline-<key> (key: the settings and, with espeak, the Shakespeare
+    corpus' hash). The same settings reuse it while its files match its manifest.json;
+    force=True rebuilds it. Returns the statistics."""
+    from coda_flax.datasets import cache
+    from coda_flax.datasets.shakespeare import corpus_dir
+
+    src = os.path.join(data_dir or default_data_dir(), SPEECH_SUBDIR)
     settings = {"format_version": FORMAT_VERSION, "features": FEATURE_CONFIG,
                 "espeak_requested": bool(espeak), "num_espeak": int(num_espeak) if espeak else 0}
-    if not force and os.path.exists(stats_path) and \
-            os.path.exists(os.path.join(root, "manifest.jsonl")):
-        with open(stats_path) as f:
-            stats = json.load(f)
-        if all(stats.get(k) == v for k, v in settings.items()):
-            log(f"[speech] offline speech corpus already prepared in {root}")
-            return stats
-    os.makedirs(root, exist_ok=True)
-    records = []
-    for name, source in (("asterisk", asterisk_source), ("pocketsphinx", pocketsphinx_source)):
-        utts = source(root, log=log)
-        for i, u in enumerate(utts):
-            records.append(materialise(u, root))
-            if (i + 1) % 100 == 0 or i + 1 == len(utts):
-                log(f"[speech] {name}: {i + 1}/{len(utts)} utterances resampled + featurised")
-    espeak_note = "not requested"
-    if espeak:
-        records_espeak, espeak_note = _espeak_records(root, data_dir, num_espeak, log)
-        records.extend(records_espeak)
-    records.sort(key=lambda r: r["id"])
-    write_jsonl(os.path.join(root, "manifest.jsonl"), records)
-    removed = prune_unreferenced(root, records)
-    if removed:
-        log(f"[speech] removed {removed} audio / feature files no longer in the manifest")
-    stats = dict(manifest_stats(records), espeak=espeak_note, **settings)
-    with open(stats_path, "w") as f:
-        json.dump(stats, f, indent=1)
-    log(f"[speech] wrote {len(records)} utterances ({stats['hours']:.2f} h) to "
-        f"{os.path.join(root, 'manifest.jsonl')}")
-    return stats
+    corpus = cache.read_manifest(corpus_dir(data_dir)) if espeak else None
+    key = dict(settings, shakespeare=corpus and corpus["hash"])
+
+    def build(root):
+        records = []
+        for name, source in (("asterisk", asterisk_source), ("pocketsphinx", pocketsphinx_source)):
+            utts = source(src, log=log)
+            for i, u in enumerate(utts):
+                records.append(materialise(u, root))
+                if (i + 1) % 100 == 0 or i + 1 == len(utts):
+                    log(f"[speech] {name}: {i + 1}/{len(utts)} utterances resampled + featurised")
+        espeak_note = "not requested"
+        if espeak:
+            records_espeak, espeak_note = _espeak_records(src, root, data_dir, num_espeak, log)
+            records.extend(records_espeak)
+        records.sort(key=lambda r: r["id"])
+        write_jsonl(os.path.join(root, "manifest.jsonl"), records)
+        stats = dict(manifest_stats(records), espeak=espeak_note, **settings)
+        cache.write_json(os.path.join(root, "stats.json"), stats)
+        log(f"[speech] wrote {len(records)} utterances ({stats['hours']:.2f} h) to "
+            f"{os.path.join(root, 'manifest.jsonl')}")
+        return {"rows": {s: v["utterances"] for s, v in stats["splits"].items()}}
+
+    prepared = cache.prepare(data_dir, OFFLINE_DATASET, key, build, force=force, log=log)
+    with open(os.path.join(prepared["dir"], "stats.json")) as f:
+        return json.load(f)
 
 
-def _espeak_records(root: str, data_dir: Optional[str], num: int, log: Log
+def _espeak_records(src: str, root: str, data_dir: Optional[str], num: int, log: Log
                     ) -> tuple[list[dict], str]:
+    """espeak-ng (found or unpacked under src) reading Shakespeare sentences, into root."""
     sentences = shakespeare_sentences(data_dir)
     if not sentences:
         msg = ("skipped: the Shakespeare corpus is not prepared (python scripts/prepare_data.py), "
                "so there are no sentences to synthesise")
         log("[speech] espeak " + msg)
         return [], msg
-    found = find_espeak(root, log=log)
+    found = find_espeak(src, log=log)
     if found is None:
         return [], "skipped: espeak-ng could not be run (see the log)"
     cmd, env = found
@@ -512,21 +520,6 @@ def _espeak_records(root: str, data_dir: Optional[str], num: int, log: Log
             if (i + 1) % 100 == 0 or i + 1 == len(utts):
                 log(f"[speech] espeak: {i + 1}/{len(utts)} sentences synthesised + featurised")
     return records, f"{len(records)} sentences from {len(sentences)} candidates"
-
-
-def prune_unreferenced(root: str, records: Sequence[dict]) -> int:
-    """Deletes files under <root>/audio and <root>/features that no record references (left by
-    earlier runs with other settings); returns how many."""
-    keep = {os.path.normpath(r[k]) for r in records for k in ("audio", "features") if r.get(k)}
-    removed = 0
-    for sub in ("audio", "features"):
-        for dirpath, _, files in os.walk(os.path.join(root, sub)):
-            for f in files:
-                rel = os.path.normpath(os.path.relpath(os.path.join(dirpath, f), root))
-                if rel not in keep:
-                    os.remove(os.path.join(root, rel))
-                    removed += 1
-    return removed
 
 
 def read_manifest(data_dir: Optional[str] = None) -> list[dict]:

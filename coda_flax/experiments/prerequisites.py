@@ -116,11 +116,10 @@ def check_prerequisites(spec, experiments: Sequence) -> list[str]:
                 add(("offline", path),
                     f"offline corpus file {path} (task {task}) does not exist: run `python "
                     f"scripts/prepare_data.py --data-dir DIR` and pass --gin.DATA_DIR=\"'DIR'\".")
-            spm = os.path.join(root, "spm")
-            if vocab is None and not (os.path.isdir(spm) and any(
-                    f.endswith(".model") for f in os.listdir(spm))):
-                add(("vocab", root), f"no vocabulary for {task}: none under {spm}; run "
-                                     "scripts/prepare_data.py or pass --gin.VOCAB_PATH.")
+            if vocab is None and offline.find_vocab(root) is None:
+                add(("vocab", root), f"no vocabulary for {task}: none prepared for the corpus "
+                                     f"{root}; run scripts/prepare_data.py or pass "
+                                     "--gin.VOCAB_PATH.")
             elif vocab is not None and not os.path.exists(vocab):
                 add(("vocab", vocab), f"vocabulary {vocab} does not exist (VOCAB_PATH).")
         else:

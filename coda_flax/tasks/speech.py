@@ -27,8 +27,10 @@ import seqio
 
 from coda_flax.tasks import metrics
 from coda_flax.datasets import librispeech as ls
+from coda_flax.datasets import provenance
 from coda_flax.datasets import speech as sd
 from coda_flax.datasets import transcripts
+from coda_flax.datasets.cache import AmbiguousDatasetError
 from coda_flax.tasks._tf import tf
 from coda_flax.tasks.features import TASK_FEATURE_LENGTHS, continuous_output_features
 from coda_flax.tasks.registry import add_task
@@ -148,14 +150,24 @@ def _offline_by_split(manifest: str, mtime: float) -> dict:
     return by_split
 
 
+def _offline_root(data_dir: Optional[str]):
+    """sd.speech_dir, or the AmbiguousDatasetError it raised (raised when the data is read)."""
+    try:
+        return sd.speech_dir(data_dir)
+    except AmbiguousDatasetError as e:
+        return e
+
+
 def offline_source(data_dir: Optional[str] = None,
                    feature_dim: int = sd.FEATURE_DIM) -> seqio.FunctionDataSource:
     """The offline manifest (<data_dir>/speech/manifest.jsonl) as a seqio source; features are
     read from the precomputed .npy files."""
-    root = sd.speech_dir(data_dir)
-    manifest = os.path.join(root, "manifest.jsonl")
+    root = _offline_root(data_dir)
+    manifest = os.path.join(root, "manifest.jsonl") if isinstance(root, str) else ""
 
     def records(split):
+        if not isinstance(root, str):        # several prepared settings: which one?
+            raise root
         if not os.path.exists(manifest):
             sd.read_manifest(data_dir)  # raises MissingSpeechDataError with the fix
         return _offline_by_split(manifest, os.path.getmtime(manifest)).get(split, [])
@@ -227,8 +239,9 @@ def register_speech_tasks(data_dir: Optional[str] = None, librispeech_dir: Optio
                           *, vocabulary: Optional[seqio.Vocabulary] = None,
                           feature_dim: int = sd.FEATURE_DIM,
                           cache_librispeech_features: bool = True) -> list[str]:
-    """Registers coda_speech_offline (<data_dir>/speech, data_dir default $CODA_DATA_DIR or
-    ~/.cache/coda_flax/data) and coda_librispeech (librispeech_dir or $CODA_LIBRISPEECH_DIR).
+    """Registers coda_speech_offline (the corpus prepared under <data_dir>/speech, data_dir
+    default $CODA_DATA_DIR or ~/.cache/coda_flax/data; bound to its dataset folder,
+    coda_flax.datasets.provenance) and coda_librispeech (librispeech_dir or $CODA_LIBRISPEECH_DIR).
     Nothing is read until a dataset is asked for; missing data then raises
     datasets.speech.MissingSpeechDataError naming the fix. Returns the registered names."""
     features = speech_output_features(vocabulary)
@@ -236,6 +249,8 @@ def register_speech_tasks(data_dir: Optional[str] = None, librispeech_dir: Optio
                   postprocess_fn=metrics.strip_postprocessor, metric_fns=[metrics.wer,
                                                                           metrics.cer])
     add_task("coda_speech_offline", source=offline_source(data_dir, feature_dim), **common)
+    root = _offline_root(data_dir)
+    provenance.bind("coda_speech_offline", [root] if isinstance(root, str) else [])
     add_task("coda_librispeech",
              source=librispeech_source(librispeech_dir, data_dir, feature_dim,
                                        cache_librispeech_features), **common)

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from coda_flax.config import ModelConfig
+from coda_flax.datasets import provenance
 from coda_flax.inputs import encoder_length, input_shape
 from coda_flax.train.ctc_model import make_model
 from coda_flax.train.t5_model import CodaT5Model
@@ -243,6 +244,8 @@ def _train(*, model_config, mixture_or_task_name, task_feature_lengths, train_st
            progress, parameter_scale, extra_files, max_abs_param, max_update_ratio):
     from coda_flax.checkpoints import save_checkpoint
     task = ensure_registered(mixture_or_task_name, data_dir, vocab_path, tfds_data_dir)
+    if jax.process_index() == 0:   # the datasets' hashes: recorded, compared when resuming
+        provenance.check_run(model_dir, provenance.fingerprint(mixture_or_task_name))
     for name, text in (extra_files or {}).items():        # e.g. the resolved gin config
         with open(os.path.join(model_dir, name), "w") as f:
             f.write(text)
