@@ -20,7 +20,9 @@ import tensorflow as tf
 from coda_flax.frontends import audio
 from coda_flax.tasks import metrics
 from coda_flax.tasks import speech
+from coda_flax.datasets import librispeech as ls
 from coda_flax.datasets import speech as sd
+from coda_flax.datasets import transcripts
 from coda_flax.tasks.features import ContinuousEncDecFeatureConverter
 
 LENGTHS = {"inputs": 400, "targets": 64}
@@ -78,17 +80,17 @@ def test_char_vocabulary_tf_matches_python():
 ])
 def test_normalize_transcript(raw, expected):
     if raw == "press * or #":
-        assert sd.normalize_transcript(raw) == "press or"
-        assert sd.normalize_transcript(raw, symbols=sd.ASTERISK_SYMBOLS) == "press star or pound"
+        assert transcripts.normalize_transcript(raw) == "press or"
+        assert transcripts.normalize_transcript(raw, symbols=sd.ASTERISK_SYMBOLS) == "press star or pound"
         return
-    assert sd.normalize_transcript(raw) == expected
+    assert transcripts.normalize_transcript(raw) == expected
 
 
 def test_spell_number():
-    assert [sd.spell_number(n) for n in (0, 13, 20, 57, 99)] == \
+    assert [transcripts.spell_number(n) for n in (0, 13, 20, 57, 99)] == \
         ["zero", "thirteen", "twenty", "fifty seven", "ninety nine"]
     with pytest.raises(ValueError):
-        sd.spell_number(100)
+        transcripts.spell_number(100)
 
 
 def test_parsers():
@@ -324,18 +326,18 @@ def librispeech_dir(tmp_path_factory):
 
 def test_find_librispeech(librispeech_dir, monkeypatch, tmp_path):
     inner = os.path.join(librispeech_dir, "LibriSpeech")
-    assert sd.find_librispeech(librispeech_dir) == inner
-    assert sd.find_librispeech(inner) == inner
-    monkeypatch.setenv(sd.LIBRISPEECH_ENV_VAR, librispeech_dir)
-    assert sd.find_librispeech() == inner
-    monkeypatch.delenv(sd.LIBRISPEECH_ENV_VAR)
+    assert ls.find_librispeech(librispeech_dir) == inner
+    assert ls.find_librispeech(inner) == inner
+    monkeypatch.setenv(ls.LIBRISPEECH_ENV_VAR, librispeech_dir)
+    assert ls.find_librispeech() == inner
+    monkeypatch.delenv(ls.LIBRISPEECH_ENV_VAR)
     with pytest.raises(sd.MissingSpeechDataError, match="CODA_LIBRISPEECH_DIR"):
-        sd.find_librispeech()
+        ls.find_librispeech()
     with pytest.raises(sd.MissingSpeechDataError, match="trans.txt"):
-        sd.find_librispeech(str(tmp_path))
+        ls.find_librispeech(str(tmp_path))
     with pytest.raises(sd.MissingSpeechDataError, match="dev-other"):
-        sd.librispeech_records(inner, "dev_other")
-    recs = sd.librispeech_records(inner, "train")  # train-clean-100 + train-clean-360
+        ls.librispeech_records(inner, "dev_other")
+    recs = ls.librispeech_records(inner, "train")  # train-clean-100 + train-clean-360
     assert [r["id"] for r in recs] == ["19-198-0000", "19-198-0001", "26-495-0000",
                                        "100-121669-0000"]
     assert recs[2]["transcript"] == "the floor's wet" and recs[2]["speaker"] == "26"
@@ -346,7 +348,7 @@ def test_librispeech_missing_flac(tmp_path):
     d.mkdir(parents=True)
     (d / "1-2.trans.txt").write_text("1-2-0000 HELLO\n")
     with pytest.raises(sd.MissingSpeechDataError, match="1-2-0000.flac is missing"):
-        sd.librispeech_records(sd.find_librispeech(str(tmp_path)), "validation")
+        ls.librispeech_records(ls.find_librispeech(str(tmp_path)), "validation")
 
 
 def test_librispeech_task(librispeech_dir, tmp_path):
@@ -376,7 +378,7 @@ def test_librispeech_task(librispeech_dir, tmp_path):
 
 
 def test_prepare_librispeech(librispeech_dir, tmp_path):
-    stats = sd.prepare_librispeech(librispeech_dir, str(tmp_path), log=lambda m: None)
+    stats = ls.prepare_librispeech(librispeech_dir, str(tmp_path), log=lambda m: None)
     assert stats["validation"]["utterances"] == 2 and stats["train"]["utterances"] == 4
     assert "dev_other" not in stats
     manifest = tmp_path / "speech" / "librispeech" / "train" / "manifest.jsonl"

@@ -445,7 +445,7 @@ def prepare_vocab(data_dir: Optional[str], corpus: dict, vocab_size: int, *,
     """A SentencePiece vocabulary (T5 layout, coda_flax.tasks.vocab) trained on a prepared
     corpus (the manifest prepare_corpus returned), its own dataset keyed by the corpus' hash and
     the size; stats.json holds the token statistics. Returns the manifest."""
-    from coda_flax.tasks.vocab import train_sentencepiece  # sentencepiece only
+    from coda_flax.datasets.sentencepiece import train_sentencepiece  # sentencepiece only
 
     settings = {"format_version": VOCAB_FORMAT_VERSION, "vocab_size": vocab_size,
                 "corpus": cache.label(corpus["dir"]), "corpus_hash": corpus["hash"]}

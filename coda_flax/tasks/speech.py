@@ -26,8 +26,10 @@ import numpy as np
 import seqio
 
 from coda_flax.tasks import metrics
+from coda_flax.datasets import librispeech as ls
 from coda_flax.datasets import provenance
 from coda_flax.datasets import speech as sd
+from coda_flax.datasets import transcripts
 from coda_flax.datasets.cache import AmbiguousDatasetError
 from coda_flax.tasks._tf import tf
 from coda_flax.tasks.features import TASK_FEATURE_LENGTHS, continuous_output_features
@@ -46,11 +48,11 @@ class CharVocabulary(seqio.Vocabulary):
 
     Encoding lowercases; every character outside the alphabet (digits, punctuation, hyphens,
     accented letters) becomes a space, runs of spaces collapse and the ends are stripped (the
-    data pipeline already spells numbers and strips accents: datasets.speech.normalize_transcript).
+    data pipeline already spells numbers and strips accents: datasets.transcripts.normalize_transcript).
     Decoding drops ids 0 and any id outside the vocabulary.
     """
 
-    ALPHABET = sd.ALPHABET
+    ALPHABET = transcripts.ALPHABET
 
     def __init__(self):
         super().__init__(extra_ids=0)
@@ -189,18 +191,18 @@ def librispeech_source(librispeech_dir: Optional[str] = None, data_dir: Optional
     """LibriSpeech read from its published layout (librispeech_dir or $CODA_LIBRISPEECH_DIR,
     resolved when a dataset is asked for); features from the cache of prepare_librispeech, else
     computed from the .flac files (and cached when cache_features)."""
-    cache = sd.librispeech_cache_dir(data_dir) if cache_features else None
+    cache = ls.librispeech_cache_dir(data_dir) if cache_features else None
 
     def records(split):
-        root = sd.find_librispeech(librispeech_dir)
-        return sd.librispeech_records(root, split)
+        root = ls.find_librispeech(librispeech_dir)
+        return ls.librispeech_records(root, split)
 
     def dataset_fn(split, shuffle_files=False, seed=None):
-        return _generator_dataset(records, functools.partial(sd.librispeech_features,
+        return _generator_dataset(records, functools.partial(ls.librispeech_features,
                                                              cache_dir=cache),
                                   feature_dim, split, shuffle_files, seed)
 
-    return seqio.FunctionDataSource(dataset_fn, splits=tuple(sd.LIBRISPEECH_SPLITS))
+    return seqio.FunctionDataSource(dataset_fn, splits=tuple(ls.LIBRISPEECH_SPLITS))
 
 
 # ----------------------------------------------------------------------------- preprocessors

@@ -37,9 +37,13 @@ def ensure_registered(name: str, data_dir: str | None = None, vocab_path: str | 
             tasks.register_speech_tasks(data_dir)
         elif name in tasks.VISION_TASKS:
             tasks.register_vision_tasks(data_dir)
+        elif name in tasks.PIX2STRUCT_TASKS:      # Pix2Struct's TFRecords, its SentencePiece
+            tasks.register_pix2struct_tasks(data_dir, vocabulary=(     # no extra ids, as its gin
+                tasks.get_vocabulary(vocab_path, extra_ids=0) if vocab_path else None))
         else:
             known = sorted({*registry.registered_names(), *tasks.OFFLINE_TASKS,
-                            *tasks.PAPER_TASKS, *tasks.SPEECH_TASKS, *tasks.VISION_TASKS})
+                            *tasks.PAPER_TASKS, *tasks.SPEECH_TASKS, *tasks.VISION_TASKS,
+                            *tasks.PIX2STRUCT_TASKS})
             raise tasks.UnknownTaskError(f"unknown task or mixture {name!r}; coda_flax knows: "
                                          f"{', '.join(known)}.")
     return tasks.get_task_or_mixture(name)
