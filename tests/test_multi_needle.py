@@ -184,6 +184,10 @@ def test_bad_settings_are_clear_errors(scenes, sp):
     with pytest.raises(ValueError, match="needs 4 distinct names"):
         mn.build_chain_examples(scenes, sp.encode, input_length=N, num_train=2,
                                 num_validation=2, names=("Hamlet", "Brutus", "Hector"))
+    long_word = "".join("qxzjvkw"[i * i % 7] for i in range(60))   # > 50 tokens: no draw fits
+    with pytest.raises(ValueError, match="never kept every needle inside its stratum"):
+        mn.build_chain_examples([{"split": "train", "text": "A: " + " ".join([long_word] * 5)}],
+                                sp.encode, input_length=N, num_train=1, num_validation=0)
 
 
 def test_prepared_through_the_cache_and_registered_as_a_seqio_task(corpus, sp):
@@ -210,7 +214,8 @@ def test_prepared_through_the_cache_and_registered_as_a_seqio_task(corpus, sp):
         seen = [sum(a < k for a in r["needle_starts"]) for r in val]
         expect = sum(1 / (M - s + 1) if s else 1 / 8 for s in seen) / len(val)
         assert stats["floors"]["truncation"][str(r_)] == pytest.approx(expect)
-    assert stats["floors"]["truncation"]["1"] == 1.0
+    bounds = [stats["floors"]["truncation"][str(r_)] for r_ in mn.FLOOR_RATES]
+    assert bounds[0] == 1.0 and bounds == sorted(bounds, reverse=True) and bounds[-1] < 0.5
     tasks.register_offline_tasks(str(root), vocab)
     task = tasks.get_task_or_mixture("coda_shakespeare_chain")
     exs = list(task.get_dataset({"inputs": N, "targets": 8}, split="validation", shuffle=False,
@@ -222,3 +227,16 @@ def test_prepared_through_the_cache_and_registered_as_a_seqio_task(corpus, sp):
         for s, a, b in zip(r["needles"], r["needle_starts"], r["needle_ends"]):
             assert ex["inputs"][a:b].tolist() == sp.encode(" " + s)
         assert ex["targets_pretokenized"].decode() == r["target"] == r["chain"][-1]
+
+
+@pytest.mark.parametrize("n", [512, 1024])
+def test_long_inputs_fill_the_window_and_spread_the_needles(scenes, sp, n):
+    recs = mn.build_chain_examples(scenes, sp.encode, input_length=n, num_needles=4,
+                                   num_train=0, num_validation=64, seed=0)
+    third = math.ceil(n / 3)
+    for r in recs:
+        assert n - 12 <= len(sp.encode(r["text"])) == r["num_tokens"] <= n - 1
+        assert r["needle_starts"] == sorted(r["needle_starts"]) and r["needle_starts"][-1] >= n / 2
+    # first_k at r = 3 sees some needles but never all four of them
+    seen = [sum(a < third for a in r["needle_starts"]) for r in recs]
+    assert max(seen) < 4 and min(seen) >= 1

@@ -22,8 +22,8 @@ Floors (each computed from the records only, by code that shares nothing with th
                         tokens (first_k). With s needles starting before k (a prefix of the
                         needles in text order, so s says which) the posterior over the answer,
                         given the visible edges, is: the end of each visible fragment of the
-                        chain with probability 1 / (num_needles - s + 1), every unseen name with
-                        less. The best guess is right with probability exactly
+                        chain with probability 1 / (num_needles - s + 1), every other name with
+                        at most that. The best guess is right with probability exactly
                         1 / (num_needles - s + 1) when s >= 1 and 1 / len(names) when s = 0; the
                         bound is its mean over the examples. A needle that starts before k counts
                         as seen whole, so this is an upper bound, exact when no needle straddles k.
@@ -64,6 +64,7 @@ CHAIN_FILE, CHAIN_STATS = "chain.jsonl", "chain_stats.json"
 CHAIN_DATASET = "shakespeare/chain"
 CHAIN_FORMAT_VERSION = 1
 FLOOR_RATES = (1, 2, 3, 5, 8, 16)   # the r of issue 18's sweep: their bounds go into the stats
+MAX_DRAWS = 1000                    # filler draws per example before giving up
 
 
 # ----------------------------------------------------------------------------- placement
@@ -122,11 +123,16 @@ def build_chain_examples(scenes: Sequence[dict], encode: Callable[[str], list], 
             edges = [needle_sentence(chain[j], chain[j + 1], rng.choice(VERBS), obj)
                      for j in range(num_needles)]
             order = rng.sample(edges, num_needles)                           # text order
-            while True:
+            for _ in range(MAX_DRAWS):
                 placed = _place(rng, filler[split], order, spans, tokens, encode,
                                 prompt_len, input_length)
                 if placed is not None:
                     break
+            else:
+                raise ValueError(
+                    f"{MAX_DRAWS} draws of filler never kept every needle inside its stratum "
+                    f"(filler words of up to {max(word_cache.values())} tokens against strata "
+                    f"{spans}); use a longer input or fewer needles.")
             text, starts, ends, total = placed
             out.append({"id": f"{split}/{i}", "split": split, "text": text, "target": chain[-1],
                         "chain": chain, "needles": order, "needle_starts": starts,
