@@ -184,6 +184,9 @@ def test_bad_settings_are_clear_errors(scenes, sp):
     with pytest.raises(ValueError, match="needs 4 distinct names"):
         mn.build_chain_examples(scenes, sp.encode, input_length=N, num_train=2,
                                 num_validation=2, names=("Hamlet", "Brutus", "Hector"))
+    with pytest.raises(ValueError, match="num_needles must be >= 1"):
+        mn.build_chain_examples(scenes, sp.encode, input_length=N, num_needles=0, num_train=2,
+                                num_validation=2)
     long_word = "".join("qxzjvkw"[i * i % 7] for i in range(60))   # > 50 tokens: no draw fits
     with pytest.raises(ValueError, match="never kept every needle inside its stratum"):
         mn.build_chain_examples([{"split": "train", "text": "A: " + " ".join([long_word] * 5)}],

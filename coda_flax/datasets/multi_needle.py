@@ -74,15 +74,17 @@ def strata(input_length: int, prompt_len: int, longest: int, num_needles: int
     """[(first, last) allowed start of needle j in text order]: [prompt_len, n - 1 - longest]
     cut into num_needles equal parts; a needle ends before the next stratum begins. ValueError
     when a stratum is narrower than the longest needle."""
+    if num_needles < 1:
+        raise ValueError(f"num_needles must be >= 1, got {num_needles}.")
     lo, hi = prompt_len, input_length - 1 - longest
     bounds = [lo + (j * (hi + 1 - lo)) // num_needles for j in range(num_needles + 1)]
     out = [(bounds[j], bounds[j + 1] - longest) for j in range(num_needles - 1)]
     out.append((bounds[-2], hi))
-    if num_needles < 1 or any(b < a for a, b in out):
+    if any(b < a for a, b in out):
         raise ValueError(
             f"input_length={input_length} leaves no room for {num_needles} needles of up to "
             f"{longest} tokens each in its own stratum (prompt: {prompt_len} tokens); use a "
-            f"longer input or fewer needles (num_needles >= 1).")
+            f"longer input or fewer needles.")
     return out
 
 
@@ -131,7 +133,7 @@ def build_chain_examples(scenes: Sequence[dict], encode: Callable[[str], list], 
             else:
                 raise ValueError(
                     f"{MAX_DRAWS} draws of filler never kept every needle inside its stratum "
-                    f"(filler words of up to {max(word_cache.values())} tokens against strata "
+                    f"(filler words of up to {max(word_cache.values(), default=0)} tokens against strata "
                     f"{spans}); use a longer input or fewer needles.")
             text, starts, ends, total = placed
             out.append({"id": f"{split}/{i}", "split": split, "text": text, "target": chain[-1],
