@@ -27,7 +27,7 @@ a manifest.json: settings, row counts, SHA-256 of each file), under <data_dir>/s
         spm_text.txt         one speech per line, the SentencePiece training text
         stats.json           corpus statistics
     vocab-<key>/         key: the corpus' hash and the vocabulary size
-        shakespeare_<vocab_size>.model   the vocabulary (T5 layout, see tasks/vocab.py)
+        shakespeare_<vocab_size>.model   the vocabulary (T5 layout, see datasets/sentencepiece.py)
         stats.json           token statistics of the corpus with it
 Every record carries "split": "train" or "validation", decided by a hash of its scene, so that
 the three tasks share one split and validation scenes are never seen in pretraining.
@@ -442,7 +442,7 @@ def find_vocab(root: str, vocab_size: Optional[int] = None) -> Optional[str]:
 
 def prepare_vocab(data_dir: Optional[str], corpus: dict, vocab_size: int, *,
                   force: bool = False, log: Callable[[str], None] = print) -> dict:
-    """A SentencePiece vocabulary (T5 layout, coda_flax.tasks.vocab) trained on a prepared
+    """A SentencePiece vocabulary (T5 layout, coda_flax.datasets.sentencepiece) trained on a prepared
     corpus (the manifest prepare_corpus returned), its own dataset keyed by the corpus' hash and
     the size; stats.json holds the token statistics. Returns the manifest."""
     from coda_flax.datasets.sentencepiece import train_sentencepiece  # sentencepiece only

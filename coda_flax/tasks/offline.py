@@ -12,6 +12,9 @@ tests on machines without TFDS data:
                                       built by prepare_needle for one input length)
     coda_shakespeare_needle_gave      "who gave it: <filler> A gave B to C. <filler>" -> A
                                       (prepare_needle(..., question="gave"))
+    coda_shakespeare_chain            "who ended with it: <filler> B gave C to D. <filler> A gave C
+                                      to B. <filler>" -> D, a chain of needles spread over 512 to
+                                      1,024 tokens (coda_flax.datasets.multi_needle.prepare_chain)
     coda_shakespeare_pretrain_mix     a mixture: span corruption and "who gave it?", equal rates
                                       (the demo's pretraining)
 
@@ -35,6 +38,7 @@ from coda_flax.datasets.shakespeare import (CORPUS_SUBDIR, corpus_dir, find_voca
 from coda_flax.tasks import metrics
 from coda_flax.tasks._tf import tf
 from coda_flax.tasks.features import output_features
+from coda_flax.datasets.multi_needle import CHAIN_FILE, chain_path
 from coda_flax.datasets.needle import NEEDLE_FILES, needle_path
 from coda_flax.tasks.paper import span_corruption_preprocessors
 from coda_flax.tasks.registry import add_mixture, add_task
@@ -42,7 +46,8 @@ from coda_flax.tasks.vocab import get_vocabulary
 
 OFFLINE_TASKS = ("coda_shakespeare_span_corruption", "coda_shakespeare_play",
                  "coda_shakespeare_speaker", "coda_shakespeare_needle",
-                 "coda_shakespeare_needle_gave", "coda_shakespeare_pretrain_mix")
+                 "coda_shakespeare_needle_gave", "coda_shakespeare_pretrain_mix",
+                 "coda_shakespeare_chain")
 SPLITS = ("train", "validation")
 
 
@@ -51,6 +56,11 @@ class MissingOfflineDataError(FileNotFoundError):
 
 
 def _missing(path: str) -> MissingOfflineDataError:
+    if os.path.basename(path) == CHAIN_FILE:
+        return MissingOfflineDataError(
+            f"chain task file not found: {path}. Build it with coda_flax.datasets.multi_needle."
+            f"prepare_chain(data_dir, vocab_model, input_length=...) after preparing the "
+            f"Shakespeare corpus.")
     question = {files[0]: q for q, files in NEEDLE_FILES.items()}.get(os.path.basename(path))
     if question is not None:
         question = "" if question == "got" else f", question={question!r}"
@@ -126,12 +136,17 @@ def _corpus_of(data_dir, vocab_path) -> str:
 
 
 def _needle(root: str, question: str, vocab_path, needles):
-    """The needle file of `question` (needles[question] = its dataset folder, else the only
-    one under the corpus' group built with vocab_path), or the error reading it will raise."""
+    """The needle file of `question` ("chain": the chain task's; needles[question] = its
+    dataset folder, else the only one under the corpus' group built with vocab_path), or the
+    error reading it will raise."""
+    file_name = CHAIN_FILE if question == "chain" else NEEDLE_FILES[question][0]
     if needles and question in needles:
-        return os.path.join(needles[question], NEEDLE_FILES[question][0])
+        return os.path.join(needles[question], file_name)
+    data_dir = os.path.dirname(os.path.dirname(root))
     try:
-        return needle_path(os.path.dirname(os.path.dirname(root)), question, vocab_path)
+        if question == "chain":
+            return chain_path(data_dir, vocab_path)
+        return needle_path(data_dir, question, vocab_path)
     except cache.AmbiguousDatasetError as e:
         return e
 
@@ -142,8 +157,9 @@ def register_offline_tasks(data_dir: Optional[str] = None, vocab_path=None,
     $CODA_DATA_DIR or ~/.cache/coda_flax/data; the corpus the vocabulary was trained on when
     vocab_path is a prepared one) with the vocabulary vocab_path (a SentencePiece model path or
     a seqio.Vocabulary; default: the 8k vocabulary prepare_data trains, else the largest one
-    prepared for the corpus). needles: {question: folder} of the needle datasets (default: the
-    only one of each question built with this vocabulary). Each task is bound to the dataset
+    prepared for the corpus). needles: {question: folder} of the needle datasets ("got",
+    "gave"; "chain": the chain task's; default: the only one of each built with this
+    vocabulary). Each task is bound to the dataset
     folders it reads (coda_flax.datasets.provenance). Files are read when a dataset is first
     asked for. Returns the registered names."""
     root = _corpus_of(data_dir, vocab_path)
@@ -178,7 +194,8 @@ def register_offline_tasks(data_dir: Optional[str] = None, vocab_path=None,
     for name in OFFLINE_TASKS[:3]:
         provenance.bind(name, (root, vocab_dir))
     for name, question in (("coda_shakespeare_needle", "got"),
-                           ("coda_shakespeare_needle_gave", "gave")):
+                           ("coda_shakespeare_needle_gave", "gave"),
+                           ("coda_shakespeare_chain", "chain")):
         prepared_vocab = vocab_dir and cache.read_manifest(vocab_dir) is not None
         path = _needle(root, question, vocab_path if prepared_vocab else None, needles)
         if not isinstance(path, Exception):
