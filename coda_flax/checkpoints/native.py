@@ -1,21 +1,28 @@
 """The project's own checkpoint directory: orbax parameters + config.json.
 
-    DIR/config.json     {"format": "coda_flax", "format_version": 1, "model_config": {...}}
+    DIR/config.json     {"format": "coda_flax", "format_version": 1, "model_config": {...},
+                         "params_sha256": {"encoder/.../kernel": "9f2c...", ...}}
     DIR/params/         the parameter tree, written by orbax's StandardCheckpointer
 
 `save_checkpoint` writes it (what `coda convert` produces); `load_checkpoint` reads it back as
-(ModelConfig, params), checking every parameter against the shapes the config implies.
+(ModelConfig, params), checking every parameter against the shapes the config implies and
+against its SHA-256 (coda_flax/checkpoints/integrity.py): a damaged file is refused naming the
+array. A config.json without "params_sha256" (written before the digests existed) is read with
+a warning that the parameters are not verified.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 
+from coda_flax.checkpoints.integrity import (IntegrityError, read_error, tree_digests,
+                                             verify_arrays)
 from coda_flax.checkpoints.io import (config_from_dict, config_to_dict, read_format_json,
                                       write_json)
 from coda_flax.checkpoints.tree import (check_flat_params, expected_shapes, flatten_params,
@@ -42,13 +49,13 @@ def save_checkpoint(directory: str, params: Mapping[str, Any], config: ModelConf
                                   f"output directory or pass overwrite=True (--overwrite).")
         shutil.rmtree(directory)
     os.makedirs(directory, exist_ok=True)
+    flat = {k: np.asarray(v) for k, v in flat.items()}
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(directory, PARAMS_DIR),
-                      unflatten_params({k: np.asarray(v) for k, v in flat.items()}))
+    checkpointer.save(os.path.join(directory, PARAMS_DIR), unflatten_params(flat))
     checkpointer.wait_until_finished()
-    write_json(os.path.join(directory, CONFIG_FILE), {
+    write_json(os.path.join(directory, CONFIG_FILE), {        # last: its presence = complete
         "format": FORMAT, "format_version": FORMAT_VERSION,
-        "model_config": config_to_dict(config)})
+        "model_config": config_to_dict(config), "params_sha256": tree_digests(flat)})
     return directory
 
 
@@ -68,14 +75,14 @@ def read_orbax_tree(path: str, subtree: str | None = None) -> dict[str, Any]:
     try:
         metadata = checkpointer.metadata(path)
     except Exception as e:                                   # noqa: BLE001 (orbax's many kinds)
-        raise ValueError(f"{path}: cannot read the orbax metadata ({_one_line(e)}); {fix}.") \
-            from None
+        raise IntegrityError(f"{path}: cannot read the orbax metadata ({_one_line(e)}); "
+                             f"{fix}.") from None
     tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", None)
     if tree is None:
         tree = metadata
     if not isinstance(tree, Mapping):    # e.g. _METADATA deleted: orbax knows no tree
-        raise ValueError(f"{path}: the orbax metadata (_METADATA) that describes the parameter "
-                         f"tree is missing or unreadable; {fix}.")
+        raise IntegrityError(f"{path}: the orbax metadata (_METADATA) that describes the "
+                             f"parameter tree is missing or unreadable; {fix}.")
     tree = dict(tree)
     if subtree is not None:
         if subtree not in tree:
@@ -89,8 +96,7 @@ def read_orbax_tree(path: str, subtree: str | None = None) -> dict[str, Any]:
         restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
             item=tree, restore_args=restore_args, partial_restore=subtree is not None))
     except Exception as e:                                   # noqa: BLE001
-        raise ValueError(f"{path}: cannot restore the parameters ({_one_line(e)}); {fix}.") \
-            from None
+        raise read_error(e, path) from None
     return restored if subtree is None else restored[subtree]
 
 
@@ -108,6 +114,12 @@ def load_checkpoint(directory: str) -> tuple[ModelConfig, dict[str, Any]]:
         raise FileNotFoundError(f"{params_dir} not found: the checkpoint has a config but no "
                                 f"parameters (an interrupted write?); convert it again.")
     flat = flatten_params(read_orbax_tree(params_dir))
+    if "params_sha256" in meta:
+        verify_arrays(flat, meta["params_sha256"], params_dir)
+    else:
+        warnings.warn(f"{directory}/{CONFIG_FILE} records no params_sha256 (written by an older "
+                      f"coda_flax): the parameters are not verified; save it again to add them.",
+                      stacklevel=2)
     check_flat_params(flat, expected_shapes(config), f"checkpoint {directory}")
     return config, unflatten_params(flat)
 

@@ -7,7 +7,8 @@ T5 (T5 v1.0 / v1.1, FLAN-T5, mT5) and Pix2Struct (Hugging Face model_type "pix2s
 the original T5X layout with encoder/token_embedder/patch_projection) are told apart from the
 checkpoint itself (coda_flax.checkpoints.pix2struct).
 
-Writes DIR/config.json + DIR/params/ (read back with `load_checkpoint`), optionally already
+Writes DIR/config.json + DIR/params/ (read back with `load_checkpoint`, which it does once
+before it reports success: every array is checked against its SHA-256), optionally already
 converted to CoDA (`--reduction`; 1 = the Parallel Adapter baseline), and prints the
 parameter summary. `add_convert_parser` registers the subcommand; `convert_main` runs it.
 """
@@ -83,7 +84,7 @@ def _load_source(args) -> tuple[ModelConfig, dict]:
 def convert_main(args) -> int:
     """Runs `coda convert`; returns the exit status (2 on a usage or checkpoint error)."""
     from coda_flax.checkpoints.convert import dense_to_coda
-    from coda_flax.checkpoints.native import save_checkpoint
+    from coda_flax.checkpoints.native import load_checkpoint, save_checkpoint
     from coda_flax.checkpoints.peft import print_trainable_parameters
 
     try:
@@ -93,6 +94,7 @@ def convert_main(args) -> int:
             params = dense_to_coda(params, coda, args.seed, model_config=config)
             config = config.replace(coda=coda)
         out = save_checkpoint(args.output, params, config, overwrite=args.overwrite)
+        load_checkpoint(out)                    # read back: the digests of what was written
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"coda convert: error: {e}", file=sys.stderr)
         return 2

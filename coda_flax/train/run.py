@@ -172,6 +172,11 @@ def evaluate_params(model, params, task, feature_lengths: Mapping[str, int],
                          "prediction": text})
     results = {"loss_per_token": totals["loss"] / max(weight, 1.0),
                "num_examples": len(examples)}
+    if not np.isfinite(results["loss_per_token"]):
+        raise FloatingPointError(
+            f"the evaluation loss on task {task.name!r} split {split!r} is "
+            f"{results['loss_per_token']}: the parameters (or the inputs) are not finite; a "
+            f"checkpoint saved with non-finite values, or damaged, cannot be evaluated.")
     if "correct" in totals:
         results["token_accuracy"] = totals["correct"] / max(weight, 1.0)
     results.update(task_metrics(task, targets, predictions))

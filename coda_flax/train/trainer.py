@@ -43,6 +43,7 @@ from flax import traverse_util
 from flax.core import meta
 from tqdm.auto import tqdm
 
+from coda_flax.checkpoints.integrity import tree_digests, verify_arrays
 from coda_flax.checkpoints.peft import trainable_mask
 from coda_flax.train import partitioning
 from coda_flax.train.lock import ModelDirLock
@@ -213,7 +214,8 @@ class Trainer:
         self.checkpoints.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(_nested(state)),
             meta=ocp.args.JsonSave({"step": step, "data_position": data_position,
-                                    "settings": self.settings()})),
+                                    "settings": self.settings(),
+                                    "sha256": tree_digests(_nested(state))})),
             force=force)
         self.checkpoints.wait_until_finished()
 
@@ -238,6 +240,7 @@ class Trainer:
                     warnings.simplefilter("ignore")
                     restored = self.checkpoints.restore(step, args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+                self._verify(restored, step)
             except Exception as e:                       # noqa: BLE001 (orbax raises many kinds)
                 shaping = {k: v for k, v in changed.items()
                            if k in STATE_SETTINGS or k.startswith("model_config.")}
@@ -264,6 +267,15 @@ class Trainer:
             return state, int(restored["meta"]["data_position"])
         raise ResumeError(f"no usable checkpoint in {where}: {'; '.join(problems)}. Delete the "
                           f"damaged step directories (or use a new MODEL_DIR) to start again.")
+
+    def _verify(self, restored, step):
+        """IntegrityError naming the array whose bytes differ from the digest saved with it."""
+        where = os.path.join(str(self.checkpoints.directory), str(step), "state")
+        if "sha256" in restored["meta"]:
+            verify_arrays(restored["state"], restored["meta"]["sha256"], where)
+        else:
+            warnings.warn(f"{where} records no sha256 digests (written by an older coda_flax): "
+                          f"not verified.", stacklevel=3)
 
     def _set_aside(self, steps):
         """Moves unusable checkpoints to MODEL_DIR/unusable_checkpoints (kept for inspection),
