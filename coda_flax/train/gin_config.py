@@ -13,14 +13,16 @@ reads gin; the functions it configures live in coda_flax.train.run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
 import gin
 
-from coda_flax.config import CodaConfig, model_config
+from coda_flax.config import CodaConfig, ModelConfig, model_config
 from coda_flax.resources import GIN_DIR, resolve_gin_file
 from coda_flax.train import run
+from coda_flax.train.settings import SettingError, field_type_problems
 
 
 def _register_configurables():
@@ -125,6 +127,47 @@ def run_gin(mode: str, gin_files, gin_bindings=(), search_paths=(),
     Training saves the operative config as MODEL_DIR/config.gin."""
     parse_gin(gin_files, gin_bindings, search_paths, allow_unknown)
     fn = gin.get_configurable(ENTRY_POINTS[mode])
-    if mode == "train":
-        return fn(extra_files={"config.gin": gin.config_str()})
-    return fn()
+    try:
+        _check_model_bindings()
+        if mode == "train":
+            return fn(extra_files={"config.gin": gin.config_str()})
+        return fn()
+    except SettingError as e:          # raised before anything is written: name the gin setting
+        raise SettingError([_setting(ENTRY_POINTS[mode], *p) for p in e.problems]) from None
+
+
+def _check_model_bindings() -> None:
+    """SettingError for a model_config / CodaConfig binding of the wrong type, before gin builds
+    the config (whose own range checks would fail on a string with a bare TypeError)."""
+    import gin.config as gc
+    problems = []
+    for name, cls in (("model_config", ModelConfig), ("CodaConfig", CodaConfig)):
+        values = {}
+        for field in dataclasses.fields(cls):
+            try:
+                value = gin.query_parameter(f"{name}.{field.name}")
+                while (isinstance(value, gc.ConfigurableReference) and
+                       value.scoped_selector.endswith("/gin.macro")):
+                    value = gin.query_parameter(f"%{value.scoped_selector.split('/')[0]}")
+            except ValueError:         # not bound
+                continue
+            if not isinstance(value, gc.ConfigurableReference):
+                values[field.name] = value
+        problems += field_type_problems(cls, values, name)
+    if problems:
+        raise SettingError(problems)
+
+
+def _setting(function: str, argument: str, value, allowed: str) -> tuple:
+    """A SettingError problem named by the gin macro that set `function.argument` (TRAIN_STEPS,
+    noting the binding it sets), or by the binding itself."""
+    import gin.config as gc
+    binding = argument if "." in argument else f"{function}.{argument}"   # model_config.d_model
+    try:
+        bound = gin.query_parameter(binding)
+    except ValueError:                 # not bound in gin: the function's default
+        return binding, value, allowed
+    if isinstance(bound, gc.ConfigurableReference) and bound.scoped_selector.endswith(
+            "/gin.macro"):
+        return bound.scoped_selector.split("/")[0], value, allowed, binding
+    return binding, value, allowed

@@ -7,8 +7,10 @@ resumed run skips exactly the batches it has already seen.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import sys
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -18,6 +20,7 @@ from coda_flax.config import ModelConfig
 from coda_flax.datasets import provenance
 from coda_flax.inputs import encoder_length, input_shape
 from coda_flax.train.ctc_model import make_model
+from coda_flax.train.settings import check_settings
 from coda_flax.train.t5_model import CodaT5Model
 from coda_flax.train.trainer import Trainer, TrainerConfig, check_token_ids
 
@@ -71,7 +74,13 @@ def seqio_batches(name: str, feature_lengths: Mapping[str, int], batch_size: int
     ds = ds.batch(batch_size // count, drop_remainder=repeat)
 
     def batches(start: int):
-        return ds.skip(start).as_numpy_iterator()
+        rows = ds.skip(start).as_numpy_iterator()
+        first = next(rows, None)
+        if first is None and repeat:        # repeated and still empty: no full batch at all
+            raise ValueError(f"task {name!r} split {split!r} has no training batch: fewer than "
+                             f"batch_size={batch_size} examples (none at all if the split is "
+                             f"empty); check the data, or lower BATCH_SIZE.")
+        return itertools.chain([] if first is None else [first], rows)
     return batches
 
 
@@ -188,6 +197,20 @@ def evaluate_params(model, params, task, feature_lengths: Mapping[str, int],
 
 
 # ------------------------------------------------------------------------------ entry points
+def _truncation(examples, input_length: int, allow: bool) -> None:
+    """Refuses (or, allowed, reports) inputs longer than input_length tokens."""
+    lengths = [len(e["inputs"]) for e in examples]
+    long = [n for n in lengths if n > input_length]
+    if not long:
+        return
+    what = (f"{len(long)} of {len(lengths)} inputs are longer than input_length {input_length} "
+            f"tokens (EOS included; the longest has {max(long)})")
+    if not allow:
+        raise ValueError(f"{what}; raise input_length (INPUT_LENGTH), or set "
+                         f"infer.allow_truncation=True to cut them to {input_length} tokens.")
+    print(f"[infer] {what}: truncated to {input_length} tokens.", file=sys.stderr)
+
+
 def _initial_params(model_config: ModelConfig, path: str | None):
     """Params from a `coda convert` / training checkpoint; a dense one is converted to CoDA."""
     if not path:
@@ -233,6 +256,8 @@ def train(*, model_config: ModelConfig, mixture_or_task_name: str,
     MODEL_DIR is locked for the run (a second run there is refused, coda_flax/train/lock.py);
     max_abs_param / max_update_ratio: the divergence guard (coda_flax/train/trainer.py)."""
     settings = dict(locals())
+    check_settings("train", settings)          # before MODEL_DIR, its lock or config.gin exist
+    ensure_registered(mixture_or_task_name, data_dir, vocab_path, tfds_data_dir)  # data too
     import contextlib
 
     from coda_flax.train.lock import ModelDirLock
@@ -292,6 +317,7 @@ def evaluate(*, model_config: ModelConfig | None = None, checkpoint_path: str,
              max_examples: int | None = None, data_dir: str | None = None,
              vocab_path: str | None = None, tfds_data_dir: str | None = None) -> dict:
     """Metrics of a checkpoint on a task split -> output_dir/eval_results.json (+ predictions)."""
+    check_settings("evaluate", locals())
     from coda_flax.checkpoints import load_checkpoint
     task = ensure_registered(mixture_or_task_name, data_dir, vocab_path, tfds_data_dir)
     saved_config, params = load_checkpoint(checkpoint_path)
@@ -306,8 +332,13 @@ def evaluate(*, model_config: ModelConfig | None = None, checkpoint_path: str,
 
 def infer(*, checkpoint_path: str, inputs: Sequence[str], output_path: str,
           input_length: int = 512, target_length: int = 64, vocab_path: str | None = None,
-          data_dir: str | None = None, num_decodes: int = 1) -> list[str]:
-    """Greedy (or beam, num_decodes > 1) decodes of raw input strings -> JSONL."""
+          data_dir: str | None = None, num_decodes: int = 1,
+          allow_truncation: bool = False) -> list[str]:
+    """Greedy (or beam, num_decodes > 1) decodes of raw input strings -> JSONL.
+
+    An input longer than input_length tokens (EOS included) is refused, unless allow_truncation:
+    then it is cut to input_length and the count is reported on stderr."""
+    check_settings("infer", locals())
     from coda_flax.checkpoints import load_checkpoint
     from coda_flax.tasks import vocab as vocab_lib
     if vocab_path is None:
@@ -322,6 +353,7 @@ def infer(*, checkpoint_path: str, inputs: Sequence[str], output_path: str,
     model = CodaT5Model(config)
     examples = [{"inputs": np.asarray(vocab.encode(text) + [1], np.int32),
                  "targets": np.zeros((1,), np.int32)} for text in inputs]
+    _truncation(examples, input_length, allow_truncation)
     batch = to_batch(examples, {"inputs": input_length, "targets": target_length})
     check_token_ids(batch, config.vocab_size, f"infer inputs (vocabulary {vocab_path})")
     decodes = np.asarray(model.predict_batch(params, batch, num_decodes=num_decodes))

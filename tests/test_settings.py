@@ -1,0 +1,121 @@
+"""Settings are checked before a run touches disk: wrong types and out-of-range values of every
+documented macro and train / evaluate / infer argument are refused in one line naming the
+setting, its value and the allowed range; MODEL_DIR is not created."""
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from coda_flax.cli import main
+from coda_flax.train.settings import RULES, SettingError, check_settings
+
+
+@pytest.mark.parametrize("entry,name,value,message", [
+    ("train", "train_steps", 2.5, "train_steps=2.5: must be an integer >= 1"),
+    ("train", "train_steps", -3, "train_steps=-3: must be an integer >= 1"),
+    ("train", "train_steps", True, "train_steps=True: must be an integer >= 1"),
+    ("train", "learning_rate", "fast", "learning_rate='fast': must be a finite number > 0"),
+    ("train", "learning_rate", float("inf"), "learning_rate=inf: must be a finite number > 0"),
+    ("train", "batch_size", 0, "batch_size=0: must be an integer >= 1"),
+    ("train", "task_feature_lengths", "64", "task_feature_lengths='64': must be a dict "
+                                            "{'inputs': int >= 1, 'targets': int >= 1}"),
+    ("train", "task_feature_lengths", {"inputs": 64}, "task_feature_lengths={'inputs': 64}"),
+    ("train", "k_anneal_fraction", 1.5, "k_anneal_fraction=1.5: must be a finite number in "
+                                        "[0, 1]"),
+    ("train", "schedule", "linear", "schedule='linear': must be one of 'constant', 'rsqrt', "
+                                    "'cosine'"),
+    ("train", "model_dir", "", "model_dir='': must be a non-empty string"),
+    ("evaluate", "max_examples", 0, "max_examples=0: must be an integer >= 1 (or None)"),
+    ("infer", "inputs", "a string", "inputs='a string': must be a non-empty list of strings"),
+    ("infer", "inputs", [], "inputs=[]: must be a non-empty list of strings"),
+    ("infer", "inputs", ["ok", 3], "inputs=['ok', 3]: must be a non-empty list of strings"),
+])
+def test_a_wrong_argument_is_named_with_its_value_and_the_allowed_range(entry, name, value,
+                                                                        message):
+    with pytest.raises(SettingError) as e:
+        check_settings(entry, {name: value})
+    assert message in str(e.value)
+
+
+def test_good_values_pass_and_every_problem_is_listed():
+    check_settings("train", {"train_steps": 1, "learning_rate": 1, "k_anneal_fraction": 0,
+                             "task_feature_lengths": {"inputs": 1, "targets": 1},
+                             "eval_max_examples": None, "progress": False})
+    with pytest.raises(SettingError) as e:
+        check_settings("train", {"train_steps": 0, "batch_size": "8"})
+    assert [p[0] for p in e.value.problems] == ["train_steps", "batch_size"]
+
+
+def _wrong(kind, rule):
+    """Values a macro of this rule must refuse (gin literals: repr() parses back)."""
+    text = st.text("abcxyz", min_size=1, max_size=4)
+    if kind == "int":
+        low = int(rule.low)
+        return st.one_of(st.integers(max_value=low - 1), text, st.booleans(),
+                         st.floats(allow_nan=False, allow_infinity=False).filter(
+                             lambda x: not float(x).is_integer()),
+                         st.lists(st.integers(1, 9), max_size=2))
+    if kind == "float":
+        return st.one_of(st.floats(max_value=0.0, allow_nan=False, allow_infinity=False), text,
+                         st.booleans(), st.lists(st.integers(), max_size=2))
+    if kind == "str":
+        return st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+                         st.just(""), st.booleans(), st.lists(text, max_size=2))
+    if kind == "lengths":
+        return st.one_of(text, st.integers(), st.lists(st.integers(1, 9), max_size=2),
+                         st.fixed_dictionaries({"inputs": st.integers(max_value=0),
+                                                "targets": st.integers(1, 9)}),
+                         st.fixed_dictionaries({"inputs": st.integers(1, 9)}),
+                         st.fixed_dictionaries({"inputs": st.integers(1, 9),
+                                                "targets": text}))
+    raise AssertionError(kind)
+
+
+# the macros of runs/finetune.gin and the argument each sets
+MACROS = {"TRAIN_STEPS": "train_steps", "BATCH_SIZE": "batch_size",
+          "LEARNING_RATE": "learning_rate", "TASK_FEATURE_LENGTHS": "task_feature_lengths",
+          "MIXTURE_OR_TASK_NAME": "mixture_or_task_name", "MODEL_DIR": "model_dir",
+          "NUM_PARTITIONS": "num_partitions"}
+GOOD = {"TRAIN_STEPS": "1", "BATCH_SIZE": "2", "LEARNING_RATE": "0.01",
+        "TASK_FEATURE_LENGTHS": "{'inputs': 8, 'targets': 4}",
+        "MIXTURE_OR_TASK_NAME": "'coda_shakespeare_play'", "NUM_PARTITIONS": "1"}
+
+
+@st.composite
+def _bad_macro(draw):
+    macro = draw(st.sampled_from(sorted(MACROS)))
+    rule = RULES["train"][MACROS[macro]]
+    return macro, draw(_wrong(rule.kind, rule))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(bad=_bad_macro())
+def test_random_wrong_macros_exit_1_naming_the_setting_and_write_nothing(bad, tmp_path, capsys):
+    macro, value = bad
+    model_dir = tmp_path / "run"
+    flags = {**GOOD, "MODEL_DIR": repr(str(model_dir)), macro: repr(value)}
+    assert main(["train", "--gin_file=models/tiny.gin", "--gin_file=runs/finetune.gin",
+                 *[f"--gin.{k}={v}" for k, v in flags.items()]]) == 1
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.startswith("coda train: error: SettingError: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert f"{macro}={value!r}: must be " in lines[0], lines[0]
+    assert f"(sets train.{MACROS[macro]})" in lines[0]
+    assert not os.path.exists(model_dir)
+
+
+@pytest.mark.parametrize("binding,message", [
+    ("model_config.d_model=2.5", "model_config.d_model=2.5: must be an integer"),
+    ("REDUCTION='x'", "REDUCTION='x': must be a finite number (sets CodaConfig.reduction)"),
+    ("CodaConfig.adapter_dim='8'", "CodaConfig.adapter_dim='8': must be an integer"),
+])
+def test_model_macros_of_the_wrong_type_are_named(binding, message, tmp_path, capsys):
+    assert main(["train", "--gin_file=models/tiny.gin",
+                 "--gin_file=models/variants/coda_k_to_all.gin", "--gin_file=runs/finetune.gin",
+                 *[f"--gin.{k}={v}" for k, v in GOOD.items()],
+                 f"--gin.MODEL_DIR='{tmp_path / 'run'}'", f"--gin.{binding}"]) == 1
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "run")
