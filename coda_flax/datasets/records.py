@@ -48,9 +48,28 @@ def write_jsonl(path: str, records: Iterable[dict]) -> int:
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """The records of a .jsonl file (blank lines skipped)."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a .jsonl file (blank lines skipped); ValueError naming the file, the line
+    and the column of a byte that is not UTF-8, malformed JSON or a line that is not an object."""
+    records = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+                record = json.loads(line) if line.strip() else None
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path} line {number}: byte 0x{raw[e.start]:02x} at column "
+                                 f"{e.start + 1} is not UTF-8; the file is damaged, prepare "
+                                 f"it again.") from None
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {number}: malformed JSON ({e.msg}, column "
+                                 f"{e.colno}); the file is damaged, prepare it again.") from None
+            if record is None:
+                continue
+            if not isinstance(record, dict):
+                raise ValueError(f"{path} line {number}: a JSON {type(record).__name__}, not an "
+                                 f"object; the file is damaged, prepare it again.")
+            records.append(record)
+    return records
 
 
 __all__ = ["split_of", "write_jsonl", "read_jsonl"]

@@ -77,10 +77,13 @@ def _missing(path: str) -> MissingOfflineDataError:
 def _load_columns(path: str, mtime: float, columns: tuple) -> dict:
     del mtime  # part of the cache key only
     by_split = {s: {c: [] for c in columns} for s in SPLITS}
-    for record in read_jsonl(path):
+    for number, record in enumerate(read_jsonl(path), 1):
         split = record.get("split", "train")
         if split in by_split:
             for c in columns:
+                if c not in record:
+                    raise ValueError(f"{path}: record {number} (non-blank line {number}) has no "
+                                     f"field {c!r}; the file is damaged, prepare it again.")
                 by_split[split][c].append(str(record[c]))
     return by_split
 

@@ -85,6 +85,12 @@ def check_gin(gin_bindings=(), allow_unknown: bool = False) -> None:
     if unread and not allow_unknown:
         logging.warning("gin macro(s) %s set in a gin file are read by nothing (bypassed by a "
                         "direct binding, or a typo in the file)", ", ".join(unread))
+    undefined = sorted({r.rsplit("/", 1)[0] for r in references if r.endswith("/gin.macro")}
+                       - set(macros))
+    if undefined:
+        raise GinConfigError(
+            f"gin macro(s) {', '.join('%' + n for n in undefined)} are referenced but never set "
+            f"(a typo in a gin file or binding?); set macros: {', '.join(sorted(macros))}.")
     required = sorted(name for name, v in macros.items()
                       if isinstance(v, gc.ConfigurableReference)
                       and v.scoped_selector == "gin.REQUIRED/gin.constant"
