@@ -11,13 +11,21 @@ warnings are silenced here, at the command-line edge, before the heavy imports.
   "does not support caching" warnings are filtered from Python logging.
 
 CODA_VERBOSE=1 leaves everything as it is.
+
+`stopped_by_signals` is the other half of a clean console: SIGTERM / SIGINT outside the training
+loop (start-up, evaluation, the final save, the demo's other stages) raise `Stopped`, so that
+locks are released on the way out and the command prints one line (`stop_line`) with exit status
+128 + the signal (143 for SIGTERM). The training loop replaces the SIGTERM handler while it runs
+(it saves the step and raises Preempted) and puts this one back afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
 import tempfile
 
@@ -47,7 +55,7 @@ def _import_quietly(module: str) -> None:
         os.dup2(sink.fileno(), 2)
         try:
             __import__(module)
-        except BaseException:
+        except Exception:                       # not Stopped: a stop replays no import noise
             os.dup2(saved, 2)
             sink.seek(0)
             sys.stderr.write(sink.read().decode(errors="replace"))
@@ -72,3 +80,35 @@ def quiet_startup(tensorflow: bool = True) -> None:
     logging.getLogger("absl").addFilter(drop)   # seqio logs through absl's logger
     if tensorflow:
         _import_quietly("tensorflow")
+
+
+class Stopped(BaseException):
+    """SIGTERM / SIGINT outside the training loop. A BaseException (as KeyboardInterrupt), so
+    that no `except Exception` on the way out swallows it; `with` blocks (the MODEL_DIR lock)
+    still release what they hold."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def stopped_by_signals():
+    """SIGTERM and SIGINT raise Stopped inside the block; the previous handlers come back after.
+    Only the main thread can set handlers; elsewhere the block runs unchanged."""
+    def handler(signum, _frame):
+        raise Stopped(signum)
+    try:
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:                            # not the main thread
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def stop_line(command: str, e: Stopped, what: str) -> tuple[str, int]:
+    """The one line a stopped command prints, and its exit status (128 + the signal)."""
+    return f"{command}: stopped by {e}; {what}", 128 + e.signum

@@ -50,13 +50,18 @@ def add_run_parsers(sub):
         p.set_defaults(func=lambda args, mode=mode: run_mode(mode, args))
 
 
-def one_line_error(e: BaseException) -> str:
-    """An exception as one line: its type and message, without gin's call-site notes."""
+def without_gin_notes(e: BaseException) -> str:
+    """An exception's message on one line, without the call-site notes gin appends."""
     text = str(e)
     for marker in ("\n  In call to configurable", "\n  In file", "\n  No configurable"):
         if marker in text and text.index(marker) > 0:
             text = text[:text.index(marker)]
-    text = " ".join(text.split())
+    return " ".join(text.split())
+
+
+def one_line_error(e: BaseException) -> str:
+    """An exception as one line: its type and message, without gin's call-site notes."""
+    text = without_gin_notes(e)
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
@@ -74,18 +79,24 @@ def run_mode(mode: str, args) -> int:
     """Runs a mode; errors are one line on stderr (exit 1) unless --debug / CODA_DEBUG=1.
 
     Exit status: 0 done, 1 error, 143 preempted (SIGTERM; a checkpoint of the step was saved)."""
-    from coda_flax.cli.console import quiet_startup
-    quiet_startup()
-    from coda_flax.train.gin_config import run_gin
-    from coda_flax.train.trainer import Preempted
-
+    from coda_flax.cli.console import Stopped, quiet_startup, stop_line, stopped_by_signals
     debug = getattr(args, "debug", False) or os.environ.get("CODA_DEBUG", "") not in ("", "0")
     try:
-        result = run_gin(mode, args.gin_file, getattr(args, "gin_bindings", []),
-                         args.gin_search_path, getattr(args, "gin_allow_unknown", False))
-    except Preempted as e:                       # checkpoint saved; the scheduler may restart us
-        print(f"[train] {e}", file=sys.stderr)
-        return 143
+        with stopped_by_signals():               # from start-up to exit, the lock released
+            quiet_startup()
+            from coda_flax.train.gin_config import run_gin
+            from coda_flax.train.trainer import Preempted
+            try:
+                result = run_gin(mode, args.gin_file, getattr(args, "gin_bindings", []),
+                                 args.gin_search_path, getattr(args, "gin_allow_unknown", False))
+            except Preempted as e:               # checkpoint saved; the scheduler may restart us
+                print(f"[train] {without_gin_notes(e)}", file=sys.stderr)
+                return 143
+    except Stopped as e:                         # outside the loop: nothing new was saved
+        line, status = stop_line(f"coda {mode}", e, "nothing new was saved (the checkpoints "
+                                 "already in MODEL_DIR are intact; run again to resume).")
+        print(line, file=sys.stderr)
+        return status
     except Exception as e:                       # noqa: BLE001 (the CLI's edge)
         if debug:
             raise

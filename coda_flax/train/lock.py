@@ -6,8 +6,9 @@
 A second run refuses with `ModelDirLocked`, naming the first. A lock left by a run that died
 without cleaning up (kill -9, a crash of the machine) is stale when its host is this host and
 its pid is no longer alive (or is alive but is another process: its start time differs); it is
-cleared with a warning. A lock from another host cannot be checked from here: the message says
-which file to delete once that run is known to be gone.
+cleared with a warning; so is a lock that is empty or not JSON (a run killed while writing it)
+once it is UNREADABLE_AFTER_S old. A lock from another host cannot be checked from here: the
+message says which file to delete once that run is known to be gone.
 
 The lock is re-entrant within a process (run.train holds it while Trainer.train takes it too).
 """
@@ -21,6 +22,7 @@ import socket
 import warnings
 
 LOCK_FILE = "LOCK"
+UNREADABLE_AFTER_S = 2.0     # a lock still empty / not JSON this long after it was written: stale
 _HELD: dict[str, int] = {}          # lock path -> nesting depth held by this process
 
 
@@ -82,6 +84,12 @@ def acquire(model_dir: str) -> str:
                 import time
                 time.sleep(0.2)
                 holder = _read(path)
+            if holder is None and _age(path) > UNREADABLE_AFTER_S:
+                warnings.warn(f"cleared an unreadable (empty or garbled) lock {path}, "
+                              f"{_age(path):.0f} s old: a run died while writing it.",
+                              stacklevel=2)
+                _unlink(path)
+                continue
             stale = (holder is not None and holder.get("host") == me["host"]
                      and isinstance(holder.get("pid"), int)
                      and not _alive(holder["pid"], holder.get("proc_start")))
@@ -92,16 +100,29 @@ def acquire(model_dir: str) -> str:
                 ) from None
             warnings.warn(f"cleared a stale lock in {model_dir}: {describe(holder)} is no "
                           f"longer running.", stacklevel=2)
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            _unlink(path)
             continue
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         _HELD[path] = 1
         return path
     raise ModelDirLocked(f"could not take the lock {path}; another run keeps taking it.")
+
+
+def _age(path: str) -> float:
+    """Seconds since `path` was last written (0 when it is gone)."""
+    import time
+    try:
+        return time.time() - os.path.getmtime(path)
+    except OSError:
+        return 0.0
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def release(path: str) -> None:

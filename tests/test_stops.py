@@ -1,0 +1,128 @@
+"""Stops outside the training loop: SIGTERM at start-up or between the final evaluation and the
+final save is one line, exit status 143, the lock released and the run resumable; an empty or
+garbled lock is cleared as stale; `Preempted` carries no gin note; `coda demo` stops in one
+line."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from corpus_helpers import prepared_corpus
+from coda_flax.cli import main
+from coda_flax.train import lock
+
+
+@pytest.mark.parametrize("content", [b"", b'{"pid": 12', b"\x00\xff garbage"])
+def test_an_old_empty_or_garbled_lock_is_cleared_with_a_warning(tmp_path, content):
+    path = tmp_path / "LOCK"
+    path.write_bytes(content)
+    old = time.time() - 10
+    os.utime(path, (old, old))
+    with pytest.warns(UserWarning, match=r"cleared an unreadable \(empty or garbled\) lock "
+                                         rf"{path}, 10 s old"):
+        held = lock.acquire(str(tmp_path))
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    lock.release(held)
+    assert not path.exists()
+
+
+def test_a_fresh_unreadable_lock_is_respected(tmp_path):
+    (tmp_path / "LOCK").write_bytes(b"")           # being written by a run starting now
+    with pytest.raises(lock.ModelDirLocked, match="an unknown run"):
+        lock.acquire(str(tmp_path))
+
+
+def test_preempted_is_printed_without_gins_call_site_note():
+    import gin
+
+    from coda_flax.cli.train import without_gin_notes
+    from coda_flax.train.trainer import Preempted
+
+    @gin.configurable
+    def preempted_run():
+        raise Preempted("signal 15: saved step 3 in /run/checkpoints; run again to resume.")
+    with pytest.raises(Preempted) as e:
+        preempted_run()
+    assert "In call to configurable 'preempted_run'" in str(e.value)      # gin's note
+    assert without_gin_notes(e.value) == ("signal 15: saved step 3 in /run/checkpoints; run "
+                                          "again to resume.")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return root, prepared_corpus(root)
+
+
+def _train(model_dir, corpus):
+    data, vocab = corpus
+    return main(["train", "--gin_file=models/tiny.gin", "--gin_file=runs/finetune.gin",
+                 "--gin.model_config.vocab_size=400", "--gin.model_config.d_model=32",
+                 "--gin.model_config.num_heads=2", "--gin.model_config.head_dim=16",
+                 "--gin.model_config.d_ff=64", f"--gin.MODEL_DIR='{model_dir}'",
+                 f"--gin.DATA_DIR='{data}'", f"--gin.VOCAB_PATH='{vocab}'",
+                 "--gin.MIXTURE_OR_TASK_NAME='coda_shakespeare_play'",
+                 "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}",
+                 "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=4", "--gin.train.trainable='all'",
+                 "--gin.train.eval_max_examples=4", "--gin.train.eval_batch_size=4",
+                 "--gin.train.progress=False"])
+
+
+def _one_line(capsys, prefix):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err[-2000:]
+    lines = [l for l in err.splitlines() if l.startswith(prefix)]
+    assert len(lines) == 1, err[-2000:]
+    return lines[0]
+
+
+def test_sigterm_at_start_up_is_one_line_143_and_releases_the_lock(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+
+    def watch():                                   # the lock is taken: start-up is under way
+        while not (run / "LOCK").exists():
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, daemon=True).start()
+    assert _train(run, corpus) == 143
+    line = _one_line(capsys, "coda train: stopped by SIGTERM; nothing new was saved")
+    assert "run again to resume" in line
+    assert not (run / "LOCK").exists() and not (run / "final").exists()
+
+
+@pytest.mark.slow    # a whole (1-step) training run: ~30 s on 2 cores
+def test_sigterm_between_the_final_eval_and_the_final_save_then_resume(
+        corpus, tmp_path, capsys, monkeypatch):
+    from coda_flax.checkpoints import native
+    real = native.save_checkpoint
+
+    def killed_first(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)      # arrives before the first byte of final/
+        return real(*a, **k)
+    monkeypatch.setattr("coda_flax.checkpoints.save_checkpoint", killed_first)
+    run = tmp_path / "run"
+    assert _train(run, corpus) == 143
+    _one_line(capsys, "coda train: stopped by SIGTERM; nothing new was saved")
+    assert not (run / "LOCK").exists() and not (run / "final").exists()
+    assert (run / "checkpoints" / "1").is_dir()
+    monkeypatch.setattr("coda_flax.checkpoints.save_checkpoint", real)
+    assert _train(run, corpus) == 0                # resumes at step 1 and writes final/
+    assert (run / "final" / "config.json").is_file() and not (run / "LOCK").exists()
+
+
+def test_demo_stopped_by_sigterm_prints_one_line(tmp_path, capsys, monkeypatch):
+    from coda_flax.experiments import demo
+    before = signal.getsignal(signal.SIGTERM)
+
+    def stopped(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)                              # the handler raises before this ends
+    monkeypatch.setattr(demo, "run_demo", stopped)
+    assert main(["demo", "--quick", "--output", str(tmp_path / "out")]) == 143
+    line = _one_line(capsys, "coda demo: stopped by SIGTERM; ")
+    assert "finished stages are kept" in line
+    assert signal.getsignal(signal.SIGTERM) is before          # the handler is put back
