@@ -1,7 +1,7 @@
 """Stops outside the training loop: SIGTERM at start-up or between the final evaluation and the
 final save is one line, exit status 143, the lock released and the run resumable; an empty or
 garbled lock is cleared as stale; `Preempted` carries no gin note; `coda demo` stops in one
-line."""
+line; a full disk is one line, without orbax's background tracebacks."""
 
 import json
 import os
@@ -126,3 +126,41 @@ def test_demo_stopped_by_sigterm_prints_one_line(tmp_path, capsys, monkeypatch):
     line = _one_line(capsys, "coda demo: stopped by SIGTERM; ")
     assert "finished stages are kept" in line
     assert signal.getsignal(signal.SIGTERM) is before          # the handler is put back
+
+
+# tensorstore's message when the disk filled during an orbax save (copied from a run on a full
+# 200 KiB tmpfs)
+TENSORSTORE_FULL = (
+    'RESOURCE_EXHAUSTED: Error writing "trainable.token_embedder.embedding/0.0" in OCDBT '
+    'database at local file "/run/checkpoints/2.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/'
+    'ocdbt.process_0/": Failed writing: "/run/checkpoints/2.orbax-checkpoint-tmp/state.orbax-'
+    'checkpoint-tmp/ocdbt.process_0/d/89dbe33b": Failed to write 5740 bytes to file 6: No space '
+    "left on device [os_error_code='28']")
+
+
+@pytest.mark.parametrize("error,where", [
+    (ValueError(TENSORSTORE_FULL), "writing /run/checkpoints/2.orbax-checkpoint-tmp/state.orbax-"
+                                   "checkpoint-tmp/ocdbt.process_0/d/89dbe33b (5740 bytes)"),
+    (OSError(28, "No space left on device", "/run/config.gin"), "writing /run/config.gin;"),
+])
+def test_a_full_disk_is_one_line_naming_the_path_without_background_tracebacks(
+        corpus, tmp_path, capsys, monkeypatch, error, where):
+    import logging
+
+    from coda_flax.train import run as run_lib
+
+    def full(*a, **k):
+        try:
+            raise error
+        except Exception:                             # what orbax's save threads log first
+            for _ in range(3):
+                logging.getLogger("absl").error("_SignalingThread.run() raised", exc_info=True)
+            raise
+    monkeypatch.setattr(run_lib, "make_model", full)
+    assert _train(tmp_path / "run", corpus) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "_SignalingThread" not in err, err[-2000:]
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("coda train: error: disk full: no space left on device " + where)
+    assert lines[1:] == []
+    assert not (tmp_path / "run" / "LOCK").exists()

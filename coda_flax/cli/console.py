@@ -112,3 +112,43 @@ def stopped_by_signals():
 def stop_line(command: str, e: Stopped, what: str) -> tuple[str, int]:
     """The one line a stopped command prints, and its exit status (128 + the signal)."""
     return f"{command}: stopped by {e}; {what}", 128 + e.signum
+
+
+class _HideBackgroundTracebacks(logging.Filter):
+    """Drops ERROR records with a traceback (orbax's save threads, asyncio's orphaned tasks: a
+    full disk logs ~300 lines of them before the error reaches the command); counts them."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.exc_info:
+            self.hidden += 1
+            return False
+        return True
+
+    def unraisable(self, info) -> None:
+        """sys.unraisablehook: orbax's threads calling into a closed event loop after a failed
+        save ("Event loop is closed", dozens of them) are counted; anything else is printed."""
+        if isinstance(info.exc_value, RuntimeError) and "Event loop is closed" in str(
+                info.exc_value):
+            self.hidden += 1
+            return
+        sys.__unraisablehook__(info)
+
+
+_BACKGROUND = _HideBackgroundTracebacks()
+
+
+def hide_background_tracebacks() -> _HideBackgroundTracebacks:
+    """From here to the process's exit, absl's and asyncio's ERROR records that carry a
+    traceback, and "Event loop is closed" from orbax's threads, are not printed (the command
+    prints the error itself, in one line; --debug does not call this). Returns the filter; its
+    `hidden` counts what was dropped. Installed once per process."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if _BACKGROUND not in logger.filters:
+            logger.addFilter(_BACKGROUND)
+    sys.unraisablehook = _BACKGROUND.unraisable
+    return _BACKGROUND

@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import re
 import sys
 
 from coda_flax.resources import GIN_DIR
@@ -59,9 +61,24 @@ def without_gin_notes(e: BaseException) -> str:
     return " ".join(text.split())
 
 
+_DISK_FULL = ("No space left on device", "RESOURCE_EXHAUSTED: Error writing")
+_WRITTEN = (r'Failed writing: "([^"]+)"', r'local file "([^"]+)"', r'Error writing "([^"]+)"',
+            r"No space left on device: '([^']+)'")                      # str(OSError)
+
+
 def one_line_error(e: BaseException) -> str:
-    """An exception as one line: its type and message, without gin's call-site notes."""
+    """An exception as one line: its type and message, without gin's call-site notes; a full
+    disk (Python's ENOSPC, or tensorstore's) as the path and the bytes that did not fit."""
     text = without_gin_notes(e)
+    if getattr(e, "errno", None) == errno.ENOSPC or any(m in text for m in _DISK_FULL):
+        paths = [getattr(e, "filename", None)] + [m.group(1) for p in _WRITTEN if (
+            m := re.search(p, text))]
+        path = next((p for p in paths if p), None)
+        size = re.search(r"Failed to write (\d+) bytes", text)
+        return (f"disk full: no space left on device "
+                f"{f'writing {path}' if path else f'({text[:150]})'}"
+                f"{f' ({size.group(1)} bytes)' if size else ''}; free some space or choose "
+                f"another directory, then run again (checkpoints already saved are intact)")
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
@@ -79,10 +96,13 @@ def run_mode(mode: str, args) -> int:
     """Runs a mode; errors are one line on stderr (exit 1) unless --debug / CODA_DEBUG=1.
 
     Exit status: 0 done, 1 error, 143 preempted (SIGTERM; a checkpoint of the step was saved)."""
-    from coda_flax.cli.console import Stopped, quiet_startup, stop_line, stopped_by_signals
+    from coda_flax.cli.console import (Stopped, hide_background_tracebacks, quiet_startup,
+                                       stop_line, stopped_by_signals)
     debug = getattr(args, "debug", False) or os.environ.get("CODA_DEBUG", "") not in ("", "0")
+    hidden = None if debug else hide_background_tracebacks()
+    before = hidden.hidden if hidden else 0
     try:
-        with stopped_by_signals():               # from start-up to exit, the lock released
+        with stopped_by_signals():
             quiet_startup()
             from coda_flax.train.gin_config import run_gin
             from coda_flax.train.trainer import Preempted
@@ -103,6 +123,9 @@ def run_mode(mode: str, args) -> int:
         print(f"coda {mode}: error: {one_line_error(e)} (--debug or CODA_DEBUG=1 for the "
               f"traceback)", file=sys.stderr)
         return 1
+    if hidden and hidden.hidden > before:
+        print(f"coda {mode}: note: {hidden.hidden - before} background error(s) with a "
+              f"traceback were hidden (--debug shows them)", file=sys.stderr)
     if mode == "eval" and isinstance(result, dict):
         print("coda eval: metrics")
         print(format_metrics(result))
