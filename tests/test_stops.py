@@ -114,17 +114,23 @@ def test_sigterm_between_the_final_eval_and_the_final_save_then_resume(
     assert (run / "final" / "config.json").is_file() and not (run / "LOCK").exists()
 
 
-def test_demo_stopped_by_sigterm_prints_one_line(tmp_path, capsys, monkeypatch):
-    from coda_flax.experiments import demo
+@pytest.mark.parametrize("command,module,function,says", [
+    (["demo", "--quick"], "demo", "run_demo", "finished stages are kept"),
+    (["compare", "easy_vqa", "--quick"], "compare", "run_compare", "what it finished is kept"),
+])
+def test_demo_and_compare_stopped_by_sigterm_print_one_line(tmp_path, capsys, monkeypatch,
+                                                            command, module, function, says):
+    import importlib
+    experiment = importlib.import_module(f"coda_flax.experiments.{module}")
     before = signal.getsignal(signal.SIGTERM)
 
     def stopped(*a, **k):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)                              # the handler raises before this ends
-    monkeypatch.setattr(demo, "run_demo", stopped)
-    assert main(["demo", "--quick", "--output", str(tmp_path / "out")]) == 143
-    line = _one_line(capsys, "coda demo: stopped by SIGTERM; ")
-    assert "finished stages are kept" in line
+    monkeypatch.setattr(experiment, function, stopped)
+    assert main([*command, "--output", str(tmp_path / "out")]) == 143
+    line = _one_line(capsys, f"coda {command[0]}: stopped by SIGTERM; ")
+    assert says in line
     assert signal.getsignal(signal.SIGTERM) is before          # the handler is put back
 
 

@@ -62,7 +62,7 @@ def demo_main(a: argparse.Namespace) -> int:
                 raise Stopped(signal.SIGTERM) from e
     except Stopped as e:
         line, status = stop_line("coda demo", e, "finished stages are kept and reused when it "
-                                 "is run again (a stage stopped in training resumes).")
+                                 "is run again.")
         print(line, file=sys.stderr)
         return status
     return 0
