@@ -90,8 +90,8 @@ def _bad_macro(draw):
     return macro, draw(_wrong(rule.kind, rule))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(bad=_bad_macro())
 def test_random_wrong_macros_exit_1_naming_the_setting_and_write_nothing(bad, tmp_path, capsys):
     macro, value = bad

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from corpus_helpers import prepared_corpus
@@ -170,3 +171,56 @@ def test_a_full_disk_is_one_line_naming_the_path_without_background_tracebacks(
     assert lines[0].startswith("coda train: error: disk full: no space left on device " + where)
     assert lines[1:] == []
     assert not (tmp_path / "run" / "LOCK").exists()
+
+
+def _train_process(model_dir, corpus, steps):
+    import subprocess
+    import sys
+    data, vocab = corpus
+    return subprocess.Popen(
+        [sys.executable, "-m", "coda_flax.cli", "train", "--gin_file=models/tiny.gin",
+         "--gin_file=runs/finetune.gin", "--gin.model_config.vocab_size=400",
+         "--gin.model_config.d_model=32", "--gin.model_config.num_heads=2",
+         "--gin.model_config.head_dim=16", "--gin.model_config.d_ff=64",
+         f"--gin.MODEL_DIR='{model_dir}'", f"--gin.DATA_DIR='{data}'",
+         f"--gin.VOCAB_PATH='{vocab}'", "--gin.MIXTURE_OR_TASK_NAME='coda_shakespeare_play'",
+         "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}", f"--gin.TRAIN_STEPS={steps}",
+         "--gin.BATCH_SIZE=4", "--gin.train.trainable='all'", "--gin.train.checkpoint_every=2",
+         "--gin.train.eval_max_examples=4", "--gin.train.eval_batch_size=4",
+         "--gin.train.progress=False"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+
+
+@pytest.mark.slow    # ~6 `coda train` processes: a few minutes on 2 cores
+def test_sigterm_at_random_moments_from_start_up_to_exit_then_resume_is_exact(corpus, tmp_path):
+    """SIGTERM after a random delay from the process start (start-up, steps, saves, the final
+    evaluation and save): exit 143 or 0, never a lock left, and the resumed run ends with the
+    uninterrupted run's final parameters. FAULT_SEED=<n> replays one sequence of delays."""
+    import random
+
+    from coda_flax.checkpoints import flatten_params, load_checkpoint
+    steps = 6
+    reference = _train_process(tmp_path / "reference", corpus, steps)
+    _, err = reference.communicate(timeout=900)
+    assert reference.returncode == 0, err[-3000:]
+    rng = random.Random(int(os.environ.get("FAULT_SEED", "0")) or None)
+    run, stops = tmp_path / "run", 0
+    for _ in range(8):
+        proc = _train_process(run, corpus, steps)
+        if stops < 4:
+            time.sleep(rng.uniform(1.0, 25.0))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode in (0, 143), err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        assert not (run / "LOCK").exists()
+        if proc.returncode == 0:
+            break
+        stops += 1
+    assert proc.returncode == 0 and stops >= 1
+    want = flatten_params(load_checkpoint(str(tmp_path / "reference" / "final"))[1])
+    got = flatten_params(load_checkpoint(str(run / "final"))[1])
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)

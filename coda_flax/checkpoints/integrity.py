@@ -80,10 +80,11 @@ def verify_arrays(tree, digests: Mapping[str, str], where: str) -> None:
     bad = sorted(k for k in set(got) & set(digests) if got[k] != digests[k])
     extra = sorted(set(got) - set(digests))
     if bad:
+        others = f": also {', '.join(bad[1:4])}{', ...' if len(bad) > 4 else ''}" \
+            if len(bad) > 1 else ""
         raise IntegrityError(
-            f"{where}: array {bad[0]} does not match its saved {ALGORITHM} "
-            f"({len(bad)} of {len(digests)} arrays differ{': ' + ', '.join(bad[1:4]) if len(bad) > 1 else ''}"
-            f"{', ...' if len(bad) > 4 else ''}); the files are damaged. Restore them from a "
+            f"{where}: array {bad[0]} does not match its saved {ALGORITHM} ({len(bad)} of "
+            f"{len(digests)} arrays differ{others}); the files are damaged. Restore them from a "
             f"copy, or write the checkpoint again.")
     if missing or extra:
         which = (f"saved but not read: {', '.join(missing[:4])}" if missing
