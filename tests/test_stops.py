@@ -53,6 +53,21 @@ def test_preempted_is_printed_without_gins_call_site_note():
                                           "again to resume.")
 
 
+def test_a_stop_swallowed_where_python_can_only_report_it_is_raised_again():
+    """A signal handler's exception inside a gc callback or __del__ is "ignored" by Python (the
+    random-SIGTERM test below met one in jax's gc callback): the stop must still happen."""
+    from coda_flax.cli.console import Stopped, stopped_by_signals
+
+    class Dying:
+        def __del__(self):
+            raise Stopped(signal.SIGTERM)
+    with pytest.raises(Stopped, match="SIGTERM"):
+        with stopped_by_signals():
+            Dying()                                # __del__ runs here: an unraisable Stopped
+            for _ in range(500):
+                time.sleep(0.002)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")

@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 
 _QUIET_LOGGERS = ("jax._src.xla_bridge",)
 _SEQIO_CACHE_WORDS = ("uncached FunctionDataset", "does not support caching")
@@ -98,15 +99,31 @@ def stopped_by_signals():
     Only the main thread can set handlers; elsewhere the block runs unchanged."""
     def handler(signum, _frame):
         raise Stopped(signum)
+
+    hook = sys.unraisablehook
+
+    def again(info):
+        """Stopped raised where Python can only report it (a gc callback, a __del__): the
+        signal is sent again from another thread 50 ms later (a handler run inside this hook
+        would be swallowed too), to be raised in the main thread's ordinary code."""
+        if isinstance(info.exc_value, Stopped):
+            again_soon = threading.Timer(0.05, os.kill, (os.getpid(), info.exc_value.signum))
+            again_soon.daemon = True
+            again_soon.start()
+            return
+        hook(info)
     try:
         previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:                            # not the main thread
         previous = {}
+    sys.unraisablehook = again
     try:
         yield
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        if sys.unraisablehook is again:
+            sys.unraisablehook = hook
 
 
 def stop_line(command: str, e: Stopped, what: str) -> tuple[str, int]:
