@@ -47,9 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from coda_flax.cli.train import split_gin_flags
+    from coda_flax.cli.console import Stopped, stopped_by_signals
 
-    bindings, argv = split_gin_flags(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.gin_bindings = bindings
-    return int(args.func(args) or 0)
+    try:
+        with stopped_by_signals():         # the commands set their own inside; this covers
+            from coda_flax.cli.train import split_gin_flags       # parsing and imports
+
+            bindings, argv = split_gin_flags(sys.argv[1:] if argv is None else argv)
+            args = build_parser().parse_args(argv)
+            args.gin_bindings = bindings
+            return int(args.func(args) or 0)
+    except Stopped as e:
+        print(f"coda: stopped by {e} while starting; nothing was written.", file=sys.stderr)
+        return 128 + e.signum
