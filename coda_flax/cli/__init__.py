@@ -18,6 +18,7 @@ jax and TensorFlow.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
@@ -47,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from coda_flax.cli.console import Stopped, stopped_by_signals
+    from coda_flax.cli.console import Stopped, exit_now, stopped_by_signals
 
+    own_process = argv is None             # `coda ...`, not a call from Python (tests)
     try:
         with stopped_by_signals():         # the commands set their own inside; this covers
             from coda_flax.cli.train import split_gin_flags       # parsing and imports
@@ -56,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             bindings, argv = split_gin_flags(sys.argv[1:] if argv is None else argv)
             args = build_parser().parse_args(argv)
             args.gin_bindings = bindings
-            return int(args.func(args) or 0)
+            status = int(args.func(args) or 0)
     except Stopped as e:
         print(f"coda: stopped by {e} while starting; nothing was written.", file=sys.stderr)
-        return 128 + e.signum
+        status = 128 + e.signum
+    if own_process and status in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+        exit_now(status)
+    return status
