@@ -215,20 +215,23 @@ def test_sigterm_at_random_moments_from_start_up_to_exit_then_resume_is_exact(co
 
     from coda_flax.checkpoints import flatten_params, load_checkpoint
     steps = 6
+    started = time.time()
     reference = _train_process(tmp_path / "reference", corpus, steps)
     _, err = reference.communicate(timeout=900)
     assert reference.returncode == 0, err[-3000:]
+    duration = time.time() - started                # the delays are fractions of a whole run
     rng = random.Random(int(os.environ.get("FAULT_SEED", "0")) or None)
     run, stops = tmp_path / "run", 0
     for _ in range(8):
         proc = _train_process(run, corpus, steps)
         if stops < 4:
-            time.sleep(rng.uniform(1.0, 25.0))
+            time.sleep(rng.uniform(0.02, 0.6) * duration)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=900)
         if proc.returncode == -signal.SIGTERM:     # before coda's code ran (~1 s), or after
             assert not (run / "LOCK").exists(), err[-3000:]        # it ended: no lock either
+            stops += 1
             continue
         assert proc.returncode in (0, 143), err[-3000:]
         assert "Traceback" not in err, err[-3000:]
