@@ -70,6 +70,9 @@ def _wrong(kind, rule):
                          st.fixed_dictionaries({"inputs": st.integers(1, 9)}),
                          st.fixed_dictionaries({"inputs": st.integers(1, 9),
                                                 "targets": text}))
+    if kind == "strings":
+        return st.one_of(text, st.just([]), st.integers(),
+                         st.lists(st.integers(), min_size=1, max_size=2))
     raise AssertionError(kind)
 
 
@@ -105,6 +108,49 @@ def test_random_wrong_macros_exit_1_naming_the_setting_and_write_nothing(bad, tm
     assert f"{macro}={value!r}: must be " in lines[0], lines[0]
     assert f"(sets train.{MACROS[macro]})" in lines[0]
     assert not os.path.exists(model_dir)
+
+
+# runs/eval.gin's and runs/infer.gin's macros: mode -> (function, {macro: argument}, good flags)
+OTHER_MODES = {
+    "eval": ("evaluate", {"BATCH_SIZE": "batch_size", "SPLIT": "split",
+                          "TASK_FEATURE_LENGTHS": "task_feature_lengths",
+                          "MIXTURE_OR_TASK_NAME": "mixture_or_task_name",
+                          "CHECKPOINT_PATH": "checkpoint_path"},
+             {"CHECKPOINT_PATH": "'/nowhere'", "MIXTURE_OR_TASK_NAME": "'coda_shakespeare_play'",
+              "TASK_FEATURE_LENGTHS": "{'inputs': 8, 'targets': 4}", "BATCH_SIZE": "2"}),
+    "infer": ("infer", {"INPUT_LENGTH": "input_length", "TARGET_LENGTH": "target_length",
+                        "NUM_DECODES": "num_decodes", "INPUTS": "inputs",
+                        "CHECKPOINT_PATH": "checkpoint_path"},
+              {"CHECKPOINT_PATH": "'/nowhere'", "INPUTS": "['a']"}),
+}
+
+
+@st.composite
+def _bad_eval_or_infer_macro(draw):
+    mode = draw(st.sampled_from(sorted(OTHER_MODES)))
+    function, macros, _ = OTHER_MODES[mode]
+    macro = draw(st.sampled_from(sorted(macros)))
+    rule = RULES[function][macros[macro]]
+    return mode, macro, draw(_wrong(rule.kind, rule))
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(bad=_bad_eval_or_infer_macro())
+def test_random_wrong_eval_and_infer_macros_exit_1_naming_the_setting(bad, tmp_path, capsys):
+    mode, macro, value = bad
+    function, macros, good = OTHER_MODES[mode]
+    out = tmp_path / "out"
+    where = {"eval": "EVAL_OUTPUT_DIR", "infer": "OUTPUT_PATH"}[mode]
+    flags = {**good, where: repr(str(out)), macro: repr(value)}
+    assert main([mode, f"--gin_file=runs/{mode}.gin",
+                 *[f"--gin.{k}={v}" for k, v in flags.items()]]) == 1
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.startswith(f"coda {mode}: error: SettingError: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert f"{macro}={value!r}: must be " in lines[0], lines[0]
+    assert f"(sets {function}.{macros[macro]})" in lines[0]
+    assert not os.path.exists(out)
 
 
 @pytest.mark.parametrize("binding,message", [
