@@ -6,7 +6,7 @@ unless it is listed below with a reason.
     cli            argv: one module per `coda` subcommand, console set-up
     experiments    end-to-end runs (tools) and the steps they share (pipeline)
     analysis       FLOPs, timing, routing statistics, plots, benchmarks (+ bench.py, viz.py)
-    I/O            checkpoints, train, tasks, t5x, frontends, datasets, configs, resources
+    I/O            checkpoints, train, tasks, t5x, frontends, datasets, resources
     core           the model: soft_topk, routing, layers, coda_layer, model, config, inputs, ctc
 
 A module imports its own layer and the layers below it. `__main__` modules are entry points
@@ -32,7 +32,7 @@ LAYERS = {
     "soft_topk": CORE, "routing": CORE, "layers": CORE, "coda_layer": CORE, "model": CORE,
     "config": CORE, "inputs": CORE, "ctc": CORE,
     "checkpoints": IO, "train": IO, "tasks": IO, "t5x": IO, "frontends": IO, "datasets": IO,
-    "configs": IO, "resources": IO, "checksums": IO,
+    "resources": IO, "checksums": IO,
     "analysis": ANALYSIS, "bench": ANALYSIS, "viz": ANALYSIS,
     "experiments": EXPERIMENTS,
     "cli": CLI,

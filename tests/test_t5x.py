@@ -34,7 +34,7 @@ from coda_flax.t5x import (AXIS_RULES, FACTOR_RULES, T5XEncoderDecoder, axis_rul
                            model_config, param_filter, split_axes)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GIN_DIR = os.path.join(ROOT, "coda_flax", "t5x", "gin")
+GIN_DIR = os.path.join(ROOT, "gin", "t5x")
 MODEL_GIN = os.path.join(GIN_DIR, "coda_model.gin")
 # CI clones the repository with a read-only ../shared beside it; scripts/env.sh installs T5X
 # from its wheels there, so in CI a missing T5X is a failure, not a skip.
@@ -301,8 +301,9 @@ def test_adapters_and_kv_projections_shard_under_model_parallelism():
 
 
 def test_gin_files_ship_with_the_package():
-    """setup.cfg's package_data covers every gin file, and `python -m coda_flax.t5x --gin-dir`
-    (for T5X's --gin_search_paths; needs no T5X) prints the folder they are in."""
+    """The T5X gin files are the repository's gin/t5x/, which setup.cfg ships in the package
+    (coda_flax/gin/t5x), and `python -m coda_flax.t5x --gin-dir` (for T5X's
+    --gin_search_paths; needs no T5X) prints the folder they are in."""
     import configparser
     import fnmatch
 
@@ -310,12 +311,12 @@ def test_gin_files_ship_with_the_package():
 
     cfg = configparser.ConfigParser()
     cfg.read(os.path.join(ROOT, "setup.cfg"))
-    globs = cfg["options.package_data"]["coda_flax.t5x"].split()
+    globs = cfg["options.package_data"]["coda_flax.gin"].replace(",", " ").split()
     files = sorted(os.listdir(ct.GIN_DIR))
+    assert ct.GIN_DIR == GIN_DIR
     assert {"coda_model.gin", "coda_trainer.gin", "init_from_params.gin",
             "tiny_offline.gin"} <= set(files)
-    assert all(any(fnmatch.fnmatch(f"gin/{f}", g) for g in globs) for f in files)
-    assert not os.path.exists(os.path.join(ROOT, "gin", "t5x"))
+    assert all(any(fnmatch.fnmatch(f"t5x/{f}", g) for g in globs) for f in files)
     out = subprocess.run([sys.executable, "-m", "coda_flax.t5x", "--gin-dir"], cwd="/",
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == ct.GIN_DIR and os.path.isfile(os.path.join(out, "coda_model.gin"))

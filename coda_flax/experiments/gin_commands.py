@@ -53,11 +53,14 @@ def gin_file_path(arg: str) -> str:
 
 
 def gin_key(path: str) -> str:
-    """A gin file as the run fingerprints name it: gin/<name> for a packaged file (the
-    repository path before the gin files moved into the package, so that the fingerprints of
-    finished runs stay valid), else the path as given."""
+    """A gin file as the run fingerprints name it: for a packaged file its repository path of
+    the version that introduced fingerprints (gin/<name>; the variants were in
+    gin/models/variants/ then), so that the fingerprints of finished runs stay valid; any
+    other file, the path as given."""
     name = packaged_gin_name(path)
-    return path if name is None else f"gin/{name}"
+    if name is None:
+        return path
+    return "gin/" + ("models/" + name if name.startswith("variants/") else name)
 
 
 _SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")

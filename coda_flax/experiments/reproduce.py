@@ -5,7 +5,7 @@
         --gin.INITIAL_CHECKPOINT_PATH="'/ckpts/{preset}'" --gin.VOCAB_PATH="'/t5/spiece.model'" \\
         --gin.TFDS_DATA_DIR="'/data/tfds'"
 
-A table (coda_flax/configs/tableN.py, plain data, shipped in the package) is a grid: every cell
+A table (configs/tableN.py, plain data, shipped in the package as coda_flax.configs) is a grid: every cell
 of a row of ours (not a row quoted from other work) and a metric column is one experiment, whose
 stages are gin runs of the project's own trainer:
 

@@ -21,14 +21,15 @@ needs only flax (and seqio for the vocabularies):
 
 import os
 
+from coda_flax.resources import GIN_DIR as _GIN_DIR
 from coda_flax.t5x.module import (AXIS_RULES, FACTOR_RULES, T5XEncoderDecoder, axis_rules,
                                   model_config, param_filter, split_axes)
 
 from coda_flax.t5x.vocab import offline_vocabulary, vocabulary
 
-# The gin files (coda_model.gin, coda_trainer.gin, init_from_params.gin, tiny_offline.gin),
-# installed with the package: pass it in --gin_search_paths (`python -m coda_flax.t5x --gin-dir`).
-GIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gin")
+# The gin files (coda_model.gin, coda_trainer.gin, init_from_params.gin, tiny_offline.gin): the
+# repository's gin/t5x/, installed with the package (coda_flax/gin/t5x/): pass it in --gin_search_paths (`python -m coda_flax.t5x --gin-dir`).
+GIN_DIR = os.path.join(_GIN_DIR, "t5x")
 
 # name -> the module defining it; these import T5X on first access.
 _NEEDS_T5X = {"CodaEncoderDecoderModel": "models", "logical_factor_rules": "models",

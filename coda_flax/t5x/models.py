@@ -1,6 +1,6 @@
 """CodaEncoderDecoderModel: CoDA as a `t5x.models.EncoderDecoderModel` (needs T5X installed).
 
-    MODEL = @coda_t5x.CodaEncoderDecoderModel()          # coda_flax/t5x/gin/coda_model.gin
+    MODEL = @coda_t5x.CodaEncoderDecoderModel()          # gin/t5x/coda_model.gin
     coda_t5x.CodaEncoderDecoderModel.config = @coda_t5x.model_config()
 
 Everything T5X does with a model (loss_fn, eval_fn, score_batch, predict_batch_with_aux with

@@ -3,8 +3,8 @@ configured entry point (train / evaluate / infer). The command line that feeds i
 coda_flax/cli/train.py (`coda train|eval|infer`, `python -m coda_flax.train`).
 
 A gin file is looked up as given, then in --gin_search_path, then in the packaged gin folder
-(coda_flax/gin; coda_flax.resources.resolve_gin_file; gin/models/tiny.gin, the repository path
-of earlier versions, still works).
+(the repository's gin/, coda_flax/gin in the wheel; coda_flax.resources.resolve_gin_file;
+earlier names, gin/models/tiny.gin and models/variants/dense.gin, still work).
 
 Run files use T5X's macro names (MODEL_DIR, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS,
 TRAIN_STEPS, BATCH_SIZE, INITIAL_CHECKPOINT_PATH, ...). This module is the only place that

@@ -37,9 +37,9 @@ COLUMNS = [dict(key=f"{size}_{d}", group=group, label=label, kind="metric",
            for size, group, preset in SIZES for d, label in DATASETS]
 KEYS = [c["key"] for c in COLUMNS]
 
-PA = "models/variants/parallel_adapter.gin"
-K_TO_ALL = "models/variants/coda_k_to_all.gin"
-K_TO_K = "models/variants/coda_k_to_k.gin"
+PA = "variants/parallel_adapter.gin"
+K_TO_ALL = "variants/coda_k_to_all.gin"
+K_TO_K = "variants/coda_k_to_k.gin"
 
 
 def row(key, labels, variant_gin, reduction, paper, delta):

@@ -14,9 +14,9 @@ CAPTION = ("Table 3. Ablation study on routing methods. We use CoDA k -to- k var
            "comparison with the truncation method. Better routing method delivers better accuracy "
            "on various tasks and model sizes tested. We use soft top- k as our default method.")
 
-SOFT_TOPK = "models/variants/coda_k_to_k.gin"
-SIGMOID = "models/variants/coda_sigmoid.gin"
-FIRST_K = "models/variants/coda_first_k.gin"
+SOFT_TOPK = "variants/coda_k_to_k.gin"
+SIGMOID = "variants/coda_sigmoid.gin"
+FIRST_K = "variants/coda_first_k.gin"
 
 
 def row(key, labels, variant_gin, reduction, paper, delta, baseline):

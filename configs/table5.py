@@ -24,8 +24,8 @@ COLUMNS = [dict(key=f"{size}_{split}", group=group, label=split, kind="metric",
                 **finetune("LibriSpeech", split=f"test_{split}"))
            for size, group in SIZES for split in ("clean", "other")]
 KEYS = [c["key"] for c in COLUMNS]
-PA = "models/variants/parallel_adapter.gin"
-CODA = "models/variants/coda_k_to_all.gin"
+PA = "variants/parallel_adapter.gin"
+CODA = "variants/coda_k_to_all.gin"
 
 
 def row(key, labels, reduction, paper, delta):

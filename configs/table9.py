@@ -16,7 +16,7 @@ CAPTION = (r"Table 9. Fine-tuning results on 6 language tasks \times 3 model siz
 PAPER_TEXT_CHECKPOINTS = (
     "dense checkpoints of the paper's own text models (Table 7; never released), one per size. "
     "Pretrain one as T5 did (span corruption on C4, TFDS c4/en) with `coda train "
-    "--gin_file=models/paper_text_xl.gin --gin_file=models/variants/dense.gin "
+    "--gin_file=models/paper_text_xl.gin --gin_file=variants/dense.gin "
     "--gin_file=runs/pretrain.gin --gin.MODEL_DIR=\"'CKPTS/paper_text_xl'\" "
     "--gin.TRAIN_STEPS=1000000 --gin.VOCAB_PATH=\"'.../spiece.model'\"` (likewise "
     "paper_text_base / paper_text_large), then pass "
@@ -35,8 +35,8 @@ def columns(xsum_split):
 
 COLUMNS = columns("validation")
 KEYS = [c["key"] for c in COLUMNS]
-PA = "models/variants/parallel_adapter.gin"
-CODA = "models/variants/coda_k_to_all.gin"
+PA = "variants/parallel_adapter.gin"
+CODA = "variants/coda_k_to_all.gin"
 
 
 def row(size, key, labels, reduction, paper, section=None):

@@ -30,8 +30,8 @@ COLUMNS = [
          suffix="×"),
 ]
 KEYS = [c["key"] for c in COLUMNS]
-PA = "models/variants/parallel_adapter.gin"
-CODA = "models/variants/coda_k_to_all.gin"
+PA = "variants/parallel_adapter.gin"
+CODA = "variants/coda_k_to_all.gin"
 
 
 def row(key, labels, reduction, paper):
