@@ -23,7 +23,7 @@ def test_gin_and_configs_live_at_the_top_level_and_setup_cfg_ships_every_gin_fil
     files = _packaged_files()
     assert {"models/tiny.gin", "variants/coda_k_to_all.gin", "runs/finetune.gin",
             "runs/eval.gin", "runs/infer.gin", "runs/pretrain.gin",
-            "t5x/coda_model.gin"} <= set(files)
+            "t5x/model.gin", "t5x/runs/pretrain.gin"} <= set(files)
     assert all(f.endswith(".gin") for f in files)
     cfg = configparser.ConfigParser()
     cfg.read(os.path.join(ROOT, "setup.cfg"))

@@ -72,7 +72,8 @@ def test_the_wheel_ships_gin_files_and_table_configs(installed):
     names = set(zipfile.ZipFile(wheel).namelist())
     for f in ("coda_flax/gin/models/tiny.gin", "coda_flax/gin/variants/coda_k_to_all.gin",
               "coda_flax/gin/runs/finetune.gin", "coda_flax/gin/runs/eval.gin",
-              "coda_flax/gin/t5x/coda_model.gin", "coda_flax/configs/__init__.py",
+              "coda_flax/gin/t5x/model.gin", "coda_flax/gin/t5x/runs/pretrain.gin",
+              "coda_flax/configs/__init__.py",
               "coda_flax/configs/table2.py", "coda_flax/configs/table8.py"):
         assert f in names, f
     # every file of the top-level gin/ and configs/ (one source), and nothing else of theirs
@@ -113,8 +114,9 @@ def test_tiny_train_from_packaged_gin_files_outside_the_repository(installed, tm
     gin_dir = _run([python, "-m", "coda_flax.train", "--gin-dir"], cwd=work, env=env).strip()
     assert gin_dir.startswith(os.path.dirname(bindir) + os.sep)
     t5x_dir = _run([python, "-m", "coda_flax.t5x", "--gin-dir"], cwd=work, env=env).strip()
-    assert t5x_dir == os.path.join(gin_dir, "t5x")
-    assert os.path.isfile(os.path.join(t5x_dir, "coda_model.gin"))
+    assert t5x_dir == gin_dir                     # one gin folder for both engines
+    for name in ("t5x/model.gin", "t5x/runs/pretrain.gin", "t5x/tasks/rte.gin"):
+        assert os.path.isfile(os.path.join(t5x_dir, name)), name
     _run([os.path.join(bindir, "coda"), "train", "--gin_file=models/tiny.gin",
           "--gin_file=variants/coda_k_to_all.gin", "--gin_file=runs/finetune.gin", *TINY,
           f"--gin.MODEL_DIR='{run}'", f"--gin.DATA_DIR='{tmp_path}'", f"--gin.VOCAB_PATH='{vocab}'",

@@ -18,7 +18,6 @@ import os
 
 import gin
 
-from coda_flax.config import CodaConfig, model_config
 from coda_flax.resources import GIN_DIR, resolve_gin_file
 from coda_flax.train import run
 
@@ -26,8 +25,7 @@ from coda_flax.train import run
 def _register_configurables():
     if getattr(_register_configurables, "done", False):
         return
-    gin.external_configurable(model_config, "model_config")
-    gin.external_configurable(CodaConfig, "CodaConfig")
+    import coda_flax.train.gin_models  # noqa: F401  (registers model_config, CodaConfig)
     for fn in (run.train, run.evaluate, run.infer):
         gin.external_configurable(fn, fn.__name__)
     _register_configurables.done = True
