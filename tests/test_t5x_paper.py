@@ -298,3 +298,87 @@ def test_paper_task_finetunes_and_evaluates(paper_setup, task):
     assert [metrics[s]["coda/k"] for s in (1, 2)] == [-(-n // 3)] * 2
     assert [r["step"] for r in run["eval"]] == [2] and METRIC[task] in run["eval"][0]
 
+
+# ------------------------------------------------------------------ coda reproduce --engine t5x
+def test_reproduce_t5x_writes_t5x_commands_sharing_runs_between_tables(tmp_path):
+    """`coda reproduce --engine t5x`: the stages of `coda train` as `python -m t5x.train` /
+    `t5x.eval` commands over the same model and variant files; Table 3's soft top-k rows share
+    Table 2's k-to-k runs as with the native engine; each stage starts from the checkpoint the
+    one before it ends with."""
+    from coda_flax.experiments import gin_commands as gc
+    from coda_flax.experiments import paper_tables as pt
+    from coda_flax.experiments import reproduce as rp
+
+    ckpt = ["INITIAL_CHECKPOINT_PATH='/c/{preset}'", "TFDS_DATA_DIR='/tfds'"]
+    t2 = {e.name: e for e in rp.expand(pt.load_table(2), tmp_path, ckpt, engine="t5x")}
+    t3 = {e.name: e for e in rp.expand(pt.load_table(3), tmp_path, ckpt, engine="t5x")}
+    native = {e.name: e for e in rp.expand(pt.load_table(2), tmp_path, ckpt)}
+    a, b = t2["k_to_k_r3.large_rte"], t3["soft_topk_r3.large_rte"]
+    assert [s.directory for s in a.stages[:-1]] == [s.directory for s in b.stages[:-1]]
+    assert {s.directory for s in a.stages[:-1]}.isdisjoint(
+        s.directory for s in native["k_to_k_r3.large_rte"].stages)
+    pre, fine, ev = a.stages
+    assert [s.kind for s in a.stages] == ["pretrain", "finetune", "eval"]
+    assert pre.command().startswith(f"python -m t5x.train --gin_search_paths={GIN_DIR} "
+                                    "--gin_file=models/t5_1_1_large.gin "
+                                    "--gin_file=variants/coda_k_to_k.gin "
+                                    "--gin_file=t5x/runs/pretrain.gin ")
+    assert fine.gin_files[-1] == "t5x/runs/finetune.gin" and ev.gin_files[-1] == "t5x/runs/eval.gin"
+    assert ev.command().startswith("python -m t5x.eval ")
+    assert pre.bindings["NUM_ROUTED"] == "192" and pre.bindings["TRAIN_STEPS"] == "100000"
+    assert pre.bindings["INITIAL_CHECKPOINT_PATH"] == "'/c/t5_1_1_large'"
+    assert fine.bindings["INITIAL_CHECKPOINT_PATH"] == repr(
+        os.path.join(pre.directory, "checkpoint_100000"))
+    assert (fine.bindings["PAPER_TASK"], fine.bindings["REDUCTION"]) == ("'coda_rte'", "3")
+    assert ev.bindings["CHECKPOINT_PATH"] == repr(os.path.join(fine.directory, "checkpoint_300000"))
+    assert ev.bindings["REDUCTION"] == "3" and ev.bindings["TFDS_DATA_DIR"] == "'/tfds'"
+    assert "train.schedule" not in fine.bindings
+    for e in t2.values():
+        assert not any(gc.missing_gin_files(s.gin_files) for s in e.stages)
+    with pytest.raises(rp.ReproduceError, match="unknown engine"):
+        rp.expand(pt.load_table(2), tmp_path, engine="jax")
+
+
+def _tiny_table():
+    """A one-cell stand-in for Table 2: CoDA r = 3 on RTE (n = 64), 2 steps."""
+    return dict(
+        id="table2", number=2, title="tiny stand-in", caption="Table 2. A tiny stand-in.",
+        status="ready", label_columns=["Model", "r"], decimals=1, delta_avg=None,
+        initial_checkpoint=dict(required=True, help="a T5X checkpoint"),
+        columns=[dict(key="rte", label="RTE", kind="metric", model_gin="models/tiny.gin",
+                      preset="tiny", task="coda_rte", metric="accuracy", split="validation",
+                      feature_lengths={"inputs": 64, "targets": 8}, train_steps=2, batch_size=2,
+                      learning_rate=0.001, schedule="constant")],
+        rows=[dict(key="coda_r3", labels=["CoDA", "3"], variant_gin="variants/coda_k_to_all.gin",
+                   reduction=3, paper={"rte": 70.0})])
+
+
+@pytest.mark.slow
+def test_coda_reproduce_engine_t5x_runs_a_tiny_table(paper_setup, tmp_path, monkeypatch, capsys):
+    """`coda reproduce --table 2 --engine t5x` on a one-cell stand-in table, T5X's scripts run
+    on mocked TFDS data (the worker in place of `python -m`): train, eval, the table written;
+    run again, it is skipped."""
+    from coda_flax.cli import main as coda
+    from coda_flax.experiments import paper_tables as pt
+    from coda_flax.experiments import reproduce as rp
+
+    real = pt.load_table
+    monkeypatch.setattr(pt, "load_table",
+                        lambda which: _tiny_table() if pt.table_id(which) == "table2"
+                        else real(which))
+    monkeypatch.setattr(rp, "T5X_LAUNCH", (sys.executable, WORKER))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    out = tmp_path / "out"
+    argv = ["reproduce", "--table", "2", "--engine", "t5x", "--output", str(out),
+            f"--gin.INITIAL_CHECKPOINT_PATH='{paper_setup['init']}'", *paper_setup["common"],
+            "--gin.train.train_eval_dataset_cfg=None", "--gin.train.infer_eval_dataset_cfg=None",
+            "--gin.utils.DatasetConfig.batch_size=8"]
+    assert coda(argv) == 0, capsys.readouterr()
+    results = json.load(open(out / "table2" / "coda_r3.rte" / "eval_results.json"))
+    assert results["step"] == 2 and 0 <= results["accuracy"] <= 100 and results["engine"] == "t5x"
+    (exp,) = json.load(open(out / "table2.json"))["experiments"]
+    assert exp["status"] == "finished" and exp["ours"] == results["accuracy"]
+    assert exp["commands"][0].startswith("python -m t5x.train ")
+    log = open(os.path.join(exp["run_dir"], "t5x.train.log")).read()
+    assert "coda/k=22" in log                                      # ceil(64 / 3)
+    assert coda(argv) == 0 and "finished, skipped" in capsys.readouterr().out
