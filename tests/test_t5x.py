@@ -300,6 +300,53 @@ def test_adapters_and_kv_projections_shard_under_model_parallelism():
             assert not replicated and "model" in spec, (source, name, spec)
 
 
+MESH_WORKER = os.path.join(ROOT, "tests", "t5x_mesh_worker.py")
+
+
+def _mesh_run(devices, *model_axes):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    proc = subprocess.run([sys.executable, MESH_WORKER, *map(str, model_axes)], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    import json
+    return json.loads(proc.stdout.split("RESULT", 1)[1])
+
+
+@pytest.mark.slow             # two processes, ~3 min on 2 busy cores
+def test_t5x_partitioner_shards_coda_over_model_axes_2_and_4_with_the_losses_of_one_device():
+    """T5X's PjitPartitioner + CodaTrainer, 3 steps on 8 virtual CPU devices with 'model' = 2
+    and = 4 (model_parallel_submesh; on CPU num_partitions puts every device on 'model'): each
+    device holds its slice of the adapter, attention and MLP kernels (shapes read from the
+    placed arrays), the router and embedding-width tensors whole, and the losses are those of
+    the same run on one device."""
+    _require_t5x()
+    one = _mesh_run(1, 1)
+    many = _mesh_run(8, 2, 4)
+    assert (one["devices"], many["devices"]) == (1, 8)
+    assert many["num_partitions=2"] == {"data": 1, "model": 8}
+    # full shapes (tiny_config, 4 heads, adapter 8, d_ff 32, d_model 16, vocab 264) with the
+    # dimension named 'model' by the rules divided by the model axis
+    full = {"adapter/down/kernel": (16, 8), "adapter/up/kernel": (8, 16),
+            "router/kernel": (16,), "attention/query/kernel": (16, 4, 8),
+            "attention/key/kernel": (16, 4, 8), "mlp/wi_0/kernel": (16, 32),
+            "mlp/wo/kernel": (32, 16)}
+    split = {"adapter/down/kernel": 1, "adapter/up/kernel": 0, "router/kernel": None,
+             "attention/query/kernel": 1, "attention/key/kernel": 1, "mlp/wi_0/kernel": 1,
+             "mlp/wo/kernel": 0}
+    for m in (2, 4):
+        run = many[str(m)]
+        assert run["mesh"] == {"data": 8 // m, "model": m}
+        for name, shape in full.items():
+            want = list(shape)
+            if split[name] is not None:
+                want[split[name]] //= m
+            assert run["shards"][f"encoder/layers_0/{name}"] == [want] * 8, (m, name)
+        assert run["shards"]["token_embedder/embedding"] == [[264 // m, 16]] * 8   # vocab
+        np.testing.assert_allclose(run["losses"], one["1"]["losses"], rtol=2e-5)
+    assert len(set(one["1"]["losses"])) == 3                                   # it trains
+
+
 def test_gin_files_ship_with_the_package():
     """The T5X gin files are the repository's gin/t5x/ beside the model and variant files of
     `coda train`, which setup.cfg ships in the package (coda_flax/gin), and `python -m
