@@ -1,7 +1,6 @@
 """The packaged gin files and table configs: where they are and how --gin_file finds them."""
 
 import configparser
-import fnmatch
 import os
 
 from coda_flax import resources
@@ -31,7 +30,7 @@ def test_gin_and_configs_live_at_the_top_level_and_setup_cfg_ships_every_gin_fil
                        cfg["options"]["package_dir"].strip().splitlines())
     assert package_dir == {"coda_flax.gin": "gin", "coda_flax.configs": "configs"}
     globs = cfg["options.package_data"]["coda_flax.gin"].replace(",", " ").split()
-    assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files)
+    assert all(any(_glob_match(f, g) for g in globs) for f in files), files
     assert os.path.isfile(os.path.join(ROOT, "configs", "__init__.py"))  # coda_flax.configs
     pkg = os.path.dirname(os.path.abspath(resources.__file__))
     assert not os.path.exists(os.path.join(pkg, "gin"))                  # one copy only
@@ -67,3 +66,10 @@ def test_a_file_as_given_or_in_a_search_path_comes_before_the_packaged_one(tmp_p
     (other / "models" / "tiny.gin").write_text("# mine\n")
     assert resolve_gin_file("models/tiny.gin", [str(other)]) == str(other / "models" / "tiny.gin")
     assert resolve_gin_file("models/tiny.gin") == os.path.join(GIN_DIR, "models", "tiny.gin")
+
+
+def _glob_match(path, pattern):
+    """setuptools' package_data glob: '*' stays within one folder (fnmatch's crosses '/')."""
+    import fnmatch
+    parts, globs = path.split("/"), pattern.split("/")
+    return len(parts) == len(globs) and all(map(fnmatch.fnmatch, parts, globs))

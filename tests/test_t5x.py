@@ -353,7 +353,6 @@ def test_gin_files_ship_with_the_package():
     coda_flax.t5x --gin-dir` (for T5X's --gin_search_paths; needs no T5X) prints that folder:
     the same as `python -m coda_flax.train --gin-dir`."""
     import configparser
-    import fnmatch
 
     import coda_flax.t5x as ct
 
@@ -367,7 +366,7 @@ def test_gin_files_ship_with_the_package():
     assert {"t5x/model.gin", "t5x/trainer.gin", "t5x/init_from_params.gin", "t5x/paper_task.gin",
             "t5x/tiny_offline.gin", "t5x/runs/finetune.gin", "t5x/runs/pretrain.gin",
             "t5x/runs/eval.gin", "t5x/runs/infer.gin", *tasks} == set(files)
-    assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files)
+    assert all(any(_glob_match(f, g) for g in globs) for f in files), files
     for flag in ("coda_flax.t5x", "coda_flax.train"):
         out = subprocess.run([sys.executable, "-m", flag, "--gin-dir"], cwd="/",
                              capture_output=True, text=True, check=True).stdout.strip()
@@ -789,3 +788,10 @@ def _validation_size(root):
 
     path = os.path.join(root, "shakespeare", "play_passages.jsonl")
     return sum(json.loads(line).get("split") == "validation" for line in open(path))
+
+
+def _glob_match(path, pattern):
+    """setuptools' package_data glob: '*' stays within one folder (fnmatch's crosses '/')."""
+    import fnmatch
+    parts, globs = path.split("/"), pattern.split("/")
+    return len(parts) == len(globs) and all(map(fnmatch.fnmatch, parts, globs))

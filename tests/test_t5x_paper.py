@@ -8,8 +8,9 @@ docs/t5x.md:
 
 * a dense checkpoint converted to CoDA pretrains 2 steps on C4 span corruption at n = 512 with
   k = 192 routed tokens from the first step, every parameter training;
-* from there, RTE finetunes 2 steps (k = ceil(256 / 3), the backbone bit-identical) and
-  `t5x.eval` scores it; the other five tasks the same way (slow);
+* RTE finetunes 2 steps (k = ceil(256 / 3), the backbone bit-identical) and `t5x.eval` scores
+  it, from the converted checkpoint (the default suite's T5X run) and (slow) from the
+  pretraining's; the other five tasks the same way (slow);
 * the same model + variant files under `coda train` build the same parameter tree and route the
   same k.
 """
@@ -197,6 +198,31 @@ def _finetune_and_eval(setup, task, init, name):
     assert metrics.exists(), os.listdir(model_dir / "eval")
     return dict(model_dir=model_dir, logs=logs,
                 eval=[json.loads(line) for line in open(metrics)])
+
+
+@pytest.fixture(scope="module")
+def rte_run(paper_setup):
+    """RTE finetuning (T5X, 2 steps) from the converted checkpoint, and t5x.eval."""
+    return _finetune_and_eval(paper_setup, "rte", paper_setup["init"], "rte_from_converted")
+
+
+@pytest.mark.xdist_group("t5x_rte")
+def test_rte_from_a_converted_checkpoint_finetunes_adapters_and_t5x_eval_scores_it(
+        paper_setup, rte_run):
+    """The default suite's T5X paper run: t5x/runs/finetune.gin + t5x/tasks/rte.gin 2 steps
+    (k = ceil(256 / 3) = 86, Table 8's learning rate, only adapters / routers / layer norms
+    move), then t5x/runs/eval.gin."""
+    metrics = _train_metrics(rte_run["logs"]["train"])
+    assert sorted(metrics) == [1, 2]
+    assert [metrics[s]["coda/k"] for s in (1, 2)] == [-(-256 // 3)] * 2
+    assert all(m["learning_rate"] == pytest.approx(1e-3) for m in metrics.values())
+    start = {k: np.asarray(v) for k, v in _params(paper_setup["init"]).items()}
+    end = _params(rte_run["model_dir"] / "checkpoint_2")
+    assert {k: v.shape for k, v in end.items()} == {k: v.shape for k, v in start.items()}
+    moved = {k for k in start if not np.array_equal(start[k], end[k])}
+    assert moved and all(param_group(k) != "backbone" for k in moved)
+    assert {k for k in moved if "router" in k} and {k for k in moved if "adapter/up" in k}
+    assert [r["step"] for r in rte_run["eval"]] == [2] and 0 <= rte_run["eval"][0]["accuracy"] <= 100
 
 
 @pytest.fixture(scope="module")
