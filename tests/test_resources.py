@@ -73,3 +73,23 @@ def _glob_match(path, pattern):
     import fnmatch
     parts, globs = path.split("/"), pattern.split("/")
     return len(parts) == len(globs) and all(map(fnmatch.fnmatch, parts, globs))
+
+
+def test_every_model_and_variant_file_registers_its_names_for_either_engine():
+    """Each model / variant file imports coda_flax.train.gin_models (model_config, CodaConfig),
+    so that it parses first under T5X's train.py too (coda train registers them itself); in a
+    fresh process plain gin parses a model + variant pair with nothing registered beforehand."""
+    import subprocess
+    import sys
+
+    line = "import coda_flax.train.gin_models"
+    for folder in ("models", "variants"):
+        for name in sorted(os.listdir(os.path.join(GIN_DIR, folder))):
+            text = open(os.path.join(GIN_DIR, folder, name)).read()
+            assert any(l.startswith(line) for l in text.splitlines()), f"{folder}/{name}"
+    code = ("import gin, os, sys; d = sys.argv[1]\n"
+            "gin.parse_config_files_and_bindings([os.path.join(d, 'models', 'tiny.gin'), "
+            "os.path.join(d, 'variants', 'coda_k_to_k.gin')], ['REDUCTION = 4'])\n"
+            "c = gin.query_parameter('%MODEL_CONFIG').scoped_configurable_fn()\n"
+            "assert (c.d_model, c.coda.reduction, c.coda.attention) == (128, 4, 'k_to_k'), c\n")
+    subprocess.run([sys.executable, "-c", code, GIN_DIR], check=True, cwd="/")
