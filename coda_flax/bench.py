@@ -87,12 +87,13 @@ from typing import Any
 
 import numpy as np
 
+from coda_flax.analysis.bench_report import MODES, PAPER_SPEEDUPS
 from coda_flax.analysis.synthetic import fill_random, random_inputs, random_params
 from coda_flax.analysis.timing import Log, measure_interleaved, paired_speedup, sample_statistic
 from coda_flax.config import ATTENTION_VARIANTS, DTYPES, PRESETS, CodaConfig, ModelConfig
 from coda_flax.frontends.audio import SAMPLE_RATE
 from coda_flax.routing import ROUTERS, num_routed
-from coda_flax.soft_topk import SOLVERS
+from coda_flax.soft_topk import SOLVERS, SoftTopkConfig
 
 __all__ = ["SCHEMA_VERSION", "MODES", "STATISTICS", "TIMERS", "DEFAULT_REDUCTIONS",
            "DEFAULT_LENGTHS", "PAPER_SPEEDUPS", "SweepSettings", "SoftTopkSettings",
@@ -100,7 +101,6 @@ __all__ = ["SCHEMA_VERSION", "MODES", "STATISTICS", "TIMERS", "DEFAULT_REDUCTION
            "run_sweep", "run_soft_topk"]
 
 SCHEMA_VERSION = 2
-MODES = ("encode", "generate")
 STATISTICS = ("median", "min")
 TIMERS = ("wall", "process")     # time.perf_counter | time.process_time (CPU time, all threads)
 DEFAULT_REDUCTIONS = (1, 2, 3, 4, 5, 8, 16, 32)
@@ -109,14 +109,6 @@ DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096)
 # no end pad).
 FRAME_LENGTH = 400                 # samples (25 ms)
 FRAME_STEP = 160                   # samples (10 ms)
-# The paper's measured inference speedups over the Parallel Adapter (end to end), by preset:
-# Table 6, OCR-VQA column (Pix2Struct, n = 4096 patches, CoDA k-to-all; DocVQA and Screen2Words
-# give 12.1-12.5x at r = 16 and 16.7-17.8x at r = 32). Checked: configs/table6.py.
-PAPER_SPEEDUPS: dict[str, dict[str, Any]] = {
-    "pix2struct": {"n": 4096, "attention": "k_to_all", "mode": "generate",
-                   "source": "Table 6 (OCR-VQA)",
-                   "speedups": {4: 4.6, 8: 8.0, 16: 13.5, 32: 19.4}},
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +213,7 @@ class SweepSettings:
     settle: int = 1                          # untimed calls before each timed sample
     seed: int = 0
     router: str = "soft_topk"
-    solver: str = "coordinate_descent"
+    solver: str = SoftTopkConfig.solver
     adapter_dim: int | None = None           # None: the preset's (Table 7), else 64
 
     def __post_init__(self):
@@ -284,7 +276,7 @@ class SoftTopkSettings:
     lengths: tuple[int, ...] = (512, 4096)
     reductions: tuple[float, ...] = (3, 8)   # k = ceil(n / r) for the layers of the share rows
     gradient_reduction: float = 3            # k = ceil(n / r) of the gradient rows
-    num_iters: int = 20
+    num_iters: int = SoftTopkConfig.num_iters
     preset: str | ModelConfig = "paper_text_base"   # the layer's dims: a name or a ModelConfig
     attention: str = "k_to_all"
     batch_size: int = 1
@@ -321,7 +313,7 @@ class SoftTopkSettings:
 def bench_config(preset: str | ModelConfig, reduction: float = 1, attention: str = "k_to_all",
                  *, num_layers: int | None = None, num_decoder_layers: int | None = None,
                  dtype: str = "float32", router: str = "soft_topk",
-                 solver: str = "coordinate_descent",
+                 solver: str = SoftTopkConfig.solver,
                  adapter_dim: int | None = None) -> ModelConfig:
     """The ModelConfig of one benchmarked model: a preset (or a ModelConfig) with CoDA at r.
 
@@ -591,6 +583,7 @@ def run_soft_topk(settings: SoftTopkSettings = SoftTopkSettings(), *,
     rng = np.random.default_rng(st.seed)
     base = bench_config(st.preset, 1, dtype=st.dtype)
     d, b, T = base.d_model, st.batch_size, st.num_iters
+    by_gradient = {g: SoftTopkConfig(num_iters=T, gradient=g) for g in ("implicit", "unrolled")}
     timing = dict(repeats=st.repeats, warmup=st.warmup, min_sample_seconds=st.min_sample_seconds,
                   timer=st.timer, settle=st.settle)
 
@@ -608,14 +601,14 @@ def run_soft_topk(settings: SoftTopkSettings = SoftTopkSettings(), *,
         # Every array is an argument of the jitted functions, never a closed-over constant:
         # XLA would fold constants at compile time and count them in the temporary memory.
         def topk_loss(s, cot, gradient):
-            return jnp.sum(soft_topk(s, k, num_iters=T, gradient=gradient) * cot)
+            return jnp.sum(soft_topk(s, k, config=by_gradient[gradient]) * cot)
 
         def router_loss(kernel, x, cot, m, gradient):
-            route = Router(num_iters=T, gradient=gradient).apply(
+            route = Router(soft_topk=by_gradient[gradient]).apply(
                 {"params": {"kernel": kernel}}, x, k, m)
             return jnp.sum(route.lam * cot) + jnp.sum(route.weights)
 
-        forward = jax.jit(lambda s: soft_topk(s, k, num_iters=T))
+        forward = jax.jit(lambda s: soft_topk(s, k, config=by_gradient["implicit"]))
         grads = {g: jax.jit(jax.grad(functools.partial(topk_loss, gradient=g)))
                  for g in ("implicit", "unrolled")}
         router_grads = {g: jax.jit(jax.grad(functools.partial(router_loss, gradient=g)))
@@ -655,10 +648,10 @@ def run_soft_topk(settings: SoftTopkSettings = SoftTopkSettings(), *,
                                                          mask, positions))["params"]
             lp = fill_random(shapes, rng, device)
             layer_fn = jax.jit(lambda p, x, m, pos: layer.apply({"params": p}, x, m, pos))
-            router = Router(num_iters=T)
+            router = Router(soft_topk=config.coda.soft_topk)
             rp = {"kernel": lp["layer"]["router"]["kernel"]}
             router_fn = jax.jit(lambda p, x, m: router.apply({"params": p}, x, kr, m))
-            topk_fn = jax.jit(lambda s, m: soft_topk(s, kr, num_iters=T, mask=m))
+            topk_fn = jax.jit(lambda s, m: soft_topk(s, kr, mask=m, config=config.coda.soft_topk))
             samples, _ = measure_interleaved(
                 {"layer": lambda: layer_fn(lp, x, mask, positions),
                  "router": lambda: router_fn(rp, xn, mask),

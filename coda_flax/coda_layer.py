@@ -7,7 +7,7 @@
     Zr        = FFN(LN_ffn(X[idx] + Zt))                              (6)
     X'        = X + Z_adapter + scatter(idx, m * (Zt + Zr))           (7), (8)
 
-The residual inside (6) is the un-normalised X (DESIGN.md section 1), so the conditional
+The residual inside (6) is the un-normalised X (docs/design.md section 2), so the conditional
 branch is exactly the frozen dense layer on the selected tokens: with k = n the layer is the
 Parallel Adapter layer, and with W_up = 0 it is the dense layer.
 """
@@ -87,7 +87,7 @@ class CodaEncoderLayer(DenseEncoderLayer):
                                        dtype=self.config.jnp_dtype)
         self.routes = c.reduction > 1 or c.num_routed is not None
         if self.routes:
-            self.router = Router.from_config(c)
+            self.router = Router(kind=c.router, soft_topk=c.soft_topk, init_std=c.router_init_std)
 
     def __call__(self, x, valid, positions, relpos, segment_ids=None, deterministic=True):
         """Equations (2)-(8) on X; arguments and result as DenseEncoderLayer.__call__.

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from coda_flax.layers import ACTIVATIONS, LoraConfig
 from coda_flax.routing import ROUTERS, num_routed
-from coda_flax.soft_topk import GRADIENTS, SOLVERS, check_settings
+from coda_flax.soft_topk import SoftTopkConfig, check_settings
 
 ATTENTION_VARIANTS = ("k_to_all", "k_to_k")
 ENCODER_INPUTS = ("tokens", "patches", "frames")     # coda_flax.inputs
@@ -37,7 +37,10 @@ class CodaConfig:
     attention: "k_to_all" (routed queries attend to every token) or "k_to_k".
     router: "soft_topk" | "sigmoid" | "first_k" (Table 3).
     adapter_dim, adapter_activation: the parallel adapter of equation (2).
-    epsilon .. gradient: soft_topk's settings (appendix D).
+    epsilon .. gradient: soft top-k's settings (appendix D), defaults from SoftTopkConfig;
+      `CodaConfig.soft_topk` is them as one SoftTopkConfig, which the Router takes whole.
+      They are stored flat because that is how gin binds them (`CodaConfig.epsilon = 1.0`)
+      and how checkpoints record the config (config.json).
     num_routed: overrides k (used by k annealing); None means ceil(n / r).
     lora_rank, lora_alpha, lora_targets: optional LoRA on the frozen projections.
     """
@@ -46,12 +49,12 @@ class CodaConfig:
     attention: str = "k_to_all"
     router: str = "soft_topk"
     adapter_dim: int = 64
-    epsilon: float = 0.03
-    num_iters: int = 20
-    epsilon_init: float = 4.0
-    epsilon_decay: float = 0.7
-    solver: str = "coordinate_descent"
-    gradient: str = "implicit"
+    epsilon: float = SoftTopkConfig.epsilon
+    num_iters: int = SoftTopkConfig.num_iters
+    epsilon_init: float = SoftTopkConfig.epsilon_init
+    epsilon_decay: float = SoftTopkConfig.epsilon_decay
+    solver: str = SoftTopkConfig.solver
+    gradient: str = SoftTopkConfig.gradient
     num_routed: int | None = None
     adapter_activation: str = "relu"
     router_init_std: float = 0.02
@@ -66,10 +69,7 @@ class CodaConfig:
                              f"got {self.reduction!r}.")
         _check_choice(name, "attention", self.attention, ATTENTION_VARIANTS)
         _check_choice(name, "router", self.router, ROUTERS)
-        _check_choice(name, "solver", self.solver, SOLVERS)
-        _check_choice(name, "gradient", self.gradient, GRADIENTS)
-        check_settings(name, epsilon=self.epsilon, num_iters=self.num_iters,
-                       epsilon_init=self.epsilon_init, epsilon_decay=self.epsilon_decay)
+        check_settings(name, **self._soft_topk_fields())
         _check_choice(name, "adapter_activation", self.adapter_activation, ACTIVATIONS)
         if self.adapter_dim < 1:
             raise ValueError(f"{name}: adapter_dim must be >= 1, got {self.adapter_dim}.")
@@ -80,6 +80,14 @@ class CodaConfig:
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         for t in self.lora_targets:
             _check_choice(name, "lora target", t, LORA_TARGETS)
+
+    def _soft_topk_fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(SoftTopkConfig)}
+
+    @property
+    def soft_topk(self) -> SoftTopkConfig:
+        """The soft top-k settings as one SoftTopkConfig (what Router and soft_topk take)."""
+        return SoftTopkConfig(**self._soft_topk_fields())
 
     def k(self, n: int) -> int:
         """Tokens routed per layer for a sequence of n tokens."""
@@ -123,6 +131,7 @@ class ModelConfig:
     patch_size: int = 16
     num_channels: int = 3
     max_patch_positions: int = 4096        # rows / columns of the learned 2-D position tables
+    patch_projection_bias: bool = False    # a bias on the patch projection (public Pix2Struct)
     num_mel_bins: int = 80
     conv_channels: int = 256               # ConvSubsampling width
     head: str = "decoder"                  # "decoder" (T5 text decoder) | "ctc" (encoder + CTC)
@@ -179,6 +188,7 @@ class ModelConfig:
 
         Args:
             name: t5_1_1_{small,base,large,xl}, paper_text_{base,large,xl}, pix2struct,
+                pix2struct_large,
                 speech_{base,large,xl}.
             **overrides: ModelConfig fields. A CodaConfig passed as coda= takes the preset's
                 adapter_dim / epsilon (Table 7, appendix D) unless it sets its own.
@@ -227,6 +237,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "pix2struct": dict(_PAPER, vocab_size=50244, d_model=1536, num_heads=24, d_ff=3968,
                        num_encoder_layers=18, adapter_dim=256, encoder_input="patches",
                        encoder_relative_attention=False),
+    # The public Pix2Struct-Large (google-research/pix2struct sizes/large.gin; Hugging Face
+    # google/pix2struct-large): multi-head, 18 / 18 layers, a bias on the patch projection; what
+    # `coda convert` makes of it (coda_flax.checkpoints.pix2struct), Table 6's runnable backbone.
+    "pix2struct_large": dict(_T5_1_1, vocab_size=50244, d_model=1536, num_heads=24,
+                             num_kv_heads=24, head_dim=64, d_ff=3968, num_encoder_layers=18,
+                             num_decoder_layers=18, adapter_dim=256, encoder_input="patches",
+                             encoder_relative_attention=False, patch_projection_bias=True),
     # Table 7's speech encoders (swish FFN, multi-head). The paper decodes with a 2-layer LSTM
     # transducer; coda_flax puts a CTC head on the encoder (vocab = CharVocabulary's 29 ids).
     **{f"speech_{size}": dict(_SPEECH, d_model=d, num_heads=8, num_kv_heads=8, head_dim=hd,

@@ -11,7 +11,8 @@ arrives as the `encoder_input_tokens` of an EncDecFeatureConverter batch:
     "frames"   float [b, T, 1 + F]     frame index (1-based, 0 = padding), then F log-mel bins
                                        (coda_flax.frontends.audio)
 
-* PatchEmbedder -- Pix2Struct's patch embedding: a linear projection of the pixels plus learned
+* PatchEmbedder -- Pix2Struct's patch embedding: a linear projection of the pixels (with a bias
+  when ModelConfig.patch_projection_bias, as in the public Pix2Struct checkpoints) plus learned
   row and column embeddings (absolute 2-D positions; the encoder then uses no relative bias).
 * ConvSubsampling -- two 3x3 stride-2 convolutions over (time, frequency) and a projection to
   d_model: T frames -> ceil(ceil(T / 2) / 2) encoder tokens, as in speech Transformers. Padding
@@ -93,7 +94,7 @@ def check_inputs(config: ModelConfig, inputs) -> None:
 
 
 class PatchEmbedder(nn.Module):
-    """Pix2Struct patch embedding: W x_pixels + E_row[row] + E_col[col]."""
+    """Pix2Struct patch embedding: W x_pixels (+ b) + E_row[row] + E_col[col]."""
 
     config: ModelConfig
 
@@ -102,7 +103,7 @@ class PatchEmbedder(nn.Module):
         c = self.config
         ids = jnp.clip(patches[..., :2].astype(jnp.int32), 0, c.max_patch_positions - 1)
         x = Dense((c.d_model,), ("patch", "embed"), dtype=c.jnp_dtype,
-                  name="patch_projection")(patches[..., 2:].astype(c.jnp_dtype))
+                  use_bias=c.patch_projection_bias, name="patch_projection")(patches[..., 2:].astype(c.jnp_dtype))
         for i, name in enumerate(("row_embedder", "column_embedder")):
             x = x + nn.Embed(c.max_patch_positions, c.d_model, dtype=c.jnp_dtype,
                              param_dtype=jnp.float32, name=name,

@@ -90,6 +90,7 @@ class Dense(nn.Module):
     init_scale: float = 1.0
     lora: LoraConfig | None = None
     dtype: jnp.dtype = jnp.float32
+    use_bias: bool = False        # a "bias" [*features] (zero at init); T5 has none
 
     @nn.compact
     def __call__(self, x):
@@ -105,6 +106,10 @@ class Dense(nn.Module):
         y = jnp.einsum(spec, x, kernel.astype(self.dtype))
         if self.lora is not None and self.lora.applies_to(self.name):
             y = y + self._lora(x, in_shape, features, spec)
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(
+                nn.initializers.zeros, self.axes[self.num_in:]), features, jnp.float32)
+            y = y + bias.astype(self.dtype)
         return y
 
     def _lora(self, x, in_shape, features, spec):

@@ -12,16 +12,13 @@ selected indices (sorted ascending, so routed tokens keep their source order) an
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from coda_flax.soft_topk import soft_topk
-
-if TYPE_CHECKING:
-    from coda_flax.config import CodaConfig
+from coda_flax.soft_topk import SoftTopkConfig, soft_topk
 
 ROUTERS = ("soft_topk", "sigmoid", "first_k")
 
@@ -94,30 +91,12 @@ class Router(nn.Module):
 
     kind: "soft_topk" (default; the budget-aware operator of equation 12), "sigmoid"
     (lam = sigmoid(s), no budget) or "first_k" (the first k real tokens, m = 1: truncation,
-    nothing learned). The remaining fields are soft_topk's settings.
+    nothing learned). soft_topk: the operator's settings (CodaConfig.soft_topk).
     """
 
     kind: str = "soft_topk"
-    epsilon: float = 0.03
-    num_iters: int = 20
-    epsilon_init: float = 4.0
-    epsilon_decay: float = 0.7
-    solver: str = "coordinate_descent"
-    gradient: str = "implicit"
+    soft_topk: SoftTopkConfig = SoftTopkConfig()
     init_std: float = 0.02
-
-    @classmethod
-    def from_config(cls, coda: CodaConfig, **kwargs) -> Router:
-        """The router a CodaConfig describes (kind, soft top-k settings, init std).
-
-        Args:
-            coda: the layer's CodaConfig.
-            **kwargs: Module arguments such as name=.
-        """
-        return cls(kind=coda.router, epsilon=coda.epsilon, num_iters=coda.num_iters,
-                   epsilon_init=coda.epsilon_init, epsilon_decay=coda.epsilon_decay,
-                   solver=coda.solver, gradient=coda.gradient, init_std=coda.router_init_std,
-                   **kwargs)
 
     @nn.compact
     def __call__(self, x_norm, k: int, mask=None) -> RoutingDecision:
@@ -147,9 +126,7 @@ class Router(nn.Module):
         if self.kind == "sigmoid":
             lam = jnp.where(mask, jax.nn.sigmoid(s), 0.0)
         else:
-            lam = soft_topk(s, k, mask=mask, epsilon=self.epsilon, num_iters=self.num_iters,
-                            epsilon_init=self.epsilon_init, epsilon_decay=self.epsilon_decay,
-                            solver=self.solver, gradient=self.gradient)        # (10), (12)
+            lam = soft_topk(s, k, mask=mask, config=self.soft_topk)                # (10), (12)
         # lam is monotone in s, so ranking by s is Top(lam, k) with underflow ties broken by s.
         idx = select_top_k(jax.lax.stop_gradient(s), mask, k)                  # (11)
         return RoutingDecision(idx, gather(lam, idx), lam)

@@ -52,6 +52,7 @@ is differentiated) and are zero for non-finite scores, whose lam does not depend
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import numbers
@@ -83,12 +84,18 @@ def _number(owner, name, value, valid):
     return float(value)
 
 
-def check_settings(owner: str, *, epsilon, num_iters, epsilon_init, epsilon_decay) -> None:
+def check_settings(owner: str, *, epsilon, num_iters, epsilon_init, epsilon_decay,
+                   solver="coordinate_descent", gradient="implicit") -> None:
     """Raise ValueError naming the parameter and its valid range for bad soft top-k settings.
 
     epsilon and epsilon_init: finite, >= EPSILON_MIN (> 0); epsilon_decay: in (0, 1];
-    num_iters: an integer >= 1. Shared by soft_topk() and CodaConfig.
+    num_iters: an integer >= 1; solver in SOLVERS; gradient in GRADIENTS. `owner` (soft_topk,
+    SoftTopkConfig, CodaConfig) starts the message.
     """
+    if solver not in SOLVERS:
+        raise ValueError(f"{owner}: unknown solver {solver!r}; choose one of {SOLVERS}.")
+    if gradient not in GRADIENTS:
+        raise ValueError(f"{owner}: unknown gradient {gradient!r}; choose one of {GRADIENTS}.")
     for name, value in (("epsilon", epsilon), ("epsilon_init", epsilon_init)):
         valid = f"a finite number >= {EPSILON_MIN:.3g} (> 0; float32's smallest normal)"
         x = _number(owner, name, value, valid)
@@ -107,6 +114,31 @@ def check_settings(owner: str, *, epsilon, num_iters, epsilon_init, epsilon_deca
                          f"{num_iters!r}.") from None
     if iters < 1:
         raise ValueError(f"{owner}: num_iters must be an integer >= 1, got {num_iters!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftTopkConfig:
+    """Soft top-k's settings (appendix D), each default declared here only.
+
+    epsilon: eps, the entropy weight of (12); 0.03 for text and images, 1.0 for speech.
+    num_iters, epsilon_init, epsilon_decay: T, eps_0 and beta of the epsilon-scaling schedule
+      (coordinate descent only; validated for both solvers).
+    solver: "coordinate_descent" (the paper's) or "exact" (closed form).
+    gradient: "implicit" (closed-form Jacobian) or "unrolled" (autodiff through the solver).
+
+    CodaConfig holds one (`CodaConfig.soft_topk`) and hands it whole to the Router, which hands
+    it to `soft_topk(..., config=...)`.
+    """
+
+    epsilon: float = 0.03
+    num_iters: int = 20
+    epsilon_init: float = 4.0
+    epsilon_decay: float = 0.7
+    solver: str = "coordinate_descent"
+    gradient: str = "implicit"
+
+    def __post_init__(self):
+        check_settings("SoftTopkConfig", **dataclasses.asdict(self))
 
 
 def epsilon_schedule(epsilon: float, num_iters: int, epsilon_init: float,
@@ -255,9 +287,29 @@ def _solve_implicit_bwd(k, st, lam_fin, g):
 _solve_implicit.defvjp(_solve_implicit_fwd, _solve_implicit_bwd)
 
 
-def soft_topk(scores, k: int, *, mask=None, epsilon: float = 0.03, num_iters: int = 20,
-              epsilon_init: float = 4.0, epsilon_decay: float = 0.7,
-              solver: str = "coordinate_descent", gradient: str = "implicit"):
+_DEFAULT = SoftTopkConfig()
+
+
+def _settings(config: SoftTopkConfig | None, **keywords) -> SoftTopkConfig:
+    """soft_topk's settings: `config`, or the keywords (checked, naming soft_topk)."""
+    if config is None:
+        check_settings("soft_topk", **keywords)
+        return SoftTopkConfig(**keywords)
+    if not isinstance(config, SoftTopkConfig):
+        raise TypeError(f"soft_topk: config must be a SoftTopkConfig, got "
+                        f"{type(config).__name__}.")
+    changed = sorted(name for name, value in keywords.items()
+                     if value != getattr(_DEFAULT, name))
+    if changed:
+        raise ValueError(f"soft_topk: give the settings either as config= or as keywords, not "
+                         f"both (got config= and {changed}); put them in the SoftTopkConfig.")
+    return config
+
+
+def soft_topk(scores, k: int, *, mask=None, epsilon: float = _DEFAULT.epsilon,
+              num_iters: int = _DEFAULT.num_iters, epsilon_init: float = _DEFAULT.epsilon_init,
+              epsilon_decay: float = _DEFAULT.epsilon_decay, solver: str = _DEFAULT.solver,
+              gradient: str = _DEFAULT.gradient, config: SoftTopkConfig | None = None):
     """Soft top-k mask of ``scores`` over the last axis (paper equations 12-13).
 
     Args:
@@ -273,6 +325,8 @@ def soft_topk(scores, k: int, *, mask=None, epsilon: float = 0.03, num_iters: in
       solver: "coordinate_descent" (the paper's, default) or "exact" (closed form).
       gradient: "implicit" (closed-form Jacobian, O(n) memory) or "unrolled" (autodiff
         through the solver).
+      config: all six settings as one SoftTopkConfig (what the Router passes); then the
+        keywords above must keep their defaults.
 
     Returns:
       lam: float32 array shaped like ``scores``, in [0, 1], summing to min(k, #real) per row
@@ -280,10 +334,8 @@ def soft_topk(scores, k: int, *, mask=None, epsilon: float = 0.03, num_iters: in
       iterations stop short when the scores spread much wider than epsilon), invariant to
       adding a constant to a row.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"soft_topk: unknown solver {solver!r}; choose one of {SOLVERS}.")
-    if gradient not in GRADIENTS:
-        raise ValueError(f"soft_topk: unknown gradient {gradient!r}; choose one of {GRADIENTS}.")
+    config = _settings(config, epsilon=epsilon, num_iters=num_iters, epsilon_init=epsilon_init,
+                       epsilon_decay=epsilon_decay, solver=solver, gradient=gradient)
     if isinstance(k, bool) or not isinstance(k, (int,)) and not hasattr(k, "__index__"):
         raise TypeError(f"soft_topk: k must be a Python int (static), got {type(k).__name__}.")
     k = operator.index(k)
@@ -294,15 +346,13 @@ def soft_topk(scores, k: int, *, mask=None, epsilon: float = 0.03, num_iters: in
     if not 1 <= k <= n:
         raise ValueError(f"soft_topk: need 1 <= k <= n, got k={k} with n={n} tokens; "
                          f"use k = ceil(n / r) for a reduction factor r >= 1.")
-    check_settings("soft_topk", epsilon=epsilon, num_iters=num_iters,
-                   epsilon_init=epsilon_init, epsilon_decay=epsilon_decay)
     if mask is not None and jnp.shape(mask) != jnp.shape(scores):
         raise ValueError(f"soft_topk: mask shape {jnp.shape(mask)} must equal scores shape "
                          f"{jnp.shape(scores)}.")
-    st = _Settings(float(epsilon), operator.index(num_iters), float(epsilon_init),
-                   float(epsilon_decay), solver)
+    st = _Settings(float(config.epsilon), operator.index(config.num_iters),
+                   float(config.epsilon_init), float(config.epsilon_decay), config.solver)
     s = jnp.asarray(scores, jnp.float32)
     mask = jnp.ones(s.shape, bool) if mask is None else jnp.asarray(mask, bool)
-    if gradient == "implicit":
+    if config.gradient == "implicit":
         return _solve_implicit(s, mask, k, st)
     return _forward(s, mask, k, st)[0]

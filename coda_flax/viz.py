@@ -2,7 +2,7 @@
 
 The decisions come from coda_flax.analysis.routing_stats (routing_decisions: indices, lam,
 weights, selected [L, b, n], valid [b, n]); image patches are placed with
-coda_flax.analysis.patch_grid. This module draws them:
+coda_flax.frontends.patch_grid. This module draws them:
 
     plot_routing_heatmap(values [L, n], tokens, path)        layers x tokens heatmap (PNG)
     render_token_highlights(tokens, values [L, n], path)     text coloured by #layers (HTML + PNG)
@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from coda_flax.analysis.patch_grid import patch_image, place_patches
+from coda_flax.frontends.patch_grid import patch_image, place_patches
 from coda_flax.inputs import SUBSAMPLING
 
 __all__ = ["plot_routing_heatmap", "render_token_highlights", "plot_patch_routing",

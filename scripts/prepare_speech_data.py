@@ -5,8 +5,9 @@ Offline corpus: fetches the Debian packages asterisk-core-sounds-en-wav + asteri
 (read prompts with transcripts) and pocketsphinx-testdata (LibriVox / cards / digit clips) with
 `apt-get download` (never installed), unpacks them, optionally synthesises Shakespeare sentences
 with espeak-ng (needs the corpus of scripts/prepare_data.py), resamples everything to 16 kHz,
-precomputes log-mel features and writes manifest.jsonl + stats.json under <data-dir>/speech
-(default $CODA_DATA_DIR or ~/.cache/coda_flax/data). A second run reuses everything.
+precomputes log-mel features and writes manifest.jsonl + stats.json under
+<data-dir>/speech/offline-<key> (key: a hash of the settings; default data dir $CODA_DATA_DIR or
+~/.cache/coda_flax/data). A second run with the same settings reuses everything.
 
     python scripts/prepare_speech_data.py [--data-dir DIR] [--num-espeak 1500 | --no-espeak]
                                           [--librispeech-dir DIR [--librispeech-splits ...]]
@@ -23,6 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from coda_flax.datasets import librispeech  # noqa: E402
 from coda_flax.datasets import speech as speech_data  # noqa: E402
 from coda_flax.datasets.fetch import default_data_dir  # noqa: E402
 
@@ -39,9 +41,9 @@ def main(argv=None):
     p.add_argument("--librispeech-dir", default=None,
                    help="local LibriSpeech copy to featurise (the folder holding LibriSpeech/)")
     p.add_argument("--librispeech", action="store_true",
-                   help=f"featurise the LibriSpeech copy at ${speech_data.LIBRISPEECH_ENV_VAR}")
+                   help=f"featurise the LibriSpeech copy at ${librispeech.LIBRISPEECH_ENV_VAR}")
     p.add_argument("--librispeech-splits", nargs="*", default=None,
-                   choices=sorted(speech_data.LIBRISPEECH_SPLITS),
+                   choices=sorted(librispeech.LIBRISPEECH_SPLITS),
                    help="task splits to featurise (default: all present)")
     p.add_argument("--skip-offline", action="store_true", help="only prepare LibriSpeech")
     args = p.parse_args(argv)
@@ -51,7 +53,7 @@ def main(argv=None):
             force=args.force)
         print(json.dumps(stats, indent=1))
     if args.librispeech_dir or args.librispeech:
-        stats = speech_data.prepare_librispeech(args.librispeech_dir, args.data_dir,
+        stats = librispeech.prepare_librispeech(args.librispeech_dir, args.data_dir,
                                                 splits=args.librispeech_splits)
         print(json.dumps(stats, indent=1))
     print("[speech] register the tasks with coda_flax.tasks.speech.register_speech_tasks("

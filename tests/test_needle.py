@@ -30,7 +30,7 @@ def sp(corpus):
 
 @pytest.fixture(scope="module")
 def records(corpus, sp):
-    scenes = shakespeare.read_jsonl(os.path.join(str(corpus[0]), "shakespeare", "scenes.jsonl"))
+    scenes = shakespeare.read_jsonl(os.path.join(shakespeare.corpus_dir(str(corpus[0])), "scenes.jsonl"))
     return needle.build_needle_examples(scenes, sp.encode, input_length=N, num_train=400,
                                         num_validation=48, seed=3)
 
@@ -68,7 +68,7 @@ def test_stratified_splits_every_receiver_in_validation(records):
 
 
 def test_validation_filler_comes_from_validation_scenes(corpus, sp):
-    scenes = shakespeare.read_jsonl(os.path.join(str(corpus[0]), "shakespeare", "scenes.jsonl"))
+    scenes = shakespeare.read_jsonl(os.path.join(shakespeare.corpus_dir(str(corpus[0])), "scenes.jsonl"))
     lines = needle._filler_lines(scenes, needle.NAMES)
     val_words = {w for scene in lines["validation"] for line in scene for w in line.split()}
     train_only = {w for scene in lines["train"] for line in scene for w in line.split()} - val_words
@@ -85,7 +85,7 @@ def test_filler_drops_lines_that_name_a_receiver():
 
 
 def test_too_short_input_is_a_clear_error(corpus, sp):
-    scenes = shakespeare.read_jsonl(os.path.join(str(corpus[0]), "shakespeare", "scenes.jsonl"))
+    scenes = shakespeare.read_jsonl(os.path.join(shakespeare.corpus_dir(str(corpus[0])), "scenes.jsonl"))
     with pytest.raises(ValueError, match="no room for a needle"):
         needle.build_needle_examples(scenes, sp.encode, input_length=12, num_train=2,
                                      num_validation=2)
@@ -100,7 +100,7 @@ def test_prepare_needle_registers_a_seqio_task(corpus, sp):
     assert stats["validation"] == 16 and stats["min_offset"] == math.ceil(N / 3)
     needle.prepare_needle(str(root), vocab, input_length=N, num_train=40, num_validation=16,
                           log=logs.append)
-    assert "already built" in logs[-1]
+    assert "already prepared" in logs[-1]
     tasks.register_offline_tasks(str(root), vocab)
     task = tasks.get_task_or_mixture("coda_shakespeare_needle")
     recs = {r["id"]: r for r in shakespeare.read_jsonl(needle.needle_path(str(root)))}
@@ -116,7 +116,7 @@ def test_prepare_needle_registers_a_seqio_task(corpus, sp):
 
 
 def test_the_gave_question_asks_for_the_giver_anywhere(corpus, sp):
-    scenes = shakespeare.read_jsonl(os.path.join(str(corpus[0]), "shakespeare", "scenes.jsonl"))
+    scenes = shakespeare.read_jsonl(os.path.join(shakespeare.corpus_dir(str(corpus[0])), "scenes.jsonl"))
     recs = needle.build_needle_examples(scenes, sp.encode, input_length=N, num_train=200,
                                         num_validation=16, min_offset=0, question="gave", seed=4)
     prompt = needle.QUESTIONS["gave"][0]

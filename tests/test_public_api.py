@@ -1,5 +1,5 @@
 """The package's public API: every name in coda_flax.__all__ imports, the names that the README
-and DESIGN.md section 3 use are exported, generic helpers are not, and `import coda_flax` stays
+and docs/design.md section 3 use are exported, generic helpers are not, and `import coda_flax` stays
 light (no TensorFlow, PyTorch, orbax or seqio)."""
 
 import re
@@ -10,9 +10,9 @@ from pathlib import Path
 import coda_flax
 
 ROOT = Path(__file__).resolve().parents[1]
-# DESIGN.md section 3 (binding) and the README's library use.
+# docs/design.md section 3 (binding) and the README's library use.
 REQUIRED = {"soft_topk", "Router", "CodaEncoderLayer", "EncoderDecoder", "ModelConfig",
-            "CodaConfig", "build_module", "load_hf_t5", "dense_to_coda", "EncoderCtc"}
+            "CodaConfig", "SoftTopkConfig", "build_module", "load_hf_t5", "dense_to_coda", "EncoderCtc"}
 GENERIC_HELPERS = {"gather", "scatter_add", "RoutingDecision", "relative_position_bias",
                    "model_config", "sha256_file"}
 

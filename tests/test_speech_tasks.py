@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import random
+import shutil
 import sys
 
 import jiwer
@@ -19,7 +20,9 @@ import tensorflow as tf
 from coda_flax.frontends import audio
 from coda_flax.tasks import metrics
 from coda_flax.tasks import speech
+from coda_flax.datasets import librispeech as ls
 from coda_flax.datasets import speech as sd
+from coda_flax.datasets import transcripts
 from coda_flax.tasks.features import ContinuousEncDecFeatureConverter
 
 LENGTHS = {"inputs": 400, "targets": 64}
@@ -77,17 +80,17 @@ def test_char_vocabulary_tf_matches_python():
 ])
 def test_normalize_transcript(raw, expected):
     if raw == "press * or #":
-        assert sd.normalize_transcript(raw) == "press or"
-        assert sd.normalize_transcript(raw, symbols=sd.ASTERISK_SYMBOLS) == "press star or pound"
+        assert transcripts.normalize_transcript(raw) == "press or"
+        assert transcripts.normalize_transcript(raw, symbols=sd.ASTERISK_SYMBOLS) == "press star or pound"
         return
-    assert sd.normalize_transcript(raw) == expected
+    assert transcripts.normalize_transcript(raw) == expected
 
 
 def test_spell_number():
-    assert [sd.spell_number(n) for n in (0, 13, 20, 57, 99)] == \
+    assert [transcripts.spell_number(n) for n in (0, 13, 20, 57, 99)] == \
         ["zero", "thirteen", "twenty", "fifty seven", "ninety nine"]
     with pytest.raises(ValueError):
-        sd.spell_number(100)
+        transcripts.spell_number(100)
 
 
 def test_parsers():
@@ -132,7 +135,8 @@ def _fake_packages(root):
 
 
 def _fake_shakespeare(data_dir):
-    d = os.path.join(data_dir, "shakespeare")
+    from coda_flax.datasets import cache
+    d = cache.dataset_dir(data_dir, "shakespeare/corpus", {"source": "fake"})
     os.makedirs(d)
     lines = [("HAMLET", "To be, or not to be, that is the question."),
              ("HAMLET", "Whether 'tis nobler in the mind to suffer"),
@@ -145,6 +149,10 @@ def _fake_shakespeare(data_dir):
         for s, t in lines]}
     with open(os.path.join(d, "plays.jsonl"), "w") as f:
         f.write(json.dumps(play) + "\n")
+    files = cache.file_hashes(d)
+    cache.write_json(os.path.join(d, cache.MANIFEST), {
+        "settings": {"source": "fake"}, "files": files,
+        "hash": cache.content_hash({"source": "fake"}, files)})
 
 
 FAKE_ESPEAK = """
@@ -205,18 +213,23 @@ def test_prepare_offline_speech(offline_dir):
                                    "arrows of outrageous fortune") for r in espeak)
 
 
-def test_prepare_offline_speech_reuses_and_prunes(offline_dir):
+def test_prepare_offline_speech_reuses_and_keeps_settings_apart(offline_dir):
+    from coda_flax.datasets import cache
     data_dir, stats, _ = offline_dir
     logs = []
     again = sd.prepare_offline_speech(data_dir, num_espeak=2, log=logs.append)
     assert again == stats and any("already prepared" in m for m in logs)
-    # a rebuild without espeak drops (and deletes) the synthesised files
-    logs = []
-    fewer = sd.prepare_offline_speech(data_dir, espeak=False, force=True, log=logs.append)
+    with_espeak = sd.speech_dir(data_dir)
+    # other settings: a second dataset; the first one's files stay as its manifest says
+    fewer = sd.prepare_offline_speech(data_dir, espeak=False, log=logs.append)
     assert "espeak" not in fewer["sources"] and fewer["utterances"] == 6
-    root = sd.speech_dir(data_dir)
-    assert not os.listdir(os.path.join(root, "audio", "espeak"))
-    assert any("removed 4" in m for m in logs)
+    found = cache.find(data_dir, sd.OFFLINE_DATASET)
+    assert len(found) == 2 and with_espeak in found
+    assert all(cache.verify(d) == [] for d in found)
+    assert len(os.listdir(os.path.join(with_espeak, "audio", "espeak"))) == 2
+    with pytest.raises(cache.AmbiguousDatasetError, match="offline speech"):
+        sd.speech_dir(data_dir)
+    shutil.rmtree(with_espeak)      # the next tests read the one left (as before: no espeak)
 
 
 def test_shakespeare_sentences(tmp_path):
@@ -313,18 +326,18 @@ def librispeech_dir(tmp_path_factory):
 
 def test_find_librispeech(librispeech_dir, monkeypatch, tmp_path):
     inner = os.path.join(librispeech_dir, "LibriSpeech")
-    assert sd.find_librispeech(librispeech_dir) == inner
-    assert sd.find_librispeech(inner) == inner
-    monkeypatch.setenv(sd.LIBRISPEECH_ENV_VAR, librispeech_dir)
-    assert sd.find_librispeech() == inner
-    monkeypatch.delenv(sd.LIBRISPEECH_ENV_VAR)
+    assert ls.find_librispeech(librispeech_dir) == inner
+    assert ls.find_librispeech(inner) == inner
+    monkeypatch.setenv(ls.LIBRISPEECH_ENV_VAR, librispeech_dir)
+    assert ls.find_librispeech() == inner
+    monkeypatch.delenv(ls.LIBRISPEECH_ENV_VAR)
     with pytest.raises(sd.MissingSpeechDataError, match="CODA_LIBRISPEECH_DIR"):
-        sd.find_librispeech()
+        ls.find_librispeech()
     with pytest.raises(sd.MissingSpeechDataError, match="trans.txt"):
-        sd.find_librispeech(str(tmp_path))
+        ls.find_librispeech(str(tmp_path))
     with pytest.raises(sd.MissingSpeechDataError, match="dev-other"):
-        sd.librispeech_records(inner, "dev_other")
-    recs = sd.librispeech_records(inner, "train")  # train-clean-100 + train-clean-360
+        ls.librispeech_records(inner, "dev_other")
+    recs = ls.librispeech_records(inner, "train")  # train-clean-100 + train-clean-360
     assert [r["id"] for r in recs] == ["19-198-0000", "19-198-0001", "26-495-0000",
                                        "100-121669-0000"]
     assert recs[2]["transcript"] == "the floor's wet" and recs[2]["speaker"] == "26"
@@ -335,7 +348,7 @@ def test_librispeech_missing_flac(tmp_path):
     d.mkdir(parents=True)
     (d / "1-2.trans.txt").write_text("1-2-0000 HELLO\n")
     with pytest.raises(sd.MissingSpeechDataError, match="1-2-0000.flac is missing"):
-        sd.librispeech_records(sd.find_librispeech(str(tmp_path)), "validation")
+        ls.librispeech_records(ls.find_librispeech(str(tmp_path)), "validation")
 
 
 def test_librispeech_task(librispeech_dir, tmp_path):
@@ -365,7 +378,7 @@ def test_librispeech_task(librispeech_dir, tmp_path):
 
 
 def test_prepare_librispeech(librispeech_dir, tmp_path):
-    stats = sd.prepare_librispeech(librispeech_dir, str(tmp_path), log=lambda m: None)
+    stats = ls.prepare_librispeech(librispeech_dir, str(tmp_path), log=lambda m: None)
     assert stats["validation"]["utterances"] == 2 and stats["train"]["utterances"] == 4
     assert "dev_other" not in stats
     manifest = tmp_path / "speech" / "librispeech" / "train" / "manifest.jsonl"

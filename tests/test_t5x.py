@@ -786,7 +786,8 @@ def test_t5x_eval_and_infer_write_predictions(t5x_run):
 def _validation_size(root):
     import json
 
-    path = os.path.join(root, "shakespeare", "play_passages.jsonl")
+    from coda_flax.datasets.shakespeare import corpus_dir
+    path = os.path.join(corpus_dir(str(root)), "play_passages.jsonl")
     return sum(json.loads(line).get("split") == "validation" for line in open(path))
 
 

@@ -6,6 +6,7 @@ import os
 import random
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from corpus_helpers import WORDS, synthetic_corpus
+from corpus_helpers import WORDS, synthetic_source
 from coda_flax import tasks
 from coda_flax.datasets import shakespeare
 from coda_flax.tasks import metrics
@@ -346,16 +347,15 @@ def test_parse_play_markdown():
 @pytest.fixture(scope="module")
 def offline_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("coda_data")
-    out_dir = root / "shakespeare"
-    titles = synthetic_corpus(str(out_dir / "plays"))
-    stats = shakespeare.build_corpus(str(out_dir / "plays"), str(out_dir), vocab_size=300,
-                                     passage_chars=400, validation_fraction=0.3, log=lambda s: None)
+    titles = synthetic_source(root)
+    stats = shakespeare.prepare_shakespeare(str(root), vocab_size=300, passage_chars=400,
+                                            validation_fraction=0.3, log=lambda s: None)
     return root, stats, titles
 
 
 def test_build_corpus_files_and_stats(offline_corpus):
     root, stats, titles = offline_corpus
-    d = root / "shakespeare"
+    d = Path(stats["corpus_dir"])
     assert stats["plays"] == 3 and stats["lines"] == 3 * 6 * 8 * 3
     assert stats["speeches"] == 3 * 6 * 8 and stats["scenes"] == 18
     assert stats["titles"] == titles

@@ -198,7 +198,7 @@ def test_rendered_docs_are_deterministic_and_reused(tmp_path, data_dir):
     mtime = os.path.getmtime(first)
     logs = []
     again = vision_data.prepare_rendered_docs(str(tmp_path), num_train=6, num_validation=3,
-                                              lines=["unused"], download=False, log=logs.append)
+                                              lines=_lines(), download=False, log=logs.append)
     assert again == meta and "already prepared" in logs[0] and os.path.getmtime(first) == mtime
     other = vision_data.build_rendered_docs(str(tmp_path / "seed1"), _lines(),
                                             vision_data.find_fonts(download=False, **QUIET),

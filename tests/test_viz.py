@@ -13,7 +13,8 @@ import pytest
 
 from coda_flax import CodaConfig, EncoderDecoder, tiny_config
 from coda_flax import viz
-from coda_flax.analysis import patch_grid, routing_stats
+from coda_flax.analysis import routing_stats
+from coda_flax.frontends import patch_grid
 from coda_flax.analysis.synthetic import random_init_params
 from coda_flax.cli.visualize import add_visualize_parser, dump_json, parse_layers
 

@@ -4,8 +4,9 @@
     timing.py         interleaved timing of jitted functions; measure_models (trained models)
     synthetic.py      tiny presets, random / freshly initialised weights, synthetic inputs
     routing_stats.py  routing decisions read back from the encoder, their statistics, ink share
-    patch_grid.py     Pix2Struct patch positions, the page rebuilt from patches, ink patches
-    bench_report.py   `coda bench` output: tables, notes, JSON, speedup plot
+    routing_report.py one input's routing report: decisions, statistics, record, plots, summary
+    bench_report.py   `coda bench` output: tables, notes, JSON, speedup plot, the paper's speedups
 
-coda_flax.bench (the speed benchmarks) and coda_flax.viz (routing plots) sit on this layer too.
+coda_flax.viz (the routing plots) is the layer below; coda_flax.bench (the benchmarks) the
+layer above (tests/test_import_graph.py).
 """

@@ -86,9 +86,10 @@ def parameter_table(config: ModelConfig) -> dict[str, Any]:
 VARIANTS = ("dense", "parallel_adapter") + ATTENTION_VARIANTS     # ..., "k_to_all", "k_to_k"
 FLOP_TERMS = ("q_projection", "kv_projection", "attention_scores", "attention_values",
               "out_projection", "mlp", "adapter", "router_score", "soft_topk")
-# Elementwise FLOPs per token per coordinate-descent iteration of soft top-k (DESIGN.md 1):
-# (s + b) / eps_t: 2; logsumexp: max, subtract, exp, sum: 4; b = min(-s - a, 0): 3; plus ~1 for
-# the final lam = exp((s + a + b) / eps) spread over the iterations. Exponentials count as 1.
+# Elementwise FLOPs per token per coordinate-descent iteration of soft top-k (docs/design.md
+# section 1): (s + b) / eps_t: 2; logsumexp: max, subtract, exp, sum: 4; b = min(-s - a, 0): 3;
+# plus ~1 for the final lam = exp((s + a + b) / eps) spread over the iterations. Exponentials
+# count as 1.
 SOFT_TOPK_FLOPS_PER_TOKEN_ITER = 10
 # Other normalisers: sigmoid (exp, add, divide, mask) ~4 per token; the exact solver is one
 # ~10-FLOP pass over the sorted scores (a sort's comparisons are not arithmetic); first_k: 0.

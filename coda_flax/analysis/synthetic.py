@@ -41,6 +41,22 @@ def tiny_model_config(name: str = TINY_PRESET, coda: CodaConfig | None = None,
         coda = dataclasses.replace(coda, epsilon=1.0)             # appendix D: speech models
     return tiny_config(coda, **extra)
 
+def random_init_config(preset: str, *, reduction: float = 3, attention: str = "k_to_all",
+                       router: str = "soft_topk", adapter_dim: int | None = None,
+                       num_layers: int | None = None) -> ModelConfig:
+    """A CoDA model to initialise at random (`coda visualize --random-init`): a preset of
+    coda_flax.config.PRESETS or a tiny one, with num_layers encoder layers (default: all).
+    adapter_dim defaults to the preset's (tiny presets: 4)."""
+    fields = dict(reduction=reduction, attention=attention, router=router)
+    if adapter_dim is not None:
+        fields["adapter_dim"] = adapter_dim
+    depth = {} if num_layers is None else {"num_encoder_layers": num_layers}
+    if preset in TINY_PRESETS:
+        fields.setdefault("adapter_dim", 4)
+        return tiny_model_config(preset, CodaConfig(**fields), **depth)
+    return ModelConfig.from_preset(preset, coda=CodaConfig(**fields), **depth)
+
+
 def random_init_params(config: ModelConfig, seed: int = 0):
     """Freshly initialised embedding + encoder parameters (the decoder is not needed).
 

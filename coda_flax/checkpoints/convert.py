@@ -3,7 +3,7 @@
 The frozen backbone is reused as is; what CoDA adds (parallel adapters, routers, LoRA factors)
 is initialised by the model's own initialisers, taken from `EncoderDecoder(coda_config).init`.
 The adapter's up-projection (and LoRA's B) start at zero, so with reduction r = 1 the
-converted model computes the dense model's logits bit for bit (DESIGN.md section 1); with
+converted model computes the dense model's logits bit for bit (docs/design.md section 1); with
 r > 1 only the routing differs.
 
 The init is jitted and returns only the new parameters, so XLA drops the backbone's random

@@ -23,7 +23,7 @@ from coda_flax.bench import (DEFAULT_LENGTHS, DEFAULT_REDUCTIONS, MODES, STATIST
 from coda_flax.cli import argtypes
 from coda_flax.config import ATTENTION_VARIANTS, DTYPES, PRESETS
 from coda_flax.routing import ROUTERS
-from coda_flax.soft_topk import SOLVERS
+from coda_flax.soft_topk import SOLVERS, SoftTopkConfig
 
 
 def _csv(item_parser: Callable[[str], Any], what: str):
@@ -143,8 +143,8 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--router", type=_parse_choice(ROUTERS, "router"), default="soft_topk",
                    help="CoDA router (default soft_topk)")
     p.add_argument("--solver", type=_parse_choice(SOLVERS, "solver"),
-                   default="coordinate_descent", help="soft top-k solver (default "
-                                                      "coordinate_descent, the paper's)")
+                   default=SoftTopkConfig.solver, help="soft top-k solver (default "
+                                                        "coordinate_descent, the paper's)")
     p.add_argument("--dtype", type=_parse_choice(sorted(DTYPES), "dtype"), default="float32",
                    help="activation dtype (default float32)")
     p.add_argument("--repeats", type=_parse_positive("repeats"), default=5, metavar="R",
@@ -176,7 +176,8 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    default=(3, 8), metavar="R[,R]",
                    help="r of the CoDA layers the router share is measured against "
                         "(default 3,8; the gradient rows use k = ceil(n / 3))")
-    p.add_argument("--num-iters", type=_parse_positive("num iters"), default=20, metavar="T",
+    p.add_argument("--num-iters", type=_parse_positive("num iters"),
+                   default=SoftTopkConfig.num_iters, metavar="T",
                    help="soft top-k iterations T for --soft-topk (default 20)")
     p.add_argument("--output", default="bench_out", metavar="DIR",
                    help="directory for the JSON and the plot (default ./bench_out)")

@@ -3,6 +3,10 @@
     coda convert --hf PATH --output DIR [--reduction R --attention k_to_all --router soft_topk]
     coda convert --t5x PATH [--preset t5_1_1_base] --output DIR [...]
 
+T5 (T5 v1.0 / v1.1, FLAN-T5, mT5) and Pix2Struct (Hugging Face model_type "pix2struct", or
+the original T5X layout with encoder/token_embedder/patch_projection) are told apart from the
+checkpoint itself (coda_flax.checkpoints.pix2struct).
+
 Writes DIR/config.json + DIR/params/ (read back with `load_checkpoint`), optionally already
 converted to CoDA (`--reduction`; 1 = the Parallel Adapter baseline), and prints the
 parameter summary. `add_convert_parser` registers the subcommand; `convert_main` runs it.
@@ -23,8 +27,8 @@ def add_convert_parser(subparsers) -> argparse.ArgumentParser:
         "convert", help="import a Hugging Face / T5X checkpoint (optionally as CoDA)",
         description=__doc__.split("`add_convert_parser`")[0].strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--hf", metavar="PATH", help="Hugging Face T5 directory (config.json + "
-                     "model.safetensors / shards / pytorch_model.bin)")
+    src.add_argument("--hf", metavar="PATH", help="Hugging Face T5 or Pix2Struct directory "
+                     "(config.json + model.safetensors / shards / pytorch_model.bin)")
     src.add_argument("--t5x", metavar="PATH", help="T5X checkpoint_N directory (legacy msgpack "
                      "+ zarr, or orbax)")
     p.add_argument("--output", required=True, metavar="DIR", help="output checkpoint directory")
@@ -55,18 +59,25 @@ def _coda_config(args) -> CodaConfig | None:
 
 
 def _load_source(args) -> tuple[ModelConfig, dict]:
+    from coda_flax.checkpoints import pix2struct
     from coda_flax.checkpoints.hf import load_hf_t5
-    from coda_flax.checkpoints.t5x import load_t5x_with_config
+    from coda_flax.checkpoints.t5x import infer_t5x_config, read_t5x, t5x_to_params
 
     if args.hf:
         if args.preset:
             raise ValueError("--preset applies to --t5x only; --hf reads config.json.")
+        if pix2struct.is_pix2struct_hf(args.hf):
+            return pix2struct.load_hf_pix2struct(args.hf)
         return load_hf_t5(args.hf)
     config = ModelConfig.from_preset(args.preset) if args.preset else None
+    raw = read_t5x(args.t5x)
+    is_pix2struct = pix2struct.is_pix2struct_t5x(raw)
     if config is None:
         print("note: no --preset; config inferred from shapes (gated MLP -> gelu, "
               "relative_attention_max_distance=128)", file=sys.stderr)
-    return load_t5x_with_config(args.t5x, config)
+        config = (pix2struct.infer_pix2struct_config if is_pix2struct else infer_t5x_config)(raw)
+    convert = pix2struct.pix2struct_t5x_to_params if is_pix2struct else t5x_to_params
+    return config, convert(raw, config, f"T5X checkpoint {args.t5x}")
 
 
 def convert_main(args) -> int:

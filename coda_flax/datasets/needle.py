@@ -23,11 +23,13 @@ in the input) and finetunes on "who got it?": the backbone learns who did what t
 pretrained T5 does from its data, and the adaptation asks the other question with the needle
 where truncation never sees it.
 
-Files (under <data_dir>/shakespeare/, next to the corpus of coda_flax.datasets.shakespeare):
+Files (datasets of coda_flax.datasets.cache: <data_dir>/shakespeare/needle-<key>/ and
+needle_gave-<key>/, key = a hash of the settings below and of the vocabulary's and corpus'
+hashes, each with a manifest.json):
     needle.jsonl       id, split, text (the whole input), target (the receiver), giver,
                        receiver, needle_start / needle_end (token offsets of the needle sentence
                        in the tokenised input, without EOS), num_tokens
-    needle_stats.json  the settings it was built with (rebuilt when they change)
+    needle_stats.json  the settings it was built with and the counts
     needle_gave.jsonl, needle_gave_stats.json    the same for "who gave it?" (target: the giver)
 Splits follow the corpus (the filler of validation examples comes from validation scenes) and
 are stratified: every receiver appears equally often in each split.
@@ -43,8 +45,10 @@ import random
 import re
 from typing import Callable, Optional, Sequence
 
+from coda_flax.datasets import cache
+from coda_flax.datasets.fetch import default_data_dir
 from coda_flax.datasets.records import read_jsonl, write_jsonl
-from coda_flax.datasets.shakespeare import corpus_dir
+from coda_flax.datasets.shakespeare import CORPUS_SUBDIR
 
 NEEDLE_FILE = "needle.jsonl"
 NEEDLE_STATS = "needle_stats.json"
@@ -55,6 +59,8 @@ PROMPT = QUESTIONS["got"][0]
 # question -> (examples file, stats file)
 NEEDLE_FILES = {"got": (NEEDLE_FILE, NEEDLE_STATS),
                 "gave": ("needle_gave.jsonl", "needle_gave_stats.json")}
+# question -> its dataset (coda_flax.datasets.cache): <data_dir>/shakespeare/needle[_gave]-<key>
+NEEDLE_DATASETS = {"got": "shakespeare/needle", "gave": "shakespeare/needle_gave"}
 
 
 def _question(question: str) -> tuple[str, str]:
@@ -161,55 +167,77 @@ def build_needle_examples(scenes: Sequence[dict], encode: Callable[[str], list],
     return out
 
 
-def needle_path(data_dir: Optional[str] = None, question: str = "got") -> str:
+def needle_path(data_dir: Optional[str] = None, question: str = "got",
+                vocab_model: Optional[str] = None) -> str:
+    """The examples file of the only needle dataset of `question` prepared under data_dir (with
+    vocab_model, when given); AmbiguousDatasetError naming them when several settings were
+    prepared (pass the folder prepare_needle returned); when there is none, the pattern of the
+    folder it would be in."""
     _question(question)
-    return os.path.join(corpus_dir(data_dir), NEEDLE_FILES[question][0])
+    where = {"vocab": cache.label(os.path.dirname(os.path.abspath(vocab_model)))} \
+        if vocab_model else None
+    found = cache.find_one(data_dir, NEEDLE_DATASETS[question], f"needle ({question})", where)
+    group = os.path.join(data_dir or default_data_dir(), CORPUS_SUBDIR)
+    folder = found or os.path.join(group, NEEDLE_DATASETS[question].split("/")[-1] + "-*")
+    return os.path.join(folder, NEEDLE_FILES[question][0])
 
 
 def prepare_needle(data_dir: Optional[str], vocab_model: str, *, input_length: int,
                    num_train: int = 8000, num_validation: int = 400,
                    min_offset: Optional[int] = None, question: str = "got", seed: int = 0,
                    force: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Writes needle.jsonl (question "gave": needle_gave.jsonl) next to the prepared Shakespeare
-    corpus (prepare_shakespeare first), tokenised with vocab_model; reuses it when it was built
-    with the same settings. Returns the settings and counts (needle_stats.json)."""
+    """The needle examples of `question`, tokenised with vocab_model (a vocabulary that
+    shakespeare.prepare_shakespeare prepared), as a dataset of coda_flax.datasets.cache:
+    <data_dir>/shakespeare/needle-<key>/needle.jsonl ("gave": needle_gave-<key>/...), key = a
+    hash of the settings, the vocabulary's and the corpus' hashes. Built once, reused while the
+    files match the manifest. Returns the statistics (stats.json) plus "dir" and "hash"."""
     import sentencepiece as spm
 
-    root = corpus_dir(data_dir)
+    vocab_dir = os.path.dirname(os.path.abspath(vocab_model))
+    vocab = cache.read_manifest(vocab_dir)
+    if vocab is None:
+        raise FileNotFoundError(
+            f"{vocab_model} is not in a prepared vocabulary folder (no {cache.MANIFEST} next to "
+            f"it): prepare the corpus and its vocabulary with coda_flax.datasets.shakespeare."
+            f"prepare_shakespeare (scripts/prepare_data.py) and pass its 'vocab_model'.")
+    root = os.path.join(os.path.dirname(vocab_dir), vocab["settings"]["corpus"].split("/")[-1])
     scenes_path = os.path.join(root, "scenes.jsonl")
     if not os.path.exists(scenes_path):
         raise FileNotFoundError(f"{scenes_path} not found: prepare the Shakespeare corpus first "
                                 f"(coda_flax.datasets.shakespeare.prepare_shakespeare / "
                                 f"scripts/prepare_data.py).")
-    settings = {"format_version": NEEDLE_FORMAT_VERSION, "vocab_model": os.path.abspath(vocab_model),
-                "input_length": input_length, "num_train": num_train,
-                "num_validation": num_validation,
+    settings = {"format_version": NEEDLE_FORMAT_VERSION, "vocab": cache.label(vocab_dir),
+                "vocab_hash": vocab["hash"], "input_length": input_length,
+                "num_train": num_train, "num_validation": num_validation,
                 "min_offset": math.ceil(input_length / 3) if min_offset is None else min_offset,
                 "seed": seed, "names": list(NAMES), "question": question}
     prompt = _question(question)[0]
     file_name, stats_name = NEEDLE_FILES[question]
-    stats_path, path = os.path.join(root, stats_name), os.path.join(root, file_name)
-    if not force and os.path.exists(stats_path) and os.path.exists(path):
-        with open(stats_path) as f:
-            stats = json.load(f)
-        if {k: stats.get(k) for k in settings} == settings:
-            log(f"[data] needle task ({prompt}) already built: {path}")
-            return stats
-    sp = spm.SentencePieceProcessor(model_file=vocab_model)
-    records = build_needle_examples(read_jsonl(scenes_path), sp.encode, input_length=input_length,
-                                    num_train=num_train, num_validation=num_validation,
-                                    min_offset=settings["min_offset"], question=question,
-                                    seed=seed)
-    write_jsonl(path, records)
-    val = [r for r in records if r["split"] == "validation"]
-    stats = dict(settings, examples=len(records), validation=len(val),
-                 evidence_share_of_input=sum((r["needle_end"] - r["needle_start"]) / (r["num_tokens"] + 1)
-                                             for r in val) / max(1, len(val)))
-    with open(stats_path, "w") as f:
-        json.dump(stats, f, indent=1)
-    log(f"[data] needle task ({prompt}): {len(records)} examples ({len(val)} validation) "
-        f"-> {path}")
-    return stats
+
+    def build(out_dir):
+        sp = spm.SentencePieceProcessor(model_file=vocab_model)
+        records = build_needle_examples(read_jsonl(scenes_path), sp.encode,
+                                        input_length=input_length, num_train=num_train,
+                                        num_validation=num_validation,
+                                        min_offset=settings["min_offset"], question=question,
+                                        seed=seed)
+        path = os.path.join(out_dir, file_name)
+        write_jsonl(path, records)
+        val = [r for r in records if r["split"] == "validation"]
+        share = sum((r["needle_end"] - r["needle_start"]) / (r["num_tokens"] + 1)
+                    for r in val) / max(1, len(val))
+        cache.write_json(os.path.join(out_dir, stats_name),
+                         dict(settings, vocab_model=os.path.abspath(vocab_model),
+                              examples=len(records), validation=len(val),
+                              evidence_share_of_input=share))
+        log(f"[data] needle task ({prompt}): {len(records)} examples ({len(val)} validation) "
+            f"-> {path}")
+        return {"rows": {"train": len(records) - len(val), "validation": len(val)}}
+
+    manifest = cache.prepare(data_dir, NEEDLE_DATASETS[question], settings, build, force=force,
+                             log=log)
+    with open(os.path.join(manifest["dir"], stats_name)) as f:
+        return dict(json.load(f), dir=manifest["dir"], hash=manifest["hash"])
 
 
 __all__ = ["NAMES", "PROMPT", "QUESTIONS", "build_needle_examples", "prepare_needle", "needle_path",

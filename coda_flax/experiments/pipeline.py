@@ -8,6 +8,9 @@
     speed_table        encoder and end-to-end time per model, speedups over a baseline
     parameter_counts   trainable / total parameters of a variant
     trained_steps, load_json, save_json    reuse bookkeeping
+    discard_if_data_changed                a run folder made on datasets that have changed
+                                           since (coda_flax.datasets.provenance) is deleted,
+                                           naming them, so the stage runs again
 
 `coda compare` (experiments/compare.py) runs them in order; the demo runs the same steps.
 Plain keyword arguments; nothing here reads argv or gin.
@@ -17,7 +20,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any, Callable, Mapping, Sequence
+
+from coda_flax.datasets import provenance
 
 Log = Callable[[str], None]
 
@@ -45,6 +51,20 @@ def save_json(path: str, obj, **dump_kwargs) -> str:
     return path
 
 
+def discard_if_data_changed(model_dir: str, task: str, log: Log = print) -> bool:
+    """Deletes model_dir (saying which dataset changed) when its run record
+    (MODEL_DIR/data.json, written by run.train) differs from the datasets bound to `task` now,
+    or when it holds a run without a record while the task reads prepared datasets. Returns
+    whether it was deleted."""
+    if not os.path.isdir(model_dir):
+        return False
+    why = provenance.changes(provenance.run_record(model_dir), provenance.fingerprint(task))
+    if why:
+        log(f"  {model_dir} was trained on other data ({why}): training again")
+        shutil.rmtree(model_dir)
+    return bool(why)
+
+
 def pretrain_dense(model_config, model_dir: str, *, train_steps: int, log: Log = print,
                    **train_kwargs) -> str:
     """The dense backbone: run.train with every parameter trained and one k stage. Reused when
@@ -55,6 +75,7 @@ def pretrain_dense(model_config, model_dir: str, *, train_steps: int, log: Log =
     from coda_flax.train import run
 
     final = os.path.join(model_dir, "final")
+    discard_if_data_changed(model_dir, train_kwargs.get("mixture_or_task_name", ""), log)
     if os.path.isdir(final):
         done = trained_steps(model_dir)
         if done in (None, train_steps):
@@ -89,6 +110,7 @@ def finetune_variant(model_config, run_dir: str, *, initial_checkpoint_path: str
 
     model = make_model(model_config)
     final = os.path.join(run_dir, "final")
+    discard_if_data_changed(run_dir, train_kwargs.get("mixture_or_task_name", task.name), log)
     reused = os.path.isdir(final)
     if reused:
         log(f"  reusing the finished run in {run_dir}; evaluating it")

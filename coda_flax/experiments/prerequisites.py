@@ -1,6 +1,6 @@
 """What a table's unfinished experiments need and do not find (TFDS data, the vocabulary,
-initial checkpoints, the offline corpus, gin files), each with how to provide it: checked
-before `coda reproduce` runs anything.
+initial checkpoints, the offline corpus, Pix2Struct's TFRecords, gin files), each with how to
+provide it: checked before `coda reproduce` runs anything.
 """
 
 from __future__ import annotations
@@ -15,6 +15,12 @@ from coda_flax.experiments.paper_tables import ReproduceError, table_title
 OFFLINE_TASK_FILES = {"coda_shakespeare_span_corruption": "scenes.jsonl",
                       "coda_shakespeare_play": "play_passages.jsonl",
                       "coda_shakespeare_speaker": "speaker.jsonl"}
+
+
+# Table 6's CoDA pretraining (Pix2Struct's screenshot parsing, configs/table8.py).
+PIX2STRUCT_PRETRAINING = "coda_pix2struct_pretraining"
+PIX2STRUCT_VOCAB = ("Pix2Struct's SentencePiece model (gs://pix2struct-data/sentencepiece.model, "
+                    "as in google-research/pix2struct's gin files)")
 
 
 class MissingPrerequisitesError(ReproduceError):
@@ -96,6 +102,13 @@ def check_prerequisites(spec, experiments: Sequence) -> list[str]:
             elif "://" not in str(vocab) and not os.path.exists(vocab):
                 add(("vocab", vocab), f"vocabulary {vocab} does not exist (VOCAB_PATH / "
                                       "$CODA_VOCAB): copy T5's SentencePiece model there.")
+        elif task == PIX2STRUCT_PRETRAINING:
+            add(("task", task), f"task {task} (Table 6's CoDA pretraining: Pix2Struct's "
+                                f"screenshot parsing of web pages) is not built in coda_flax: pass "
+                                f"--pretrain-steps 0 to finetune CoDA straight from the converted "
+                                f"Pix2Struct checkpoint.")
+        elif task.startswith("coda_pix2struct_"):
+            _pix2struct_task(add, task, s, b)
         elif task in OFFLINE_TASK_FILES:
             root = offline.corpus_dir(literal(b.get("DATA_DIR")))
             path = os.path.join(root, OFFLINE_TASK_FILES[task])
@@ -103,11 +116,10 @@ def check_prerequisites(spec, experiments: Sequence) -> list[str]:
                 add(("offline", path),
                     f"offline corpus file {path} (task {task}) does not exist: run `python "
                     f"scripts/prepare_data.py --data-dir DIR` and pass --gin.DATA_DIR=\"'DIR'\".")
-            spm = os.path.join(root, "spm")
-            if vocab is None and not (os.path.isdir(spm) and any(
-                    f.endswith(".model") for f in os.listdir(spm))):
-                add(("vocab", root), f"no vocabulary for {task}: none under {spm}; run "
-                                     "scripts/prepare_data.py or pass --gin.VOCAB_PATH.")
+            if vocab is None and offline.find_vocab(root) is None:
+                add(("vocab", root), f"no vocabulary for {task}: none prepared for the corpus "
+                                     f"{root}; run scripts/prepare_data.py or pass "
+                                     "--gin.VOCAB_PATH.")
             elif vocab is not None and not os.path.exists(vocab):
                 add(("vocab", vocab), f"vocabulary {vocab} does not exist (VOCAB_PATH).")
         else:
@@ -116,6 +128,34 @@ def check_prerequisites(spec, experiments: Sequence) -> list[str]:
                                 f"{', '.join(OFFLINE_TASK_FILES)}).")
 
     required = spec.get("initial_checkpoint", {}).get("required")
+    _check_checkpoints(spec, experiments, add, required)
+    return problems
+
+
+def _pix2struct_task(add, task: str, stage, bindings) -> None:
+    """The TFRecords of the stage's split and Pix2Struct's vocabulary (tasks/pix2struct.py)."""
+    from coda_flax.datasets.vision import MissingVisionDataError
+    from coda_flax.tasks import pix2struct
+
+    split = "train" if stage.kind != "eval" else literal(bindings.get("SPLIT")) or "validation"
+    try:
+        pix2struct.split_files(task, split, literal(bindings.get("DATA_DIR")))
+    except MissingVisionDataError as e:
+        add(("pix2struct", task, split), f"{e} (--gin.DATA_DIR=\"'DIR'\")")
+    except KeyError:
+        add(("task", task), f"task {task} is not one coda_flax registers (Pix2Struct tasks: "
+                            f"{', '.join(pix2struct.PIX2STRUCT_TASKS)}).")
+    vocab = literal(bindings.get("VOCAB_PATH"))
+    if not vocab:
+        add(("vocab-pix2struct", None), f"no vocabulary for {task}: its targets use "
+                                        f"{PIX2STRUCT_VOCAB}. Copy it here and pass "
+                                        f"--gin.VOCAB_PATH=\"'/path/sentencepiece.model'\".")
+    elif "://" not in str(vocab) and not os.path.exists(vocab):
+        add(("vocab", vocab), f"vocabulary {vocab} does not exist (VOCAB_PATH): copy "
+                              f"{PIX2STRUCT_VOCAB} there.")
+
+
+def _check_checkpoints(spec, experiments, add, required) -> None:
     presets: dict[str, set] = {}
     for e in experiments:
         train_stage = e.stages[0]
@@ -140,4 +180,3 @@ def check_prerequisites(spec, experiments: Sequence) -> list[str]:
                 f"one INITIAL_CHECKPOINT_PATH ({path}) for several model sizes "
                 f"({', '.join(sorted(used_by))}): put {{preset}} in it (replaced per experiment) "
                 f"or run one size at a time with --only.")
-    return problems

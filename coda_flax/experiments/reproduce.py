@@ -29,10 +29,11 @@ is the dense starting checkpoint: it goes to the first training stage. MODEL_DIR
 EVAL_OUTPUT_DIR, MIXTURE_OR_TASK_NAME and SPLIT belong to the runner.
 
 Missing prerequisites (TFDS data, vocabulary, initial checkpoints, offline corpus) are found before
-anything runs and reported together, each with how to provide it. Tables 5 (speech) and 6
-(vision) are listed by --dry-run but refused by a real run: their pretrained backbones (BEST-RQ,
-Pix2Struct) cannot be imported and the paper's transducer / screenshot-parsing pretraining are
-not built (`coda compare` runs the same comparisons at CPU scale on offline data).
+anything runs and reported together, each with how to provide it. Table 5 (speech) is listed by
+--dry-run but refused by a real run: its pretrained backbone (BEST-RQ) is not public and the
+paper's transducer is not built (`coda compare` runs the comparison at CPU scale on offline
+data). Table 6 (vision) runs on the public Pix2Struct-Large converted by `coda convert`, with
+--pretrain-steps 0 (the screenshot-parsing CoDA pretraining is not built).
 
 Library code: expand, select, dry_run_text, run_table, collect_results, table_json here;
 load_table and write_table (pure: spec + results -> markdown) in experiments/paper_tables.py,
@@ -81,7 +82,7 @@ PLACEHOLDERS = ("preset", "size", "task", "row", "column", "table")
 
 
 class TableNotImplementedError(ReproduceError):
-    """The table needs something coda_flax cannot provide (Tables 5 / 6: see their status_note)."""
+    """The table needs something coda_flax cannot provide (Table 5: see its status_note)."""
 
 
 # ------------------------------------------------------------------------------ experiments

@@ -14,7 +14,8 @@ registers tasks over them.
 
 Modules: preprocessors (T5 text-to-text formats), span_corruption (T5 pretraining objective),
 metrics, tfds_source (read-only TFDS with clear errors), paper / offline / vision / speech
-(registration), needle (the needle task's examples), vocab (SentencePiece), registry (lookup).
+(registration), pix2struct (Table 6's datasets as Pix2Struct's preprocessing writes them),
+needle (the needle task's examples), vocab (SentencePiece), registry (lookup).
 Attributes are imported lazily so that `coda_flax.tasks.vocab` works without importing
 TensorFlow.
 """
@@ -44,6 +45,8 @@ _EXPORTS = {
     "CharVocabulary": "speech",
     "register_vision_tasks": "vision",
     "VISION_TASKS": "vision",
+    "register_pix2struct_tasks": "pix2struct",
+    "PIX2STRUCT_TASKS": "pix2struct",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -26,7 +26,11 @@ import numpy as np
 import seqio
 
 from coda_flax.tasks import metrics
+from coda_flax.datasets import librispeech as ls
+from coda_flax.datasets import provenance
 from coda_flax.datasets import speech as sd
+from coda_flax.datasets import transcripts
+from coda_flax.datasets.cache import AmbiguousDatasetError
 from coda_flax.tasks._tf import tf
 from coda_flax.tasks.features import TASK_FEATURE_LENGTHS, continuous_output_features
 from coda_flax.tasks.registry import add_task
@@ -44,11 +48,11 @@ class CharVocabulary(seqio.Vocabulary):
 
     Encoding lowercases; every character outside the alphabet (digits, punctuation, hyphens,
     accented letters) becomes a space, runs of spaces collapse and the ends are stripped (the
-    data pipeline already spells numbers and strips accents: datasets.speech.normalize_transcript).
+    data pipeline already spells numbers and strips accents: datasets.transcripts.normalize_transcript).
     Decoding drops ids 0 and any id outside the vocabulary.
     """
 
-    ALPHABET = sd.ALPHABET
+    ALPHABET = transcripts.ALPHABET
 
     def __init__(self):
         super().__init__(extra_ids=0)
@@ -146,14 +150,24 @@ def _offline_by_split(manifest: str, mtime: float) -> dict:
     return by_split
 
 
+def _offline_root(data_dir: Optional[str]):
+    """sd.speech_dir, or the AmbiguousDatasetError it raised (raised when the data is read)."""
+    try:
+        return sd.speech_dir(data_dir)
+    except AmbiguousDatasetError as e:
+        return e
+
+
 def offline_source(data_dir: Optional[str] = None,
                    feature_dim: int = sd.FEATURE_DIM) -> seqio.FunctionDataSource:
     """The offline manifest (<data_dir>/speech/manifest.jsonl) as a seqio source; features are
     read from the precomputed .npy files."""
-    root = sd.speech_dir(data_dir)
-    manifest = os.path.join(root, "manifest.jsonl")
+    root = _offline_root(data_dir)
+    manifest = os.path.join(root, "manifest.jsonl") if isinstance(root, str) else ""
 
     def records(split):
+        if not isinstance(root, str):        # several prepared settings: which one?
+            raise root
         if not os.path.exists(manifest):
             sd.read_manifest(data_dir)  # raises MissingSpeechDataError with the fix
         return _offline_by_split(manifest, os.path.getmtime(manifest)).get(split, [])
@@ -177,18 +191,18 @@ def librispeech_source(librispeech_dir: Optional[str] = None, data_dir: Optional
     """LibriSpeech read from its published layout (librispeech_dir or $CODA_LIBRISPEECH_DIR,
     resolved when a dataset is asked for); features from the cache of prepare_librispeech, else
     computed from the .flac files (and cached when cache_features)."""
-    cache = sd.librispeech_cache_dir(data_dir) if cache_features else None
+    cache = ls.librispeech_cache_dir(data_dir) if cache_features else None
 
     def records(split):
-        root = sd.find_librispeech(librispeech_dir)
-        return sd.librispeech_records(root, split)
+        root = ls.find_librispeech(librispeech_dir)
+        return ls.librispeech_records(root, split)
 
     def dataset_fn(split, shuffle_files=False, seed=None):
-        return _generator_dataset(records, functools.partial(sd.librispeech_features,
+        return _generator_dataset(records, functools.partial(ls.librispeech_features,
                                                              cache_dir=cache),
                                   feature_dim, split, shuffle_files, seed)
 
-    return seqio.FunctionDataSource(dataset_fn, splits=tuple(sd.LIBRISPEECH_SPLITS))
+    return seqio.FunctionDataSource(dataset_fn, splits=tuple(ls.LIBRISPEECH_SPLITS))
 
 
 # ----------------------------------------------------------------------------- preprocessors
@@ -225,8 +239,9 @@ def register_speech_tasks(data_dir: Optional[str] = None, librispeech_dir: Optio
                           *, vocabulary: Optional[seqio.Vocabulary] = None,
                           feature_dim: int = sd.FEATURE_DIM,
                           cache_librispeech_features: bool = True) -> list[str]:
-    """Registers coda_speech_offline (<data_dir>/speech, data_dir default $CODA_DATA_DIR or
-    ~/.cache/coda_flax/data) and coda_librispeech (librispeech_dir or $CODA_LIBRISPEECH_DIR).
+    """Registers coda_speech_offline (the corpus prepared under <data_dir>/speech, data_dir
+    default $CODA_DATA_DIR or ~/.cache/coda_flax/data; bound to its dataset folder,
+    coda_flax.datasets.provenance) and coda_librispeech (librispeech_dir or $CODA_LIBRISPEECH_DIR).
     Nothing is read until a dataset is asked for; missing data then raises
     datasets.speech.MissingSpeechDataError naming the fix. Returns the registered names."""
     features = speech_output_features(vocabulary)
@@ -234,6 +249,8 @@ def register_speech_tasks(data_dir: Optional[str] = None, librispeech_dir: Optio
                   postprocess_fn=metrics.strip_postprocessor, metric_fns=[metrics.wer,
                                                                           metrics.cer])
     add_task("coda_speech_offline", source=offline_source(data_dir, feature_dim), **common)
+    root = _offline_root(data_dir)
+    provenance.bind("coda_speech_offline", [root] if isinstance(root, str) else [])
     add_task("coda_librispeech",
              source=librispeech_source(librispeech_dir, data_dir, feature_dim,
                                        cache_librispeech_features), **common)

@@ -37,6 +37,7 @@ from typing import Callable, Mapping, Optional, Union
 import numpy as np
 import seqio
 
+from coda_flax.datasets import provenance
 from coda_flax.datasets import vision as vision_data
 from coda_flax.datasets.vision import MissingVisionDataError
 from coda_flax.frontends import patches as patching
@@ -359,6 +360,8 @@ def register_vision_tasks(data_dir: Optional[str] = None, vision_data_dir: Optio
     easy_root = vision_data.easy_vqa_dir(data_dir)
     docs_root = vision_data.rendered_docs_dir(data_dir)
     words_root = vision_data.rendered_words_dir(data_dir)
+    provenance.bind("coda_rendered_docs", [docs_root])     # their datasets' hashes for runs
+    provenance.bind("coda_rendered_words", [words_root])
     dirs = {"ocrvqa": ocrvqa_dir, "docvqa": docvqa_dir, "screen2words": screen2words_dir}
 
     def local(name, read):

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from coda_flax.config import ModelConfig
+from coda_flax.datasets import provenance
 from coda_flax.inputs import encoder_length, input_shape
 from coda_flax.train.ctc_model import make_model
 from coda_flax.train.t5_model import CodaT5Model
@@ -36,9 +37,13 @@ def ensure_registered(name: str, data_dir: str | None = None, vocab_path: str | 
             tasks.register_speech_tasks(data_dir)
         elif name in tasks.VISION_TASKS:
             tasks.register_vision_tasks(data_dir)
+        elif name in tasks.PIX2STRUCT_TASKS:      # Pix2Struct's TFRecords, its SentencePiece
+            tasks.register_pix2struct_tasks(data_dir, vocabulary=(     # no extra ids, as its gin
+                tasks.get_vocabulary(vocab_path, extra_ids=0) if vocab_path else None))
         else:
             known = sorted({*registry.registered_names(), *tasks.OFFLINE_TASKS,
-                            *tasks.PAPER_TASKS, *tasks.SPEECH_TASKS, *tasks.VISION_TASKS})
+                            *tasks.PAPER_TASKS, *tasks.SPEECH_TASKS, *tasks.VISION_TASKS,
+                            *tasks.PIX2STRUCT_TASKS})
             raise tasks.UnknownTaskError(f"unknown task or mixture {name!r}; coda_flax knows: "
                                          f"{', '.join(known)}.")
     return tasks.get_task_or_mixture(name)
@@ -239,6 +244,8 @@ def _train(*, model_config, mixture_or_task_name, task_feature_lengths, train_st
            progress, parameter_scale, extra_files, max_abs_param, max_update_ratio):
     from coda_flax.checkpoints import save_checkpoint
     task = ensure_registered(mixture_or_task_name, data_dir, vocab_path, tfds_data_dir)
+    if jax.process_index() == 0:   # the datasets' hashes: recorded, compared when resuming
+        provenance.check_run(model_dir, provenance.fingerprint(mixture_or_task_name))
     for name, text in (extra_files or {}).items():        # e.g. the resolved gin config
         with open(os.path.join(model_dir, name), "w") as f:
             f.write(text)
