@@ -2,7 +2,7 @@
 # Creates (or reuses) .venv with Python 3.11 and installs coda_flax with the given extras.
 # Installs with the exact tested versions of constraints.txt (setup.cfg holds ranges):
 #     pip install -c constraints.txt -e .[extras]
-# Reinstalls only when setup.cfg / pyproject.toml / constraints.txt or the extras change.
+# Reinstalls only when setup.cfg / setup.py / pyproject.toml / constraints.txt or the extras change.
 # Usage: source scripts/env.sh [extras]     (default extras: test,hf,train)
 #
 # T5X (for tests/test_t5x.py) is not on the package index. When ../shared/wheels (beside the
@@ -22,7 +22,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
 fi
 STAMP="$VENV/.coda_stamp"
-WANT="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)-$EXTRAS"
+WANT="$(cat "$ROOT/setup.cfg" "$ROOT/setup.py" "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)-$EXTRAS"
 if [ "$(head -n1 "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "[env] installing coda_flax[$EXTRAS] (first run takes a few minutes)"
   "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[$EXTRAS]"

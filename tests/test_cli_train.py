@@ -28,7 +28,7 @@ def corpus(tmp_path_factory):
 
 def _train(model_dir, data, vocab, steps, extra=()):
     return main(["train", "--gin_file=models/tiny.gin",         # packaged gin files by name
-                 "--gin_file=models/variants/coda_k_to_all.gin",
+                 "--gin_file=variants/coda_k_to_all.gin",
                  "--gin_file=runs/finetune.gin", *TINY,
                  f"--gin.MODEL_DIR='{model_dir}'", f"--gin.DATA_DIR='{data}'",
                  f"--gin.VOCAB_PATH='{vocab}'",

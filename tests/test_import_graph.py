@@ -28,7 +28,7 @@ LAYERS = (
     # checkpoints, then the public API that exports the core and the checkpoint entry points
     "checksums", "checkpoints", "",
     # data, tasks and training
-    "frontends", "datasets", "tasks", "resources", "configs", "train", "t5x",
+    "frontends", "datasets", "tasks", "resources", "train", "t5x",
     # routing plots, analysis (numbers, reports), benchmarks
     "viz", "analysis", "bench",
     # end-to-end runs, the command line, the launchers

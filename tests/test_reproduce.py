@@ -215,7 +215,7 @@ def test_packaged_gin_files_by_name_from_any_directory_with_stable_fingerprints(
     monkeypatch.chdir(tmp_path)                       # outside the repository
     ckpt = ["INITIAL_CHECKPOINT_PATH='/c/{preset}'"]
     e = rp.expand(tables[2], "/out", ckpt)[9]                    # k_to_all_r3.base_mnli
-    assert e.stages[1].gin_files == ["models/t5_1_1_base.gin", "models/variants/coda_k_to_all.gin",
+    assert e.stages[1].gin_files == ["models/t5_1_1_base.gin", "variants/coda_k_to_all.gin",
                                      "runs/finetune.gin"]
     assert e.stages[2].gin_files == ["runs/eval.gin"]
     assert not any(gc.missing_gin_files(s.gin_files) for s in e.stages)
@@ -401,9 +401,9 @@ def tiny_spec(pretrain=False):
                       feature_lengths={"inputs": 64, "targets": 8}, train_steps=2, batch_size=8,
                       learning_rate=0.02, schedule="constant")],
         rows=[dict(key="coda_r3", labels=["CoDA", "3"],
-                   variant_gin="models/variants/coda_k_to_all.gin", reduction=3,
+                   variant_gin="variants/coda_k_to_all.gin", reduction=3,
                    pretrain=dict(run_gin="runs/pretrain.gin",
-                                 variant_gin="models/variants/coda_k_to_all.gin",
+                                 variant_gin="variants/coda_k_to_all.gin",
                                  task="coda_shakespeare_span_corruption",
                                  feature_lengths={"inputs": 64, "targets": 14}, num_routed=16,
                                  train_steps=1) if pretrain else None,

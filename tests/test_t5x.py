@@ -34,8 +34,8 @@ from coda_flax.t5x import (AXIS_RULES, FACTOR_RULES, T5XEncoderDecoder, axis_rul
                            model_config, param_filter, split_axes)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GIN_DIR = os.path.join(ROOT, "coda_flax", "t5x", "gin")
-MODEL_GIN = os.path.join(GIN_DIR, "coda_model.gin")
+GIN_DIR = os.path.join(ROOT, "gin")
+MODEL_GIN = os.path.join(GIN_DIR, "t5x", "model.gin")
 # CI clones the repository with a read-only ../shared beside it; scripts/env.sh installs T5X
 # from its wheels there, so in CI a missing T5X is a failure, not a skip.
 SHARED_WHEELS = os.path.join(os.path.dirname(ROOT), "shared", "wheels")
@@ -230,7 +230,7 @@ def test_rules_name_every_axis_t5x_does_not_know():
         boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)) for n in leaf.names}
     t5x_standard = {"vocab", "embed", "mlp", "heads", "kv", "relpos_buckets"}
     assert names - t5x_standard == set(FACTOR_RULES) == {n for n, _ in AXIS_RULES}
-    # coda_model.gin binds axis_rules(MODEL_CONFIG): kv heads shard unless there is only one.
+    # t5x/model.gin binds axis_rules(MODEL_CONFIG): kv heads shard unless there is only one.
     assert "additional_rules = @coda_t5x.axis_rules()" in open(MODEL_GIN).read()
     assert dict(axis_rules(lora)) == {"kv_heads": "model", "adapter": "model", "lora_rank": None}
     mqa = ModelConfig.from_preset("paper_text_base")
@@ -279,7 +279,7 @@ def test_adapters_and_kv_projections_shard_under_model_parallelism():
     """On 8 (virtual CPU) devices, a ('data', 'model') = (2, 4) mesh: adapter kernels and the
     multi-head key / value projections are split over 'model' (not fully replicated), by
     coda_flax's own partitioning rules and, where T5X is installed, by T5X's partitioner with
-    coda_model.gin's rules."""
+    t5x/model.gin's rules."""
     try:
         import t5x.partitioning  # noqa: F401
         which = "t5x"
@@ -300,25 +300,77 @@ def test_adapters_and_kv_projections_shard_under_model_parallelism():
             assert not replicated and "model" in spec, (source, name, spec)
 
 
+MESH_WORKER = os.path.join(ROOT, "tests", "t5x_mesh_worker.py")
+
+
+def _mesh_run(devices, *model_axes):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    proc = subprocess.run([sys.executable, MESH_WORKER, *map(str, model_axes)], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    import json
+    return json.loads(proc.stdout.split("RESULT", 1)[1])
+
+
+@pytest.mark.slow             # two processes, ~3 min on 2 busy cores
+def test_t5x_partitioner_shards_coda_over_model_axes_2_and_4_with_the_losses_of_one_device():
+    """T5X's PjitPartitioner + CodaTrainer, 3 steps on 8 virtual CPU devices with 'model' = 2
+    and = 4 (model_parallel_submesh; on CPU num_partitions puts every device on 'model'): each
+    device holds its slice of the adapter, attention and MLP kernels (shapes read from the
+    placed arrays), the router and embedding-width tensors whole, and the losses are those of
+    the same run on one device."""
+    _require_t5x()
+    one = _mesh_run(1, 1)
+    many = _mesh_run(8, 2, 4)
+    assert (one["devices"], many["devices"]) == (1, 8)
+    assert many["num_partitions=2"] == {"data": 1, "model": 8}
+    # full shapes (tiny_config, 4 heads, adapter 8, d_ff 32, d_model 16, vocab 264) with the
+    # dimension named 'model' by the rules divided by the model axis
+    full = {"adapter/down/kernel": (16, 8), "adapter/up/kernel": (8, 16),
+            "router/kernel": (16,), "attention/query/kernel": (16, 4, 8),
+            "attention/key/kernel": (16, 4, 8), "mlp/wi_0/kernel": (16, 32),
+            "mlp/wo/kernel": (32, 16)}
+    split = {"adapter/down/kernel": 1, "adapter/up/kernel": 0, "router/kernel": None,
+             "attention/query/kernel": 1, "attention/key/kernel": 1, "mlp/wi_0/kernel": 1,
+             "mlp/wo/kernel": 0}
+    for m in (2, 4):
+        run = many[str(m)]
+        assert run["mesh"] == {"data": 8 // m, "model": m}
+        for name, shape in full.items():
+            want = list(shape)
+            if split[name] is not None:
+                want[split[name]] //= m
+            assert run["shards"][f"encoder/layers_0/{name}"] == [want] * 8, (m, name)
+        assert run["shards"]["token_embedder/embedding"] == [[264 // m, 16]] * 8   # vocab
+        np.testing.assert_allclose(run["losses"], one["1"]["losses"], rtol=2e-5)
+    assert len(set(one["1"]["losses"])) == 3                                   # it trains
+
+
 def test_gin_files_ship_with_the_package():
-    """setup.cfg's package_data covers every gin file, and `python -m coda_flax.t5x --gin-dir`
-    (for T5X's --gin_search_paths; needs no T5X) prints the folder they are in."""
+    """The T5X gin files are the repository's gin/t5x/ beside the model and variant files of
+    `coda train`, which setup.cfg ships in the package (coda_flax/gin), and `python -m
+    coda_flax.t5x --gin-dir` (for T5X's --gin_search_paths; needs no T5X) prints that folder:
+    the same as `python -m coda_flax.train --gin-dir`."""
     import configparser
-    import fnmatch
 
     import coda_flax.t5x as ct
 
     cfg = configparser.ConfigParser()
     cfg.read(os.path.join(ROOT, "setup.cfg"))
-    globs = cfg["options.package_data"]["coda_flax.t5x"].split()
-    files = sorted(os.listdir(ct.GIN_DIR))
-    assert {"coda_model.gin", "coda_trainer.gin", "init_from_params.gin",
-            "tiny_offline.gin"} <= set(files)
-    assert all(any(fnmatch.fnmatch(f"gin/{f}", g) for g in globs) for f in files)
-    assert not os.path.exists(os.path.join(ROOT, "gin", "t5x"))
-    out = subprocess.run([sys.executable, "-m", "coda_flax.t5x", "--gin-dir"], cwd="/",
-                         capture_output=True, text=True, check=True).stdout.strip()
-    assert out == ct.GIN_DIR and os.path.isfile(os.path.join(out, "coda_model.gin"))
+    globs = cfg["options.package_data"]["coda_flax.gin"].replace(",", " ").split()
+    assert ct.GIN_DIR == GIN_DIR
+    files = sorted(os.path.relpath(os.path.join(d, f), GIN_DIR) for d, _, names in
+                   os.walk(os.path.join(GIN_DIR, "t5x")) for f in names)
+    tasks = [f"t5x/tasks/{t}.gin" for t in ("mnli", "rte", "boolq", "squad", "record", "xsum")]
+    assert {"t5x/model.gin", "t5x/trainer.gin", "t5x/init_from_params.gin", "t5x/paper_task.gin",
+            "t5x/tiny_offline.gin", "t5x/runs/finetune.gin", "t5x/runs/pretrain.gin",
+            "t5x/runs/eval.gin", "t5x/runs/infer.gin", *tasks} == set(files)
+    assert all(any(_glob_match(f, g) for g in globs) for f in files), files
+    for flag in ("coda_flax.t5x", "coda_flax.train"):
+        out = subprocess.run([sys.executable, "-m", flag, "--gin-dir"], cwd="/",
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out == GIN_DIR
 
 
 def test_model_config_for_gin():
@@ -472,19 +524,19 @@ def test_gin_file_builds_the_model(t5x_model, tmp_path):
 
     from coda_flax.t5x import CodaEncoderDecoderModel
 
-    override = tmp_path / "tiny.gin"
+    """`coda train`'s model and variant files (models/tiny.gin, variants/coda_k_to_all.gin) +
+    t5x/model.gin give T5X's MODEL the model those files describe, with T5X's dropout."""
+    override = tmp_path / "overlay.gin"
     override.write_text(
         "from __gin__ import dynamic_registration\n"
-        "import seqio\nimport coda_flax.t5x as coda_t5x\n"
-        f"include '{MODEL_GIN}'\n"
-        "DROPOUT_RATE = 0.1\nVOCABULARY = @seqio.ByteVocabulary()\nPRESET = None\n"
-        "coda_t5x.model_config:\n  vocab_size = 300\n  d_model = 16\n  num_heads = 2\n"
-        "  num_kv_heads = 1\n  head_dim = 8\n  d_ff = 32\n  num_encoder_layers = 1\n"
-        "  num_decoder_layers = 1\n")
+        "import seqio\n"
+        "DROPOUT_RATE = 0.1\nVOCABULARY = @seqio.ByteVocabulary()\n")
+    files = [os.path.join(GIN_DIR, "models", "tiny.gin"),
+             os.path.join(GIN_DIR, "variants", "coda_k_to_all.gin"), MODEL_GIN, str(override)]
     with gin.unlock_config():
         gin.clear_config()
         try:
-            gin.parse_config_files_and_bindings([str(override)], [])
+            gin.parse_config_files_and_bindings(files, [])
             model = gin.query_parameter("%MODEL").scoped_configurable_fn()
             rules = gin.query_parameter(
                 "partitioning.standard_logical_axis_rules.additional_rules"
@@ -492,9 +544,11 @@ def test_gin_file_builds_the_model(t5x_model, tmp_path):
         finally:
             gin.clear_config()
     assert isinstance(model, CodaEncoderDecoderModel)
-    assert model.config.coda == CodaConfig(reduction=3, attention="k_to_all",
-                                           router="soft_topk")
-    assert model.config.dropout_rate == 0.1 and model.config.dtype == "bfloat16"
+    # gin/models/tiny.gin's numbers, written out here
+    assert model.config == ModelConfig(
+        vocab_size=8100, d_model=128, num_heads=4, num_kv_heads=1, head_dim=32, d_ff=256,
+        num_encoder_layers=2, num_decoder_layers=1, dropout_rate=0.1, dtype="bfloat16",
+        coda=CodaConfig(reduction=3, attention="k_to_all", router="soft_topk"))
     assert rules == axis_rules(model.config)
     assert dict(rules) == {"kv_heads": None, "adapter": "model", "lora_rank": None}  # 1 kv head
 
@@ -548,13 +602,11 @@ TINY = dict(vocab_size=8192, d_model=32, num_heads=4, num_kv_heads=4, head_dim=8
             relative_attention_max_distance=32)
 
 
-def _t5x_command(script, run_file, *flags, train=False):
-    import t5x
-
-    configs = os.path.join(os.path.dirname(t5x.__file__), "configs")
-    gin = ["coda_model.gin", run_file] + (["coda_trainer.gin", "init_from_params.gin"]
-                                          if train else []) + ["tiny_offline.gin"]
-    return [sys.executable, "-m", f"t5x.{script}", f"--gin_search_paths={GIN_DIR},{configs}",
+def _t5x_command(script, run_file, *flags):
+    """T5X's script with `coda train`'s tiny model + CoDA variant, a t5x/runs file and the
+    offline overlay."""
+    gin = ["models/tiny.gin", "variants/coda_k_to_all.gin", run_file, "t5x/tiny_offline.gin"]
+    return [sys.executable, "-m", f"t5x.{script}", f"--gin_search_paths={GIN_DIR}",
             *[f"--gin_file={g}" for g in gin], *flags]
 
 
@@ -623,8 +675,8 @@ def t5x_run(tmp_path_factory):
     full, stopped = str(root / "full"), str(root / "stopped")
 
     def train(model_dir, steps, log):
-        return _start(_t5x_command("train", "runs/finetune.gin",
-                                   *_train_flags(model_dir, steps, init), train=True), env, log)
+        return _start(_t5x_command("train", "t5x/runs/finetune.gin",
+                                   *_train_flags(model_dir, steps, init)), env, log)
 
     # Two phases of two or three processes each (the machine has few cores):
     # 1. the uninterrupted run | the run stopped at STOP;
@@ -640,10 +692,10 @@ def t5x_run(tmp_path_factory):
     split = ["--gin.utils.DatasetConfig.split='validation'",
              "--gin.utils.DatasetConfig.batch_size=8"]
     phase = [(train(stopped, STEPS, logs["resume"]), logs["resume"], "resumed run"),
-             (_start(_t5x_command("eval", "runs/eval.gin", f"--gin.CHECKPOINT_PATH='{checkpoint}'",
+             (_start(_t5x_command("eval", "t5x/runs/eval.gin", f"--gin.CHECKPOINT_PATH='{checkpoint}'",
                                   f"--gin.EVAL_OUTPUT_DIR='{root / 'eval'}'", *split),
                      env, logs["eval"]), logs["eval"], "t5x.eval"),
-             (_start(_t5x_command("infer", "runs/infer.gin", f"--gin.CHECKPOINT_PATH='{checkpoint}'",
+             (_start(_t5x_command("infer", "t5x/runs/infer.gin", f"--gin.CHECKPOINT_PATH='{checkpoint}'",
                                   f"--gin.INFER_OUTPUT_DIR='{root / 'infer'}'", *split),
                      env, logs["infer"]), logs["infer"], "t5x.infer")]
     for proc, log, what in phase:
@@ -737,3 +789,10 @@ def _validation_size(root):
     from coda_flax.datasets.shakespeare import corpus_dir
     path = os.path.join(corpus_dir(str(root)), "play_passages.jsonl")
     return sum(json.loads(line).get("split") == "validation" for line in open(path))
+
+
+def _glob_match(path, pattern):
+    """setuptools' package_data glob: '*' stays within one folder (fnmatch's crosses '/')."""
+    import fnmatch
+    parts, globs = path.split("/"), pattern.split("/")
+    return len(parts) == len(globs) and all(map(fnmatch.fnmatch, parts, globs))

@@ -1,5 +1,6 @@
 """coda_flax as a library: the wheel, installed in a fresh venv outside the repository, carries
-its gin files and table configs, and `coda summary`, `coda reproduce --dry-run` and a tiny
+its gin files and table configs (the repository's top-level gin/ and configs/, mapped into the
+package), and `coda summary`, `coda reproduce --dry-run` and a tiny
 `coda train` from the packaged gin files work from a directory that is not the repository.
 
 The fresh venv reuses the project venv's dependencies without downloading anything: a .pth file
@@ -20,7 +21,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What a source distribution of the project holds (the build runs on a copy, so that nothing is
 # written into the repository and no stale build/ folder leaks old files into the wheel).
-SOURCE = ("setup.cfg", "pyproject.toml", "README.md", "coda_flax")
+SOURCE = ("setup.cfg", "setup.py", "pyproject.toml", "README.md", "coda_flax", "gin", "configs")
 TINY = ["--gin.model_config.vocab_size=400", "--gin.model_config.d_model=32",
         "--gin.model_config.num_heads=2", "--gin.model_config.head_dim=16",
         "--gin.model_config.d_ff=64"]
@@ -69,15 +70,19 @@ def installed(tmp_path_factory):
 def test_the_wheel_ships_gin_files_and_table_configs(installed):
     *_, wheel = installed
     names = set(zipfile.ZipFile(wheel).namelist())
-    for f in ("coda_flax/gin/models/tiny.gin", "coda_flax/gin/models/variants/coda_k_to_all.gin",
+    for f in ("coda_flax/gin/models/tiny.gin", "coda_flax/gin/variants/coda_k_to_all.gin",
               "coda_flax/gin/runs/finetune.gin", "coda_flax/gin/runs/eval.gin",
-              "coda_flax/t5x/gin/coda_model.gin", "coda_flax/configs/__init__.py",
+              "coda_flax/gin/t5x/model.gin", "coda_flax/gin/t5x/runs/pretrain.gin",
+              "coda_flax/configs/__init__.py",
               "coda_flax/configs/table2.py", "coda_flax/configs/table8.py"):
         assert f in names, f
-    shipped_gin = {n for n in names if n.endswith(".gin") and "/t5x/" not in n}
-    on_disk = {os.path.relpath(os.path.join(d, f), ROOT).replace(os.sep, "/")
-               for d, _, files in os.walk(os.path.join(ROOT, "coda_flax", "gin")) for f in files}
-    assert shipped_gin == on_disk
+    # every file of the top-level gin/ and configs/ (one source), and nothing else of theirs
+    for folder, suffix in (("gin", ".gin"), ("configs", ".py")):
+        shipped = {n for n in names if n.startswith(f"coda_flax/{folder}/")}
+        on_disk = {"coda_flax/" + os.path.relpath(os.path.join(d, f), ROOT).replace(os.sep, "/")
+                   for d, _, files in os.walk(os.path.join(ROOT, folder)) for f in files
+                   if f.endswith(suffix)}
+        assert shipped == on_disk, folder
     assert not any(n.startswith(("tests/", "gin/", "configs/", "scripts/")) for n in names)
 
 
@@ -85,8 +90,9 @@ def test_installed_wheel_outside_the_repository_finds_its_files(installed):
     python, bindir, env, work, _ = installed
     venv = os.path.dirname(bindir)
     out = _run([python, "-c", "import coda_flax, coda_flax.resources as r, "
-                "coda_flax.experiments.paper_tables as pt; print(coda_flax.__file__); "
-                "print(r.GIN_DIR); print(pt.CONFIGS_DIR)"],
+                "coda_flax.experiments.paper_tables as pt, coda_flax.configs as c; "
+                "print(coda_flax.__file__); print(r.GIN_DIR); print(pt.CONFIGS_DIR); "
+                "print(c.__file__)"],
                cwd=work, env=env).split()
     assert all(p.startswith(venv + os.sep) for p in out), out      # the wheel, not the repo
     summary = json.loads(_run([os.path.join(bindir, "coda"), "summary", "--preset",
@@ -107,8 +113,12 @@ def test_tiny_train_from_packaged_gin_files_outside_the_repository(installed, tm
     run = os.path.join(work, "run")
     gin_dir = _run([python, "-m", "coda_flax.train", "--gin-dir"], cwd=work, env=env).strip()
     assert gin_dir.startswith(os.path.dirname(bindir) + os.sep)
+    t5x_dir = _run([python, "-m", "coda_flax.t5x", "--gin-dir"], cwd=work, env=env).strip()
+    assert t5x_dir == gin_dir                     # one gin folder for both engines
+    for name in ("t5x/model.gin", "t5x/runs/pretrain.gin", "t5x/tasks/rte.gin"):
+        assert os.path.isfile(os.path.join(t5x_dir, name)), name
     _run([os.path.join(bindir, "coda"), "train", "--gin_file=models/tiny.gin",
-          "--gin_file=models/variants/coda_k_to_all.gin", "--gin_file=runs/finetune.gin", *TINY,
+          "--gin_file=variants/coda_k_to_all.gin", "--gin_file=runs/finetune.gin", *TINY,
           f"--gin.MODEL_DIR='{run}'", f"--gin.DATA_DIR='{tmp_path}'", f"--gin.VOCAB_PATH='{vocab}'",
           "--gin.MIXTURE_OR_TASK_NAME='coda_shakespeare_play'",
           "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}", "--gin.TRAIN_STEPS=2",

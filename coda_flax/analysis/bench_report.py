@@ -68,7 +68,7 @@ import numpy as np
 MODES = ("encode", "generate")   # what coda_flax.bench times: the encoder, or encode + decode
 # The paper's measured inference speedups over the Parallel Adapter (end to end), by preset:
 # Table 6, OCR-VQA column (Pix2Struct, n = 4096 patches, CoDA k-to-all; DocVQA and Screen2Words
-# give 12.1-12.5x at r = 16 and 16.7-17.8x at r = 32). Checked: coda_flax/configs/table6.py.
+# give 12.1-12.5x at r = 16 and 16.7-17.8x at r = 32). Checked: configs/table6.py.
 PAPER_SPEEDUPS: dict[str, dict[str, Any]] = {
     "pix2struct": {"n": 4096, "attention": "k_to_all", "mode": "generate",
                    "source": "Table 6 (OCR-VQA)",

@@ -1,7 +1,7 @@
 """`coda reproduce`: the command line of coda_flax.experiments.reproduce (argv is parsed here only).
 
     coda reproduce --table N [--dry-run [--json]] [--output DIR] [--only ROW[,ROW...]]
-                   [--pretrain-steps N] [--gin.NAME=VALUE ...]
+                   [--pretrain-steps N] [--engine coda|t5x] [--gin.NAME=VALUE ...]
 
 `add_reproduce_parser(subparsers)` registers the subcommand; `python -m coda_flax.cli.reproduce`
 runs it on its own.
@@ -21,6 +21,7 @@ examples:
       --gin.INITIAL_CHECKPOINT_PATH="'/ckpts/{preset}'" \\
       --gin.VOCAB_PATH="'/t5/spiece.model'" --gin.TFDS_DATA_DIR="'/data/tfds'"
   coda reproduce --table 3 --only 'soft_topk_*' --only base_rte --gin.TRAIN_STEPS=2000
+  coda reproduce --table 2 --engine t5x --dry-run   # the same runs as python -m t5x.train/eval
 
 Results: OUTPUT/<table>/<ROW.COLUMN>/eval_results.json per experiment (finished ones are skipped
 when run again), training runs in OUTPUT/runs/ (shared between tables), and the table in the
@@ -55,6 +56,10 @@ def add_reproduce_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--pretrain-steps", type=int, default=None, metavar="N",
                    help="CoDA pretraining steps before finetuning (default: the paper's, 100K "
                         "for text; 0: none, finetune straight from the dense checkpoint)")
+    p.add_argument("--engine", choices=("coda", "t5x"), default="coda",
+                   help="coda: `coda train` / `coda eval` (default); t5x: T5X's `python -m "
+                        "t5x.train` / `t5x.eval` with gin/t5x/ (T5X installed; "
+                        "INITIAL_CHECKPOINT_PATH a T5X checkpoint: `python -m coda_flax.t5x`)")
     p.set_defaults(func=reproduce_main)
     return p
 
@@ -77,7 +82,7 @@ def reproduce_main(args) -> int:
             out = []
             for spec in specs:
                 exps = lib.select(spec, lib.expand(spec, args.output, bindings,
-                                                   args.pretrain_steps), args.only)
+                                                   args.pretrain_steps, args.engine), args.only)
                 if args.json:
                     out.append(dict(table=spec["id"], status=spec["status"],
                                     status_note=spec.get("status_note", ""),
@@ -89,7 +94,7 @@ def reproduce_main(args) -> int:
             return 0
         quiet_startup()
         summary = lib.run_table(specs[0], args.output, bindings=bindings, only=args.only,
-                                pretrain_steps=args.pretrain_steps)
+                                pretrain_steps=args.pretrain_steps, engine=args.engine)
     except lib.ReproduceError as err:
         print(f"coda reproduce: {err}", file=sys.stderr)
         return 2

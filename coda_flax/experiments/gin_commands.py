@@ -1,5 +1,6 @@
 """`coda train` / `coda eval` command lines as the table runner writes them: gin literals and
-bindings, gin file names (packaged or absolute), T5X-style shell quoting.
+bindings, gin file names (packaged or absolute), T5X-style shell quoting; and the same runs as
+`python -m t5x.train` / `t5x.eval` command lines (`coda reproduce --engine t5x`).
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import ast
 import os
 import re
 import shlex
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from coda_flax.experiments.paper_tables import ReproduceError
 from coda_flax.resources import GIN_DIR, packaged_gin_name, resolve_gin_file
@@ -53,11 +54,14 @@ def gin_file_path(arg: str) -> str:
 
 
 def gin_key(path: str) -> str:
-    """A gin file as the run fingerprints name it: gin/<name> for a packaged file (the
-    repository path before the gin files moved into the package, so that the fingerprints of
-    finished runs stay valid), else the path as given."""
+    """A gin file as the run fingerprints name it: for a packaged file its repository path of
+    the version that introduced fingerprints (gin/<name>; the variants were in
+    gin/models/variants/ then), so that the fingerprints of finished runs stay valid; any
+    other file, the path as given."""
     name = packaged_gin_name(path)
-    return path if name is None else f"gin/{name}"
+    if name is None:
+        return path
+    return "gin/" + ("models/" + name if name.startswith("variants/") else name)
 
 
 _SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
@@ -75,7 +79,9 @@ def shell_quote(arg: str) -> str:
 
 
 def command_line(argv: Sequence[str]) -> str:
-    return " ".join(["coda", *(shell_quote(a) for a in argv)])
+    """`coda train ...`, or `python -m t5x.train ...` for a T5X argv (argv[0] "t5x.train")."""
+    head = ["python", "-m"] if argv and argv[0].startswith("t5x.") else ["coda"]
+    return " ".join([*head, *(shell_quote(a) for a in argv)])
 
 
 def argv_bindings(argv: Sequence[str]) -> dict[str, str]:
@@ -100,3 +106,41 @@ def literal(text: str | None):
 def missing_gin_files(gin_files: Sequence[str]) -> list[str]:
     """The --gin_file arguments that resolve to no file (named for messages)."""
     return [gin_file_path(f) for f in gin_files if resolve_gin_file(f) is None]
+
+
+# ------------------------------------------------------------------ the T5X engine
+# `coda train`'s run files -> the T5X run files (gin/t5x/runs) with the same settings.
+T5X_RUN_FILES = {"runs/finetune.gin": "t5x/runs/finetune.gin",
+                 "runs/pretrain.gin": "t5x/runs/pretrain.gin", "runs/eval.gin": "t5x/runs/eval.gin"}
+# The table runner's bindings -> their names in the T5X run files.
+T5X_NAMES = {"MIXTURE_OR_TASK_NAME": "PAPER_TASK", "CodaConfig.num_routed": "NUM_ROUTED",
+             "SPLIT": "utils.DatasetConfig.split"}
+# Configurables of only one of T5X's scripts: a binding of them goes to that script's stages.
+_T5X_SCRIPT_OF = {"train": "train", "evaluate": "eval"}
+
+
+def t5x_argv(script: str, gin_files: Sequence[str], bindings: Mapping[str, str]) -> list[str]:
+    """A `coda train` / `coda eval` stage of `coda reproduce` as T5X's `python -m t5x.<script>`
+    argv (without "python -m"): the same model and variant files, T5X's run file for its run
+    file, its bindings renamed (T5X_NAMES). The search path is GIN_DIR."""
+    files = []
+    for f in gin_files:
+        name = packaged_gin_name(f)
+        files.append(T5X_RUN_FILES.get(name, name) if name else os.path.abspath(f))
+    unknown = [f for f in files if f.startswith("runs/")]
+    if unknown:
+        raise ReproduceError(f"--engine t5x: no T5X run file for {unknown[0]} (T5X runs: "
+                             f"{', '.join(T5X_RUN_FILES)}).")
+    out = {}
+    for name, value in bindings.items():
+        if _T5X_SCRIPT_OF.get(name.split(".")[0], script) != script:
+            continue                       # another script's configurable (train.*, evaluate.*)
+        if name == "train.schedule":
+            if literal(value) != "constant":
+                raise ReproduceError(f"--engine t5x: t5x/runs/finetune.gin has Table 8's "
+                                     f"constant learning rate; schedule {value} has no T5X run "
+                                     f"file.")
+            continue
+        out[T5X_NAMES.get(name, name)] = value
+    return [f"t5x.{script}", f"--gin_search_paths={GIN_DIR}",
+            *(f"--gin_file={f}" for f in files), *(f"--gin.{n}={v}" for n, v in out.items())]

@@ -1,4 +1,4 @@
-"""The paper's result tables as data (coda_flax/configs/tableN.py): loading and checking a
+"""The paper's result tables as data (configs/tableN.py, the module coda_flax.configs): loading and checking a
 table spec, and writing ours next to the paper's numbers in the paper's layout.
 
     load_table(2) -> spec                      the TABLE dict, validated (validate_table)
@@ -13,12 +13,12 @@ from __future__ import annotations
 import copy
 import importlib
 import math
-import os
 from typing import Any, Mapping
 
-CONFIGS_PACKAGE = "coda_flax.configs"      # the tables ship in the package (package data)
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "configs")
+from coda_flax import resources
+
+CONFIGS_PACKAGE = "coda_flax.configs"      # configs/, shipped in the package (setup.py)
+CONFIGS_DIR = resources.CONFIGS_DIR
 TABLE_NUMBERS = (2, 3, 4, 5, 6, 9)
 
 
@@ -32,7 +32,7 @@ def table_title(spec) -> str:
 
 
 def _configs_package() -> str:
-    """The package of the table configs (coda_flax/configs, shipped in the wheel)."""
+    """The package of the table configs (configs/, shipped in the wheel as coda_flax.configs)."""
     return CONFIGS_PACKAGE
 
 
@@ -46,7 +46,7 @@ def table_id(which) -> str:
 
 
 def load_table(which) -> dict:
-    """The TABLE dict of coda_flax/configs/tableN.py (a deep copy), validated.
+    """The TABLE dict of configs/tableN.py (a deep copy), validated.
     which: 2, "2" or "table2"."""
     package = _configs_package()
     module = importlib.import_module(f"{package}.{table_id(which)}")

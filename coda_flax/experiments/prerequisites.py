@@ -17,7 +17,7 @@ OFFLINE_TASK_FILES = {"coda_shakespeare_span_corruption": "scenes.jsonl",
                       "coda_shakespeare_speaker": "speaker.jsonl"}
 
 
-# Table 6's CoDA pretraining (Pix2Struct's screenshot parsing, coda_flax/configs/table8.py).
+# Table 6's CoDA pretraining (Pix2Struct's screenshot parsing, configs/table8.py).
 PIX2STRUCT_PRETRAINING = "coda_pix2struct_pretraining"
 PIX2STRUCT_VOCAB = ("Pix2Struct's SentencePiece model (gs://pix2struct-data/sentencepiece.model, "
                     "as in google-research/pix2struct's gin files)")

@@ -5,7 +5,7 @@
         --gin.INITIAL_CHECKPOINT_PATH="'/ckpts/{preset}'" --gin.VOCAB_PATH="'/t5/spiece.model'" \\
         --gin.TFDS_DATA_DIR="'/data/tfds'"
 
-A table (coda_flax/configs/tableN.py, plain data, shipped in the package) is a grid: every cell
+A table (configs/tableN.py, plain data, shipped in the package as coda_flax.configs) is a grid: every cell
 of a row of ours (not a row quoted from other work) and a metric column is one experiment, whose
 stages are gin runs of the project's own trainer:
 
@@ -48,13 +48,15 @@ import fnmatch
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
 import traceback
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from coda_flax.experiments.gin_commands import (argv_bindings, command_line, gin_file_arg,
                                                 gin_key, gin_literal, literal,
-                                                missing_gin_files, parse_bindings)
+                                                missing_gin_files, parse_bindings, t5x_argv)
 from coda_flax.experiments.paper_tables import (ReproduceError, column_header, metric_columns,
                                                 our_value, row_delta, row_values, table_title,
                                                 write_table)
@@ -62,6 +64,9 @@ from coda_flax.experiments.prerequisites import MissingPrerequisitesError, check
 
 DEFAULT_OUTPUT = os.path.join("outputs", "reproduce")
 
+ENGINES = ("coda", "t5x")
+# T5X's scripts run as [*T5X_LAUNCH, "t5x.train", flags...] (python -m t5x.train flags...).
+T5X_LAUNCH = (sys.executable, "-m")
 # Gin files by their name in the packaged gin folder (coda_flax.resources.GIN_DIR).
 FINETUNE_GIN = "runs/finetune.gin"
 EVAL_GIN = "runs/eval.gin"
@@ -87,6 +92,7 @@ class Stage:
     argv: list[str]            # `coda <argv>`: ["train", "--gin_file=...", "--gin.X=Y", ...]
     directory: str             # MODEL_DIR (training) or EVAL_OUTPUT_DIR (eval)
     fingerprint: str
+    final: str | None = None   # T5X: the checkpoint a finished training run ends with
 
     @property
     def mode(self) -> str:
@@ -106,6 +112,8 @@ class Stage:
     def done(self) -> bool:
         if self.kind == "eval":
             return _eval_done(self.directory, self.fingerprint)
+        if self.final is not None:                                  # T5X: checkpoint_<steps>
+            return os.path.isdir(self.final)
         final = os.path.join(self.directory, "final")
         return (os.path.exists(os.path.join(final, "config.json"))
                 and os.path.isdir(os.path.join(final, "params")))
@@ -183,12 +191,15 @@ def _train_argv(files, bindings) -> list[str]:
 
 
 def expand(spec: Mapping[str, Any], output_dir: str = DEFAULT_OUTPUT, bindings: Iterable = (),
-           pretrain_steps: int | None = None) -> list[Experiment]:
+           pretrain_steps: int | None = None, engine: str = "coda") -> list[Experiment]:
     """The table's experiments (row-major, one per cell with a metric column) with their stages.
 
     bindings: the user's gin bindings ('NAME = VALUE' or pairs), applied to every stage after
     the table's own; pretrain_steps: None = the table's CoDA pretraining, 0 = none (finetune
-    straight from INITIAL_CHECKPOINT_PATH), N = N steps."""
+    straight from INITIAL_CHECKPOINT_PATH), N = N steps; engine: "coda" (`coda train` /
+    `coda eval`) or "t5x" (T5X's `python -m t5x.train` / `t5x.eval`, t5x_stages)."""
+    if engine not in ENGINES:
+        raise ReproduceError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}.")
     output_dir = os.path.abspath(output_dir)
     user = parse_bindings(bindings)
     owned = sorted({n for n, _ in user if n in RUNNER_OWNED})
@@ -210,7 +221,36 @@ def expand(spec: Mapping[str, Any], output_dir: str = DEFAULT_OUTPUT, bindings: 
         for col in metric_columns(spec):
             experiments.append(_experiment(spec, row, col, output_dir, user, init_template,
                                            pretrain_steps))
+    if engine == "t5x":
+        experiments = [dataclasses.replace(e, stages=t5x_stages(e)) for e in experiments]
     return experiments
+
+
+def t5x_stages(e: Experiment) -> list[Stage]:
+    """The experiment's stages as T5X runs (gin_commands.t5x_argv): the same gin files and
+    bindings, each training run in its own directory (runs/t5x.<name>.<hash>: shared between
+    tables exactly as the `coda train` ones), each stage starting from the checkpoint the one
+    before it ends with (MODEL_DIR/checkpoint_<TRAIN_STEPS>)."""
+    stages, previous = [], None
+    for s in e.stages:
+        b = s.bindings
+        fp = hashlib.sha1(f"t5x:{s.fingerprint}".encode()).hexdigest()[:10]
+        if s.kind == "eval":
+            b["CHECKPOINT_PATH"] = gin_literal(previous)
+            files = [e.config["model_gin"], e.config["variant_gin"], EVAL_GIN]
+            if e.config["reduction"] is not None:
+                b = {"REDUCTION": gin_literal(e.config["reduction"]), **b}
+            stages.append(Stage("eval", t5x_argv("eval", files, b), s.directory, fp))
+            continue
+        name = os.path.basename(s.directory)[:-len(s.fingerprint)]
+        directory = os.path.join(os.path.dirname(s.directory), f"t5x.{name}{fp}")
+        b["MODEL_DIR"] = gin_literal(directory)
+        if previous is not None:
+            b["INITIAL_CHECKPOINT_PATH"] = gin_literal(previous)
+        previous = os.path.join(directory, f"checkpoint_{literal(b['TRAIN_STEPS'])}")
+        stages.append(Stage(s.kind, t5x_argv("train", s.gin_files, b), directory, fp,
+                            final=previous))
+    return stages
 
 
 def _experiment(spec, row, col, output_dir, user, init_template, pretrain_steps) -> Experiment:
@@ -364,7 +404,10 @@ def experiments_json(experiments: Sequence[Experiment]) -> list[dict]:
 # ------------------------------------------------------------------------------ running
 def _run_stage(stage: Stage) -> None:
     """Runs the stage (`coda <argv>`) in this process through the gin edge
-    (coda_flax.train.gin_config.run_gin: the same strict parsing as `coda train|eval`)."""
+    (coda_flax.train.gin_config.run_gin: the same strict parsing as `coda train|eval`), or a
+    T5X stage as its command (_run_t5x_stage)."""
+    if stage.argv[0].startswith("t5x."):
+        return _run_t5x_stage(stage)
     import gin
     from coda_flax.train.gin_config import run_gin
     gin.clear_config()
@@ -373,6 +416,28 @@ def _run_stage(stage: Stage) -> None:
                 [f"{name} = {value}" for name, value in stage.bindings.items()])
     finally:
         gin.clear_config()
+
+
+def _run_t5x_stage(stage: Stage) -> None:
+    """`python -m t5x.<script> ...` (log: DIRECTORY/<script>.log); for t5x.eval, the metrics of
+    its last evaluation become DIRECTORY/eval_results.json (the table's results)."""
+    os.makedirs(stage.directory, exist_ok=True)
+    log = os.path.join(stage.directory, f"{stage.argv[0]}.log")
+    with open(log, "w") as f:
+        code = subprocess.run([*T5X_LAUNCH, *stage.argv], stdout=f,
+                              stderr=subprocess.STDOUT).returncode
+    if code:
+        with open(log) as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(f"{stage.argv[0]} exited with status {code} (log: {log}):\n{tail}")
+    if stage.kind == "eval":
+        task = literal(stage.bindings["PAPER_TASK"])
+        path = os.path.join(stage.directory, "inference_eval", f"{task}-metrics.jsonl")
+        with open(path) as f:
+            last = json.loads(f.read().strip().splitlines()[-1])
+        split = literal(stage.bindings.get("utils.DatasetConfig.split", "'validation'"))
+        _write_json(os.path.join(stage.directory, "eval_results.json"),
+                    dict(last, task=task, split=split, engine="t5x"))
 
 
 def _write_json(path: str, data) -> None:
@@ -420,18 +485,26 @@ def write_outputs(spec, experiments: Sequence[Experiment], output_dir: str,
 
 def run_table(spec, output_dir: str = DEFAULT_OUTPUT, *, bindings: Iterable = (),
               only: Iterable[str] | None = None, pretrain_steps: int | None = None,
-              check: bool = True, log: Callable[[str], None] = print) -> dict:
+              check: bool = True, engine: str = "coda",
+              log: Callable[[str], None] = print) -> dict:
     """Runs the table's unfinished experiments in order; returns a summary dict with the paths
-    of the written table, the experiments run / skipped / failed."""
+    of the written table, the experiments run / skipped / failed. engine "t5x" runs T5X's
+    scripts (installed: T5X is not on PyPI), which check their own inputs (the prerequisites
+    are those of `coda train`: check applies to engine "coda")."""
     if spec["status"] != "ready":
         raise TableNotImplementedError(
             f"{table_title(spec)} cannot run: it {spec.get('status_note') or 'is not implemented'}. "
             f"`coda reproduce --table {spec.get('number', '')} --dry-run` lists the planned "
             "experiments.")
     output_dir = os.path.abspath(output_dir)
-    everything = expand(spec, output_dir, bindings, pretrain_steps)
+    everything = expand(spec, output_dir, bindings, pretrain_steps, engine)
     experiments = select(spec, everything, only)
-    if check:
+    if engine == "t5x":
+        import importlib.util
+        if importlib.util.find_spec("t5x") is None:
+            raise ReproduceError("--engine t5x runs T5X's train.py / eval.py, and T5X is not "
+                                 "installed (docs/t5x.md: how); --dry-run writes the commands.")
+    elif check:
         problems = check_prerequisites(spec, experiments)
         if problems:
             todo = sum(not e.finished() for e in experiments)

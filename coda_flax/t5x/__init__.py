@@ -1,9 +1,12 @@
 """Optional T5X integration: CoDA from T5X's own train.py / eval.py / infer.py.
 
-    python -m t5x.train --gin_search_paths=$(python -m coda_flax.t5x --gin-dir),$T5X_CONFIGS \
-        --gin_file=coda_model.gin --gin_file=runs/finetune.gin --gin_file=coda_trainer.gin ...
+    python -m t5x.train --gin_search_paths=$(python -m coda_flax.t5x --gin-dir) \
+        --gin_file=models/t5_1_1_base.gin --gin_file=variants/coda_k_to_all.gin \
+        --gin_file=t5x/runs/finetune.gin --gin_file=t5x/tasks/rte.gin ...
 
-The gin files ship in the package (GIN_DIR; `python -m coda_flax.t5x --gin-dir` prints it).
+The gin files are the ones of `coda train` (the repository's gin/, shipped in the package:
+GIN_DIR; `python -m coda_flax.t5x --gin-dir` prints it): the same model and variant files, and
+t5x/ for T5X's wiring (model.gin, trainer.gin) and the paper's runs (t5x/runs/, t5x/tasks/).
 Importing coda_flax or coda_flax.t5x never imports T5X. The names that need it
 (CodaEncoderDecoderModel, Adafactor, NoUpdate, finetuning_optimizer, logical_factor_rules,
 save_t5x_checkpoint in coda_flax.t5x.models; CodaTrainer in coda_flax.t5x.trainer) import it on
@@ -17,23 +20,22 @@ needs only flax (and seqio for the vocabularies):
     AXIS_RULES, FACTOR_RULES   partitioning / Adafactor rules for CoDA's extra axis names
     axis_rules          AXIS_RULES for a ModelConfig (a single kv head stays replicated)
     vocabulary, offline_vocabulary   the model's = the tasks' vocabularies (coda_flax.t5x.vocab)
+    paper_task          registers the paper's tasks from gin settings (coda_flax.t5x.tasks)
 """
 
-import os
-
+from coda_flax.resources import GIN_DIR
 from coda_flax.t5x.module import (AXIS_RULES, FACTOR_RULES, T5XEncoderDecoder, axis_rules,
                                   model_config, param_filter, split_axes)
 
 from coda_flax.t5x.vocab import offline_vocabulary, vocabulary
 
-# The gin files (coda_model.gin, coda_trainer.gin, init_from_params.gin, tiny_offline.gin),
-# installed with the package: pass it in --gin_search_paths (`python -m coda_flax.t5x --gin-dir`).
-GIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gin")
 
-# name -> the module defining it; these import T5X on first access.
+# name -> the module defining it, imported on first access: T5X (models, trainer), or seqio and
+# tensorflow-datasets (tasks: importing it registers the paper's tasks).
 _NEEDS_T5X = {"CodaEncoderDecoderModel": "models", "logical_factor_rules": "models",
               "save_t5x_checkpoint": "models", "Adafactor": "models", "NoUpdate": "models",
-              "finetuning_optimizer": "models", "CodaTrainer": "trainer"}
+              "finetuning_optimizer": "models", "CodaTrainer": "trainer",
+              "paper_task": "tasks"}
 
 __all__ = ["T5XEncoderDecoder", "model_config", "split_axes", "param_filter", "AXIS_RULES",
            "FACTOR_RULES", "axis_rules", "GIN_DIR", "vocabulary", "offline_vocabulary", *_NEEDS_T5X]

@@ -1,6 +1,6 @@
 """CodaEncoderDecoderModel: CoDA as a `t5x.models.EncoderDecoderModel` (needs T5X installed).
 
-    MODEL = @coda_t5x.CodaEncoderDecoderModel()          # coda_flax/t5x/gin/coda_model.gin
+    MODEL = @coda_t5x.CodaEncoderDecoderModel()          # gin/t5x/model.gin
     coda_t5x.CodaEncoderDecoderModel.config = @coda_t5x.model_config()
 
 Everything T5X does with a model (loss_fn, eval_fn, score_batch, predict_batch_with_aux with
@@ -180,7 +180,7 @@ class NoUpdate(t5x.optimizers.OptimizerDef):
 
 def finetuning_optimizer(optimizer, trainable: str = "finetune"):
     """`optimizer` (e.g. Adafactor) on the parameters `param_filter(trainable)` selects, the
-    others frozen (`NoUpdate`): coda_model.gin's OPTIMIZER.
+    others frozen (`NoUpdate`): t5x/model.gin's OPTIMIZER.
 
     A t5x.optimizers.MultiOptimizer of (selected, optimizer) and (the rest, NoUpdate()); with
     trainable="all" it is `optimizer` alone.

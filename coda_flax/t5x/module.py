@@ -48,7 +48,7 @@ __all__ = ["T5XEncoderDecoder", "model_config", "split_axes", "param_filter", "A
 # adapters shard their width over 'model' like the MLP, key / value heads like the query heads
 # (coda_flax.train.partitioning.STANDARD_RULES does the same). A multi-query model (one key /
 # value head: the paper's presets) cannot split its single head, so `axis_rules(config)`, which
-# coda_model.gin binds, replicates kv_heads there.
+# t5x/model.gin binds, replicates kv_heads there.
 AXIS_RULES: tuple[tuple[str, str | None], ...] = (
     ("kv_heads", "model"),
     ("adapter", "model"),

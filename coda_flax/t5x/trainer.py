@@ -1,5 +1,5 @@
 """CodaTrainer: T5X's Trainer with CoDA's k annealing, differentiating only the trained parameters
-(needs T5X installed; coda_trainer.gin selects it as train.py's `trainer_cls`).
+(needs T5X installed; t5x/trainer.gin selects it as train.py's `trainer_cls`).
 
 k annealing (paper appendix B): k goes from n to ceil(n / r) (or CodaConfig.num_routed) in a few
 static stages over the first part of training, each stage a separately compiled train step;
@@ -8,7 +8,7 @@ the one in force is chosen on the host from the step (k_at), so a resumed run co
 k of its step. n is the encoder input length of the batches. The metric `coda/k` records it.
 
 Gradients: the loss is differentiated with respect to the parameters the model's optimizer
-updates only (for T5X's MultiOptimizer: those its traversals select, e.g. coda_model.gin's
+updates only (for T5X's MultiOptimizer: those its traversals select, e.g. t5x/model.gin's
 TRAINABLE='finetune' adapters, routers and layer norms); the frozen backbone is a constant of
 the step (its gradient entries are zeros the optimizer never reads, so XLA drops them). T5X's
 own gradient accumulation (microbatches) and apply_grads do the rest.
@@ -69,7 +69,7 @@ def _join(trained, frozen, like):
 class CodaTrainer(trainer_lib.Trainer):
     """t5x.trainer.Trainer (same constructor arguments) plus the k schedule's settings.
 
-    k_schedule_steps: the steps the k schedule spans (coda_trainer.gin: TRAIN_STEPS); keep it
+    k_schedule_steps: the steps the k schedule spans (t5x/trainer.gin: TRAIN_STEPS); keep it
       fixed across a stop and resume. k_anneal_fraction / k_anneal_stages: as
       coda_flax.train.optimizer.k_schedule (the fraction of k_schedule_steps that anneals k, and
       the number of distinct k values). A model without CoDA (or r = 1) trains with one stage.

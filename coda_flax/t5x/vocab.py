@@ -3,7 +3,7 @@ tasks modules so that T5X's `verify_matching_vocabs` (model vocabulary == task v
 holds by construction. Needs seqio, not T5X.
 
     vocabulary()          T5's SentencePiece model cc_all.32000 + 100 extra ids (32100 ids), or
-                          the model in $CODA_VOCAB: coda_model.gin's VOCABULARY and the paper tasks
+                          the model in $CODA_VOCAB: t5x/model.gin's VOCABULARY and the paper tasks
                           of coda_flax.t5x.tasks
     offline_vocabulary()  the offline Shakespeare tasks' vocabulary (coda_flax.t5x.offline_tasks):
                           tiny_offline.gin's VOCABULARY

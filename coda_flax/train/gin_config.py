@@ -3,8 +3,8 @@ configured entry point (train / evaluate / infer). The command line that feeds i
 coda_flax/cli/train.py (`coda train|eval|infer`, `python -m coda_flax.train`).
 
 A gin file is looked up as given, then in --gin_search_path, then in the packaged gin folder
-(coda_flax/gin; coda_flax.resources.resolve_gin_file; gin/models/tiny.gin, the repository path
-of earlier versions, still works).
+(the repository's gin/, coda_flax/gin in the wheel; coda_flax.resources.resolve_gin_file;
+earlier names, gin/models/tiny.gin and models/variants/dense.gin, still work).
 
 Run files use T5X's macro names (MODEL_DIR, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS,
 TRAIN_STEPS, BATCH_SIZE, INITIAL_CHECKPOINT_PATH, ...). This module is the only place that
@@ -19,7 +19,7 @@ import os
 
 import gin
 
-from coda_flax.config import CodaConfig, ModelConfig, model_config
+from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.resources import GIN_DIR, resolve_gin_file
 from coda_flax.train import run
 from coda_flax.train.settings import SettingError, field_type_problems
@@ -28,8 +28,7 @@ from coda_flax.train.settings import SettingError, field_type_problems
 def _register_configurables():
     if getattr(_register_configurables, "done", False):
         return
-    gin.external_configurable(model_config, "model_config")
-    gin.external_configurable(CodaConfig, "CodaConfig")
+    import coda_flax.train.gin_models  # noqa: F401  (registers model_config, CodaConfig)
     for fn in (run.train, run.evaluate, run.infer):
         gin.external_configurable(fn, fn.__name__)
     _register_configurables.done = True
