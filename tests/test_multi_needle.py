@@ -93,7 +93,7 @@ def test_answers_stratified_and_validation_filler_from_validation_scenes(records
     assert len(val) == 48 and len(train) == 160
     assert collections.Counter(val) == {n: 6 for n in needle.NAMES}
     assert collections.Counter(train) == {n: 20 for n in needle.NAMES}
-    lines = needle._filler_lines(scenes, needle.NAMES)
+    lines = needle.filler_lines(scenes, needle.NAMES)
     val_words = {w for scene in lines["validation"] for line in scene for w in line.split()}
     train_only = {w for s in lines["train"] for line in s for w in line.split()} - val_words
     train_words = set()

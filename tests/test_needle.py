@@ -69,7 +69,7 @@ def test_stratified_splits_every_receiver_in_validation(records):
 
 def test_validation_filler_comes_from_validation_scenes(corpus, sp):
     scenes = shakespeare.read_jsonl(os.path.join(shakespeare.corpus_dir(str(corpus[0])), "scenes.jsonl"))
-    lines = needle._filler_lines(scenes, needle.NAMES)
+    lines = needle.filler_lines(scenes, needle.NAMES)
     val_words = {w for scene in lines["validation"] for line in scene for w in line.split()}
     train_only = {w for scene in lines["train"] for line in scene for w in line.split()} - val_words
     recs = needle.build_needle_examples(scenes, sp.encode, input_length=N, num_train=0,
@@ -81,7 +81,7 @@ def test_validation_filler_comes_from_validation_scenes(corpus, sp):
 
 def test_filler_drops_lines_that_name_a_receiver():
     scenes = [{"split": "train", "text": "A: fair day\nB: hamlet is here\nC: Brutus!\nD: gone"}]
-    assert needle._filler_lines(scenes, ("Hamlet", "Brutus"))["train"] == [["fair day", "gone"]]
+    assert needle.filler_lines(scenes, ("Hamlet", "Brutus"))["train"] == [["fair day", "gone"]]
 
 
 def test_too_short_input_is_a_clear_error(corpus, sp):

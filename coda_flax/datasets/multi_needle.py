@@ -12,7 +12,7 @@ of them: a needle alone says who received, not whether that name passed the obje
 are stratified: the token range [prompt, n - 1) is cut into num_needles equal strata and needle j
 (in text order) starts at a uniform random offset inside stratum j (ending before stratum j + 1
 begins). Everything else is real text from the Shakespeare corpus with every line that mentions
-a name left out (needle._filler_lines); validation filler comes from validation scenes. The
+a name left out (needle.filler_lines); validation filler comes from validation scenes. The
 answer is stratified: every name is the answer equally often in each split. Deterministic by seed.
 
 Floors (each computed from the records only, by code that shares nothing with the generator):
@@ -56,7 +56,8 @@ import re
 from typing import Callable, Optional, Sequence
 
 from coda_flax.datasets import cache
-from coda_flax.datasets.needle import NAMES, OBJECTS, VERBS, _filler_lines, needle_sentence
+from coda_flax.datasets.needle import (NAMES, OBJECTS, VERBS, filler_lines, longest_needle,
+                                       needle_sentence, word_token_counter)
 from coda_flax.datasets.records import read_jsonl, write_jsonl
 
 CHAIN_PROMPT = "who ended with it:"
@@ -103,17 +104,10 @@ def build_chain_examples(scenes: Sequence[dict], encode: Callable[[str], list], 
         raise ValueError(f"a chain of {num_needles} needles needs {num_needles + 1} distinct "
                          f"names, got {len(names)}: pass more names or fewer needles.")
     prompt_len = len(encode(CHAIN_PROMPT))
-    longest = max(len(encode(" " + needle_sentence(g, r, v, o)))
-                  for g in names for r in names for v in VERBS for o in OBJECTS)
+    longest = longest_needle(encode, names)
     spans = strata(input_length, prompt_len, longest, num_needles)
-    filler = _filler_lines(scenes, names)
-    word_cache: dict = {}
-
-    def tokens(word):                 # SentencePiece splits at spaces: a text's tokens are the
-        if word not in word_cache:    # concatenation of its words' tokens
-            word_cache[word] = len(encode(" " + word))
-        return word_cache[word]
-
+    filler = filler_lines(scenes, names)
+    tokens = word_token_counter(encode)
     rng = random.Random(seed)
     out = []
     for split, count in (("train", num_train), ("validation", num_validation)):
@@ -133,7 +127,7 @@ def build_chain_examples(scenes: Sequence[dict], encode: Callable[[str], list], 
             else:
                 raise ValueError(
                     f"{MAX_DRAWS} draws of filler never kept every needle inside its stratum "
-                    f"(filler words of up to {max(word_cache.values(), default=0)} tokens against strata "
+                    f"(filler words of up to {max(tokens.cache.values(), default=0)} tokens against strata "
                     f"{spans}); use a longer input or fewer needles.")
             text, starts, ends, total = placed
             out.append({"id": f"{split}/{i}", "split": split, "text": text, "target": chain[-1],

@@ -78,7 +78,26 @@ def needle_sentence(giver: str, receiver: str, verb: str, obj: str) -> str:
     return f"{giver} {verb} {obj} to {receiver}."
 
 
-def _filler_lines(scenes: Sequence[dict], names: Sequence[str]) -> dict:
+def longest_needle(encode: Callable[[str], list], names: Sequence[str]) -> int:
+    """Tokens of the longest needle sentence over every giver, receiver, verb and object."""
+    return max(len(encode(" " + needle_sentence(g, r, v, o)))
+               for g in names for r in names for v in VERBS for o in OBJECTS)
+
+
+def word_token_counter(encode: Callable[[str], list]) -> Callable[[str], int]:
+    """word -> its token count, cached. SentencePiece splits at spaces, so a text's tokens are
+    the concatenation of its words' tokens. The counts seen so far are in `tokens.cache`."""
+    cache: dict = {}
+
+    def tokens(word: str) -> int:
+        if word not in cache:
+            cache[word] = len(encode(" " + word))
+        return cache[word]
+    tokens.cache = cache
+    return tokens
+
+
+def filler_lines(scenes: Sequence[dict], names: Sequence[str]) -> dict:
     """{split: [list of lines of one scene, ...]} without the lines that mention a name."""
     pattern = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b", re.IGNORECASE)
     out = {"train": [], "validation": []}
@@ -110,20 +129,13 @@ def build_needle_examples(scenes: Sequence[dict], encode: Callable[[str], list],
     min_offset = math.ceil(input_length / 3) if min_offset is None else int(min_offset)
     if min_offset == 0:                                    # anywhere after the prompt
         min_offset = prompt_len
-    longest = max(len(encode(" " + needle_sentence(g, r, v, o)))
-                  for g in names for r in names for v in VERBS for o in OBJECTS)
+    longest = longest_needle(encode, names)
     if not prompt_len <= min_offset <= input_length - 1 - longest:
         raise ValueError(f"input_length={input_length} leaves no room for a needle of up to "
                          f"{longest} tokens at offset >= {min_offset} (prompt: {prompt_len} "
                          f"tokens); use a longer input or a smaller min_offset.")
-    filler = _filler_lines(scenes, names)
-    word_cache: dict = {}
-
-    def tokens(word):                 # SentencePiece splits at spaces: a text's tokens are the
-        if word not in word_cache:    # concatenation of its words' tokens
-            word_cache[word] = len(encode(" " + word))
-        return word_cache[word]
-
+    filler = filler_lines(scenes, names)
+    tokens = word_token_counter(encode)
     rng = random.Random(seed)
     out = []
     for split, count in (("train", num_train), ("validation", num_validation)):
