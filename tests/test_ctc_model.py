@@ -89,6 +89,7 @@ def test_make_model_picks_the_head():
         CodaCtcModel(tiny_config())
 
 
+@pytest.mark.slow   # ~35 s; test_train keeps the k-annealing trainer test in the default suite
 def test_trainer_fits_a_fixed_batch_with_k_annealing(tmp_path):
     model = CodaCtcModel(tiny_config(CodaConfig(reduction=2, epsilon=1.0), **AUDIO))
     batch = _batch(frames=(40, 36, 32, 40), labels=((1, 2, 3), (4, 5), (6, 1, 2, 3), (5,)))

@@ -262,6 +262,7 @@ def test_missing_needle_files_name_their_question(tmp_path):
         needle.needle_path(str(tmp_path), "whom")
 
 
+@pytest.mark.slow   # ~30 s
 def test_encoder_states_start_at_the_embedding_and_end_before_the_final_norm():
     import flax.linen as nn
     import jax

@@ -51,6 +51,7 @@ def _check_exact_resume(model_dir, reference):
     assert not os.path.exists(os.path.join(model_dir, "LOCK"))
 
 
+@pytest.mark.slow   # ~70 s; test_integrity / test_faults keep damaged-checkpoint handling in the default suite
 def test_kill_9_mid_save_then_resume_is_exact(tmp_path):
     """The Parallel Adapter (r = 1), the cheapest model to compile, in the default suite."""
     reference = _reference(tmp_path / "reference", 1)

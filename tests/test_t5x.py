@@ -637,8 +637,11 @@ def _train_metrics(log):
 
 
 # Under pytest-xdist (scripts/test.sh: --dist loadgroup) the tests sharing the module-scoped run
-# go to one worker, so it runs once.
-T5X_RUN_GROUP = pytest.mark.xdist_group("t5x_run")
+# go to one worker. The run (convert, train | train to STOP and resume, eval, infer: ~3-5 min on
+# 2 cores) is --slow: in the default suite, tests/test_t5x_paper.py's RTE run keeps one T5X
+# train + t5x.eval path.
+def T5X_RUN_GROUP(test):
+    return pytest.mark.slow(pytest.mark.xdist_group("t5x_run")(test))
 
 
 @pytest.fixture(scope="module")

@@ -131,6 +131,7 @@ def test_mesh_2x4_on_8_devices_equals_single_device(tmp_path):
     np.testing.assert_allclose(eight["grad_norms"], one["grad_norms"], rtol=2e-4)
 
 
+@pytest.mark.slow   # ~85 s; the 8-device mesh test stays in the default suite
 def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
     port = str(20000 + os.getpid() % 10000)
     procs = [subprocess.Popen(
