@@ -133,6 +133,7 @@ def test_sigterm_between_the_final_eval_and_the_final_save_then_resume(
 @pytest.mark.parametrize("command,module,function,says", [
     (["demo", "--quick"], "demo", "run_demo", "finished stages are kept"),
     (["compare", "easy_vqa", "--quick"], "compare", "run_compare", "what it finished is kept"),
+    (["reproduce", "--table", "2"], "reproduce", "run_table", "finished experiments are kept"),
 ])
 def test_demo_and_compare_stopped_by_sigterm_print_one_line(tmp_path, capsys, monkeypatch,
                                                             command, module, function, says):
@@ -148,6 +149,18 @@ def test_demo_and_compare_stopped_by_sigterm_print_one_line(tmp_path, capsys, mo
     line = _one_line(capsys, f"coda {command[0]}: stopped by SIGTERM; ")
     assert says in line
     assert signal.getsignal(signal.SIGTERM) is before          # the handler is put back
+
+
+def test_a_preempted_training_loop_is_a_sigterm_stop(tmp_path, capsys, monkeypatch):
+    """A training loop's Preempted (it saved, then stopped) ends the command like a SIGTERM."""
+    from coda_flax.experiments import reproduce
+    from coda_flax.train.trainer import Preempted
+
+    def preempted(*a, **k):
+        raise Preempted("preempted at step 3")
+    monkeypatch.setattr(reproduce, "run_table", preempted)
+    assert main(["reproduce", "--table", "2", "--output", str(tmp_path / "out")]) == 143
+    _one_line(capsys, "coda reproduce: stopped by SIGTERM; finished experiments are kept")
 
 
 # tensorstore's message when the disk filled during an orbax save (copied from a run on a full

@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
 
 from coda_flax.cli.argtypes import DATA_DIR_HELP, missing_data_dir
 
@@ -40,20 +38,10 @@ def add_compare_parser(sub) -> argparse.ArgumentParser:
 def compare_main(a: argparse.Namespace) -> int:
     if missing_data_dir("compare", a.data_dir):
         return 2
-    from coda_flax.cli.console import Stopped, quiet_startup, stop_line, stopped_by_signals
-    try:
-        with stopped_by_signals():
-            quiet_startup()
-            from coda_flax.experiments import compare
-            from coda_flax.train.trainer import Preempted
-            try:
-                compare.run_compare(a.task, a.output or f"outputs/{a.task}", quick_run=a.quick,
-                                    data_dir=a.data_dir, prepare=a.prepare)
-            except Preempted as e:               # SIGTERM inside a training loop
-                raise Stopped(signal.SIGTERM) from e
-    except Stopped as e:
-        line, status = stop_line("coda compare", e, "what it finished is kept in the "
-                                 "output folder.")
-        print(line, file=sys.stderr)
-        return status
-    return 0
+    from coda_flax.cli.console import run_stoppable
+
+    def body():
+        from coda_flax.experiments import compare
+        compare.run_compare(a.task, a.output or f"outputs/{a.task}", quick_run=a.quick,
+                            data_dir=a.data_dir, prepare=a.prepare)
+    return run_stoppable("coda compare", "what it finished is kept in the output folder.", body)

@@ -131,6 +131,24 @@ def stop_line(command: str, e: Stopped, what: str) -> tuple[str, int]:
     return f"{command}: stopped by {e}; {what}", 128 + e.signum
 
 
+def run_stoppable(command: str, what: str, body) -> int:
+    """Runs body() (which returns an exit status or None) after quiet_startup, with SIGTERM /
+    SIGINT raising Stopped, and a training loop's Preempted treated as a SIGTERM. A stop prints
+    one line ("<command>: stopped by SIGTERM; <what>") and returns 128 + the signal."""
+    try:
+        with stopped_by_signals():
+            quiet_startup()
+            from coda_flax.train.trainer import Preempted
+            try:
+                return int(body() or 0)
+            except Preempted as e:               # SIGTERM inside a training loop
+                raise Stopped(signal.SIGTERM) from e
+    except Stopped as e:
+        line, status = stop_line(command, e, what)
+        print(line, file=sys.stderr)
+        return status
+
+
 class _HideBackgroundTracebacks(logging.Filter):
     """Drops ERROR records with a traceback (orbax's save threads, asyncio's orphaned tasks: a
     full disk logs ~300 lines of them before the error reaches the command); counts them."""

@@ -7,8 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
 
 from coda_flax.cli.argtypes import DATA_DIR_HELP, missing_data_dir, nonnegative_int, positive_int
 
@@ -43,26 +41,17 @@ def add_demo_parser(sub) -> argparse.ArgumentParser:
 def demo_main(a: argparse.Namespace) -> int:
     if missing_data_dir("demo", a.data_dir):
         return 2
-    from coda_flax.cli.console import Stopped, quiet_startup, stop_line, stopped_by_signals
-    try:
-        with stopped_by_signals():
-            quiet_startup()
-            from coda_flax.experiments import demo
-            from coda_flax.train.trainer import Preempted
-            settings = {k: v for k, v in (("pretrain_task", a.pretrain_task),
-                                          ("pretrain_steps", a.pretrain_steps),
-                                          ("seeds", a.seeds and tuple(dict.fromkeys(a.seeds))))
-                        if v is not None}
-            variants = demo.VARIANTS if a.variants is None else \
-                tuple(v for v in demo.VARIANTS if v[0] in a.variants)
-            try:
-                demo.run_demo(a.output, quick=a.quick, data_dir=a.data_dir, variants=variants,
-                              settings=settings)
-            except Preempted as e:               # SIGTERM inside a training loop
-                raise Stopped(signal.SIGTERM) from e
-    except Stopped as e:
-        line, status = stop_line("coda demo", e, "finished stages are kept and reused when it "
-                                 "is run again.")
-        print(line, file=sys.stderr)
-        return status
-    return 0
+    from coda_flax.cli.console import run_stoppable
+
+    def body():
+        from coda_flax.experiments import demo
+        settings = {k: v for k, v in (("pretrain_task", a.pretrain_task),
+                                      ("pretrain_steps", a.pretrain_steps),
+                                      ("seeds", a.seeds and tuple(dict.fromkeys(a.seeds))))
+                    if v is not None}
+        variants = demo.VARIANTS if a.variants is None else \
+            tuple(v for v in demo.VARIANTS if v[0] in a.variants)
+        demo.run_demo(a.output, quick=a.quick, data_dir=a.data_dir, variants=variants,
+                      settings=settings)
+    return run_stoppable("coda demo", "finished stages are kept and reused when it is run "
+                         "again.", body)

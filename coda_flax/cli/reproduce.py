@@ -65,7 +65,7 @@ def add_reproduce_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def reproduce_main(args) -> int:
-    from coda_flax.cli.console import quiet_startup
+    from coda_flax.cli.console import run_stoppable
     from coda_flax.experiments import paper_tables
     from coda_flax.experiments import reproduce as lib
     bindings = getattr(args, "gin_bindings", []) or []
@@ -92,13 +92,16 @@ def reproduce_main(args) -> int:
             if args.json:
                 print(json.dumps(out if len(out) > 1 else out[0], indent=2))
             return 0
-        quiet_startup()
-        summary = lib.run_table(specs[0], args.output, bindings=bindings, only=args.only,
-                                pretrain_steps=args.pretrain_steps, engine=args.engine)
+
+        def body():
+            summary = lib.run_table(specs[0], args.output, bindings=bindings, only=args.only,
+                                    pretrain_steps=args.pretrain_steps, engine=args.engine)
+            return 1 if summary["failed"] else 0
+        return run_stoppable("coda reproduce", "finished experiments are kept and skipped when "
+                             "it is run again.", body)
     except lib.ReproduceError as err:
         print(f"coda reproduce: {err}", file=sys.stderr)
         return 2
-    return 1 if summary["failed"] else 0
 
 
 def main(argv=None) -> int:
