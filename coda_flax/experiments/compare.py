@@ -36,6 +36,7 @@ import numpy as np
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.datasets import provenance
 from coda_flax.experiments import pipeline
+from coda_flax.soft_topk import SoftTopkConfig
 
 Log = Callable[[str], None]
 
@@ -61,7 +62,7 @@ class CompareSettings:
     variants: tuple = (("parallel_adapter", 1), ("coda_r4", 4), ("coda_r8", 8),
                        ("coda_r16", 16))
     adapter_dim: int = 32
-    epsilon: float = 0.03              # appendix D: 0.03 text / vision, 1.0 speech
+    epsilon: float = SoftTopkConfig.epsilon   # appendix D: 0.03 text / vision, 1.0 speech
     batch_size: int = 16
     pretrain_steps: int = 600
     pretrain_lr: float = 3e-3

@@ -44,6 +44,7 @@ from coda_flax.analysis import probes as token_probes
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.datasets import provenance
 from coda_flax.experiments import pipeline
+from coda_flax.soft_topk import SOLVERS
 from coda_flax.tasks.metrics import majority_floor
 
 TASK = "coda_shakespeare_needle"
@@ -118,8 +119,6 @@ VARIANTS = (
     ("coda_r20_k_to_k", dict(reduction=20, attention="k_to_k")),
     ("coda_r20_k_to_k_exact", dict(reduction=20, attention="k_to_k", solver="exact")),
 )
-SOLVERS = ("coordinate_descent", "exact")
-
 
 def model_config(s: DemoSettings, vocab_size: int, coda: CodaConfig | None) -> ModelConfig:
     return config.model_config(coda=coda, vocab_size=vocab_size, d_model=s.d_model,
