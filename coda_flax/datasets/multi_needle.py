@@ -57,7 +57,8 @@ from typing import Callable, Optional, Sequence
 
 from coda_flax.datasets import cache
 from coda_flax.datasets.needle import (NAMES, OBJECTS, VERBS, filler_lines, longest_needle,
-                                       needle_sentence, word_token_counter)
+                                       needle_sentence, vocabulary_scenes,
+                                       word_token_counter)
 from coda_flax.datasets.records import read_jsonl, write_jsonl
 
 CHAIN_PROMPT = "who ended with it:"
@@ -215,28 +216,12 @@ def floors(records: Sequence[dict], input_length: int, rates: Sequence[float] = 
 
 # ----------------------------------------------------------------------------- the dataset
 
-def _scenes_path(vocab_model: str) -> tuple[dict, str]:
-    """(the vocabulary's manifest, the scenes.jsonl of the corpus it was trained on)."""
-    vocab_dir = os.path.dirname(os.path.abspath(vocab_model))
-    vocab = cache.read_manifest(vocab_dir)
-    if vocab is None:
-        raise FileNotFoundError(
-            f"{vocab_model} is not in a prepared vocabulary folder (no {cache.MANIFEST} next to "
-            f"it): prepare the corpus and its vocabulary with coda_flax.datasets.shakespeare."
-            f"prepare_shakespeare (scripts/prepare_data.py) and pass its 'vocab_model'.")
-    root = os.path.join(os.path.dirname(vocab_dir), vocab["settings"]["corpus"].split("/")[-1])
-    path = os.path.join(root, "scenes.jsonl")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: prepare the Shakespeare corpus first "
-                                f"(coda_flax.datasets.shakespeare.prepare_shakespeare).")
-    return vocab, path
-
 
 def chain_settings(vocab_model: str, *, input_length: int, num_needles: int = 3,
                    num_train: int = 8000, num_validation: int = 400, seed: int = 0) -> dict:
     """Everything that shapes the chain dataset (its cache key is a hash of these)."""
     vocab_dir = os.path.dirname(os.path.abspath(vocab_model))
-    vocab, _ = _scenes_path(vocab_model)
+    vocab, _ = vocabulary_scenes(vocab_model)
     return {"format_version": CHAIN_FORMAT_VERSION, "vocab": cache.label(vocab_dir),
             "vocab_hash": vocab["hash"], "input_length": input_length,
             "num_needles": num_needles, "num_train": num_train,
@@ -255,7 +240,7 @@ def prepare_chain(data_dir: Optional[str], vocab_model: str, *, input_length: in
 
     settings = chain_settings(vocab_model, input_length=input_length, num_needles=num_needles,
                               num_train=num_train, num_validation=num_validation, seed=seed)
-    _, scenes_path = _scenes_path(vocab_model)
+    _, scenes_path = vocabulary_scenes(vocab_model)
 
     def build(out_dir):
         sp = spm.SentencePieceProcessor(model_file=vocab_model)

@@ -193,6 +193,25 @@ def needle_path(data_dir: Optional[str] = None, question: str = "got",
     folder = found or os.path.join(group, NEEDLE_DATASETS[question].split("/")[-1] + "-*")
     return os.path.join(folder, NEEDLE_FILES[question][0])
 
+def vocabulary_scenes(vocab_model: str) -> tuple[dict, str]:
+    """(the manifest of vocab_model's prepared vocabulary folder, the scenes.jsonl of the corpus
+    it was trained on); a clear error when either was not prepared."""
+    vocab_dir = os.path.dirname(os.path.abspath(vocab_model))
+    vocab = cache.read_manifest(vocab_dir)
+    if vocab is None:
+        raise FileNotFoundError(
+            f"{vocab_model} is not in a prepared vocabulary folder (no {cache.MANIFEST} next to "
+            f"it): prepare the corpus and its vocabulary with coda_flax.datasets.shakespeare."
+            f"prepare_shakespeare (scripts/prepare_data.py) and pass its 'vocab_model'.")
+    root = os.path.join(os.path.dirname(vocab_dir), vocab["settings"]["corpus"].split("/")[-1])
+    path = os.path.join(root, "scenes.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: prepare the Shakespeare corpus first "
+                                f"(coda_flax.datasets.shakespeare.prepare_shakespeare / "
+                                f"scripts/prepare_data.py).")
+    return vocab, path
+
+
 
 def prepare_needle(data_dir: Optional[str], vocab_model: str, *, input_length: int,
                    num_train: int = 8000, num_validation: int = 400,
@@ -205,19 +224,8 @@ def prepare_needle(data_dir: Optional[str], vocab_model: str, *, input_length: i
     files match the manifest. Returns the statistics (stats.json) plus "dir" and "hash"."""
     import sentencepiece as spm
 
+    vocab, scenes_path = vocabulary_scenes(vocab_model)
     vocab_dir = os.path.dirname(os.path.abspath(vocab_model))
-    vocab = cache.read_manifest(vocab_dir)
-    if vocab is None:
-        raise FileNotFoundError(
-            f"{vocab_model} is not in a prepared vocabulary folder (no {cache.MANIFEST} next to "
-            f"it): prepare the corpus and its vocabulary with coda_flax.datasets.shakespeare."
-            f"prepare_shakespeare (scripts/prepare_data.py) and pass its 'vocab_model'.")
-    root = os.path.join(os.path.dirname(vocab_dir), vocab["settings"]["corpus"].split("/")[-1])
-    scenes_path = os.path.join(root, "scenes.jsonl")
-    if not os.path.exists(scenes_path):
-        raise FileNotFoundError(f"{scenes_path} not found: prepare the Shakespeare corpus first "
-                                f"(coda_flax.datasets.shakespeare.prepare_shakespeare / "
-                                f"scripts/prepare_data.py).")
     settings = {"format_version": NEEDLE_FORMAT_VERSION, "vocab": cache.label(vocab_dir),
                 "vocab_hash": vocab["hash"], "input_length": input_length,
                 "num_train": num_train, "num_validation": num_validation,
