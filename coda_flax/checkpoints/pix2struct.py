@@ -47,7 +47,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from coda_flax.checkpoints.hf import _ACTIVATIONS, read_hf_config, read_hf_tensors
-from coda_flax.checkpoints.t5x import read_t5x, t5x_to_params
+from coda_flax.checkpoints.t5x import attention_head_sizes, read_t5x, t5x_to_params
 from coda_flax.checkpoints.tree import (check_flat_params, expected_shapes, flatten_params,
                                         unflatten_params)
 from coda_flax.config import ModelConfig
@@ -301,10 +301,7 @@ def infer_pix2struct_config(params: Mapping[str, Any], **overrides: Any) -> Mode
                              f"renaming the T5X layout), so the config cannot be inferred.")
     vocab, d_model = flat["token_embedder/embedding"]
     heads, buckets = flat["decoder/relpos_bias/rel_embedding"]
-    q, k = flat["encoder/layers_0/attention/query/kernel"], flat[
-        "encoder/layers_0/attention/key/kernel"]
-    head_dim = q[-1] if len(q) == 3 else q[1] // heads
-    kv_heads = k[1] if len(k) == 3 else k[1] // head_dim
+    head_dim, kv_heads = attention_head_sizes(flat, "encoder/layers_0/attention", heads)
     fields = dict(
         vocab_size=vocab, d_model=d_model, num_heads=heads, num_kv_heads=kv_heads,
         head_dim=head_dim, d_ff=flat["encoder/layers_0/mlp/wi_0/kernel"][1],

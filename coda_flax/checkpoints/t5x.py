@@ -177,6 +177,16 @@ def _layer_count(flat: Mapping[str, Any], stack: str) -> int:
     return max(ids) + 1 if ids else 0
 
 
+def attention_head_sizes(flat_shapes: Mapping[str, tuple], attention: str,
+                         num_heads: int) -> tuple[int, int]:
+    """(head_dim, num_kv_heads) read off the query and key kernels under `attention` (e.g.
+    "encoder/layers_0/attention"), whether they are our 3-D [d_model, heads, head_dim] kernels
+    or T5X's 2-D [d_model, heads * head_dim] ones."""
+    q, k = flat_shapes[f"{attention}/query/kernel"], flat_shapes[f"{attention}/key/kernel"]
+    head_dim = q[2] if len(q) == 3 else q[1] // num_heads
+    return head_dim, (k[1] if len(k) == 3 else k[1] // head_dim)
+
+
 def infer_t5x_config(params: Mapping[str, Any], **overrides: Any) -> ModelConfig:
     """A dense ModelConfig from parameter shapes (T5X 2D or our 3D kernels).
 
@@ -196,10 +206,7 @@ def infer_t5x_config(params: Mapping[str, Any], **overrides: Any) -> ModelConfig
                              f"cannot be inferred; pass --preset / config=.")
     vocab, d_model = flat["token_embedder/embedding"]
     heads, buckets = flat["encoder/relpos_bias/rel_embedding"]
-    q, k = flat["encoder/layers_0/attention/query/kernel"], flat[
-        "encoder/layers_0/attention/key/kernel"]
-    head_dim = q[2] if len(q) == 3 else q[1] // heads
-    kv_heads = k[1] if len(k) == 3 else k[1] // head_dim
+    head_dim, kv_heads = attention_head_sizes(flat, "encoder/layers_0/attention", heads)
     mlp = "encoder/layers_0/mlp/"
     gated = sum(1 for key in flat if key.startswith(mlp + "wi_"))
     d_ff = flat[mlp + ("wi_0" if gated else "wi") + "/kernel"][1]
