@@ -124,13 +124,17 @@ def file_hashes(directory: str) -> dict[str, dict]:
             for rel in _files(directory)}
 
 
-def read_manifest(directory: str) -> Optional[dict]:
-    """The folder's manifest, None when it has none (never built or unfinished)."""
-    path = os.path.join(directory, MANIFEST)
+def read_json_if_present(path: str) -> Optional[dict]:
+    """The JSON object in path, None when there is no such file."""
     if not os.path.exists(path):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def read_manifest(directory: str) -> Optional[dict]:
+    """The folder's manifest, None when it has none (never built or unfinished)."""
+    return read_json_if_present(os.path.join(directory, MANIFEST))
 
 
 def content_hash(settings: Mapping, files: Mapping[str, Mapping]) -> str:

@@ -16,7 +16,6 @@ Standard library only.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Iterable, Mapping, Optional, Union
 
@@ -67,10 +66,8 @@ def changes(recorded: Optional[Mapping[str, str]], now: Mapping[str, str]) -> st
 def check_run(model_dir: str, now: Mapping[str, str]) -> None:
     """Writes MODEL_DIR/data.json (the fingerprint) on a first run; on a later run in the same
     folder raises DataChangedError when the data differs from the record."""
-    path = os.path.join(model_dir, RUN_RECORD)
-    if os.path.exists(path):
-        with open(path) as f:
-            recorded = json.load(f)
+    recorded = run_record(model_dir)
+    if recorded is not None:
         diff = changes(recorded, now)
         if diff:
             raise DataChangedError(
@@ -79,16 +76,12 @@ def check_run(model_dir: str, now: Mapping[str, str]) -> None:
                 f"train on the current data.")
         return
     os.makedirs(model_dir, exist_ok=True)
-    cache.write_json(path, dict(now))
+    cache.write_json(os.path.join(model_dir, RUN_RECORD), dict(now))
 
 
 def run_record(model_dir: str) -> Optional[dict]:
     """MODEL_DIR/data.json, None when the run has none."""
-    path = os.path.join(model_dir, RUN_RECORD)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return cache.read_json_if_present(os.path.join(model_dir, RUN_RECORD))
 
 
 __all__ = ["RUN_RECORD", "DataChangedError", "bind", "bound", "fingerprint", "changes",
