@@ -102,10 +102,15 @@ def acquire(model_dir: str) -> str:
                           f"longer running.", stacklevel=2)
             _unlink(path)
             continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        _HELD[path] = 1
-        return path
+        try:                                    # a stop (SIGTERM -> Stopped) while the lock is
+            with os.fdopen(fd, "w") as f:       # written leaves no lock behind
+                json.dump(me, f)
+            _HELD[path] = 1
+            return path
+        except BaseException:
+            _HELD.pop(path, None)
+            _unlink(path)
+            raise
     raise ModelDirLocked(f"could not take the lock {path}; another run keeps taking it.")
 
 
@@ -147,8 +152,13 @@ class ModelDirLock:
         self.path = None
 
     def __enter__(self):
-        self.path = acquire(self.model_dir)
-        return self
+        path = acquire(self.model_dir)
+        try:                                    # a stop before `with` has taken over releases
+            self.path = path
+            return self
+        except BaseException:
+            release(path)
+            raise
 
     def __exit__(self, *exc):
         release(self.path)
