@@ -81,3 +81,24 @@ def test_eval_metrics_are_printed_one_per_line():
     text = format_metrics({"loss_per_token": 1.234567, "num_examples": 8, "accuracy": 50.0})
     assert text.splitlines() == ["  loss_per_token   1.2346", "  num_examples     8",
                                  "  accuracy         50.0000"]
+
+
+def test_a_full_disk_in_demo_compare_reproduce_is_one_line_and_other_errors_keep_traceback(
+        capsys):
+    """run_stoppable (coda demo / compare / reproduce): ENOSPC -> one line naming the path, exit
+    1; any other error is not swallowed."""
+    import pytest
+
+    def full():
+        raise OSError(28, "No space left on device", "/out/demo/results.json")
+    assert console.run_stoppable("coda demo", "finished stages are kept.", full) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["coda demo: error: disk full: no space left on device writing "
+                     "/out/demo/results.json; free some space or choose another directory, then "
+                     "run again (checkpoints already saved are intact); finished stages are "
+                     "kept."]
+
+    def broken():
+        raise ValueError("a bug")
+    with pytest.raises(ValueError, match="a bug"):
+        console.run_stoppable("coda demo", "finished stages are kept.", broken)

@@ -134,7 +134,10 @@ def stop_line(command: str, e: Stopped, what: str) -> tuple[str, int]:
 def run_stoppable(command: str, what: str, body) -> int:
     """Runs body() (which returns an exit status or None) after quiet_startup, with SIGTERM /
     SIGINT raising Stopped, and a training loop's Preempted treated as a SIGTERM. A stop prints
-    one line ("<command>: stopped by SIGTERM; <what>") and returns 128 + the signal."""
+    one line ("<command>: stopped by SIGTERM; <what>") and returns 128 + the signal; a full disk
+    prints one line naming the path (cli.train.one_line_error) and returns 1, other errors
+    propagate with their traceback."""
+    from coda_flax.cli.train import is_disk_full, one_line_error
     try:
         with stopped_by_signals():
             quiet_startup()
@@ -147,6 +150,11 @@ def run_stoppable(command: str, what: str, body) -> int:
         line, status = stop_line(command, e, what)
         print(line, file=sys.stderr)
         return status
+    except Exception as e:                       # noqa: BLE001 (the CLI's edge)
+        if not is_disk_full(e):
+            raise
+        print(f"{command}: error: {one_line_error(e)}; {what}", file=sys.stderr)
+        return 1
 
 
 class _HideBackgroundTracebacks(logging.Filter):

@@ -66,11 +66,16 @@ _WRITTEN = (r'Failed writing: "([^"]+)"', r'local file "([^"]+)"', r'Error writi
             r"No space left on device: '([^']+)'")                      # str(OSError)
 
 
+def is_disk_full(e: BaseException) -> bool:
+    """Python's ENOSPC, or tensorstore's (orbax's) message for it."""
+    return getattr(e, "errno", None) == errno.ENOSPC or any(m in str(e) for m in _DISK_FULL)
+
+
 def one_line_error(e: BaseException) -> str:
     """An exception as one line: its type and message, without gin's call-site notes; a full
     disk (Python's ENOSPC, or tensorstore's) as the path and the bytes that did not fit."""
     text = without_gin_notes(e)
-    if getattr(e, "errno", None) == errno.ENOSPC or any(m in text for m in _DISK_FULL):
+    if is_disk_full(e):
         paths = [getattr(e, "filename", None)] + [m.group(1) for p in _WRITTEN if (
             m := re.search(p, text))]
         path = next((p for p in paths if p), None)
