@@ -32,6 +32,20 @@ def test_a_damaged_jsonl_line_is_named_by_file_line_and_column(tmp_path):
     assert read_jsonl(str(path)) == [{"text": "a", "split": "train"}] * 2
 
 
+def test_a_failed_jsonl_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
+    from coda_flax.datasets.records import write_jsonl
+    path = tmp_path / "data.jsonl"
+    assert write_jsonl(str(path), [{"a": 1}, {"a": 2}]) == 2
+
+    def records():
+        yield {"a": 3}
+        raise OSError(28, "No space left on device")
+    with pytest.raises(OSError):
+        write_jsonl(str(path), records())
+    assert read_jsonl(str(path)) == [{"a": 1}, {"a": 2}]
+    assert os.listdir(tmp_path) == ["data.jsonl"]
+
+
 def test_a_record_without_a_field_is_named(tmp_path):
     from coda_flax.tasks.offline import _load_columns
     path = tmp_path / "data.jsonl"

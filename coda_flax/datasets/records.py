@@ -38,12 +38,16 @@ def write_jsonl(path: str, records: Iterable[dict]) -> int:
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     n = 0
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
+    tmp = f"{path}.{os.getpid()}.tmp"          # one per process: two writers never share it
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):                 # a failed write leaves the old file as it was
+            os.remove(tmp)
     return n
 
 
