@@ -3,6 +3,7 @@ fake unpacked Debian packages (asterisk prompts, pocketsphinx clips, a fake espe
 LibriSpeech tree of FLAC files, both seqio tasks through ContinuousEncDecFeatureConverter, clear
 errors, and WER / CER against jiwer. Nothing here downloads."""
 
+import glob
 import gzip
 import json
 import os
@@ -359,8 +360,8 @@ def test_librispeech_task(librispeech_dir, tmp_path):
     assert [e["targets_pretokenized"].decode() for e in exs] == \
         ["go do you hear", "but in less than five minutes the staircase"]
     assert [e["inputs"].shape for e in exs] == [(38, 81), (48, 81)]
-    cached = os.path.join(data_dir, "speech", "librispeech", "features", "dev-clean", "84",
-                          "121123", "84-121123-0000.npy")
+    cached, = glob.glob(os.path.join(data_dir, "speech", "librispeech-*", "features",
+                                     "dev-clean", "84", "121123", "84-121123-0000-*.npy"))
     np.testing.assert_allclose(np.load(cached), exs[0]["inputs"])
     assert {e["id"].decode() for e in task.get_dataset(LENGTHS, split="test_other")
             .as_numpy_iterator()} == {"1688-142285-0000"}
@@ -381,8 +382,29 @@ def test_prepare_librispeech(librispeech_dir, tmp_path):
     stats = ls.prepare_librispeech(librispeech_dir, str(tmp_path), log=lambda m: None)
     assert stats["validation"]["utterances"] == 2 and stats["train"]["utterances"] == 4
     assert "dev_other" not in stats
-    manifest = tmp_path / "speech" / "librispeech" / "train" / "manifest.jsonl"
-    assert len(manifest.read_text().splitlines()) == 4
+    manifest = os.path.join(ls.librispeech_cache_dir(str(tmp_path)), "train", "manifest.jsonl")
+    assert len(open(manifest).read().splitlines()) == 4
+
+
+def test_librispeech_features_are_recomputed_when_the_recording_or_the_settings_change(
+        librispeech_dir, tmp_path, monkeypatch):
+    """A changed .flac at the same path is featurised again (not read from the stale cache), and
+    other feature settings use another folder."""
+    import shutil
+    root = str(tmp_path / "copy")
+    shutil.copytree(librispeech_dir, root)
+    data_dir = str(tmp_path / "data")
+    cache = ls.librispeech_cache_dir(data_dir)
+    record = ls.librispeech_records(ls.find_librispeech(root), "validation")[0]
+    first = ls.librispeech_features(record, cache)
+    np.testing.assert_array_equal(ls.librispeech_features(record, cache), first)
+    soundfile.write(record["audio"], _tone(1.3, 16000, seed=7), 16000, subtype="PCM_16")
+    changed = ls.librispeech_features(record, cache)
+    assert changed.shape[0] > first.shape[0]          # 1.3 s of audio, not the cached 0.4 s
+    want = sd.compute_features(soundfile.read(record["audio"], dtype="float32")[0])
+    np.testing.assert_allclose(changed, want, rtol=1e-5, atol=1e-5)
+    monkeypatch.setitem(sd.FEATURE_CONFIG, "num_mel_bins", sd.FEATURE_CONFIG["num_mel_bins"] + 1)
+    assert ls.librispeech_cache_dir(data_dir) != cache
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -4,7 +4,16 @@
     <root>/LibriSpeech/<split>/<speaker>/<chapter>/<utterance-id>.flac
 
 root: an argument or $CODA_LIBRISPEECH_DIR (the directory holding LibriSpeech/, or LibriSpeech/
-itself). Features are computed on first use and cached under <data_dir>/speech/librispeech.
+itself). Features are computed on first use and cached in a keyed folder of the data cache
+(coda_flax.datasets.cache):
+
+    <data_dir>/speech/librispeech-<key>/    key = a hash of FEATURE_CONFIG and FEATURE_VERSION
+        features/<split>/<speaker>/<chapter>/<utterance-id>-<source>.npy
+        <task split>/manifest.jsonl, stats.json                       (prepare_librispeech)
+
+<source> is a hash of the .flac's size and modification time, so that a changed recording (or
+another copy of LibriSpeech at the same path) is featurised again, never read from a stale file;
+other feature settings write another folder.
 """
 
 from __future__ import annotations
@@ -16,14 +25,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from coda_flax.datasets.fetch import default_data_dir
+from coda_flax.datasets import cache as data_cache
 from coda_flax.datasets.records import write_jsonl
-from coda_flax.datasets.speech import (SPEECH_SUBDIR, Log, MissingSpeechDataError,
-                                       _atomic_save_npy, compute_features, manifest_stats)
+from coda_flax.datasets.speech import (FEATURE_CONFIG, SPEECH_SUBDIR, Log,
+                                       MissingSpeechDataError, _atomic_save_npy, compute_features,
+                                       manifest_stats)
 from coda_flax.datasets.transcripts import normalize_transcript
 from coda_flax.frontends.audio import SAMPLE_RATE
 
 LIBRISPEECH_ENV_VAR = "CODA_LIBRISPEECH_DIR"
+FEATURE_VERSION = 2          # bump when compute_features changes in a way FEATURE_CONFIG misses
 LIBRISPEECH_SPLITS = {  # task split -> LibriSpeech directories (those present are used)
     "train": ("train-clean-100", "train-clean-360", "train-other-500"),
     "validation": ("dev-clean",),
@@ -117,16 +128,25 @@ def librispeech_records(root: str, split: str) -> list[dict]:
 
 
 def librispeech_cache_dir(data_dir: Optional[str] = None) -> str:
-    return os.path.join(data_dir or default_data_dir(), SPEECH_SUBDIR, "librispeech")
+    """The feature cache's folder for today's feature settings (keyed by them)."""
+    return data_cache.dataset_dir(data_dir, f"{SPEECH_SUBDIR}/librispeech",
+                                  {"features": FEATURE_CONFIG, "version": FEATURE_VERSION})
+
+
+def _source_key(audio_path: str) -> str:
+    st = os.stat(audio_path)
+    return data_cache.settings_key({"bytes": st.st_size, "mtime_ns": st.st_mtime_ns})[:8]
 
 
 def librispeech_features(record: dict, cache_dir: Optional[str]) -> np.ndarray:
     """Features of a LibriSpeech record, from <cache_dir>/features/<split>/<speaker>/<chapter>/
-    <id>.npy when cached, else computed from the .flac (and cached when cache_dir is writable)."""
+    <id>-<source>.npy when cached (source: the .flac's size and mtime), else computed from the
+    .flac (and cached when cache_dir is writable)."""
     path = None
     if cache_dir:
         path = os.path.join(cache_dir, "features", record["split"], record["speaker"],
-                            record["chapter"], record["id"] + ".npy")
+                            record["chapter"],
+                            f"{record['id']}-{_source_key(record['audio'])}.npy")
         if os.path.exists(path):
             return np.load(path)
     from coda_flax.frontends.audio import load_waveform

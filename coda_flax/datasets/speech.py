@@ -36,7 +36,9 @@ per settings with a manifest.json: settings, row counts, SHA-256 of each file):
                                     transcript, raw_transcript, audio, features, duration,
                                     num_frames (paths relative to the speech directory)
     stats.json                      utterances / hours per source and split, length percentiles
-    librispeech/<split>/manifest.jsonl, librispeech/features/<split>/...   (prepare_librispeech)
+  librispeech-<key>/                keyed by the feature settings (prepare_librispeech,
+    <split>/manifest.jsonl,         datasets/librispeech.py)
+    features/<split>/<speaker>/<chapter>/<id>-<source>.npy
 Splits: "train" / "validation" from an md5 hash of the prompt (asterisk), utterance id
 (pocketsphinx) or sentence text (espeak: the same sentence never lands in both splits).
 """
