@@ -207,6 +207,29 @@ def test_reproduce_table6_engine_t5x_dry_run_lists_t5x_commands(tmp_path):
         gin_files = [a.split("=", 1)[1] for a in c if a.startswith("--gin_file=")]
         assert gin_files[2] == "t5x/runs/eval.gin" and gin_files[3].startswith("t5x/tasks/")
     assert sum("--gin.REDUCTION=16" in c for c in train) == 3
+    from coda_flax.experiments import gin_commands as gc
+    from coda_flax.experiments.paper_tables import ReproduceError
+    with pytest.raises(ReproduceError, match="learning-rate schedule 'rsqrt'"):
+        gc.t5x_argv("train", ["models/tiny.gin", "runs/finetune.gin"],
+                    {"train.schedule": "'rsqrt'"})                 # Table 5's: no T5X run file
+
+
+@pytest.mark.parametrize("task,dataset", [("ocrvqa", "OCR-VQA"), ("docvqa", "DocVQA"),
+                                          ("screen2words", "Screen2Words")])
+def test_vision_task_files_hold_table8(task, dataset):
+    from test_t5x_paper import _macros
+
+    from coda_flax.configs import table8
+
+    want = table8.finetune(dataset)
+    got = _macros(f"t5x/tasks/{task}.gin")
+    assert got == {"PAPER_TASK": f"coda_pix2struct_{task}",
+                   "TASK_FEATURE_LENGTHS": want["feature_lengths"],
+                   "TRAIN_STEPS": want["train_steps"], "BATCH_SIZE": want["batch_size"],
+                   "LEARNING_RATE": want["learning_rate"]}
+    assert want["schedule"] == "cosine"
+    assert "include 't5x/pix2struct_task.gin'" in open(
+        os.path.join(GIN_DIR, "t5x", "tasks", f"{task}.gin")).read()
 
 
 PARSE_SCRIPT = r"""
@@ -286,19 +309,17 @@ def _train_metrics(log):
     return out
 
 
-@pytest.mark.slow
-def test_t5x_train_and_eval_a_tiny_pix2struct_cell(vision_data):
+@pytest.fixture(scope="module")
+def dense_t5x(vision_data):
+    """The tiny pix2struct-shaped model, dense and random (standing in for `coda convert` of
+    Pix2Struct), written as a T5X checkpoint by `python -m coda_flax.t5x`."""
     _require_t5x()
     import flax.linen as nn
     import jax
 
     from coda_flax.checkpoints.native import save_checkpoint
-    from coda_flax.checkpoints.peft import param_group
-    from coda_flax.checkpoints.t5x import read_t5x
-    from coda_flax.checkpoints.tree import flatten_params
     from coda_flax.cli.t5x import main as to_t5x
     from coda_flax.model import EncoderDecoder, init_args
-    from coda_flax.train.optimizer import learning_rate_schedule
 
     root, _ = vision_data
     dense = _tiny(coda=None)
@@ -306,7 +327,18 @@ def test_t5x_train_and_eval_a_tiny_pix2struct_cell(vision_data):
                                                       *init_args(dense))["params"])
     save_checkpoint(str(root / "dense"), params, dense)
     assert to_t5x([str(root / "dense"), str(root / "dense_t5x")]) == 0   # patches init
-    init = root / "dense_t5x" / "checkpoint_0"
+    return root / "dense_t5x" / "checkpoint_0"
+
+
+@pytest.mark.slow
+def test_t5x_train_and_eval_a_tiny_pix2struct_cell(vision_data, dense_t5x):
+    from coda_flax.checkpoints.peft import param_group
+    from coda_flax.checkpoints.t5x import read_t5x
+    from coda_flax.checkpoints.tree import flatten_params
+    from coda_flax.train.optimizer import learning_rate_schedule
+
+    root, _ = vision_data
+    init = dense_t5x
     model_dir = root / "run"
     tiny = [f"--gin.model_config.{k}={v}" for k, v in TINY.items() if k != "dropout_rate"]
     common = [f"--gin_search_paths={GIN_DIR}", "--gin_file=models/pix2struct_large.gin",
@@ -351,3 +383,33 @@ def test_t5x_train_and_eval_a_tiny_pix2struct_cell(vision_data):
                                               f"{TASK}-metrics.jsonl")]
     assert [r["step"] for r in rows] == [2]
     assert 0.0 <= rows[0]["anls"] <= 100.0 and 0.0 <= rows[0]["exact_match"] <= 100.0
+
+
+@pytest.mark.slow
+def test_coda_reproduce_table6_engine_t5x_runs_a_tiny_cell(vision_data, dense_t5x, tmp_path,
+                                                           monkeypatch):
+    """`coda reproduce --table 6 --engine t5x` runs one cell (CoDA r = 4 on DocVQA, batch 2, 2
+    steps, the tiny model) with T5X's scripts: the table's commands, the eval results read back."""
+    from coda_flax.experiments import paper_tables as pt
+    from coda_flax.experiments import reproduce as rp
+
+    root, _ = vision_data
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    spec = pt.load_table(6)
+    for col in spec["columns"]:
+        col.update(batch_size=2, train_steps=2)
+    bindings = [*(f"model_config.{k} = {v}" for k, v in TINY.items() if k != "dropout_rate"),
+                "CodaConfig.adapter_dim = 4", f"TASK_FEATURE_LENGTHS = {LENGTHS}",
+                f"DATA_DIR = '{root / 'data'}'", f"INITIAL_CHECKPOINT_PATH = '{dense_t5x}'",
+                "ACTIVATION_DTYPE = 'float32'", "train.train_eval_dataset_cfg = None",
+                "train.infer_eval_dataset_cfg = None", "utils.DatasetConfig.batch_size = 4"]
+    logs = []
+    summary = rp.run_table(spec, tmp_path / "out", bindings=bindings, only=["coda_r4.docvqa"],
+                           pretrain_steps=0, engine="t5x", log=logs.append)
+    assert summary["ran"] == ["coda_r4.docvqa"] and not summary["failed"], "\n".join(logs)
+    assert any("python -m t5x.train" in line and "t5x/runs/finetune_cosine.gin" in line
+               for line in logs)
+    results = json.load(open(tmp_path / "out" / "table6" / "coda_r4.docvqa" /
+                             "eval_results.json"))
+    assert results["engine"] == "t5x" and results["step"] == 2
+    assert 0.0 <= results["anls"] <= 100.0
