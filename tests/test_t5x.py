@@ -373,10 +373,12 @@ def test_gin_files_ship_with_the_package():
     assert ct.GIN_DIR == GIN_DIR
     files = sorted(os.path.relpath(os.path.join(d, f), GIN_DIR) for d, _, names in
                    os.walk(os.path.join(GIN_DIR, "t5x")) for f in names)
-    tasks = [f"t5x/tasks/{t}.gin" for t in ("mnli", "rte", "boolq", "squad", "record", "xsum")]
+    tasks = [f"t5x/tasks/{t}.gin" for t in ("mnli", "rte", "boolq", "squad", "record", "xsum",
+                                            "ocrvqa", "docvqa", "screen2words")]
     assert {"t5x/model.gin", "t5x/trainer.gin", "t5x/init_from_params.gin", "t5x/paper_task.gin",
-            "t5x/tiny_offline.gin", "t5x/runs/finetune.gin", "t5x/runs/pretrain.gin",
-            "t5x/runs/eval.gin", "t5x/runs/infer.gin", *tasks} == set(files)
+            "t5x/pix2struct_task.gin", "t5x/tiny_offline.gin", "t5x/runs/finetune.gin",
+            "t5x/runs/finetune_cosine.gin", "t5x/runs/pretrain.gin", "t5x/runs/eval.gin",
+            "t5x/runs/infer.gin", *tasks} == set(files)
     assert all(any(_glob_match(f, g) for g in globs) for f in files), files
     for flag in ("coda_flax.t5x", "coda_flax.train"):
         out = subprocess.run([sys.executable, "-m", flag, "--gin-dir"], cwd="/",

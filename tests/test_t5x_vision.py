@@ -16,12 +16,14 @@ converter, train.py and eval.py.
   the backbone bit-identical), and `t5x.eval` scores it (ANLS, exact match).
 """
 
+import io
 import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+from contextlib import redirect_stdout
 
 import numpy as np
 import pytest
@@ -151,7 +153,9 @@ def test_t5x_model_reads_patches_and_matches_the_native_model(t5x_vision_model, 
 @pytest.mark.filterwarnings("ignore:.*Traversal.*:DeprecationWarning")
 def test_t5x_optimizer_and_partitioner_take_the_patch_axes(t5x_vision_model):
     """T5X's Adafactor (its factor rules raise KeyError on an unknown logical axis) builds its
-    state, and T5X's partitioner maps every parameter through the rules of t5x/model.gin."""
+    state over every parameter (TRAINABLE='all', as CoDA pretraining: finetuning's
+    MultiOptimizer shows Adafactor only the adapters, routers and norms), and T5X's partitioner
+    maps the patch embedding through the rules of t5x/model.gin."""
     import jax
     from flax.linen import partitioning as flax_partitioning
     from t5x import partitioning
@@ -159,8 +163,14 @@ def test_t5x_optimizer_and_partitioner_take_the_patch_axes(t5x_vision_model):
 
     from coda_flax.t5x import axis_rules
 
-    model, opt, _, _, variables = t5x_vision_model
+    from coda_flax.t5x import Adafactor, finetuning_optimizer, logical_factor_rules
+
+    model, _, _, _, variables = t5x_vision_model
+    opt = finetuning_optimizer(
+        Adafactor(decay_rate=0.8, logical_factor_rules=logical_factor_rules()), "all")
     state = train_state_lib.FlaxOptimTrainState.create(opt, variables)
+    factors = opt.hyper_params.factor_map
+    assert "encoder/patch_embedder/patch_projection/kernel" in factors
     rules = partitioning.standard_logical_axis_rules(additional_rules=axis_rules(model.config))
     mesh_axes = jax.tree_util.tree_map(
         lambda a: flax_partitioning.logical_to_mesh_axes(a.names, rules),
@@ -176,8 +186,6 @@ def _dry_run_commands(tmp_path, *extra):
     from coda_flax.cli.reproduce import main as cli_main
 
     out = tmp_path / "out"
-    import io
-    from contextlib import redirect_stdout
     buf = io.StringIO()
     with redirect_stdout(buf):
         assert cli_main(["--table", "6", "--engine", "t5x", "--dry-run", "--pretrain-steps",
@@ -372,7 +380,8 @@ def test_t5x_train_and_eval_a_tiny_pix2struct_cell(vision_data, dense_t5x):
     np.testing.assert_allclose([metrics[s]["learning_rate"] for s in (1, 2)],
                                [float(cosine(0)), float(cosine(1))], rtol=1e-4)
     start = flatten_params(read_t5x(str(init)))
-    end = {k: np.asarray(v) for k, v in flatten_params(read_t5x(str(model_dir / "checkpoint_2"))).items()}
+    end = {k: np.asarray(v) for k, v in
+           flatten_params(read_t5x(str(model_dir / "checkpoint_2"))).items()}
     assert set(start) < set(end)                       # adapters and routers start from scratch
     new = set(end) - set(start)
     assert {k for k in new if "router" in k} and {k for k in new if "adapter/up" in k}
