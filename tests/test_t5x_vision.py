@@ -178,6 +178,19 @@ def test_t5x_optimizer_and_partitioner_take_the_patch_axes(t5x_vision_model):
     assert int(state.step) == 0
 
 
+def test_bad_vision_settings_name_the_fix(t5x_vision_model):
+    from coda_flax.t5x import CodaEncoderDecoderModel, pix2struct_task
+
+    model, opt, _, _, _ = t5x_vision_model
+    with pytest.raises(ValueError, match="unknown task 'coda_rte'.*t5x/tasks/"):
+        pix2struct_task("coda_rte", None, None, LENGTHS)
+    with pytest.raises(ValueError, match="feature_lengths must give 'inputs'"):
+        pix2struct_task(TASK, None, None, {"targets": 12})
+    with pytest.raises(ValueError, match="head='decoder'"):
+        CodaEncoderDecoderModel(model.config.replace(head="ctc"), model.input_vocabulary,
+                                model.output_vocabulary, opt)
+
+
 # ------------------------------------------------------------------ coda reproduce --engine t5x
 def _dry_run_commands(tmp_path, *extra):
     from coda_flax.cli.reproduce import main as cli_main
