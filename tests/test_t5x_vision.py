@@ -13,7 +13,8 @@ converter, train.py and eval.py.
   CoDA model, the task, and a learning rate equal to `coda train`'s cosine schedule.
 * Slow: a tiny pix2struct-shaped model (dense, written with `python -m coda_flax.t5x`) trains 2
   steps of CoDA r = 4 with the real `t5x.train` on those TFRecords (adapters and routers new,
-  the backbone bit-identical), and `t5x.eval` scores it (ANLS, exact match).
+  the backbone bit-identical), `t5x.eval` scores it (ANLS, exact match) and `t5x.infer` writes
+  its predictions; `coda reproduce --table 6 --engine t5x` runs one tiny cell.
 """
 
 import io
@@ -365,7 +366,7 @@ def test_t5x_train_and_eval_a_tiny_pix2struct_cell(vision_data, dense_t5x):
              f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", f"--gin.DATA_DIR='{root / 'data'}'",
              "--gin.ACTIVATION_DTYPE='float32'"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    logs = {k: str(root / f"{k}.log") for k in ("train", "eval")}
+    logs = {k: str(root / f"{k}.log") for k in ("train", "eval", "infer")}
     for script, argv in (
             ("train", [*common, "--gin_file=t5x/runs/finetune_cosine.gin",
                        "--gin_file=t5x/tasks/docvqa.gin", *flags,
@@ -377,7 +378,12 @@ def test_t5x_train_and_eval_a_tiny_pix2struct_cell(vision_data, dense_t5x):
             ("eval", [*common, "--gin_file=t5x/runs/eval.gin", "--gin_file=t5x/tasks/docvqa.gin",
                       *flags, f"--gin.CHECKPOINT_PATH='{model_dir / 'checkpoint_2'}'",
                       f"--gin.EVAL_OUTPUT_DIR='{model_dir / 'eval'}'",
-                      "--gin.utils.DatasetConfig.batch_size=4"])):
+                      "--gin.utils.DatasetConfig.batch_size=4"]),
+            ("infer", [*common, "--gin_file=t5x/runs/infer.gin",
+                       "--gin_file=t5x/tasks/docvqa.gin", *flags,
+                       f"--gin.CHECKPOINT_PATH='{model_dir / 'checkpoint_2'}'",
+                       f"--gin.INFER_OUTPUT_DIR='{model_dir / 'infer'}'",
+                       "--gin.utils.DatasetConfig.batch_size=4"])):
         with open(logs[script], "w") as f:
             proc = subprocess.run([sys.executable, "-m", f"t5x.{script}", *argv], env=env,
                                   cwd=str(root), stdout=f, stderr=subprocess.STDOUT, timeout=1200)
@@ -402,6 +408,11 @@ def test_t5x_train_and_eval_a_tiny_pix2struct_cell(vision_data, dense_t5x):
                                               f"{TASK}-metrics.jsonl")]
     assert [r["step"] for r in rows] == [2]
     assert 0.0 <= rows[0]["anls"] <= 100.0 and 0.0 <= rows[0]["exact_match"] <= 100.0
+    preds = model_dir / "infer" / f"{TASK}-predict.jsonl-00000-of-00001"
+    lines = [json.loads(line) for line in open(preds)]
+    assert [line["inputs"]["targets_pretokenized"] for line in lines] == [
+        f"answer {i}" for i in range(4)]                                   # the val split
+    assert all(isinstance(line["prediction"], str) for line in lines)
 
 
 @pytest.mark.slow
