@@ -69,7 +69,8 @@ TABLE = dict(
         "the pretrained Pix2Struct-Large (Lee et al., 2022) in coda_flax's layout: `coda "
         "convert --hf DIR --output CKPT` of a Hugging Face google/pix2struct-large download, "
         "or `coda convert --t5x checkpoint_N --output CKPT` of the original T5X checkpoint "
-        "(preset pix2struct_large).")),
+        "(preset pix2struct_large); with --engine t5x, CKPT written for T5X: `python -m "
+        "coda_flax.t5x CKPT CKPT_t5x`, then CKPT_t5x/checkpoint_0.")),
     columns=COLUMNS, rows=ROWS,
     notes=["Speedup columns are the paper's measured inference speed-ups over the Parallel "
            "Adapter (quoted; `coda reproduce` does not measure speed).",

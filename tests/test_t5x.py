@@ -222,19 +222,30 @@ def test_param_filter_selects_what_coda_finetuning_trains(setup):
 
 
 def test_rules_name_every_axis_t5x_does_not_know():
+    """Text (with LoRA) and image (Pix2Struct patches) models: every logical axis name that
+    T5X's standard partitioning / Adafactor factor rules lack has a rule here."""
+    from coda_flax.model import init_args
+
     lora = tiny_config(CodaConfig(reduction=2, lora_rank=2, lora_targets=("all",)))
-    tokens = jnp.ones((1, 8), jnp.int32)
-    boxed = jax.eval_shape(lambda: T5XEncoderDecoder(lora).init(
-        jax.random.PRNGKey(0), tokens, tokens[:, :4]))
-    names = {n for leaf in jax.tree_util.tree_leaves(
-        boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)) for n in leaf.names}
-    t5x_standard = {"vocab", "embed", "mlp", "heads", "kv", "relpos_buckets"}
-    assert names - t5x_standard == set(FACTOR_RULES) == {n for n, _ in AXIS_RULES}
+    patches = tiny_config(CodaConfig(reduction=2), encoder_input="patches", patch_size=2,
+                          max_patch_positions=8, encoder_relative_attention=False)
+    names = set()
+    for config in (lora, patches):
+        boxed = jax.eval_shape(lambda: T5XEncoderDecoder(config).init(
+            jax.random.PRNGKey(0), *init_args(config)))
+        names |= {n for leaf in jax.tree_util.tree_leaves(
+            boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)) for n in leaf.names}
+    t5x_factor = {"vocab", "embed", "mlp", "heads", "kv", "relpos_buckets"}
+    t5x_axis = t5x_factor | {"abspos_buckets"}            # replicated by T5X's standard rules
+    assert names - t5x_factor == set(FACTOR_RULES)
+    assert names - t5x_axis == {n for n, _ in AXIS_RULES}
     # t5x/model.gin binds axis_rules(MODEL_CONFIG): kv heads shard unless there is only one.
     assert "additional_rules = @coda_t5x.axis_rules()" in open(MODEL_GIN).read()
-    assert dict(axis_rules(lora)) == {"kv_heads": "model", "adapter": "model", "lora_rank": None}
+    assert dict(axis_rules(lora)) == {"kv_heads": "model", "adapter": "model", "lora_rank": None,
+                                      "patch": None}
     mqa = ModelConfig.from_preset("paper_text_base")
-    assert dict(axis_rules(mqa)) == {"kv_heads": None, "adapter": "model", "lora_rank": None}
+    assert dict(axis_rules(mqa)) == {"kv_heads": None, "adapter": "model", "lora_rank": None,
+                                     "patch": None}
 
 
 SHARDING_SCRIPT = r"""
@@ -362,10 +373,12 @@ def test_gin_files_ship_with_the_package():
     assert ct.GIN_DIR == GIN_DIR
     files = sorted(os.path.relpath(os.path.join(d, f), GIN_DIR) for d, _, names in
                    os.walk(os.path.join(GIN_DIR, "t5x")) for f in names)
-    tasks = [f"t5x/tasks/{t}.gin" for t in ("mnli", "rte", "boolq", "squad", "record", "xsum")]
+    tasks = [f"t5x/tasks/{t}.gin" for t in ("mnli", "rte", "boolq", "squad", "record", "xsum",
+                                            "ocrvqa", "docvqa", "screen2words")]
     assert {"t5x/model.gin", "t5x/trainer.gin", "t5x/init_from_params.gin", "t5x/paper_task.gin",
-            "t5x/tiny_offline.gin", "t5x/runs/finetune.gin", "t5x/runs/pretrain.gin",
-            "t5x/runs/eval.gin", "t5x/runs/infer.gin", *tasks} == set(files)
+            "t5x/pix2struct_task.gin", "t5x/tiny_offline.gin", "t5x/runs/finetune.gin",
+            "t5x/runs/finetune_cosine.gin", "t5x/runs/pretrain.gin", "t5x/runs/eval.gin",
+            "t5x/runs/infer.gin", *tasks} == set(files)
     assert all(any(_glob_match(f, g) for g in globs) for f in files), files
     for flag in ("coda_flax.t5x", "coda_flax.train"):
         out = subprocess.run([sys.executable, "-m", flag, "--gin-dir"], cwd="/",
@@ -550,7 +563,8 @@ def test_gin_file_builds_the_model(t5x_model, tmp_path):
         num_encoder_layers=2, num_decoder_layers=1, dropout_rate=0.1, dtype="bfloat16",
         coda=CodaConfig(reduction=3, attention="k_to_all", router="soft_topk"))
     assert rules == axis_rules(model.config)
-    assert dict(rules) == {"kv_heads": None, "adapter": "model", "lora_rank": None}  # 1 kv head
+    assert dict(rules) == {"kv_heads": None, "adapter": "model", "lora_rank": None,  # 1 kv head
+                           "patch": None}
 
 
 def test_save_t5x_checkpoint_is_read_back_by_t5x(t5x_model, tmp_path):

@@ -112,6 +112,16 @@ def missing_gin_files(gin_files: Sequence[str]) -> list[str]:
 # `coda train`'s run files -> the T5X run files (gin/t5x/runs) with the same settings.
 T5X_RUN_FILES = {"runs/finetune.gin": "t5x/runs/finetune.gin",
                  "runs/pretrain.gin": "t5x/runs/pretrain.gin", "runs/eval.gin": "t5x/runs/eval.gin"}
+# Table 8's learning-rate schedules (`coda train`'s train.schedule) -> the T5X finetuning run file
+# that has it (text tasks: constant; vision tasks: cosine decay).
+T5X_SCHEDULE_RUN_FILES = {"constant": "t5x/runs/finetune.gin",
+                          "cosine": "t5x/runs/finetune_cosine.gin"}
+# Tasks whose T5X task file holds wiring the run files lack (the Pix2Struct tasks: their
+# registration with DATA_DIR, the max patches and Pix2Struct's vocabulary): it follows the run
+# file. (The text tasks need only PAPER_TASK: t5x/paper_task.gin registers them.)
+T5X_TASK_FILES = {"coda_pix2struct_ocrvqa": "t5x/tasks/ocrvqa.gin",
+                  "coda_pix2struct_docvqa": "t5x/tasks/docvqa.gin",
+                  "coda_pix2struct_screen2words": "t5x/tasks/screen2words.gin"}
 # The table runner's bindings -> their names in the T5X run files.
 T5X_NAMES = {"MIXTURE_OR_TASK_NAME": "PAPER_TASK", "CodaConfig.num_routed": "NUM_ROUTED",
              "SPLIT": "utils.DatasetConfig.split"}
@@ -122,7 +132,9 @@ _T5X_SCRIPT_OF = {"train": "train", "evaluate": "eval"}
 def t5x_argv(script: str, gin_files: Sequence[str], bindings: Mapping[str, str]) -> list[str]:
     """A `coda train` / `coda eval` stage of `coda reproduce` as T5X's `python -m t5x.<script>`
     argv (without "python -m"): the same model and variant files, T5X's run file for its run
-    file, its bindings renamed (T5X_NAMES). The search path is GIN_DIR."""
+    file (for finetuning, the one with the stage's learning-rate schedule), the task's T5X task
+    file where it has one (T5X_TASK_FILES), its bindings renamed (T5X_NAMES). The search path
+    is GIN_DIR."""
     files = []
     for f in gin_files:
         name = packaged_gin_name(f)
@@ -131,16 +143,22 @@ def t5x_argv(script: str, gin_files: Sequence[str], bindings: Mapping[str, str])
     if unknown:
         raise ReproduceError(f"--engine t5x: no T5X run file for {unknown[0]} (T5X runs: "
                              f"{', '.join(T5X_RUN_FILES)}).")
+    schedule = literal(bindings.get("train.schedule", "'constant'"))
+    if schedule not in T5X_SCHEDULE_RUN_FILES:
+        raise ReproduceError(f"--engine t5x: no T5X run file has the learning-rate schedule "
+                             f"{schedule!r} (T5X schedules: "
+                             f"{', '.join(T5X_SCHEDULE_RUN_FILES)}).")
+    files = [T5X_SCHEDULE_RUN_FILES[schedule] if f == T5X_RUN_FILES["runs/finetune.gin"] else f
+             for f in files]
+    task_file = T5X_TASK_FILES.get(literal(bindings.get("MIXTURE_OR_TASK_NAME")))
+    if task_file:
+        files.append(task_file)
     out = {}
     for name, value in bindings.items():
         if _T5X_SCRIPT_OF.get(name.split(".")[0], script) != script:
             continue                       # another script's configurable (train.*, evaluate.*)
         if name == "train.schedule":
-            if literal(value) != "constant":
-                raise ReproduceError(f"--engine t5x: t5x/runs/finetune.gin has Table 8's "
-                                     f"constant learning rate; schedule {value} has no T5X run "
-                                     f"file.")
-            continue
+            continue                       # the run file's (above)
         out[T5X_NAMES.get(name, name)] = value
     return [f"t5x.{script}", f"--gin_search_paths={GIN_DIR}",
             *(f"--gin_file={f}" for f in files), *(f"--gin.{n}={v}" for n, v in out.items())]

@@ -19,15 +19,18 @@ needs only flax (and seqio for the vocabularies):
     param_filter        ModelParamTraversal filter: the parameters CoDA finetuning trains
     AXIS_RULES, FACTOR_RULES   partitioning / Adafactor rules for CoDA's extra axis names
     axis_rules          AXIS_RULES for a ModelConfig (a single kv head stays replicated)
-    vocabulary, offline_vocabulary   the model's = the tasks' vocabularies (coda_flax.t5x.vocab)
-    paper_task          registers the paper's tasks from gin settings (coda_flax.t5x.tasks)
+    vocabulary, offline_vocabulary, pix2struct_vocabulary, continuous_vocabulary   the
+                        model's = the tasks' vocabularies (coda_flax.t5x.vocab)
+    paper_task, pix2struct_task   register the paper's text / vision tasks from gin settings
+                        (coda_flax.t5x.tasks)
 """
 
 from coda_flax.resources import GIN_DIR
 from coda_flax.t5x.module import (AXIS_RULES, FACTOR_RULES, T5XEncoderDecoder, axis_rules,
                                   model_config, param_filter, split_axes)
 
-from coda_flax.t5x.vocab import offline_vocabulary, vocabulary
+from coda_flax.t5x.vocab import (continuous_vocabulary, offline_vocabulary,
+                                 pix2struct_vocabulary, vocabulary)
 
 
 # name -> the module defining it, imported on first access: T5X (models, trainer), or seqio and
@@ -35,10 +38,11 @@ from coda_flax.t5x.vocab import offline_vocabulary, vocabulary
 _NEEDS_T5X = {"CodaEncoderDecoderModel": "models", "logical_factor_rules": "models",
               "save_t5x_checkpoint": "models", "Adafactor": "models", "NoUpdate": "models",
               "finetuning_optimizer": "models", "CodaTrainer": "trainer",
-              "paper_task": "tasks"}
+              "paper_task": "tasks", "pix2struct_task": "tasks"}
 
 __all__ = ["T5XEncoderDecoder", "model_config", "split_axes", "param_filter", "AXIS_RULES",
-           "FACTOR_RULES", "axis_rules", "GIN_DIR", "vocabulary", "offline_vocabulary", *_NEEDS_T5X]
+           "FACTOR_RULES", "axis_rules", "GIN_DIR", "vocabulary", "offline_vocabulary",
+           "pix2struct_vocabulary", "continuous_vocabulary", *_NEEDS_T5X]
 
 
 def __getattr__(name):

@@ -6,7 +6,10 @@
 Everything T5X does with a model (loss_fn, eval_fn, score_batch, predict_batch_with_aux with
 its beam search / temperature sampling, the feature converter) is T5X's own code; this class
 only builds the module (`T5XEncoderDecoder(config)`) and emits the `params_axes` collection
-T5X's train state and partitioner need. `logical_factor_rules` extends Adafactor's
+T5X's train state and partitioner need; for an image model (ModelConfig.encoder_input
+"patches", the Pix2Struct presets) its feature converter is ContinuousEncDecFeatureConverter, so
+that T5X's train / eval / infer feed the task's float patches [n, 2 + p*p*C] as
+`encoder_input_tokens`. `logical_factor_rules` extends Adafactor's
 factorisation rules with CoDA's axis names; `save_t5x_checkpoint` writes coda_flax parameters
 (e.g. `coda convert` output) as a T5X checkpoint that train.py can start from.
 """
@@ -62,6 +65,8 @@ class CodaEncoderDecoderModel(t5x.models.EncoderDecoderModel):
     The other arguments are T5X's (input/output vocabulary, optimizer_def, decode_fn,
     feature_converter_cls, label_smoothing, z_loss, loss_normalizing_factor,
     default_decoder_params). The output vocabulary must fit in config.vocab_size.
+    feature_converter_cls None: seqio.EncDecFeatureConverter for token inputs,
+    ContinuousEncDecFeatureConverter (float vectors in, unpacked) for image patches / frames.
     """
 
     def __init__(self, config: ModelConfig, input_vocabulary, output_vocabulary,
@@ -73,6 +78,13 @@ class CodaEncoderDecoderModel(t5x.models.EncoderDecoderModel):
             raise TypeError(f"CodaEncoderDecoderModel: config must be a coda_flax ModelConfig "
                             f"(e.g. @coda_t5x.model_config() in gin), got "
                             f"{type(config).__name__}.")
+        if config.head != "decoder":
+            raise ValueError(f"CodaEncoderDecoderModel: config.head is {config.head!r}; T5X's "
+                             f"EncoderDecoderModel needs the text decoder (head='decoder'). "
+                             f"CTC models train with `coda train` only.")
+        if feature_converter_cls is None and config.encoder_input != "tokens":
+            from coda_flax.tasks.features import ContinuousEncDecFeatureConverter
+            feature_converter_cls = ContinuousEncDecFeatureConverter
         for name, vocab in (("input", input_vocabulary), ("output", output_vocabulary)):
             size = _vocab_size(vocab)
             if size is not None and size > config.vocab_size:
@@ -208,14 +220,13 @@ def save_t5x_checkpoint(params: Mapping[str, Any], config: ModelConfig, director
     import numpy as np
     from t5x import checkpoints, partitioning, train_state as train_state_lib
 
-    from coda_flax.checkpoints.tree import (check_flat_params, expected_shapes,
-                                            flatten_params, init_length)
+    from coda_flax.checkpoints.tree import check_flat_params, expected_shapes, flatten_params
+    from coda_flax.model import init_args
 
     flat = flatten_params(params)
     check_flat_params(flat, expected_shapes(config), "save_t5x_checkpoint")
-    tokens = jax.numpy.ones((1, init_length(config)), jax.numpy.int32)
     boxed = jax.eval_shape(lambda: T5XEncoderDecoder(config).init(
-        jax.random.PRNGKey(0), tokens, tokens[:, :4]))
+        jax.random.PRNGKey(0), *init_args(config)))     # token ids or patches
     axes = split_axes(boxed)["params_axes"]
     variables = {"params": jax.tree_util.tree_map(np.asarray, dict(params)),
                  "params_axes": axes}

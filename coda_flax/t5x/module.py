@@ -21,11 +21,19 @@ target length from the cache-initialising call, so it is only checked), and toke
 float dtype (T5X's default `input_types` at init) are cast to int32. It has no `prefill`
 argument, so T5X decodes prompts token by token instead of prefilling the cache.
 
+Image models (ModelConfig.encoder_input = "patches": the Pix2Struct presets) read float32
+`encoder_input_tokens` [b, n, 2 + p*p*C] (row id, column id, pixels; coda_flax.frontends.patches),
+which stay float: only decoder tokens are cast. n is the task's max patches, a static shape, so
+T5X's init (jnp.ones: every patch at row / column 1), cache initialisation and beam expansion
+work on them unchanged; `CodaEncoderDecoderModel` reads them through
+`coda_flax.tasks.features.ContinuousEncDecFeatureConverter`.
+
 T5X's train state wants plain parameter arrays plus a `params_axes` collection of
 `flax.linen.partitioning.AxisMetadata` (the logical axis names), where this package's modules
 box parameters in `nn.LogicallyPartitioned`: `split_axes` converts. The logical axis names that
 T5X's standard partitioning and Adafactor factorisation rules do not know (key / value heads,
-the adapter width, the LoRA rank) get rules in `AXIS_RULES` and `FACTOR_RULES`.
+the adapter width, the LoRA rank, the patch projection's input) get rules in `AXIS_RULES` and
+`FACTOR_RULES`.
 """
 
 from __future__ import annotations
@@ -49,10 +57,13 @@ __all__ = ["T5XEncoderDecoder", "model_config", "split_axes", "param_filter", "A
 # (coda_flax.train.partitioning.STANDARD_RULES does the same). A multi-query model (one key /
 # value head: the paper's presets) cannot split its single head, so `axis_rules(config)`, which
 # t5x/model.gin binds, replicates kv_heads there.
+# The patch projection's input (p*p*C pixel values, "patch") stays replicated, as do the row /
+# column embeddings' positions ("abspos_buckets", a standard T5X rule).
 AXIS_RULES: tuple[tuple[str, str | None], ...] = (
     ("kv_heads", "model"),
     ("adapter", "model"),
     ("lora_rank", None),
+    ("patch", None),
 )
 
 
@@ -68,10 +79,14 @@ def axis_rules(config: ModelConfig | None = None) -> list[tuple[str, str | None]
 # Logical axis -> Adafactor factor dimension ("row" | "column" | "none"), for the names
 # t5x.adafactor.standard_logical_factor_rules lacks (it raises KeyError on unknown names).
 # Adapters factor like the MLP (embed = row, adapter = column); LoRA factors stay unfactored.
+# The patch projection [p*p*C, d_model] factors like an MLP input (patch = row); the row /
+# column embeddings [positions, d_model] like the token embedding's vocabulary (column).
 FACTOR_RULES: dict[str, str] = {
     "kv_heads": "column",
     "adapter": "column",
     "lora_rank": "none",
+    "patch": "row",
+    "abspos_buckets": "column",
 }
 
 
@@ -85,9 +100,13 @@ def _tokens(x):
 class T5XEncoderDecoder(EncoderDecoder):
     """`coda_flax.EncoderDecoder` with the call signatures T5X's EncoderDecoderModel uses."""
 
+    def _encoder_inputs(self, x):
+        """Token ids as ints; image patches / audio frames (float vectors) as they are."""
+        return _tokens(x) if self.config.encoder_input == "tokens" else x
+
     def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
                enable_dropout=False):
-        return super().encode(_tokens(encoder_input_tokens), encoder_segment_ids,
+        return super().encode(self._encoder_inputs(encoder_input_tokens), encoder_segment_ids,
                               encoder_positions, enable_dropout)
 
     def decode(self, encoded, encoder_input_tokens, decoder_input_tokens,
@@ -98,7 +117,7 @@ class T5XEncoderDecoder(EncoderDecoder):
         length the cache was initialised with, when the cache exists."""
         if decode and max_decode_length is not None:
             self._check_cache_length(max_decode_length)
-        return super().decode(encoded, _tokens(encoder_input_tokens),
+        return super().decode(encoded, self._encoder_inputs(encoder_input_tokens),
                               _tokens(decoder_input_tokens), decoder_target_tokens,
                               encoder_segment_ids, decoder_segment_ids, decoder_positions,
                               enable_dropout, decode)
@@ -106,7 +125,8 @@ class T5XEncoderDecoder(EncoderDecoder):
     def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
                  encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
                  decoder_positions=None, enable_dropout=False, decode=False):
-        return super().__call__(_tokens(encoder_input_tokens), _tokens(decoder_input_tokens),
+        return super().__call__(self._encoder_inputs(encoder_input_tokens),
+                                _tokens(decoder_input_tokens),
                                 decoder_target_tokens, encoder_segment_ids, decoder_segment_ids,
                                 encoder_positions, decoder_positions, enable_dropout, decode)
 

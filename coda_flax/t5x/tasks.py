@@ -16,6 +16,17 @@ coda_boolq, coda_squad, coda_record, coda_xsum and coda_c4_span_corruption
 public cc_all.32000 model) reading $TFDS_DATA_DIR, with the default versions
 (coda_flax.tasks.paper.TFDS_NAMES).
 
+The vision tasks of Table 6 (coda_pix2struct_ocrvqa / _docvqa / _screen2words: Pix2Struct's
+TFRecords under a data directory, coda_flax.tasks.pix2struct) register from gin the same way
+(t5x/pix2struct_task.gin, included by t5x/tasks/{ocrvqa,docvqa,screen2words}.gin):
+
+    MIXTURE_OR_TASK_NAME = @coda_t5x.pix2struct_task()
+    coda_t5x.pix2struct_task:
+      name = %PAPER_TASK                 # e.g. 'coda_pix2struct_docvqa'
+      vocabulary = %VOCABULARY           # coda_t5x.pix2struct_vocabulary(VOCAB_PATH)
+      data_dir = %DATA_DIR               # None: $CODA_PIX2STRUCT_DATA_DIR, $PIX2STRUCT_DIR/data
+      feature_lengths = %TASK_FEATURE_LENGTHS     # inputs = max patches (Table 8: 4096)
+
 TFDS data is read, never downloaded. Needs seqio and tensorflow-datasets, not T5X. For tasks
 that need no TFDS data, see coda_flax.t5x.offline_tasks.
 """
@@ -29,8 +40,9 @@ from coda_flax.t5x import vocab
 from coda_flax.t5x.vocab import T5_VOCAB
 from coda_flax.tasks import register_paper_tasks
 from coda_flax.tasks.paper import PAPER_TASKS, TFDS_NAMES
+from coda_flax.tasks.pix2struct import PIX2STRUCT_TASKS, register_pix2struct_tasks
 
-__all__ = ["REGISTERED", "T5_VOCAB", "paper_task"]
+__all__ = ["REGISTERED", "T5_VOCAB", "paper_task", "pix2struct_task"]
 
 
 def paper_task(name: Optional[str], vocabulary=None, tfds_data_dir: Optional[str] = None,
@@ -51,6 +63,26 @@ def paper_task(name: Optional[str], vocabulary=None, tfds_data_dir: Optional[str
                          f"{{'coda_c4_span_corruption': 'c4/en:3.0.1'}}.")
     register_paper_tasks(vocabulary if vocabulary is not None else vocab.vocabulary(),
                          tfds_data_dir, tfds_names=dict(tfds_names or {}))
+    return name
+
+
+def pix2struct_task(name: Optional[str], vocabulary=None, data_dir: Optional[str] = None,
+                    feature_lengths: Optional[Mapping[str, int]] = None) -> str:
+    """Registers the coda_pix2struct_* tasks with `vocabulary` (default
+    `coda_flax.t5x.vocab.pix2struct_vocabulary()`), reading Pix2Struct's TFRecords under
+    data_dir, with feature_lengths["inputs"] patches per image (the model's encoder length);
+    returns `name`, one of PIX2STRUCT_TASKS."""
+    if name not in PIX2STRUCT_TASKS:
+        raise ValueError(f"pix2struct_task: unknown task {name!r}; the Pix2Struct tasks are "
+                         f"{', '.join(PIX2STRUCT_TASKS)} (t5x/tasks/{{ocrvqa,docvqa,"
+                         f"screen2words}}.gin set one).")
+    if not feature_lengths or "inputs" not in feature_lengths:
+        raise ValueError(f"pix2struct_task: feature_lengths must give 'inputs' (the patches per "
+                         f"image, e.g. TASK_FEATURE_LENGTHS = {{'inputs': 4096, 'targets': "
+                         f"128}}), got {feature_lengths!r}.")
+    register_pix2struct_tasks(data_dir, vocabulary=(vocabulary if vocabulary is not None
+                                                    else vocab.pix2struct_vocabulary()),
+                              max_patches=int(feature_lengths["inputs"]))
     return name
 
 

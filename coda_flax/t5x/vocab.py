@@ -7,6 +7,9 @@ holds by construction. Needs seqio, not T5X.
                           of coda_flax.t5x.tasks
     offline_vocabulary()  the offline Shakespeare tasks' vocabulary (coda_flax.t5x.offline_tasks):
                           tiny_offline.gin's VOCABULARY
+    pix2struct_vocabulary()  the Pix2Struct tasks' (t5x/pix2struct_task.gin's VOCABULARY): as
+                          `coda train` reads them, Pix2Struct's SentencePiece model at `path`
+                          without extra ids, or seqio.ByteVocabulary() when no path is given
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from coda_flax.tasks.vocab import DEFAULT_EXTRA_IDS, VOCAB_ENV_VAR, get_vocabula
 # different seqio.Vocabulary, which verify_matching_vocabs rejects.)
 T5_VOCAB = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
 
-__all__ = ["T5_VOCAB", "vocabulary", "offline_vocabulary"]
+__all__ = ["T5_VOCAB", "vocabulary", "offline_vocabulary", "pix2struct_vocabulary",
+           "continuous_vocabulary"]
 
 
 def vocabulary(path: str | None = None):
@@ -35,3 +39,24 @@ def offline_vocabulary():
     from coda_flax.t5x import offline_tasks
 
     return offline_tasks.VOCABULARY
+
+
+def pix2struct_vocabulary(path: str | None = None):
+    """The coda_pix2struct_* tasks' vocabulary, as `coda train` registers them: the SentencePiece
+    model at `path` (Pix2Struct's: its ids are the checkpoint's, so no extra ids), else
+    seqio.ByteVocabulary()."""
+    if path:
+        return get_vocabulary(path, extra_ids=0)
+    import seqio
+
+    return seqio.ByteVocabulary()
+
+
+def continuous_vocabulary():
+    """The vocabulary of float-vector task inputs (coda_flax.tasks.features.
+    continuous_output_features: patches, frames), which T5X's verify_matching_vocabs compares
+    with the model's input_vocabulary."""
+    import seqio
+
+    from coda_flax.tasks._tf import tf
+    return seqio.ContinuousFeature(dtype=tf.float32, rank=2, add_eos=False).vocabulary
