@@ -8,7 +8,8 @@ Inference" (arXiv 2304.04947). One module per table; each defines a plain dict `
     table4.py   the paper's XL text model on 6 tasks (XSum on its test set) + reference rows
     table9.py   the paper's text models Base/Large/XL on 6 tasks (development sets)
     table5.py   LibriSpeech WER (not runnable: BEST-RQ weights, transducer; see coda compare)
-    table6.py   Pix2Struct OCR-VQA / DocVQA / Screen2Words (not runnable: Pix2Struct weights)
+    table6.py   Pix2Struct OCR-VQA / DocVQA / Screen2Words (the public Pix2Struct-Large converted by
+                `coda convert`; both engines)
     table8.py   Table 8's finetuning hyperparameters (and the pretraining recipe of appendix B),
                 used by the tables above
 
