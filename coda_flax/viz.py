@@ -10,7 +10,8 @@ coda_flax.frontends.patch_grid. This module draws them:
                                                               image patches, one panel per layer
     plot_image_routing(values [L, n], patches, path)         per-layer routing over the image
     plot_ink_share(stats, path)                               bars per layer vs the page's share
-                                                              (stats: routing_stats.ink_share)
+                                                              (stats: routing_stats.ink_share, or
+                                                              {variant: stats} side by side)
     audio_routing_strips(values [L, n], T) -> [L, T]          encoder token j -> frames 4j..4j+3
     plot_audio_routing(values [L, n], frames, path)           log-mel spectrogram over one strip
                                                               per layer, on a common time axis
@@ -514,23 +515,31 @@ def plot_ink_share(stats: Mapping[str, Any], path: str, *,
                    figsize: tuple[float, float] | None = None, dpi: int = 100) -> str:
     """Bars: the share of each layer's routed patches that hold ink; dashed line: the share of
     ink patches on the page (= what routing blind to the content would give); dots: the share
-    of the ink patches each layer routes. `stats` is `ink_share`'s result. Returns path."""
-    share = np.asarray(stats["routed_ink_share"], np.float64)
-    num_layers = len(share)
+    of the ink patches each layer routes. `stats` is `ink_share`'s result, or {variant: its
+    result} for several models on the same pages (grouped bars, one colour per variant, the
+    coverage dots left out). Returns path."""
+    named = {"": stats} if "routed_ink_share" in stats else dict(stats)
+    shares = {name: np.asarray(s["routed_ink_share"], np.float64) for name, s in named.items()}
+    num_layers = len(next(iter(shares.values()), ()))
     if num_layers == 0:
         raise ValueError("ink_share statistics have no layers.")
     labels = _layer_labels(layer_labels, num_layers)
-    page = float(stats["page_ink_share"])
     if figsize is None:
-        figsize = (float(np.clip(4.7 + 0.35 * num_layers, 7.0, 16.0)), 3.6)
+        figsize = (float(np.clip(4.7 + 0.35 * num_layers * len(named), 7.0, 16.0)), 3.6)
     fig = _figure(figsize, dpi)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(num_layers)
-    ax.bar(x, share, width=0.7, color=SELECTED_COLORS[1], label="routed patches with ink")
-    ax.axhline(page, color="black", linestyle="--", linewidth=1.2,
-               label=f"ink patches on the page ({page:.2f})")
-    if "ink_coverage" in stats:
-        ax.plot(x, np.asarray(stats["ink_coverage"], np.float64), "o", color="#4c72b0",
+    width = 0.7 / len(named)
+    for i, (name, share) in enumerate(shares.items()):
+        ax.bar(x + (i - (len(named) - 1) / 2) * width, share, width=width,
+               color=SELECTED_COLORS[1] if len(named) == 1 else None,
+               label=f"{name + ': ' if name else ''}routed patches with ink")
+    for page in sorted({float(s["page_ink_share"]) for s in named.values()}):
+        ax.axhline(page, color="black", linestyle="--", linewidth=1.2,
+                   label=f"ink patches on the page ({page:.2f})")
+    only = next(iter(named.values()))
+    if len(named) == 1 and "ink_coverage" in only:
+        ax.plot(x, np.asarray(only["ink_coverage"], np.float64), "o", color="#4c72b0",
                 markersize=4, label="share of ink patches routed")
     ax.set_xticks(x)
     ax.set_xticklabels(labels, fontsize=8)

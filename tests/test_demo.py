@@ -1,5 +1,6 @@
 """`coda demo --quick` end to end on a synthetic play corpus (no downloads)."""
 
+import dataclasses
 import json
 import os
 
@@ -10,7 +11,7 @@ from corpus_helpers import synthetic_source
 from coda_flax.analysis import figures, probes
 from coda_flax.cli import main
 from coda_flax.datasets import needle, shakespeare
-from coda_flax.experiments import demo, pipeline
+from coda_flax.experiments import demo, demo_runs, runner
 
 
 @pytest.fixture(scope="module")
@@ -182,74 +183,68 @@ def test_speed_quality_labels_do_not_overlap():
     assert placed[1] < placed[2] < placed[0]
 
 
-def test_finished_backbone_is_reused_and_said_so(tmp_path, monkeypatch):
-    pre = tmp_path / "pretrain"
-    (pre / "final").mkdir(parents=True)
-    with open(pre / "metrics.jsonl", "w") as f:
-        for step in (100, 200):
-            f.write(json.dumps({"split": "train", "step": step}) + "\n")
-        f.write(json.dumps({"split": "eval", "step": 200}) + "\n")
+def test_finished_backbone_report_is_reused_and_said_so(tmp_path, monkeypatch):
     data = {"shakespeare/corpus-0123456789ab": "00aa11bb22cc33dd"}
     report = {"loss_real_tokens": 5.0, "unigram_entropy": 6.0, "tokens": 3, "steps": 200,
               "task": demo.PRETRAIN_TASK, "data": data}
-    json.dump(report, open(pre / "backbone.json", "w"))
-    assert pipeline.trained_steps(str(pre)) == 200
-    monkeypatch.setattr(demo.provenance, "fingerprint", lambda tasks: dict(data))
-    logs = []
     s = demo.DemoSettings(pretrain_steps=200)
-    # nothing is trained or loaded: a reuse needs no model, data or vocabulary
-    assert demo.pretrain_backbone(s, 100, str(pre), {}, logs.append) == report
-    assert "reusing the pretrained backbone" in logs[0]
-
-
-def test_backbone_of_another_pretraining_task_is_not_reused(tmp_path, monkeypatch):
-    pre = tmp_path / "pretrain"
-    (pre / "final").mkdir(parents=True)
-    with open(pre / "metrics.jsonl", "w") as f:
-        f.write(json.dumps({"split": "train", "step": 200}) + "\n")
-    json.dump({"steps": 200, "task": "coda_shakespeare_span_corruption"},
-              open(pre / "backbone.json", "w"))
-
-    class Trained(Exception):
-        pass
-
-    def fake_pretrain(*args, **kwargs):
-        assert not pre.exists()                 # the old backbone was set aside first
-        raise Trained(kwargs["mixture_or_task_name"])
-    monkeypatch.setattr(pipeline, "pretrain_dense", fake_pretrain)
+    pre_run = demo_runs.pretrain_run(s, 100, {})
+    (tmp_path / "pretrain").mkdir()
+    json.dump(dict(report, fingerprint="f" * 64), open(tmp_path / "pretrain" / "backbone.json", "w"))
+    monkeypatch.setattr(demo.provenance, "fingerprint", lambda tasks: dict(data))
+    monkeypatch.setattr(runner, "execute", lambda run, root, log: {"fingerprint": "f" * 64})
+    monkeypatch.setattr(runner, "load", lambda *a: pytest.fail("nothing is loaded"))
     logs = []
-    with pytest.raises(Trained, match=demo.PRETRAIN_TASK):
-        demo.pretrain_backbone(demo.DemoSettings(pretrain_steps=200), 100, str(pre), {},
-                               logs.append)
-    assert "coda_shakespeare_span_corruption" in logs[0] and "pretraining again" in logs[0]
+    # nothing is trained or loaded: a reuse needs no model, data or vocabulary
+    assert demo.pretrain_backbone(s, pre_run, str(tmp_path), logs.append) == report
+    assert "reusing the pretrained backbone's report" in logs[0]
+
+
+def test_backbone_of_another_pretraining_task_is_set_aside(tmp_path):
+    span = demo_runs.pretrain_run(demo.DemoSettings(pretrain_task=demo.SPAN_TASK), 100, {})
+    mix = demo_runs.pretrain_run(demo.DemoSettings(), 100, {})
+    assert (span.name, span.task, mix.task) == ("pretrain", demo.SPAN_TASK, demo.PRETRAIN_TASK)
+    runner.run_dir(str(tmp_path), span)
+    logs = []
+    runner.run_dir(str(tmp_path), mix, logs.append)
+    assert f'task "{demo.SPAN_TASK}" -> "{demo.PRETRAIN_TASK}"' in logs[0]
+    assert "set aside" in logs[0] and len(os.listdir(tmp_path)) == 2
 
 
 @pytest.mark.parametrize("change", ["backbone", "lr"])
-def test_finished_run_of_other_settings_is_trained_again(tmp_path, monkeypatch, change):
-    from coda_flax.train import run
+def test_finished_run_of_other_settings_is_set_aside(tmp_path, change):
     s = demo.DemoSettings()
-    run_dir = tmp_path / "finetune" / "parallel_adapter" / "seed0"
-    (run_dir / "final").mkdir(parents=True)
-    settings = {"steps": s.finetune_steps, "lr": s.finetune_lr, "seed": 0,
-                "fields": {"reduction": 1},
-                "backbone": {"task": demo.SPAN_TASK if change == "backbone" else s.pretrain_task,
-                             "steps": s.pretrain_steps}}
-    if change == "lr":
-        settings["lr"] = 0.5
-    json.dump({"settings": settings}, open(run_dir / "result.json", "w"))
-
-    class Trained(Exception):
-        pass
-
-    def fake_train(**kwargs):
-        assert not run_dir.exists()             # the stale run was set aside first
-        raise Trained(kwargs["model_dir"])
-    monkeypatch.setattr(run, "train", fake_train)
+    backbone = demo_runs.pretrain_run(s, 100, {})
+    first = demo_runs.finetune_run(s, 100, "parallel_adapter", 0, backbone, {})
+    assert first.name == "finetune/parallel_adapter/seed0"
+    runner.run_dir(str(tmp_path), first)
+    if change == "backbone":
+        other = demo_runs.pretrain_run(dataclasses.replace(s, pretrain_task=demo.SPAN_TASK),
+                                       100, {})
+        second = dataclasses.replace(first, init=other)
+    else:
+        second = dataclasses.replace(first, learning_rate=0.5)
     logs = []
-    with pytest.raises(Trained):
-        demo.finetune_variant(s, 100, "parallel_adapter", {"reduction": 1}, 0, str(run_dir),
-                              "pretrained", {}, None, logs.append)
-    assert "other settings or another backbone" in logs[0]
+    runner.run_dir(str(tmp_path), second, logs.append)
+    assert ("init" if change == "backbone" else "learning_rate 0.01 -> 0.5") in logs[0]
+    assert len(os.listdir(tmp_path / "finetune" / "parallel_adapter")) == 2
+
+
+def test_finetune_runs_put_seeds_outer_and_one_seed_variants_first_seed_only():
+    s = dataclasses.replace(demo.QUICK, seeds=(3, 7), one_seed=("coda_r3_k_to_all",))
+    variants = [v for v in demo.VARIANTS if v[0] in ("coda_r3_k_to_all", "parallel_adapter",
+                                                     "full_finetuning")]
+    specs = demo_runs.finetune_runs(s, 100, variants, "/backbone/final", {})
+    assert [r.name for r in specs] == [
+        "finetune/full_finetuning/seed3", "finetune/parallel_adapter/seed3",
+        "finetune/coda_r3_k_to_all/seed3",
+        "finetune/full_finetuning/seed7", "finetune/parallel_adapter/seed7"]
+    full, adapter = specs[0], specs[1]
+    assert (full.trainable, full.learning_rate, full.model.coda) == ("all", s.full_finetune_lr,
+                                                                     None)
+    assert (adapter.trainable, adapter.learning_rate, adapter.model.coda.reduction) == (
+        "finetune", s.finetune_lr, 1)
+    assert adapter.options["parameter_scale"] is False and adapter.init == "/backbone/final"
 
 
 def test_missing_needle_files_name_their_question(tmp_path):

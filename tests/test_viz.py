@@ -381,6 +381,14 @@ def test_plot_ink_share(tmp_path):
     stats = routing_stats.ink_share(np.eye(4, 6, dtype=bool), np.array([1, 0, 1, 0, 0, 0], bool))
     img = _image(viz.plot_ink_share(stats, tmp_path / "ink.png", dpi=50))
     assert img.shape[1] > img.shape[0] and img[..., :3].std() > 0.05
+    # several variants on the same pages: grouped bars, a wider figure
+    other = routing_stats.ink_share(np.eye(4, 6, k=1, dtype=bool), np.array([1, 0, 1, 0, 0, 0],
+                                                                            bool))
+    both = _image(viz.plot_ink_share({"coda_r4": stats, "coda_r8": other},
+                                     tmp_path / "ink2.png", dpi=50))
+    assert both.shape[1] > img.shape[1] and both[..., :3].std() > 0.05
+    with pytest.raises(ValueError, match="no layers"):
+        viz.plot_ink_share({}, tmp_path / "none.png")
 
 
 # ------------------------------------------------------------------------------------- audio

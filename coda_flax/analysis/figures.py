@@ -1,5 +1,6 @@
-"""The demo's figures: quality against measured speedup (paper Figure 5) and which tokens each
-encoder layer routed with the evidence span boxed (paper Figure 7 for one input)."""
+"""The experiments' figures: quality against measured speedup (paper Figure 5; the demo and
+`coda compare`) and which tokens each encoder layer routed with the evidence span boxed (paper
+Figure 7 for one input). The routing plots of one model and input are coda_flax.viz's."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ def label_positions(xs, ys, min_gap, top: float | None = None):
     return placed
 
 
-def plot_speed_quality(points: dict, path: str, *, floor: float, floor_label: str,
-                       ceiling: float | None = None, ceiling_label: str = "",
+def plot_speed_quality(points: dict, path: str, *, floor: float | None = None,
+                       floor_label: str = "", ceiling: float | None = None,
+                       ceiling_label: str = "",
                        xlabel: str = "measured encoder speedup over the Parallel Adapter",
                        ylabel: str = "validation accuracy, %", title: str = ""):
     """Quality (± SE) against measured speedup, one point per variant (paper Figure 5); labels
@@ -36,7 +38,7 @@ def plot_speed_quality(points: dict, path: str, *, floor: float, floor_label: st
       points: {variant: (speedup, quality %, standard error %)}; a name containing
         parallel_adapter / full_finetuning is drawn as a square, first_k / sigmoid as a cross.
       path: the PNG to write.
-      floor / floor_label: a dashed reference line (e.g. the majority answer, %).
+      floor / floor_label: an optional dashed reference line (e.g. the majority answer, %).
       ceiling / ceiling_label: an optional dotted line (e.g. the best possible without routing).
     """
     import matplotlib
@@ -51,10 +53,11 @@ def plot_speed_quality(points: dict, path: str, *, floor: float, floor_label: st
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     if len(names) > len(colors):        # one readable colour per variant: tab20b's dark shades
         colors = colors + [plt.cm.tab20b(i) for i in range(0, 20, 4)]
-    lo = min(float(ys.min() - se.max()), floor) - 5
-    hi = max(float(ys.max() + se.max()), ceiling if ceiling is not None else -np.inf) + 5
+    refs = [v for v in (floor, ceiling) if v is not None]
+    lo = min([float(ys.min() - se.max())] + refs) - 5
+    hi = max([float(ys.max() + se.max())] + refs) + 5
     gap = (hi - lo) / 26
-    top = min(hi + 2 * gap, 105)
+    top = min(hi + 2 * gap, 105) if ys.max() <= 100 else hi + 2 * gap    # (an error rate > 100%)
     label_y = label_positions(xs, ys, gap, top=top - gap)
     x_text = float(xs.max()) + 0.25 * max(float(np.ptp(xs)), 0.5)
     for i, name in enumerate(names):
@@ -65,7 +68,8 @@ def plot_speed_quality(points: dict, path: str, *, floor: float, floor_label: st
         ax.annotate(name, (xs[i], ys[i]), xytext=(x_text, label_y[i]), textcoords="data",
                     fontsize=8, color=c, va="center",
                     arrowprops=dict(arrowstyle="-", color=c, lw=0.5, alpha=0.6))
-    ax.axhline(floor, color="gray", lw=0.8, ls="--", label=floor_label)
+    if floor is not None:
+        ax.axhline(floor, color="gray", lw=0.8, ls="--", label=floor_label)
     if ceiling is not None:
         ax.axhline(ceiling, color="tab:red", lw=0.8, ls=":", label=ceiling_label)
     ax.set_xlim(min(float(xs.min()), 1.0) - 0.1, x_text + 0.6 * max(float(np.ptp(xs)), 0.5))
@@ -73,9 +77,11 @@ def plot_speed_quality(points: dict, path: str, *, floor: float, floor_label: st
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title or "Speed-quality trade-off (cf. paper Figure 5); bars = standard error")
-    ax.legend(loc="lower left", fontsize=8)
+    if refs:
+        ax.legend(loc="lower left", fontsize=8)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return path
 
 
 def plot_span_routing(selected, pieces, span, path: str, title: str = ""):

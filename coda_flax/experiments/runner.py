@@ -89,10 +89,14 @@ class Run:
 def spec(run: Run) -> dict:
     """The JSON-able settings that decide a run's result (the fingerprint's input, recorded in
     run.json): every field but the name, train_options without NON_RESULT_OPTIONS, the parent
-    as its fingerprint and the task's datasets as their hashes."""
+    as its fingerprint (a checkpoint path with the fingerprint of the run that wrote it, when a
+    runner did) and the task's datasets as their hashes."""
     init = run.init
     if isinstance(init, Run):
         init = {"run": init.name, "fingerprint": fingerprint(init)}
+    elif init is not None:          # a path; a runner's final checkpoint names its run's record
+        record = _record(os.path.dirname(os.path.normpath(init)))
+        init = {"path": init, "fingerprint": record and record.get("fingerprint")}
     fields = {f.name: getattr(run, f.name) for f in dataclasses.fields(run)
               if f.name not in ("name", "model", "init", "train_options")}
     return {**fields, "model": dataclasses.asdict(run.model), "init": init,
@@ -169,6 +173,12 @@ def finished(root: str, run: Run) -> bool:
     record = _record(path)
     return bool(record and record.get("fingerprint") == fingerprint(run)
                 and os.path.exists(os.path.join(path, RESULT_FILE)))
+
+
+def load(root: str, run: Run):
+    """(model, params) of a finished run under root: make_model(run.model) and its final
+    parameters."""
+    return _load(run, os.path.join(root, run.name))
 
 
 def _load(run: Run, path: str):
@@ -271,5 +281,5 @@ def execute_all(runs: Sequence[Run], root: str, log: Log = print,
     return out
 
 
-__all__ = ["Run", "spec", "fingerprint", "run_dir", "final_checkpoint", "finished", "execute",
+__all__ = ["Run", "spec", "fingerprint", "run_dir", "final_checkpoint", "finished", "load", "execute",
            "execute_all", "NON_RESULT_OPTIONS"]
