@@ -282,3 +282,37 @@ def test_encoder_states_start_at_the_embedding_and_end_before_the_final_norm():
     normed *= np.asarray(params["encoder"]["encoder_norm"]["scale"])
     encoded = model.apply({"params": params}, jnp.asarray(tokens), method="encode")
     np.testing.assert_allclose(np.asarray(encoded), normed, atol=1e-5)
+
+
+@pytest.mark.slow   # ~3 min on 2 loaded cores: a 1-step backbone, then two 2-step sweep runs
+def test_sweep_demo_finetunes_the_demo_variants_at_each_rate_and_reuses_them(
+        data_dir, tmp_path, monkeypatch, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "sweep_demo", os.path.join(os.path.dirname(__file__), "..", "scripts", "sweep_demo.py"))
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    s = dataclasses.replace(demo.QUICK, pretrain_steps=1)
+    monkeypatch.setattr(demo_runs, "DemoSettings", lambda: s)     # the quick sizes
+    prepared, _, task = demo_runs.prepare_task(s, str(data_dir), log=lambda _: None)
+    vocab_size = task.output_features["targets"].vocabulary.vocab_size
+    backbone = demo_runs.pretrain_run(s, vocab_size, {"data_dir": str(data_dir),
+                                                      "vocab_path": prepared["vocab_model"],
+                                                      "progress": False})
+    runner.execute(backbone, str(tmp_path), log=lambda _: None)
+    out = tmp_path / "sweep"
+    argv = ["--backbone", str(tmp_path / "pretrain" / "final"), "--output", str(out),
+            "--data-dir", str(data_dir), "--variants", "coda_r3_k_to_k", "--lrs", "0.01", "0.03",
+            "--steps", "2", "--eval-every", "1", "--eval-examples", "4"]
+    assert sweep.main(argv) == 0
+    rows = [json.loads(line) for line in open(out / "sweep.jsonl")]
+    assert [(r["variant"], r["lr"], r["steps"]) for r in rows] == [
+        ("coda_r3_k_to_k", 0.01, 2), ("coda_r3_k_to_k", 0.03, 2)]
+    assert all(sorted(r["curve"]) == ["1", "2"] for r in rows)      # evaluated at every step
+    assert "| coda_r3_k_to_k | 0.03 |" in capsys.readouterr().out
+    record = json.load(open(out / "coda_r3_k_to_k_lr0.03_seed0" / "run.json"))
+    assert record["spec"]["learning_rate"] == 0.03 and record["spec"]["steps"] == 2
+    assert record["spec"]["init"]["fingerprint"] == runner.fingerprint(backbone)
+    assert sweep.main(argv) == 0                          # finished: reused, the same results
+    again = [json.loads(line) for line in open(out / "sweep.jsonl")][2:]
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
