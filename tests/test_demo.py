@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from corpus_helpers import synthetic_source
-from coda_flax.analysis import figures, probes
+from coda_flax import viz
+from coda_flax.analysis import probes
 from coda_flax.cli import main
 from coda_flax.datasets import needle, shakespeare
 from coda_flax.experiments import demo, demo_runs, runner
@@ -169,17 +170,17 @@ def test_unigram_entropy_by_hand():
 
 def test_speed_quality_labels_do_not_overlap():
     ys = np.array([50.0, 50.5, 51.0, 20.0, 20.2])
-    placed = figures.label_positions(np.zeros(5), ys, min_gap=2.0)
+    placed = viz.label_positions(np.zeros(5), ys, min_gap=2.0)
     order = np.sort(placed)
     assert np.all(np.diff(order) >= 2.0 - 1e-9)
     assert np.all(placed >= ys)          # labels only move up from their point
     # a crowd at the top stays below `top`, spaced and in order
     ys = np.array([100.0] * 6 + [49.0, 50.0])
-    placed = figures.label_positions(np.zeros(8), ys, min_gap=4.0, top=102.0)
+    placed = viz.label_positions(np.zeros(8), ys, min_gap=4.0, top=102.0)
     assert placed.max() <= 102.0 + 1e-9 and np.all(np.diff(np.sort(placed)) >= 4.0 - 1e-9)
     assert placed[6] < placed[7] < placed[:6].min()
     # ties in y: the point nearer the label column (larger x) gets the higher label
-    placed = figures.label_positions(np.array([3.0, 1.0, 2.0]), np.full(3, 100.0), 4.0, 102.0)
+    placed = viz.label_positions(np.array([3.0, 1.0, 2.0]), np.full(3, 100.0), 4.0, 102.0)
     assert placed[1] < placed[2] < placed[0]
 
 

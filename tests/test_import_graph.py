@@ -56,8 +56,6 @@ LONG_MODULES = {
     "bench": "one concern, the two benchmarks (the PA vs CoDA sweep and the soft top-k "
              "micro-benchmark) with their settings; timing, random weights, tables and plots "
              "live in analysis/",
-    "viz": "one concern, the routing plots (heatmaps, highlights, images, audio); the "
-           "decisions and statistics live in analysis/routing_stats.py",
 }
 
 

@@ -315,7 +315,7 @@ def test_image_heatmap_places_the_routed_set_over_the_page(monkeypatch, tmp_path
     def fake(selected, grid_hw, path, image=None, **kw):
         seen.update(selected=selected, grid_hw=grid_hw, image=image)
         return path
-    monkeypatch.setattr(viz, "plot_patch_routing", fake)
+    monkeypatch.setattr(viz.media, "plot_patch_routing", fake)   # plot_image_routing's module
     selected = np.array([[True, False, True, False]])            # routes (2, 2) and (1, 2)
     viz.plot_image_routing(selected, patches, str(tmp_path / "x.png"), patch_size=P)
     assert seen["grid_hw"] == (2, 2)

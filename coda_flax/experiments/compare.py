@@ -232,10 +232,10 @@ def _encoder_length(cfg: ModelConfig, length: int) -> int:
 
 def _plots(summary, models, params, examples, batch, output_dir):
     from coda_flax import viz
-    from coda_flax.analysis import figures, routing_stats
+    from coda_flax.analysis import routing_stats
     from coda_flax.analysis.routing_report import batch_report
     st = summary["settings"]
-    figures.plot_speed_quality(
+    viz.plot_speed_quality(
         {name: (r["end_to_end_speedup"], r["quality"], 0.0)
          for name, r in summary["variants"].items()},
         os.path.join(output_dir, "speed_quality.png"),

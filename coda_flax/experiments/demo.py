@@ -39,7 +39,7 @@ from typing import Callable
 
 import numpy as np
 
-from coda_flax.analysis import figures
+from coda_flax import viz
 from coda_flax.analysis import probes as token_probes
 from coda_flax.config import CodaConfig
 from coda_flax.datasets import provenance
@@ -277,7 +277,7 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
     pipeline.save_json(os.path.join(output_dir, "results.json"), summary)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(results_table(summary))
-    figures.plot_speed_quality(
+    viz.plot_speed_quality(
         {name: (r["encoder_speedup"], 100 * r["accuracy"]["mean"], 100 * r["accuracy"]["se"])
          for name, r in results.items()}, os.path.join(output_dir, "speed_quality.png"),
         floor=100 * floor, floor_label="majority answer", ceiling=50.0,
@@ -396,7 +396,7 @@ def routing_evidence(models: dict, params: dict, examples, records: dict, length
             length = int((tokens[j] > 0).sum())
             pieces = [vocab.decode([int(t)]) for t in tokens[j, :length]]
             start, end = spans[j]
-            figures.plot_span_routing(decisions["selected"][:, j, :length], pieces, (start, end),
+            viz.plot_span_routing(decisions["selected"][:, j, :length], pieces, (start, end),
                                 os.path.join(output_dir, f"routing_{name}_{j}.png"),
                                 title=f"{name}: routed tokens per encoder layer (needle boxed; "
                                       f"over the validation split "

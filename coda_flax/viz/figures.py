@@ -1,11 +1,15 @@
-"""The experiments' figures: quality against measured speedup (paper Figure 5; the demo and
-`coda compare`) and which tokens each encoder layer routed with the evidence span boxed (paper
-Figure 7 for one input). The routing plots of one model and input are coda_flax.viz's."""
+"""The experiments' summary figures: quality against measured speedup (paper Figure 5; the
+demo and `coda compare`), the share of routed patches that hold ink per layer (`coda compare`,
+`coda visualize`), and one input's routed tokens with an evidence span boxed (paper Figure 7;
+the demo)."""
 
 from __future__ import annotations
 
+from typing import Any, Mapping, Sequence
+
 import numpy as np
 
+from coda_flax.viz.draw import SELECTED_COLORS, _figure, _layer_labels, _save, _suptitle
 
 def label_positions(xs, ys, min_gap, top: float | None = None):
     """Vertical label positions, at least min_gap apart and in the order of ys (ties: of xs, so
@@ -42,17 +46,17 @@ def plot_speed_quality(points: dict, path: str, *, floor: float | None = None,
       ceiling / ceiling_label: an optional dotted line (e.g. the best possible without routing).
     """
     import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     names = list(points)
     xs = np.array([points[k][0] for k in names], np.float64)
     ys = np.array([points[k][1] for k in names], np.float64)
     se = np.array([points[k][2] for k in names], np.float64)
-    fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = _figure((8, 5.5), 120)
+    ax = fig.add_subplot(1, 1, 1)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     if len(names) > len(colors):        # one readable colour per variant: tab20b's dark shades
-        colors = colors + [plt.cm.tab20b(i) for i in range(0, 20, 4)]
+        tab20b = matplotlib.colormaps["tab20b"]
+        colors = colors + [tab20b(i) for i in range(0, 20, 4)]
     refs = [v for v in (floor, ceiling) if v is not None]
     lo = min([float(ys.min() - se.max())] + refs) - 5
     hi = max([float(ys.max() + se.max())] + refs) + 5
@@ -80,7 +84,6 @@ def plot_speed_quality(points: dict, path: str, *, floor: float | None = None,
     if refs:
         ax.legend(loc="lower left", fontsize=8)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -93,9 +96,6 @@ def plot_span_routing(selected, pieces, span, path: str, title: str = ""):
       pieces: the n token strings (x tick labels).
       span: (start, end) token offsets of the boxed span.
     Returns the path written."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Rectangle
 
@@ -104,8 +104,8 @@ def plot_span_routing(selected, pieces, span, path: str, title: str = ""):
     if len(pieces) != n:
         raise ValueError(f"{len(pieces)} token labels for {n} positions")
     start, end = span
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.13 * n + 1.5), 0.45 * num_layers + 1.8),
-                           layout="constrained")
+    fig = _figure((max(6.0, 0.13 * n + 1.5), 0.45 * num_layers + 1.8), 110)
+    ax = fig.add_subplot(1, 1, 1)
     ax.imshow(selected.astype(float), aspect="auto", interpolation="nearest", vmin=0, vmax=1,
               cmap=ListedColormap(["#f0f0f0", "#b2182b"]))
     ax.add_patch(Rectangle((start - 0.5, -0.5), end - start, num_layers, fill=False,
@@ -122,5 +122,46 @@ def plot_span_routing(selected, pieces, span, path: str, title: str = ""):
     ax.set_xlabel("input token (dark = routed through the frozen layer, light = adapter only)",
                   fontsize=8)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
+
+
+def plot_ink_share(stats: Mapping[str, Any], path: str, *,
+                   layer_labels: Sequence[Any] | None = None, title: str | None = None,
+                   figsize: tuple[float, float] | None = None, dpi: int = 100) -> str:
+    """Bars: the share of each layer's routed patches that hold ink; dashed line: the share of
+    ink patches on the page (= what routing blind to the content would give); dots: the share
+    of the ink patches each layer routes. `stats` is `ink_share`'s result, or {variant: its
+    result} for several models on the same pages (grouped bars, one colour per variant, the
+    coverage dots left out). Returns path."""
+    named = {"": stats} if "routed_ink_share" in stats else dict(stats)
+    shares = {name: np.asarray(s["routed_ink_share"], np.float64) for name, s in named.items()}
+    num_layers = len(next(iter(shares.values()), ()))
+    if num_layers == 0:
+        raise ValueError("ink_share statistics have no layers.")
+    labels = _layer_labels(layer_labels, num_layers)
+    if figsize is None:
+        figsize = (float(np.clip(4.7 + 0.35 * num_layers * len(named), 7.0, 16.0)), 3.6)
+    fig = _figure(figsize, dpi)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(num_layers)
+    width = 0.7 / len(named)
+    for i, (name, share) in enumerate(shares.items()):
+        ax.bar(x + (i - (len(named) - 1) / 2) * width, share, width=width,
+               color=SELECTED_COLORS[1] if len(named) == 1 else None,
+               label=f"{name + ': ' if name else ''}routed patches with ink")
+    for page in sorted({float(s["page_ink_share"]) for s in named.values()}):
+        ax.axhline(page, color="black", linestyle="--", linewidth=1.2,
+                   label=f"ink patches on the page ({page:.2f})")
+    only = next(iter(named.values()))
+    if len(named) == 1 and "ink_coverage" in only:
+        ax.plot(x, np.asarray(only["ink_coverage"], np.float64), "o", color="#4c72b0",
+                markersize=4, label="share of ink patches routed")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_xlabel("encoder layer")
+    ax.set_ylabel("share")
+    ax.set_ylim(0, 1.02)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    _suptitle(fig, title or "Do the routers pick the ink? Routed-patch ink share per layer", 11)
+    return _save(fig, path, dpi)
