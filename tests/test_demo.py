@@ -191,7 +191,8 @@ def test_finished_backbone_report_is_reused_and_said_so(tmp_path, monkeypatch):
     s = demo.DemoSettings(pretrain_steps=200)
     pre_run = demo_runs.pretrain_run(s, 100, {})
     (tmp_path / "pretrain").mkdir()
-    json.dump(dict(report, fingerprint="f" * 64), open(tmp_path / "pretrain" / "backbone.json", "w"))
+    with open(tmp_path / "pretrain" / "backbone.json", "w") as f:
+        json.dump(dict(report, fingerprint="f" * 64), f)
     monkeypatch.setattr(demo.provenance, "fingerprint", lambda tasks: dict(data))
     monkeypatch.setattr(runner, "execute", lambda run, root, log: {"fingerprint": "f" * 64})
     monkeypatch.setattr(runner, "load", lambda *a: pytest.fail("nothing is loaded"))

@@ -159,8 +159,11 @@ def test_parent_runs_once_finished_runs_are_reused_other_settings_set_aside(
     # a changed parent is another parent: it and the child run again (the child's fingerprint
     # follows the parent's)
     calls.clear()
+    logs.clear()
     runner.execute(_child(_dense(data, steps=3), "finetune/coda_r4", 4), root, logs.append)
     assert [os.path.basename(c["model_dir"]) for c in calls] == ["dense", "coda_r4"]
+    assert any("dense:" in line and "steps 2 -> 3" in line for line in logs)
+    assert any("finetune/coda_r4:" in line and "init.fingerprint" in line for line in logs)
 
 
 def test_a_stopped_run_resumes_in_its_folder(data, tmp_path, monkeypatch):

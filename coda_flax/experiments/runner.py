@@ -69,7 +69,8 @@ class Run:
             raise ValueError(f"Run name {self.name!r}: use a relative folder name below the "
                              f"root, e.g. 'coda_r3/seed0'.")
         if isinstance(self.feature_lengths, Mapping):      # a dict is accepted, stored sorted
-            object.__setattr__(self, "feature_lengths", tuple(sorted(self.feature_lengths.items())))
+            object.__setattr__(self, "feature_lengths",
+                               tuple(sorted(self.feature_lengths.items())))
         if isinstance(self.train_options, Mapping):
             object.__setattr__(self, "train_options", tuple(sorted(self.train_options.items())))
         clash = sorted(_OWN & {k for k, _ in self.train_options})
@@ -115,15 +116,26 @@ def fingerprint(run: Run, settings: Mapping | None = None) -> str:
     return hashlib.sha256(_canonical(settings or spec(run)).encode()).hexdigest()
 
 
+def _flat(tree: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def _differences(old: Mapping | None, new: Mapping) -> str:
-    """Which top-level settings differ, one phrase (the data through provenance.changes)."""
+    """Which settings differ ("model.coda.reduction 3 -> 5"), one phrase; the datasets through
+    provenance.changes."""
     if not old:
         return "no run.json (a run of unknown settings)"
     parts = [provenance.changes(old.get("data"), new["data"])] if \
         _canonical(old.get("data")) != _canonical(new["data"]) else []
-    parts += [f"{k} {_canonical(old.get(k))[:60]} -> {_canonical(new.get(k))[:60]}"
-              for k in sorted(set(old) | set(new)) if k != "data"
-              and _canonical(old.get(k)) != _canonical(new.get(k))]
+    a, b = (_flat({k: v for k, v in t.items() if k != "data"}) for t in (old, new))
+    parts += [f"{k} {_canonical(a.get(k))[:60]} -> {_canonical(b.get(k))[:60]}"
+              for k in sorted(set(a) | set(b)) if _canonical(a.get(k)) != _canonical(b.get(k))]
     return "; ".join(p for p in parts if p) or "another fingerprint"
 
 
@@ -281,5 +293,5 @@ def execute_all(runs: Sequence[Run], root: str, log: Log = print,
     return out
 
 
-__all__ = ["Run", "spec", "fingerprint", "run_dir", "final_checkpoint", "finished", "load", "execute",
-           "execute_all", "NON_RESULT_OPTIONS"]
+__all__ = ["Run", "spec", "fingerprint", "run_dir", "final_checkpoint", "finished", "load",
+           "execute", "execute_all", "NON_RESULT_OPTIONS"]
