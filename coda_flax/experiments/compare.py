@@ -239,6 +239,7 @@ def _plots(summary, models, params, examples, batch, output_dir):
         {name: (r["end_to_end_speedup"], r["quality"], 0.0)
          for name, r in summary["variants"].items()},
         os.path.join(output_dir, "speed_quality.png"),
+        floor=summary["majority"][st["headline"]], floor_label="the most frequent answer",
         xlabel="measured end-to-end speedup over the Parallel Adapter",
         ylabel=f"{st['headline']} ({'lower' if st['lower_is_better'] else 'higher'} is better)",
         title=f"{summary['task']}: speed vs quality")
