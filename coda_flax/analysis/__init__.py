@@ -7,6 +7,6 @@
     routing_report.py one input's routing report: decisions, statistics, record, plots, summary
     bench_report.py   `coda bench` output: tables, notes, JSON, speedup plot, the paper's speedups
 
-coda_flax.viz (the routing plots) is the layer below; coda_flax.bench (the benchmarks) the
+coda_flax.viz (the plots) is the layer below; coda_flax.bench (the benchmarks) the
 layer above (tests/test_import_graph.py).
 """
