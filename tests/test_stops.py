@@ -40,7 +40,7 @@ def test_a_fresh_unreadable_lock_is_respected(tmp_path):
 def test_preempted_is_printed_without_gins_call_site_note():
     import gin
 
-    from coda_flax.cli.train import without_gin_notes
+    from coda_flax.cli.console import without_gin_notes
     from coda_flax.train.trainer import Preempted
 
     @gin.configurable

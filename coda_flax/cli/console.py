@@ -22,9 +22,11 @@ locks are released on the way out and the command prints one line (`stop_line`) 
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -131,13 +133,47 @@ def stop_line(command: str, e: Stopped, what: str) -> tuple[str, int]:
     return f"{command}: stopped by {e}; {what}", 128 + e.signum
 
 
+def without_gin_notes(e: BaseException) -> str:
+    """An exception's message on one line, without the call-site notes gin appends."""
+    text = str(e)
+    for marker in ("\n  In call to configurable", "\n  In file", "\n  No configurable"):
+        if marker in text and text.index(marker) > 0:
+            text = text[:text.index(marker)]
+    return " ".join(text.split())
+
+
+_DISK_FULL = ("No space left on device", "RESOURCE_EXHAUSTED: Error writing")
+_WRITTEN = (r'Failed writing: "([^"]+)"', r'local file "([^"]+)"', r'Error writing "([^"]+)"',
+            r"No space left on device: '([^']+)'")                      # str(OSError)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Python's ENOSPC, or tensorstore's (orbax's) message for it."""
+    return getattr(e, "errno", None) == errno.ENOSPC or any(m in str(e) for m in _DISK_FULL)
+
+
+def one_line_error(e: BaseException) -> str:
+    """An exception as one line: its type and message, without gin's call-site notes; a full
+    disk (Python's ENOSPC, or tensorstore's) as the path and the bytes that did not fit."""
+    text = without_gin_notes(e)
+    if is_disk_full(e):
+        paths = [getattr(e, "filename", None)] + [m.group(1) for p in _WRITTEN if (
+            m := re.search(p, text))]
+        path = next((p for p in paths if p), None)
+        size = re.search(r"Failed to write (\d+) bytes", text)
+        return (f"disk full: no space left on device "
+                f"{f'writing {path}' if path else f'({text[:150]})'}"
+                f"{f' ({size.group(1)} bytes)' if size else ''}; free some space or choose "
+                f"another directory, then run again (checkpoints already saved are intact)")
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def run_stoppable(command: str, what: str, body) -> int:
     """Runs body() (which returns an exit status or None) after quiet_startup, with SIGTERM /
     SIGINT raising Stopped, and a training loop's Preempted treated as a SIGTERM. A stop prints
     one line ("<command>: stopped by SIGTERM; <what>") and returns 128 + the signal; a full disk
-    prints one line naming the path (cli.train.one_line_error) and returns 1, other errors
-    propagate with their traceback."""
-    from coda_flax.cli.train import is_disk_full, one_line_error
+    prints one line naming the path (one_line_error) and returns 1, other errors propagate
+    with their traceback."""
     try:
         with stopped_by_signals():
             quiet_startup()

@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import os
-import re
 import sys
 
 from coda_flax.resources import GIN_DIR
@@ -52,41 +50,6 @@ def add_run_parsers(sub):
         p.set_defaults(func=lambda args, mode=mode: run_mode(mode, args))
 
 
-def without_gin_notes(e: BaseException) -> str:
-    """An exception's message on one line, without the call-site notes gin appends."""
-    text = str(e)
-    for marker in ("\n  In call to configurable", "\n  In file", "\n  No configurable"):
-        if marker in text and text.index(marker) > 0:
-            text = text[:text.index(marker)]
-    return " ".join(text.split())
-
-
-_DISK_FULL = ("No space left on device", "RESOURCE_EXHAUSTED: Error writing")
-_WRITTEN = (r'Failed writing: "([^"]+)"', r'local file "([^"]+)"', r'Error writing "([^"]+)"',
-            r"No space left on device: '([^']+)'")                      # str(OSError)
-
-
-def is_disk_full(e: BaseException) -> bool:
-    """Python's ENOSPC, or tensorstore's (orbax's) message for it."""
-    return getattr(e, "errno", None) == errno.ENOSPC or any(m in str(e) for m in _DISK_FULL)
-
-
-def one_line_error(e: BaseException) -> str:
-    """An exception as one line: its type and message, without gin's call-site notes; a full
-    disk (Python's ENOSPC, or tensorstore's) as the path and the bytes that did not fit."""
-    text = without_gin_notes(e)
-    if is_disk_full(e):
-        paths = [getattr(e, "filename", None)] + [m.group(1) for p in _WRITTEN if (
-            m := re.search(p, text))]
-        path = next((p for p in paths if p), None)
-        size = re.search(r"Failed to write (\d+) bytes", text)
-        return (f"disk full: no space left on device "
-                f"{f'writing {path}' if path else f'({text[:150]})'}"
-                f"{f' ({size.group(1)} bytes)' if size else ''}; free some space or choose "
-                f"another directory, then run again (checkpoints already saved are intact)")
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
 def format_metrics(results: dict) -> str:
     """`coda eval`'s metrics, one `name value` per line (numbers with 4 decimals)."""
     lines = []
@@ -101,8 +64,9 @@ def run_mode(mode: str, args) -> int:
     """Runs a mode; errors are one line on stderr (exit 1) unless --debug / CODA_DEBUG=1.
 
     Exit status: 0 done, 1 error, 143 preempted (SIGTERM; a checkpoint of the step was saved)."""
-    from coda_flax.cli.console import (Stopped, hide_background_tracebacks, quiet_startup,
-                                       stop_line, stopped_by_signals)
+    from coda_flax.cli.console import (Stopped, hide_background_tracebacks, one_line_error,
+                                       quiet_startup, stop_line, stopped_by_signals,
+                                       without_gin_notes)
     debug = getattr(args, "debug", False) or os.environ.get("CODA_DEBUG", "") not in ("", "0")
     hidden = None if debug else hide_background_tracebacks()
     before = hidden.hidden if hidden else 0
