@@ -213,6 +213,8 @@ def test_train_arguments_group_flat_names_into_the_settings_dataclasses():
     assert train_arguments(**flat) == args
     with pytest.raises(TypeError, match="batch_size given both flat and in data="):
         train_arguments(data=args["data"], batch_size=4)
+    with pytest.raises(TypeError, match="task_feature_lengths, batch_size not given"):
+        train_arguments(mixture_or_task_name="coda_toy", train_steps=1, model_dir="/tmp/run")
 
 
 def test_run_train_checks_its_settings_before_touching_model_dir(tmp_path):

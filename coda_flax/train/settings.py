@@ -126,8 +126,15 @@ def train_arguments(**flat: Any) -> dict[str, Any]:
         if name in args and fields:
             raise TypeError(f"train_arguments: {', '.join(fields)} given both flat and in "
                             f"{name}={cls.__name__}(...); give each setting once.")
-        if name not in args:
-            args[name] = cls(**fields)
+        if name in args:
+            continue
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.name not in fields]
+        if missing:
+            raise TypeError(f"train: {', '.join(missing)} not given ({cls.__name__}'s required "
+                            f"settings; in gin: train.{missing[0]}, set by the run file's "
+                            f"macro).")
+        args[name] = cls(**fields)
     return args
 
 
