@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from coda_flax.config import ModelConfig
+from coda_flax.kplan import layer_k, routes
 from coda_flax.layers import Attention, GatedMlp, ParallelAdapter, RMSNorm
 from coda_flax.routing import Router, gather, scatter_add
 
@@ -78,14 +79,20 @@ class DenseEncoderLayer(nn.Module):
 
 
 class CodaEncoderLayer(DenseEncoderLayer):
-    """The CoDA layer: a parallel adapter on every token, the frozen layer on k routed tokens."""
+    """The CoDA layer: a parallel adapter on every token, the frozen layer on k routed tokens.
+
+    k: the tokens routed (a k plan stage's, coda_flax.kplan; static: one compilation per
+      value); None: config.coda.k(n).
+    """
+
+    k: int | None = None
 
     def setup(self):
         super().setup()
         c = self.config.coda
         self.adapter = ParallelAdapter(adapter_dim=c.adapter_dim, activation=c.adapter_activation,
                                        dtype=self.config.jnp_dtype)
-        self.routes = c.reduction > 1 or c.num_routed is not None
+        self.routes = routes(c)
         if self.routes:
             self.router = Router(kind=c.router, soft_topk=c.soft_topk, init_std=c.router_init_std)
 
@@ -99,7 +106,7 @@ class CodaEncoderLayer(DenseEncoderLayer):
         xn = self.pre_attention_layer_norm(x)
         x_out = x + self.adapter(xn)                                           # (2)
         n = x.shape[1]
-        k = c.k(n)
+        k = layer_k(c, n, self.k)
         if k == n:                                        # every token routed, m = 1: (8) as PA
             if self.routes and self.is_initializing():   # same parameter tree at any init length
                 self.router(xn, k, valid)

@@ -41,7 +41,9 @@ class CodaConfig:
       `CodaConfig.soft_topk` is them as one SoftTopkConfig, which the Router takes whole.
       They are stored flat because that is how gin binds them (`CodaConfig.epsilon = 1.0`)
       and how checkpoints record the config (config.json).
-    num_routed: overrides k (used by k annealing); None means ceil(n / r).
+    num_routed: an explicit k (e.g. the paper's CoDA pretraining, k = 192 at n = 512);
+      None means ceil(n / r). A setting only: k annealing (coda_flax.kplan) anneals toward it
+      and hands each stage's k to the model as an argument, never writing it here.
     lora_rank, lora_alpha, lora_targets: optional LoRA on the frozen projections.
     """
 
@@ -90,7 +92,7 @@ class CodaConfig:
         return SoftTopkConfig(**self._soft_topk_fields())
 
     def k(self, n: int) -> int:
-        """Tokens routed per layer for a sequence of n tokens."""
+        """Tokens routed per layer for a sequence of n tokens (the k plan's target k)."""
         if self.num_routed is not None:
             if self.num_routed > n:
                 raise ValueError(f"CodaConfig.num_routed={self.num_routed} exceeds the sequence "
@@ -177,7 +179,7 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def with_coda(self, **changes: Any) -> "ModelConfig":
-        """This config with CoDA fields changed (e.g. num_routed for a k-annealing stage)."""
+        """This config with CoDA fields changed (e.g. adapter_dim=8)."""
         if self.coda is None:
             raise ValueError("with_coda: this ModelConfig has no CodaConfig (coda=None).")
         return self.replace(coda=dataclasses.replace(self.coda, **changes))

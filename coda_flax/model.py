@@ -5,6 +5,8 @@ CodaEncoderLayer x L (DenseEncoderLayer when `coda` is None) -> RMSNorm.
 Decoder: dense T5 decoder layers (causal self-attention, cross-attention, gated MLP), each
 with a parallel adapter when CoDA is on -> RMSNorm -> logits.
 EncoderCtc: the encoder with a CTC output layer (the speech models of section 6).
+Each takes k, the tokens every CoDA encoder layer routes (a k plan stage's k, coda_flax.kplan;
+None: config.coda.k(n)); it is a module attribute, so jit compiles once per value.
 Parameter names follow T5X's minimal T5 (token_embedder, encoder/layers_{i}/..., decoder/...).
 """
 
@@ -18,6 +20,7 @@ from coda_flax.coda_layer import CodaEncoderLayer, DenseEncoderLayer, attention_
 from coda_flax.config import PRESETS, CodaConfig, ModelConfig, tiny_config
 from coda_flax.inputs import (ConvSubsampling, PatchEmbedder, check_inputs, encoder_mask,
                               input_dtype, input_shape)
+from coda_flax.kplan import routes
 from coda_flax.layers import Attention, Dense, GatedMlp, ParallelAdapter, RelativePositionBias, RMSNorm
 
 __all__ = ["ModelConfig", "CodaConfig", "PRESETS", "tiny_config", "Encoder", "Decoder",
@@ -50,6 +53,7 @@ class Encoder(nn.Module):
 
     config: ModelConfig
     shared_embedding: nn.Module | None = None        # the token embedder (text inputs)
+    k: int | None = None                             # routed tokens per layer (None: c.coda.k)
 
     def embed(self, inputs):
         """Token ids [b, n], patches [b, n, 2 + p*p*C] or frames [b, T, 1 + F] -> [b, n, d]."""
@@ -72,10 +76,11 @@ class Encoder(nn.Module):
         x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
         relpos = (relative_position_bias(c, bidirectional=True) if c.encoder_relative_attention
                   else None)
-        layer = DenseEncoderLayer if c.coda is None else CodaEncoderLayer
         for i in range(c.num_encoder_layers):
-            x = layer(c, name=f"layers_{i}")(x, valid, positions, relpos,
-                                             segment_ids=segment_ids, deterministic=deterministic)
+            layer = (DenseEncoderLayer(c, name=f"layers_{i}") if c.coda is None else
+                     CodaEncoderLayer(c, k=self.k, name=f"layers_{i}"))
+            x = layer(x, valid, positions, relpos, segment_ids=segment_ids,
+                      deterministic=deterministic)
         x = RMSNorm(epsilon=c.layer_norm_epsilon, dtype=c.jnp_dtype, name="encoder_norm")(x)
         return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
 
@@ -146,6 +151,7 @@ class EncoderDecoder(nn.Module):
     """T5 with CoDA encoder layers. Batches use seqio's EncDecFeatureConverter keys."""
 
     config: ModelConfig
+    k: int | None = None               # tokens each CoDA encoder layer routes (None: c.coda.k)
 
     def setup(self):
         c = self.config
@@ -153,7 +159,7 @@ class EncoderDecoder(nn.Module):
             c.vocab_size, c.d_model, dtype=c.jnp_dtype, param_dtype=jnp.float32,
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                         ("vocab", "embed")))
-        self.encoder = Encoder(c, self.token_embedder)
+        self.encoder = Encoder(c, self.token_embedder, k=self.k)
         self.decoder = Decoder(c, self.token_embedder)
 
     def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
@@ -202,10 +208,11 @@ class EncoderCtc(nn.Module):
     paper's LSTM transducer."""
 
     config: ModelConfig
+    k: int | None = None               # tokens each CoDA encoder layer routes (None: c.coda.k)
 
     def setup(self):
         c = self.config
-        self.encoder = Encoder(c)
+        self.encoder = Encoder(c, k=self.k)
         self.ctc_logits = Dense((c.vocab_size,), ("embed", "vocab"), dtype=c.jnp_dtype)
 
     def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
@@ -221,16 +228,18 @@ class EncoderCtc(nn.Module):
         return logits, encoder_mask(self.config, encoder_input_tokens)
 
 
-def build_module(config: ModelConfig) -> nn.Module:
-    """The Flax module of a config: EncoderDecoder, or EncoderCtc when config.head == "ctc"."""
-    return EncoderCtc(config) if config.head == "ctc" else EncoderDecoder(config)
+def build_module(config: ModelConfig, k: int | None = None) -> nn.Module:
+    """The Flax module of a config: EncoderDecoder, or EncoderCtc when config.head == "ctc";
+    k: the tokens each CoDA encoder layer routes (None: config.coda.k(n))."""
+    cls = EncoderCtc if config.head == "ctc" else EncoderDecoder
+    return cls(config, k=k)
 
 
 def init_length(config: ModelConfig) -> int:
     """An encoder length n at which init builds every parameter: `CodaEncoderLayer` creates its
     router only when it routes (k < n), so e.g. r = 1.2 needs n with ceil(n / 1.2) < n."""
     coda = config.coda
-    if coda is None or (coda.reduction == 1 and coda.num_routed is None):
+    if not routes(coda):
         return 4
     if coda.num_routed is not None:
         return max(4, coda.num_routed + 1)

@@ -104,7 +104,7 @@ class Router(nn.Module):
 
         Args:
             x_norm: [batch, n, d] the normalised layer input Xn.
-            k: how many tokens to route (1 <= k <= n; CodaConfig.k(n)).
+            k: how many tokens to route (1 <= k <= n; the layer's k, coda_flax.kplan.layer_k).
             mask: [batch, n] bool, True = real token (None: all real).
         Returns:
             RoutingDecision(indices [batch, k], weights [batch, k], lam [batch, n]).

@@ -100,10 +100,12 @@ PARAMS = {"encoder": {"layers_0": {"adapter": {"kernel": np.zeros((16, 4), np.fl
 def _fake_training(monkeypatch, stop_once=()):
     """run.train replaced by a stand-in that records its model_dir and writes MODEL_DIR/final;
     for a folder named in stop_once it first leaves a checkpoint and raises Preempted (SIGTERM)."""
+    from coda_flax.train.settings import flat_settings
     from coda_flax.train.trainer import Preempted
     calls = []
 
     def fake(**kwargs):
+        kwargs = flat_settings(**kwargs)            # run.train's settings objects, by name
         path = kwargs["model_dir"]
         calls.append(dict(kwargs))
         checkpoint = os.path.join(path, "checkpoints", "1")

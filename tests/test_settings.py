@@ -165,3 +165,68 @@ def test_model_macros_of_the_wrong_type_are_named(binding, message, tmp_path, ca
                  f"--gin.MODEL_DIR='{tmp_path / 'run'}'", f"--gin.{binding}"]) == 1
     assert message in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "run")
+
+
+# run.train's flat keyword arguments before they were grouped into dataclasses, with their
+# defaults (REQUIRED: none): the names gin binds as `train.NAME` in the run files and flags
+REQUIRED = object()
+FLAT_TRAIN = {
+    "model_config": REQUIRED, "mixture_or_task_name": REQUIRED,
+    "task_feature_lengths": REQUIRED, "train_steps": REQUIRED, "batch_size": REQUIRED,
+    "model_dir": REQUIRED, "initial_checkpoint_path": None, "learning_rate": 1e-3,
+    "schedule": "constant", "warmup_steps": 0, "trainable": "finetune", "checkpoint_every": 1000,
+    "keep_checkpoints": 3, "log_every": 50, "eval_every": 0, "eval_split": "validation",
+    "eval_batch_size": 32, "eval_max_examples": None, "k_anneal_fraction": 0.1,
+    "k_anneal_stages": 4, "num_partitions": 1, "seed": 0, "z_loss": 1e-4,
+    "label_smoothing": 0.0, "data_dir": None, "vocab_path": None, "tfds_data_dir": None,
+    "progress": True, "parameter_scale": True, "extra_files": None, "max_abs_param": 1e6,
+    "max_update_ratio": 10.0}
+
+
+def test_gin_binds_train_by_the_same_flat_names_with_the_same_defaults():
+    import inspect
+
+    from coda_flax.train.gin_config import flat_train
+    params = inspect.signature(flat_train()).parameters.values()
+    assert {p.name: REQUIRED if p.default is p.empty else p.default for p in params} == \
+        FLAT_TRAIN
+    assert set(RULES["train"]) <= set(FLAT_TRAIN)
+
+
+def test_train_arguments_group_flat_names_into_the_settings_dataclasses():
+    from coda_flax.train.settings import (CheckpointSettings, DataSettings, EvalSettings,
+                                          GuardSettings, OptimizerSettings, ScheduleSettings,
+                                          flat_settings, train_arguments)
+    lengths = {"inputs": 8, "targets": 4}
+    args = train_arguments(model_config=None, mixture_or_task_name="coda_toy",
+                           task_feature_lengths=lengths, batch_size=8, train_steps=10,
+                           model_dir="/tmp/run", learning_rate=0.5, trainable="all",
+                           eval_every=3, max_abs_param=5.0, seed=2)
+    assert args == {
+        "model_config": None, "seed": 2, "data": DataSettings("coda_toy", lengths, 8),
+        "schedule": ScheduleSettings(10, learning_rate=0.5),
+        "checkpoints": CheckpointSettings("/tmp/run"),
+        "optimizer": OptimizerSettings(trainable="all"), "evaluation": EvalSettings(3),
+        "guard": GuardSettings(max_abs_param=5.0)}
+    flat = flat_settings(**args)
+    assert flat["learning_rate"] == 0.5 and flat["eval_split"] == "validation"
+    assert train_arguments(**flat) == args
+    with pytest.raises(TypeError, match="batch_size given both flat and in data="):
+        train_arguments(data=args["data"], batch_size=4)
+    with pytest.raises(TypeError, match="task_feature_lengths, batch_size not given"):
+        train_arguments(mixture_or_task_name="coda_toy", train_steps=1, model_dir="/tmp/run")
+
+
+def test_run_train_checks_its_settings_before_touching_model_dir(tmp_path):
+    from coda_flax import tiny_config
+    from coda_flax.train import run
+    from coda_flax.train.settings import CheckpointSettings, DataSettings, ScheduleSettings
+    model_dir = tmp_path / "run"
+    good = dict(model_config=tiny_config(), checkpoints=CheckpointSettings(str(model_dir)),
+                data=DataSettings("coda_toy", {"inputs": 8, "targets": 4}, 0))
+    with pytest.raises(SettingError) as e:
+        run.train(schedule=ScheduleSettings(2.5), **good)
+    assert [p[0] for p in e.value.problems] == ["train_steps", "batch_size"]
+    with pytest.raises(TypeError, match="schedule must be a ScheduleSettings"):
+        run.train(schedule={"train_steps": 3}, **good)
+    assert not os.path.exists(model_dir)

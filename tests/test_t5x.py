@@ -476,11 +476,42 @@ def test_coda_trainer_differentiates_only_the_trained_parameters(t5x_model, monk
     summary = trainer.train(iter([batch] * 4), 4).result()
     assert differentiated and all(d == trainable for d in differentiated)
     # stages over 4 steps: k = N until step 2, then ceil(N / 2); one compilation each
-    assert [s.k for s in trainer.stages] == [N, 4] and set(trainer._steps) == {N, 4}
+    assert [s.k for s in trainer.plan.stages] == [N, 4] and set(trainer._steps) == {N, 4}
     assert float(summary["coda/k"].value) == 4 and int(trainer.train_state.step) == 4
     after = traverse_util.flatten_dict(trainer.train_state.params, sep="/")
     moved = {k for k in before if not np.array_equal(before[k], after[k])}
     assert moved <= trainable and {k for k in moved if "router" in k}
+
+
+@pytest.mark.filterwarnings("ignore:.*Traversal.*:DeprecationWarning")
+def test_both_trainers_take_the_same_stages_from_the_one_k_plan(t5x_model, tmp_path):
+    """CodaTrainer (T5X) and coda_flax's Trainer, given the same steps / fraction / stages,
+    anneal k through the same stages: hand-computed, r = 2 over half of 100 steps in 3 stages."""
+    from t5x import partitioning as t5x_partitioning
+    from t5x import train_state as train_state_lib
+
+    from coda_flax.kplan import KStage
+    from coda_flax.t5x import CodaTrainer
+    from coda_flax.train.t5_model import CodaT5Model
+    from coda_flax.train.trainer import Trainer, TrainerConfig
+
+    model, opt = t5x_model
+    shapes = {"encoder_input_tokens": (B, N), "decoder_input_tokens": (B, L)}
+    state = train_state_lib.FlaxOptimTrainState.create(
+        opt, jax.eval_shape(lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes)))
+    partitioner = t5x_partitioning.PjitPartitioner(num_partitions=1)
+    t5x_trainer = CodaTrainer(model, state, partitioner, eval_names=[], summary_dir=None,
+                              train_state_axes=partitioner.get_mesh_axes(state),
+                              rng=jax.random.PRNGKey(3), learning_rate_fn=lambda step: 1e-2,
+                              num_microbatches=None, k_schedule_steps=100,
+                              k_anneal_fraction=0.5, k_anneal_stages=3)
+    own = Trainer(CodaT5Model(model.config), TrainerConfig(
+        model_dir=str(tmp_path), total_steps=100, k_anneal_fraction=0.5, k_anneal_stages=3,
+        progress=False))
+    want = {64: [KStage(0, 64), KStage(25, 48), KStage(50, 32)],     # ceil(64 - 16 i)
+            N: [KStage(0, 8), KStage(25, 6), KStage(50, 4)]}
+    for n, stages in want.items():
+        assert list(t5x_trainer.k_plan(n).stages) == list(own.k_plan(n).stages) == stages
 
 
 def test_t5x_model_scores_and_decodes_like_coda_t5_model(t5x_model):
@@ -608,7 +639,8 @@ def test_tasks_module_registers_the_paper_tasks_for_t5x(monkeypatch):
 # ------------------------------------------------------- T5X's own train.py / eval.py / infer.py
 # A tiny CoDA r = 3 model converted from a random dense one, on the offline Shakespeare play
 # task (a synthetic corpus: no downloads), driven by `python -m t5x.train / eval / infer` with
-# the packaged gin files. k anneals over 6 steps: k_schedule(64, 3, 6, 0.5, 3) = 64, 64, 43, 22..
+# the packaged gin files. k anneals over 6 steps (r = 3, n = 64, half the steps, 3 stages): 64, 64,
+# 43, 22, 22, 22.
 STEPS, STOP = 6, 3
 K_FLAGS = ["--gin.K_SCHEDULE_STEPS=6", "--gin.K_ANNEAL_FRACTION=0.5", "--gin.K_ANNEAL_STAGES=3"]
 TINY = dict(vocab_size=8192, d_model=32, num_heads=4, num_kv_heads=4, head_dim=8, d_ff=64,
@@ -756,14 +788,15 @@ def test_t5x_train_resumes_with_the_losses_of_an_uninterrupted_run(t5x_run):
 
 @T5X_RUN_GROUP
 def test_t5x_train_anneals_k_in_stages(t5x_run):
-    from coda_flax.train.optimizer import k_at, k_schedule
+    from coda_flax import CodaConfig
+    from coda_flax.kplan import KPlan
 
-    stages = k_schedule(64, 3, STEPS, 0.5, 3)
-    assert [s.k for s in stages] == [64, 43, 22]
+    plan = KPlan.for_run(CodaConfig(reduction=3), 64, STEPS, 0.5, 3)
+    assert [s.k for s in plan.stages] == [64, 43, 22]
     full = _train_metrics(t5x_run["logs"]["full"])
     # The summary of step s covers train step s - 1 (T5X's step counter is the one after it).
     assert [full[s]["coda/k"] for s in range(1, STEPS + 1)] == \
-        [k_at(stages, s - 1) for s in range(1, STEPS + 1)] == [64, 64, 43, 22, 22, 22]
+        [plan.k_at(s - 1) for s in range(1, STEPS + 1)] == [64, 64, 43, 22, 22, 22]
 
 
 @T5X_RUN_GROUP

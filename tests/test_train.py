@@ -12,7 +12,8 @@ import pytest
 from flax import traverse_util
 
 import train_helpers as th
-from coda_flax.train.optimizer import KStage, k_at, k_schedule
+from coda_flax import CodaConfig
+from coda_flax.kplan import KPlan, KStage
 from coda_flax.train.trainer import Preempted, Trainer, TrainerConfig, TrainingDiverged
 
 HERE = os.path.dirname(__file__)
@@ -22,15 +23,21 @@ def _losses(history):
     return [row["loss"] for row in history]
 
 
+def _k_plan(n, reduction, total_steps, anneal_fraction=0.1, num_stages=4):
+    return KPlan.for_run(CodaConfig(reduction=reduction), n, total_steps, anneal_fraction,
+                         num_stages)
+
+
 def test_k_schedule_is_linear_in_discrete_stages():
-    stages = k_schedule(512, 3, total_steps=1000, anneal_fraction=0.2, num_stages=5)
+    plan = _k_plan(512, 3, total_steps=1000, anneal_fraction=0.2, num_stages=5)
+    stages = plan.stages
     assert [s.k for s in stages] == [512, 427, 342, 257, 171]        # ceil(512 - 85.25 i)
     assert [s.start_step for s in stages] == [0, 50, 100, 150, 200]
-    assert k_at(stages, 49) == 512 and k_at(stages, 50) == 427 and k_at(stages, 999) == 171
-    assert k_schedule(512, 1, 1000) == [KStage(0, 512)]                 # r = 1: no annealing
-    assert k_schedule(512, 3, 1000, num_stages=1) == [KStage(0, 171)]
+    assert plan.k_at(49) == 512 and plan.k_at(50) == 427 and plan.k_at(999) == 171
+    assert list(_k_plan(512, 1, 1000).stages) == [KStage(0, 512)]       # r = 1: no annealing
+    assert list(_k_plan(512, 3, 1000, num_stages=1).stages) == [KStage(0, 171)]
     with pytest.raises(ValueError, match="num_stages"):
-        k_schedule(512, 3, 1000, num_stages=0)
+        _k_plan(512, 3, 1000, num_stages=0)
 
 
 def test_training_freezes_backbone_anneals_k_and_compiles_once_per_stage(tmp_path):

@@ -24,14 +24,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from coda_flax.kplan import routes
+
 __all__ = ["is_routed", "check_routed", "routing_decisions", "routing_statistics",
            "decisions_to_json", "to_jsonable", "ink_share", "evidence_share"]
 
 
 def is_routed(config) -> bool:
     """True when the encoder of `config` routes (CoDA with r > 1 or an explicit num_routed)."""
-    c = getattr(config, "coda", None)
-    return c is not None and (c.reduction > 1 or c.num_routed is not None)
+    return routes(getattr(config, "coda", None))
 
 
 def check_routed(config) -> None:

@@ -209,14 +209,15 @@ def _task(run: Run):
 def _train(run: Run, path: str, init: str | None) -> tuple[Any, dict]:
     """run.train for `run` in `path` (it resumes from the checkpoints there): (params, eval)."""
     from coda_flax.train import run as train_run
-    out = train_run.train(
+    from coda_flax.train.settings import train_arguments
+    out = train_run.train(**train_arguments(
         model_config=run.model, mixture_or_task_name=run.task,
         task_feature_lengths=dict(run.feature_lengths), train_steps=run.steps,
         batch_size=run.batch_size, model_dir=path, initial_checkpoint_path=init,
         learning_rate=run.learning_rate, trainable=run.trainable, seed=run.seed,
         k_anneal_fraction=run.k_anneal_fraction, k_anneal_stages=run.k_anneal_stages,
         eval_batch_size=run.eval_batch_size, eval_max_examples=run.eval_max_examples,
-        **run.options)
+        **run.options))
     return out["params"], out["eval"]
 
 

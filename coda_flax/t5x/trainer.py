@@ -2,10 +2,11 @@
 (needs T5X installed; t5x/trainer.gin selects it as train.py's `trainer_cls`).
 
 k annealing (paper appendix B): k goes from n to ceil(n / r) (or CodaConfig.num_routed) in a few
-static stages over the first part of training, each stage a separately compiled train step;
-the stages are coda_flax.train.optimizer.k_schedule's (the same as coda_flax's own trainer) and
-the one in force is chosen on the host from the step (k_at), so a resumed run continues with the
-k of its step. n is the encoder input length of the batches. The metric `coda/k` records it.
+static stages over the first part of training, each stage a separately compiled train step of
+the model with that k (`with_k`); the stages are the k plan's (coda_flax.kplan.KPlan, the same as
+coda_flax's own trainer) and the one in force is chosen on the host from the step (KPlan.k_at),
+so a resumed run continues with the k of its step. n is the encoder input length of the batches.
+The metric `coda/k` records it.
 
 Gradients: the loss is differentiated with respect to the parameters the model's optimizer
 updates only (for T5X's MultiOptimizer: those its traversals select, e.g. t5x/model.gin's
@@ -26,13 +27,13 @@ import jax.numpy as jnp
 from flax import core as flax_core
 from flax import traverse_util
 
+from coda_flax.kplan import KPlan
 from coda_flax.t5x.models import CodaEncoderDecoderModel, NoUpdate, t5x  # checked import
 from coda_flax.t5x.module import T5XEncoderDecoder
-from coda_flax.train.optimizer import KStage, k_at, k_schedule
 
 from t5x import trainer as trainer_lib  # noqa: E402  (after models' helpful ImportError)
 
-__all__ = ["CodaTrainer", "trained_paths", "with_num_routed"]
+__all__ = ["CodaTrainer", "trained_paths", "with_k"]
 
 
 def trained_paths(optimizer_def, params) -> frozenset[str]:
@@ -47,11 +48,11 @@ def trained_paths(optimizer_def, params) -> frozenset[str]:
                      if not isinstance(sub, NoUpdate) for x in traversal.iterate(names))
 
 
-def with_num_routed(model: CodaEncoderDecoderModel, k: int) -> CodaEncoderDecoderModel:
-    """A shallow copy of `model` whose encoder routes exactly k tokens per layer."""
-    config = model.config.with_coda(num_routed=k)
+def with_k(model: CodaEncoderDecoderModel, k: int) -> CodaEncoderDecoderModel:
+    """A shallow copy of `model` whose encoder routes exactly k tokens per layer (its module
+    is `T5XEncoderDecoder(config, k=k)`; the config is unchanged)."""
     copy = object.__new__(type(model))
-    copy.__dict__.update(model.__dict__, config=config, module=T5XEncoderDecoder(config))
+    copy.__dict__.update(model.__dict__, module=T5XEncoderDecoder(model.config, k=k))
     return copy
 
 
@@ -69,10 +70,10 @@ def _join(trained, frozen, like):
 class CodaTrainer(trainer_lib.Trainer):
     """t5x.trainer.Trainer (same constructor arguments) plus the k schedule's settings.
 
-    k_schedule_steps: the steps the k schedule spans (t5x/trainer.gin: TRAIN_STEPS); keep it
+    k_schedule_steps: the steps the k plan spans (t5x/trainer.gin: TRAIN_STEPS); keep it
       fixed across a stop and resume. k_anneal_fraction / k_anneal_stages: as
-      coda_flax.train.optimizer.k_schedule (the fraction of k_schedule_steps that anneals k, and
-      the number of distinct k values). A model without CoDA (or r = 1) trains with one stage.
+      coda_flax.kplan.KPlan.for_run (the fraction of k_schedule_steps that anneals k, and the
+      number of distinct k values). A model without CoDA (or r = 1) trains with one stage.
     """
 
     def __init__(self, model, train_state, partitioner, eval_names, summary_dir,
@@ -94,25 +95,20 @@ class CodaTrainer(trainer_lib.Trainer):
         self.k_anneal_fraction = float(k_anneal_fraction)
         self.k_anneal_stages = int(k_anneal_stages)
         self.trained = trained_paths(model.optimizer_def, train_state.params)
-        self.stages: Optional[list[KStage]] = None     # set from the first batch's length n
+        self.plan: Optional[KPlan] = None               # set from the first batch's length n
         self._k = None                                  # k of the step being traced / run
         self._steps: dict[int, Any] = {}                # k -> partitioned train step
         self._compiled: dict[int, Any] = {}             # k -> compiled train step
 
-    # ------------------------------------------------------------ the k schedule
-    def k_stages(self, n: int) -> list[KStage]:
-        coda = self._model.config.coda
-        if coda is None or (coda.reduction == 1 and coda.num_routed is None):
-            return [KStage(0, n)]
-        return k_schedule(n, coda.reduction, self.k_schedule_steps, self.k_anneal_fraction,
-                          self.k_anneal_stages, target_k=coda.num_routed)
+    # ------------------------------------------------------------ the k plan
+    def k_plan(self, n: int) -> KPlan:
+        """The k of every step for encoder inputs of n tokens (coda_flax.kplan)."""
+        return KPlan.for_run(self._model.config.coda, n, self.k_schedule_steps,
+                             self.k_anneal_fraction, self.k_anneal_stages)
 
     def _set_length(self, batch) -> None:
-        if self.stages is None:
-            self.stages = self.k_stages(int(batch["encoder_input_tokens"].shape[1]))
-
-    def k_at(self, step: int) -> int:
-        return k_at(self.stages, step)
+        if self.plan is None:
+            self.plan = self.k_plan(int(batch["encoder_input_tokens"].shape[1]))
 
     # ------------------------------------------------------------ the train step
     def _step_for(self, k: int):
@@ -124,8 +120,7 @@ class CodaTrainer(trainer_lib.Trainer):
         return self._steps[k]
 
     def _train_step_fn(self, k: int):
-        model = self._model if self._model.config.coda is None else with_num_routed(
-            self._model, k)
+        model = with_k(self._model, k)
         trained_keys = self.trained
 
         def train_step(train_state, batch):
@@ -164,7 +159,7 @@ class CodaTrainer(trainer_lib.Trainer):
     def compile_train(self, batch) -> None:
         """Compiles the step of the k in force at the current step (T5X calls this once)."""
         self._set_length(batch)
-        k = self.k_at(int(jax.device_get(self.train_state.step)))
+        k = self.plan.k_at(int(jax.device_get(self.train_state.step)))
         if k not in self._compiled:
             self._k = k
             self._compiled[k] = self._partitioner.compile(self._step_for(k), self.train_state,
@@ -180,9 +175,8 @@ class CodaTrainer(trainer_lib.Trainer):
         end = step + num_steps
         summary = None
         while step < end:
-            self._k = self.k_at(step)
-            following = [s.start_step for s in self.stages if s.start_step > step]
-            stop = min([end] + following)
+            self._k = self.plan.k_at(step)
+            stop = min(end, self.plan.next_start(step) or end)
             self._compiled_train_step = self._compiled.get(self._k)
             summary = super().train(batches, stop - step, start_step=step)
             batches = batch_iter

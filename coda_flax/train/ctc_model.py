@@ -32,13 +32,15 @@ Batch = Mapping[str, jnp.ndarray]
 class CodaCtcModel:
     """Trainer-facing wrapper of `EncoderCtc(config)` (config.head == "ctc")."""
 
-    def __init__(self, config: ModelConfig, *, blank_id: int = 0, output_vocabulary=None):
+    def __init__(self, config: ModelConfig, *, blank_id: int = 0, output_vocabulary=None,
+                 k: int | None = None):
         if not isinstance(config, ModelConfig) or config.head != "ctc":
             raise ValueError("CodaCtcModel needs a ModelConfig with head='ctc' (e.g. "
                              "ModelConfig.from_preset('speech_base')); use CodaT5Model for "
                              "encoder-decoder models.")
         self.config = config
-        self.module = EncoderCtc(config)
+        self.k = k
+        self.module = EncoderCtc(config, k=k)
         self.blank_id = blank_id
         self.output_vocabulary = output_vocabulary
         self.eos_id = None
@@ -51,6 +53,11 @@ class CodaCtcModel:
     def with_config(self, config: ModelConfig) -> "CodaCtcModel":
         return CodaCtcModel(config, blank_id=self.blank_id,
                             output_vocabulary=self.output_vocabulary)
+
+    def with_k(self, k: int | None) -> "CodaCtcModel":
+        """This model with each CoDA encoder layer routing k tokens (a k plan stage)."""
+        return CodaCtcModel(self.config, blank_id=self.blank_id,
+                            output_vocabulary=self.output_vocabulary, k=k)
 
     def __repr__(self):
         return f"CodaCtcModel({self.config!r})"

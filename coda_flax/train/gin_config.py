@@ -8,12 +8,15 @@ earlier names, gin/models/tiny.gin and models/variants/dense.gin, still work).
 
 Run files use T5X's macro names (MODEL_DIR, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS,
 TRAIN_STEPS, BATCH_SIZE, INITIAL_CHECKPOINT_PATH, ...). This module is the only place that
-reads gin; the functions it configures live in coda_flax.train.run.
+reads gin; the functions it configures live in coda_flax.train.run. gin's `train` has one flat
+argument per setting (`train.train_steps`, `train.model_dir`, ...: every field of run.train's
+settings dataclasses, coda_flax/train/settings.py), which it groups into those dataclasses.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 
@@ -22,16 +25,38 @@ import gin
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.resources import GIN_DIR, resolve_gin_file
 from coda_flax.train import run
-from coda_flax.train.settings import SettingError, field_type_problems
+from coda_flax.train.settings import (TRAIN_GROUPS, SettingError, field_type_problems,
+                                      train_arguments)
 
 
 def _register_configurables():
     if getattr(_register_configurables, "done", False):
         return
     import coda_flax.train.gin_models  # noqa: F401  (registers model_config, CodaConfig)
-    for fn in (run.train, run.evaluate, run.infer):
+    for fn in (flat_train(), run.evaluate, run.infer):
         gin.external_configurable(fn, fn.__name__)
     _register_configurables.done = True
+
+
+def flat_train():
+    """run.train with flat keyword arguments, as gin binds it: `train.NAME` for each field of
+    the settings groups (train.train_steps, train.model_dir, ...; the run files' names) and for
+    run.train's other arguments; `settings.train_arguments` groups them."""
+    def train(**flat):
+        return run.train(**train_arguments(**flat))
+
+    parameters = []
+    for p in inspect.signature(run.train).parameters.values():
+        if p.name not in TRAIN_GROUPS:
+            parameters.append(p)
+            continue
+        for f in dataclasses.fields(TRAIN_GROUPS[p.name]):
+            default = inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default
+            parameters.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                                                default=default))
+    train.__signature__ = inspect.Signature(parameters)
+    train.__doc__ = flat_train.__doc__
+    return train
 
 
 class GinConfigError(ValueError):

@@ -5,21 +5,18 @@
   configurable), so frozen ones get no gradient, no update and no optimizer state.
 * Learning-rate schedules: constant (text finetuning), inverse square root with warmup
   (pretraining, speech), cosine decay (vision).
-* k annealing: k falls linearly from n to ceil(n / r) over the first part of finetuning, in a
-  few discrete stages, so each stage is compiled once (shapes stay static).
+
+k annealing (k falling from n to ceil(n / r) in a few compiled stages) is the k plan,
+coda_flax/kplan.py, which both trainers share.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
-
-from coda_flax.routing import num_routed
 
 SCHEDULES = ("constant", "rsqrt", "cosine")
 
@@ -51,45 +48,3 @@ def adafactor(learning_rate, parameter_scale: bool = True) -> optax.GradientTran
     return optax.adafactor(learning_rate, min_dim_size_to_factor=128, decay_rate=0.8,
                            multiply_by_parameter_scale=parameter_scale, clipping_threshold=1.0,
                            momentum=None, eps=1e-30, factored=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class KStage:
-    start_step: int
-    k: int
-
-
-def k_schedule(n: int, reduction: float, total_steps: int, anneal_fraction: float = 0.1,
-               num_stages: int = 4, target_k: int | None = None) -> list[KStage]:
-    """Discrete linear annealing of k from n to ceil(n / r) (appendix B).
-
-    `num_stages` distinct k values (the last is the target) starting at evenly spaced steps
-    over the first `anneal_fraction` of training; 1 stage (or r = 1) means no annealing.
-    """
-    target = num_routed(n, reduction) if target_k is None else target_k
-    if not 1 <= target <= n:
-        raise ValueError(f"k_schedule: target k={target} must be in [1, n={n}].")
-    if num_stages < 1 or not 0.0 <= anneal_fraction <= 1.0:
-        raise ValueError(f"k_schedule: need num_stages >= 1 and 0 <= anneal_fraction <= 1, got "
-                         f"{num_stages}, {anneal_fraction}.")
-    anneal_steps = int(round(anneal_fraction * total_steps))
-    if num_stages == 1 or target == n or anneal_steps == 0:
-        return [KStage(0, target)]
-    stages: list[KStage] = []
-    for i in range(num_stages):
-        frac = i / (num_stages - 1)
-        stage = KStage(int(round(anneal_steps * frac)), int(math.ceil(n + (target - n) * frac)))
-        if stages and stages[-1].start_step == stage.start_step:
-            stages.pop()                          # more stages than steps: the later k wins
-        if not stages or stages[-1].k != stage.k:
-            stages.append(stage)
-    return stages
-
-
-def k_at(stages: list[KStage], step: int) -> int:
-    """k in force at `step`."""
-    k = stages[0].k
-    for stage in stages:
-        if step >= stage.start_step:
-            k = stage.k
-    return k

@@ -1,6 +1,8 @@
 """Train / evaluate / infer on SeqIO tasks: the functions the gin run files configure.
 
-Plain keyword arguments only (gin binds them at the edge, coda_flax/train/gin_config.py).
+`train` takes its settings as a few frozen dataclasses (coda_flax/train/settings.py), which gin
+builds at the edge from flat `train.NAME` bindings (coda_flax/train/gin_config.py); `evaluate`
+and `infer` take plain keyword arguments.
 Batches use seqio's EncDecFeatureConverter keys; the data position is a batch count, so a
 resumed run skips exactly the batches it has already seen.
 """
@@ -20,7 +22,9 @@ from coda_flax.config import ModelConfig
 from coda_flax.datasets import provenance
 from coda_flax.inputs import encoder_length, input_shape
 from coda_flax.train.ctc_model import make_model
-from coda_flax.train.settings import check_settings
+from coda_flax.train.settings import (CheckpointSettings, DataSettings, EvalSettings,
+                                      GuardSettings, OptimizerSettings, ScheduleSettings,
+                                      check_settings, flat_settings)
 from coda_flax.train.t5_model import CodaT5Model
 from coda_flax.train.trainer import Trainer, TrainerConfig, check_token_ids
 
@@ -236,71 +240,86 @@ def _input_shapes(config: ModelConfig, feature_lengths, batch_size):
             "decoder_input_tokens": (batch_size, feature_lengths["targets"])}
 
 
-def train(*, model_config: ModelConfig, mixture_or_task_name: str,
-          task_feature_lengths: Mapping[str, int], train_steps: int, batch_size: int,
-          model_dir: str, initial_checkpoint_path: str | None = None,
-          learning_rate: float = 1e-3, schedule: str = "constant", warmup_steps: int = 0,
-          trainable: str = "finetune", checkpoint_every: int = 1000, keep_checkpoints: int = 3,
-          log_every: int = 50, eval_every: int = 0, eval_split: str = "validation",
-          eval_batch_size: int = 32, eval_max_examples: int | None = None,
-          k_anneal_fraction: float = 0.1, k_anneal_stages: int = 4, num_partitions: int = 1,
-          seed: int = 0, z_loss: float = 1e-4, label_smoothing: float = 0.0,
-          data_dir: str | None = None, vocab_path: str | None = None,
-          tfds_data_dir: str | None = None, progress: bool = True,
-          parameter_scale: bool = True, extra_files: Mapping[str, str] | None = None,
-          max_abs_param: float = 1e6, max_update_ratio: float = 10.0):
+def train(*, model_config: ModelConfig, data: DataSettings, schedule: ScheduleSettings,
+          checkpoints: CheckpointSettings, optimizer: OptimizerSettings = OptimizerSettings(),
+          evaluation: EvalSettings = EvalSettings(), guard: GuardSettings = GuardSettings(),
+          seed: int = 0, num_partitions: int = 1, log_every: int = 50, progress: bool = True,
+          extra_files: Mapping[str, str] | None = None):
     """Trains `model_config` on a SeqIO task; evaluates at eval_every and at the end.
 
-    Returns {"params", "history" (logged train metrics), "eval" (the final evaluation)}; the
-    final parameters are also saved to MODEL_DIR/final (a `load_checkpoint` directory).
-    MODEL_DIR is locked for the run (a second run there is refused, coda_flax/train/lock.py);
-    max_abs_param / max_update_ratio: the divergence guard (coda_flax/train/trainer.py)."""
-    settings = dict(locals())
-    check_settings("train", settings)          # before MODEL_DIR, its lock or config.gin exist
-    ensure_registered(mixture_or_task_name, data_dir, vocab_path, tfds_data_dir)  # data too
+    Args:
+        model_config: the model (coda=None: dense).
+        data, schedule, checkpoints, optimizer, evaluation, guard: the settings groups
+            (coda_flax/train/settings.py; `settings.train_arguments` builds them from flat
+            names, as gin's `train.NAME` bindings give them).
+        seed: parameter initialisation, dropout and data order. num_partitions: the 'model'
+            mesh axis. log_every: steps between logged metrics. progress: the progress bar.
+        extra_files: {name: text} written into MODEL_DIR (e.g. the resolved config.gin).
+    Returns:
+        {"params", "history" (logged train metrics), "eval" (the final evaluation)}; the final
+        parameters are also saved to MODEL_DIR/final (a `load_checkpoint` directory).
+        MODEL_DIR is locked for the run (a second run there is refused,
+        coda_flax/train/lock.py).
+    """
+    args = dict(locals())
+    check_settings("train", flat_settings(**args))  # before MODEL_DIR, its lock or config.gin
+    ensure_registered(data.mixture_or_task_name, data.data_dir, data.vocab_path,
+                      data.tfds_data_dir)                                            # data too
     import contextlib
 
     from coda_flax.train.lock import ModelDirLock
     # one run per MODEL_DIR: refused before anything in it (config.gin, metrics) is touched
-    with (ModelDirLock(model_dir) if jax.process_index() == 0 else contextlib.nullcontext()):
-        return _train(**settings)
+    with (ModelDirLock(checkpoints.model_dir) if jax.process_index() == 0
+          else contextlib.nullcontext()):
+        return _train(**args)
 
 
-def _train(*, model_config, mixture_or_task_name, task_feature_lengths, train_steps, batch_size,
-           model_dir, initial_checkpoint_path, learning_rate, schedule, warmup_steps, trainable,
-           checkpoint_every, keep_checkpoints, log_every, eval_every, eval_split,
-           eval_batch_size, eval_max_examples, k_anneal_fraction, k_anneal_stages,
-           num_partitions, seed, z_loss, label_smoothing, data_dir, vocab_path, tfds_data_dir,
-           progress, parameter_scale, extra_files, max_abs_param, max_update_ratio):
+def trainer_config(schedule: ScheduleSettings, checkpoints: CheckpointSettings,
+                   optimizer: OptimizerSettings, evaluation: EvalSettings, guard: GuardSettings,
+                   *, seed: int, num_partitions: int, log_every: int,
+                   progress: bool) -> TrainerConfig:
+    """The Trainer's config (what each checkpoint records) of run.train's settings."""
+    return TrainerConfig(
+        model_dir=checkpoints.model_dir, total_steps=schedule.train_steps,
+        learning_rate=schedule.learning_rate, schedule=schedule.schedule,
+        warmup_steps=schedule.warmup_steps, trainable=optimizer.trainable,
+        checkpoint_every=checkpoints.checkpoint_every,
+        keep_checkpoints=checkpoints.keep_checkpoints, log_every=log_every,
+        eval_every=evaluation.eval_every, seed=seed, num_partitions=num_partitions,
+        k_anneal_fraction=schedule.k_anneal_fraction, k_anneal_stages=schedule.k_anneal_stages,
+        parameter_scale=optimizer.parameter_scale, progress=progress,
+        max_abs_param=guard.max_abs_param, max_update_ratio=guard.max_update_ratio)
+
+
+def _train(*, model_config, data, schedule, checkpoints, optimizer, evaluation, guard, seed,
+           num_partitions, log_every, progress, extra_files):
     from coda_flax.checkpoints import save_checkpoint
-    task = ensure_registered(mixture_or_task_name, data_dir, vocab_path, tfds_data_dir)
+    task = ensure_registered(data.mixture_or_task_name, data.data_dir, data.vocab_path,
+                             data.tfds_data_dir)
+    model_dir, lengths = checkpoints.model_dir, data.task_feature_lengths
     if jax.process_index() == 0:   # the datasets' hashes: recorded, compared when resuming
-        provenance.check_run(model_dir, provenance.fingerprint(mixture_or_task_name))
+        provenance.check_run(model_dir, provenance.fingerprint(data.mixture_or_task_name))
     for name, text in (extra_files or {}).items():        # e.g. the resolved gin config
         with open(os.path.join(model_dir, name), "w") as f:
             f.write(text)
-    model = make_model(model_config, z_loss=z_loss, label_smoothing=label_smoothing)
+    model = make_model(model_config, z_loss=optimizer.z_loss,
+                       label_smoothing=optimizer.label_smoothing)
     # the data first: a missing file fails before any checkpoint machinery exists
-    batches = seqio_batches(mixture_or_task_name, task_feature_lengths, batch_size, "train",
+    batches = seqio_batches(data.mixture_or_task_name, lengths, data.batch_size, "train",
                             seed=seed, feature_converter_cls=model.FEATURE_CONVERTER_CLS)
-    trainer = Trainer(model, TrainerConfig(
-        model_dir=model_dir, total_steps=train_steps, learning_rate=learning_rate,
-        schedule=schedule, warmup_steps=warmup_steps, trainable=trainable,
-        checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-        log_every=log_every, eval_every=eval_every, seed=seed, num_partitions=num_partitions,
-        k_anneal_fraction=k_anneal_fraction, k_anneal_stages=k_anneal_stages,
-        parameter_scale=parameter_scale, progress=progress, max_abs_param=max_abs_param,
-        max_update_ratio=max_update_ratio))
-    state = trainer.init_state(_input_shapes(model_config, task_feature_lengths, batch_size),
-                               _initial_params(model_config, initial_checkpoint_path))
+    trainer = Trainer(model, trainer_config(schedule, checkpoints, optimizer, evaluation, guard,
+                                            seed=seed, num_partitions=num_partitions,
+                                            log_every=log_every, progress=progress))
+    state = trainer.init_state(_input_shapes(model_config, lengths, data.batch_size),
+                               _initial_params(model_config, checkpoints.initial_checkpoint_path))
 
     evals = {}
 
     def eval_fn(params, step):
-        evals[step] = evaluate_params(model, params, task, task_feature_lengths, eval_split,
-                                      eval_batch_size, eval_max_examples)
+        evals[step] = evaluate_params(model, params, task, lengths, evaluation.eval_split,
+                                      evaluation.eval_batch_size, evaluation.eval_max_examples)
         return evals[step]
-    n = encoder_length(model_config, task_feature_lengths["inputs"])
+    n = encoder_length(model_config, lengths["inputs"])
     try:
         state, history = trainer.train(state, batches, n=n, eval_fn=eval_fn)
     finally:            # orbax's background threads end here, not at interpreter exit

@@ -42,12 +42,13 @@ class CodaT5Model:
     decode_fn: a search with decoding.greedy_decode's signature; None picks greedy decoding for
       num_decodes == 1 and beam search otherwise.
     alpha: beam search's brevity penalty exponent (decoder_params={"alpha": ...} overrides).
+    k: the tokens each CoDA encoder layer routes (a k plan stage's; None: config.coda.k(n)).
     """
 
     def __init__(self, config: ModelConfig, z_loss: float = 1e-4, label_smoothing: float = 0.0,
                  loss_normalizing_factor=None, *, eos_id: int = 1,
                  decode_fn: Callable | None = None, alpha: float = 0.6,
-                 input_vocabulary=None, output_vocabulary=None):
+                 input_vocabulary=None, output_vocabulary=None, k: int | None = None):
         if not isinstance(config, ModelConfig):
             raise TypeError(f"CodaT5Model: config must be a ModelConfig, got "
                             f"{type(config).__name__}.")
@@ -56,7 +57,8 @@ class CodaT5Model:
         if isinstance(loss_normalizing_factor, str):
             losses._as_special(loss_normalizing_factor)            # fail early on a typo
         self.config = config
-        self.module = EncoderDecoder(config)
+        self.k = k
+        self.module = EncoderDecoder(config, k=k)
         self.z_loss = z_loss
         self.label_smoothing = label_smoothing
         self.loss_normalizing_factor = loss_normalizing_factor
@@ -83,6 +85,11 @@ class CodaT5Model:
         """The same loss / decoding settings around another ModelConfig (parameters carry over
         when the tree is the same, e.g. another k for a k-annealing stage)."""
         return CodaT5Model(config, **self._settings)
+
+    def with_k(self, k: int | None) -> "CodaT5Model":
+        """This model with each CoDA encoder layer routing k tokens (a k plan stage,
+        coda_flax.kplan; None: config.coda.k(n)); the parameters are the same."""
+        return CodaT5Model(self.config, k=k, **self._settings)
 
     def __repr__(self):
         return f"CodaT5Model({self.config!r})"

@@ -2,6 +2,9 @@
 
     for each step:  k stage -> jitted step (compiled once per stage) -> metrics -> checkpoint
 
+The k stages are the k plan's (coda_flax/kplan.py: KPlan.for_run over total_steps,
+k_anneal_fraction, k_anneal_stages); each stage's step runs `model.with_k(k)`.
+
 Only trainable parameters (finetuning: adapters, routers, layer norms) are differentiated and
 updated; the frozen backbone is passed through untouched. A run resumes exactly from its
 latest checkpoint (parameters, optimizer state, step, rng and data position); SIGTERM saves
@@ -45,9 +48,10 @@ from tqdm.auto import tqdm
 
 from coda_flax.checkpoints.integrity import tree_digests, verify_arrays
 from coda_flax.checkpoints.peft import trainable_mask
+from coda_flax.kplan import KPlan
 from coda_flax.train import partitioning
 from coda_flax.train.lock import ModelDirLock
-from coda_flax.train.optimizer import KStage, adafactor, k_at, k_schedule, learning_rate_schedule
+from coda_flax.train.optimizer import adafactor, learning_rate_schedule
 
 Batch = Mapping[str, np.ndarray]
 BatchesFn = Callable[[int], Iterator[Batch]]   # start batch index -> iterator (exact resume)
@@ -106,7 +110,7 @@ def merge_params(trainable, frozen):
 
 
 class Trainer:
-    """Trains a CodaT5Model (anything with loss_fn(params, batch, rng) and with_config)."""
+    """Trains a CodaT5Model (anything with config, loss_fn(params, batch, rng) and with_k)."""
 
     def __init__(self, model, config: TrainerConfig, mesh=None):
         self.model, self.cfg = model, config
@@ -127,12 +131,10 @@ class Trainer:
                                                  create=True))
 
     # ---------------------------------------------------------------- state
-    def k_stages(self, n: int) -> list[KStage]:
-        coda = self.model.config.coda
-        if coda is None or (coda.reduction == 1 and coda.num_routed is None):
-            return [KStage(0, n)]
-        return k_schedule(n, coda.reduction, self.cfg.total_steps, self.cfg.k_anneal_fraction,
-                          self.cfg.k_anneal_stages, target_k=coda.num_routed)
+    def k_plan(self, n: int) -> KPlan:
+        """The k of every step for encoder inputs of n tokens (coda_flax.kplan)."""
+        return KPlan.for_run(self.model.config.coda, n, self.cfg.total_steps,
+                             self.cfg.k_anneal_fraction, self.cfg.k_anneal_stages)
 
     def init_state(self, input_shapes: Mapping[str, tuple], initial_params=None):
         """Sharded params (fresh or from `initial_params`), optimizer state, step 0.
@@ -168,12 +170,10 @@ class Trainer:
         return merge_params(state["trainable"], state["frozen"])
 
     # ---------------------------------------------------------------- step
-    def _step_fn(self, k: int, n: int):
+    def _step_fn(self, k: int):
         if k in self.compiled_stages:
             return self.compiled_stages[k]
-        config = self.model.config
-        model = self.model if config.coda is None else self.model.with_config(
-            config.with_coda(num_routed=k))
+        model = self.model.with_k(k)
 
         def step(trainable, frozen, opt_state, batch, rng):
             self.trace_count += 1                        # counts traces = compilations
@@ -337,7 +337,7 @@ class Trainer:
             restored = self.restore_latest(state)
             if restored is not None:
                 state, start_position = restored
-        stages = self.k_stages(n)
+        plan = self.k_plan(n)
         vocab_size = getattr(getattr(self.model, "config", None), "vocab_size", None)
         history: list[dict] = []
         stop = {"signal": None}
@@ -361,8 +361,8 @@ class Trainer:
                 position += 1
                 if vocab_size:
                     check_token_ids(batch, vocab_size, f"training batch {position}")
-                k = k_at(stages, step)
-                fn = self._step_fn(k, n)
+                k = plan.k_at(step)
+                fn = self._step_fn(k)
                 rng = jax.random.fold_in(state["rng"], step)
                 with jax.set_mesh(self.mesh):
                     sharded = partitioning.shard_batch(batch, self.mesh)
