@@ -44,7 +44,7 @@ ENTRY_POINTS = {
     "t5x.__main__": "cli",
 }
 # experiments modules that are not tools: the steps the tools share.
-EXPERIMENT_HELPERS = {"pipeline", "paper_tables", "gin_commands", "prerequisites"}
+EXPERIMENT_HELPERS = {"pipeline", "runner", "paper_tables", "gin_commands", "prerequisites"}
 # Tool -> tool imports still there, and why (each must still exist: see the test below).
 KNOWN_TOOL_IMPORTS = {
     ("scripts.sweep_demo", "experiments.demo"):

@@ -1,0 +1,275 @@
+"""The one experiment pipeline: a run is a declarative spec, executed once and reused after.
+
+    Run                 one training + evaluation: preset (the model config) x variant (its
+                        CodaConfig) x task x schedule x seed, optionally started from a parent
+                        Run's final checkpoint (dense pretraining -> finetuning)
+    fingerprint(run)    sha256 of every field that changes the result, the parent's fingerprint
+                        and the hashes of the task's datasets (coda_flax.datasets.provenance)
+    run_dir(root, run)  root/<run.name>, holding run.json (the fingerprint and the spec); a
+                        folder made for another fingerprint is set aside (renamed), never reused
+    execute(run, root)  reuses a finished folder (result.json); else trains (a stopped run
+                        resumes from its checkpoints in the same folder), evaluates on the
+                        validation split and writes result.json
+    execute_all(runs)   parents first, each distinct run once
+
+The demo, `coda compare` and scripts/sweep_demo.py declare their runs as lists of Run; speed is
+measured apart (experiments.pipeline.speed_table: side by side, in one process). Nothing here
+reads argv or gin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from coda_flax.config import ModelConfig
+from coda_flax.datasets import provenance
+from coda_flax.experiments import pipeline
+
+Log = Callable[[str], None]
+
+RUN_FILE, RESULT_FILE = "run.json", "result.json"
+# run.train settings that do not change what a run computes: left out of the fingerprint, so
+# that a run moved to another data folder or logged differently is still reused
+NON_RESULT_OPTIONS = frozenset({"progress", "log_every", "checkpoint_every", "keep_checkpoints",
+                                "data_dir", "tfds_data_dir"})
+# run.train's keywords that Run's own fields set: not allowed in train_options
+_OWN = frozenset({"model_config", "mixture_or_task_name", "task_feature_lengths", "train_steps",
+                  "batch_size", "model_dir", "initial_checkpoint_path", "learning_rate",
+                  "trainable", "seed", "k_anneal_fraction", "k_anneal_stages",
+                  "eval_batch_size", "eval_max_examples"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training + evaluation: a point of preset x variant x task x schedule x seed."""
+
+    name: str                      # a label and folder name below the root, e.g. "coda_r3/seed0"
+    model: ModelConfig             # the whole model config (its CodaConfig included)
+    task: str                      # a registered seqio task (the caller registers / prepares it)
+    feature_lengths: tuple[tuple[str, int], ...]
+    steps: int
+    batch_size: int
+    learning_rate: float
+    seed: int = 0
+    trainable: str = "finetune"    # "all" for a dense / CoDA pretraining run
+    init: "Run | str | None" = None    # a parent Run (its final checkpoint) or a checkpoint path
+    k_anneal_fraction: float = 0.2
+    k_anneal_stages: int = 2
+    eval_batch_size: int = 32
+    eval_max_examples: int | None = None
+    train_options: tuple[tuple[str, Any], ...] = ()   # the rest of run.train's settings
+
+    def __post_init__(self):
+        if not self.name or os.path.isabs(self.name) or ".." in self.name.split("/"):
+            raise ValueError(f"Run name {self.name!r}: use a relative folder name below the "
+                             f"root, e.g. 'coda_r3/seed0'.")
+        if isinstance(self.feature_lengths, Mapping):      # a dict is accepted, stored sorted
+            object.__setattr__(self, "feature_lengths", tuple(sorted(self.feature_lengths.items())))
+        if isinstance(self.train_options, Mapping):
+            object.__setattr__(self, "train_options", tuple(sorted(self.train_options.items())))
+        clash = sorted(_OWN & {k for k, _ in self.train_options})
+        if clash:
+            raise ValueError(f"Run {self.name!r}: train_options {clash} are Run fields; set "
+                             f"them on the Run itself.")
+        for field in ("steps", "batch_size", "eval_batch_size"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"Run {self.name!r}: {field} must be >= 1, got "
+                                 f"{getattr(self, field)}.")
+
+    @property
+    def options(self) -> dict:
+        return dict(self.train_options)
+
+
+def spec(run: Run) -> dict:
+    """The JSON-able settings that decide a run's result (the fingerprint's input, recorded in
+    run.json): every field but the name, train_options without NON_RESULT_OPTIONS, the parent
+    as its fingerprint and the task's datasets as their hashes."""
+    init = run.init
+    if isinstance(init, Run):
+        init = {"run": init.name, "fingerprint": fingerprint(init)}
+    fields = {f.name: getattr(run, f.name) for f in dataclasses.fields(run)
+              if f.name not in ("name", "model", "init", "train_options")}
+    return {**fields, "model": dataclasses.asdict(run.model), "init": init,
+            "train_options": {k: v for k, v in run.train_options
+                              if k not in NON_RESULT_OPTIONS},
+            "data": provenance.fingerprint(run.task)}
+
+
+def _canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=repr)
+
+
+def fingerprint(run: Run, settings: Mapping | None = None) -> str:
+    """sha256 (hex) of the canonical JSON of spec(run) (or of `settings`, spec(run) made
+    already)."""
+    return hashlib.sha256(_canonical(settings or spec(run)).encode()).hexdigest()
+
+
+def _differences(old: Mapping | None, new: Mapping) -> str:
+    """Which top-level settings differ, one phrase (the data through provenance.changes)."""
+    if not old:
+        return "no run.json (a run of unknown settings)"
+    parts = [provenance.changes(old.get("data"), new["data"])] if \
+        _canonical(old.get("data")) != _canonical(new["data"]) else []
+    parts += [f"{k} {_canonical(old.get(k))[:60]} -> {_canonical(new.get(k))[:60]}"
+              for k in sorted(set(old) | set(new)) if k != "data"
+              and _canonical(old.get(k)) != _canonical(new.get(k))]
+    return "; ".join(p for p in parts if p) or "another fingerprint"
+
+
+def _set_aside(path: str, old_fp: str | None) -> str:
+    base = f"{path}.set-aside-{(old_fp or 'unknown')[:8]}"
+    target, i = base, 1
+    while os.path.exists(target):
+        target, i = f"{base}-{i}", i + 1
+    os.rename(path, target)
+    return target
+
+
+def run_dir(root: str, run: Run, log: Log = print) -> str:
+    """root/<run.name>, made for this run: created with run.json ({"name", "fingerprint",
+    "spec"}) when new; a folder holding another fingerprint (or none) is renamed to
+    <name>.set-aside-<its fingerprint>, saying which settings differ, and a new one made."""
+    path = os.path.join(root, run.name)
+    settings = spec(run)
+    fp = fingerprint(run, settings)
+    record = _record(path)
+    if record is not None and record.get("fingerprint") == fp:
+        return path
+    if os.path.exists(path):
+        why = _differences(record and record.get("spec"), settings)
+        moved = _set_aside(path, record and record.get("fingerprint"))
+        log(f"  {run.name}: {path} holds a run of other settings ({why}); set aside as "
+            f"{moved}, running again")
+    os.makedirs(path)
+    pipeline.save_json(os.path.join(path, RUN_FILE),
+                       {"name": run.name, "fingerprint": fp, "spec": settings}, default=repr)
+    return path
+
+
+def final_checkpoint(root: str, run: Run) -> str:
+    """The folder of a run's final parameters (a load_checkpoint directory)."""
+    return os.path.join(root, run.name, "final")
+
+
+def _record(path: str) -> dict | None:
+    file = os.path.join(path, RUN_FILE)
+    return pipeline.load_json(file) if os.path.exists(file) else None
+
+
+def finished(root: str, run: Run) -> bool:
+    """Whether root/<run.name> holds this run's result (its fingerprint, result.json)."""
+    path = os.path.join(root, run.name)
+    record = _record(path)
+    return bool(record and record.get("fingerprint") == fingerprint(run)
+                and os.path.exists(os.path.join(path, RESULT_FILE)))
+
+
+def _load(run: Run, path: str):
+    from coda_flax.checkpoints import load_checkpoint
+    from coda_flax.train.ctc_model import make_model
+    return make_model(run.model), load_checkpoint(os.path.join(path, "final"))[1]
+
+
+def _task(run: Run):
+    from coda_flax.train import run as train_run
+    o = run.options
+    return train_run.ensure_registered(run.task, o.get("data_dir"), o.get("vocab_path"),
+                                       o.get("tfds_data_dir"))
+
+
+def _train(run: Run, path: str, init: str | None) -> tuple[Any, dict]:
+    """run.train for `run` in `path` (it resumes from the checkpoints there): (params, eval)."""
+    from coda_flax.train import run as train_run
+    out = train_run.train(
+        model_config=run.model, mixture_or_task_name=run.task,
+        task_feature_lengths=dict(run.feature_lengths), train_steps=run.steps,
+        batch_size=run.batch_size, model_dir=path, initial_checkpoint_path=init,
+        learning_rate=run.learning_rate, trainable=run.trainable, seed=run.seed,
+        k_anneal_fraction=run.k_anneal_fraction, k_anneal_stages=run.k_anneal_stages,
+        eval_batch_size=run.eval_batch_size, eval_max_examples=run.eval_max_examples,
+        **run.options)
+    return out["params"], out["eval"]
+
+
+def execute(run: Run, root: str, log: Log = print, load_params: bool = False) -> dict:
+    """Runs `run` under root (its parent first, reused when finished) unless root/<name> holds
+    its finished result: returns result.json's {"name", "fingerprint", "eval", "steps",
+    "trainable_params", "total_params", "seconds", "reused"}, plus "model" and "params" when
+    load_params."""
+    init = run.init
+    if isinstance(init, Run):
+        if not finished(root, init):
+            execute(init, root, log)
+        init = final_checkpoint(root, init)
+    _task(run)                                  # registered before its data is fingerprinted
+    path = run_dir(root, run, log)
+    result_path = os.path.join(path, RESULT_FILE)
+    model = params = None
+    if os.path.exists(result_path):
+        result = dict(pipeline.load_json(result_path), reused=True)
+        log(f"  {run.name}: reusing the finished run in {path}")
+    else:
+        t0 = time.time()
+        if os.path.isdir(os.path.join(path, "final")):      # trained; stopped before result.json
+            from coda_flax.train import run as train_run
+            model, params = _load(run, path)
+            ev = train_run.evaluate_params(model, params, _task(run), dict(run.feature_lengths),
+                                           "validation", run.eval_batch_size,
+                                           run.eval_max_examples)
+        else:
+            params, ev = _train(run, path, init)
+        counts = pipeline.parameter_counts(params, run.trainable)
+        result = {"name": run.name, "fingerprint": _record(path)["fingerprint"], "eval": ev,
+                  "steps": run.steps, "trainable_params": counts["trainable"],
+                  "total_params": counts["total"], "seconds": time.time() - t0, "reused": False}
+        pipeline.save_json(result_path, result, default=float)
+    if load_params:
+        if params is None:
+            model, params = _load(run, path)
+        elif model is None:
+            from coda_flax.train.ctc_model import make_model
+            model = make_model(run.model)
+        result = dict(result, model=model, params=params)
+    return result
+
+
+def _closure(runs: Sequence[Run]) -> list[Run]:
+    """The runs and their parents, parents first, each run once."""
+    order: list[Run] = []
+
+    def visit(run: Run):
+        if isinstance(run.init, Run):
+            visit(run.init)
+        if run not in order:
+            order.append(run)
+    for r in runs:
+        visit(r)
+    return order
+
+
+def execute_all(runs: Sequence[Run], root: str, log: Log = print,
+                load_params: bool = False) -> dict[str, dict]:
+    """Executes the runs and their parents (parents first, each distinct fingerprint once),
+    logging "[i/N] name"; returns {name: execute's result} for every run executed."""
+    order = _closure(runs)
+    names = [r.name for r in order]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"different runs share the folder name(s) {twice}: give each its own "
+                         f"Run.name.")
+    out = {}
+    for i, run in enumerate(order, 1):
+        log(f"[{i}/{len(order)}] {run.name}")
+        out[run.name] = execute(run, root, log, load_params=load_params)
+    return out
+
+
+__all__ = ["Run", "spec", "fingerprint", "run_dir", "final_checkpoint", "finished", "execute",
+           "execute_all", "NON_RESULT_OPTIONS"]
