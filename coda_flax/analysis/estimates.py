@@ -100,7 +100,7 @@ def at_least(d: float, se: float) -> str:
 def at_most(d: float, se: float, bound: float) -> str:
     """The claim d <= bound: YES when the point estimate is, NO when d - 3 SE exceeds it, else
     NOT_SEPARATED."""
-    if d <= bound:
+    if d <= bound + 1e-12:          # a difference of exactly `bound` (floating point)
         return YES
     return NO if d - SEPARATION * se > bound else NOT_SEPARATED
 

@@ -25,14 +25,14 @@
     5 report    analysis.claims: claims.{md,json} (`claim | paper | ours | holds?`), the per-run
                 table with every accuracy beside its error bar and its floors, tradeoff.png
 
-SCALES: "full" (about 2 hours on 2 idle cores: README), "reduced" (what was run for the
-README), "tiny" (seconds: the code path for tests). Nothing here reads argv or gin.
+SCALES: "full" (sized for about 2 hours on 2 idle cores, an estimate from the reduced run's
+per-run times: README), "reduced" (what was run for the README), "tiny" (the code path for
+tests: every stage, 2-step runs). Nothing here reads argv or gin.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -99,16 +99,16 @@ class ClaimsScale:
 SCALES = {
     "full": ClaimsScale(),
     "reduced": ClaimsScale(sizes=(("d32", 32), ("d64", 64)), base="d32", lengths=(256, 512),
-                           rates=(1, 3, 8, 16), router_rates=(3,), chain_train=2000,
-                           chain_validation=200, gave_train=4000, pretrain_steps=300,
-                           coda_pretrain_steps=100, finetune_steps=120, max_seeds=2,
-                           adapter_dim=16, image_train=800, image_validation=96,
-                           image_d_model=32, image_dense_steps=300, image_finetune_steps=100,
-                           image_rates=(16,), speed_repeats=3),
-    "tiny": ClaimsScale(sizes=(("d16", 16), ("d32", 32)), base="d16", lengths=(48, 64),
+                           rates=(1, 3, 16), router_rates=(3,), adapter_dim=16,
+                           chain_train=2000, chain_validation=200, gave_train=4000,
+                           pretrain_steps=300, coda_pretrain_steps=100, finetune_steps=150,
+                           max_seeds=2, image_train=800, image_validation=96, image_d_model=32,
+                           image_dense_steps=300, image_finetune_steps=100, image_rates=(16,),
+                           speed_repeats=3),
+    "tiny": ClaimsScale(sizes=(("d16", 16), ("d32", 32)), base="d16", lengths=(128, 160),
                         rates=(1, 3), router_rates=(3,), num_encoder_layers=2,
                         num_decoder_layers=1, adapter_dim=4, vocab_size=300, num_needles=2,
-                        chain_train=32, chain_validation=16, gave_train=32, pretrain_length=32,
+                        chain_train=32, chain_validation=16, gave_train=32, pretrain_length=64,
                         pretrain_steps=2, pretrain_batch=4, coda_pretrain_steps=2,
                         finetune_steps=2, batch_size=4, max_seeds=1, eval_batch_size=16,
                         image_train=16, image_validation=8, image_page=128, image_patches=64,
@@ -118,9 +118,11 @@ SCALES = {
 
 
 # ------------------------------------------------------------------------------ models
-def text_model(s: ClaimsScale, d_model: int, coda: CodaConfig | None) -> ModelConfig:
+def text_model(s: ClaimsScale, vocab_size: int, d_model: int, coda: CodaConfig | None
+               ) -> ModelConfig:
+    """vocab_size: the tasks' (the SentencePiece pieces plus the sentinels)."""
     heads = max(2, d_model // 32)
-    return config.model_config(coda=coda, vocab_size=s.vocab_size, d_model=d_model,
+    return config.model_config(coda=coda, vocab_size=vocab_size, d_model=d_model,
                                num_heads=heads, num_kv_heads=1, head_dim=d_model // heads,
                                d_ff=2 * d_model, num_encoder_layers=s.num_encoder_layers,
                                num_decoder_layers=s.num_decoder_layers)
@@ -176,9 +178,15 @@ def prepare_data(s: ClaimsScale, data_dir: str | None, log: Log) -> dict:
         log(f"  floors at n = {n} (validation, {chains[n]['validation']} examples): majority "
             f"{100 * f['majority']:.1f}%, bag of words {100 * f['bag_of_words']:.1f}%, "
             f"truncation to ceil(n / r) tokens: " + ", ".join(
-                f"r{r} {100 * v:.1f}%" for r, v in f["truncation"].items()))
-    return {"vocab": vocab, "floors": floors, "pages": pages["dir"],
+                f"r{r} {100 * v:.1f}%" for r, v in _by_rate(f["truncation"])))
+    vocab_size = tasks.get_task_or_mixture(chain_task(s.lengths[0])) \
+        .output_features["targets"].vocabulary.vocab_size
+    return {"vocab": vocab, "vocab_size": vocab_size, "floors": floors, "pages": pages["dir"],
             "page_words": pages["words"]}
+
+
+def _by_rate(bounds: dict) -> list:
+    return sorted(bounds.items(), key=lambda kv: float(kv[0]))
 
 
 # ------------------------------------------------------------------------------ stage 2: runs
@@ -193,7 +201,7 @@ def backbone_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
     from coda_flax.tasks.span_corruption import random_spans_helper
     lengths = (("inputs", s.pretrain_length),
                ("targets", random_spans_helper(s.pretrain_length)[1]))
-    return {label: Run(name=f"backbone/{label}", model=text_model(s, d, None),
+    return {label: Run(name=f"backbone/{label}", model=text_model(s, data["vocab_size"], d, None),
                        task=PRETRAIN_TASK, feature_lengths=lengths, steps=s.pretrain_steps,
                        batch_size=s.pretrain_batch, learning_rate=s.pretrain_lr,
                        trainable="all", k_anneal_stages=1, eval_batch_size=s.pretrain_batch,
@@ -214,7 +222,8 @@ def finetune_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
     dims = dict(s.sizes)
 
     def run(n, size, variant, cfg, init=None):
-        return Run(name=f"n{n}/{size}/{variant}/seed0", model=text_model(s, dims[size], cfg),
+        return Run(name=f"n{n}/{size}/{variant}/seed0",
+                   model=text_model(s, data["vocab_size"], dims[size], cfg),
                    task=chain_task(n), feature_lengths=(("inputs", n), ("targets", 4)),
                    steps=s.finetune_steps, batch_size=s.batch_size,
                    learning_rate=s.finetune_lr, init=init or backbones[size],
@@ -236,7 +245,7 @@ def finetune_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
             runs.setdefault(f"n{n0}/{size}/{name}", run(n0, size, name, coda(s, r)))
     base = backbones[s.base]                                         # pretraining (f)
     pre = dataclasses.replace(base, name=f"coda_pretrain/{s.base}/r3",
-                              model=text_model(s, dims[s.base], coda(s, 3)),
+                              model=text_model(s, data["vocab_size"], dims[s.base], coda(s, 3)),
                               steps=s.coda_pretrain_steps, init=base, k_anneal_stages=2)
     runs[f"n{n0}/{s.base}/coda_r3_pretrained"] = run(n0, s.base, "coda_r3_pretrained",
                                                      coda(s, 3), init=pre)
@@ -370,7 +379,8 @@ def routed_ink(run: Run, root: str, pages_dir: str, out_dir: str, log: Log) -> d
     for rec in read_jsonl(os.path.join(pages_dir, "validation.jsonl")):
         with Image.open(os.path.join(pages_dir, rec["image"])) as img:
             image = np.asarray(img.convert("RGB"), np.uint8)
-        inp = rr.image_input(cfg, image, description=rec["id"], max_patches=run.feature_lengths[0][1])
+        inp = rr.image_input(cfg, image, description=rec["id"],
+                             max_patches=dict(run.feature_lengths)["inputs"])
         reports.append(rr.routing_report(cfg, params, inp))
     rr.write_report(reports[0], out_dir, group(run.name))
     return ink_statistics([r.selected for r in reports], [r.input.ink for r in reports],
@@ -396,9 +406,10 @@ def stage_of(name: str) -> str:
 
 
 def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None,
-               log: Log = print) -> dict:
-    """Every stage (module docstring); writes claims.{md,json}, runs.md, tradeoff.png and the
-    Figure-7 picture into output_dir, the runs under output_dir/runs. Returns the summary."""
+               log: Log = print, data_only: bool = False) -> dict:
+    """Every stage (module docstring); writes claims.{md,json}, tradeoff.png and the Figure-7
+    picture (figure7/) into output_dir, the runs under output_dir/runs. Returns the summary.
+    data_only: stage 1 only (the data and its floors, floors.json)."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}.")
     s = SCALES[scale]
@@ -412,6 +423,10 @@ def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None
     log(f"[claims 1/5] data (scale {scale!r})")
     data = prepare_data(s, data_dir, log)
     lap("data")
+    if data_only:
+        floors = {str(n): f for n, f in data["floors"].items()}
+        pipeline.save_json(os.path.join(output_dir, "floors.json"), floors)
+        return {"scale": scale, "floors": floors}
     text, images = finetune_runs(s, data, data_dir), image_runs(s, data, data_dir)
     log(f"[claims 2/5] {len(text)} text and {len(images)} image finetuning runs "
         f"(plus their backbones), seed 0")
@@ -485,7 +500,7 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
     floors_line = " ".join(
         f"Floors at n = {n}: majority {100 * f['majority']:.1f}%, bag of words "
         f"{100 * f['bag_of_words']:.1f}%, truncation bound " + ", ".join(
-            f"r{r} {100 * v:.1f}%" for r, v in f["truncation"].items()) + "."
+            f"r{r} {100 * v:.1f}%" for r, v in _by_rate(f["truncation"])) + "."
         for n, f in data["floors"].items())
     markdown = (f"Claims at CPU scale ({scale} scale; ± = standard error over the seeds' "
                 f"answers, the larger of binomial and seed-to-seed). {floors_line}\n\n"
@@ -542,7 +557,8 @@ def plot(s: ClaimsScale, est: dict, speed: dict, floors: dict, path: str) -> str
                                             100 * e.se, variant.replace("coda_", "")))
     return verdicts.plot_tradeoff(
         lines, path, floors={"majority": 100 * floors["majority"],
-                             "bag of words (the best without routing)": 100 * floors["bag_of_words"]})
+                             "bag of words (the best without routing)":
+                                 100 * floors["bag_of_words"]})
 
 
 __all__ = ["ClaimsScale", "SCALES", "run_claims", "finetune_runs", "image_runs",
