@@ -189,6 +189,44 @@ def test_routing_report_ink_mask_is_the_hand_computed_one(pages):
         assert inp.ink.tolist() == hand.tolist() and 0 < hand.sum() < 16
 
 
+def test_pages_registered_as_a_task_with_their_ink(pages):
+    from coda_flax.tasks import get_task_or_mixture
+    from coda_flax.tasks.vision import register_page_task
+    root = pages[0]
+    register_page_task("test_claims_pages", root, max_patches=64)
+    task = get_task_or_mixture("test_claims_pages")
+    exs = list(task.get_dataset({"inputs": 64, "targets": 8}, split="validation",
+                                shuffle=False, num_epochs=1).as_numpy_iterator())
+    records = _records(root, "validation")
+    assert [e["targets_pretokenized"].decode() for e in exs] == [r["text"] for r in records]
+    assert exs[0]["inputs"].shape == (64, 2 + 16 * 16 * 3)
+    assert all(0 < e["ink"].sum() < 16 for e in exs)
+
+
+def test_two_chain_lengths_registered_side_by_side(tmp_path):
+    from corpus_helpers import prepared_corpus
+    from coda_flax.datasets import multi_needle
+    from coda_flax.datasets.provenance import bound
+    from coda_flax.tasks import get_task_or_mixture
+    from coda_flax.tasks.offline import register_chain_task
+    vocab = prepared_corpus(tmp_path, vocab_size=300, num_scenes=12)
+    for n in (160, 192):
+        chain = multi_needle.prepare_chain(str(tmp_path), vocab, input_length=n, num_needles=2,
+                                           num_train=8, num_validation=8, log=lambda s: None)
+        register_chain_task(f"test_claims_chain_{n}", chain["dir"], vocab)
+        assert bound(f"test_claims_chain_{n}")[0] == chain["dir"]
+    for n in (160, 192):                    # each name reads its own length's examples
+        name = f"test_claims_chain_{n}"
+        recs = [r for r in multi_needle.read_jsonl(os.path.join(bound(name)[0], "chain.jsonl"))
+                if r["split"] == "validation"]
+        exs = list(get_task_or_mixture(name).get_dataset(
+            {"inputs": n, "targets": 4}, split="validation", shuffle=False,
+            num_epochs=1).as_numpy_iterator())
+        assert [e["targets_pretokenized"].decode() for e in exs] == [r["target"] for r in recs]
+        assert [e["inputs_pretokenized"].decode() for e in exs] == [r["text"] for r in recs]
+        assert len(exs) == 8 and max(len(e["inputs"]) for e in exs) <= n
+
+
 # ----------------------------------------------------------------------------- the command
 def test_cli_rejects_an_unknown_scale_and_a_missing_data_dir(tmp_path, capsys):
     from coda_flax.cli import main

@@ -102,7 +102,7 @@ SCALES = {
                            rates=(1, 3, 16), router_rates=(3,), adapter_dim=16,
                            chain_train=2000, chain_validation=200, gave_train=4000,
                            pretrain_steps=300, coda_pretrain_steps=100, finetune_steps=150,
-                           max_seeds=2, image_train=800, image_validation=96, image_d_model=32,
+                           max_seeds=2, image_train=800, image_validation=64, image_d_model=32,
                            image_dense_steps=300, image_finetune_steps=100, image_rates=(16,),
                            speed_repeats=3),
     "tiny": ClaimsScale(sizes=(("d16", 16), ("d32", 32)), base="d16", lengths=(128, 160),
