@@ -3,6 +3,7 @@ finetune variants -> evaluate -> speed, and writes tables and plots.
 
     demo.py        the Shakespeare "who got it?" demo (`coda demo`)
     compare.py     Parallel Adapter vs CoDA on offline image / speech tasks (`coda compare`)
+    claims.py      the paper's trade-off claims at CPU scale (`coda claims`), runs on runner.py
     reproduce.py   the paper's tables as grids of `coda train` / `coda eval` (`coda reproduce`)
     pipeline.py    the steps they share (reuse of finished runs, finetuning, speed tables)
     paper_tables.py, gin_commands.py, prerequisites.py    reproduce's parts: the table specs and
