@@ -4,7 +4,10 @@
 Finetunes a few demo variants on the needle task from the demo's pretrained backbone for each
 learning rate (Adafactor with absolute steps, or with T5X's relative parameter scale), evaluating
 every --eval-every steps, so that the table shows when a run leaves the constant-prediction
-plateau. Results go to <output>/sweep.jsonl (one line per evaluation) and a markdown table.
+plateau. The runs are the demo's finetuning Runs (coda_flax/experiments/demo_runs.py) with the
+sweep's learning rate, steps and evaluation, executed by coda_flax/experiments/runner.py (a run
+finished before is reused). Results go to <output>/sweep.jsonl (one line per run) and a
+markdown table.
 
     python scripts/sweep_demo.py --backbone outputs/demo/pretrain/final \
         --variants parallel_adapter coda_r3_k_to_k first_k_r3_k_to_k --lrs 0.003 0.01 0.03 \
@@ -37,9 +40,9 @@ def positive_float(text):
 
 
 def main(argv=None) -> int:
-    from coda_flax.experiments import demo
+    from coda_flax.experiments import demo_runs
 
-    names = [v[0] for v in demo.VARIANTS]
+    names = [v[0] for v in demo_runs.VARIANTS]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="outputs/demo/pretrain/final",
                    help="the dense pretrained checkpoint (coda demo writes it)")
@@ -59,37 +62,30 @@ def main(argv=None) -> int:
         p.error(f"--backbone {a.backbone} not found: run `coda demo` first (it pretrains and "
                 f"keeps the backbone in <output>/pretrain/final).")
 
-    from coda_flax.config import CodaConfig
-    from coda_flax.train import run
+    import dataclasses
+
+    from coda_flax.experiments import runner
     from coda_flax.train.trainer import read_metrics
 
-    s = demo.DemoSettings()
-    prepared, _, task = demo.prepare_task(s, a.data_dir)
+    s = demo_runs.DemoSettings()
+    prepared, _, task = demo_runs.prepare_task(s, a.data_dir)
     vocab_size = task.output_features["targets"].vocabulary.vocab_size
-    lengths = {"inputs": s.input_length, "targets": s.target_length}
     os.makedirs(a.output, exist_ok=True)
     log_path = os.path.join(a.output, "sweep.jsonl")
-    fields_of = dict(demo.VARIANTS)
+    options = dict(log_every=50, checkpoint_every=10**9, eval_every=a.eval_every,
+                   data_dir=a.data_dir, vocab_path=prepared["vocab_model"], progress=True)
     rows = []
     for name in a.variants:
-        fields = fields_of[name]
-        cfg = demo.model_config(s, vocab_size, None if fields is None else
-                                CodaConfig(adapter_dim=s.adapter_dim, **fields))
         for lr in a.lrs:
             tag = f"{name}_lr{lr:g}{'_pscale' if a.parameter_scale else ''}_seed{a.seed}"
+            spec = demo_runs.finetune_run(s, vocab_size, name, a.seed, a.backbone, options)
+            spec = dataclasses.replace(
+                spec, name=tag, steps=a.steps, learning_rate=lr,
+                eval_max_examples=a.eval_examples,
+                train_options={**spec.options, "parameter_scale": a.parameter_scale})
             print(f"[sweep] {tag}: {a.steps} steps", flush=True)
             t0 = time.time()
-            out = run.train(model_config=cfg, mixture_or_task_name=demo.TASK,
-                            task_feature_lengths=lengths, batch_size=s.batch_size, log_every=50,
-                            checkpoint_every=10**9, eval_every=a.eval_every,
-                            eval_batch_size=s.batch_size, eval_max_examples=a.eval_examples,
-                            data_dir=a.data_dir, vocab_path=prepared["vocab_model"],
-                            progress=True, train_steps=a.steps,
-                            model_dir=os.path.join(a.output, tag),
-                            initial_checkpoint_path=a.backbone, seed=a.seed,
-                            trainable="all" if fields is None else "finetune", learning_rate=lr,
-                            parameter_scale=a.parameter_scale, k_anneal_fraction=0.2,
-                            k_anneal_stages=2)
+            out = runner.execute(spec, a.output)
             rows_of = {split: [m for m in read_metrics(os.path.join(a.output, tag), split)
                                if "accuracy" in m] for split in ("eval", "train")}
             curve = {int(m["step"]): m["accuracy"] for m in rows_of["eval"]}

@@ -3,15 +3,13 @@
 import json
 import os
 import re
-import signal
 import socket
-import threading
-import time
 
 import numpy as np
 import pytest
 
 from corpus_helpers import prepared_corpus
+from train_helpers import sigterm_after
 from coda_flax.cli import main
 from coda_flax.resources import GIN_DIR
 
@@ -40,21 +38,10 @@ def _train(model_dir, data, vocab, steps, extra=()):
                  "--gin.train.progress=False", *extra])
 
 
-def _sigterm_after(path, rows):
-    """SIGTERM to this process once `path` has `rows` lines (a scheduler's preemption)."""
-    def watch():
-        while not (os.path.exists(path) and len(open(path).readlines()) >= rows):
-            time.sleep(0.02)
-        os.kill(os.getpid(), signal.SIGTERM)
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_train_cli_loss_falls_then_eval_and_infer_write_results(corpus, tmp_path, capsys):
     data, vocab = corpus
     run = tmp_path / "run"
-    _sigterm_after(run / "metrics.jsonl", 3)            # preempted, then resumed
+    sigterm_after(run / "metrics.jsonl", 3)            # preempted, then resumed
     assert _train(run, data, vocab, steps=40) == 143
     saved = int(re.search(r"saved step (\d+) in", capsys.readouterr().err).group(1))
     assert 3 <= saved < 40 and os.path.isdir(run / "checkpoints" / str(saved))

@@ -15,7 +15,7 @@ import pytest
 from corpus_helpers import synthetic_source
 from coda_flax.datasets import cache, needle, provenance
 from coda_flax.datasets.fetch import default_data_dir
-from coda_flax.experiments import demo, pipeline
+from coda_flax.experiments import demo, demo_runs, runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
@@ -175,14 +175,12 @@ def test_a_dataset_changed_under_a_finished_backbone_is_named_and_not_reused(two
     before = provenance.fingerprint(tasks_)
     gave = [k for k in before if k.startswith("shakespeare/needle_gave-")]
     assert len(gave) == 1 and any(k.startswith("shakespeare/corpus-") for k in before)
-    pre = tmp_path / "pretrain"                               # a finished backbone's record
-    (pre / "final").mkdir(parents=True)
-    (pre / "metrics.jsonl").write_text(json.dumps({"split": "train",
-                                                   "step": s.pretrain_steps}) + "\n")
-    report = {"task": s.pretrain_task, "steps": s.pretrain_steps, "gave_examples": 16,
-              "data": before}
-    (pre / "backbone.json").write_text(json.dumps(report))
-    assert demo.reusable_backbone(str(pre), s, before, print) == report   # same data: reused
+    pre_run = demo_runs.pretrain_run(s, 300, {"data_dir": root})
+    assert runner.spec(pre_run)["data"] == provenance.fingerprint(s.pretrain_task)
+    assert gave[0] in runner.spec(pre_run)["data"]         # the mixture reads the gave needles
+    folder = runner.run_dir(str(tmp_path), pre_run)           # a finished backbone's folder
+    (tmp_path / "pretrain" / "result.json").write_text("{}")
+    assert runner.finished(str(tmp_path), pre_run)            # same data: reused
     path = os.path.join(root, gave[0], "needle_gave.jsonl")
     original = open(path).read()
     try:
@@ -191,16 +189,18 @@ def test_a_dataset_changed_under_a_finished_backbone_is_named_and_not_reused(two
         after = provenance.fingerprint(tasks_)
         assert after[gave[0]] != before[gave[0]]
         logs = []
-        assert demo.reusable_backbone(str(pre), s, after, logs.append) is None
-        assert f"dataset {gave[0]} changed" in logs[0] and "pretraining again" in logs[0]
-        assert not pre.exists()                              # the report is not kept
+        assert not runner.finished(str(tmp_path), pre_run)
+        assert runner.run_dir(str(tmp_path), pre_run, logs.append) == folder
+        assert f"dataset {gave[0]} changed" in logs[0] and "set aside" in logs[0]
+        assert not (tmp_path / "pretrain" / "result.json").exists()   # a new, empty folder
     finally:
         with open(path, "w") as f:
             f.write(original)
     assert provenance.fingerprint(tasks_) == before
 
 
-def test_a_resumed_run_on_changed_data_is_refused_and_a_stale_stage_discarded(tmp_path):
+def test_a_resumed_run_on_changed_data_is_refused_and_a_stale_run_set_aside(tmp_path):
+    from coda_flax import tiny_config
     model_dir = str(tmp_path / "run")
     provenance.check_run(model_dir, {"shakespeare/needle-aaa": "1"})
     provenance.check_run(model_dir, {"shakespeare/needle-aaa": "1"})       # same: resumes
@@ -209,11 +209,18 @@ def test_a_resumed_run_on_changed_data_is_refused_and_a_stale_stage_discarded(tm
         provenance.check_run(model_dir, {"shakespeare/needle-aaa": "2"})
     d = cache.prepare(str(tmp_path / "data"), "probe/rows", {"n": 2}, _write_rows(2))["dir"]
     provenance.bind("probe_task", [d])
+    probe = runner.Run(name="run", model=tiny_config(), task="probe_task",
+                       feature_lengths={"inputs": 8, "targets": 4}, steps=1, batch_size=1,
+                       learning_rate=0.1)
     logs = []
-    assert pipeline.discard_if_data_changed(model_dir, "probe_task", logs.append)
-    assert not os.path.exists(model_dir) and "probe/rows-" in logs[0]
-    provenance.check_run(model_dir, provenance.fingerprint("probe_task"))
-    assert not pipeline.discard_if_data_changed(model_dir, "probe_task", logs.append)
+    assert runner.run_dir(str(tmp_path), probe, logs.append) == model_dir   # no run.json
+    assert "no run.json" in logs[0] and os.listdir(model_dir) == ["run.json"]
+    assert runner.run_dir(str(tmp_path), probe, logs.append) == model_dir and len(logs) == 1
+    with open(os.path.join(d, "rows.txt"), "a") as f:
+        f.write("one more row\n")                      # the dataset changes under the run
+    runner.run_dir(str(tmp_path), probe, logs.append)
+    assert "dataset probe/rows-" in logs[1] and "changed" in logs[1]
+    assert sorted(os.listdir(tmp_path)).count("run") == 1 and len(os.listdir(tmp_path)) == 4
 
 
 # ------------------------------------------------------------------------------ the user's cache

@@ -1,5 +1,6 @@
 """`coda demo --quick` end to end on a synthetic play corpus (no downloads)."""
 
+import dataclasses
 import json
 import os
 
@@ -7,10 +8,11 @@ import numpy as np
 import pytest
 
 from corpus_helpers import synthetic_source
-from coda_flax.analysis import figures, probes
+from coda_flax import viz
+from coda_flax.analysis import probes
 from coda_flax.cli import main
 from coda_flax.datasets import needle, shakespeare
-from coda_flax.experiments import demo, pipeline
+from coda_flax.experiments import demo, demo_runs, runner
 
 
 @pytest.fixture(scope="module")
@@ -168,88 +170,83 @@ def test_unigram_entropy_by_hand():
 
 def test_speed_quality_labels_do_not_overlap():
     ys = np.array([50.0, 50.5, 51.0, 20.0, 20.2])
-    placed = figures.label_positions(np.zeros(5), ys, min_gap=2.0)
+    placed = viz.label_positions(np.zeros(5), ys, min_gap=2.0)
     order = np.sort(placed)
     assert np.all(np.diff(order) >= 2.0 - 1e-9)
     assert np.all(placed >= ys)          # labels only move up from their point
     # a crowd at the top stays below `top`, spaced and in order
     ys = np.array([100.0] * 6 + [49.0, 50.0])
-    placed = figures.label_positions(np.zeros(8), ys, min_gap=4.0, top=102.0)
+    placed = viz.label_positions(np.zeros(8), ys, min_gap=4.0, top=102.0)
     assert placed.max() <= 102.0 + 1e-9 and np.all(np.diff(np.sort(placed)) >= 4.0 - 1e-9)
     assert placed[6] < placed[7] < placed[:6].min()
     # ties in y: the point nearer the label column (larger x) gets the higher label
-    placed = figures.label_positions(np.array([3.0, 1.0, 2.0]), np.full(3, 100.0), 4.0, 102.0)
+    placed = viz.label_positions(np.array([3.0, 1.0, 2.0]), np.full(3, 100.0), 4.0, 102.0)
     assert placed[1] < placed[2] < placed[0]
 
 
-def test_finished_backbone_is_reused_and_said_so(tmp_path, monkeypatch):
-    pre = tmp_path / "pretrain"
-    (pre / "final").mkdir(parents=True)
-    with open(pre / "metrics.jsonl", "w") as f:
-        for step in (100, 200):
-            f.write(json.dumps({"split": "train", "step": step}) + "\n")
-        f.write(json.dumps({"split": "eval", "step": 200}) + "\n")
+def test_finished_backbone_report_is_reused_and_said_so(tmp_path, monkeypatch):
     data = {"shakespeare/corpus-0123456789ab": "00aa11bb22cc33dd"}
     report = {"loss_real_tokens": 5.0, "unigram_entropy": 6.0, "tokens": 3, "steps": 200,
               "task": demo.PRETRAIN_TASK, "data": data}
-    json.dump(report, open(pre / "backbone.json", "w"))
-    assert pipeline.trained_steps(str(pre)) == 200
-    monkeypatch.setattr(demo.provenance, "fingerprint", lambda tasks: dict(data))
-    logs = []
     s = demo.DemoSettings(pretrain_steps=200)
-    # nothing is trained or loaded: a reuse needs no model, data or vocabulary
-    assert demo.pretrain_backbone(s, 100, str(pre), {}, logs.append) == report
-    assert "reusing the pretrained backbone" in logs[0]
-
-
-def test_backbone_of_another_pretraining_task_is_not_reused(tmp_path, monkeypatch):
-    pre = tmp_path / "pretrain"
-    (pre / "final").mkdir(parents=True)
-    with open(pre / "metrics.jsonl", "w") as f:
-        f.write(json.dumps({"split": "train", "step": 200}) + "\n")
-    json.dump({"steps": 200, "task": "coda_shakespeare_span_corruption"},
-              open(pre / "backbone.json", "w"))
-
-    class Trained(Exception):
-        pass
-
-    def fake_pretrain(*args, **kwargs):
-        assert not pre.exists()                 # the old backbone was set aside first
-        raise Trained(kwargs["mixture_or_task_name"])
-    monkeypatch.setattr(pipeline, "pretrain_dense", fake_pretrain)
+    pre_run = demo_runs.pretrain_run(s, 100, {})
+    (tmp_path / "pretrain").mkdir()
+    with open(tmp_path / "pretrain" / "backbone.json", "w") as f:
+        json.dump(dict(report, fingerprint="f" * 64), f)
+    monkeypatch.setattr(demo.provenance, "fingerprint", lambda tasks: dict(data))
+    monkeypatch.setattr(runner, "execute", lambda run, root, log: {"fingerprint": "f" * 64})
+    monkeypatch.setattr(runner, "load", lambda *a: pytest.fail("nothing is loaded"))
     logs = []
-    with pytest.raises(Trained, match=demo.PRETRAIN_TASK):
-        demo.pretrain_backbone(demo.DemoSettings(pretrain_steps=200), 100, str(pre), {},
-                               logs.append)
-    assert "coda_shakespeare_span_corruption" in logs[0] and "pretraining again" in logs[0]
+    # nothing is trained or loaded: a reuse needs no model, data or vocabulary
+    assert demo.pretrain_backbone(s, pre_run, str(tmp_path), logs.append) == report
+    assert "reusing the pretrained backbone's report" in logs[0]
+
+
+def test_backbone_of_another_pretraining_task_is_set_aside(tmp_path):
+    span = demo_runs.pretrain_run(demo.DemoSettings(pretrain_task=demo.SPAN_TASK), 100, {})
+    mix = demo_runs.pretrain_run(demo.DemoSettings(), 100, {})
+    assert (span.name, span.task, mix.task) == ("pretrain", demo.SPAN_TASK, demo.PRETRAIN_TASK)
+    runner.run_dir(str(tmp_path), span)
+    logs = []
+    runner.run_dir(str(tmp_path), mix, logs.append)
+    assert f'task "{demo.SPAN_TASK}" -> "{demo.PRETRAIN_TASK}"' in logs[0]
+    assert "set aside" in logs[0] and len(os.listdir(tmp_path)) == 2
 
 
 @pytest.mark.parametrize("change", ["backbone", "lr"])
-def test_finished_run_of_other_settings_is_trained_again(tmp_path, monkeypatch, change):
-    from coda_flax.train import run
+def test_finished_run_of_other_settings_is_set_aside(tmp_path, change):
     s = demo.DemoSettings()
-    run_dir = tmp_path / "finetune" / "parallel_adapter" / "seed0"
-    (run_dir / "final").mkdir(parents=True)
-    settings = {"steps": s.finetune_steps, "lr": s.finetune_lr, "seed": 0,
-                "fields": {"reduction": 1},
-                "backbone": {"task": demo.SPAN_TASK if change == "backbone" else s.pretrain_task,
-                             "steps": s.pretrain_steps}}
-    if change == "lr":
-        settings["lr"] = 0.5
-    json.dump({"settings": settings}, open(run_dir / "result.json", "w"))
-
-    class Trained(Exception):
-        pass
-
-    def fake_train(**kwargs):
-        assert not run_dir.exists()             # the stale run was set aside first
-        raise Trained(kwargs["model_dir"])
-    monkeypatch.setattr(run, "train", fake_train)
+    backbone = demo_runs.pretrain_run(s, 100, {})
+    first = demo_runs.finetune_run(s, 100, "parallel_adapter", 0, backbone, {})
+    assert first.name == "finetune/parallel_adapter/seed0"
+    runner.run_dir(str(tmp_path), first)
+    if change == "backbone":
+        other = demo_runs.pretrain_run(dataclasses.replace(s, pretrain_task=demo.SPAN_TASK),
+                                       100, {})
+        second = dataclasses.replace(first, init=other)
+    else:
+        second = dataclasses.replace(first, learning_rate=0.5)
     logs = []
-    with pytest.raises(Trained):
-        demo.finetune_variant(s, 100, "parallel_adapter", {"reduction": 1}, 0, str(run_dir),
-                              "pretrained", {}, None, logs.append)
-    assert "other settings or another backbone" in logs[0]
+    runner.run_dir(str(tmp_path), second, logs.append)
+    assert ("init" if change == "backbone" else "learning_rate 0.01 -> 0.5") in logs[0]
+    assert len(os.listdir(tmp_path / "finetune" / "parallel_adapter")) == 2
+
+
+def test_finetune_runs_put_seeds_outer_and_one_seed_variants_first_seed_only():
+    s = dataclasses.replace(demo.QUICK, seeds=(3, 7), one_seed=("coda_r3_k_to_all",))
+    variants = [v for v in demo.VARIANTS if v[0] in ("coda_r3_k_to_all", "parallel_adapter",
+                                                     "full_finetuning")]
+    specs = demo_runs.finetune_runs(s, 100, variants, "/backbone/final", {})
+    assert [r.name for r in specs] == [
+        "finetune/full_finetuning/seed3", "finetune/parallel_adapter/seed3",
+        "finetune/coda_r3_k_to_all/seed3",
+        "finetune/full_finetuning/seed7", "finetune/parallel_adapter/seed7"]
+    full, adapter = specs[0], specs[1]
+    assert (full.trainable, full.learning_rate, full.model.coda) == ("all", s.full_finetune_lr,
+                                                                     None)
+    assert (adapter.trainable, adapter.learning_rate, adapter.model.coda.reduction) == (
+        "finetune", s.finetune_lr, 1)
+    assert adapter.options["parameter_scale"] is False and adapter.init == "/backbone/final"
 
 
 def test_missing_needle_files_name_their_question(tmp_path):
@@ -287,3 +284,37 @@ def test_encoder_states_start_at_the_embedding_and_end_before_the_final_norm():
     normed *= np.asarray(params["encoder"]["encoder_norm"]["scale"])
     encoded = model.apply({"params": params}, jnp.asarray(tokens), method="encode")
     np.testing.assert_allclose(np.asarray(encoded), normed, atol=1e-5)
+
+
+@pytest.mark.slow   # ~3 min on 2 loaded cores: a 1-step backbone, then two 2-step sweep runs
+def test_sweep_demo_finetunes_the_demo_variants_at_each_rate_and_reuses_them(
+        data_dir, tmp_path, monkeypatch, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "sweep_demo", os.path.join(os.path.dirname(__file__), "..", "scripts", "sweep_demo.py"))
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    s = dataclasses.replace(demo.QUICK, pretrain_steps=1)
+    monkeypatch.setattr(demo_runs, "DemoSettings", lambda: s)     # the quick sizes
+    prepared, _, task = demo_runs.prepare_task(s, str(data_dir), log=lambda _: None)
+    vocab_size = task.output_features["targets"].vocabulary.vocab_size
+    backbone = demo_runs.pretrain_run(s, vocab_size, {"data_dir": str(data_dir),
+                                                      "vocab_path": prepared["vocab_model"],
+                                                      "progress": False})
+    runner.execute(backbone, str(tmp_path), log=lambda _: None)
+    out = tmp_path / "sweep"
+    argv = ["--backbone", str(tmp_path / "pretrain" / "final"), "--output", str(out),
+            "--data-dir", str(data_dir), "--variants", "coda_r3_k_to_k", "--lrs", "0.01", "0.03",
+            "--steps", "2", "--eval-every", "1", "--eval-examples", "4"]
+    assert sweep.main(argv) == 0
+    rows = [json.loads(line) for line in open(out / "sweep.jsonl")]
+    assert [(r["variant"], r["lr"], r["steps"]) for r in rows] == [
+        ("coda_r3_k_to_k", 0.01, 2), ("coda_r3_k_to_k", 0.03, 2)]
+    assert all(sorted(r["curve"]) == ["1", "2"] for r in rows)      # evaluated at every step
+    assert "| coda_r3_k_to_k | 0.03 |" in capsys.readouterr().out
+    record = json.load(open(out / "coda_r3_k_to_k_lr0.03_seed0" / "run.json"))
+    assert record["spec"]["learning_rate"] == 0.03 and record["spec"]["steps"] == 2
+    assert record["spec"]["init"]["fingerprint"] == runner.fingerprint(backbone)
+    assert sweep.main(argv) == 0                          # finished: reused, the same results
+    again = [json.loads(line) for line in open(out / "sweep.jsonl")][2:]
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]

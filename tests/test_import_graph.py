@@ -44,13 +44,10 @@ ENTRY_POINTS = {
     "t5x.__main__": "cli",
 }
 # experiments modules that are not tools: the steps the tools share.
-EXPERIMENT_HELPERS = {"pipeline", "runner", "paper_tables", "gin_commands", "prerequisites"}
+EXPERIMENT_HELPERS = {"pipeline", "runner", "demo_runs", "paper_tables", "gin_commands",
+                      "prerequisites"}
 # Tool -> tool imports still there, and why (each must still exist: see the test below).
-KNOWN_TOOL_IMPORTS = {
-    ("scripts.sweep_demo", "experiments.demo"):
-        "the sweep reuses the demo's settings and steps until the experiments share one runner "
-        "(issue 19's experiment pipeline)",
-}
+KNOWN_TOOL_IMPORTS: dict[tuple[str, str], str] = {}
 
 MAX_LINES = 600
 # module (dotted, below coda_flax; the last component alone matches too, so that a module
@@ -59,8 +56,6 @@ LONG_MODULES = {
     "bench": "one concern, the two benchmarks (the PA vs CoDA sweep and the soft top-k "
              "micro-benchmark) with their settings; timing, random weights, tables and plots "
              "live in analysis/",
-    "viz": "one concern, the routing plots (heatmaps, highlights, images, audio); the "
-           "decisions and statistics live in analysis/routing_stats.py",
 }
 
 

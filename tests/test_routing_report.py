@@ -51,6 +51,35 @@ def test_text_report_from_ids(text_model, tmp_path):
     assert lines[0].startswith("t: r = 3, k = 4 of n = 12; 8 real tokens")
 
 
+def test_batch_report_evidence_and_ink_by_numpy(text_model):
+    config, params = text_model
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, 60, size=(2, 12)).astype(np.int32)
+    tokens[1, 9:] = 0                                            # 9 real tokens in row 1
+    ink = np.zeros((2, 12), bool)
+    ink[:, :3] = True
+    out = report.batch_report(config, params, tokens, ink=ink, spans=[(0, 4), (2, 3)])
+    sown = _sown(config, params, jax.numpy.asarray(tokens))
+    selected = np.zeros((config.num_encoder_layers, 2, 12), bool)
+    for i in range(config.num_encoder_layers):
+        for b in range(2):
+            selected[i, b, np.asarray(sown[f"layers_{i}"]["router_indices"][0][b])] = True
+    np.testing.assert_array_equal(out["decisions"]["selected"], selected)
+    valid = tokens > 0
+    evidence = np.zeros((2, 12), bool)
+    evidence[0, 0:4] = evidence[1, 2:3] = True
+    routed = selected & valid
+    share = ((routed & evidence).sum(-1) / routed.sum(-1)).mean(-1)
+    np.testing.assert_allclose(out["evidence"]["routed_evidence_share"], share)
+    assert out["evidence"]["chance"] == pytest.approx((4 / 12 + 1 / 9) / 2)
+    # ink: every page's patches pooled; 6 of the 21 real positions hold ink
+    assert out["ink"]["page_ink_share"] == pytest.approx(6 / 21)
+    assert out["ink"]["routed"] == routed.sum((1, 2)).tolist()
+    np.testing.assert_allclose(out["ink"]["routed_ink_share"],
+                               (routed & ink).sum((1, 2)) / routed.sum((1, 2)))
+    assert set(report.batch_report(config, params, tokens)) == {"decisions"}
+
+
 def test_text_input_random_ids_and_errors(text_model):
     config, _ = text_model
     a = report.text_input(config, length=10, seed=3)

@@ -6,14 +6,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import signal
-import threading
-import time
 
 import numpy as np
 import pytest
 
 from corpus_helpers import prepared_corpus
+from train_helpers import sigterm_after
 from coda_flax import CodaConfig, tiny_config
 from coda_flax.experiments import runner
 from coda_flax.train import run as train_run
@@ -161,8 +159,11 @@ def test_parent_runs_once_finished_runs_are_reused_other_settings_set_aside(
     # a changed parent is another parent: it and the child run again (the child's fingerprint
     # follows the parent's)
     calls.clear()
+    logs.clear()
     runner.execute(_child(_dense(data, steps=3), "finetune/coda_r4", 4), root, logs.append)
     assert [os.path.basename(c["model_dir"]) for c in calls] == ["dense", "coda_r4"]
+    assert any("dense:" in line and "steps 2 -> 3" in line for line in logs)
+    assert any("finetune/coda_r4:" in line and "init.fingerprint" in line for line in logs)
 
 
 def test_a_stopped_run_resumes_in_its_folder(data, tmp_path, monkeypatch):
@@ -179,23 +180,12 @@ def test_a_stopped_run_resumes_in_its_folder(data, tmp_path, monkeypatch):
     assert not out["reused"]
 
 
-def _sigterm_after(path, rows):
-    """SIGTERM to this process once `path` has `rows` lines (a scheduler's preemption)."""
-    def watch():
-        while not (os.path.exists(path) and len(open(path).readlines()) >= rows):
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGTERM)
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
-
-
-@pytest.mark.slow   # ~80 s on 2 loaded cores: trains, is stopped, resumes, then reuses
+@pytest.mark.slow   # ~80-130 s on 2 loaded cores: trains, is stopped, resumes, then reuses
 def test_real_training_stops_resumes_and_is_reused_with_its_parameters(data, tmp_path):
     from coda_flax.train.trainer import Preempted, read_metrics
     run = _dense(data, steps=30)
     folder = tmp_path / "dense"
-    _sigterm_after(folder / "metrics.jsonl", 3)
+    sigterm_after(folder / "metrics.jsonl", 3)
     with pytest.raises(Preempted):
         runner.execute(run, str(tmp_path), log=lambda s: None)
     stopped = [r["step"] for r in read_metrics(str(folder), "train")]

@@ -315,7 +315,7 @@ def test_image_heatmap_places_the_routed_set_over_the_page(monkeypatch, tmp_path
     def fake(selected, grid_hw, path, image=None, **kw):
         seen.update(selected=selected, grid_hw=grid_hw, image=image)
         return path
-    monkeypatch.setattr(viz, "plot_patch_routing", fake)
+    monkeypatch.setattr(viz.media, "plot_patch_routing", fake)   # plot_image_routing's module
     selected = np.array([[True, False, True, False]])            # routes (2, 2) and (1, 2)
     viz.plot_image_routing(selected, patches, str(tmp_path / "x.png"), patch_size=P)
     assert seen["grid_hw"] == (2, 2)
@@ -381,6 +381,14 @@ def test_plot_ink_share(tmp_path):
     stats = routing_stats.ink_share(np.eye(4, 6, dtype=bool), np.array([1, 0, 1, 0, 0, 0], bool))
     img = _image(viz.plot_ink_share(stats, tmp_path / "ink.png", dpi=50))
     assert img.shape[1] > img.shape[0] and img[..., :3].std() > 0.05
+    # several variants on the same pages: grouped bars, a wider figure
+    other = routing_stats.ink_share(np.eye(4, 6, k=1, dtype=bool), np.array([1, 0, 1, 0, 0, 0],
+                                                                            bool))
+    both = _image(viz.plot_ink_share({"coda_r4": stats, "coda_r8": other},
+                                     tmp_path / "ink2.png", dpi=50))
+    assert both.shape[1] > img.shape[1] and both[..., :3].std() > 0.05
+    with pytest.raises(ValueError, match="no layers"):
+        viz.plot_ink_share({}, tmp_path / "none.png")
 
 
 # ------------------------------------------------------------------------------------- audio

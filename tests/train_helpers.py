@@ -1,4 +1,10 @@
-"""Shared pieces of the training tests: a tiny model and deterministic synthetic batches."""
+"""Shared pieces of the training tests: a tiny model, deterministic synthetic batches and a
+scheduler's preemption (SIGTERM once a metrics file has some rows)."""
+
+import os
+import signal
+import threading
+import time
 
 import numpy as np
 
@@ -45,3 +51,14 @@ def trainer(model_dir, total_steps=6, mesh=None, **kw):
     the_model = kw.pop("model", None) or model()
     cfg.update(kw)
     return Trainer(the_model, TrainerConfig(**cfg), mesh=mesh)
+
+
+def sigterm_after(path, rows):
+    """SIGTERM to this process once `path` has `rows` lines (a scheduler's preemption)."""
+    def watch():
+        while not (os.path.exists(path) and len(open(path).readlines()) >= rows):
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread

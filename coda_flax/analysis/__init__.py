@@ -9,6 +9,6 @@
     estimates.py      accuracies with standard errors over seeds; when two differ (3 SE)
     claims.py         `coda claims`' verdicts per claim, its table and Figure-5 plot
 
-coda_flax.viz (the routing plots) is the layer below; coda_flax.bench (the benchmarks) the
+coda_flax.viz (the plots) is the layer below; coda_flax.bench (the benchmarks) the
 layer above (tests/test_import_graph.py).
 """

@@ -6,6 +6,8 @@ the same steps; only the input, the plots and the summary lines depend on what t
         | image_input(config, image, max_patches=..., ink_threshold=...)
         | audio_input(config, waveform, max_seconds=...)
     report = routing_report(config, params, inp, layers=None, source={...})
+    batch_report(config, params, values [b, ...], ink=..., spans=...)   a batch's decisions
+        and statistics: the ink share of pages, the evidence share of spans
         report.decisions (routing_stats.routing_decisions), report.selected / lam [layers, n],
         report.statistics, report.ink (images), report.record (decisions.json), report.notes
     files = write_report(report, out_dir, name)     plots + decisions.json
@@ -286,6 +288,36 @@ def routing_report(config, params, inp: EncoderInput, layers=None,
             f"every layer routes every real token (the other {k - num_real} slots fall on "
             f"padding with weight 0); drop --length to route within the text.")
     return report
+
+
+def batch_report(config, params, values, *, ink=None, spans=None) -> dict:
+    """The routing of a batch of encoder inputs and its statistics over the whole batch (the
+    demo's evidence share, `coda compare`'s ink share).
+
+    Args:
+        config: a routed CoDA ModelConfig; params: its parameter tree.
+        values: [b, n] token ids, [b, n, 2 + p*p*C] patches or [b, T, 1 + mel] frames.
+        ink: [b, n] bool, the patches holding ink: "ink" = routing_stats.ink_share over every
+            page's patches pooled.
+        spans: (start, end) of an evidence span per row: "evidence" =
+            routing_stats.evidence_share, averaged over the rows.
+    Returns {"decisions": routing_stats.routing_decisions, "ink", "evidence"} (the last two,
+    lists and numbers, only when asked)."""
+    routing_stats.check_routed(config)
+    decisions = routing_stats.routing_decisions(config, params, values)
+    selected, valid = np.asarray(decisions["selected"]), np.asarray(decisions["valid"])
+    out: dict[str, Any] = {"decisions": decisions}
+    if ink is not None:
+        out["ink"] = _lists(routing_stats.ink_share(
+            selected.reshape(len(selected), -1), np.asarray(ink, bool).reshape(-1),
+            valid.reshape(-1)))
+    if spans is not None:
+        out["evidence"] = _lists(routing_stats.evidence_share(selected, spans, valid))
+    return out
+
+
+def _lists(stats: dict) -> dict:
+    return {k: np.asarray(v).tolist() for k, v in stats.items()}
 
 
 def heading(report: RoutingReport, name: str) -> str:

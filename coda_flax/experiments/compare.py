@@ -17,10 +17,11 @@ The paper's protocol (section 3.3) at CPU scale, on real offline data:
 
 Outputs in the output folder: results.json, results.md, speed_quality.png, routing plots and
 (rendered words / documents) ink_share.png. The table also gives the score of always answering
-the most frequent validation target. A second run reuses the dense backbone and every finished
-variant (their MODEL_DIR/final), evaluating them again, unless the data they were trained on
-changed (pipeline.discard_if_data_changed: named, trained again); delete the folder to start
-over. results.json records the hashes of the datasets used.
+the most frequent validation target. The dense backbone and the variants are Run specs
+(`runs`) executed by experiments/runner.py: a second run reuses every finished one, unless its
+settings or the data it was trained on changed (the folder is set aside, named, and the run
+trained again); delete the folder to start over. results.json records the hashes of the
+datasets used.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ import numpy as np
 
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.datasets import provenance
-from coda_flax.experiments import pipeline
+from coda_flax.experiments import pipeline, runner
+from coda_flax.experiments.runner import Run
 from coda_flax.soft_topk import SoftTopkConfig
 
 Log = Callable[[str], None]
@@ -130,18 +132,22 @@ def register(s: CompareSettings, data_dir: str | None, prepare: bool, log: Log):
     return tasks.get_task_or_mixture(s.task)
 
 
-def ink_share(model_config_, params, examples, batch) -> dict:
-    """Does the router pick ink? routing_stats.ink_share over a batch of rendered pages (all
-    pages' patches pooled); the page's share is what routing blind to the content would
-    give."""
-    from coda_flax.analysis import routing_stats
-    decisions = routing_stats.routing_decisions(model_config_, params,
-                                                batch["encoder_input_tokens"])
-    selected = np.asarray(decisions["selected"])                          # [L, b, n]
-    ink = np.stack([np.asarray(e["ink"], bool) for e in examples])
-    stats = routing_stats.ink_share(selected.reshape(len(selected), -1), ink.reshape(-1),
-                          np.asarray(decisions["valid"]).reshape(-1))
-    return {k: np.asarray(v).tolist() for k, v in stats.items()}
+def runs(s: CompareSettings, data_dir: str | None) -> list[Run]:
+    """The dense backbone ("dense": every parameter trained) and one finetuning run per variant
+    ("finetune/<variant>": converted from the backbone, adapters + routers + layer norms
+    trained, k annealed from n to n / r in two stages)."""
+    options = dict(log_every=25, checkpoint_every=10**9, data_dir=data_dir, progress=True,
+                   parameter_scale=False)
+    dense = Run(name="dense", model=model_config(s, None), task=s.task,
+                feature_lengths={"inputs": s.input_length, "targets": s.target_length},
+                steps=s.pretrain_steps, batch_size=s.batch_size, learning_rate=s.pretrain_lr,
+                trainable="all", k_anneal_stages=1, eval_batch_size=s.batch_size,
+                eval_max_examples=s.eval_examples,
+                train_options={**options, "warmup_steps": s.pretrain_warmup})
+    return [dense] + [dataclasses.replace(
+        dense, name=f"finetune/{variant}", model=model_config(s, r), steps=s.finetune_steps,
+        learning_rate=s.finetune_lr, trainable="finetune", init=dense, k_anneal_fraction=0.2,
+        k_anneal_stages=2, train_options=options) for variant, r in s.variants]
 
 
 def majority_baseline(task, lengths, max_examples: int, models: dict) -> dict:
@@ -162,8 +168,9 @@ def run_compare(name: str, output_dir: str, *, quick_run: bool = False,
                 data_dir: str | None = None, prepare: bool = True, log: Log = print) -> dict:
     """Runs the comparison `name` (a key of SETTINGS); writes and returns the results.
 
-    The steps are coda_flax.experiments.pipeline's: pretrain_dense -> finetune_variant (per
-    variant: convert, finetune, evaluate) -> speed_table -> table and plots."""
+    The steps: the Run specs of `runs` executed by experiments/runner.py (the dense backbone,
+    then per variant: convert, finetune, evaluate) -> pipeline.speed_table -> table and
+    plots."""
     from coda_flax.train import run
 
     if name not in SETTINGS:
@@ -174,28 +181,17 @@ def run_compare(name: str, output_dir: str, *, quick_run: bool = False,
     log(f"[compare 1/5] data for {s.task}")
     task = register(s, data_dir, prepare, log)
     lengths = {"inputs": s.input_length, "targets": s.target_length}
-    common = dict(mixture_or_task_name=s.task, batch_size=s.batch_size, log_every=25,
-                  checkpoint_every=10**9, data_dir=data_dir, progress=True,
-                  parameter_scale=False)
-    evaluation = dict(task_feature_lengths=lengths, eval_batch_size=s.batch_size,
-                      eval_max_examples=s.eval_examples)
+    specs = runs(s, data_dir)
 
     log(f"[compare 2/5] the dense backbone: {s.pretrain_steps} steps, every parameter trained")
-    dense = pipeline.pretrain_dense(
-        model_config(s, None), os.path.join(output_dir, "dense"),
-        train_steps=s.pretrain_steps, learning_rate=s.pretrain_lr,
-        warmup_steps=s.pretrain_warmup, log=log, **common, **evaluation)
+    runner.execute(specs[0], output_dir, log)
 
     log(f"[compare 3/5] finetune {len(s.variants)} variants ({s.finetune_steps} steps each; "
         f"adapters + routers + layer norms)")
+    done = runner.execute_all(specs[1:], output_dir, log, load_params=True)
     results, models, params = {}, {}, {}
-    for variant, r in s.variants:
-        cfg = model_config(s, r)
-        out = pipeline.finetune_variant(
-            cfg, os.path.join(output_dir, "finetune", variant), initial_checkpoint_path=dense,
-            task=task, feature_lengths=lengths, eval_batch_size=s.batch_size,
-            eval_max_examples=s.eval_examples, train_steps=s.finetune_steps,
-            learning_rate=s.finetune_lr, log=log, **common)
+    for (variant, r), spec in zip(s.variants, specs[1:]):
+        out, cfg = done[spec.name], spec.model
         ev = out["eval"]
         n = _encoder_length(cfg, s.input_length)
         results[variant] = {"reduction": r, "n": n, "k": cfg.coda.k(n), "eval": ev,
@@ -237,23 +233,38 @@ def _encoder_length(cfg: ModelConfig, length: int) -> int:
 def _plots(summary, models, params, examples, batch, output_dir):
     from coda_flax import viz
     from coda_flax.analysis import routing_stats
-    plot_speed_quality(summary, os.path.join(output_dir, "speed_quality.png"))
+    from coda_flax.analysis.routing_report import batch_report
+    st = summary["settings"]
+    viz.plot_speed_quality(
+        {name: (r["end_to_end_speedup"], r["quality"], 0.0)
+         for name, r in summary["variants"].items()},
+        os.path.join(output_dir, "speed_quality.png"),
+        floor=summary["majority"][st["headline"]], floor_label="the most frequent answer",
+        xlabel="measured end-to-end speedup over the Parallel Adapter",
+        ylabel=f"{st['headline']} ({'lower' if st['lower_is_better'] else 'higher'} is better)",
+        title=f"{summary['task']}: speed vs quality")
     routed = [v for v in models if routing_stats.is_routed(models[v].config)]
-    if summary["task"] in ("coda_rendered_docs", "coda_rendered_words") and routed:
-        shares = {v: ink_share(models[v].config, params[v], examples, batch) for v in routed}
-        summary["ink_share"] = shares
-        plot_ink_share(shares, os.path.join(output_dir, "ink_share.png"))
+    pages = summary["task"] in ("coda_rendered_docs", "coda_rendered_words")
+    ink = np.stack([np.asarray(e["ink"], bool) for e in examples]) if pages and routed else None
+    shares = {}
     for v in routed:
         cfg = models[v].config
-        x = batch["encoder_input_tokens"][0]
-        decisions = routing_stats.routing_decisions(cfg, params[v], x[None])
-        lam = np.asarray(decisions["lam"])[:, 0]
+        x = batch["encoder_input_tokens"]
+        report = batch_report(cfg, params[v], x, ink=ink)
+        if ink is not None:
+            shares[v] = report["ink"]
+        lam = np.asarray(report["decisions"]["lam"])[:, 0]
         path = os.path.join(output_dir, f"routing_{v}.png")
         title = f"{v}: router preference (lam) per layer"
         if cfg.encoder_input == "patches":
-            viz.plot_image_routing(lam, x, path, patch_size=cfg.patch_size, title=title)
+            viz.plot_image_routing(lam, x[0], path, patch_size=cfg.patch_size, title=title)
         else:
-            viz.plot_audio_routing(lam, x, path, title=title)
+            viz.plot_audio_routing(lam, x[0], path, title=title)
+    if shares:
+        summary["ink_share"] = shares
+        viz.plot_ink_share(shares, os.path.join(output_dir, "ink_share.png"),
+                           title="Does the router pick ink? (dashed: share of ink patches on "
+                                 "the page)")
 
 
 def results_table(summary: dict) -> str:
@@ -282,43 +293,3 @@ def results_table(summary: dict) -> str:
             per_layer = ", ".join(f"{100 * x:.0f}%" for x in sh["routed_ink_share"])
             lines.append(f"- {name}: {per_layer} [{100 * sh['page_ink_share']:.0f}%]")
     return "\n".join(lines) + "\n"
-
-
-def plot_speed_quality(summary: dict, path: str) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    s = summary["settings"]
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    for name, r in summary["variants"].items():
-        ax.scatter(r["end_to_end_speedup"], r["quality"], s=60,
-                   marker="s" if r["reduction"] == 1 else "o")
-        ax.annotate(name, (r["end_to_end_speedup"], r["quality"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("measured end-to-end speedup over the Parallel Adapter")
-    ax.set_ylabel(f"{s['headline']} ({'lower' if s['lower_is_better'] else 'higher'} is better)")
-    ax.set_title(f"{summary['task']}: speed vs quality")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_ink_share(shares: dict, path: str) -> str:
-    """Per layer: routed patches' ink share for each variant, the page's ink share dashed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    for name, sh in shares.items():
-        layers = np.arange(len(sh["routed_ink_share"]))
-        line, = ax.plot(layers, 100 * np.asarray(sh["routed_ink_share"]), marker="o",
-                        label=f"{name}: routed patches")
-        ax.axhline(100 * sh["page_ink_share"], color=line.get_color(), ls="--", lw=0.8)
-    ax.set_xlabel("encoder layer")
-    ax.set_ylabel("% of patches that contain ink")
-    ax.set_ylim(0, 100)
-    ax.set_title("Does the router pick ink? (dashed: share of ink patches on the page)")
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

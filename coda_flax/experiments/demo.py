@@ -22,109 +22,33 @@ T5 has no absolute positions, so the decoder reads them as a bag of words in whi
 C" and "C gave B to A" are the same: truncation (the needle is never in the first k tokens) can
 reach at most 50%, a router that sends the needle through the frozen layers up to 100%.
 
-Finished stages are reused from the output folder (the backbone, every finetuning run); the demo
-says so when it does. Each records the hashes of the datasets it was trained on
-(coda_flax.datasets.provenance); a stage whose data changed since is named and run again.
+The runs (settings, variants, tasks) are declared in experiments/demo_runs.py and executed by
+experiments/runner.py: finished ones are reused from the output folder (the backbone with its
+report, every finetuning run), and the demo says so when it does. Each is fingerprinted with
+its settings and the hashes of the datasets it was trained on (coda_flax.datasets.provenance);
+a run whose settings or data changed since is named, set aside and run again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 from typing import Callable
 
 import numpy as np
 
-from coda_flax import config
-from coda_flax.analysis import figures
+from coda_flax import viz
 from coda_flax.analysis import probes as token_probes
 from coda_flax.analysis.estimates import binomial_se, summarize_seeds  # noqa: F401 (demo.*)
-from coda_flax.config import CodaConfig, ModelConfig
+from coda_flax.config import CodaConfig
 from coda_flax.datasets import provenance
-from coda_flax.experiments import pipeline
+from coda_flax.experiments import demo_runs, pipeline, runner
+from coda_flax.experiments.demo_runs import (  # noqa: F401  (the demo's settings, re-exported)
+    GAVE_TASK, PRETRAIN_TASK, PRETRAIN_TASKS, QUICK, QUICK_VARIANTS, SPAN_TASK, TASK, VARIANTS,
+    DemoSettings, model_config, prepare_task)
 from coda_flax.soft_topk import SOLVERS
 from coda_flax.tasks.metrics import majority_floor
-
-TASK = "coda_shakespeare_needle"
-PRETRAIN_TASK = "coda_shakespeare_pretrain_mix"      # span corruption + "who gave it?"
-SPAN_TASK = "coda_shakespeare_span_corruption"        # the ablation: span corruption only
-PRETRAIN_TASKS = {PRETRAIN_TASK: "span corruption mixed with 'who gave it?'",
-                  SPAN_TASK: "span corruption only"}
-GAVE_TASK = "coda_shakespeare_needle_gave"
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoSettings:
-    """Sizes and steps of the default run (about 35-40 minutes on 2 CPU cores, README); the
-    finetuning learning rate and steps come from scripts/sweep_demo.py (README)."""
-
-    d_model: int = 128
-    num_heads: int = 4
-    head_dim: int = 32
-    d_ff: int = 256
-    num_encoder_layers: int = 4
-    num_decoder_layers: int = 2
-    adapter_dim: int = 32
-    input_length: int = 128
-    target_length: int = 4
-    batch_size: int = 16
-    pretrain_batch_size: int = 32
-    pretrain_steps: int = 1000
-    pretrain_task: str = PRETRAIN_TASK  # one of PRETRAIN_TASKS
-    pretrain_lr: float = 0.01
-    finetune_steps: int = 500
-    finetune_lr: float = 0.01           # absolute steps (Adafactor without parameter scale)
-    full_finetune_lr: float = 0.001
-    seeds: tuple = (0, 1)
-    # variants run with the first seed only (to fit the CPU budget); the others with every seed
-    one_seed: tuple = ("full_finetuning", "coda_r3_k_to_all", "coda_r5_k_to_all",
-                       "sigmoid_r3_k_to_k", "coda_r10_k_to_k")
-    needle_train: int = 8000
-    needle_validation: int = 400        # 50 per receiver
-    gave_train: int = 8000              # "who gave it?" examples mixed into pretraining
-    probe_train: int = 2000             # training examples of the role probe (role_probe)
-    backbone_eval_batches: int = 20
-    speed_batch: int = 8
-    speed_repeats: int = 5
-    vocab_size: int = 2000
-
-
-QUICK = DemoSettings(d_model=32, num_heads=2, head_dim=16, d_ff=64, num_encoder_layers=2,
-                     num_decoder_layers=1, adapter_dim=8, input_length=64, target_length=8,
-                     batch_size=4, pretrain_batch_size=4, pretrain_steps=4, finetune_steps=3,
-                     seeds=(0,), one_seed=(),
-                     needle_train=64, needle_validation=16, gave_train=64, probe_train=32,
-                     backbone_eval_batches=2,
-                     speed_batch=2, speed_repeats=1, vocab_size=300)
-
-QUICK_VARIANTS = ("parallel_adapter", "coda_r3_k_to_all", "first_k_r5_k_to_k")
-
-# (name, CodaConfig fields); None = full finetuning of the dense pretrained model. The router
-# ablations use k-to-k, as the paper's Table 3 does.
-VARIANTS = (
-    ("full_finetuning", None),
-    ("parallel_adapter", dict(reduction=1)),
-    ("coda_r3_k_to_all", dict(reduction=3, attention="k_to_all")),
-    ("coda_r3_k_to_k", dict(reduction=3, attention="k_to_k")),
-    ("coda_r5_k_to_all", dict(reduction=5, attention="k_to_all")),
-    ("coda_r5_k_to_k", dict(reduction=5, attention="k_to_k")),
-    ("sigmoid_r3_k_to_k", dict(reduction=3, attention="k_to_k", router="sigmoid")),
-    ("first_k_r3_k_to_k", dict(reduction=3, attention="k_to_k", router="first_k")),
-    ("first_k_r5_k_to_k", dict(reduction=5, attention="k_to_k", router="first_k")),
-    # past the paper's r: how few routed tokens still carry the needle, and does training with
-    # the exact solver (instead of coordinate descent) change that
-    ("coda_r10_k_to_k", dict(reduction=10, attention="k_to_k")),
-    ("coda_r20_k_to_k", dict(reduction=20, attention="k_to_k")),
-    ("coda_r20_k_to_k_exact", dict(reduction=20, attention="k_to_k", solver="exact")),
-)
-
-def model_config(s: DemoSettings, vocab_size: int, coda: CodaConfig | None) -> ModelConfig:
-    return config.model_config(coda=coda, vocab_size=vocab_size, d_model=s.d_model,
-                               num_heads=s.num_heads, num_kv_heads=1, head_dim=s.head_dim,
-                               d_ff=s.d_ff, num_encoder_layers=s.num_encoder_layers,
-                               num_decoder_layers=s.num_decoder_layers)
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -165,142 +89,71 @@ def backbone_report(model, params, batches, num_real: int) -> dict:
 
 
 # ------------------------------------------------------------------------------ the demo
-def pretrain_backbone(s: DemoSettings, vocab_size: int, pre_dir: str, common: dict,
+def pretrain_backbone(s: DemoSettings, run: runner.Run, output_dir: str,
                       log: Callable[[str], None]) -> dict:
-    """Stage 2: the dense backbone, pretrained on s.pretrain_task (pipeline.pretrain_dense: reused
-    when pre_dir/final holds s.pretrain_steps steps of that task), and its report (reused with
-    it): the span-corruption loss on real target tokens against the unigram entropy, and the
-    accuracy on "who gave it?" (the pretraining question; the finetuning asks "who got it?")."""
-    from coda_flax.checkpoints import load_checkpoint
-    from coda_flax.tasks.span_corruption import random_spans_helper
-    from coda_flax.train import run
-    from coda_flax.train.t5_model import CodaT5Model
-
-    lengths = {"inputs": s.input_length, "targets": random_spans_helper(s.input_length)[1]}
-    final = os.path.join(pre_dir, "final")
-    data = provenance.fingerprint([s.pretrain_task, SPAN_TASK, GAVE_TASK])
-    if (report := reusable_backbone(pre_dir, s, data, log)) is not None:
-        return report
-    dense = model_config(s, vocab_size, None)
-    pipeline.pretrain_dense(
-        dense, pre_dir, train_steps=s.pretrain_steps, log=log,
-        mixture_or_task_name=s.pretrain_task,
-        **dict(common, task_feature_lengths=lengths, batch_size=s.pretrain_batch_size,
-               eval_batch_size=s.pretrain_batch_size, eval_max_examples=s.pretrain_batch_size),
-        learning_rate=s.pretrain_lr, schedule="constant")
-    _, params = load_checkpoint(final)
-    model = CodaT5Model(dense)
-    batches = run.seqio_batches("coda_shakespeare_span_corruption", lengths, s.batch_size,
-                                "validation", shuffle=False, repeat=False)(0)
-    batches = [b for _, b in zip(range(s.backbone_eval_batches), batches)]
+    """Stage 2: the dense backbone (demo_runs.pretrain_run, executed or reused by the runner)
+    and its report, kept beside it in backbone.json and reused while the run's fingerprint and
+    the datasets it reads are the same: the span-corruption loss on real target tokens against
+    the unigram entropy, and the accuracy on "who gave it?" (the pretraining question; the
+    finetuning asks "who got it?")."""
     from coda_flax import tasks
-    vocab = tasks.get_task_or_mixture("coda_shakespeare_span_corruption") \
-        .output_features["targets"].vocabulary
+    from coda_flax.train import run as train_run
+
+    out = runner.execute(run, output_dir, log)
+    data = provenance.fingerprint([s.pretrain_task, SPAN_TASK, GAVE_TASK])
+    path = os.path.join(output_dir, run.name, "backbone.json")
+    saved = pipeline.load_json(path) if os.path.exists(path) else {}
+    if saved.pop("fingerprint", None) == out["fingerprint"] and saved.get("data") == data:
+        log(f"  reusing the pretrained backbone's report in {path} ({s.pretrain_steps} steps "
+            f"on data {', '.join(data)})")
+        return saved
+    model, params = runner.load(output_dir, run)
+    lengths = dict(run.feature_lengths)
+    batches = train_run.seqio_batches(SPAN_TASK, lengths, s.batch_size, "validation",
+                                      shuffle=False, repeat=False)(0)
+    batches = [b for _, b in zip(range(s.backbone_eval_batches), batches)]
+    vocab = tasks.get_task_or_mixture(SPAN_TASK).output_features["targets"].vocabulary
     num_real = vocab.vocab_size - getattr(vocab, "extra_ids", 0)
-    gave = run.evaluate_params(model, params, tasks.get_task_or_mixture(GAVE_TASK),
-                               {"inputs": s.input_length, "targets": s.target_length},
-                               "validation", s.batch_size)
+    gave = train_run.evaluate_params(model, params, tasks.get_task_or_mixture(GAVE_TASK),
+                                     {"inputs": s.input_length, "targets": s.target_length},
+                                     "validation", s.batch_size)
     report = dict(backbone_report(model, params, batches, num_real), steps=s.pretrain_steps,
                   task=s.pretrain_task, gave_accuracy=gave["accuracy"] / 100.0,
                   gave_examples=gave["num_examples"], data=data)
-    pipeline.save_json(os.path.join(pre_dir, "backbone.json"), report)
+    pipeline.save_json(path, dict(report, fingerprint=out["fingerprint"]))
     return report
 
 
-def reusable_backbone(pre_dir: str, s: DemoSettings, data: dict,
-                      log: Callable[[str], None]) -> dict | None:
-    """The backbone report in pre_dir when its backbone can be reused: pretrained for
-    s.pretrain_steps steps of s.pretrain_task on the datasets `data` (provenance.fingerprint).
-    Otherwise None, after saying why and deleting pre_dir when it holds another backbone."""
-    path = os.path.join(pre_dir, "backbone.json")
-    report = pipeline.load_json(path) if os.path.exists(path) else {}
-    if not os.path.isdir(os.path.join(pre_dir, "final")):
-        return None
-    why = (f"a backbone pretrained on {report.get('task', 'another task')!r}, not "
-           f"{s.pretrain_task!r}" if report.get("task") != s.pretrain_task
-           else provenance.changes(report.get("data"), data))
-    if why:
-        log(f"  {pre_dir} holds {why}: pretraining again")
-        shutil.rmtree(pre_dir)
-        return None
-    if report and pipeline.trained_steps(pre_dir) == s.pretrain_steps:
-        log(f"  reusing the pretrained backbone and its report in {pre_dir} "
-            f"({s.pretrain_steps} steps on data {', '.join(data)}; delete the folder to "
-            f"pretrain again)")
-        return report
-    return None
-
-
-def finetune_variant(s: DemoSettings, vocab_size: int, name: str, fields, seed: int,
-                     run_dir: str, pretrained: str, common: dict, task,
-                     log: Callable[[str], None], data: dict | None = None) -> dict:
-    """One finetuning run (reused when run_dir/result.json exists with the same settings,
-    backbone and data: the datasets' hashes of both stages); soft top-k runs are also evaluated
-    with the other solver on the same parameters."""
-    from coda_flax.checkpoints import load_checkpoint
-    from coda_flax.train import run
+def finetune_result(s: DemoSettings, run: runner.Run, out: dict, output_dir: str, task) -> dict:
+    """A finetuning run's row: k, accuracy (a fraction), the parameter counts, and for soft
+    top-k runs the accuracy with each solver on the same parameters (the other one evaluated
+    once, kept in solvers.json beside the run and reused while its fingerprint is the same)."""
+    from coda_flax.train import run as train_run
     from coda_flax.train.t5_model import CodaT5Model
 
-    full = fields is None
-    cfg = model_config(s, vocab_size, None if full else
-                       CodaConfig(adapter_dim=s.adapter_dim, **fields))
-    result_path = os.path.join(run_dir, "result.json")
-    settings = {"steps": s.finetune_steps, "lr": s.full_finetune_lr if full else s.finetune_lr,
-                "seed": seed, "fields": fields,
-                "backbone": {"task": s.pretrain_task, "steps": s.pretrain_steps},
-                "data": data}
-    if os.path.exists(result_path) and os.path.isdir(os.path.join(run_dir, "final")):
-        result = pipeline.load_json(result_path)
-        if result.get("settings") == settings:
-            log(f"  {name} seed {seed}: reusing the finished run in {run_dir}")
-            _, params = load_checkpoint(os.path.join(run_dir, "final"))
-            return dict(result, params=params, model=CodaT5Model(cfg))
-        why = provenance.changes(result.get("settings", {}).get("data"), data or {}) or \
-            "other settings or another backbone"
-        log(f"  {name} seed {seed}: {run_dir} holds a run with {why}: training again")
-        shutil.rmtree(run_dir)          # (an unfinished run, without result.json, resumes)
-    out = run.train(model_config=cfg, mixture_or_task_name=TASK, **common,
-                    train_steps=s.finetune_steps, model_dir=run_dir,
-                    initial_checkpoint_path=pretrained, seed=seed,
-                    trainable="all" if full else "finetune", learning_rate=settings["lr"],
-                    parameter_scale=False, k_anneal_fraction=0.2, k_anneal_stages=2)
-    params, ev = out["params"], out["eval"]
-    counts = pipeline.parameter_counts(params, "all" if full else "finetune")
-    result = {"settings": settings, "k": cfg.coda.k(s.input_length) if cfg.coda else s.input_length,
+    cfg, ev = run.model, out["eval"]
+    result = {"k": cfg.coda.k(s.input_length) if cfg.coda else s.input_length,
               "accuracy": ev["accuracy"] / 100.0, "num_examples": ev["num_examples"],
-              "trainable_params": counts["trainable"], "total_params": counts["total"]}
-    if cfg.coda is not None and cfg.coda.router == "soft_topk" and cfg.coda.reduction > 1:
+              "trainable_params": out["trainable_params"], "total_params": out["total_params"]}
+    if cfg.coda is None or cfg.coda.router != "soft_topk" or cfg.coda.reduction <= 1:
+        return result
+    path = os.path.join(output_dir, run.name, "solvers.json")
+    saved = pipeline.load_json(path) if os.path.exists(path) else {}
+    if saved.get("fingerprint") != out["fingerprint"]:
+        _, params = runner.load(output_dir, run)
+        saved = {"fingerprint": out["fingerprint"]}
         for solver in SOLVERS:
             if solver == cfg.coda.solver:
-                result[f"accuracy_{solver}"] = result["accuracy"]
                 continue
             other = dataclasses.replace(cfg, coda=dataclasses.replace(cfg.coda, solver=solver))
-            ev2 = run.evaluate_params(CodaT5Model(other), params, task,
-                                      common["task_feature_lengths"], "validation",
-                                      s.batch_size)
-            result[f"accuracy_{solver}"] = ev2["accuracy"] / 100.0
-    pipeline.save_json(result_path, result)
-    return dict(result, params=params, model=CodaT5Model(cfg))
-
-
-def prepare_task(s: DemoSettings, data_dir: str | None, log: Callable[[str], None] = print):
-    """Shakespeare + its vocabulary, the needle examples for s, the offline tasks registered:
-    returns (the corpus' prepare_shakespeare dict, the needle stats, the seqio task TASK)."""
-    from coda_flax import tasks
-    from coda_flax.datasets import shakespeare as corpus
-    from coda_flax.datasets import needle
-
-    prepared = corpus.prepare_shakespeare(data_dir, vocab_size=s.vocab_size, log=log)
-    needle_stats = needle.prepare_needle(data_dir, prepared["vocab_model"],
-                                         input_length=s.input_length,
-                                         num_train=s.needle_train,
-                                         num_validation=s.needle_validation, log=log)
-    gave = needle.prepare_needle(data_dir, prepared["vocab_model"], input_length=s.input_length,
-                                 num_train=s.gave_train, num_validation=s.needle_validation,
-                                 min_offset=0, question="gave", seed=1, log=log)
-    tasks.register_offline_tasks(data_dir, prepared["vocab_model"],
-                                 needles={"got": needle_stats["dir"], "gave": gave["dir"]})
-    return prepared, needle_stats, tasks.get_task_or_mixture(TASK)
+            saved[f"accuracy_{solver}"] = train_run.evaluate_params(
+                CodaT5Model(other), params, task, dict(run.feature_lengths), "validation",
+                s.batch_size)["accuracy"] / 100.0
+        pipeline.save_json(path, saved)
+    for solver in SOLVERS:
+        result[f"accuracy_{solver}"] = result["accuracy"] if solver == cfg.coda.solver \
+            else saved[f"accuracy_{solver}"]
+    return result
 
 
 def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
@@ -312,11 +165,9 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
     settings: DemoSettings fields that replace the defaults (e.g. pretrain_task, pretrain_steps)."""
     import jax
 
-    from coda_flax import tasks
     from coda_flax.datasets.records import read_jsonl
     from coda_flax.datasets import needle
     from coda_flax.train import run
-    from coda_flax.train.t5_model import CodaT5Model
 
     s = dataclasses.replace(QUICK if quick else DemoSettings(), **(settings or {}))
     if s.pretrain_task not in PRETRAIN_TASKS:
@@ -331,20 +182,18 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
     prepared, needle_stats, task = prepare_task(s, data_dir, log)
     vocab_size = task.output_features["targets"].vocabulary.vocab_size
     lengths = {"inputs": s.input_length, "targets": s.target_length}
-    common = dict(task_feature_lengths=lengths, batch_size=s.batch_size, log_every=50,
-                  checkpoint_every=10**9, eval_batch_size=s.batch_size, eval_max_examples=None,
-                  data_dir=data_dir, vocab_path=prepared["vocab_model"], progress=True)
+    options = dict(log_every=50, checkpoint_every=10**9, data_dir=data_dir,
+                   vocab_path=prepared["vocab_model"], progress=True)
 
     log(f"[demo 2/5] pretrain a dense T5 ({s.pretrain_steps} steps of "
         f"{PRETRAIN_TASKS[s.pretrain_task]}, batch {s.pretrain_batch_size}, "
         f"{s.input_length} tokens)")
-    pre_dir = os.path.join(output_dir, "pretrain")
-    backbone = pretrain_backbone(s, vocab_size, pre_dir, common, log)
+    pre_run = demo_runs.pretrain_run(s, vocab_size, options)
+    backbone = pretrain_backbone(s, pre_run, output_dir, log)
     log(f"  backbone: {backbone['loss_real_tokens']:.3f} nats per real target token vs the "
         f"unigram entropy of those tokens {backbone['unigram_entropy']:.3f} nats "
         f"({backbone['tokens']} validation tokens); 'who gave it?' accuracy "
         f"{100 * backbone['gave_accuracy']:.1f}% ({backbone['gave_examples']} validation examples)")
-    pretrained = os.path.join(pre_dir, "final")
     data = {**backbone["data"], **provenance.fingerprint(TASK)}  # the datasets of both stages
 
     examples = run.eval_examples(task, lengths, "validation")
@@ -355,23 +204,17 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
         f"first seed only: {', '.join(v for v in s.one_seed if v in dict(variants)) or '-'}) "
         f"({s.finetune_steps} steps each; {n_val} validation examples, majority answer "
         f"{majority!r} = {100 * floor:.1f}%)")
+    specs = demo_runs.finetune_runs(s, vocab_size, variants, pre_run, options)
+    done = runner.execute_all(specs, output_dir, log)
     runs = {name: [] for name, _ in variants}
     models, params = {}, {}
-    fields_of = dict(variants)
-    # seeds outer, the variants behind the claims first: an interrupted run leaves the most
-    # useful results, and a second run reuses every finished one
-    order = sorted(fields_of, key=lambda name: name in s.one_seed)
-    for i, seed in enumerate(s.seeds):
-        for name in order:
-            if i > 0 and name in s.one_seed:
-                continue
-            run_dir = os.path.join(output_dir, "finetune", name, f"seed{seed}")
-            out = finetune_variant(s, vocab_size, name, fields_of[name], seed, run_dir,
-                                   pretrained, common, task, log, data)
-            if i == 0:                                      # the first seed: speed, routing
-                models[name], params[name] = out["model"], out["params"]
-            runs[name].append({k: v for k, v in out.items() if k not in ("model", "params")})
-            log(f"  {name} seed {seed}: accuracy {100 * out['accuracy']:.1f}%")
+    for spec in specs:
+        name = spec.name.split("/")[1]
+        out = finetune_result(s, spec, done[spec.name], output_dir, task)
+        if spec.seed == s.seeds[0]:                         # the first seed: speed, routing
+            models[name], params[name] = runner.load(output_dir, spec)
+        runs[name].append(out)
+        log(f"  {name} seed {spec.seed}: accuracy {100 * out['accuracy']:.1f}%")
     results = {}
     for name, fields in variants:
         rs = runs[name]
@@ -398,9 +241,8 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
     evidence = routing_evidence(models, params, examples, records, lengths, output_dir, task)
     for name, ev in evidence.items():
         results[name]["evidence"] = ev
-    from coda_flax.checkpoints import load_checkpoint
-    dense_cfg, dense_params = load_checkpoint(pretrained)
-    probe_models = {"backbone (frozen, before finetuning)": CodaT5Model(dense_cfg), **models}
+    dense_model, dense_params = runner.load(output_dir, pre_run)
+    probe_models = {"backbone (frozen, before finetuning)": dense_model, **models}
     probe_params = {"backbone (frozen, before finetuning)": dense_params, **params}
     train_examples = run.eval_examples(task, lengths, "train", max_examples=s.probe_train)
     probes = role_probe(probe_models, probe_params, (train_examples, records),
@@ -414,7 +256,7 @@ def run_demo(output_dir: str, quick: bool = False, data_dir: str | None = None,
     pipeline.save_json(os.path.join(output_dir, "results.json"), summary)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(results_table(summary))
-    figures.plot_speed_quality(
+    viz.plot_speed_quality(
         {name: (r["encoder_speedup"], 100 * r["accuracy"]["mean"], 100 * r["accuracy"]["se"])
          for name, r in results.items()}, os.path.join(output_dir, "speed_quality.png"),
         floor=100 * floor, floor_label="majority answer", ceiling=50.0,
@@ -513,8 +355,10 @@ def _example_id(example) -> str:
 def routing_evidence(models: dict, params: dict, examples, records: dict, lengths,
                      output_dir: str, task, heatmap_examples: int = 2) -> dict:
     """Figure 7 heatmaps of the first validation inputs and the evidence share
-    (routing_stats.evidence_share) of each routed variant over the whole validation split."""
+    (routing_stats.evidence_share, through analysis.routing_report.batch_report) of each routed
+    variant over the whole validation split."""
     from coda_flax.analysis import routing_stats
+    from coda_flax.analysis.routing_report import batch_report
     from coda_flax.train import run
 
     vocab = task.output_features["inputs"].vocabulary
@@ -525,15 +369,13 @@ def routing_evidence(models: dict, params: dict, examples, records: dict, length
     for name, model in models.items():
         if not routing_stats.is_routed(model.config):
             continue
-        decisions = routing_stats.routing_decisions(model.config, params[name], tokens)
-        out[name] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in
-                     routing_stats.evidence_share(decisions["selected"], spans,
-                                                  decisions["valid"]).items()}
+        report = batch_report(model.config, params[name], tokens, spans=spans)
+        decisions, out[name] = report["decisions"], report["evidence"]
         for j in range(min(heatmap_examples, len(examples))):
             length = int((tokens[j] > 0).sum())
             pieces = [vocab.decode([int(t)]) for t in tokens[j, :length]]
             start, end = spans[j]
-            figures.plot_span_routing(decisions["selected"][:, j, :length], pieces, (start, end),
+            viz.plot_span_routing(decisions["selected"][:, j, :length], pieces, (start, end),
                                 os.path.join(output_dir, f"routing_{name}_{j}.png"),
                                 title=f"{name}: routed tokens per encoder layer (needle boxed; "
                                       f"over the validation split "

@@ -69,7 +69,8 @@ class Run:
             raise ValueError(f"Run name {self.name!r}: use a relative folder name below the "
                              f"root, e.g. 'coda_r3/seed0'.")
         if isinstance(self.feature_lengths, Mapping):      # a dict is accepted, stored sorted
-            object.__setattr__(self, "feature_lengths", tuple(sorted(self.feature_lengths.items())))
+            object.__setattr__(self, "feature_lengths",
+                               tuple(sorted(self.feature_lengths.items())))
         if isinstance(self.train_options, Mapping):
             object.__setattr__(self, "train_options", tuple(sorted(self.train_options.items())))
         clash = sorted(_OWN & {k for k, _ in self.train_options})
@@ -89,10 +90,14 @@ class Run:
 def spec(run: Run) -> dict:
     """The JSON-able settings that decide a run's result (the fingerprint's input, recorded in
     run.json): every field but the name, train_options without NON_RESULT_OPTIONS, the parent
-    as its fingerprint and the task's datasets as their hashes."""
+    as its fingerprint (a checkpoint path with the fingerprint of the run that wrote it, when a
+    runner did) and the task's datasets as their hashes."""
     init = run.init
     if isinstance(init, Run):
         init = {"run": init.name, "fingerprint": fingerprint(init)}
+    elif init is not None:          # a path; a runner's final checkpoint names its run's record
+        record = _record(os.path.dirname(os.path.normpath(init)))
+        init = {"path": init, "fingerprint": record and record.get("fingerprint")}
     fields = {f.name: getattr(run, f.name) for f in dataclasses.fields(run)
               if f.name not in ("name", "model", "init", "train_options")}
     return {**fields, "model": dataclasses.asdict(run.model), "init": init,
@@ -111,15 +116,26 @@ def fingerprint(run: Run, settings: Mapping | None = None) -> str:
     return hashlib.sha256(_canonical(settings or spec(run)).encode()).hexdigest()
 
 
+def _flat(tree: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def _differences(old: Mapping | None, new: Mapping) -> str:
-    """Which top-level settings differ, one phrase (the data through provenance.changes)."""
+    """Which settings differ ("model.coda.reduction 3 -> 5"), one phrase; the datasets through
+    provenance.changes."""
     if not old:
         return "no run.json (a run of unknown settings)"
     parts = [provenance.changes(old.get("data"), new["data"])] if \
         _canonical(old.get("data")) != _canonical(new["data"]) else []
-    parts += [f"{k} {_canonical(old.get(k))[:60]} -> {_canonical(new.get(k))[:60]}"
-              for k in sorted(set(old) | set(new)) if k != "data"
-              and _canonical(old.get(k)) != _canonical(new.get(k))]
+    a, b = (_flat({k: v for k, v in t.items() if k != "data"}) for t in (old, new))
+    parts += [f"{k} {_canonical(a.get(k))[:60]} -> {_canonical(b.get(k))[:60]}"
+              for k in sorted(set(a) | set(b)) if _canonical(a.get(k)) != _canonical(b.get(k))]
     return "; ".join(p for p in parts if p) or "another fingerprint"
 
 
@@ -169,6 +185,12 @@ def finished(root: str, run: Run) -> bool:
     record = _record(path)
     return bool(record and record.get("fingerprint") == fingerprint(run)
                 and os.path.exists(os.path.join(path, RESULT_FILE)))
+
+
+def load(root: str, run: Run):
+    """(model, params) of a finished run under root: make_model(run.model) and its final
+    parameters."""
+    return _load(run, os.path.join(root, run.name))
 
 
 def _load(run: Run, path: str):
@@ -271,5 +293,5 @@ def execute_all(runs: Sequence[Run], root: str, log: Log = print,
     return out
 
 
-__all__ = ["Run", "spec", "fingerprint", "run_dir", "final_checkpoint", "finished", "execute",
-           "execute_all", "NON_RESULT_OPTIONS"]
+__all__ = ["Run", "spec", "fingerprint", "run_dir", "final_checkpoint", "finished", "load",
+           "execute", "execute_all", "NON_RESULT_OPTIONS"]
