@@ -92,6 +92,7 @@ class ClaimsScale:
     image_finetune_steps: int = 300
     image_rates: tuple = (8, 16)
     image_lr: float = 3e-3
+    image_batch: int = 16
     speed_batch: int = 8
     speed_repeats: int = 5
 
@@ -113,7 +114,7 @@ SCALES = {
                         finetune_steps=2, batch_size=4, max_seeds=1, eval_batch_size=16,
                         image_train=16, image_validation=8, image_page=128, image_patches=64,
                         image_d_model=16, image_dense_steps=2, image_finetune_steps=2,
-                        image_rates=(4,), speed_batch=2, speed_repeats=1),
+                        image_rates=(4,), image_batch=4, speed_batch=2, speed_repeats=1),
 }
 
 
@@ -256,8 +257,8 @@ def image_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
     """{group: Run} of the page task: PA and CoDA at image_rates from a dense patch model."""
     lengths = (("inputs", s.image_patches), ("targets", 8))
     dense = Run(name="images/dense", model=image_model(s, None), task=INK_TASK,
-                feature_lengths=lengths, steps=s.image_dense_steps, batch_size=16 if
-                s.image_patches > 64 else 4, learning_rate=s.image_lr, trainable="all",
+                feature_lengths=lengths, steps=s.image_dense_steps, batch_size=s.image_batch,
+                learning_rate=s.image_lr, trainable="all",
                 k_anneal_stages=1, eval_batch_size=s.eval_batch_size,
                 train_options=_options(data_dir))
     out = {}
@@ -495,7 +496,7 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
                          {n: (est[f"n{n}/{b}/pa"], est[f"n{n}/{b}/{name(top)}"])
                           for n in s.lengths}),
     ]
-    runs_md = run_table(s, data["floors"], text, est, speed, by_group) + "\n" + \
+    runs_md = run_table(data["floors"], text, est, speed, by_group) + "\n" + \
         image_table(images, img, data["page_words"], ink, max(s.image_rates))
     floors_line = " ".join(
         f"Floors at n = {n}: majority {100 * f['majority']:.1f}%, bag of words "
@@ -514,7 +515,7 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
             "speed": speed, "ink": ink, "markdown": markdown}
 
 
-def run_table(s, floors, text, est, speed, by_group) -> str:
+def run_table(floors, text, est, speed, by_group) -> str:
     """Every text group: accuracy ± SE (seeds) beside its floors and measured speedup."""
     lines = ["| run | k | accuracy % ± SE (seeds) | majority % | bag of words % | truncation "
              "bound at r % | encoder speedup | trainable params |",
