@@ -9,6 +9,7 @@ subcommand; the library modules they call take plain keyword arguments.
     coda reproduce  cli/reproduce.py   the paper's tables                (experiments.reproduce)
     coda demo       cli/demo.py        the end-to-end demo               (experiments.demo)
     coda compare    cli/compare.py     PA vs CoDA on images / speech     (experiments.compare)
+    coda claims     cli/claims.py      the paper's trade-offs, CPU scale (experiments.claims)
 
 cli/argtypes.py holds the argparse types they share, cli/console.py the quiet start-up
 (TensorFlow / CUDA noise, seqio cache warnings) that the heavy commands apply before importing
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The subcommand modules are imported here, not at the package's import, so that
     # `python -m coda_flax.cli.reproduce` (and the like) runs its module only once.
     from coda_flax.cli.bench import add_bench_parser
+    from coda_flax.cli.claims import add_claims_parser
     from coda_flax.cli.compare import add_compare_parser
     from coda_flax.cli.convert import add_convert_parser
     from coda_flax.cli.demo import add_demo_parser
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_reproduce_parser(sub)
     add_demo_parser(sub)
     add_compare_parser(sub)
+    add_claims_parser(sub)
     add_summary_parser(sub)
     return parser
 

@@ -3,6 +3,7 @@ finetune variants -> evaluate -> speed, and writes tables and plots.
 
     demo.py        the Shakespeare "who got it?" demo (`coda demo`)
     compare.py     Parallel Adapter vs CoDA on offline image / speech tasks (`coda compare`)
+    claims.py      the paper's trade-off claims at CPU scale (`coda claims`), runs on runner.py
     reproduce.py   the paper's tables as grids of `coda train` / `coda eval` (`coda reproduce`)
     runner.py      the one experiment pipeline: Run specs trained once, fingerprinted, reused
     demo_runs.py   the demo's settings, variants and Run specs (the demo and the sweep use them)

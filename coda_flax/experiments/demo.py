@@ -32,7 +32,6 @@ a run whose settings or data changed since is named, set aside and run again.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from typing import Callable
@@ -41,6 +40,7 @@ import numpy as np
 
 from coda_flax import viz
 from coda_flax.analysis import probes as token_probes
+from coda_flax.analysis.estimates import binomial_se, summarize_seeds  # noqa: F401 (demo.*)
 from coda_flax.config import CodaConfig
 from coda_flax.datasets import provenance
 from coda_flax.experiments import demo_runs, pipeline, runner
@@ -52,18 +52,6 @@ from coda_flax.tasks.metrics import majority_floor
 
 
 # ------------------------------------------------------------------------------ statistics
-def binomial_se(p: float, n: int) -> float:
-    """Standard error of an accuracy p (a fraction) measured on n independent examples, with
-    the Agresti-Coull adjustment: sqrt(q (1 - q) / (n + 4)) at q = (p n + 2) / (n + 4), so that
-    0% and 100% still get an error bar (the plain sqrt(p (1 - p) / n) says 0 there)."""
-    if n <= 0:
-        raise ValueError(f"binomial_se needs n > 0 examples, got {n}")
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"binomial_se needs a fraction p in [0, 1], got {p}")
-    q = (p * n + 2.0) / (n + 4.0)
-    return math.sqrt(q * (1.0 - q) / (n + 4.0))
-
-
 def unigram_entropy(counts) -> float:
     """Entropy in nats of the empirical distribution given by token counts."""
     c = np.asarray([v for v in counts if v > 0], np.float64)
@@ -98,15 +86,6 @@ def backbone_report(model, params, batches, num_real: int) -> dict:
         raise ValueError("backbone_report: no real target tokens in the batches")
     return {"loss_real_tokens": nll_sum / tokens, "unigram_entropy": unigram_entropy(counts),
             "tokens": tokens}
-
-
-def summarize_seeds(accuracies, n: int) -> dict:
-    """accuracies: per-seed fractions on the same n validation examples -> mean, the binomial
-    SE of the mean (binomial_se over n * seeds answers), and the spread (min, max) over seeds."""
-    acc = np.asarray(accuracies, np.float64)
-    mean = float(acc.mean())
-    return {"mean": mean, "se": binomial_se(mean, n * len(acc)),
-            "min": float(acc.min()), "max": float(acc.max()), "seeds": [float(a) for a in acc]}
 
 
 # ------------------------------------------------------------------------------ the demo

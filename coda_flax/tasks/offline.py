@@ -175,8 +175,7 @@ def register_offline_tasks(data_dir: Optional[str] = None, vocab_path=None,
     vocab_dir = os.path.dirname(os.path.abspath(vocab_path)) if isinstance(vocab_path, str) \
         else None
     features = output_features(get_vocabulary(vocab_path))
-    tokenize = [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-                seqio.preprocessors.append_eos_after_trim]
+    tokenize = _tokenize()
 
     add_task("coda_shakespeare_span_corruption",
              source=_source(os.path.join(root, "scenes.jsonl"), ("id", "title", "text")),
@@ -203,17 +202,37 @@ def register_offline_tasks(data_dir: Optional[str] = None, vocab_path=None,
         path = _needle(root, question, vocab_path if prepared_vocab else None, needles)
         if not isinstance(path, Exception):
             provenance.bind(name, (os.path.dirname(path), vocab_dir))
-        add_task(name, source=_source(path, ("id", "text", "target")),
-                 output_features=features,
-                 preprocessors=[seqio.map_over_dataset(
-                     lambda x: {"inputs": x["text"], "targets": x["target"], "id": x["id"]}),
-                     *tokenize],
-                 postprocess_fn=metrics.strip_postprocessor, metric_fns=[metrics.accuracy])
+        _add_question_task(name, path, features)
     mix = ["coda_shakespeare_span_corruption", "coda_shakespeare_needle_gave"]
     add_mixture("coda_shakespeare_pretrain_mix", mix)
     provenance.bind("coda_shakespeare_pretrain_mix", [d for t in mix for d in provenance.bound(t)])
     return list(OFFLINE_TASKS)
 
 
-__all__ = ["OFFLINE_TASKS", "register_offline_tasks", "default_vocab_path",
-           "MissingOfflineDataError", "CORPUS_SUBDIR"]
+def _tokenize() -> list:
+    return [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
+            seqio.preprocessors.append_eos_after_trim]
+
+
+def _add_question_task(name: str, path, features) -> None:
+    """A task over a needle-style JSONL file (id, text, target): text -> target, accuracy."""
+    add_task(name, source=_source(path, ("id", "text", "target")), output_features=features,
+             preprocessors=[seqio.map_over_dataset(
+                 lambda x: {"inputs": x["text"], "targets": x["target"], "id": x["id"]}),
+                 *_tokenize()],
+             postprocess_fn=metrics.strip_postprocessor, metric_fns=[metrics.accuracy])
+
+
+def register_chain_task(name: str, chain_dir: str, vocab_path: str) -> str:
+    """The chain task of one prepared chain dataset (multi_needle.prepare_chain's "dir") under
+    its own name, so that several input lengths can be registered at once (`coda claims`);
+    bound to that folder and the vocabulary's. Returns name."""
+    vocab_dir = os.path.dirname(os.path.abspath(vocab_path))
+    provenance.bind(name, (chain_dir, vocab_dir))
+    _add_question_task(name, os.path.join(chain_dir, CHAIN_FILE),
+                       output_features(get_vocabulary(vocab_path)))
+    return name
+
+
+__all__ = ["OFFLINE_TASKS", "register_offline_tasks", "register_chain_task",
+           "default_vocab_path", "MissingOfflineDataError", "CORPUS_SUBDIR"]

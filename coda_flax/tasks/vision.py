@@ -407,6 +407,22 @@ def register_vision_tasks(data_dir: Optional[str] = None, vision_data_dir: Optio
     return list(tasks)
 
 
+def register_page_task(name: str, root: str, *, max_patches: int,
+                       patch_size: int = PATCH_SIZE, vocabulary=None) -> str:
+    """Registers pages in the rendered-documents layout under `root` (e.g. a dataset of
+    coda_flax.datasets.ink_pages) as the task `name`, as coda_rendered_words is: image ->
+    its text, with "ink" (the patches holding ink); exact match and ANLS. Returns name."""
+    features = continuous_output_features(
+        seqio.ByteVocabulary() if vocabulary is None else vocabulary)
+    provenance.bind(name, [root])
+    add_task(name, source=_source(functools.partial(_rendered_docs_records, root)),
+             output_features=features,
+             preprocessors=_preprocessors(max_patches, patch_size, with_ink=True),
+             postprocess_fn=metrics.answers_postprocessor,
+             metric_fns=[metrics.exact_match, metrics.anls])
+    return name
+
+
 def _easy_vqa_records(root: str, split: str) -> list[dict]:
     return [dict(r, answers=[r["answer"]]) for r in vision_data.read_easy_vqa(root, split)]
 
@@ -417,6 +433,7 @@ def _rendered_docs_records(root: str, split: str) -> list[dict]:
 
 
 __all__ = ["VISION_TASKS", "VISION_FEATURE_LENGTHS", "DEFAULT_MAX_PATCHES", "TARGET_LENGTHS",
-           "register_vision_tasks", "feature_lengths", "dataset_dir", "read_ocrvqa",
+           "register_vision_tasks", "register_page_task", "feature_lengths", "dataset_dir",
+           "read_ocrvqa",
            "read_docvqa", "read_screen2words", "MissingVisionDataError", "OCRVQA_LAYOUT",
            "DOCVQA_LAYOUT", "SCREEN2WORDS_LAYOUT"]

@@ -1,0 +1,44 @@
+"""`coda claims`: the paper's trade-off claims at CPU scale (coda_flax.experiments.claims).
+
+    coda claims [--scale full|reduced|tiny] [--output DIR] [--data-dir DIR] [--data-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from coda_flax.cli.argtypes import DATA_DIR_HELP, missing_data_dir
+
+SCALES = ("full", "reduced", "tiny")    # experiments.claims.SCALES (not imported: a fast --help)
+
+
+def add_claims_parser(sub) -> argparse.ArgumentParser:
+    """Adds the `claims` subcommand to an argparse subparsers object."""
+    claims = sub.add_parser(
+        "claims", help="the paper's trade-off claims at CPU scale (issue 18)",
+        description="Train what claims a-g need (r sweep at two input lengths, Table 3's "
+                    "routers, k-to-all vs k-to-k, model sizes, CoDA pretraining, a page task), "
+                    "then write claims.{md,json} (claim | paper | ours | holds?), a per-run "
+                    "table with floors and error bars, tradeoff.png and figure7/. Finished "
+                    "runs are reused; a stopped run resumes.")
+    claims.add_argument("--scale", default="full", choices=SCALES,
+                        help="full (about 2 hours on 2 idle cores), reduced (the README's run), "
+                             "tiny (seconds, for tests)")
+    claims.add_argument("--output", default="outputs/claims", help="output folder")
+    claims.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    claims.add_argument("--data-only", action="store_true",
+                        help="prepare the data and print the chain task's floors, train nothing")
+    claims.set_defaults(func=claims_main)
+    return claims
+
+
+def claims_main(a: argparse.Namespace) -> int:
+    if missing_data_dir("claims", a.data_dir):
+        return 2
+    from coda_flax.cli.console import run_stoppable
+
+    def body():
+        from coda_flax.experiments import claims
+        claims.run_claims(a.output, scale=a.scale, data_dir=a.data_dir, data_only=a.data_only)
+    return run_stoppable("coda claims", "finished runs are kept and reused, a stopped run "
+                         "resumes, when it is run again.", body)

@@ -1,0 +1,566 @@
+"""`coda claims`: the paper's trade-offs at CPU scale (issue 18), one command, every stage reused.
+
+    1 data      Shakespeare + its vocabulary; "who gave it?" (for the backbone's pretraining);
+                the chain task "who ended with it?" (datasets.multi_needle) at two input lengths,
+                its floors computed from the prepared validation records (majority, bag of
+                words, truncation bound per r); mostly blank pages with one small word
+                (datasets.ink_pages)
+    2 runs      lists of experiments.runner.Run, executed by runner.execute_all (a finished run
+                is reused, a stopped one resumes from its checkpoints):
+                  backbones      a dense T5 per model size, pretrained on span corruption
+                                 mixed with "who gave it?" (as `coda demo`)
+                  sweep          the base size at both lengths: PA (r = 1) and CoDA k-to-all
+                                 at every r of the sweep                            (a, g)
+                  routers        soft top-k / sigmoid / first_k, k-to-k, at router_rates (b, c)
+                  sizes          PA and CoDA r = 3 of every size                         (e)
+                  pretraining    CoDA r = 3 pretrained N more steps on the backbone's
+                                 mixture (every parameter), then finetuned          (f)
+                  images         a dense patch model on the pages, PA and CoDA at image_rates
+                then more seeds (up to max_seeds) for both sides of every comparison a claim
+                rests on that is within 3 standard errors
+    3 speed     encoder and end-to-end time of every variant of a size and length, side by side
+                in one process (pipeline.speed_table), over that size's PA
+    4 ink       per layer, the share of routed patches holding ink on every validation page
+                (analysis.routing_report) against the page's share, and a Figure-7 picture
+    5 report    analysis.claims: claims.{md,json} (`claim | paper | ours | holds?`), the per-run
+                table with every accuracy beside its error bar and its floors, tradeoff.png
+
+SCALES: "full" (sized for about 2 hours on 2 idle cores, an estimate from the reduced run's
+per-run times: README), "reduced" (what was run for the README), "tiny" (the code path for
+tests: every stage, 2-step runs). Nothing here reads argv or gin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+from coda_flax import config
+from coda_flax.analysis import claims as verdicts
+from coda_flax.analysis.estimates import difference, estimate, separated
+from coda_flax.config import CodaConfig, ModelConfig
+from coda_flax.experiments import pipeline
+from coda_flax.experiments.runner import Run, execute, execute_all
+
+Log = Callable[[str], None]
+PRETRAIN_TASK = "coda_shakespeare_pretrain_mix"
+INK_TASK = "coda_claims_ink_pages"
+
+
+def chain_task(n: int) -> str:
+    return f"coda_claims_chain_{n}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimsScale:
+    """Sizes, steps and data of one `coda claims` run."""
+
+    sizes: tuple = (("d32", 32), ("d64", 64), ("d128", 128))   # (label, d_model), small first
+    base: str = "d64"                  # the size of the r sweep, routers and pretraining
+    lengths: tuple = (512, 1024)
+    rates: tuple = (1, 2, 3, 5, 8, 16)
+    router_rates: tuple = (3, 5)
+    num_encoder_layers: int = 4
+    num_decoder_layers: int = 2
+    adapter_dim: int = 32
+    vocab_size: int = 2000
+    num_needles: int = 3
+    chain_train: int = 4000
+    chain_validation: int = 400        # 50 per answer
+    gave_train: int = 8000
+    pretrain_length: int = 128
+    pretrain_steps: int = 800
+    pretrain_batch: int = 32
+    pretrain_lr: float = 0.01
+    coda_pretrain_steps: int = 200     # claim f: N steps of CoDA pretraining
+    finetune_steps: int = 300
+    batch_size: int = 8
+    finetune_lr: float = 0.01
+    max_seeds: int = 3
+    eval_batch_size: int = 50
+    image_train: int = 2400
+    image_validation: int = 320
+    image_page: int = 256              # square pages of image_page pixels
+    image_patches: int = 256
+    image_d_model: int = 64
+    image_dense_steps: int = 800
+    image_finetune_steps: int = 300
+    image_rates: tuple = (8, 16)
+    image_lr: float = 3e-3
+    image_batch: int = 16
+    speed_batch: int = 8
+    speed_repeats: int = 5
+
+
+SCALES = {
+    "full": ClaimsScale(),
+    "reduced": ClaimsScale(sizes=(("d32", 32), ("d64", 64)), base="d32", lengths=(256, 512),
+                           rates=(1, 3, 16), router_rates=(3,), adapter_dim=16,
+                           chain_train=2000, chain_validation=200, gave_train=4000,
+                           pretrain_steps=300, coda_pretrain_steps=100, finetune_steps=150,
+                           max_seeds=2, image_train=800, image_validation=64, image_d_model=32,
+                           image_dense_steps=300, image_finetune_steps=100, image_rates=(16,),
+                           speed_repeats=3),
+    "tiny": ClaimsScale(sizes=(("d16", 16), ("d32", 32)), base="d16", lengths=(128, 160),
+                        rates=(1, 3), router_rates=(3,), num_encoder_layers=2,
+                        num_decoder_layers=1, adapter_dim=4, vocab_size=300, num_needles=2,
+                        chain_train=32, chain_validation=16, gave_train=32, pretrain_length=64,
+                        pretrain_steps=2, pretrain_batch=4, coda_pretrain_steps=2,
+                        finetune_steps=2, batch_size=4, max_seeds=1, eval_batch_size=16,
+                        image_train=16, image_validation=8, image_page=128, image_patches=64,
+                        image_d_model=16, image_dense_steps=2, image_finetune_steps=2,
+                        image_rates=(4,), image_batch=4, speed_batch=2, speed_repeats=1),
+}
+
+
+# ------------------------------------------------------------------------------ models
+def text_model(s: ClaimsScale, vocab_size: int, d_model: int, coda: CodaConfig | None
+               ) -> ModelConfig:
+    """vocab_size: the tasks' (the SentencePiece pieces plus the sentinels)."""
+    heads = max(2, d_model // 32)
+    return config.model_config(coda=coda, vocab_size=vocab_size, d_model=d_model,
+                               num_heads=heads, num_kv_heads=1, head_dim=d_model // heads,
+                               d_ff=2 * d_model, num_encoder_layers=s.num_encoder_layers,
+                               num_decoder_layers=s.num_decoder_layers)
+
+
+def image_model(s: ClaimsScale, coda: CodaConfig | None) -> ModelConfig:
+    d = s.image_d_model
+    heads = max(2, d // 32)
+    return ModelConfig(vocab_size=259, d_model=d, num_heads=heads, num_kv_heads=1,
+                       head_dim=d // heads, d_ff=2 * d, num_encoder_layers=s.num_encoder_layers,
+                       num_decoder_layers=s.num_decoder_layers, encoder_input="patches",
+                       encoder_relative_attention=False, patch_size=16, num_channels=3,
+                       max_patch_positions=64, coda=coda)
+
+
+def coda(s: ClaimsScale, r: float, attention: str = "k_to_all", router: str = "soft_topk"):
+    """The CodaConfig of a variant (r = 1: the Parallel Adapter, no router)."""
+    if r == 1:
+        return CodaConfig(reduction=1, adapter_dim=s.adapter_dim)
+    return CodaConfig(reduction=r, attention=attention, router=router,
+                      adapter_dim=s.adapter_dim)
+
+
+# ------------------------------------------------------------------------------ stage 1: data
+def prepare_data(s: ClaimsScale, data_dir: str | None, log: Log) -> dict:
+    """Prepares and registers every task; returns vocab, the chain floors per length and the
+    ink pages' folder."""
+    from coda_flax import tasks
+    from coda_flax.datasets import ink_pages, multi_needle, needle
+    from coda_flax.datasets import shakespeare as corpus
+    from coda_flax.tasks.offline import register_chain_task
+    from coda_flax.tasks.vision import register_page_task
+
+    prepared = corpus.prepare_shakespeare(data_dir, vocab_size=s.vocab_size, log=log)
+    vocab = prepared["vocab_model"]
+    gave = needle.prepare_needle(data_dir, vocab, input_length=s.pretrain_length,
+                                 num_train=s.gave_train, num_validation=s.chain_validation,
+                                 min_offset=0, question="gave", seed=1, log=log)
+    chains = {n: multi_needle.prepare_chain(data_dir, vocab, input_length=n,
+                                            num_needles=s.num_needles,
+                                            num_train=s.chain_train,
+                                            num_validation=s.chain_validation, log=log)
+              for n in s.lengths}
+    tasks.register_offline_tasks(data_dir, vocab, needles={"gave": gave["dir"]})
+    for n, chain in chains.items():
+        register_chain_task(chain_task(n), chain["dir"], vocab)
+    pages = ink_pages.prepare_ink_pages(data_dir, num_train=s.image_train,
+                                        num_validation=s.image_validation,
+                                        page_size=(s.image_page, s.image_page), log=log)
+    register_page_task(INK_TASK, pages["dir"], max_patches=s.image_patches)
+    floors = {n: chain["floors"] for n, chain in chains.items()}
+    for n, f in floors.items():
+        log(f"  floors at n = {n} (validation, {chains[n]['validation']} examples): majority "
+            f"{100 * f['majority']:.1f}%, bag of words {100 * f['bag_of_words']:.1f}%, "
+            f"truncation to ceil(n / r) tokens: " + ", ".join(
+                f"r{r} {100 * v:.1f}%" for r, v in _by_rate(f["truncation"])))
+    vocab_size = tasks.get_task_or_mixture(chain_task(s.lengths[0])) \
+        .output_features["targets"].vocabulary.vocab_size
+    return {"vocab": vocab, "vocab_size": vocab_size, "floors": floors, "pages": pages["dir"],
+            "page_words": pages["words"]}
+
+
+def _by_rate(bounds: dict) -> list:
+    return sorted(bounds.items(), key=lambda kv: float(kv[0]))
+
+
+# ------------------------------------------------------------------------------ stage 2: runs
+def _options(data_dir, vocab=None) -> tuple:
+    return (("parameter_scale", False), ("schedule", "constant"), ("log_every", 50),
+            ("checkpoint_every", 100), ("data_dir", data_dir), ("vocab_path", vocab),
+            ("progress", False))
+
+
+def backbone_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
+    """{size label: the dense pretraining Run}."""
+    from coda_flax.tasks.span_corruption import random_spans_helper
+    lengths = (("inputs", s.pretrain_length),
+               ("targets", random_spans_helper(s.pretrain_length)[1]))
+    return {label: Run(name=f"backbone/{label}", model=text_model(s, data["vocab_size"], d, None),
+                       task=PRETRAIN_TASK, feature_lengths=lengths, steps=s.pretrain_steps,
+                       batch_size=s.pretrain_batch, learning_rate=s.pretrain_lr,
+                       trainable="all", k_anneal_stages=1, eval_batch_size=s.pretrain_batch,
+                       eval_max_examples=s.pretrain_batch,
+                       train_options=_options(data_dir, data["vocab"]))
+            for label, d in s.sizes}
+
+
+def group(name: str) -> str:
+    """A run's group: its name without the seed."""
+    return name.rsplit("/seed", 1)[0]
+
+
+def finetune_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
+    """{group: the seed-0 finetuning Run} of every text variant (the module docstring's
+    sweep, routers, sizes, pretraining). Group names: n<length>/<size>/<variant>."""
+    backbones = backbone_runs(s, data, data_dir)
+    dims = dict(s.sizes)
+
+    def run(n, size, variant, cfg, init=None):
+        return Run(name=f"n{n}/{size}/{variant}/seed0",
+                   model=text_model(s, data["vocab_size"], dims[size], cfg),
+                   task=chain_task(n), feature_lengths=(("inputs", n), ("targets", 4)),
+                   steps=s.finetune_steps, batch_size=s.batch_size,
+                   learning_rate=s.finetune_lr, init=init or backbones[size],
+                   eval_batch_size=s.eval_batch_size,
+                   train_options=_options(data_dir, data["vocab"]))
+
+    runs = {}
+    for n in s.lengths:                                              # sweep (a, g)
+        for r in s.rates:
+            name = "pa" if r == 1 else f"coda_r{r}"
+            runs[f"n{n}/{s.base}/{name}"] = run(n, s.base, name, coda(s, r))
+    n0 = s.lengths[0]
+    for r in s.router_rates:                                         # routers (b, c)
+        for router in ("soft_topk", "sigmoid", "first_k"):
+            name = f"{router}_r{r}_k_to_k"
+            runs[f"n{n0}/{s.base}/{name}"] = run(n0, s.base, name, coda(s, r, "k_to_k", router))
+    for size, _ in s.sizes:                                          # sizes (e)
+        for r, name in ((1, "pa"), (3, "coda_r3")):
+            runs.setdefault(f"n{n0}/{size}/{name}", run(n0, size, name, coda(s, r)))
+    base = backbones[s.base]                                         # pretraining (f)
+    pre = dataclasses.replace(base, name=f"coda_pretrain/{s.base}/r3",
+                              model=text_model(s, data["vocab_size"], dims[s.base], coda(s, 3)),
+                              steps=s.coda_pretrain_steps, init=base, k_anneal_stages=2)
+    runs[f"n{n0}/{s.base}/coda_r3_pretrained"] = run(n0, s.base, "coda_r3_pretrained",
+                                                     coda(s, 3), init=pre)
+    return runs
+
+
+def image_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
+    """{group: Run} of the page task: PA and CoDA at image_rates from a dense patch model."""
+    lengths = (("inputs", s.image_patches), ("targets", 8))
+    dense = Run(name="images/dense", model=image_model(s, None), task=INK_TASK,
+                feature_lengths=lengths, steps=s.image_dense_steps, batch_size=s.image_batch,
+                learning_rate=s.image_lr, trainable="all",
+                k_anneal_stages=1, eval_batch_size=s.eval_batch_size,
+                train_options=_options(data_dir))
+    out = {}
+    for r in (1, *s.image_rates):
+        name = "pa" if r == 1 else f"coda_r{r}"
+        out[f"images/{name}"] = dataclasses.replace(
+            dense, name=f"images/{name}/seed0", model=image_model(s, coda(s, r)),
+            steps=s.image_finetune_steps, trainable="finetune", init=dense,
+            k_anneal_stages=2)
+    return out
+
+
+def with_seed(run: Run, seed: int) -> Run:
+    return dataclasses.replace(run, name=f"{group(run.name)}/seed{seed}", seed=seed)
+
+
+def accuracy_estimate(results: list[dict]):
+    """The Estimate of a group's results (eval accuracy in %, num_examples)."""
+    n = results[0]["eval"]["num_examples"]
+    return estimate([r["eval"]["accuracy"] / 100.0 for r in results], n)
+
+
+def comparisons(s: ClaimsScale) -> list[tuple[str, str]]:
+    """The pairs of groups the text claims rest on (a: PA vs r3 and vs the largest r; b, c:
+    the routers; e: PA vs r3 per size; f: 0 vs N pretraining steps)."""
+    n0, b = s.lengths[0], s.base
+    pairs = [(f"n{n}/{b}/pa", f"n{n}/{b}/coda_r{r}") for n in s.lengths
+             for r in sorted({3, max(s.rates)} & set(s.rates))]
+    for r in s.router_rates:
+        soft, sig, first = (f"n{n0}/{b}/{x}_r{r}_k_to_k" for x in ("soft_topk", "sigmoid",
+                                                                   "first_k"))
+        pairs += [(soft, sig), (sig, first), (f"n{n0}/{b}/coda_r{r}", soft)]
+    pairs += [(f"n{n0}/{size}/pa", f"n{n0}/{size}/coda_r3") for size, _ in s.sizes]
+    pairs.append((f"n{n0}/{b}/coda_r3_pretrained", f"n{n0}/{b}/coda_r3"))
+    return [(x, y) for x, y in pairs if x != y]
+
+
+def seeds_needed(pairs, by_group: dict[str, list[dict]], max_seeds: int) -> set[str]:
+    """The groups to run with max_seeds seeds: both sides of every pair whose difference is
+    within 3 standard errors and that has fewer seeds than max_seeds on a side."""
+    need = set()
+    for x, y in pairs:
+        ex, ey = accuracy_estimate(by_group[x]), accuracy_estimate(by_group[y])
+        if not separated(*difference(ex, ey)):
+            need |= {g for g in (x, y) if len(by_group[g]) < max_seeds}
+    return need
+
+
+def _execute(runs: list[Run], root: str, log: Log) -> dict[str, dict]:
+    return execute_all(runs, root, log=log) if runs else {}
+
+
+def _by_group(results: dict[str, dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for name in sorted(results):
+        out.setdefault(group(name), []).append(results[name])
+    return out
+
+
+# ------------------------------------------------------------------------------ stages 3-5
+def measure_speed(s: ClaimsScale, runs: dict[str, Run], root: str, log: Log) -> dict:
+    """{group: pipeline.speed_table row}: per (length, size), every seed-0 variant timed side
+    by side in one process over that size's PA."""
+    from coda_flax import tasks
+    from coda_flax.train import run as train_run
+
+    out = {}
+    by_key: dict[str, list[str]] = {}
+    for g in runs:
+        if g.startswith("n"):
+            n, size, _ = g.split("/")
+            by_key.setdefault(f"{n}/{size}", []).append(g)
+    for key, groups in sorted(by_key.items()):
+        if len(groups) < 2:
+            continue
+        loaded = {g: execute(runs[g], root, log=log, load_params=True) for g in groups}
+        task = tasks.get_task_or_mixture(runs[groups[0]].task)
+        lengths = dict(runs[groups[0]].feature_lengths)
+        examples = train_run.eval_examples(task, lengths, "validation", s.speed_batch)
+        batch = pipeline.speed_batch(examples, s.speed_batch, lengths)
+        speed = pipeline.speed_table({g: v["model"] for g, v in loaded.items()},
+                                     {g: v["params"] for g, v in loaded.items()}, batch,
+                                     s.speed_repeats, baseline=f"{key}/pa")
+        out.update(speed)
+        log(f"  {key}: " + ", ".join(f"{g.split('/')[-1]} {v['encoder_speedup']:.2f}x"
+                                     for g, v in speed.items()))
+    return out
+
+
+def ink_statistics(selected_pages, ink_pages_, valid_pages) -> dict:
+    """Per layer, the mean over pages of routing_stats.ink_share's routed_ink_share and its
+    standard error over pages, and the same of the page's ink share (chance).
+    selected_pages: [pages] of [L, n] bool; ink_pages_, valid_pages: [pages] of [n] bool."""
+    from coda_flax.analysis.routing_stats import ink_share
+    per = [ink_share(sel, ink, val) for sel, ink, val in
+           zip(selected_pages, ink_pages_, valid_pages)]
+    shares = np.stack([p["routed_ink_share"] for p in per])              # [pages, L]
+    page = np.array([p["page_ink_share"] for p in per])
+    sqrt = math.sqrt(len(per))
+    se = (lambda x: float(np.std(x, ddof=1) / sqrt) if len(per) > 1 else 0.0)
+    return {"routed_ink_share": shares.mean(0).tolist(),
+            "routed_ink_share_se": [se(shares[:, i]) for i in range(shares.shape[1])],
+            "page_ink_share": float(page.mean()), "page_ink_share_se": se(page),
+            "pages": len(per)}
+
+
+def routed_ink(run: Run, root: str, pages_dir: str, out_dir: str, log: Log) -> dict:
+    """ink_statistics of a finetuned page model over every validation page (each through
+    analysis.routing_report, as `coda visualize` reads an image), and the Figure-7 picture of
+    the first page (routing_image.png, ink_share.png in out_dir)."""
+    from PIL import Image
+
+    from coda_flax.analysis import routing_report as rr
+    from coda_flax.datasets.records import read_jsonl
+
+    loaded = execute(run, root, log=log, load_params=True)
+    cfg, params = loaded["model"].config, loaded["params"]
+    reports = []
+    for rec in read_jsonl(os.path.join(pages_dir, "validation.jsonl")):
+        with Image.open(os.path.join(pages_dir, rec["image"])) as img:
+            image = np.asarray(img.convert("RGB"), np.uint8)
+        inp = rr.image_input(cfg, image, description=rec["id"],
+                             max_patches=dict(run.feature_lengths)["inputs"])
+        reports.append(rr.routing_report(cfg, params, inp))
+    rr.write_report(reports[0], out_dir, group(run.name))
+    return ink_statistics([r.selected for r in reports], [r.input.ink for r in reports],
+                          [r.valid for r in reports])
+
+
+# ------------------------------------------------------------------------------ the command
+def stage_of(name: str) -> str:
+    """Which stage of the module docstring a run belongs to (for the per-stage times)."""
+    g = group(name)
+    if name != g and not name.endswith("/seed0"):
+        return "extra seeds"
+    for prefix, stage in (("backbone/", "backbones"), ("coda_pretrain/", "pretraining"),
+                          ("images/", "images")):
+        if g.startswith(prefix):
+            return stage
+    variant = g.split("/")[-1]
+    if variant.endswith("_pretrained"):
+        return "pretraining"
+    if variant.endswith("_k_to_k"):
+        return "routers"
+    return "sweep / sizes"
+
+
+def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None,
+               log: Log = print, data_only: bool = False) -> dict:
+    """Every stage (module docstring); writes claims.{md,json}, tradeoff.png and the Figure-7
+    picture (figure7/) into output_dir, the runs under output_dir/runs. Returns the summary.
+    data_only: stage 1 only (the data and its floors, floors.json)."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}.")
+    s = SCALES[scale]
+    root = os.path.join(output_dir, "runs")
+    os.makedirs(root, exist_ok=True)
+    clock, t0 = {}, time.time()
+
+    def lap(stage):
+        clock[stage] = round(time.time() - t0 - sum(clock.values()), 1)
+
+    log(f"[claims 1/5] data (scale {scale!r})")
+    data = prepare_data(s, data_dir, log)
+    lap("data")
+    if data_only:
+        floors = {str(n): f for n, f in data["floors"].items()}
+        pipeline.save_json(os.path.join(output_dir, "floors.json"), floors)
+        return {"scale": scale, "floors": floors}
+    text, images = finetune_runs(s, data, data_dir), image_runs(s, data, data_dir)
+    log(f"[claims 2/5] {len(text)} text and {len(images)} image finetuning runs "
+        f"(plus their backbones), seed 0")
+    results = _execute([*text.values(), *images.values()], root, log)
+    need = seeds_needed(comparisons(s), _by_group(results), s.max_seeds)
+    extra = [with_seed(text[g], seed) for g in sorted(need) for seed in range(1, s.max_seeds)]
+    log(f"  {len(need)} groups within 3 SE of a comparison: {len(extra)} more seeded runs")
+    results.update(_execute(extra, root, log))
+    lap("training")
+    log("[claims 3/5] speed, side by side per size and length")
+    speed = measure_speed(s, text, root, log)
+    lap("speed")
+    log("[claims 4/5] routed patches holding ink, per layer")
+    top = f"images/coda_r{max(s.image_rates)}"
+    ink = routed_ink(images[top], root, data["pages"], os.path.join(output_dir, "figure7"),
+                     log)
+    lap("ink")
+    log("[claims 5/5] claims table, per-run table, plot")
+    summary = report(s, scale, data, text, images, results, speed, ink, output_dir)
+    lap("report")
+    summary["stage_seconds"] = clock
+    summary["training_seconds_by_stage"] = training_seconds(results)
+    pipeline.save_json(os.path.join(output_dir, "claims.json"), summary, default=float)
+    log(summary["markdown"])
+    log(f"[claims] done in {time.time() - t0:.0f} s ({scale} scale); outputs in {output_dir}; "
+        f"stages (s): {clock}; training time of the runs when trained (s): "
+        f"{summary['training_seconds_by_stage']}")
+    return summary
+
+
+def training_seconds(results: dict[str, dict]) -> dict[str, float]:
+    """Sum of each run's own training + evaluation time (result.json, also when reused) per
+    stage: what a fresh run of that stage takes."""
+    out: dict[str, float] = {}
+    for name, r in results.items():
+        out[stage_of(name)] = round(out.get(stage_of(name), 0.0) + float(r.get("seconds", 0)), 1)
+    return out
+
+
+def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, results: dict,
+           speed: dict, ink: dict, output_dir: str) -> dict:
+    """The claims rows, the tables and the plot (module docstring, stage 5)."""
+    by_group = _by_group(results)
+    est = {g: accuracy_estimate(by_group[g]) for g in text}
+    metric = "exact_match"
+    img = {g: estimate([r["eval"][metric] / 100.0 for r in by_group[g]],
+                       by_group[g][0]["eval"]["num_examples"]) for g in images}
+    n0, b, top = s.lengths[0], s.base, max(s.rates)
+    name = (lambda r: "pa" if r == 1 else f"coda_r{r}")
+    rows = [
+        verdicts.claim_a({f"n = {n}": {r: est[f"n{n}/{b}/{name(r)}"] for r in s.rates}
+                          for n in s.lengths}),
+        verdicts.claim_b({r: {x: est[f"n{n0}/{b}/{x}_r{r}_k_to_k"]
+                              for x in ("soft_topk", "sigmoid", "first_k")}
+                          for r in s.router_rates}),
+        verdicts.claim_c({r: (est[f"n{n0}/{b}/coda_r{r}"], est[f"n{n0}/{b}/soft_topk_r{r}_k_to_k"])
+                          for r in s.router_rates}),
+        verdicts.claim_d(list(zip(ink["routed_ink_share"], ink["routed_ink_share_se"])),
+                         (ink["page_ink_share"], ink["page_ink_share_se"])),
+        verdicts.claim_e([(size, est[f"n{n0}/{size}/pa"], est[f"n{n0}/{size}/coda_r3"])
+                          for size, _ in s.sizes]),
+        verdicts.claim_f({0: est[f"n{n0}/{b}/coda_r3"],
+                          s.coda_pretrain_steps: est[f"n{n0}/{b}/coda_r3_pretrained"]}),
+        verdicts.claim_g({n: {r: speed[f"n{n}/{b}/{name(r)}"]["encoder_speedup"]
+                              for r in s.rates} for n in s.lengths},
+                         {n: (est[f"n{n}/{b}/pa"], est[f"n{n}/{b}/{name(top)}"])
+                          for n in s.lengths}),
+    ]
+    runs_md = run_table(data["floors"], text, est, speed, by_group) + "\n" + \
+        image_table(images, img, data["page_words"], ink, max(s.image_rates))
+    floors_line = " ".join(
+        f"Floors at n = {n}: majority {100 * f['majority']:.1f}%, bag of words "
+        f"{100 * f['bag_of_words']:.1f}%, truncation bound " + ", ".join(
+            f"r{r} {100 * v:.1f}%" for r, v in _by_rate(f["truncation"])) + "."
+        for n, f in data["floors"].items())
+    markdown = (f"Claims at CPU scale ({scale} scale; ± = standard error over the seeds' "
+                f"answers, the larger of binomial and seed-to-seed). {floors_line}\n\n"
+                + verdicts.claims_markdown(rows) + "\n" + runs_md)
+    with open(os.path.join(output_dir, "claims.md"), "w") as f:
+        f.write(markdown)
+    plot(s, est, speed, data["floors"][n0], os.path.join(output_dir, "tradeoff.png"))
+    return {"scale": scale, "settings": dataclasses.asdict(s), "claims": rows,
+            "floors": {str(n): f for n, f in data["floors"].items()},
+            "accuracy": {g: dataclasses.asdict(e) for g, e in {**est, **img}.items()},
+            "speed": speed, "ink": ink, "markdown": markdown}
+
+
+def run_table(floors, text, est, speed, by_group) -> str:
+    """Every text group: accuracy ± SE (seeds) beside its floors and measured speedup."""
+    lines = ["| run | k | accuracy % ± SE (seeds) | majority % | bag of words % | truncation "
+             "bound at r % | encoder speedup | trainable params |",
+             "|---|---|---|---|---|---|---|---|"]
+    for g, run in text.items():
+        n = int(g.split("/")[0][1:])
+        r, f = run.model.coda.reduction, floors[n]
+        trunc = f["truncation"].get(str(r))
+        trunc = "-" if trunc is None else f"{100 * trunc:.1f}"
+        fast = f"{speed[g]['encoder_speedup']:.2f}x" if g in speed else "-"
+        lines.append(f"| {g} | {run.model.coda.k(n)} | {est[g].text()} | "
+                     f"{100 * f['majority']:.1f} | {100 * f['bag_of_words']:.1f} | {trunc} | "
+                     f"{fast} | {by_group[g][0].get('trainable_params', 0):,} |")
+    return "\n".join(lines) + "\n"
+
+
+def image_table(images, img, words, ink, top) -> str:
+    lines = ["", f"Pages (one of {len(words)} words, answers stratified: majority floor "
+                 f"{100 / len(words):.1f}%): exact match % ± SE.", "",
+             "| run | exact match % ± SE |", "|---|---|"]
+    lines += [f"| {g} | {img[g].text()} |" for g in images]
+    lines += ["", f"images/coda_r{top}: share of routed patches holding ink per layer "
+                  f"(mean over {ink['pages']} validation pages ± SE): " + ", ".join(
+                      f"layer {i} {100 * m:.1f} ± {100 * e:.1f}%" for i, (m, e) in enumerate(
+                          zip(ink["routed_ink_share"], ink["routed_ink_share_se"])))
+              + f"; the page's share (chance) {100 * ink['page_ink_share']:.1f}%."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(s: ClaimsScale, est: dict, speed: dict, floors: dict, path: str) -> str:
+    """Figure 5: one line per model size (the base size once per length)."""
+    lines = {}
+    for g, e in est.items():
+        n, size, variant = g.split("/")
+        if g not in speed or not (variant == "pa" or variant.startswith("coda_r")) \
+                or variant.endswith("_pretrained"):
+            continue
+        label = f"{size}, n = {n[1:]}"
+        lines.setdefault(label, []).append((speed[g]["encoder_speedup"], 100 * e.mean,
+                                            100 * e.se, variant.replace("coda_", "")))
+    return verdicts.plot_tradeoff(
+        lines, path, floors={"majority": 100 * floors["majority"],
+                             "bag of words (the best without routing)":
+                                 100 * floors["bag_of_words"]})
+
+
+__all__ = ["ClaimsScale", "SCALES", "run_claims", "finetune_runs", "image_runs",
+           "backbone_runs", "comparisons", "seeds_needed", "ink_statistics", "stage_of"]

@@ -1,0 +1,286 @@
+"""`coda claims` (issue 18): the verdict logic against hand-made numbers, the run specs behind
+every claim, the seeds rule, the ink share against hand-computed patch masks, the page
+generator (ink inside the word's box, white everywhere else), and (--slow) the tiny stand-in
+end to end: stopped by SIGTERM, resumed, run again with nothing trained."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from coda_flax.analysis import claims as verdicts
+from coda_flax.analysis.estimates import (NO, NOT_SEPARATED, YES, Estimate, at_least, at_most,
+                                          combine, estimate, greater)
+from coda_flax.datasets import ink_pages
+from coda_flax.datasets.vision import find_fonts
+from coda_flax.experiments import claims
+
+
+def E(mean, se, seeds=1):
+    return Estimate(mean, se, (mean,) * seeds, 400)
+
+
+# ----------------------------------------------------------------------------- verdicts
+def test_verdict_primitives_by_hand():
+    assert greater(0.07, 0.02) == YES                   # 3.5 SE
+    assert greater(0.05, 0.02) == NOT_SEPARATED         # 2.5 SE: within 3 SE
+    assert greater(-0.07, 0.02) == NO
+    assert at_least(-0.05, 0.02) == YES and at_least(-0.07, 0.02) == NO
+    assert at_most(0.005, 0.02, 0.01) == YES            # within the 1-point tolerance
+    assert at_most(0.05, 0.02, 0.01) == NOT_SEPARATED   # 0.05 - 0.06 < 0.01
+    assert at_most(0.08, 0.02, 0.01) == NO              # 0.08 - 0.06 > 0.01
+    assert combine([YES, NOT_SEPARATED]) == NOT_SEPARATED and combine([YES, NO]) == NO
+    assert combine([YES, YES]) == YES
+    # two seeds that disagree more than sampling explains: SE = std / sqrt(2) = 0.1
+    e = estimate([0.5, 0.7], 100)
+    assert e.mean == pytest.approx(0.6) and e.se == pytest.approx(0.1)
+    # one seed: Agresti-Coull, q = (0.6 * 100 + 2) / 104
+    q = 62 / 104
+    assert estimate([0.6], 100).se == pytest.approx(math.sqrt(q * (1 - q) / 104))
+
+
+def test_claim_rows_by_hand():
+    b = verdicts.claim_b({3: {"soft_topk": E(0.80, 0.02), "sigmoid": E(0.70, 0.02),
+                              "first_k": E(0.69, 0.02)}})
+    # soft - sigmoid = 0.10 = 3.5 SE of the difference (0.02 * sqrt 2); sigmoid - first_k = 0.35
+    assert b["parts"] == {"r3: soft_topk > sigmoid": YES, "r3: sigmoid > first_k": NOT_SEPARATED}
+    assert b["holds"] == NOT_SEPARATED
+    a = verdicts.claim_a({"n = 512": {1: E(0.90, 0.01), 3: E(0.895, 0.01), 16: E(0.60, 0.02)}})
+    assert a["holds"] == YES
+    rising = verdicts.claim_a({"n": {1: E(0.9, 0.01), 3: E(0.5, 0.01), 16: E(0.8, 0.01)}})
+    assert rising["parts"]["n: monotone"] == NO and rising["holds"] == NO
+    c = verdicts.claim_c({3: (E(0.60, 0.02), E(0.65, 0.02))})      # k-to-k ahead by 1.8 SE
+    assert c["holds"] == YES
+    ties = verdicts.claim_e([("small", E(0.5, 0.02), E(0.49, 0.02)),
+                             ("large", E(0.6, 0.02), E(0.6, 0.02))])
+    assert ties["holds"] == NOT_SEPARATED and "no gap is separated" in ties["ours"]
+    shrinks = verdicts.claim_e([("small", E(0.9, 0.01), E(0.7, 0.01)),
+                                ("large", E(0.9, 0.01), E(0.88, 0.01))])
+    assert shrinks["holds"] == YES
+    assert verdicts.claim_f({0: E(0.5, 0.02), 100: E(0.4, 0.02)})["holds"] == NO
+    g = verdicts.claim_g({512: {1: 1.0, 3: 2.0, 16: 4.0}, 1024: {1: 1.0, 3: 2.5, 16: 6.0}},
+                         {512: (E(0.9, 0.01), E(0.89, 0.01))})
+    assert g["holds"] == YES
+    slower = verdicts.claim_g({512: {1: 1.0, 16: 4.0}, 1024: {1: 1.0, 16: 3.0}}, {})
+    assert slower["parts"]["n = 1024 faster than n = 512"] == NO
+    d = verdicts.claim_d([(0.05, 0.01), (0.05, 0.01), (0.20, 0.02), (0.06, 0.01)], (0.05, 0.0))
+    assert d["parts"] == {"layer 2: above chance": YES, "layer 3: above chance": NOT_SEPARATED}
+    table = verdicts.claims_markdown([a, b, c, d, ties, g])
+    assert table.startswith("| claim | paper | ours (± SE, seeds) | holds? |")
+    assert table.count("\n| ") == 6 and "| b. soft top-k > sigmoid > truncation |" in table
+
+
+# ----------------------------------------------------------------------------- specs
+DATA = {"vocab": "/v/sp.model", "vocab_size": 2100, "floors": {}, "pages": "/p",
+        "page_words": list(ink_pages.WORDS)}
+
+
+def test_specs_cover_every_claim():
+    s = claims.SCALES["full"]
+    runs = claims.finetune_runs(s, DATA, None)
+    for n in s.lengths:                                      # the r sweep at both lengths
+        for r in s.rates:
+            run = runs[f"n{n}/{s.base}/{'pa' if r == 1 else f'coda_r{r}'}"]
+            assert run.model.coda.reduction == r and run.task == claims.chain_task(n)
+            assert run.model.coda.k(n) == math.ceil(n / r) and run.trainable == "finetune"
+    for x, y in claims.comparisons(s):                      # every comparison has both runs
+        assert x in runs and y in runs
+    for size, d in s.sizes:
+        assert runs[f"n512/{size}/pa"].model.d_model == d
+        assert runs[f"n512/{size}/pa"].init.name == f"backbone/{size}"
+        assert runs[f"n512/{size}/pa"].init.trainable == "all"
+    soft = runs["n512/d64/soft_topk_r5_k_to_k"].model.coda
+    assert (soft.attention, soft.router) == ("k_to_k", "soft_topk")
+    assert runs["n512/d64/first_k_r3_k_to_k"].model.coda.router == "first_k"
+    pre = runs["n512/d64/coda_r3_pretrained"].init           # claim f: backbone -> CoDA -> task
+    assert pre.trainable == "all" and pre.steps == s.coda_pretrain_steps
+    assert pre.model.coda.reduction == 3 and pre.init.name == "backbone/d64"
+    assert all(r.seed == 0 and r.name.endswith("/seed0") for r in runs.values())
+    two = claims.with_seed(runs["n512/d64/pa"], 2)
+    assert (two.name, two.seed) == ("n512/d64/pa/seed2", 2)
+    images = claims.image_runs(s, DATA, None)
+    assert sorted(images) == ["images/coda_r16", "images/coda_r8", "images/pa"]
+    assert images["images/coda_r16"].init.trainable == "all"
+    assert claims.stage_of("n512/d64/pa/seed2") == "extra seeds"
+    assert claims.stage_of("coda_pretrain/d64/r3") == "pretraining"
+    assert claims.stage_of("n512/d64/sigmoid_r3_k_to_k/seed0") == "routers"
+
+
+def test_seeds_are_added_where_a_difference_is_within_3_se():
+    def res(*accs):
+        return [{"eval": {"accuracy": a, "num_examples": 400}} for a in accs]
+    by_group = {"pa": res(90.0), "r3": res(88.0), "r16": res(40.0), "done": res(60, 61, 62)}
+    # pa - r3 = 2 points, SE of the difference ~2.2 points: not separated -> both get seeds;
+    # pa - r16 = 50 points: separated; a group with max_seeds seeds already is left alone
+    pairs = [("pa", "r3"), ("pa", "r16"), ("done", "r3")]
+    assert claims.seeds_needed(pairs, by_group, 3) == {"pa", "r3"}
+    assert claims.seeds_needed([("pa", "r16")], by_group, 3) == set()
+
+
+# ----------------------------------------------------------------------------- images
+def test_ink_statistics_against_hand_computed_masks():
+    selected = [np.array([[1, 1, 1, 0, 0, 0], [1, 0, 0, 1, 0, 1]], bool),
+                np.array([[0, 0, 0, 0, 1, 1], [1, 1, 0, 0, 0, 0]], bool)]
+    ink = [np.array([1, 0, 0, 1, 0, 0], bool), np.array([0, 0, 0, 0, 1, 1], bool)]
+    valid = [np.ones(6, bool), np.array([1, 1, 1, 1, 1, 0], bool)]      # page 2: one pad
+    out = claims.ink_statistics(selected, ink, valid)
+    # page 1: layer 0 routes 0-2 (ink at 0: 1/3), layer 1 routes 0, 3, 5 (ink 0, 3: 2/3);
+    # page 2: layer 0 routes 4 (the padding 5 does not count): 1/1, layer 1 routes 0, 1: 0
+    assert out["routed_ink_share"] == pytest.approx([(1 / 3 + 1) / 2, (2 / 3 + 0) / 2])
+    assert out["routed_ink_share_se"][0] == pytest.approx(np.std([1 / 3, 1], ddof=1) / 2 ** .5)
+    assert out["page_ink_share"] == pytest.approx((2 / 6 + 1 / 5) / 2)
+    assert out["pages"] == 2
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("pages"))
+    font = find_fonts(None, download=False, log=lambda s: None)["sans"]
+    counts = ink_pages.render_pages(out, font, num_train=8, num_validation=16,
+                                    page_size=(128, 128), seed=3)
+    return out, font, counts
+
+
+def _records(root, split):
+    with open(os.path.join(root, f"{split}.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_pages_hold_ink_in_the_word_box_only(pages):
+    from PIL import Image
+    root, font, counts = pages
+    assert counts == {"train": 8, "validation": 16}
+    records = _records(root, "validation")
+    assert sorted(r["text"] for r in records) == sorted(ink_pages.WORDS * 2)   # stratified
+    for r in records:
+        with Image.open(os.path.join(root, r["image"])) as img:
+            grey = np.asarray(img.convert("L"))
+        x0, y0, x1, y1 = r["bbox"]
+        inside = np.zeros(grey.shape, bool)
+        inside[y0:y1, x0:x1] = True
+        assert (grey[~inside] == 255).all()                 # blank outside the word's box
+        assert (grey[inside] < 128).sum() > 10              # the word is there, in ink
+        assert inside.mean() < 0.1                          # a small region of the page
+    again = str(os.path.join(root, "again"))
+    ink_pages.render_pages(again, font, num_train=8, num_validation=16, page_size=(128, 128),
+                           seed=3)
+    assert _records(again, "validation") == [dict(r) for r in records]     # deterministic
+
+
+def test_routing_report_ink_mask_is_the_hand_computed_one(pages):
+    """The mask claims.routed_ink reads (routing_report.image_input) against 16 x 16 blocks of
+    the page checked by hand (a 128 x 128 page at 64 patches: no resize, an 8 x 8 grid)."""
+    from PIL import Image
+    from coda_flax.analysis import routing_report as rr
+    s = claims.SCALES["tiny"]
+    cfg = claims.image_model(s, claims.coda(s, 4))
+    root = pages[0]
+    for r in _records(root, "validation")[:4]:
+        with Image.open(os.path.join(root, r["image"])) as img:
+            rgb = np.asarray(img.convert("RGB"), np.uint8)
+        hand = (rgb.mean(-1) / 255 < 0.5).reshape(8, 16, 8, 16).any(axis=(1, 3)).reshape(-1)
+        inp = rr.image_input(cfg, rgb, max_patches=64)
+        assert inp.ink.tolist() == hand.tolist() and 0 < hand.sum() < 16
+
+
+def test_pages_registered_as_a_task_with_their_ink(pages):
+    from coda_flax.tasks import get_task_or_mixture
+    from coda_flax.tasks.vision import register_page_task
+    root = pages[0]
+    register_page_task("test_claims_pages", root, max_patches=64)
+    task = get_task_or_mixture("test_claims_pages")
+    exs = list(task.get_dataset({"inputs": 64, "targets": 8}, split="validation",
+                                shuffle=False, num_epochs=1).as_numpy_iterator())
+    records = _records(root, "validation")
+    assert [e["targets_pretokenized"].decode() for e in exs] == [r["text"] for r in records]
+    assert exs[0]["inputs"].shape == (64, 2 + 16 * 16 * 3)
+    assert all(0 < e["ink"].sum() < 16 for e in exs)
+
+
+def test_two_chain_lengths_registered_side_by_side(tmp_path):
+    from corpus_helpers import prepared_corpus
+    from coda_flax.datasets import multi_needle
+    from coda_flax.datasets.provenance import bound
+    from coda_flax.tasks import get_task_or_mixture
+    from coda_flax.tasks.offline import register_chain_task
+    vocab = prepared_corpus(tmp_path, vocab_size=300, num_scenes=12)
+    for n in (160, 192):
+        chain = multi_needle.prepare_chain(str(tmp_path), vocab, input_length=n, num_needles=2,
+                                           num_train=8, num_validation=8, log=lambda s: None)
+        register_chain_task(f"test_claims_chain_{n}", chain["dir"], vocab)
+        assert bound(f"test_claims_chain_{n}")[0] == chain["dir"]
+    for n in (160, 192):                    # each name reads its own length's examples
+        name = f"test_claims_chain_{n}"
+        recs = [r for r in multi_needle.read_jsonl(os.path.join(bound(name)[0], "chain.jsonl"))
+                if r["split"] == "validation"]
+        exs = list(get_task_or_mixture(name).get_dataset(
+            {"inputs": n, "targets": 4}, split="validation", shuffle=False,
+            num_epochs=1).as_numpy_iterator())
+        assert [e["targets_pretokenized"].decode() for e in exs] == [r["target"] for r in recs]
+        assert [e["inputs_pretokenized"].decode() for e in exs] == [r["text"] for r in recs]
+        assert len(exs) == 8 and max(len(e["inputs"]) for e in exs) <= n
+
+
+# ----------------------------------------------------------------------------- the command
+def test_cli_rejects_an_unknown_scale_and_a_missing_data_dir(tmp_path, capsys):
+    from coda_flax.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["claims", "--scale", "huge"])
+    assert e.value.code == 2
+    assert main(["claims", "--data-dir", str(tmp_path / "nope")]) == 2
+    assert "is not an existing directory" in capsys.readouterr().err
+
+
+def _results(root):
+    out = {}
+    for folder, _, files in os.walk(root):
+        if "result.json" in files:
+            out[os.path.relpath(folder, root)] = os.path.getmtime(os.path.join(folder,
+                                                                                "result.json"))
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_claims_stop_resume_and_reuse(tmp_path):
+    """SIGTERM mid-run: one line, exit 143; run again: the finished runs are reused and the
+    rest trained, the table has one row per claim; a third run trains nothing."""
+    from corpus_helpers import synthetic_source
+    from coda_flax.cli import main
+    data, out = tmp_path / "data", tmp_path / "out"
+    synthetic_source(data, num_plays=3, num_scenes=12)
+    cmd = [sys.executable, "-m", "coda_flax.cli", "claims", "--scale", "tiny", "--output",
+           str(out), "--data-dir", str(data)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 900
+    while len(_results(out / "runs")) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-2000:]
+    assert [ln for ln in err.splitlines() if "stopped" in ln] == \
+        [ln for ln in err.splitlines() if ln.startswith("coda claims: stopped by SIGTERM")]
+    before = _results(out / "runs")
+    assert len(before) >= 2
+    assert main(["claims", "--scale", "tiny", "--output", str(out), "--data-dir",
+                 str(data)]) == 0
+    after = _results(out / "runs")
+    assert all(after[k] == t for k, t in before.items())          # reused, not retrained
+    summary = json.load(open(out / "claims.json"))
+    assert [r["claim"] for r in summary["claims"]] == list("abcdefg")
+    assert all(r["holds"] in (YES, NO, NOT_SEPARATED) for r in summary["claims"])
+    table = open(out / "claims.md").read()
+    n = claims.SCALES["tiny"].lengths[0]
+    assert f"Floors at n = {n}: majority 12.5%, bag of words 50.0%" in table
+    assert all(f"| {g} | " in table for g in summary["accuracy"])    # every run, with floors
+    assert os.path.getsize(out / "tradeoff.png") > 1000
+    assert os.path.getsize(out / "figure7" / "routing_image.png") > 1000
+    assert main(["claims", "--scale", "tiny", "--output", str(out), "--data-dir",
+                 str(data)]) == 0
+    assert _results(out / "runs") == after                         # nothing trained again
+    assert not [p for p in os.listdir(out / "runs") if "set-aside" in p]
