@@ -148,6 +148,7 @@ def test_router_gradient(router, has_grad):
     assert np.all(np.isfinite(g)) and np.abs(g).max() > 1e-6
 
 
+@pytest.mark.slow   # ~43 s; padding and decoding keep their own default tests
 def test_whole_model_jits_takes_grads_bfloat16_and_padded_batches():
     coda = CodaConfig(reduction=3, adapter_dim=4)
     cfg = tiny_config(coda)

@@ -40,7 +40,8 @@ def _model_and_params(coda=None):
     return model, meta.unbox(variables["params"])
 
 
-@pytest.mark.parametrize("coda", [None, CodaConfig(reduction=2)])
+@pytest.mark.parametrize("coda", [pytest.param(None, marks=pytest.mark.slow),  # ~20 s
+                                  CodaConfig(reduction=2)])
 def test_loss_matches_torch_ctc_with_zero_infinity(coda):
     model, params = _model_and_params(coda)
     batch = _batch()

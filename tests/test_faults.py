@@ -60,6 +60,7 @@ def test_divergence_keeps_a_sane_checkpoint_and_a_lower_lr_rerun_resumes_from_it
     np.testing.assert_allclose(_losses(got), _losses(want)[4:], rtol=1e-6)
 
 
+@pytest.mark.slow   # ~30 s; test_stops and test_cli_train stop and resume in the default suite
 def test_sigterm_at_a_plain_a_checkpoint_and_the_final_step_is_preempted_with_that_step(
         tmp_path):
     tr = _trainer(tmp_path, total_steps=6, checkpoint_every=2)     # one trainer: one compile
@@ -80,6 +81,7 @@ def test_sigterm_at_a_plain_a_checkpoint_and_the_final_step_is_preempted_with_th
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+@pytest.mark.slow   # ~38 s; test_integrity sets a damaged checkpoint aside in the default suite
 def test_changed_setting_on_resume_is_named_and_damaged_checkpoints_are_skipped(tmp_path):
     tr = _trainer(tmp_path, total_steps=2, checkpoint_every=1)
     tr.train(tr.init_state(th.SHAPES), th.batches(), n=th.N)
@@ -103,6 +105,7 @@ def test_changed_setting_on_resume_is_named_and_damaged_checkpoints_are_skipped(
             tr.restore_latest(template)
 
 
+@pytest.mark.slow   # ~19 s; test_train's NaN test keeps the guard in the default suite
 def test_a_poisoned_checkpoint_from_before_the_guard_is_skipped(tmp_path):
     tr = _trainer(tmp_path, total_steps=2)
     state = tr.init_state(th.SHAPES)

@@ -113,7 +113,7 @@ def test_image_model_output_does_not_depend_on_padding_patches():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["image", "audio"])
+@pytest.mark.parametrize("kind", ["image", pytest.param("audio", marks=pytest.mark.slow)])
 def test_dense_to_coda_with_r1_keeps_the_function_and_r4_routes(kind):
     fields = IMAGE if kind == "image" else AUDIO
     dense = tiny_config(**fields)

@@ -418,6 +418,7 @@ def corpus(tmp_path_factory):
     return root, prepared_corpus(root)
 
 
+@pytest.mark.slow   # ~60 s; the dry-run and stage tests stay in the default suite
 def test_tiny_experiment_runs_end_to_end_then_is_skipped(corpus, tmp_path, monkeypatch):
     data, vocab = corpus
     spec = tiny_spec()

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from test_t5x import _require_t5x
+from train_helpers import t5x_train_metrics
 
 from coda_flax import CodaConfig, ModelConfig
 from coda_flax.checkpoints.peft import param_group
@@ -130,15 +131,6 @@ def _run(cmd, env, log):
     assert proc.returncode == 0, open(log).read()[-6000:]
 
 
-def _train_metrics(log):
-    """{step: {metric: value}} from T5X's train summaries."""
-    out = {}
-    for step, fields in re.findall(r"\] \[(\d+)\] collection=train (accuracy=.*)",
-                                   open(log).read()):
-        out[int(step)] = {k: float(v) for k, v in re.findall(r"([\w/]+)=([-0-9.e+]+)", fields)}
-    return out
-
-
 def _params(path):
     from coda_flax.checkpoints.t5x import read_t5x
     from coda_flax.checkpoints.tree import flatten_params
@@ -212,7 +204,7 @@ def test_rte_from_a_converted_checkpoint_finetunes_adapters_and_t5x_eval_scores_
     """The default suite's T5X paper run: t5x/runs/finetune.gin + t5x/tasks/rte.gin 2 steps
     (k = ceil(256 / 3) = 86, Table 8's learning rate, only adapters / routers / layer norms
     move), then t5x/runs/eval.gin."""
-    metrics = _train_metrics(rte_run["logs"]["train"])
+    metrics = t5x_train_metrics(rte_run["logs"]["train"])
     assert sorted(metrics) == [1, 2]
     assert [metrics[s]["coda/k"] for s in (1, 2)] == [-(-256 // 3)] * 2
     assert all(m["learning_rate"] == pytest.approx(1e-3) for m in metrics.values())
@@ -266,7 +258,7 @@ PAPER_GROUP = pytest.mark.xdist_group("t5x_paper")
 @PAPER_GROUP
 def test_pretraining_routes_192_of_512_from_the_first_step_and_trains_everything(
         paper_setup, paper_runs):
-    metrics = _train_metrics(paper_runs["pretrain_log"])
+    metrics = t5x_train_metrics(paper_runs["pretrain_log"])
     assert sorted(metrics) == [1, 2]
     assert [metrics[s]["coda/k"] for s in (1, 2)] == [192, 192]            # no annealing
     assert all(m["learning_rate"] == pytest.approx(1 / np.sqrt(10_000)) for m in metrics.values())
@@ -282,7 +274,7 @@ def test_pretraining_routes_192_of_512_from_the_first_step_and_trains_everything
 @PAPER_GROUP
 def test_rte_finetunes_adapters_with_k_of_its_length_and_t5x_eval_scores_it(paper_runs):
     rte = paper_runs["rte"]
-    metrics = _train_metrics(rte["logs"]["train"])
+    metrics = t5x_train_metrics(rte["logs"]["train"])
     assert [metrics[s]["coda/k"] for s in (1, 2)] == [-(-256 // 3)] * 2    # n = 256, r = 3
     assert all(m["learning_rate"] == pytest.approx(1e-3) for m in metrics.values())
     start, end = _params(paper_runs["pretrained"]), _params(rte["model_dir"] / "checkpoint_2")
@@ -309,7 +301,7 @@ def test_one_model_and_variant_pair_under_both_engines(paper_runs):
     assert {k: tuple(v.shape) for k, v in t5x.items()} == want
     rows = [json.loads(line) for line in open(paper_runs["native"] / "metrics.jsonl")]
     native_k = {r["k"] for r in rows if r.get("split") == "train"}
-    t5x_k = {m["coda/k"] for m in _train_metrics(paper_runs["rte"]["logs"]["train"]).values()}
+    t5x_k = {m["coda/k"] for m in t5x_train_metrics(paper_runs["rte"]["logs"]["train"]).values()}
     assert native_k == t5x_k == {86}
 
 
@@ -320,7 +312,7 @@ def test_paper_task_finetunes_and_evaluates(paper_setup, task):
 
     run = _finetune_and_eval(paper_setup, task, paper_setup["init"], task)
     n = table8.finetune(TASKS[task])["feature_lengths"]["inputs"]
-    metrics = _train_metrics(run["logs"]["train"])
+    metrics = t5x_train_metrics(run["logs"]["train"])
     assert [metrics[s]["coda/k"] for s in (1, 2)] == [-(-n // 3)] * 2
     assert [r["step"] for r in run["eval"]] == [2] and METRIC[task] in run["eval"][0]
 

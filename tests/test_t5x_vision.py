@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from test_t5x import _require_t5x
+from train_helpers import t5x_train_metrics
 
 from coda_flax import CodaConfig, ModelConfig
 
@@ -320,14 +321,6 @@ def test_table6_t5x_commands_parse_into_the_model_task_and_cosine_schedule(tmp_p
 
 
 # ------------------------------------------------------------------ real t5x.train / t5x.eval
-def _train_metrics(log):
-    out = {}
-    for step, fields in re.findall(r"\] \[(\d+)\] collection=train (accuracy=.*)",
-                                   open(log).read()):
-        out[int(step)] = {k: float(v) for k, v in re.findall(r"([\w/]+)=([-0-9.e+]+)", fields)}
-    return out
-
-
 @pytest.fixture(scope="module")
 def dense_t5x(vision_data):
     """The tiny pix2struct-shaped model, dense and random (standing in for `coda convert` of
@@ -389,7 +382,7 @@ def test_t5x_train_and_eval_a_tiny_pix2struct_cell(vision_data, dense_t5x):
                                   cwd=str(root), stdout=f, stderr=subprocess.STDOUT, timeout=1200)
         assert proc.returncode == 0, open(logs[script]).read()[-6000:]
 
-    metrics = _train_metrics(logs["train"])
+    metrics = t5x_train_metrics(logs["train"])
     assert sorted(metrics) == [1, 2]
     assert [metrics[s]["coda/k"] for s in (1, 2)] == [4, 4]                # ceil(16 / 4)
     cosine = learning_rate_schedule("cosine", 0.01, 0, 2)                  # coda train's

@@ -109,6 +109,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert tr.checkpoints.latest_step() == 2
 
 
+@pytest.mark.slow   # ~18 s; test_checkpoints' shape checks stay in the default suite
 def test_initial_checkpoint_that_does_not_fit_is_refused(tmp_path):
     tr = th.trainer(tmp_path)
     other = th.trainer(tmp_path / "other")
@@ -124,6 +125,7 @@ def _run_worker(args, env_extra):
                           env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow   # ~100 s; the default suite keeps 8 devices in test_t5x's shard test
 def test_mesh_2x4_on_8_devices_equals_single_device(tmp_path):
     single = _run_worker(["--devices", "1", "--out", str(tmp_path / "one.json"),
                           "--model_dir", str(tmp_path / "one")], {})

@@ -62,3 +62,13 @@ def sigterm_after(path, rows):
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
+
+
+def t5x_train_metrics(log: str) -> dict:
+    """{step: {metric: value}} from the train summaries T5X's train.py logs."""
+    import re
+    out = {}
+    for step, fields in re.findall(r"\] \[(\d+)\] collection=train (accuracy=.*)",
+                                   open(log).read()):
+        out[int(step)] = {k: float(v) for k, v in re.findall(r"([\w/]+)=([-0-9.e+]+)", fields)}
+    return out
