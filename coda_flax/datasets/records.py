@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Iterable
+
+from coda_flax.datasets.cache import atomic_path
 
 
 def split_of(key: str, validation_fraction: float = 0.1) -> str:
@@ -36,18 +37,11 @@ def write_jsonl(path: str, records: Iterable[dict]) -> int:
     Returns:
         how many records were written.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     n = 0
-    tmp = f"{path}.{os.getpid()}.tmp"          # one per process: two writers never share it
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-                n += 1
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):                 # a failed write leaves the old file as it was
-            os.remove(tmp)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            n += 1
     return n
 
 

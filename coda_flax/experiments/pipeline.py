@@ -12,7 +12,6 @@ has trained or reused their runs. Plain keyword arguments; nothing here reads ar
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Mapping, Sequence
 
 ENCODER, END_TO_END = "encoder", "end_to_end"
@@ -24,11 +23,10 @@ def load_json(path: str):
 
 
 def save_json(path: str, obj, **dump_kwargs) -> str:
-    """Writes JSON atomically (a temporary file, then a rename)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    """Writes JSON atomically (datasets.cache.atomic_path: a temporary file, then a rename)."""
+    from coda_flax.datasets.cache import atomic_path
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=2, **dump_kwargs)
-    os.replace(tmp, path)
     return path
 
 

@@ -54,12 +54,14 @@ import time
 import traceback
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from coda_flax.datasets.cache import atomic_path
 from coda_flax.experiments.gin_commands import (argv_bindings, command_line, gin_file_arg,
                                                 gin_key, gin_literal, literal,
                                                 missing_gin_files, parse_bindings, t5x_argv)
 from coda_flax.experiments.paper_tables import (ReproduceError, column_header, metric_columns,
                                                 our_value, row_delta, row_values, table_title,
                                                 write_table)
+from coda_flax.experiments.pipeline import save_json
 from coda_flax.experiments.prerequisites import MissingPrerequisitesError, check_prerequisites
 
 DEFAULT_OUTPUT = os.path.join("outputs", "reproduce")
@@ -436,15 +438,9 @@ def _run_t5x_stage(stage: Stage) -> None:
         with open(path) as f:
             last = json.loads(f.read().strip().splitlines()[-1])
         split = literal(stage.bindings.get("utils.DatasetConfig.split", "'validation'"))
-        _write_json(os.path.join(stage.directory, "eval_results.json"),
-                    dict(last, task=task, split=split, engine="t5x"))
+        save_json(os.path.join(stage.directory, "eval_results.json"),
+                  dict(last, task=task, split=split, engine="t5x"), default=str)
 
-
-def _write_json(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def collect_results(experiments: Sequence[Experiment]) -> dict[str, dict]:
@@ -476,10 +472,9 @@ def write_outputs(spec, experiments: Sequence[Experiment], output_dir: str,
     os.makedirs(output_dir, exist_ok=True)
     md_path = os.path.join(output_dir, f"{spec['id']}.md")
     json_path = os.path.join(output_dir, f"{spec['id']}.json")
-    with open(md_path + ".tmp", "w") as f:
+    with atomic_path(md_path) as tmp, open(tmp, "w") as f:
         f.write(write_table(spec, results))
-    os.replace(md_path + ".tmp", md_path)
-    _write_json(json_path, table_json(spec, experiments, results, failures))
+    save_json(json_path, table_json(spec, experiments, results, failures), default=str)
     return md_path, json_path
 
 
@@ -526,9 +521,9 @@ def run_table(spec, output_dir: str = DEFAULT_OUTPUT, *, bindings: Iterable = ()
         if os.path.exists(stale):
             log(f"  its configuration changed since {stale} was written: running it again")
             os.remove(stale)
-        _write_json(os.path.join(e.result_dir, "experiment.json"), dict(
+        save_json(os.path.join(e.result_dir, "experiment.json"), dict(
             experiments_json([e])[0], fingerprint=e.eval_stage.fingerprint,
-            started=time.strftime("%Y-%m-%d %H:%M:%S")))
+            started=time.strftime("%Y-%m-%d %H:%M:%S")), default=str)
         try:
             for s in e.stages:
                 if s.kind != "eval" and s.done():
