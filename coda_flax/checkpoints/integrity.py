@@ -15,8 +15,10 @@ array and the file.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import re
+import sys
 from typing import Any, Mapping
 
 import jax
@@ -99,6 +101,7 @@ def _unaddressable(tree) -> set[str]:
 
 
 _ARRAY = re.compile(r'Error reading "([^"/]+)')       # "encoder.layers_0...kernel/0.0"
+_SPEC_ARRAY = re.compile(r"'path': '([^'/][^']*?)/?'")  # the array's key inside an OCDBT spec
 _FILE = re.compile(r'(?:local file|file) "([^"]+)"')
 
 
@@ -106,9 +109,9 @@ def read_error(e: BaseException, where: str) -> IntegrityError:
     """An orbax / tensorstore read failure as one line naming the array and the file it names
     (tensorstore's messages carry both), without the tensorstore spec."""
     text = " ".join(str(e).split())
-    array = _ARRAY.search(text)
+    array = _ARRAY.search(text) or _SPEC_ARRAY.search(text)
     files = [f for f in _FILE.findall(text) if not f.endswith("/")]
-    reason = text.split(" [tensorstore_spec")[0]
+    reason = text.split(" [tensorstore_spec")[0].split(" See full TensorStore details")[0]
     reason = reason.split(": ")[-1] if ": " in reason else reason
     name = array.group(1).replace(".", "/") if array else None
     what = f"array {name}" if name else "the arrays"
@@ -117,5 +120,29 @@ def read_error(e: BaseException, where: str) -> IntegrityError:
                           f"damaged. Restore them from a copy, or write the checkpoint again.")
 
 
+def abandoned_read(info) -> bool:
+    """Whether a sys.unraisablehook report is one of the reads orbax abandoned when another
+    read of the same restore failed (its coroutine is finalized with the error unretrieved)."""
+    code = getattr(info.object, "cr_code", None)
+    return code is not None and "orbax" in code.co_filename and "read" in code.co_name
+
+
+def drop_failed_reads() -> None:
+    """Finalizes the reads orbax abandoned after the first failed one, without their reports.
+
+    When one array of a damaged checkpoint cannot be read, orbax raises that error and leaves
+    the other reads' coroutines to fail unobserved; Python reports each with a traceback
+    whenever they are garbage collected, later and elsewhere. Call this after the failing
+    restore has returned; reads still running then are left to the process's hook (the CLI's
+    drops them too).
+    """
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda info: None if abandoned_read(info) else hook(info)
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
 __all__ = ["IntegrityError", "array_digest", "tree_digests", "verify_arrays", "read_error",
-           "ALGORITHM"]
+           "abandoned_read", "drop_failed_reads", "ALGORITHM"]

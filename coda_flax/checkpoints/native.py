@@ -21,8 +21,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from coda_flax.checkpoints.integrity import (IntegrityError, read_error, tree_digests,
-                                             verify_arrays)
+from coda_flax.checkpoints.integrity import (IntegrityError, drop_failed_reads, read_error,
+                                             tree_digests, verify_arrays)
 from coda_flax.checkpoints.io import (config_from_dict, config_to_dict, read_format_json,
                                       write_json)
 from coda_flax.checkpoints.tree import (check_flat_params, expected_shapes, flatten_params,
@@ -96,8 +96,11 @@ def read_orbax_tree(path: str, subtree: str | None = None) -> dict[str, Any]:
         restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
             item=tree, restore_args=restore_args, partial_restore=subtree is not None))
     except Exception as e:                                   # noqa: BLE001
-        raise read_error(e, path) from None
-    return restored if subtree is None else restored[subtree]
+        error = read_error(e, path)
+    else:
+        return restored if subtree is None else restored[subtree]
+    drop_failed_reads()
+    raise error
 
 
 def load_checkpoint(directory: str) -> tuple[ModelConfig, dict[str, Any]]:

@@ -209,9 +209,11 @@ class _HideBackgroundTracebacks(logging.Filter):
 
     def unraisable(self, info) -> None:
         """sys.unraisablehook: orbax's threads calling into a closed event loop after a failed
-        save ("Event loop is closed", dozens of them) are counted; anything else is printed."""
-        if isinstance(info.exc_value, RuntimeError) and "Event loop is closed" in str(
-                info.exc_value):
+        save ("Event loop is closed", dozens of them) and the reads orbax abandons after a
+        failed one are counted; anything else is printed."""
+        from coda_flax.checkpoints.integrity import abandoned_read   # jax: loaded by now
+        if abandoned_read(info) or isinstance(info.exc_value, RuntimeError) and (
+                "Event loop is closed" in str(info.exc_value)):
             self.hidden += 1
             return
         sys.__unraisablehook__(info)

@@ -46,7 +46,8 @@ from flax import traverse_util
 from flax.core import meta
 from tqdm.auto import tqdm
 
-from coda_flax.checkpoints.integrity import tree_digests, verify_arrays
+from coda_flax.checkpoints.integrity import (drop_failed_reads, read_error, tree_digests,
+                                               verify_arrays)
 from coda_flax.checkpoints.peft import trainable_mask
 from coda_flax.kplan import KPlan
 from coda_flax.train import partitioning
@@ -236,10 +237,7 @@ class Trainer:
             saved = _read_meta(self.checkpoints.directory, step)
             changed = _changed(saved.get("settings") if saved else None, self.settings())
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    restored = self.checkpoints.restore(step, args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+                restored = self._read(step, abstract)
                 self._verify(restored, step)
             except Exception as e:                       # noqa: BLE001 (orbax raises many kinds)
                 shaping = {k: v for k, v in changed.items()
@@ -267,6 +265,21 @@ class Trainer:
             return state, int(restored["meta"]["data_position"])
         raise ResumeError(f"no usable checkpoint in {where}: {'; '.join(problems)}. Delete the "
                           f"damaged step directories (or use a new MODEL_DIR) to start again.")
+
+    def _read(self, step, abstract):
+        """Step `step` restored; a tensorstore failure becomes an IntegrityError naming the array."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return self.checkpoints.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        except Exception as e:                           # noqa: BLE001 (tensorstore's kinds)
+            if "tensorstore" not in str(e).lower():
+                raise                                    # not damaged bytes: another tree, ...
+            error = read_error(e, os.path.join(str(self.checkpoints.directory), str(step),
+                                               "state"))
+        drop_failed_reads()
+        raise error
 
     def _verify(self, restored, step):
         """IntegrityError naming the array whose bytes differ from the digest saved with it."""
