@@ -479,3 +479,74 @@ def test_tiny_experiment_with_coda_pretraining(corpus, tmp_path):
     logs = []
     rp.run_table(spec, tmp_path, bindings=[*bindings, "TRAIN_STEPS=1"], log=logs.append)
     assert any(l.startswith("  pretrain: done already") for l in logs)
+
+
+# ------------------------------------------------------------------------------ on the runner
+def test_training_stages_are_runner_runs_of_their_gin_settings(tmp_path):
+    """coda's training stages run as the experiment runner's Runs (experiments/gin_runs.py):
+    each Run holds what its `coda train` command sets, finetuning starts from the pretraining
+    Run, and moving the data, vocabulary or dense checkpoint keeps the fingerprints while
+    changing what is computed does not."""
+    from coda_flax.config import CodaConfig
+    from coda_flax.experiments import gin_runs, runner
+    from coda_flax.train.settings import SettingError
+    spec = tiny_spec(pretrain=True)
+    where = ["DATA_DIR='/d'", "VOCAB_PATH='/v/spm.model'", "INITIAL_CHECKPOINT_PATH='/c/dense'"]
+    (e,) = rp.expand(spec, tmp_path, [*where, *TINY])
+    pre, fine, ev = gin_runs.chain(e.stages)
+    assert ev is None and fine.init is pre and pre.init == "/c/dense"
+    assert (pre.name, fine.name) == tuple(os.path.basename(s.directory) for s in e.stages[:2])
+    tiny = dict(vocab_size=400, d_model=32, num_heads=2, num_kv_heads=1, head_dim=16, d_ff=64,
+                num_encoder_layers=2, num_decoder_layers=1)       # models/tiny.gin + TINY
+    coda = CodaConfig(reduction=3, attention="k_to_all", router="soft_topk")
+    assert fine.model == ModelConfig(**tiny, coda=coda)
+    assert pre.model == ModelConfig(**tiny, coda=CodaConfig(
+        reduction=3, attention="k_to_all", router="soft_topk", num_routed=16))
+    # tiny_spec's column, runs/finetune.gin and TINY; tiny_spec's pretraining, runs/pretrain.gin
+    assert (fine.task, dict(fine.feature_lengths), fine.steps, fine.batch_size,
+            fine.learning_rate, fine.trainable, fine.k_anneal_fraction, fine.k_anneal_stages,
+            fine.eval_batch_size, fine.eval_max_examples) == (
+        "coda_shakespeare_play", {"inputs": 64, "targets": 8}, 2, 8, 0.02, "all", 0.1, 1, 4, 4)
+    assert (pre.task, dict(pre.feature_lengths), pre.steps, pre.batch_size, pre.learning_rate,
+            pre.options["schedule"], pre.options["warmup_steps"]) == (
+        "coda_shakespeare_span_corruption", {"inputs": 64, "targets": 14}, 1, 128, 0.01,
+        "rsqrt", 10000)
+    assert (fine.options["schedule"], fine.options["eval_every"], fine.options["data_dir"],
+            fine.options["vocab_path"]) == ("constant", 5000, "/d", "/v/spm.model")
+    assert "REDUCTION = 3" in fine.options["extra_files"]["config.gin"]
+
+    def fingerprints(bindings):
+        (x,) = rp.expand(spec, tmp_path, bindings)
+        return [runner.fingerprint(r) for r in gin_runs.chain(x.stages)[:2]]
+    moved = ["DATA_DIR='/e'", "VOCAB_PATH='/w/spm.model'", "INITIAL_CHECKPOINT_PATH='/c2/dense'",
+             "NUM_PARTITIONS=2"]
+    base = fingerprints([*where, *TINY])
+    assert fingerprints([*moved, *TINY]) == base
+    assert fingerprints([*where, *TINY, "TRAIN_STEPS=3"])[1] != base[1]
+    assert fingerprints([*where, *TINY, "TRAIN_STEPS=3"])[0] == base[0]  # --pretrain-steps'
+    assert fingerprints([*where[:2], *TINY]) != base          # from scratch: another run
+    (bad,) = rp.expand(spec, tmp_path, [*where, *TINY, "LEARNING_RATE='fast'"])
+    with pytest.raises(SettingError, match="LEARNING_RATE"):
+        gin_runs.chain(bad.stages)
+
+
+def test_folders_of_an_earlier_reproduce_are_kept(tmp_path):
+    """Folders that `coda reproduce` trained before it ran on the runner (no run.json): a
+    finished one counts as done and its final checkpoint starts the next stage; a stopped one
+    is taken as the run's folder (run.json written) and resumed there, not set aside."""
+    from coda_flax.experiments import gin_runs, runner
+    (e,) = rp.expand(tiny_spec(pretrain=True), tmp_path, TINY)
+    pre_stage, fine_stage = e.stages[:2]
+    os.makedirs(os.path.join(pre_stage.directory, "final", "params"))
+    Path(pre_stage.directory, "final", "config.json").write_text("{}")
+    pre, fine, _ = gin_runs.chain(e.stages)
+    assert gin_runs.finished(pre_stage, pre)
+    assert fine.init == os.path.join(pre_stage.directory, "final")     # a path, not a Run
+    assert not gin_runs.finished(fine_stage, fine)
+    os.makedirs(os.path.join(fine_stage.directory, "checkpoints"))     # stopped mid-training
+    root = os.path.dirname(fine_stage.directory)
+    assert runner.adopt(root, fine, log=lambda s: None)
+    assert runner.run_dir(root, fine, log=lambda s: None) == fine_stage.directory
+    assert os.path.isdir(os.path.join(fine_stage.directory, "checkpoints"))
+    assert not [p for p in os.listdir(root) if "set-aside" in p]
+    assert not runner.adopt(root, fine, log=lambda s: None)            # once only

@@ -60,7 +60,8 @@ def test_fingerprint_changes_with_every_field_the_parent_and_the_data(data, monk
                    k_anneal_fraction=0.5, k_anneal_stages=3, eval_batch_size=2,
                    eval_max_examples=None,
                    train_options=base.train_options + (("schedule", "rsqrt"),))
-    assert set(changed) == {f.name for f in dataclasses.fields(runner.Run)} - {"name"}
+    assert set(changed) == {f.name for f in dataclasses.fields(runner.Run)} - {"name",
+                                                                               "locations"}
     prints = {runner.fingerprint(base)}
     for field, value in changed.items():
         prints.add(runner.fingerprint(dataclasses.replace(base, **{field: value})))
@@ -69,6 +70,14 @@ def test_fingerprint_changes_with_every_field_the_parent_and_the_data(data, monk
     same = dataclasses.replace(base, name="elsewhere", train_options=(
         ("data_dir", "/moved"), ("vocab_path", data[1]), ("progress", True), ("log_every", 9)))
     assert runner.fingerprint(same) == runner.fingerprint(base)
+    # locations: options (and an init path) that only say where something is
+    moved = dict(vocab_path="/elsewhere/spm.model", init="/elsewhere/ckpt")
+    assert len({runner.fingerprint(dataclasses.replace(
+        base, init=init, train_options=base.options | {"vocab_path": vocab},
+        locations=("vocab_path", "init"))) for vocab, init in ((data[1], "/ckpt"),
+                                                                moved.values())}) == 1
+    assert runner.fingerprint(dataclasses.replace(base, init="/ckpt")) != runner.fingerprint(
+        dataclasses.replace(base, init="/elsewhere/ckpt"))
     # a child's fingerprint follows its parent's
     child = _child(base, "child", 2)
     other_parent = _child(dataclasses.replace(base, steps=5), "child", 2)

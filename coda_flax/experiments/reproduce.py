@@ -16,9 +16,12 @@ stages are gin runs of the project's own trainer:
 
 Training stages live in OUTPUT/runs/<preset>.<variant>...<hash>/ (the hash covers the gin files and
 every binding that changes the result), so identical runs are shared between experiments and
-tables (Table 3's soft top-k rows are Table 2's k-to-k rows; Table 4 is Table 9's XL block), an
-interrupted training resumes from its orbax checkpoints, and a finished experiment (its
-eval_results.json, with a matching configuration) is skipped. After each experiment the table is
+tables (Table 3's soft top-k rows are Table 2's k-to-k rows; Table 4 is Table 9's XL block). With
+the coda engine they run on the experiment runner (experiments/gin_runs.py: the command's
+settings read into a Run; run.json / result.json in the folder): a finished run is reused, an
+interrupted one resumes from its orbax checkpoints, and a folder whose run.json holds other
+settings or datasets is set aside. A finished experiment (its eval_results.json, with a matching
+configuration) is skipped. After each experiment the table is
 written to OUTPUT/tableN.md (the paper's layout, each cell "ours (paper X)") and OUTPUT/tableN.json.
 
 `--gin.NAME=VALUE` bindings are passed to every stage and override the table's own (e.g.
@@ -55,6 +58,7 @@ import traceback
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from coda_flax.datasets.cache import atomic_path
+from coda_flax.experiments import gin_runs
 from coda_flax.experiments.gin_commands import (argv_bindings, command_line, gin_file_arg,
                                                 gin_key, gin_literal, literal,
                                                 missing_gin_files, parse_bindings, t5x_argv)
@@ -402,12 +406,11 @@ def experiments_json(experiments: Sequence[Experiment]) -> list[dict]:
             for e in experiments]
 
 
-# ------------------------------------------------------------------------------ prerequisites
 # ------------------------------------------------------------------------------ running
 def _run_stage(stage: Stage) -> None:
-    """Runs the stage (`coda <argv>`) in this process through the gin edge
-    (coda_flax.train.gin_config.run_gin: the same strict parsing as `coda train|eval`), or a
-    T5X stage as its command (_run_t5x_stage)."""
+    """Runs an eval stage (`coda eval ...`) in this process through the gin edge
+    (coda_flax.train.gin_config.run_gin: the same strict parsing as `coda eval`), or a T5X
+    stage as its command (_run_t5x_stage). coda's training stages run as runner Runs."""
     if stage.argv[0].startswith("t5x."):
         return _run_t5x_stage(stage)
     import gin
@@ -524,14 +527,18 @@ def run_table(spec, output_dir: str = DEFAULT_OUTPUT, *, bindings: Iterable = ()
         save_json(os.path.join(e.result_dir, "experiment.json"), dict(
             experiments_json([e])[0], fingerprint=e.eval_stage.fingerprint,
             started=time.strftime("%Y-%m-%d %H:%M:%S")), default=str)
-        try:
-            for s in e.stages:
-                if s.kind != "eval" and s.done():
+        try:       # coda's training stages: runner Runs (gin_runs); eval and T5X: commands
+            runs = gin_runs.chain(e.stages) if engine == "coda" else [None] * len(e.stages)
+            for s, run in zip(e.stages, runs):
+                if s.kind != "eval" and (gin_runs.finished(s, run) if run else s.done()):
                     log(f"  {s.kind}: done already ({s.directory})")
                     continue
                 log(f"  {s.kind}: {s.command()}")
                 t0 = time.time()
-                _run_stage(s)
+                if run:
+                    gin_runs.train(s, run, log)
+                else:
+                    _run_stage(s)
                 log(f"  {s.kind}: finished in {time.time() - t0:.0f} s")
         except KeyboardInterrupt:
             raise

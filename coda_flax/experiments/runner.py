@@ -7,12 +7,14 @@
                         and the hashes of the task's datasets (coda_flax.datasets.provenance)
     run_dir(root, run)  root/<run.name>, holding run.json (the fingerprint and the spec); a
                         folder made for another fingerprint is set aside (renamed), never reused
+    adopt(root, run)    a folder made before, without run.json, taken as the run's own
     execute(run, root)  reuses a finished folder (result.json); else trains (a stopped run
                         resumes from its checkpoints in the same folder), evaluates on the
                         validation split and writes result.json
     execute_all(runs)   parents first, each distinct run once
 
-The demo, `coda compare` and scripts/sweep_demo.py declare their runs as lists of Run; speed is
+The demo, `coda compare`, `coda claims`, scripts/sweep_demo.py and `coda reproduce`'s training
+stages (experiments/gin_runs.py: a Run from gin files) declare their runs as lists of Run; speed is
 measured apart (experiments.pipeline.speed_table: side by side, in one process). Nothing here
 reads argv or gin.
 """
@@ -36,7 +38,7 @@ RUN_FILE, RESULT_FILE = "run.json", "result.json"
 # run.train settings that do not change what a run computes: left out of the fingerprint, so
 # that a run moved to another data folder or logged differently is still reused
 NON_RESULT_OPTIONS = frozenset({"progress", "log_every", "checkpoint_every", "keep_checkpoints",
-                                "data_dir", "tfds_data_dir"})
+                                "data_dir", "tfds_data_dir", "num_partitions", "extra_files"})
 # run.train's keywords that Run's own fields set: not allowed in train_options
 _OWN = frozenset({"model_config", "mixture_or_task_name", "task_feature_lengths", "train_steps",
                   "batch_size", "model_dir", "initial_checkpoint_path", "learning_rate",
@@ -63,6 +65,10 @@ class Run:
     eval_batch_size: int = 32
     eval_max_examples: int | None = None
     train_options: tuple[tuple[str, Any], ...] = ()   # the rest of run.train's settings
+    # train_options names (and "init", for a checkpoint path) that only say where something
+    # is: left out of the fingerprint too (reproduce's gin runs: the vocabulary, the dense
+    # starting checkpoint), so that moving them keeps a finished run
+    locations: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.name or os.path.isabs(self.name) or ".." in self.name.split("/"):
@@ -89,20 +95,22 @@ class Run:
 
 def spec(run: Run) -> dict:
     """The JSON-able settings that decide a run's result (the fingerprint's input, recorded in
-    run.json): every field but the name, train_options without NON_RESULT_OPTIONS, the parent
-    as its fingerprint (a checkpoint path with the fingerprint of the run that wrote it, when a
-    runner did) and the task's datasets as their hashes."""
+    run.json): every field but the name and locations, train_options without
+    NON_RESULT_OPTIONS and the run's locations, the parent as its fingerprint (a checkpoint path
+    with the fingerprint of the run that wrote it, when a runner did; the path itself unless
+    "init" is a location) and the task's datasets as their hashes."""
     init = run.init
     if isinstance(init, Run):
         init = {"run": init.name, "fingerprint": fingerprint(init)}
     elif init is not None:          # a path; a runner's final checkpoint names its run's record
         record = _record(os.path.dirname(os.path.normpath(init)))
-        init = {"path": init, "fingerprint": record and record.get("fingerprint")}
+        init = {"path": None if "init" in run.locations else init,
+                "fingerprint": record and record.get("fingerprint")}
     fields = {f.name: getattr(run, f.name) for f in dataclasses.fields(run)
-              if f.name not in ("name", "model", "init", "train_options")}
+              if f.name not in ("name", "model", "init", "train_options", "locations")}
     return {**fields, "model": dataclasses.asdict(run.model), "init": init,
             "train_options": {k: v for k, v in run.train_options
-                              if k not in NON_RESULT_OPTIONS},
+                              if k not in NON_RESULT_OPTIONS and k not in run.locations},
             "data": provenance.fingerprint(run.task)}
 
 
@@ -164,9 +172,27 @@ def run_dir(root: str, run: Run, log: Log = print) -> str:
         log(f"  {run.name}: {path} holds a run of other settings ({why}); set aside as "
             f"{moved}, running again")
     os.makedirs(path)
-    pipeline.save_json(os.path.join(path, RUN_FILE),
-                       {"name": run.name, "fingerprint": fp, "spec": settings}, default=repr)
+    _write_record(path, run, settings)
     return path
+
+
+def _write_record(path: str, run: Run, settings: Mapping | None = None) -> None:
+    settings = settings or spec(run)
+    pipeline.save_json(os.path.join(path, RUN_FILE), {"name": run.name, "fingerprint":
+                       fingerprint(run, settings), "spec": settings}, default=repr)
+
+
+def adopt(root: str, run: Run, log: Log = print) -> bool:
+    """Takes root/<run.name>, a folder without run.json, as this run's (writes run.json), so
+    that execute resumes it instead of setting it aside; for callers whose folder names already
+    pin the settings (reproduce's training runs, named by the hash of their gin settings, from
+    before they ran here). Whether it did."""
+    path = os.path.join(root, run.name)
+    if not os.path.isdir(path) or _record(path) is not None:
+        return False
+    _write_record(path, run)
+    log(f"  {run.name}: {path} was made without a run.json; taken as this run's folder")
+    return True
 
 
 def final_checkpoint(root: str, run: Run) -> str:
@@ -294,5 +320,5 @@ def execute_all(runs: Sequence[Run], root: str, log: Log = print,
     return out
 
 
-__all__ = ["Run", "spec", "fingerprint", "run_dir", "final_checkpoint", "finished", "load",
+__all__ = ["Run", "spec", "fingerprint", "run_dir", "adopt", "final_checkpoint", "finished", "load",
            "execute", "execute_all", "NON_RESULT_OPTIONS"]

@@ -25,8 +25,8 @@ import gin
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.resources import GIN_DIR, resolve_gin_file
 from coda_flax.train import run
-from coda_flax.train.settings import (TRAIN_GROUPS, SettingError, field_type_problems,
-                                      train_arguments)
+from coda_flax.train.settings import (TRAIN_GROUPS, SettingError, check_settings,
+                                      field_type_problems, train_arguments)
 
 
 def _register_configurables():
@@ -164,6 +164,28 @@ def run_gin(mode: str, gin_files, gin_bindings=(), search_paths=(),
         return fn()
     except SettingError as e:          # raised before anything is written: name the gin setting
         raise SettingError([_setting(ENTRY_POINTS[mode], *p) for p in e.problems]) from None
+
+
+def train_settings(gin_files, gin_bindings=(), search_paths=(),
+                   allow_unknown: bool = False) -> tuple[dict, str]:
+    """What `coda train` would run, without running it: run.train's flat keyword arguments as
+    the gin files and 'NAME = VALUE' bindings set them (every argument of flat_train, bound or
+    its default; model_config built) and the config text it saves as MODEL_DIR/config.gin.
+    Parsed and checked as run_gin does (SettingError names the gin macro); gin is cleared
+    after. `coda reproduce` declares its training runs from it (experiments/gin_runs.py)."""
+    parse_gin(gin_files, gin_bindings, search_paths, allow_unknown)
+    try:
+        _check_model_bindings()
+        defaults = {n: p.default for n, p in inspect.signature(flat_train()).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        flat = {**defaults, **gin.get_bindings(ENTRY_POINTS["train"])}
+        train_arguments(**flat)          # TypeError naming a required setting left unset
+        check_settings("train", flat)
+        return flat, gin.config_str()
+    except SettingError as e:
+        raise SettingError([_setting(ENTRY_POINTS["train"], *p) for p in e.problems]) from None
+    finally:
+        gin.clear_config()
 
 
 def _check_model_bindings() -> None:
