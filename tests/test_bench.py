@@ -29,7 +29,9 @@ ROW_KEYS = {"preset", "mode", "n", "r", "k", "attention", "num_heads", "num_kv_h
             # schema 2: what the encoder reads, the preset's own depth, front end, paper
             "input", "head", "input_length", "audio_seconds", "preset_num_encoder_layers",
             "preset_num_decoder_layers", "input_flops", "flop_speedup_with_input",
-            "paper_speedup"}
+            "paper_speedup",
+            # the listed variant of each row (coda_flax/variants.py)
+            "variant"}
 TOP_KEYS = {"schema_version", "kind", "created", "jax_version", "jaxlib_version",
             "flax_version", "device", "settings", "rows", "soft_topk"}
 DEVICE_KEYS = {"platform", "device_kind", "num_devices", "cpu_count", "load_average_start",
@@ -69,6 +71,8 @@ def test_sweep_json_schema(tiny_sweep, tmp_path):
         assert set(row) == ROW_KEYS
         assert row["preset"] == "custom"
         assert row["mode"] in bench.MODES and row["attention"] in ("k_to_all", "k_to_k")
+        assert row["variant"] == {"k_to_all": "coda_k_to_all", "k_to_k": "coda_k_to_k"}[
+            row["attention"]]
         assert row["n"] == 12 and row["k"] == math.ceil(12 / row["r"])
         assert row["batch_size"] == 2 and row["statistic"] == "median"
         assert row["timer"] == "wall"

@@ -24,7 +24,7 @@ SCRIPTS = os.path.join(REPO, "scripts")
 # Bottom first. "" is coda_flax/__init__.py, the public API (docs/design.md section 3).
 LAYERS = (
     # the model core, in the order its modules build on each other
-    "soft_topk", "routing", "layers", "config", "kplan", "inputs", "ctc", "coda_layer", "model",
+    "soft_topk", "routing", "layers", "config", "variants", "kplan", "inputs", "ctc", "coda_layer", "model",
     # checkpoints, then the public API that exports the core and the checkpoint entry points
     "checksums", "checkpoints", "",
     # data, tasks and training

@@ -16,6 +16,7 @@ import math
 from typing import Any, Mapping
 
 from coda_flax import resources
+from coda_flax.variants import by_gin_file
 
 CONFIGS_PACKAGE = "coda_flax.configs"      # configs/, shipped in the package (setup.py)
 CONFIGS_DIR = resources.CONFIGS_DIR
@@ -94,6 +95,12 @@ def validate_table(spec: Mapping[str, Any]) -> None:
             continue
         if "variant_gin" not in r:
             raise ReproduceError(f"{where}: row {r['key']!r} lacks variant_gin.")
+        for gin_file in (r["variant_gin"], (r.get("pretrain") or {}).get("variant_gin")):
+            try:
+                if gin_file:
+                    by_gin_file(gin_file)
+            except ValueError as e:
+                raise ReproduceError(f"{where}: row {r['key']!r}: {e}") from None
         if r.get("delta_baseline") and r["delta_baseline"] not in rows:
             raise ReproduceError(f"{where}: row {r['key']!r}: delta_baseline "
                                  f"{r['delta_baseline']!r} is not a row.")
