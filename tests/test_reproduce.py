@@ -550,3 +550,28 @@ def test_folders_of_an_earlier_reproduce_are_kept(tmp_path):
     assert os.path.isdir(os.path.join(fine_stage.directory, "checkpoints"))
     assert not [p for p in os.listdir(root) if "set-aside" in p]
     assert not runner.adopt(root, fine, log=lambda s: None)            # once only
+
+
+def test_eval_stage_takes_the_user_bindings_meant_for_training(tmp_path, monkeypatch):
+    """--gin.TRAIN_STEPS=N (the docstring's way to shorten the finetuning) reaches the eval stage
+    too, whose gin files read no TRAIN_STEPS: strict gin refused it there as a typo; the eval
+    command allows it (the training stages check the same bindings strictly)."""
+    import gin
+    from coda_flax.train import gin_config
+    (e,) = rp.expand(tiny_spec(), tmp_path, ["TRAIN_STEPS = 1", *TINY])
+    ev = e.eval_stage
+    assert ev.argv[-1] == "--gin_allow_unknown"
+    bindings = [f"{n} = {v}" for n, v in ev.bindings.items()]
+    try:
+        with pytest.raises(gin_config.GinConfigError, match="TRAIN_STEPS"):
+            gin_config.parse_gin(ev.gin_files, bindings)
+        gin_config.parse_gin(ev.gin_files, bindings, allow_unknown=True)
+        assert gin.query_parameter("%SPLIT") == "validation"
+    finally:
+        gin.clear_config()
+    calls = []
+    monkeypatch.setattr(gin_config, "run_gin", lambda *a, **kw: calls.append((a, kw)))
+    rp._run_stage(ev)
+    assert calls[0][0][0] == "eval" and calls[0][1] == {"allow_unknown": True}
+    (plain,) = rp.expand(tiny_spec(), tmp_path)
+    assert "--gin_allow_unknown" not in plain.eval_stage.argv

@@ -65,7 +65,12 @@ def _made_before(stage) -> bool:
 def finished(stage, run: Run) -> bool:
     """Whether the stage's run is finished: by the runner (its fingerprint, result.json), or by
     an earlier `coda reproduce` that ran it without the runner (final/, no run.json)."""
-    return _made_before(stage) or runner.finished(os.path.dirname(stage.directory), run)
+    if _made_before(stage):
+        return True
+    if not os.path.exists(os.path.join(stage.directory, runner.RESULT_FILE)):
+        return False
+    runner.register(run)           # its datasets are part of the fingerprint
+    return runner.finished(os.path.dirname(stage.directory), run)
 
 
 def train(stage, run: Run, log: Log = print) -> dict:

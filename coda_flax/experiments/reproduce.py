@@ -319,8 +319,11 @@ def _experiment(spec, row, col, output_dir, user, init_template, pretrain_steps)
     eval_b += [(n, gin_literal(v)) for n, v in col.get("eval_bindings", {}).items()]
     owned = [("CHECKPOINT_PATH", gin_literal(os.path.join(run_dir, "final"))),
              ("EVAL_OUTPUT_DIR", gin_literal(result_dir))]
+    # the user's bindings reach every stage: the training macros among them (TRAIN_STEPS) are
+    # read by no eval file, which is not a typo there (the training stages check them)
     eval_argv = ["eval", f"--gin_file={gin_file_arg(EVAL_GIN)}",
-                 *(f"--gin.{n}={v}" for n, v in _merged(eval_b + user_b + owned))]
+                 *(f"--gin.{n}={v}" for n, v in _merged(eval_b + user_b + owned)),
+                 *(["--gin_allow_unknown"] if user_b else [])]
     eval_fp = _fingerprint(fp, ["eval", EVAL_GIN], eval_b + user_b)
     stages.append(Stage("eval", eval_argv, result_dir, eval_fp))
 
@@ -418,7 +421,8 @@ def _run_stage(stage: Stage) -> None:
     gin.clear_config()
     try:
         run_gin(stage.mode, stage.gin_files,
-                [f"{name} = {value}" for name, value in stage.bindings.items()])
+                [f"{name} = {value}" for name, value in stage.bindings.items()],
+                allow_unknown="--gin_allow_unknown" in stage.argv)
     finally:
         gin.clear_config()
 

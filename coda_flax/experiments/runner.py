@@ -225,7 +225,9 @@ def _load(run: Run, path: str):
     return make_model(run.model), load_checkpoint(os.path.join(path, "final"))[1]
 
 
-def _task(run: Run):
+def register(run: Run):
+    """Registers the run's task (the offline ones on first use, from its data_dir /
+    vocab_path) and returns it; its datasets are fingerprinted only once it is registered."""
     from coda_flax.train import run as train_run
     o = run.options
     return train_run.ensure_registered(run.task, o.get("data_dir"), o.get("vocab_path"),
@@ -254,10 +256,11 @@ def execute(run: Run, root: str, log: Log = print, load_params: bool = False) ->
     load_params."""
     init = run.init
     if isinstance(init, Run):
+        register(init)                          # before its data is fingerprinted
         if not finished(root, init):
             execute(init, root, log)
         init = final_checkpoint(root, init)
-    _task(run)                                  # registered before its data is fingerprinted
+    register(run)                               # before its data is fingerprinted
     path = run_dir(root, run, log)
     result_path = os.path.join(path, RESULT_FILE)
     model = params = None
@@ -269,7 +272,7 @@ def execute(run: Run, root: str, log: Log = print, load_params: bool = False) ->
         if os.path.isdir(os.path.join(path, "final")):      # trained; stopped before result.json
             from coda_flax.train import run as train_run
             model, params = _load(run, path)
-            ev = train_run.evaluate_params(model, params, _task(run), dict(run.feature_lengths),
+            ev = train_run.evaluate_params(model, params, register(run), dict(run.feature_lengths),
                                            "validation", run.eval_batch_size,
                                            run.eval_max_examples)
         else:
@@ -320,5 +323,6 @@ def execute_all(runs: Sequence[Run], root: str, log: Log = print,
     return out
 
 
-__all__ = ["Run", "spec", "fingerprint", "run_dir", "adopt", "final_checkpoint", "finished", "load",
+__all__ = ["Run", "spec", "fingerprint", "run_dir", "adopt", "register", "final_checkpoint",
+           "finished", "load",
            "execute", "execute_all", "NON_RESULT_OPTIONS"]
