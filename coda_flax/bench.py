@@ -97,7 +97,7 @@ from coda_flax.soft_topk import SOLVERS, SoftTopkConfig
 from coda_flax.variants import routed
 
 __all__ = ["SCHEMA_VERSION", "MODES", "STATISTICS", "TIMERS", "DEFAULT_REDUCTIONS",
-           "DEFAULT_LENGTHS", "PAPER_SPEEDUPS", "SweepSettings", "SoftTopkSettings",
+           "DEFAULT_LENGTHS", "PAPER_SPEEDUPS", "TimingSettings", "SweepSettings", "SoftTopkSettings",
            "bench_config", "audio_frames", "frames_seconds", "paper_speedup", "preset_name",
            "run_sweep", "run_soft_topk"]
 
@@ -192,19 +192,11 @@ def _settings_dict(settings) -> dict[str, Any]:
 
 
 @dataclasses.dataclass(frozen=True)
-class SweepSettings:
-    """What `run_sweep` measures (defaults: the full sweep of `coda bench`)."""
+class TimingSettings:
+    """How a benchmark times its models (the fields `SweepSettings` and `SoftTopkSettings` share;
+    see the module docstring for warmup, samples, rounds and settle)."""
 
-    presets: tuple[str | ModelConfig, ...] = ("paper_text_base",)   # names or ModelConfigs
-    lengths: tuple[int, ...] = DEFAULT_LENGTHS     # tokens / patches / audio frames
-    reductions: tuple[float, ...] = DEFAULT_REDUCTIONS
-    attentions: tuple[str, ...] = ("k_to_all", "k_to_k")
-    modes: tuple[str, ...] = MODES
-    audio_seconds: tuple[float, ...] | None = None  # speech presets: durations instead of lengths
     batch_size: int = 1
-    decode_length: int = 32
-    num_layers: int | None = None            # encoder depth override (speedup per layer)
-    num_decoder_layers: int | None = None    # None: the preset's proportion of num_layers
     dtype: str = "float32"
     repeats: int = 5
     warmup: int = 1
@@ -213,6 +205,42 @@ class SweepSettings:
     timer: str = "wall"
     settle: int = 1                          # untimed calls before each timed sample
     seed: int = 0
+
+    def check_timing(self) -> None:
+        for field in ("batch_size", "repeats"):
+            _check_positive_int(field, getattr(self, field))
+        for field in ("warmup", "settle"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{field} must be an integer >= 0, got {value!r}.")
+        if not self.min_sample_seconds >= 0:
+            raise ValueError(f"min_sample_seconds must be >= 0, got {self.min_sample_seconds}.")
+        for field, choices in (("dtype", sorted(DTYPES)), ("statistic", STATISTICS),
+                               ("timer", TIMERS)):
+            if getattr(self, field) not in choices:
+                raise ValueError(f"unknown {field} {getattr(self, field)!r}; choose one of "
+                                 f"{choices}.")
+
+    def timing(self) -> dict:
+        """The keyword arguments of `measure_interleaved`."""
+        return dict(repeats=self.repeats, warmup=self.warmup,
+                    min_sample_seconds=self.min_sample_seconds, timer=self.timer,
+                    settle=self.settle)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings(TimingSettings):
+    """What `run_sweep` measures (defaults: the full sweep of `coda bench`)."""
+
+    presets: tuple[str | ModelConfig, ...] = ("paper_text_base",)   # names or ModelConfigs
+    lengths: tuple[int, ...] = DEFAULT_LENGTHS     # tokens / patches / audio frames
+    reductions: tuple[float, ...] = DEFAULT_REDUCTIONS
+    attentions: tuple[str, ...] = ("k_to_all", "k_to_k")
+    modes: tuple[str, ...] = MODES
+    audio_seconds: tuple[float, ...] | None = None  # speech presets: durations instead of lengths
+    decode_length: int = 32
+    num_layers: int | None = None            # encoder depth override (speedup per layer)
+    num_decoder_layers: int | None = None    # None: the preset's proportion of num_layers
     router: str = "soft_topk"
     solver: str = SoftTopkConfig.solver
     adapter_dim: int | None = None           # None: the preset's (Table 7), else 64
@@ -243,35 +271,19 @@ class SweepSettings:
         for m in self.modes:
             if m not in MODES:
                 raise ValueError(f"unknown mode {m!r}; choose one of {MODES}.")
-        for field in ("batch_size", "decode_length", "repeats"):
-            _check_positive_int(field, getattr(self, field))
+        _check_positive_int("decode_length", self.decode_length)
         for field in ("num_layers", "num_decoder_layers", "adapter_dim"):
             if getattr(self, field) is not None:
                 _check_positive_int(field, getattr(self, field))
-        if not self.min_sample_seconds >= 0:
-            raise ValueError(f"min_sample_seconds must be >= 0, got {self.min_sample_seconds}.")
-        _check_timing(self)
+        self.check_timing()
         if self.router not in ROUTERS:
             raise ValueError(f"unknown router {self.router!r}; choose one of {ROUTERS}.")
         if self.solver not in SOLVERS:
             raise ValueError(f"unknown solver {self.solver!r}; choose one of {SOLVERS}.")
 
 
-def _check_timing(settings) -> None:
-    """The fields both settings share: warmup, dtype, statistic, timer, settle."""
-    for field in ("warmup", "settle"):
-        value = getattr(settings, field)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{field} must be an integer >= 0, got {value!r}.")
-    for field, choices in (("dtype", sorted(DTYPES)), ("statistic", STATISTICS),
-                           ("timer", TIMERS)):
-        if getattr(settings, field) not in choices:
-            raise ValueError(f"unknown {field} {getattr(settings, field)!r}; choose one of "
-                             f"{choices}.")
-
-
 @dataclasses.dataclass(frozen=True)
-class SoftTopkSettings:
+class SoftTopkSettings(TimingSettings):
     """What `run_soft_topk` measures (defaults: the issue's n = 512 and 4096, T = 20)."""
 
     lengths: tuple[int, ...] = (512, 4096)
@@ -280,15 +292,7 @@ class SoftTopkSettings:
     num_iters: int = SoftTopkConfig.num_iters
     preset: str | ModelConfig = "paper_text_base"   # the layer's dims: a name or a ModelConfig
     attention: str = "k_to_all"
-    batch_size: int = 1
-    dtype: str = "float32"
     repeats: int = 7
-    warmup: int = 1
-    min_sample_seconds: float = 0.05
-    statistic: str = "median"
-    timer: str = "wall"
-    settle: int = 1                          # untimed calls before each timed sample
-    seed: int = 0
 
     def __post_init__(self):
         for field in ("lengths", "reductions"):
@@ -298,13 +302,12 @@ class SoftTopkSettings:
             _check_positive_int("sequence length n", n)
         for r in (*self.reductions, self.gradient_reduction):
             _check_reduction(r)
-        for field in ("num_iters", "batch_size", "repeats"):
-            _check_positive_int(field, getattr(self, field))
+        _check_positive_int("num_iters", self.num_iters)
         _check_preset(self.preset)
         if self.attention not in ATTENTION_VARIANTS:
             raise ValueError(f"unknown attention {self.attention!r}; choose one of "
                              f"{ATTENTION_VARIANTS}.")
-        _check_timing(self)
+        self.check_timing()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,10 +503,7 @@ def run_sweep(settings: SweepSettings = SweepSettings(), *, backend: str | None 
                 if log:
                     log(f"[bench] {name} {mode} {what}: {len(fns)} models, compiling and "
                         f"timing ({s.repeats} rounds) ...")
-                samples, compiled = measure_interleaved(
-                    fns, repeats=s.repeats, warmup=s.warmup,
-                    min_sample_seconds=s.min_sample_seconds, timer=s.timer, settle=s.settle,
-                    log=log)
+                samples, compiled = measure_interleaved(fns, **s.timing(), log=log)
                 pa_time = sample_statistic(samples["pa"], s.statistic)
                 front = input_flops(pa_config, length)
                 for (r, attention), (key, config, k) in variants.items():
@@ -594,8 +594,7 @@ def run_soft_topk(settings: SoftTopkSettings = SoftTopkSettings(), *,
     base = bench_config(st.preset, 1, dtype=st.dtype)
     d, b, T = base.d_model, st.batch_size, st.num_iters
     by_gradient = {g: SoftTopkConfig(num_iters=T, gradient=g) for g in ("implicit", "unrolled")}
-    timing = dict(repeats=st.repeats, warmup=st.warmup, min_sample_seconds=st.min_sample_seconds,
-                  timer=st.timer, settle=st.settle)
+    timing = st.timing()
 
     for n in st.lengths:
         k = num_routed(n, st.gradient_reduction)
