@@ -8,6 +8,7 @@ the Parallel Adapter baseline; `reduction > 1` routes k = ceil(n / r) tokens per
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any
 
 import jax.numpy as jnp
@@ -26,6 +27,15 @@ LORA_TARGETS = ("query", "key", "value", "out", "wi", "wi_0", "wi_1", "wo", "all
 def _check_choice(owner: str, field: str, value, choices):
     if value not in choices:
         raise ValueError(f"{owner}: unknown {field} {value!r}; choose one of {tuple(choices)}.")
+
+
+def _check_int(owner: str, field: str, value, minimum: int):
+    """An integer >= minimum (not a bool, a float or a string: a TypeError naming the field)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: {field} must be an integer >= {minimum}, got {value!r} "
+                        f"({type(value).__name__}).")
+    if value < minimum:
+        raise ValueError(f"{owner}: {field} must be >= {minimum}, got {value}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,19 +76,18 @@ class CodaConfig:
 
     def __post_init__(self):
         name = "CodaConfig"
-        if not (isinstance(self.reduction, (int, float)) and self.reduction >= 1):
+        if not (isinstance(self.reduction, numbers.Real) and not isinstance(self.reduction, bool)
+                and self.reduction >= 1):
             raise ValueError(f"{name}: reduction must be a number >= 1 (1 = Parallel Adapter), "
                              f"got {self.reduction!r}.")
         _check_choice(name, "attention", self.attention, ATTENTION_VARIANTS)
         _check_choice(name, "router", self.router, ROUTERS)
         check_settings(name, **self._soft_topk_fields())
         _check_choice(name, "adapter_activation", self.adapter_activation, ACTIVATIONS)
-        if self.adapter_dim < 1:
-            raise ValueError(f"{name}: adapter_dim must be >= 1, got {self.adapter_dim}.")
-        if self.num_routed is not None and self.num_routed < 1:
-            raise ValueError(f"{name}: num_routed must be >= 1 or None, got {self.num_routed}.")
-        if self.lora_rank < 0:
-            raise ValueError(f"{name}: lora_rank must be >= 0, got {self.lora_rank}.")
+        _check_int(name, "adapter_dim", self.adapter_dim, 1)
+        if self.num_routed is not None:
+            _check_int(name, "num_routed (or None)", self.num_routed, 1)
+        _check_int(name, "lora_rank", self.lora_rank, 0)
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         for t in self.lora_targets:
             _check_choice(name, "lora target", t, LORA_TARGETS)
@@ -143,16 +152,12 @@ class ModelConfig:
         _check_choice(name, "encoder_input", self.encoder_input, ENCODER_INPUTS)
         _check_choice(name, "head", self.head, HEADS)
         for field in ("patch_size", "num_channels", "max_patch_positions", "num_mel_bins",
-                      "conv_channels"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{name}: {field} must be >= 1, got {getattr(self, field)}.")
-        for field in ("vocab_size", "d_model", "num_heads", "num_kv_heads", "head_dim", "d_ff",
-                      "relative_attention_num_buckets", "relative_attention_max_distance"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{name}: {field} must be >= 1, got {getattr(self, field)}.")
+                      "conv_channels", "vocab_size", "d_model", "num_heads", "num_kv_heads",
+                      "head_dim", "d_ff", "relative_attention_num_buckets",
+                      "relative_attention_max_distance"):
+            _check_int(name, field, getattr(self, field), 1)
         for field in ("num_encoder_layers", "num_decoder_layers"):
-            if getattr(self, field) < 0:
-                raise ValueError(f"{name}: {field} must be >= 0, got {getattr(self, field)}.")
+            _check_int(name, field, getattr(self, field), 0)
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"{name}: num_heads={self.num_heads} must be a multiple of "
                              f"num_kv_heads={self.num_kv_heads} (1 = multi-query, "
@@ -161,7 +166,7 @@ class ModelConfig:
         object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
         for act in self.mlp_activations:
             _check_choice(name, "mlp activation", act, ACTIVATIONS)
-        if not 0.0 <= self.dropout_rate < 1.0:
+        if not (isinstance(self.dropout_rate, numbers.Real) and 0.0 <= self.dropout_rate < 1.0):
             raise ValueError(f"{name}: dropout_rate must be in [0, 1), got {self.dropout_rate}.")
         if self.coda is not None and not isinstance(self.coda, CodaConfig):
             raise TypeError(f"{name}: coda must be a CodaConfig or None, got "

@@ -1,9 +1,11 @@
 """Data and input errors name what is wrong: a damaged data file (file, line, column, field), an
 empty training split (task and split), a typo'd macro inside a gin file, `coda infer` INPUTS
-that are not a list of strings or are longer than INPUT_LENGTH."""
+that are not a list of strings or are longer than INPUT_LENGTH; a model setting of the wrong
+type."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -120,3 +122,20 @@ def test_infer_refuses_inputs_longer_than_input_length_and_reports_them_when_all
     _truncation(examples, 4, allow=True)
     assert ("[infer] 2 of 4 inputs are longer than input_length 4 tokens (EOS included; the "
             "longest has 9): truncated to 4 tokens." in capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("owner, field, value", [
+    ("ModelConfig", "d_model", "64"), ("ModelConfig", "num_heads", 2.0),
+    ("ModelConfig", "num_encoder_layers", True), ("CodaConfig", "adapter_dim", "8"),
+    ("CodaConfig", "lora_rank", 1.5), ("CodaConfig", "num_routed", "16")])
+def test_a_setting_of_the_wrong_type_is_named_with_its_type(owner, field, value):
+    build = {"ModelConfig": tiny_config, "CodaConfig": CodaConfig}[owner]
+    with pytest.raises(TypeError, match=rf"^{owner}: {field}.* must be an integer >= \d, got "
+                                        rf"{re.escape(repr(value))} \({type(value).__name__}\)"):
+        build(**{field: value})
+
+
+def test_a_reduction_that_is_not_a_number_is_refused():
+    for bad in ("3", True, None):
+        with pytest.raises(ValueError, match=r"^CodaConfig: reduction must be a number >= 1"):
+            CodaConfig(reduction=bad)
