@@ -1,11 +1,12 @@
 """`coda claims`: the paper's trade-off claims at CPU scale (coda_flax.experiments.claims).
 
-    coda claims [--scale full|reduced|tiny] [--output DIR] [--data-dir DIR] [--data-only]
+    coda claims [--scale full|reduced|tiny] [--output DIR] [--data-dir DIR] [--data-only | --images-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from coda_flax.cli.argtypes import DATA_DIR_HELP, missing_data_dir
 
@@ -28,6 +29,9 @@ def add_claims_parser(sub) -> argparse.ArgumentParser:
     claims.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     claims.add_argument("--data-only", action="store_true",
                         help="prepare the data and print the chain task's floors, train nothing")
+    claims.add_argument("--images-only", action="store_true",
+                        help="the page task alone (claim d): its runs, the ink share per "
+                             "layer, figure7/ and images.{md,json}")
     claims.set_defaults(func=claims_main)
     return claims
 
@@ -35,10 +39,15 @@ def add_claims_parser(sub) -> argparse.ArgumentParser:
 def claims_main(a: argparse.Namespace) -> int:
     if missing_data_dir("claims", a.data_dir):
         return 2
+    if a.data_only and a.images_only:
+        print("coda claims: --data-only and --images-only exclude each other; pass one.",
+              file=sys.stderr)
+        return 2
     from coda_flax.cli.console import run_stoppable
 
     def body():
         from coda_flax.experiments import claims
-        claims.run_claims(a.output, scale=a.scale, data_dir=a.data_dir, data_only=a.data_only)
+        claims.run_claims(a.output, scale=a.scale, data_dir=a.data_dir, data_only=a.data_only,
+                          images_only=a.images_only)
     return run_stoppable("coda claims", "finished runs are kept and reused, a stopped run "
                          "resumes, when it is run again.", body)

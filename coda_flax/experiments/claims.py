@@ -45,11 +45,13 @@ from coda_flax.analysis import claims as verdicts
 from coda_flax.analysis.estimates import difference, estimate, separated
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.experiments import pipeline
+from coda_flax.experiments.claims_images import (INK_TASK, image_model, image_runs,
+                                                 image_table, ink_statistics, prepare_pages,
+                                                 routed_ink, run_images)
 from coda_flax.experiments.runner import Run, execute, execute_all
 
 Log = Callable[[str], None]
 PRETRAIN_TASK = "coda_shakespeare_pretrain_mix"
-INK_TASK = "coda_claims_ink_pages"
 
 
 def chain_task(n: int) -> str:
@@ -83,14 +85,17 @@ class ClaimsScale:
     finetune_lr: float = 0.01
     max_seeds: int = 3
     eval_batch_size: int = 50
-    image_train: int = 2400
+    image_train: int = 4000
     image_validation: int = 320
     image_page: int = 256              # square pages of image_page pixels
+    image_words: int = 8               # the first image_words of ink_pages.WORDS
+    image_font_sizes: tuple = (24, 32)  # type sizes (px), drawn uniformly per page
     image_patches: int = 256
     image_d_model: int = 64
-    image_dense_steps: int = 800
+    image_dense_steps: int = 1200
     image_finetune_steps: int = 300
     image_rates: tuple = (8, 16)
+    image_attention: str = "k_to_all"  # the page models' CoDA attention (k_to_k: see README)
     image_lr: float = 3e-3
     image_batch: int = 16
     speed_batch: int = 8
@@ -103,9 +108,9 @@ SCALES = {
                            rates=(1, 3, 16), router_rates=(3,), adapter_dim=16,
                            chain_train=2000, chain_validation=200, gave_train=4000,
                            pretrain_steps=300, coda_pretrain_steps=100, finetune_steps=150,
-                           max_seeds=2, image_train=800, image_validation=64, image_d_model=32,
-                           image_dense_steps=300, image_finetune_steps=100, image_rates=(16,),
-                           speed_repeats=3),
+                           max_seeds=2, image_train=4000, image_validation=160,
+                           image_d_model=32, image_dense_steps=1200, image_finetune_steps=300,
+                           image_rates=(8, 16), speed_repeats=3),
     "tiny": ClaimsScale(sizes=(("d16", 16), ("d32", 32)), base="d16", lengths=(128, 160),
                         rates=(1, 3), router_rates=(3,), num_encoder_layers=2,
                         num_decoder_layers=1, adapter_dim=4, vocab_size=300, num_needles=2,
@@ -129,16 +134,6 @@ def text_model(s: ClaimsScale, vocab_size: int, d_model: int, coda: CodaConfig |
                                num_decoder_layers=s.num_decoder_layers)
 
 
-def image_model(s: ClaimsScale, coda: CodaConfig | None) -> ModelConfig:
-    d = s.image_d_model
-    heads = max(2, d // 32)
-    return ModelConfig(vocab_size=259, d_model=d, num_heads=heads, num_kv_heads=1,
-                       head_dim=d // heads, d_ff=2 * d, num_encoder_layers=s.num_encoder_layers,
-                       num_decoder_layers=s.num_decoder_layers, encoder_input="patches",
-                       encoder_relative_attention=False, patch_size=16, num_channels=3,
-                       max_patch_positions=64, coda=coda)
-
-
 def coda(s: ClaimsScale, r: float, attention: str = "k_to_all", router: str = "soft_topk"):
     """The CodaConfig of a variant (r = 1: the Parallel Adapter, no router)."""
     if r == 1:
@@ -152,10 +147,9 @@ def prepare_data(s: ClaimsScale, data_dir: str | None, log: Log) -> dict:
     """Prepares and registers every task; returns vocab, the chain floors per length and the
     ink pages' folder."""
     from coda_flax import tasks
-    from coda_flax.datasets import ink_pages, multi_needle, needle
+    from coda_flax.datasets import multi_needle, needle
     from coda_flax.datasets import shakespeare as corpus
     from coda_flax.tasks.offline import register_chain_task
-    from coda_flax.tasks.vision import register_page_task
 
     prepared = corpus.prepare_shakespeare(data_dir, vocab_size=s.vocab_size, log=log)
     vocab = prepared["vocab_model"]
@@ -170,10 +164,7 @@ def prepare_data(s: ClaimsScale, data_dir: str | None, log: Log) -> dict:
     tasks.register_offline_tasks(data_dir, vocab, needles={"gave": gave["dir"]})
     for n, chain in chains.items():
         register_chain_task(chain_task(n), chain["dir"], vocab)
-    pages = ink_pages.prepare_ink_pages(data_dir, num_train=s.image_train,
-                                        num_validation=s.image_validation,
-                                        page_size=(s.image_page, s.image_page), log=log)
-    register_page_task(INK_TASK, pages["dir"], max_patches=s.image_patches)
+    pages = prepare_pages(s, data_dir, log)
     floors = {n: chain["floors"] for n, chain in chains.items()}
     for n, f in floors.items():
         log(f"  floors at n = {n} (validation, {chains[n]['validation']} examples): majority "
@@ -253,24 +244,6 @@ def finetune_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
     return runs
 
 
-def image_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
-    """{group: Run} of the page task: PA and CoDA at image_rates from a dense patch model."""
-    lengths = (("inputs", s.image_patches), ("targets", 8))
-    dense = Run(name="images/dense", model=image_model(s, None), task=INK_TASK,
-                feature_lengths=lengths, steps=s.image_dense_steps, batch_size=s.image_batch,
-                learning_rate=s.image_lr, trainable="all",
-                k_anneal_stages=1, eval_batch_size=s.eval_batch_size,
-                train_options=_options(data_dir))
-    out = {}
-    for r in (1, *s.image_rates):
-        name = "pa" if r == 1 else f"coda_r{r}"
-        out[f"images/{name}"] = dataclasses.replace(
-            dense, name=f"images/{name}/seed0", model=image_model(s, coda(s, r)),
-            steps=s.image_finetune_steps, trainable="finetune", init=dense,
-            k_anneal_stages=2)
-    return out
-
-
 def with_seed(run: Run, seed: int) -> Run:
     return dataclasses.replace(run, name=f"{group(run.name)}/seed{seed}", seed=seed)
 
@@ -348,46 +321,6 @@ def measure_speed(s: ClaimsScale, runs: dict[str, Run], root: str, log: Log) -> 
     return out
 
 
-def ink_statistics(selected_pages, ink_pages_, valid_pages) -> dict:
-    """Per layer, the mean over pages of routing_stats.ink_share's routed_ink_share and its
-    standard error over pages, and the same of the page's ink share (chance).
-    selected_pages: [pages] of [L, n] bool; ink_pages_, valid_pages: [pages] of [n] bool."""
-    from coda_flax.analysis.routing_stats import ink_share
-    per = [ink_share(sel, ink, val) for sel, ink, val in
-           zip(selected_pages, ink_pages_, valid_pages)]
-    shares = np.stack([p["routed_ink_share"] for p in per])              # [pages, L]
-    page = np.array([p["page_ink_share"] for p in per])
-    sqrt = math.sqrt(len(per))
-    se = (lambda x: float(np.std(x, ddof=1) / sqrt) if len(per) > 1 else 0.0)
-    return {"routed_ink_share": shares.mean(0).tolist(),
-            "routed_ink_share_se": [se(shares[:, i]) for i in range(shares.shape[1])],
-            "page_ink_share": float(page.mean()), "page_ink_share_se": se(page),
-            "pages": len(per)}
-
-
-def routed_ink(run: Run, root: str, pages_dir: str, out_dir: str, log: Log) -> dict:
-    """ink_statistics of a finetuned page model over every validation page (each through
-    analysis.routing_report, as `coda visualize` reads an image), and the Figure-7 picture of
-    the first page (routing_image.png, ink_share.png in out_dir)."""
-    from PIL import Image
-
-    from coda_flax.analysis import routing_report as rr
-    from coda_flax.datasets.records import read_jsonl
-
-    loaded = execute(run, root, log=log, load_params=True)
-    cfg, params = loaded["model"].config, loaded["params"]
-    reports = []
-    for rec in read_jsonl(os.path.join(pages_dir, "validation.jsonl")):
-        with Image.open(os.path.join(pages_dir, rec["image"])) as img:
-            image = np.asarray(img.convert("RGB"), np.uint8)
-        inp = rr.image_input(cfg, image, description=rec["id"],
-                             max_patches=dict(run.feature_lengths)["inputs"])
-        reports.append(rr.routing_report(cfg, params, inp))
-    rr.write_report(reports[0], out_dir, group(run.name))
-    return ink_statistics([r.selected for r in reports], [r.input.ink for r in reports],
-                          [r.valid for r in reports])
-
-
 # ------------------------------------------------------------------------------ the command
 def stage_of(name: str) -> str:
     """Which stage of the module docstring a run belongs to (for the per-stage times)."""
@@ -407,15 +340,18 @@ def stage_of(name: str) -> str:
 
 
 def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None,
-               log: Log = print, data_only: bool = False) -> dict:
+               log: Log = print, data_only: bool = False, images_only: bool = False) -> dict:
     """Every stage (module docstring); writes claims.{md,json}, tradeoff.png and the Figure-7
     picture (figure7/) into output_dir, the runs under output_dir/runs. Returns the summary.
-    data_only: stage 1 only (the data and its floors, floors.json)."""
+    data_only: stage 1 only (the data and its floors, floors.json). images_only: the pages,
+    their runs and the ink alone (claims_images.run_images: images.{md,json}, figure7/)."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}.")
     s = SCALES[scale]
     root = os.path.join(output_dir, "runs")
     os.makedirs(root, exist_ok=True)
+    if images_only:
+        return run_images(s, scale, output_dir, data_dir, log)
     clock, t0 = {}, time.time()
 
     def lap(stage):
@@ -529,19 +465,6 @@ def run_table(floors, text, est, speed, by_group) -> str:
         lines.append(f"| {g} | {run.model.coda.k(n)} | {est[g].text()} | "
                      f"{100 * f['majority']:.1f} | {100 * f['bag_of_words']:.1f} | {trunc} | "
                      f"{fast} | {by_group[g][0].get('trainable_params', 0):,} |")
-    return "\n".join(lines) + "\n"
-
-
-def image_table(images, img, words, ink, top) -> str:
-    lines = ["", f"Pages (one of {len(words)} words, answers stratified: majority floor "
-                 f"{100 / len(words):.1f}%): exact match % ± SE.", "",
-             "| run | exact match % ± SE |", "|---|---|"]
-    lines += [f"| {g} | {img[g].text()} |" for g in images]
-    lines += ["", f"images/coda_r{top}: share of routed patches holding ink per layer "
-                  f"(mean over {ink['pages']} validation pages ± SE): " + ", ".join(
-                      f"layer {i} {100 * m:.1f} ± {100 * e:.1f}%" for i, (m, e) in enumerate(
-                          zip(ink["routed_ink_share"], ink["routed_ink_share_se"])))
-              + f"; the page's share (chance) {100 * ink['page_ink_share']:.1f}%."]
     return "\n".join(lines) + "\n"
 
 

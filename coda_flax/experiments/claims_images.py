@@ -1,0 +1,200 @@
+"""The image claim of `coda claims` (issue 18's d, the paper's Figure 7): on a mostly blank page
+the router picks the patches that hold ink.
+
+    pages        datasets.ink_pages: one of a few words at a random place on a white page,
+                 registered as the task INK_TASK
+    runs         a dense patch model trained to read the word (every parameter), then the
+                 Parallel Adapter and CoDA at each image rate finetuned from it (frozen backbone)
+    ink          per layer, the share of the routed patches that hold ink on every validation
+                 page against the page's own share (chance), mean ± SE over pages; how much of
+                 the router scores' variance the position explains against the ink
+                 (analysis.router_scores); the Figure-7 picture of the first page
+    run_images   the stage alone (`coda claims --images-only`): images.{md,json}, figure7/
+
+`s` is an experiments.claims.ClaimsScale (its image_* fields); nothing here reads argv or gin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+from coda_flax.config import CodaConfig, ModelConfig
+from coda_flax.experiments import pipeline
+from coda_flax.experiments.runner import Run, execute, execute_all
+
+Log = Callable[[str], None]
+INK_TASK = "coda_claims_ink_pages"
+
+
+def image_model(s, coda: CodaConfig | None) -> ModelConfig:
+    d = s.image_d_model
+    heads = max(2, d // 32)
+    return ModelConfig(vocab_size=259, d_model=d, num_heads=heads, num_kv_heads=1,
+                       head_dim=d // heads, d_ff=2 * d, num_encoder_layers=s.num_encoder_layers,
+                       num_decoder_layers=s.num_decoder_layers, encoder_input="patches",
+                       encoder_relative_attention=False, patch_size=16, num_channels=3,
+                       max_patch_positions=64, coda=coda)
+
+
+def prepare_pages(s, data_dir: str | None, log: Log) -> dict:
+    """The pages of s (datasets.ink_pages, built once) registered as INK_TASK; returns their
+    meta.json plus "dir"."""
+    from coda_flax.datasets import ink_pages
+    from coda_flax.tasks.vision import register_page_task
+
+    pages = ink_pages.prepare_ink_pages(data_dir, words=ink_pages.WORDS[:s.image_words],
+                                        num_train=s.image_train,
+                                        num_validation=s.image_validation,
+                                        page_size=(s.image_page, s.image_page),
+                                        font_sizes=s.image_font_sizes, log=log)
+    register_page_task(INK_TASK, pages["dir"], max_patches=s.image_patches)
+    return pages
+
+
+def _options(data_dir) -> tuple:
+    return (("parameter_scale", False), ("schedule", "constant"), ("log_every", 50),
+            ("checkpoint_every", 100), ("data_dir", data_dir), ("vocab_path", None),
+            ("progress", False))
+
+
+def image_runs(s, data: dict, data_dir) -> dict[str, Run]:
+    """{group: Run} of the page task: PA and CoDA (soft top-k, s.image_attention) at
+    image_rates from a dense patch model. data: {"pages": the pages' folder, ...}."""
+    lengths = (("inputs", s.image_patches), ("targets", 8))
+    dense = Run(name="images/dense", model=image_model(s, None), task=INK_TASK,
+                feature_lengths=lengths, steps=s.image_dense_steps, batch_size=s.image_batch,
+                learning_rate=s.image_lr, trainable="all",
+                k_anneal_stages=1, eval_batch_size=s.eval_batch_size,
+                train_options=_options(data_dir))
+    out = {}
+    for r in (1, *s.image_rates):
+        name = "pa" if r == 1 else f"coda_r{r}"
+        cfg = (CodaConfig(reduction=1, adapter_dim=s.adapter_dim) if r == 1 else
+               CodaConfig(reduction=r, attention=s.image_attention, router="soft_topk",
+                          adapter_dim=s.adapter_dim))
+        out[f"images/{name}"] = dataclasses.replace(
+            dense, name=f"images/{name}/seed0", model=image_model(s, cfg),
+            steps=s.image_finetune_steps, trainable="finetune", init=dense,
+            k_anneal_stages=2)
+    return out
+
+
+# ------------------------------------------------------------------------------ ink
+def ink_statistics(selected_pages, ink_pages_, valid_pages) -> dict:
+    """Per layer, the mean over pages of routing_stats.ink_share's routed_ink_share and its
+    standard error over pages, the same of the page's ink share (chance), and the mean share
+    of a page's ink patches that each layer routes (ink_coverage).
+    selected_pages: [pages] of [L, n] bool; ink_pages_, valid_pages: [pages] of [n] bool."""
+    from coda_flax.analysis.routing_stats import ink_share
+    per = [ink_share(sel, ink, val) for sel, ink, val in
+           zip(selected_pages, ink_pages_, valid_pages)]
+    shares = np.stack([p["routed_ink_share"] for p in per])              # [pages, L]
+    page = np.array([p["page_ink_share"] for p in per])
+    sqrt = math.sqrt(len(per))
+    se = (lambda x: float(np.std(x, ddof=1) / sqrt) if len(per) > 1 else 0.0)
+    return {"routed_ink_share": shares.mean(0).tolist(),
+            "routed_ink_share_se": [se(shares[:, i]) for i in range(shares.shape[1])],
+            "page_ink_share": float(page.mean()), "page_ink_share_se": se(page),
+            "ink_coverage": np.stack([p["ink_coverage"] for p in per]).mean(0).tolist(),
+            "pages": len(per)}
+
+
+def routed_ink(run: Run, root: str, pages_dir: str, out_dir: str, log: Log) -> dict:
+    """ink_statistics of a finetuned page model over every validation page (each through
+    analysis.routing_report, as `coda visualize` reads an image), the router scores' variance
+    shares over the same pages (score_position_share, score_ink_share, score_ink_gap per
+    layer), and the
+    Figure-7 picture of the first page (routing_image.png, ink_share.png in out_dir)."""
+    from PIL import Image
+
+    from coda_flax.analysis import routing_report as rr
+    from coda_flax.analysis.router_scores import router_scores, score_variance
+    from coda_flax.datasets.records import read_jsonl
+
+    loaded = execute(run, root, log=log, load_params=True)
+    cfg, params = loaded["model"].config, loaded["params"]
+    reports = []
+    for rec in read_jsonl(os.path.join(pages_dir, "validation.jsonl")):
+        with Image.open(os.path.join(pages_dir, rec["image"])) as img:
+            image = np.asarray(img.convert("RGB"), np.uint8)
+        inp = rr.image_input(cfg, image, description=rec["id"],
+                             max_patches=dict(run.feature_lengths)["inputs"])
+        reports.append(rr.routing_report(cfg, params, inp))
+    rr.write_report(reports[0], out_dir, run.name.rsplit("/seed", 1)[0])
+    out = ink_statistics([r.selected for r in reports], [r.input.ink for r in reports],
+                         [r.valid for r in reports])
+    scores = np.concatenate([router_scores(cfg, params, np.stack([r.input.values for r in
+                                                                  reports[i:i + 32]]))["scores"]
+                             for i in range(0, len(reports), 32)], axis=1)
+    shares = score_variance(scores, np.stack([r.input.ink for r in reports]),
+                            np.stack([r.valid for r in reports]))
+    return dict(out, score_position_share=shares["position"], score_ink_share=shares["ink"],
+                score_ink_gap=shares["ink_gap"])
+
+
+def image_table(images, img, words, ink, top) -> str:
+    """The page runs' exact match and the ink lines (markdown)."""
+    lines = ["", f"Pages (one of {len(words)} words, answers stratified: majority floor "
+                 f"{100 / len(words):.1f}%): exact match % ± SE.", "",
+             "| run | exact match % ± SE |", "|---|---|"]
+    lines += [f"| {g} | {img[g].text()} |" for g in images]
+    rates = ink if "pages" not in ink else {top: ink}
+    for r, v in sorted(rates.items()):
+        lines += ["", f"images/coda_r{r}: share of routed patches holding ink per layer "
+                      f"(mean over {v['pages']} validation pages ± SE): " + ", ".join(
+                          f"layer {i} {100 * m:.1f} ± {100 * e:.1f}%" for i, (m, e) in
+                          enumerate(zip(v["routed_ink_share"], v["routed_ink_share_se"])))
+                  + f"; the page's share (chance) {100 * v['page_ink_share']:.1f}%."]
+        if "score_position_share" in v:
+            lines.append(f"Its router scores per layer: variance explained by the position / by "
+                         f"the ink, and the ink's mean score minus the rest's in SDs: " + ", ".join(
+                             f"{100 * p:.0f}% / {100 * k:.0f}% ({g:+.2f})" for p, k, g in
+                             zip(v["score_position_share"], v["score_ink_share"],
+                                 v["score_ink_gap"])) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def run_images(s, scale: str, output_dir: str, data_dir: str | None, log: Log) -> dict:
+    """The image stage alone: the pages, the runs (reused when finished, resumed when
+    stopped), the ink at every image rate (figure7/ for the largest, figure7_r<r>/ for the
+    others) and claim d's row at the largest; writes images.{md,json} into output_dir."""
+    from coda_flax.analysis import claims as verdicts
+    from coda_flax.analysis.estimates import estimate
+
+    t0 = time.time()
+    root = os.path.join(output_dir, "runs")
+    log(f"[claims --images-only] pages (scale {scale!r})")
+    pages = prepare_pages(s, data_dir, log)
+    runs = image_runs(s, {"pages": pages["dir"]}, data_dir)
+    results = execute_all(list(runs.values()), root, log=log)
+    img = {g: estimate([results[r.name]["eval"]["exact_match"] / 100.0],
+                       results[r.name]["eval"]["num_examples"]) for g, r in runs.items()}
+    top = max(s.image_rates)
+    ink = {r: routed_ink(runs[f"images/coda_r{r}"], root, pages["dir"], os.path.join(
+        output_dir, "figure7" if r == top else f"figure7_r{r}"), log) for r in s.image_rates}
+    row = verdicts.claim_d(list(zip(ink[top]["routed_ink_share"],
+                                    ink[top]["routed_ink_share_se"])),
+                           (ink[top]["page_ink_share"], ink[top]["page_ink_share_se"]))
+    markdown = (f"Claim d at the {scale} scale (images/coda_r{top}).\n\n"
+                + verdicts.claims_markdown([row]) + image_table(runs, img, pages["words"], ink,
+                                                                top))
+    with open(os.path.join(output_dir, "images.md"), "w") as f:
+        f.write(markdown)
+    summary = {"scale": scale, "claim": row, "ink": {str(r): v for r, v in ink.items()},
+               "accuracy": {g: dataclasses.asdict(e) for g, e in img.items()},
+               "seconds": round(time.time() - t0, 1),
+               "run_seconds": {g: results[r.name].get("seconds") for g, r in runs.items()},
+               "markdown": markdown}
+    pipeline.save_json(os.path.join(output_dir, "images.json"), summary, default=float)
+    log(markdown)
+    return summary
+
+
+__all__ = ["INK_TASK", "image_model", "prepare_pages", "image_runs", "ink_statistics",
+           "routed_ink", "image_table", "run_images"]
