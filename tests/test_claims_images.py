@@ -61,9 +61,9 @@ def test_reduced_scale_pages_are_the_large_type_ones():
 def test_image_table_ink_and_score_lines_by_hand():
     from coda_flax.analysis.estimates import Estimate
     ink = {"pages": 2, "routed_ink_share": [0.5, 0.25], "routed_ink_share_se": [0.1, 0.05],
-           "page_ink_share": 0.04, "page_ink_share_se": 0.01,
+           "page_ink_share": 0.04, "page_ink_share_se": 0.01, "ink_coverage": [1.0, 0.125],
            "score_position_share": [0.8, 0.1], "score_ink_share": [0.05, 0.6],
-           "score_ink_gap": [0.5, -1.25]}
+           "score_ink_gap": [0.5, -1.25], "routed_weight": [0.9, 0.05]}
     table = claims_images.image_table({"images/pa": None}, {"images/pa": Estimate(
         0.5, 0.1, (0.5,), 10)}, ["a", "b", "c", "d"], ink, 16)
     assert "majority floor 25.0%" in table
@@ -71,6 +71,8 @@ def test_image_table_ink_and_score_lines_by_hand():
             "validation pages ± SE): layer 0 50.0 ± 10.0%, layer 1 25.0 ± 5.0%; the page's "
             "share (chance) 4.0%.") in table
     assert "in SDs: 80% / 5% (+0.50), 10% / 60% (-1.25)." in table
+    assert "Mean weight m of the routed patches per layer: 0.90, 0.05." in table
+    assert "Share of the page's ink patches routed per layer: 100%, 12%." in table
     two = claims_images.image_table({}, {}, ["a"], {8: ink, 16: ink}, 16)
     assert "images/coda_r8:" in two and "images/coda_r16:" in two
 
@@ -111,6 +113,8 @@ def test_images_only_tiny_runs_the_pages_alone_and_reuses(tmp_path):
     assert len(ink["routed_ink_share"]) == s.num_encoder_layers == len(ink["score_ink_share"])
     assert all(0 <= v <= 1 for v in ink["score_position_share"] + ink["score_ink_share"])
     assert ink["pages"] == s.image_validation and 0 < ink["page_ink_share"] < 0.5
+    assert len(ink["routed_weight"]) == s.num_encoder_layers
+    assert sorted(summary["accuracy"]) == ["images/coda_r4", "images/dense", "images/pa"]
     saved = json.load(open(out / "images.json"))
     assert saved["claim"]["holds"] in ("yes", "no", "not separated")
     assert "| d. on images the router picks ink over background |" in open(out / "images.md").read()

@@ -2,13 +2,14 @@
 answer is the word, set in small type at a random place on a white page, so that only a few
 patches hold ink and a router that picks them is the one that can read.
 
-    "<white 256 x 256 page, 'king' in 12-16 px DejaVu Sans somewhere>"   -> king
+    "<white 256 x 256 page, 'king' in 24-32 px DejaVu Sans somewhere>"   -> king
 
 Unlike rendered_words (coda_flax.datasets.vision: 20-40 px, several fonts, page sizes and ink
 levels) every page here has one size, one font and black ink; only the word, its position and
-its size vary, so a small model learns to read it within minutes, and on 256 patches of 16 px
-the word covers a handful of them (about 2% of the page). Everything outside the word's box is
-exactly white (255), which tests/test_ink_pages.py checks.
+its size vary. font_sizes (default 12-16 px: the word covers about 2% of 256 patches of
+16 px) sets the type; `coda claims` uses 24-32 px (about 4%), which its small patch model
+learns to read (experiments.claims_images). Everything outside the word's box is exactly
+white (255), which tests/test_claims.py checks.
 
 Layout (a dataset of coda_flax.datasets.cache, <data_dir>/ink_pages/pages-<key>/, key = the
 settings and the font's SHA-256), the rendered-documents layout, so that the vision tasks'

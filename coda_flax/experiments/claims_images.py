@@ -107,7 +107,9 @@ def ink_statistics(selected_pages, ink_pages_, valid_pages) -> dict:
 
 def routed_ink(run: Run, root: str, pages_dir: str, out_dir: str, log: Log) -> dict:
     """ink_statistics of a finetuned page model over every validation page (each through
-    analysis.routing_report, as `coda visualize` reads an image), the router scores' variance
+    analysis.routing_report, as `coda visualize` reads an image), the mean weight m of the
+    routed patches per layer (routed_weight: near 0, the layer barely changes them), the
+    router scores' variance
     shares over the same pages (score_position_share, score_ink_share, score_ink_gap per
     layer), and the
     Figure-7 picture of the first page (routing_image.png, ink_share.png in out_dir)."""
@@ -129,6 +131,8 @@ def routed_ink(run: Run, root: str, pages_dir: str, out_dir: str, log: Log) -> d
     rr.write_report(reports[0], out_dir, run.name.rsplit("/seed", 1)[0])
     out = ink_statistics([r.selected for r in reports], [r.input.ink for r in reports],
                          [r.valid for r in reports])
+    out["routed_weight"] = np.mean([[lam[sel].mean() for lam, sel in zip(r.lam, r.selected)]
+                                    for r in reports], axis=0).tolist()
     scores = np.concatenate([router_scores(cfg, params, np.stack([r.input.values for r in
                                                                   reports[i:i + 32]]))["scores"]
                              for i in range(0, len(reports), 32)], axis=1)
@@ -151,6 +155,11 @@ def image_table(images, img, words, ink, top) -> str:
                           f"layer {i} {100 * m:.1f} ± {100 * e:.1f}%" for i, (m, e) in
                           enumerate(zip(v["routed_ink_share"], v["routed_ink_share_se"])))
                   + f"; the page's share (chance) {100 * v['page_ink_share']:.1f}%."]
+        lines.append("Share of the page's ink patches routed per layer: " + ", ".join(
+            f"{100 * c:.0f}%" for c in v["ink_coverage"]) + ".")
+        if "routed_weight" in v:
+            lines.append("Mean weight m of the routed patches per layer: " + ", ".join(
+                f"{m:.2f}" for m in v["routed_weight"]) + ".")
         if "score_position_share" in v:
             lines.append(f"Its router scores per layer: variance explained by the position / by "
                          f"the ink, and the ink's mean score minus the rest's in SDs: " + ", ".join(
@@ -173,8 +182,9 @@ def run_images(s, scale: str, output_dir: str, data_dir: str | None, log: Log) -
     pages = prepare_pages(s, data_dir, log)
     runs = image_runs(s, {"pages": pages["dir"]}, data_dir)
     results = execute_all(list(runs.values()), root, log=log)
+    shown = {"images/dense": runs["images/pa"].init, **runs}       # the dense reader too
     img = {g: estimate([results[r.name]["eval"]["exact_match"] / 100.0],
-                       results[r.name]["eval"]["num_examples"]) for g, r in runs.items()}
+                       results[r.name]["eval"]["num_examples"]) for g, r in shown.items()}
     top = max(s.image_rates)
     ink = {r: routed_ink(runs[f"images/coda_r{r}"], root, pages["dir"], os.path.join(
         output_dir, "figure7" if r == top else f"figure7_r{r}"), log) for r in s.image_rates}
@@ -182,14 +192,14 @@ def run_images(s, scale: str, output_dir: str, data_dir: str | None, log: Log) -
                                     ink[top]["routed_ink_share_se"])),
                            (ink[top]["page_ink_share"], ink[top]["page_ink_share_se"]))
     markdown = (f"Claim d at the {scale} scale (images/coda_r{top}).\n\n"
-                + verdicts.claims_markdown([row]) + image_table(runs, img, pages["words"], ink,
+                + verdicts.claims_markdown([row]) + image_table(shown, img, pages["words"], ink,
                                                                 top))
     with open(os.path.join(output_dir, "images.md"), "w") as f:
         f.write(markdown)
     summary = {"scale": scale, "claim": row, "ink": {str(r): v for r, v in ink.items()},
                "accuracy": {g: dataclasses.asdict(e) for g, e in img.items()},
                "seconds": round(time.time() - t0, 1),
-               "run_seconds": {g: results[r.name].get("seconds") for g, r in runs.items()},
+               "run_seconds": {g: results[r.name].get("seconds") for g, r in shown.items()},
                "markdown": markdown}
     pipeline.save_json(os.path.join(output_dir, "images.json"), summary, default=float)
     log(markdown)
