@@ -51,11 +51,11 @@ def test_layer0_scores_are_the_numpy_rederivation():
     import jax
     from flax.core import meta
 
-    from coda_flax.experiments import claims
+    from coda_flax.experiments import claims, claims_images
     from coda_flax.model import build_module
 
     s = claims.SCALES["tiny"]
-    cfg = claims.image_model(s, claims.coda(s, 4))
+    cfg = claims_images.image_model(s, claims.coda(s, 4))
     rng = np.random.default_rng(1)
     b, n = 2, 64
     patches = rng.normal(size=(b, n, 2 + 16 * 16 * 3)).astype(np.float32)

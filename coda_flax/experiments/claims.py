@@ -45,9 +45,9 @@ from coda_flax.analysis import claims as verdicts
 from coda_flax.analysis.estimates import difference, estimate, separated
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.experiments import pipeline
-from coda_flax.experiments.claims_images import (INK_TASK, image_model, image_runs,
-                                                 image_table, ink_statistics, prepare_pages,
-                                                 routed_ink, run_images)
+from coda_flax.experiments.claims_images import (image_model, image_runs, image_table,
+                                                 ink_statistics, prepare_pages, routed_ink,
+                                                 run_images)
 from coda_flax.experiments.runner import Run, execute, execute_all
 
 Log = Callable[[str], None]
@@ -486,4 +486,5 @@ def plot(s: ClaimsScale, est: dict, speed: dict, floors: dict, path: str) -> str
 
 
 __all__ = ["ClaimsScale", "SCALES", "run_claims", "finetune_runs", "image_runs",
-           "backbone_runs", "comparisons", "seeds_needed", "ink_statistics", "stage_of"]
+           "backbone_runs", "comparisons", "seeds_needed", "ink_statistics", "stage_of",
+           "image_model"]

@@ -107,12 +107,11 @@ def ink_statistics(selected_pages, ink_pages_, valid_pages) -> dict:
 
 def routed_ink(run: Run, root: str, pages_dir: str, out_dir: str, log: Log) -> dict:
     """ink_statistics of a finetuned page model over every validation page (each through
-    analysis.routing_report, as `coda visualize` reads an image), the mean weight m of the
-    routed patches per layer (routed_weight: near 0, the layer barely changes them), the
-    router scores' variance
-    shares over the same pages (score_position_share, score_ink_share, score_ink_gap per
-    layer), and the
-    Figure-7 picture of the first page (routing_image.png, ink_share.png in out_dir)."""
+    analysis.routing_report, as `coda visualize` reads an image), plus per layer the mean
+    weight m of the routed patches (routed_weight: near 0, the layer barely changes them) and
+    the router scores' variance shares (score_position_share, score_ink_share, score_ink_gap:
+    analysis.router_scores); writes the Figure-7 picture of the first page
+    (routing_image.png, ink_share.png in out_dir)."""
     from PIL import Image
 
     from coda_flax.analysis import routing_report as rr
@@ -133,9 +132,9 @@ def routed_ink(run: Run, root: str, pages_dir: str, out_dir: str, log: Log) -> d
                          [r.valid for r in reports])
     out["routed_weight"] = np.mean([[lam[sel].mean() for lam, sel in zip(r.lam, r.selected)]
                                     for r in reports], axis=0).tolist()
-    scores = np.concatenate([router_scores(cfg, params, np.stack([r.input.values for r in
-                                                                  reports[i:i + 32]]))["scores"]
-                             for i in range(0, len(reports), 32)], axis=1)
+    values = np.stack([r.input.values for r in reports])
+    scores = np.concatenate([router_scores(cfg, params, values[i:i + 32])["scores"]
+                             for i in range(0, len(values), 32)], axis=1)
     shares = score_variance(scores, np.stack([r.input.ink for r in reports]),
                             np.stack([r.valid for r in reports]))
     return dict(out, score_position_share=shares["position"], score_ink_share=shares["ink"],
