@@ -51,6 +51,7 @@ def test_reduced_scale_pages_are_the_large_type_ones():
     s = claims.SCALES["reduced"]
     assert s.image_font_sizes == (24, 32) and s.image_words == 8
     assert s.image_rates == (8, 16) and s.image_dense_steps > s.image_finetune_steps
+    assert s.image_seeds == 2
     runs = claims_images.image_runs(s, {"pages": "/p"}, None)
     assert sorted(runs) == ["images/coda_r16", "images/coda_r8", "images/pa"]
     assert runs["images/coda_r8"].model.coda.k(s.image_patches) == 32
@@ -75,6 +76,24 @@ def test_image_table_ink_and_score_lines_by_hand():
     assert "Share of the page's ink patches routed per layer: 100%, 12%." in table
     two = claims_images.image_table({}, {}, ["a"], {8: ink, 16: ink}, 16)
     assert "images/coda_r8:" in two and "images/coda_r16:" in two
+
+
+def test_combine_seeds_by_hand():
+    a = {"routed_ink_share": [0.0, 0.5], "routed_ink_share_se": [0.0, 0.03],
+         "page_ink_share": 0.04, "page_ink_share_se": 0.001, "pages": 10}
+    b = dict(a, routed_ink_share=[0.6, 0.5], routed_ink_share_se=[0.04, 0.04])
+    out = claims_images.combine_seeds([a, b])
+    assert out["routed_ink_share"] == pytest.approx([0.3, 0.5])
+    # layer 0: the seeds disagree, std 0.424 / sqrt 2 = 0.3 > the pages' sqrt(0.0008 / 2);
+    # layer 1: they agree, so the pages' sqrt((0.03^2 + 0.04^2) / 2 / 2) = 0.0177 remains
+    assert out["routed_ink_share_se"] == pytest.approx([0.3, (0.0025 / 2 / 2) ** 0.5])
+    assert out["per_seed"] == [[0.0, 0.5], [0.6, 0.5]] and out["pages"] == 10
+    assert out["page_ink_share"] == pytest.approx(0.04)
+    one = claims_images.combine_seeds([a])
+    assert one["routed_ink_share_se"] == [0.0, 0.03] and one["per_seed"] == [[0.0, 0.5]]
+    assert claims_images.seeded(claims_images.image_runs(
+        claims.SCALES["tiny"], {"pages": "/p"}, None)["images/coda_r4"], 2).name == \
+        "images/coda_r4/seed2"
 
 
 def test_cli_refuses_data_only_with_images_only(capsys):

@@ -46,8 +46,8 @@ from coda_flax.analysis.estimates import difference, estimate, separated
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.experiments import pipeline
 from coda_flax.experiments.claims_images import (image_model, image_runs, image_table,
-                                                 ink_statistics, prepare_pages, routed_ink,
-                                                 run_images)
+                                                 ink_statistics, prepare_pages, run_images,
+                                                 seeded_ink)
 from coda_flax.experiments.runner import Run, execute, execute_all
 
 Log = Callable[[str], None]
@@ -95,7 +95,8 @@ class ClaimsScale:
     image_dense_steps: int = 1200
     image_finetune_steps: int = 300
     image_rates: tuple = (8, 16)
-    image_attention: str = "k_to_all"  # the page models' CoDA attention (k_to_k: see README)
+    image_attention: str = "k_to_all"  # the page models' CoDA attention
+    image_seeds: int = 3               # seeds of the CoDA page runs (the ink varies by seed)
     image_lr: float = 3e-3
     image_batch: int = 16
     speed_batch: int = 8
@@ -110,7 +111,7 @@ SCALES = {
                            pretrain_steps=300, coda_pretrain_steps=100, finetune_steps=150,
                            max_seeds=2, image_train=4000, image_validation=160,
                            image_d_model=32, image_dense_steps=1200, image_finetune_steps=300,
-                           image_rates=(8, 16), speed_repeats=3),
+                           image_rates=(8, 16), image_seeds=2, speed_repeats=3),
     "tiny": ClaimsScale(sizes=(("d16", 16), ("d32", 32)), base="d16", lengths=(128, 160),
                         rates=(1, 3), router_rates=(3,), num_encoder_layers=2,
                         num_decoder_layers=1, adapter_dim=4, vocab_size=300, num_needles=2,
@@ -119,7 +120,8 @@ SCALES = {
                         finetune_steps=2, batch_size=4, max_seeds=1, eval_batch_size=16,
                         image_train=16, image_validation=8, image_page=128, image_patches=64,
                         image_d_model=16, image_dense_steps=2, image_finetune_steps=2,
-                        image_rates=(4,), image_batch=4, speed_batch=2, speed_repeats=1),
+                        image_rates=(4,), image_seeds=1, image_batch=4, speed_batch=2,
+                        speed_repeats=1),
 }
 
 
@@ -378,7 +380,7 @@ def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None
     lap("speed")
     log("[claims 4/5] routed patches holding ink, per layer")
     top = f"images/coda_r{max(s.image_rates)}"
-    ink = routed_ink(images[top], root, data["pages"], os.path.join(output_dir, "figure7"),
+    ink = seeded_ink(s, images[top], root, data["pages"], os.path.join(output_dir, "figure7"),
                      log)
     lap("ink")
     log("[claims 5/5] claims table, per-run table, plot")

@@ -6,7 +6,8 @@ the router picks the patches that hold ink.
     runs         a dense patch model trained to read the word (every parameter), then the
                  Parallel Adapter and CoDA at each image rate finetuned from it (frozen backbone)
     ink          per layer, the share of the routed patches that hold ink on every validation
-                 page against the page's own share (chance), mean ± SE over pages; how much of
+                 page against the page's own share (chance), mean ± SE over pages (and over
+                 image_seeds seeds of the CoDA runs: combine_seeds); how much of
                  the router scores' variance the position explains against the ink
                  (analysis.router_scores); the Figure-7 picture of the first page
     run_images   the stage alone (`coda claims --images-only`): images.{md,json}, figure7/
@@ -141,6 +142,36 @@ def routed_ink(run: Run, root: str, pages_dir: str, out_dir: str, log: Log) -> d
                 score_ink_gap=shares["ink_gap"])
 
 
+def seeded(run: Run, seed: int) -> Run:
+    return dataclasses.replace(run, name=f"{run.name.rsplit('/seed', 1)[0]}/seed{seed}",
+                               seed=seed)
+
+
+def combine_seeds(inks: list[dict]) -> dict:
+    """One routed_ink dict from several seeds': every per-layer list and number averaged over
+    the seeds; routed_ink_share_se the larger of the pages' (sqrt(mean SE^2 / seeds)) and the
+    seeds' (std / sqrt(seeds)); each seed's routed_ink_share kept under per_seed."""
+    if len(inks) == 1:
+        return dict(inks[0], per_seed=[inks[0]["routed_ink_share"]])
+    num = len(inks)
+    out = {k: (np.mean([v[k] for v in inks], axis=0).tolist() if isinstance(inks[0][k], list)
+               else float(np.mean([v[k] for v in inks]))) for k in inks[0]}
+    shares = np.array([v["routed_ink_share"] for v in inks])
+    pages_se = np.sqrt(np.mean(np.square([v["routed_ink_share_se"] for v in inks]), 0) / num)
+    out["routed_ink_share_se"] = np.maximum(pages_se, shares.std(0, ddof=1) / math.sqrt(num)
+                                            ).tolist()
+    out["pages"] = inks[0]["pages"]
+    return dict(out, per_seed=shares.tolist())
+
+
+def seeded_ink(s, run: Run, root: str, pages_dir: str, out_dir: str, log: Log) -> dict:
+    """combine_seeds of routed_ink over seeds 0 .. s.image_seeds - 1 of a CoDA page run (each
+    trained here unless finished); the picture of seed 0 in out_dir, the others' beside it."""
+    return combine_seeds([routed_ink(seeded(run, k), root, pages_dir,
+                                     out_dir if k == 0 else f"{out_dir}_seed{k}", log)
+                          for k in range(s.image_seeds)])
+
+
 def image_table(images, img, words, ink, top) -> str:
     """The page runs' exact match and the ink lines (markdown)."""
     lines = ["", f"Pages (one of {len(words)} words, answers stratified: majority floor "
@@ -154,6 +185,10 @@ def image_table(images, img, words, ink, top) -> str:
                           f"layer {i} {100 * m:.1f} ± {100 * e:.1f}%" for i, (m, e) in
                           enumerate(zip(v["routed_ink_share"], v["routed_ink_share_se"])))
                   + f"; the page's share (chance) {100 * v['page_ink_share']:.1f}%."]
+        if len(v.get("per_seed", ())) > 1:
+            lines.append("Per seed: " + "; ".join(
+                f"seed {k}: " + ", ".join(f"{100 * m:.1f}%" for m in shares)
+                for k, shares in enumerate(v["per_seed"])) + ".")
         lines.append("Share of the page's ink patches routed per layer: " + ", ".join(
             f"{100 * c:.0f}%" for c in v["ink_coverage"]) + ".")
         if "routed_weight" in v:
@@ -180,12 +215,16 @@ def run_images(s, scale: str, output_dir: str, data_dir: str | None, log: Log) -
     log(f"[claims --images-only] pages (scale {scale!r})")
     pages = prepare_pages(s, data_dir, log)
     runs = image_runs(s, {"pages": pages["dir"]}, data_dir)
-    results = execute_all(list(runs.values()), root, log=log)
+    coda_seeds = [seeded(runs[f"images/coda_r{r}"], k) for r in s.image_rates
+                  for k in range(1, s.image_seeds)]
+    results = execute_all([*runs.values(), *coda_seeds], root, log=log)
     shown = {"images/dense": runs["images/pa"].init, **runs}       # the dense reader too
-    img = {g: estimate([results[r.name]["eval"]["exact_match"] / 100.0],
-                       results[r.name]["eval"]["num_examples"]) for g, r in shown.items()}
+    names = {g: [r.name] + [seeded(r, k).name for k in range(1, s.image_seeds)
+                            if g.startswith("images/coda")] for g, r in shown.items()}
+    img = {g: estimate([results[n]["eval"]["exact_match"] / 100.0 for n in names[g]],
+                       results[names[g][0]]["eval"]["num_examples"]) for g in shown}
     top = max(s.image_rates)
-    ink = {r: routed_ink(runs[f"images/coda_r{r}"], root, pages["dir"], os.path.join(
+    ink = {r: seeded_ink(s, runs[f"images/coda_r{r}"], root, pages["dir"], os.path.join(
         output_dir, "figure7" if r == top else f"figure7_r{r}"), log) for r in s.image_rates}
     row = verdicts.claim_d(list(zip(ink[top]["routed_ink_share"],
                                     ink[top]["routed_ink_share_se"])),
@@ -206,4 +245,4 @@ def run_images(s, scale: str, output_dir: str, data_dir: str | None, log: Log) -
 
 
 __all__ = ["INK_TASK", "image_model", "prepare_pages", "image_runs", "ink_statistics",
-           "routed_ink", "image_table", "run_images"]
+           "routed_ink", "combine_seeds", "seeded_ink", "image_table", "run_images"]
