@@ -111,7 +111,7 @@ SCALES = {
                            pretrain_steps=300, coda_pretrain_steps=100, finetune_steps=150,
                            max_seeds=2, image_train=4000, image_validation=160,
                            image_d_model=32, image_dense_steps=1200, image_finetune_steps=300,
-                           image_rates=(8, 16), image_seeds=2, speed_repeats=3),
+                           image_rates=(8, 16), image_seeds=3, speed_repeats=3),
     "tiny": ClaimsScale(sizes=(("d16", 16), ("d32", 32)), base="d16", lengths=(128, 160),
                         rates=(1, 3), router_rates=(3,), num_encoder_layers=2,
                         num_decoder_layers=1, adapter_dim=4, vocab_size=300, num_needles=2,
