@@ -27,7 +27,7 @@ def add_claims_parser(sub) -> argparse.ArgumentParser:
     claims.add_argument("--output", default="outputs/claims", help="output folder")
     claims.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     claims.add_argument("--data-only", action="store_true",
-                        help="prepare the data and print the chain task's floors, train nothing")
+                        help="prepare the data and print the text task's floors, train nothing")
     claims.set_defaults(func=claims_main)
     return claims
 
