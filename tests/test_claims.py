@@ -232,6 +232,16 @@ def test_two_chain_lengths_registered_side_by_side(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the command
+def test_pilot_names_an_unknown_run_and_the_choices(tmp_path):
+    from corpus_helpers import synthetic_source
+    synthetic_source(tmp_path / "data", num_plays=3, num_scenes=12)
+    with pytest.raises(ValueError, match=r"unknown runs \['n128/d16/nope'\]; choose from .*"
+                                         r"'n128/d16/coda_r3'"):
+        claims.run_pilot(str(tmp_path / "out"), "tiny", ["n128/d16/pa", "n128/d16/nope"],
+                         data_dir=str(tmp_path / "data"), log=lambda m: None)
+    assert not os.path.exists(tmp_path / "out" / "runs")          # nothing trained
+
+
 def test_cli_rejects_an_unknown_scale_and_a_missing_data_dir(tmp_path, capsys):
     from coda_flax.cli import main
     with pytest.raises(SystemExit) as e:

@@ -1,32 +1,27 @@
 """`coda claims`: the paper's trade-offs at CPU scale (issue 18), one command, every stage reused.
 
-    1 data      Shakespeare + its vocabulary; "who gave it?" (for the backbone's pretraining);
-                the task "who gave them?" (datasets.givers: every giver of several needles)
-                at two input lengths, its floors computed from the prepared validation records
-                (majority, bag of words, truncation bound per r); mostly blank pages with one small word
-                (datasets.ink_pages)
-    2 runs      lists of experiments.runner.Run, executed by runner.execute_all (a finished run
-                is reused, a stopped one resumes from its checkpoints):
+    1 data      Shakespeare + vocabulary; "who gave it?" (pretraining); "who gave them?"
+                (datasets.givers) at two lengths, its floors from the validation records;
+                mostly blank pages with one small word (datasets.ink_pages)
+    2 runs      experiments.runner.Run lists, run by runner.execute_all (reused / resumed):
                   backbones      a dense T5 per model size, pretrained on span corruption
                                  mixed with "who gave it?" (as `coda demo`)
                   sweep          the base size at both lengths: PA (r = 1) and CoDA k-to-all
                                  at every r of the sweep                            (a, g)
                   routers        soft top-k / sigmoid / first_k, k-to-k, at router_rates (b, c)
                   sizes          PA and CoDA r = 3 of every size                         (e)
-                  pretraining    CoDA r = 3 pretrained N more steps on the backbone's
-                                 mixture (every parameter), then finetuned          (f)
+                  pretraining    CoDA r = 3 pretrained N more steps, then finetuned (f)
                   images         a dense patch model on the pages, PA and CoDA at image_rates
-                then more seeds (up to max_seeds) for both sides of every comparison a claim
-                rests on that is within 3 standard errors
-    3 speed     encoder and end-to-end time of every variant of a size and length, side by side
-                in one process (pipeline.speed_table), over that size's PA
+                then more seeds (up to max_seeds) for both sides of a comparison within 3 SE
+    3 speed     every variant of a size and length timed side by side (pipeline.speed_table)
+                over that size's PA; each backbone's "who gave it?" accuracy
     4 ink       per layer, the share of routed patches holding ink on every validation page
                 (analysis.routing_report) against the page's share, and a Figure-7 picture
     5 report    analysis.claims: claims.{md,json} (`claim | paper | ours | holds?`), the per-run
                 table with every accuracy beside its error bar and its floors, tradeoff.png
 
 SCALES: "full" (sized for about 2 hours on 2 idle cores from the chain task's reduced run;
-not re-estimated for "who gave them?"), "reduced" (256 / 512 tokens, d64 and d128, fewer
+not re-estimated for "who gave them?"), "reduced" (256 / 512 tokens, d32 and d64, fewer
 variants and steps), "tiny" (the code path for tests: every stage, 2-step runs). Nothing here
 reads argv or gin.
 """
@@ -101,7 +96,7 @@ class ClaimsScale:
 
 SCALES = {
     "full": ClaimsScale(),
-    "reduced": ClaimsScale(sizes=(("d64", 64), ("d128", 128)), base="d128", lengths=(256, 512),
+    "reduced": ClaimsScale(sizes=(("d32", 32), ("d64", 64)), base="d64", lengths=(256, 512),
                            rates=(1, 3, 16), router_rates=(3,), adapter_dim=16,
                            text_train=2000, text_validation=200,
                            pretrain_steps=1000, coda_pretrain_steps=100, finetune_steps=300,
@@ -151,8 +146,7 @@ def coda(s: ClaimsScale, r: float, attention: str = "k_to_all", router: str = "s
 
 # ------------------------------------------------------------------------------ stage 1: data
 def prepare_data(s: ClaimsScale, data_dir: str | None, log: Log) -> dict:
-    """Prepares and registers every task; returns vocab, the text floors per length and the
-    ink pages' folder."""
+    """Prepares and registers every task; returns vocab, text floors per length, pages' folder."""
     from coda_flax import tasks
     from coda_flax.datasets import givers, ink_pages, needle
     from coda_flax.datasets import shakespeare as corpus
@@ -193,8 +187,7 @@ def _by_rate(bounds: dict) -> list:
 
 # ------------------------------------------------------------------------------ stage 2: runs
 def _options(data_dir, vocab=None, parameter_scale=False) -> tuple:
-    """run.train's settings; parameter_scale: Adafactor's relative steps (the backbones, as the
-    demo's, which learns "who gave it?" with them), else absolute ones (finetuning)."""
+    """run.train's settings; parameter_scale: relative Adafactor steps (as the demo's)."""
     return (("parameter_scale", parameter_scale), ("schedule", "constant"), ("log_every", 50),
             ("checkpoint_every", 100), ("data_dir", data_dir), ("vocab_path", vocab),
             ("progress", False))
@@ -309,10 +302,6 @@ def seeds_needed(pairs, by_group: dict[str, list[dict]], max_seeds: int) -> set[
         if not separated(*difference(ex, ey)):
             need |= {g for g in (x, y) if len(by_group[g]) < max_seeds}
     return need
-
-
-def _execute(runs: list[Run], root: str, log: Log) -> dict[str, dict]:
-    return execute_all(runs, root, log=log) if runs else {}
 
 
 def _by_group(results: dict[str, dict]) -> dict[str, list[dict]]:
@@ -450,11 +439,11 @@ def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None
     text, images = finetune_runs(s, data, data_dir), image_runs(s, data, data_dir)
     log(f"[claims 2/5] {len(text)} text and {len(images)} image finetuning runs "
         f"(plus their backbones), seed 0")
-    results = _execute([*text.values(), *images.values()], root, log)
+    results = execute_all([*text.values(), *images.values()], root, log=log)
     need = seeds_needed(comparisons(s), _by_group(results), s.max_seeds)
     extra = [with_seed(text[g], seed) for g in sorted(need) for seed in range(1, s.max_seeds)]
     log(f"  {len(need)} groups within 3 SE of a comparison: {len(extra)} more seeded runs")
-    results.update(_execute(extra, root, log))
+    results.update(execute_all(extra, root, log=log) if extra else {})
     lap("training")
     log("[claims 3/5] speed, side by side per size and length")
     speed = measure_speed(s, text, root, log)
@@ -478,6 +467,28 @@ def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None
     return summary
 
 
+def run_pilot(output_dir: str, scale: str, groups: list, data_dir=None, log: Log = print) -> str:
+    """A few of a scale's text runs (groups n<length>/<size>/<variant>) and their backbones, as
+    run_claims executes them (it reuses them): their backbone_lookup and run_table."""
+    s = SCALES[scale]
+    data = prepare_data(s, data_dir, log)
+    text = finetune_runs(s, data, data_dir)
+    if set(groups) - set(text):
+        raise ValueError(f"unknown runs {sorted(set(groups) - set(text))}; choose from "
+                         f"{sorted(text)}")
+    root = os.path.join(output_dir, "runs")
+    results = execute_all([text[g] for g in groups], root, log=log)
+    sizes = tuple(x for x in s.sizes if x[0] in {g.split("/")[1] for g in groups})
+    lookup = backbone_lookup(dataclasses.replace(s, sizes=sizes), data, data_dir, root, log)
+    est = {g: accuracy_estimate([results[text[g].name]]) for g in groups}
+    table = run_table(data["floors"], {g: text[g] for g in groups}, est, {},
+                      {g: [results[text[g].name]] for g in groups})
+    table += "\nBackbones, 'who gave it?': " + ", ".join(
+        f"{size} {v['accuracy']:.1f}% of {v['num_examples']}" for size, v in lookup.items())
+    log(table)
+    return table
+
+
 def training_seconds(results: dict[str, dict]) -> dict[str, float]:
     """Sum of each run's own training + evaluation time (result.json, also when reused) per
     stage: what a fresh run of that stage takes."""
@@ -489,8 +500,7 @@ def training_seconds(results: dict[str, dict]) -> dict[str, float]:
 
 def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, results: dict,
            speed: dict, ink: dict, output_dir: str, lookup: dict) -> dict:
-    """The claims rows, the tables and the plot (module docstring, stage 5); lookup:
-    backbone_lookup's."""
+    """The claims rows, tables and plot (module docstring, stage 5); lookup: backbone_lookup's."""
     by_group = _by_group(results)
     est = {g: accuracy_estimate(by_group[g]) for g in text}
     metric = "exact_match"
@@ -585,5 +595,5 @@ def plot(s: ClaimsScale, est: dict, speed: dict, floors: dict, path: str) -> str
                                  100 * floors["bag_of_words"]})
 
 
-__all__ = ["ClaimsScale", "SCALES", "run_claims", "finetune_runs", "image_runs",
+__all__ = ["ClaimsScale", "SCALES", "run_claims", "run_pilot", "finetune_runs", "image_runs",
            "backbone_runs", "comparisons", "seeds_needed", "ink_statistics", "stage_of"]
