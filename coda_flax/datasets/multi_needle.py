@@ -121,8 +121,8 @@ def build_chain_examples(scenes: Sequence[dict], encode: Callable[[str], list], 
                      for j in range(num_needles)]
             order = rng.sample(edges, num_needles)                           # text order
             for _ in range(MAX_DRAWS):
-                placed = _place(rng, filler[split], order, spans, tokens, encode,
-                                prompt_len, input_length)
+                placed = place(rng, filler[split], order, spans, tokens, encode,
+                               prompt_len, input_length)
                 if placed is not None:
                     break
             else:
@@ -138,15 +138,17 @@ def build_chain_examples(scenes: Sequence[dict], encode: Callable[[str], list], 
     return out
 
 
-def _place(rng, scenes, order, spans, tokens, encode, prompt_len, input_length):
-    """One draw of filler and offsets: (text, starts, ends, num_tokens), or None when a filler
-    word pushed a needle out of its stratum (the caller draws again)."""
+def place(rng, scenes, order, spans, tokens, encode, prompt_len, input_length,
+          prompt=CHAIN_PROMPT):
+    """One draw of filler and offsets for the needle sentences `order` (text order) after
+    `prompt`: (text, starts, ends, num_tokens), or None when a filler word pushed a needle out
+    of its stratum (the caller draws again)."""
     scene = rng.choice(scenes)
     start = rng.randrange(len(scene))
     words = [w for line in scene[start:] + scene[:start] for w in line.split()]
     while len(words) < 4 * input_length:                           # short scenes: wrap around
         words += words
-    parts, used, j, starts, ends = [CHAIN_PROMPT], prompt_len, 0, [], []
+    parts, used, j, starts, ends = [prompt], prompt_len, 0, [], []
     for sentence, (first, last) in zip(order, spans):
         length = len(encode(" " + sentence))
         goal = rng.randint(first, last)          # >= used: the last needle ended by `first`
@@ -275,6 +277,6 @@ def chain_path(data_dir: Optional[str] = None, vocab_model: Optional[str] = None
     return os.path.join(found, CHAIN_FILE)
 
 
-__all__ = ["CHAIN_PROMPT", "CHAIN_FILE", "FLOOR_RATES", "build_chain_examples", "strata",
+__all__ = ["CHAIN_PROMPT", "CHAIN_FILE", "FLOOR_RATES", "build_chain_examples", "strata", "place",
            "majority_floor", "truncation_bound", "truncation_bound_at", "bag_of_words_bound",
            "floors", "chain_settings", "prepare_chain", "chain_path"]

@@ -1,33 +1,29 @@
 """`coda claims`: the paper's trade-offs at CPU scale (issue 18), one command, every stage reused.
 
-    1 data      Shakespeare + its vocabulary; "who gave it?" (for the backbone's pretraining);
-                the chain task "who ended with it?" (datasets.multi_needle) at two input lengths,
-                its floors computed from the prepared validation records (majority, bag of
-                words, truncation bound per r); mostly blank pages with one small word
-                (datasets.ink_pages)
-    2 runs      lists of experiments.runner.Run, executed by runner.execute_all (a finished run
-                is reused, a stopped one resumes from its checkpoints):
+    1 data      Shakespeare + vocabulary; "who gave it?" (pretraining); "who gave them?"
+                (datasets.givers) at two lengths, its floors from the validation records;
+                mostly blank pages with one small word (datasets.ink_pages)
+    2 runs      experiments.runner.Run lists, run by runner.execute_all (reused / resumed):
                   backbones      a dense T5 per model size, pretrained on span corruption
                                  mixed with "who gave it?" (as `coda demo`)
                   sweep          the base size at both lengths: PA (r = 1) and CoDA k-to-all
                                  at every r of the sweep                            (a, g)
                   routers        soft top-k / sigmoid / first_k, k-to-k, at router_rates (b, c)
                   sizes          PA and CoDA r = 3 of every size                         (e)
-                  pretraining    CoDA r = 3 pretrained N more steps on the backbone's
-                                 mixture (every parameter), then finetuned          (f)
+                  pretraining    CoDA r = 3 pretrained N more steps, then finetuned (f)
                   images         a dense patch model on the pages, PA and CoDA at image_rates
-                then more seeds (up to max_seeds) for both sides of every comparison a claim
-                rests on that is within 3 standard errors
-    3 speed     encoder and end-to-end time of every variant of a size and length, side by side
-                in one process (pipeline.speed_table), over that size's PA
+                then more seeds (up to max_seeds) for both sides of a comparison within 3 SE
+    3 speed     every variant of a size and length timed side by side (pipeline.speed_table)
+                over that size's PA; each backbone's "who gave it?" accuracy
     4 ink       per layer, the share of routed patches holding ink on every validation page
                 (analysis.routing_report) against the page's share, and a Figure-7 picture
     5 report    analysis.claims: claims.{md,json} (`claim | paper | ours | holds?`), the per-run
                 table with every accuracy beside its error bar and its floors, tradeoff.png
 
-SCALES: "full" (sized for about 2 hours on 2 idle cores, an estimate from the reduced run's
-per-run times: README), "reduced" (what was run for the README), "tiny" (the code path for
-tests: every stage, 2-step runs). Nothing here reads argv or gin.
+SCALES: "full" (sized for about 2 hours on 2 idle cores from the chain task's reduced run;
+not re-estimated for "who gave them?"), "reduced" (256 / 512 tokens, d32 and d64, fewer
+variants and steps), "tiny" (the code path for tests: every stage, 2-step runs). Nothing here
+reads argv or gin.
 """
 
 from __future__ import annotations
@@ -48,14 +44,15 @@ from coda_flax.experiments import pipeline
 from coda_flax.experiments.claims_images import (image_model, image_runs, image_table,
                                                  ink_statistics, prepare_pages, run_images,
                                                  seeded_ink)
-from coda_flax.experiments.runner import Run, execute, execute_all
+from coda_flax.experiments.runner import Run, execute, execute_all, load
 
 Log = Callable[[str], None]
 PRETRAIN_TASK = "coda_shakespeare_pretrain_mix"
+GAVE_TASK = "coda_shakespeare_needle_gave"
 
 
-def chain_task(n: int) -> str:
-    return f"coda_claims_chain_{n}"
+def text_task(n: int) -> str:
+    return f"coda_claims_givers_{n}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +69,8 @@ class ClaimsScale:
     adapter_dim: int = 32
     vocab_size: int = 2000
     num_needles: int = 3
-    chain_train: int = 4000
-    chain_validation: int = 400        # 50 per answer
+    text_train: int = 4000
+    text_validation: int = 400
     gave_train: int = 8000
     pretrain_length: int = 128
     pretrain_steps: int = 800
@@ -105,17 +102,17 @@ class ClaimsScale:
 
 SCALES = {
     "full": ClaimsScale(),
-    "reduced": ClaimsScale(sizes=(("d32", 32), ("d64", 64)), base="d32", lengths=(256, 512),
+    "reduced": ClaimsScale(sizes=(("d32", 32), ("d64", 64)), base="d64", lengths=(256, 512),
                            rates=(1, 3, 16), router_rates=(3,), adapter_dim=16,
-                           chain_train=2000, chain_validation=200, gave_train=4000,
-                           pretrain_steps=300, coda_pretrain_steps=100, finetune_steps=150,
+                           text_train=2000, text_validation=200,
+                           pretrain_steps=1000, coda_pretrain_steps=100, finetune_steps=300,
                            max_seeds=2, image_train=4000, image_validation=160,
                            image_d_model=32, image_dense_steps=1200, image_finetune_steps=300,
                            image_rates=(8, 16), image_seeds=3, speed_repeats=3),
     "tiny": ClaimsScale(sizes=(("d16", 16), ("d32", 32)), base="d16", lengths=(128, 160),
                         rates=(1, 3), router_rates=(3,), num_encoder_layers=2,
                         num_decoder_layers=1, adapter_dim=4, vocab_size=300, num_needles=2,
-                        chain_train=32, chain_validation=16, gave_train=32, pretrain_length=64,
+                        text_train=32, text_validation=16, gave_train=32, pretrain_length=64,
                         pretrain_steps=2, pretrain_batch=4, coda_pretrain_steps=2,
                         finetune_steps=2, batch_size=4, max_seeds=1, eval_batch_size=16,
                         image_train=16, image_validation=8, image_page=128, image_patches=64,
@@ -146,34 +143,32 @@ def coda(s: ClaimsScale, r: float, attention: str = "k_to_all", router: str = "s
 
 # ------------------------------------------------------------------------------ stage 1: data
 def prepare_data(s: ClaimsScale, data_dir: str | None, log: Log) -> dict:
-    """Prepares and registers every task; returns vocab, the chain floors per length and the
-    ink pages' folder."""
+    """Prepares and registers every task; returns vocab, text floors per length, pages' folder."""
     from coda_flax import tasks
-    from coda_flax.datasets import multi_needle, needle
+    from coda_flax.datasets import givers, needle
     from coda_flax.datasets import shakespeare as corpus
     from coda_flax.tasks.offline import register_chain_task
 
     prepared = corpus.prepare_shakespeare(data_dir, vocab_size=s.vocab_size, log=log)
     vocab = prepared["vocab_model"]
     gave = needle.prepare_needle(data_dir, vocab, input_length=s.pretrain_length,
-                                 num_train=s.gave_train, num_validation=s.chain_validation,
+                                 num_train=s.gave_train, num_validation=s.text_validation,
                                  min_offset=0, question="gave", seed=1, log=log)
-    chains = {n: multi_needle.prepare_chain(data_dir, vocab, input_length=n,
-                                            num_needles=s.num_needles,
-                                            num_train=s.chain_train,
-                                            num_validation=s.chain_validation, log=log)
-              for n in s.lengths}
+    texts = {n: givers.prepare_givers(data_dir, vocab, input_length=n,
+                                      num_needles=s.num_needles, num_train=s.text_train,
+                                      num_validation=s.text_validation, log=log)
+             for n in s.lengths}
     tasks.register_offline_tasks(data_dir, vocab, needles={"gave": gave["dir"]})
-    for n, chain in chains.items():
-        register_chain_task(chain_task(n), chain["dir"], vocab)
+    for n, text in texts.items():
+        register_chain_task(text_task(n), text["dir"], vocab, file_name=givers.GIVERS_FILE)
     pages = prepare_pages(s, data_dir, log)
-    floors = {n: chain["floors"] for n, chain in chains.items()}
+    floors = {n: text["floors"] for n, text in texts.items()}
     for n, f in floors.items():
-        log(f"  floors at n = {n} (validation, {chains[n]['validation']} examples): majority "
+        log(f"  floors at n = {n} (validation, {texts[n]['validation']} examples): majority "
             f"{100 * f['majority']:.1f}%, bag of words {100 * f['bag_of_words']:.1f}%, "
             f"truncation to ceil(n / r) tokens: " + ", ".join(
                 f"r{r} {100 * v:.1f}%" for r, v in _by_rate(f["truncation"])))
-    vocab_size = tasks.get_task_or_mixture(chain_task(s.lengths[0])) \
+    vocab_size = tasks.get_task_or_mixture(text_task(s.lengths[0])) \
         .output_features["targets"].vocabulary.vocab_size
     return {"vocab": vocab, "vocab_size": vocab_size, "floors": floors, "pages": pages["dir"],
             "page_words": pages["words"]}
@@ -184,8 +179,9 @@ def _by_rate(bounds: dict) -> list:
 
 
 # ------------------------------------------------------------------------------ stage 2: runs
-def _options(data_dir, vocab=None) -> tuple:
-    return (("parameter_scale", False), ("schedule", "constant"), ("log_every", 50),
+def _options(data_dir, vocab=None, parameter_scale=False) -> tuple:
+    """run.train's settings; parameter_scale: relative Adafactor steps (as the demo's)."""
+    return (("parameter_scale", parameter_scale), ("schedule", "constant"), ("log_every", 50),
             ("checkpoint_every", 100), ("data_dir", data_dir), ("vocab_path", vocab),
             ("progress", False))
 
@@ -200,7 +196,7 @@ def backbone_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
                        batch_size=s.pretrain_batch, learning_rate=s.pretrain_lr,
                        trainable="all", k_anneal_stages=1, eval_batch_size=s.pretrain_batch,
                        eval_max_examples=s.pretrain_batch,
-                       train_options=_options(data_dir, data["vocab"]))
+                       train_options=_options(data_dir, data["vocab"], parameter_scale=True))
             for label, d in s.sizes}
 
 
@@ -218,7 +214,8 @@ def finetune_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
     def run(n, size, variant, cfg, init=None):
         return Run(name=f"n{n}/{size}/{variant}/seed0",
                    model=text_model(s, data["vocab_size"], dims[size], cfg),
-                   task=chain_task(n), feature_lengths=(("inputs", n), ("targets", 4)),
+                   task=text_task(n),
+                   feature_lengths=(("inputs", n), ("targets", s.num_needles + 2)),
                    steps=s.finetune_steps, batch_size=s.batch_size,
                    learning_rate=s.finetune_lr, init=init or backbones[size],
                    eval_batch_size=s.eval_batch_size,
@@ -282,10 +279,6 @@ def seeds_needed(pairs, by_group: dict[str, list[dict]], max_seeds: int) -> set[
     return need
 
 
-def _execute(runs: list[Run], root: str, log: Log) -> dict[str, dict]:
-    return execute_all(runs, root, log=log) if runs else {}
-
-
 def _by_group(results: dict[str, dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for name in sorted(results):
@@ -294,6 +287,21 @@ def _by_group(results: dict[str, dict]) -> dict[str, list[dict]]:
 
 
 # ------------------------------------------------------------------------------ stages 3-5
+def backbone_lookup(s: ClaimsScale, data: dict, data_dir, root: str, log: Log) -> dict:
+    """{size: accuracy (%) of its dense backbone on "who gave it?" (validation)}: the lookup
+    every needle of the text task needs, which only the frozen layers can do."""
+    from coda_flax import tasks
+    from coda_flax.train import run as train_run
+    out = {}
+    for size, run in backbone_runs(s, data, data_dir).items():
+        e = train_run.evaluate_params(*load(root, run), tasks.get_task_or_mixture(GAVE_TASK),
+                                      {"inputs": s.pretrain_length, "targets": 4},
+                                      "validation", s.eval_batch_size)
+        out[size] = {"accuracy": e["accuracy"], "num_examples": e["num_examples"]}
+        log(f"  backbone {size}: 'who gave it?' {e['accuracy']:.1f}% of {e['num_examples']}")
+    return out
+
+
 def measure_speed(s: ClaimsScale, runs: dict[str, Run], root: str, log: Log) -> dict:
     """{group: pipeline.speed_table row}: per (length, size), every seed-0 variant timed side
     by side in one process over that size's PA."""
@@ -369,14 +377,15 @@ def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None
     text, images = finetune_runs(s, data, data_dir), image_runs(s, data, data_dir)
     log(f"[claims 2/5] {len(text)} text and {len(images)} image finetuning runs "
         f"(plus their backbones), seed 0")
-    results = _execute([*text.values(), *images.values()], root, log)
+    results = execute_all([*text.values(), *images.values()], root, log=log)
     need = seeds_needed(comparisons(s), _by_group(results), s.max_seeds)
     extra = [with_seed(text[g], seed) for g in sorted(need) for seed in range(1, s.max_seeds)]
     log(f"  {len(need)} groups within 3 SE of a comparison: {len(extra)} more seeded runs")
-    results.update(_execute(extra, root, log))
+    results.update(execute_all(extra, root, log=log) if extra else {})
     lap("training")
     log("[claims 3/5] speed, side by side per size and length")
     speed = measure_speed(s, text, root, log)
+    lookup = backbone_lookup(s, data, data_dir, root, log)
     lap("speed")
     log("[claims 4/5] routed patches holding ink, per layer")
     top = f"images/coda_r{max(s.image_rates)}"
@@ -384,7 +393,7 @@ def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None
                      log)
     lap("ink")
     log("[claims 5/5] claims table, per-run table, plot")
-    summary = report(s, scale, data, text, images, results, speed, ink, output_dir)
+    summary = report(s, scale, data, text, images, results, speed, ink, output_dir, lookup)
     lap("report")
     summary["stage_seconds"] = clock
     summary["training_seconds_by_stage"] = training_seconds(results)
@@ -394,6 +403,28 @@ def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None
         f"stages (s): {clock}; training time of the runs when trained (s): "
         f"{summary['training_seconds_by_stage']}")
     return summary
+
+
+def run_pilot(output_dir: str, scale: str, groups: list, data_dir=None, log: Log = print) -> str:
+    """A few of a scale's text runs (groups n<length>/<size>/<variant>) and their backbones, as
+    run_claims executes them (it reuses them): their backbone_lookup and run_table."""
+    s = SCALES[scale]
+    data = prepare_data(s, data_dir, log)
+    text = finetune_runs(s, data, data_dir)
+    if set(groups) - set(text):
+        raise ValueError(f"unknown runs {sorted(set(groups) - set(text))}; choose from "
+                         f"{sorted(text)}")
+    root = os.path.join(output_dir, "runs")
+    results = execute_all([text[g] for g in groups], root, log=log)
+    sizes = tuple(x for x in s.sizes if x[0] in {g.split("/")[1] for g in groups})
+    lookup = backbone_lookup(dataclasses.replace(s, sizes=sizes), data, data_dir, root, log)
+    est = {g: accuracy_estimate([results[text[g].name]]) for g in groups}
+    table = run_table(data["floors"], {g: text[g] for g in groups}, est, {},
+                      {g: [results[text[g].name]] for g in groups})
+    table += "\nBackbones, 'who gave it?': " + ", ".join(
+        f"{size} {v['accuracy']:.1f}% of {v['num_examples']}" for size, v in lookup.items())
+    log(table)
+    return table
 
 
 def training_seconds(results: dict[str, dict]) -> dict[str, float]:
@@ -406,8 +437,8 @@ def training_seconds(results: dict[str, dict]) -> dict[str, float]:
 
 
 def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, results: dict,
-           speed: dict, ink: dict, output_dir: str) -> dict:
-    """The claims rows, the tables and the plot (module docstring, stage 5)."""
+           speed: dict, ink: dict, output_dir: str, lookup: dict) -> dict:
+    """The claims rows, tables and plot (module docstring, stage 5); lookup: backbone_lookup's."""
     by_group = _by_group(results)
     est = {g: accuracy_estimate(by_group[g]) for g in text}
     metric = "exact_match"
@@ -441,6 +472,8 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
         f"{100 * f['bag_of_words']:.1f}%, truncation bound " + ", ".join(
             f"r{r} {100 * v:.1f}%" for r, v in _by_rate(f["truncation"])) + "."
         for n, f in data["floors"].items())
+    floors_line += " Backbones, 'who gave it?' (the lookup each needle needs): " + ", ".join(
+        f"{size} {v['accuracy']:.1f}% of {v['num_examples']}" for size, v in lookup.items()) + "."
     markdown = (f"Claims at CPU scale ({scale} scale; ± = standard error over the seeds' "
                 f"answers, the larger of binomial and seed-to-seed). {floors_line}\n\n"
                 + verdicts.claims_markdown(rows) + "\n" + runs_md)
@@ -450,7 +483,7 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
     return {"scale": scale, "settings": dataclasses.asdict(s), "claims": rows,
             "floors": {str(n): f for n, f in data["floors"].items()},
             "accuracy": {g: dataclasses.asdict(e) for g, e in {**est, **img}.items()},
-            "speed": speed, "ink": ink, "markdown": markdown}
+            "speed": speed, "ink": ink, "backbone_lookup": lookup, "markdown": markdown}
 
 
 def run_table(floors, text, est, speed, by_group) -> str:
@@ -487,6 +520,6 @@ def plot(s: ClaimsScale, est: dict, speed: dict, floors: dict, path: str) -> str
                                  100 * floors["bag_of_words"]})
 
 
-__all__ = ["ClaimsScale", "SCALES", "run_claims", "finetune_runs", "image_runs",
+__all__ = ["ClaimsScale", "SCALES", "run_claims", "run_pilot", "finetune_runs", "image_runs",
            "backbone_runs", "comparisons", "seeds_needed", "ink_statistics", "stage_of",
            "image_model"]

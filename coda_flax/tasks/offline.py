@@ -223,13 +223,15 @@ def _add_question_task(name: str, path, features) -> None:
              postprocess_fn=metrics.strip_postprocessor, metric_fns=[metrics.accuracy])
 
 
-def register_chain_task(name: str, chain_dir: str, vocab_path: str) -> str:
-    """The chain task of one prepared chain dataset (multi_needle.prepare_chain's "dir") under
-    its own name, so that several input lengths can be registered at once (`coda claims`);
-    bound to that folder and the vocabulary's. Returns name."""
+def register_chain_task(name: str, chain_dir: str, vocab_path: str,
+                        file_name: str = CHAIN_FILE) -> str:
+    """The chain task of one prepared chain dataset (multi_needle.prepare_chain's "dir"; or of
+    another id / text / target dataset: file_name, e.g. givers.GIVERS_FILE) under its own name,
+    so that several input lengths can be registered at once (`coda claims`); bound to that
+    folder and the vocabulary's. Returns name."""
     vocab_dir = os.path.dirname(os.path.abspath(vocab_path))
     provenance.bind(name, (chain_dir, vocab_dir))
-    _add_question_task(name, os.path.join(chain_dir, CHAIN_FILE),
+    _add_question_task(name, os.path.join(chain_dir, file_name),
                        output_features(get_vocabulary(vocab_path)))
     return name
 
