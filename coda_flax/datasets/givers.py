@@ -40,19 +40,15 @@ of the settings and the vocabulary's and corpus' hashes; with a manifest.json):
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import os
 import random
 import re
 from typing import Callable, Optional, Sequence
 
-from coda_flax.datasets import cache
-from coda_flax.datasets.multi_needle import FLOOR_RATES, MAX_DRAWS, majority_floor, place, strata
+from coda_flax.datasets.multi_needle import (FLOOR_RATES, MAX_DRAWS, majority_floor, place,
+                                             prepare_task, strata, task_settings)
 from coda_flax.datasets.needle import (NAMES, OBJECTS, VERBS, filler_lines, longest_needle,
-                                       needle_sentence, vocabulary_scenes,
-                                       word_token_counter)
-from coda_flax.datasets.records import read_jsonl, write_jsonl
+                                       needle_sentence, word_token_counter)
 
 GIVERS_PROMPT = "who gave them:"
 GIVERS_FILE, GIVERS_STATS = "givers.jsonl", "givers_stats.json"
@@ -156,12 +152,9 @@ def floors(records: Sequence[dict], input_length: int, rates: Sequence[float] = 
 def givers_settings(vocab_model: str, *, input_length: int, num_needles: int = 3,
                     num_train: int = 4000, num_validation: int = 400, seed: int = 0) -> dict:
     """Everything that shapes the dataset (its cache key is a hash of these)."""
-    vocab, _ = vocabulary_scenes(vocab_model)
-    return {"format_version": GIVERS_FORMAT_VERSION,
-            "vocab": cache.label(os.path.dirname(os.path.abspath(vocab_model))),
-            "vocab_hash": vocab["hash"], "input_length": input_length,
-            "num_needles": num_needles, "num_train": num_train,
-            "num_validation": num_validation, "seed": seed, "names": list(NAMES)}
+    return task_settings(GIVERS_FORMAT_VERSION, vocab_model, input_length=input_length,
+                         num_needles=num_needles, num_train=num_train,
+                         num_validation=num_validation, seed=seed)
 
 
 def prepare_givers(data_dir: Optional[str], vocab_model: str, *, input_length: int = 512,
@@ -170,33 +163,14 @@ def prepare_givers(data_dir: Optional[str], vocab_model: str, *, input_length: i
                    log: Callable[[str], None] = print) -> dict:
     """The examples tokenised with vocab_model (a vocabulary prepare_shakespeare prepared), as
     the cache dataset <data_dir>/shakespeare/givers-<key>/, built once and reused while its
-    files match the manifest. Returns the statistics (with the validation floors), "dir",
-    "hash" and "file"."""
-    import sentencepiece as spm
-
+    files match the manifest (multi_needle.prepare_task). Returns the statistics (with the
+    validation floors), "dir", "hash" and "file"."""
     settings = givers_settings(vocab_model, input_length=input_length, num_needles=num_needles,
                                num_train=num_train, num_validation=num_validation, seed=seed)
-    _, scenes_path = vocabulary_scenes(vocab_model)
-
-    def build(out_dir):
-        sp = spm.SentencePieceProcessor(model_file=vocab_model)
-        records = build_givers_examples(read_jsonl(scenes_path), sp.encode,
-                                        input_length=input_length, num_needles=num_needles,
-                                        num_train=num_train, num_validation=num_validation,
-                                        seed=seed)
-        write_jsonl(os.path.join(out_dir, GIVERS_FILE), records)
-        val = [r for r in records if r["split"] == "validation"]
-        cache.write_json(os.path.join(out_dir, GIVERS_STATS),
-                         dict(settings, examples=len(records), validation=len(val),
-                              floors=floors(val, input_length) if val else None))
-        log(f"[data] givers task ({GIVERS_PROMPT}): {len(records)} examples ({len(val)} "
-            f"validation), {num_needles} needles in {input_length} tokens -> {out_dir}")
-        return {"rows": {"train": len(records) - len(val), "validation": len(val)}}
-
-    manifest = cache.prepare(data_dir, GIVERS_DATASET, settings, build, force=force, log=log)
-    with open(os.path.join(manifest["dir"], GIVERS_STATS)) as f:
-        return dict(json.load(f), dir=manifest["dir"], hash=manifest["hash"],
-                    file=os.path.join(manifest["dir"], GIVERS_FILE))
+    return prepare_task(data_dir, vocab_model, settings, dataset=GIVERS_DATASET,
+                        records_file=GIVERS_FILE, stats_file=GIVERS_STATS, prompt=GIVERS_PROMPT,
+                        build_examples=build_givers_examples, floors_fn=floors, force=force,
+                        log=log)
 
 
 __all__ = ["GIVERS_PROMPT", "GIVERS_FILE", "answer", "build_givers_examples",

@@ -219,49 +219,70 @@ def floors(records: Sequence[dict], input_length: int, rates: Sequence[float] = 
 # ----------------------------------------------------------------------------- the dataset
 
 
-def chain_settings(vocab_model: str, *, input_length: int, num_needles: int = 3,
-                   num_train: int = 8000, num_validation: int = 400, seed: int = 0) -> dict:
-    """Everything that shapes the chain dataset (its cache key is a hash of these)."""
+def task_settings(format_version: int, vocab_model: str, *, input_length: int, num_needles: int,
+                  num_train: int, num_validation: int, seed: int) -> dict:
+    """Everything that shapes a long-input needle dataset (its cache key is a hash of these)."""
     vocab_dir = os.path.dirname(os.path.abspath(vocab_model))
     vocab, _ = vocabulary_scenes(vocab_model)
-    return {"format_version": CHAIN_FORMAT_VERSION, "vocab": cache.label(vocab_dir),
+    return {"format_version": format_version, "vocab": cache.label(vocab_dir),
             "vocab_hash": vocab["hash"], "input_length": input_length,
             "num_needles": num_needles, "num_train": num_train,
             "num_validation": num_validation, "seed": seed, "names": list(NAMES)}
+
+
+def prepare_task(data_dir: Optional[str], vocab_model: str, settings: dict, *, dataset: str,
+                 records_file: str, stats_file: str, prompt: str, build_examples: Callable,
+                 floors_fn: Callable, force: bool, log: Callable[[str], None]) -> dict:
+    """A long-input needle task (the chain's, the givers') tokenised with vocab_model as the cache
+    dataset <data_dir>/<dataset>-<key>/: records_file plus stats_file with the validation floors
+    (floors_fn), built once and reused while its files match the manifest. Returns the
+    statistics plus "dir", "hash" and "file"."""
+    import sentencepiece as spm
+
+    _, scenes_path = vocabulary_scenes(vocab_model)
+    n, m = settings["input_length"], settings["num_needles"]
+
+    def build(out_dir):
+        sp = spm.SentencePieceProcessor(model_file=vocab_model)
+        records = build_examples(read_jsonl(scenes_path), sp.encode, input_length=n,
+                                 num_needles=m, num_train=settings["num_train"],
+                                 num_validation=settings["num_validation"],
+                                 seed=settings["seed"])
+        write_jsonl(os.path.join(out_dir, records_file), records)
+        val = [r for r in records if r["split"] == "validation"]
+        cache.write_json(os.path.join(out_dir, stats_file),
+                         dict(settings, examples=len(records), validation=len(val),
+                              floors=floors_fn(val, n) if val else None))
+        log(f"[data] {prompt} task: {len(records)} examples ({len(val)} validation), {m} "
+            f"needles in {n} tokens -> {out_dir}")
+        return {"rows": {"train": len(records) - len(val), "validation": len(val)}}
+
+    manifest = cache.prepare(data_dir, dataset, settings, build, force=force, log=log)
+    with open(os.path.join(manifest["dir"], stats_file)) as f:
+        return dict(json.load(f), dir=manifest["dir"], hash=manifest["hash"],
+                    file=os.path.join(manifest["dir"], records_file))
+
+
+def chain_settings(vocab_model: str, *, input_length: int, num_needles: int = 3,
+                   num_train: int = 8000, num_validation: int = 400, seed: int = 0) -> dict:
+    """Everything that shapes the chain dataset (its cache key is a hash of these)."""
+    return task_settings(CHAIN_FORMAT_VERSION, vocab_model, input_length=input_length,
+                         num_needles=num_needles, num_train=num_train,
+                         num_validation=num_validation, seed=seed)
 
 
 def prepare_chain(data_dir: Optional[str], vocab_model: str, *, input_length: int = 512,
                   num_needles: int = 3, num_train: int = 8000, num_validation: int = 400,
                   seed: int = 0, force: bool = False,
                   log: Callable[[str], None] = print) -> dict:
-    """The chain examples tokenised with vocab_model (a vocabulary prepare_shakespeare
-    prepared), as a dataset of coda_flax.datasets.cache: <data_dir>/shakespeare/chain-<key>/.
-    Built once, reused while its files match the manifest. Returns the statistics (with the
-    validation floors) plus "dir" and "hash"."""
-    import sentencepiece as spm
-
+    """The chain examples as the cache dataset <data_dir>/shakespeare/chain-<key>/ (see
+    prepare_task). Returns the statistics (with the validation floors), "dir", "hash", "file"."""
     settings = chain_settings(vocab_model, input_length=input_length, num_needles=num_needles,
                               num_train=num_train, num_validation=num_validation, seed=seed)
-    _, scenes_path = vocabulary_scenes(vocab_model)
-
-    def build(out_dir):
-        sp = spm.SentencePieceProcessor(model_file=vocab_model)
-        records = build_chain_examples(read_jsonl(scenes_path), sp.encode,
-                                       input_length=input_length, num_needles=num_needles,
-                                       num_train=num_train, num_validation=num_validation,
-                                       seed=seed)
-        write_jsonl(os.path.join(out_dir, CHAIN_FILE), records)
-        val = [r for r in records if r["split"] == "validation"]
-        cache.write_json(os.path.join(out_dir, CHAIN_STATS),
-                         dict(settings, examples=len(records), validation=len(val),
-                              floors=floors(val, input_length) if val else None))
-        log(f"[data] chain task ({CHAIN_PROMPT}): {len(records)} examples ({len(val)} "
-            f"validation), {num_needles} needles in {input_length} tokens -> {out_dir}")
-        return {"rows": {"train": len(records) - len(val), "validation": len(val)}}
-
-    manifest = cache.prepare(data_dir, CHAIN_DATASET, settings, build, force=force, log=log)
-    with open(os.path.join(manifest["dir"], CHAIN_STATS)) as f:
-        return dict(json.load(f), dir=manifest["dir"], hash=manifest["hash"])
+    return prepare_task(data_dir, vocab_model, settings, dataset=CHAIN_DATASET,
+                        records_file=CHAIN_FILE, stats_file=CHAIN_STATS, prompt=CHAIN_PROMPT,
+                        build_examples=build_chain_examples, floors_fn=floors, force=force,
+                        log=log)
 
 
 def chain_path(data_dir: Optional[str] = None, vocab_model: Optional[str] = None) -> str:
