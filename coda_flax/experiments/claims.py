@@ -29,12 +29,9 @@ reads argv or gin.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from typing import Callable
-
-import numpy as np
 
 from coda_flax import config
 from coda_flax.analysis import claims as verdicts
