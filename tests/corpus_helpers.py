@@ -2,6 +2,7 @@
 
 import os
 import random
+import re
 
 WORDS = ("the a of and to in is it that was he for on are with as his they be at one have this "
          "from or had by word but what some we can out other were all there when up use your how "
@@ -51,3 +52,35 @@ def prepared_corpus(root, vocab_size=300, passage_chars=400, validation_fraction
                                             validation_fraction=validation_fraction,
                                             log=lambda s: None)
     return stats["vocab_model"]
+
+
+# ------------------------------------------------------------ the long-input needle tasks' tests
+NEEDLE_RE = re.compile(r"(\w+) (\w+) (the \w+|a \w+) to (\w+)\.")   # giver verb object receiver
+
+
+def needle_corpus(root):
+    """The small corpus the long-input needle tasks' tests build on -> (root, vocab path)."""
+    return root, prepared_corpus(root, vocab_size=300, num_scenes=12)
+
+
+def tokenizer(vocab):
+    import sentencepiece as spm
+    return spm.SentencePieceProcessor(model_file=vocab)
+
+
+def corpus_scenes(root):
+    from coda_flax.datasets import shakespeare
+    return shakespeare.read_jsonl(os.path.join(shakespeare.corpus_dir(str(root)),
+                                               "scenes.jsonl"))
+
+
+def strata_by_hand(sp, prompt, n, m):
+    """The needles' strata re-derived by hand: [prompt, n - 1 - longest] in m equal parts."""
+    from coda_flax.datasets import needle
+    start = len(sp.encode(prompt))
+    longest = max(len(sp.encode(f" {g} {v} {o} to {r}."))
+                  for g in needle.NAMES for r in needle.NAMES for v in needle.VERBS
+                  for o in needle.OBJECTS)
+    hi = n - 1 - longest
+    cuts = [start + (j * (hi + 1 - start)) // m for j in range(m + 1)]
+    return [(cuts[j], cuts[j + 1] - longest if j < m - 1 else hi) for j in range(m)]

@@ -10,30 +10,27 @@ import re
 
 import pytest
 
-from corpus_helpers import prepared_corpus
+from corpus_helpers import (NEEDLE_RE, corpus_scenes, needle_corpus, strata_by_hand,
+                            tokenizer)
 from coda_flax.datasets import givers as gv
 from coda_flax.datasets import needle, shakespeare
 
 N, M = 192, 3
-NEEDLE_RE = re.compile(r"(\w+) (\w+) (the \w+|a \w+) to (\w+)\.")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("givers_data")
-    return root, prepared_corpus(root, vocab_size=300, num_scenes=12)
+    return needle_corpus(tmp_path_factory.mktemp("givers_data"))
 
 
 @pytest.fixture(scope="module")
 def sp(corpus):
-    import sentencepiece as spm
-    return spm.SentencePieceProcessor(model_file=corpus[1])
+    return tokenizer(corpus[1])
 
 
 @pytest.fixture(scope="module")
 def scenes(corpus):
-    return shakespeare.read_jsonl(os.path.join(shakespeare.corpus_dir(str(corpus[0])),
-                                               "scenes.jsonl"))
+    return corpus_scenes(corpus[0])
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +40,7 @@ def records(scenes, sp):
 
 
 def _strata(sp):
-    """The strata re-derived by hand: [prompt, n - 1 - longest] in M equal parts."""
-    prompt = len(sp.encode("who gave them:"))
-    longest = max(len(sp.encode(f" {g} {v} {o} to {r}."))
-                  for g in needle.NAMES for r in needle.NAMES for v in needle.VERBS
-                  for o in needle.OBJECTS)
-    hi = N - 1 - longest
-    cuts = [prompt + (j * (hi + 1 - prompt)) // M for j in range(M + 1)]
-    return [(cuts[j], cuts[j + 1] - longest if j < M - 1 else hi) for j in range(M)]
+    return strata_by_hand(sp, "who gave them:", N, M)
 
 
 def test_needles_placed_in_their_strata_and_the_target_lists_every_giver(records, sp):

@@ -10,31 +10,27 @@ import re
 
 import pytest
 
-from corpus_helpers import prepared_corpus
+from corpus_helpers import (NEEDLE_RE, corpus_scenes, needle_corpus, strata_by_hand,
+                            tokenizer)
 from coda_flax.datasets import multi_needle as mn
 from coda_flax.datasets import needle, shakespeare
 
 N, M = 192, 3
-NEEDLE_RE = re.compile(r"(\w+) (\w+) (the \w+|a \w+) to (\w+)\.")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("chain_data")
-    vocab = prepared_corpus(root, vocab_size=300, num_scenes=12)
-    return root, vocab
+    return needle_corpus(tmp_path_factory.mktemp("chain_data"))
 
 
 @pytest.fixture(scope="module")
 def sp(corpus):
-    import sentencepiece as spm
-    return spm.SentencePieceProcessor(model_file=corpus[1])
+    return tokenizer(corpus[1])
 
 
 @pytest.fixture(scope="module")
 def scenes(corpus):
-    return shakespeare.read_jsonl(os.path.join(shakespeare.corpus_dir(str(corpus[0])),
-                                               "scenes.jsonl"))
+    return corpus_scenes(corpus[0])
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +40,7 @@ def records(scenes, sp):
 
 
 def _strata(sp):
-    """The strata re-derived by hand: [prompt, n - 1 - longest] in M equal parts."""
-    prompt = len(sp.encode(mn.CHAIN_PROMPT))
-    longest = max(len(sp.encode(f" {g} {v} {o} to {r}."))
-                  for g in needle.NAMES for r in needle.NAMES for v in needle.VERBS
-                  for o in needle.OBJECTS)
-    hi = N - 1 - longest
-    cuts = [prompt + (j * (hi + 1 - prompt)) // M for j in range(M + 1)]
-    return [(cuts[j], cuts[j + 1] - longest if j < M - 1 else hi) for j in range(M)]
+    return strata_by_hand(sp, mn.CHAIN_PROMPT, N, M)
 
 
 def test_every_needle_once_in_its_stratum_and_in_the_window(records, sp):
