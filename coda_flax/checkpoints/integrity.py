@@ -10,7 +10,7 @@ file) passes, as it should. Writers: `save_checkpoint` (config.json's "params_sh
 in the same atomic step as the state). `verify_arrays` is the one check every reader runs
 (`load_checkpoint`: `coda eval|infer|visualize|convert`, an initial checkpoint; the trainer's
 resume), and `read_error` turns an orbax / tensorstore read failure into one line naming the
-array and the file.
+array and the file (`read_or_raise`: a restore with that error, the abandoned reads dropped).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import gc
 import hashlib
 import re
 import sys
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -120,6 +120,20 @@ def read_error(e: BaseException, where: str) -> IntegrityError:
                           f"damaged. Restore them from a copy, or write the checkpoint again.")
 
 
+def read_or_raise(restore: Callable[[], Any], where: str,
+                  damaged: Callable[[BaseException], bool] = lambda e: True):
+    """restore()'s result; a failure that `damaged` accepts is raised as read_error's
+    IntegrityError (one line naming the array), after drop_failed_reads."""
+    try:
+        return restore()
+    except Exception as e:                                   # noqa: BLE001 (orbax's many kinds)
+        if not damaged(e):
+            raise
+        error = read_error(e, where)
+    drop_failed_reads()
+    raise error
+
+
 def abandoned_read(info) -> bool:
     """Whether a sys.unraisablehook report is one of the reads orbax abandoned when another
     read of the same restore failed (its coroutine is finalized with the error unretrieved)."""
@@ -145,4 +159,4 @@ def drop_failed_reads() -> None:
 
 
 __all__ = ["IntegrityError", "array_digest", "tree_digests", "verify_arrays", "read_error",
-           "abandoned_read", "drop_failed_reads", "ALGORITHM"]
+           "read_or_raise", "abandoned_read", "drop_failed_reads", "ALGORITHM"]

@@ -21,8 +21,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from coda_flax.checkpoints.integrity import (IntegrityError, drop_failed_reads, read_error,
-                                             tree_digests, verify_arrays)
+from coda_flax.checkpoints.integrity import (IntegrityError, read_or_raise, tree_digests,
+                                             verify_arrays)
 from coda_flax.checkpoints.io import (config_from_dict, config_to_dict, read_format_json,
                                       write_json)
 from coda_flax.checkpoints.tree import (check_flat_params, expected_shapes, flatten_params,
@@ -92,15 +92,9 @@ def read_orbax_tree(path: str, subtree: str | None = None) -> dict[str, Any]:
     restore_args = jax.tree_util.tree_map(
         lambda m: ocp.RestoreArgs(restore_type=np.ndarray) if hasattr(m, "shape")
         else ocp.RestoreArgs(), tree)
-    try:
-        restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-            item=tree, restore_args=restore_args, partial_restore=subtree is not None))
-    except Exception as e:                                   # noqa: BLE001
-        error = read_error(e, path)
-    else:
-        return restored if subtree is None else restored[subtree]
-    drop_failed_reads()
-    raise error
+    restored = read_or_raise(lambda: checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+        item=tree, restore_args=restore_args, partial_restore=subtree is not None)), path)
+    return restored if subtree is None else restored[subtree]
 
 
 def load_checkpoint(directory: str) -> tuple[ModelConfig, dict[str, Any]]:

@@ -46,8 +46,7 @@ from flax import traverse_util
 from flax.core import meta
 from tqdm.auto import tqdm
 
-from coda_flax.checkpoints.integrity import (drop_failed_reads, read_error, tree_digests,
-                                               verify_arrays)
+from coda_flax.checkpoints.integrity import read_or_raise, tree_digests, verify_arrays
 from coda_flax.checkpoints.peft import trainable_mask
 from coda_flax.kplan import KPlan
 from coda_flax.train import partitioning
@@ -266,24 +265,23 @@ class Trainer:
         raise ResumeError(f"no usable checkpoint in {where}: {'; '.join(problems)}. Delete the "
                           f"damaged step directories (or use a new MODEL_DIR) to start again.")
 
+    def _state_dir(self, step) -> str:
+        return os.path.join(str(self.checkpoints.directory), str(step), "state")
+
     def _read(self, step, abstract):
-        """Step `step` restored; a tensorstore failure becomes an IntegrityError naming the array."""
-        try:
+        """Step `step` restored; a tensorstore failure becomes an IntegrityError naming the array
+        (other failures, e.g. another tree, are raised as they are)."""
+        def restore():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return self.checkpoints.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        except Exception as e:                           # noqa: BLE001 (tensorstore's kinds)
-            if "tensorstore" not in str(e).lower():
-                raise                                    # not damaged bytes: another tree, ...
-            error = read_error(e, os.path.join(str(self.checkpoints.directory), str(step),
-                                               "state"))
-        drop_failed_reads()
-        raise error
+        return read_or_raise(restore, self._state_dir(step),
+                             damaged=lambda e: "tensorstore" in str(e).lower())
 
     def _verify(self, restored, step):
         """IntegrityError naming the array whose bytes differ from the digest saved with it."""
-        where = os.path.join(str(self.checkpoints.directory), str(step), "state")
+        where = self._state_dir(step)
         if "sha256" in restored["meta"]:
             verify_arrays(restored["state"], restored["meta"]["sha256"], where)
         else:
