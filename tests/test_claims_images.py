@@ -3,6 +3,7 @@ words) against the rendered pixels, the ink lines of the table against hand-made
 `--images-only` on the tiny scale: the pages, their runs and the ink alone, reused when run
 again, no text data prepared."""
 
+import dataclasses
 import json
 import os
 
@@ -113,6 +114,33 @@ def test_images_only_goes_to_the_image_stage_alone(tmp_path, monkeypatch):
     monkeypatch.setattr(claims, "prepare_data", lambda *a: pytest.fail("text data prepared"))
     out = claims.run_claims(str(tmp_path), scale="tiny", data_dir=None, images_only=True)
     assert out == {"done": 1} and calls[0][:3] == (claims.SCALES["tiny"], "tiny", str(tmp_path))
+
+
+def test_image_stage_reports_every_seed_of_the_coda_runs(tmp_path, monkeypatch):
+    """The pages' accuracy of a CoDA rate is the mean over all its seeds (not seed 0 only), as
+    the ink of claim d is; the exact-match values are made up here."""
+    s = dataclasses.replace(claims.SCALES["tiny"], image_seeds=3, image_rates=(4,))
+    made = {"images/dense": 40.0, "images/pa/seed0": 60.0, "images/coda_r4/seed0": 10.0,
+            "images/coda_r4/seed1": 40.0, "images/coda_r4/seed2": 70.0}
+
+    def fake_execute_all(runs, root, log):
+        assert sorted(r.name for r in runs) == sorted(set(made) - {"images/dense"})
+        return {r.name: {"eval": {"exact_match": made[r.name], "num_examples": 100},
+                         "seconds": 1.0} for r in runs} | {
+            "images/dense": {"eval": {"exact_match": 40.0, "num_examples": 100}}}
+
+    ink = {"routed_ink_share": [0.5, 0.5], "routed_ink_share_se": [0.01, 0.01],
+           "page_ink_share": 0.05, "page_ink_share_se": 0.001, "ink_coverage": [1.0, 1.0],
+           "pages": 8}
+    monkeypatch.setattr(claims_images, "execute_all", fake_execute_all)
+    monkeypatch.setattr(claims_images, "seeded_ink", lambda *a: ink)
+    out = claims_images.image_stage(s, {"dir": "/p", "words": ["a", "b"]}, None,
+                                    str(tmp_path), lambda m: None)
+    coda4 = out["accuracy"]["images/coda_r4"]
+    assert len(coda4.seeds) == 3 and coda4.mean == pytest.approx(0.4)      # (10 + 40 + 70) / 3
+    assert out["accuracy"]["images/pa"].mean == pytest.approx(0.6)
+    assert "| images/coda_r4 | 40.0" in out["table"]
+    assert out["row"]["claim"] == "d" and out["row"]["holds"] == "yes"
 
 
 @pytest.mark.slow

@@ -38,9 +38,8 @@ from coda_flax.analysis import claims as verdicts
 from coda_flax.analysis.estimates import difference, estimate, separated
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.experiments import pipeline
-from coda_flax.experiments.claims_images import (image_model, image_runs, image_table,
-                                                 ink_statistics, prepare_pages, run_images,
-                                                 seeded_ink)
+from coda_flax.experiments.claims_images import (image_model, image_runs, image_stage,
+                                                 ink_statistics, prepare_pages, run_images)
 from coda_flax.experiments.runner import Run, execute, execute_all, load
 
 Log = Callable[[str], None]
@@ -100,10 +99,10 @@ class ClaimsScale:
 SCALES = {
     "full": ClaimsScale(),
     "reduced": ClaimsScale(sizes=(("d32", 32), ("d64", 64)), base="d64", lengths=(256, 512),
-                           rates=(1, 3, 16), router_rates=(3,), adapter_dim=16,
+                           rates=(1, 3, 5, 8, 16), router_rates=(3, 5), adapter_dim=16,
                            text_train=2000, text_validation=200,
-                           pretrain_steps=1000, coda_pretrain_steps=100, finetune_steps=300,
-                           max_seeds=2, image_train=4000, image_validation=160,
+                           pretrain_steps=1000, coda_pretrain_steps=100, finetune_steps=1000,
+                           max_seeds=3, image_train=4000, image_validation=160,
                            image_d_model=32, image_dense_steps=1200, image_finetune_steps=300,
                            image_rates=(8, 16), image_seeds=3, speed_repeats=3),
     "tiny": ClaimsScale(sizes=(("d16", 16), ("d32", 32)), base="d16", lengths=(128, 160),
@@ -332,10 +331,11 @@ def measure_speed(s: ClaimsScale, runs: dict[str, Run], root: str, log: Log) -> 
 def stage_of(name: str) -> str:
     """Which stage of the module docstring a run belongs to (for the per-stage times)."""
     g = group(name)
+    if g.startswith("images/"):
+        return "images"
     if name != g and not name.endswith("/seed0"):
         return "extra seeds"
-    for prefix, stage in (("backbone/", "backbones"), ("coda_pretrain/", "pretraining"),
-                          ("images/", "images")):
+    for prefix, stage in (("backbone/", "backbones"), ("coda_pretrain/", "pretraining")):
         if g.startswith(prefix):
             return stage
     variant = g.split("/")[-1]
@@ -371,10 +371,9 @@ def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None
         floors = {str(n): f for n, f in data["floors"].items()}
         pipeline.save_json(os.path.join(output_dir, "floors.json"), floors)
         return {"scale": scale, "floors": floors}
-    text, images = finetune_runs(s, data, data_dir), image_runs(s, data, data_dir)
-    log(f"[claims 2/5] {len(text)} text and {len(images)} image finetuning runs "
-        f"(plus their backbones), seed 0")
-    results = execute_all([*text.values(), *images.values()], root, log=log)
+    text = finetune_runs(s, data, data_dir)
+    log(f"[claims 2/5] {len(text)} text finetuning runs (plus their backbones), seed 0")
+    results = execute_all(list(text.values()), root, log=log)
     need = seeds_needed(comparisons(s), _by_group(results), s.max_seeds)
     extra = [with_seed(text[g], seed) for g in sorted(need) for seed in range(1, s.max_seeds)]
     log(f"  {len(need)} groups within 3 SE of a comparison: {len(extra)} more seeded runs")
@@ -384,16 +383,15 @@ def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None
     speed = measure_speed(s, text, root, log)
     lookup = backbone_lookup(s, data, data_dir, root, log)
     lap("speed")
-    log("[claims 4/5] routed patches holding ink, per layer")
-    top = f"images/coda_r{max(s.image_rates)}"
-    ink = seeded_ink(s, images[top], root, data["pages"], os.path.join(output_dir, "figure7"),
-                     log)
-    lap("ink")
+    log("[claims 4/5] the pages: their runs (every seed), routed patches holding ink per layer")
+    images = image_stage(s, {"dir": data["pages"], "words": data["page_words"]}, data_dir,
+                         output_dir, log)
+    lap("images")
     log("[claims 5/5] claims table, per-run table, plot")
-    summary = report(s, scale, data, text, images, results, speed, ink, output_dir, lookup)
+    summary = report(s, scale, data, text, images, results, speed, output_dir, lookup)
     lap("report")
     summary["stage_seconds"] = clock
-    summary["training_seconds_by_stage"] = training_seconds(results)
+    summary["training_seconds_by_stage"] = training_seconds({**results, **images["results"]})
     pipeline.save_json(os.path.join(output_dir, "claims.json"), summary, default=float)
     log(summary["markdown"])
     log(f"[claims] done in {time.time() - t0:.0f} s ({scale} scale); outputs in {output_dir}; "
@@ -434,13 +432,11 @@ def training_seconds(results: dict[str, dict]) -> dict[str, float]:
 
 
 def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, results: dict,
-           speed: dict, ink: dict, output_dir: str, lookup: dict) -> dict:
-    """The claims rows, tables and plot (module docstring, stage 5); lookup: backbone_lookup's."""
+           speed: dict, output_dir: str, lookup: dict) -> dict:
+    """The claims rows, tables and plot (module docstring, stage 5); images: image_stage's;
+    lookup: backbone_lookup's."""
     by_group = _by_group(results)
     est = {g: accuracy_estimate(by_group[g]) for g in text}
-    metric = "exact_match"
-    img = {g: estimate([r["eval"][metric] / 100.0 for r in by_group[g]],
-                       by_group[g][0]["eval"]["num_examples"]) for g in images}
     n0, b, top = s.lengths[0], s.base, max(s.rates)
     name = (lambda r: "pa" if r == 1 else f"coda_r{r}")
     rows = [
@@ -451,8 +447,7 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
                           for r in s.router_rates}),
         verdicts.claim_c({r: (est[f"n{n0}/{b}/coda_r{r}"], est[f"n{n0}/{b}/soft_topk_r{r}_k_to_k"])
                           for r in s.router_rates}),
-        verdicts.claim_d(list(zip(ink["routed_ink_share"], ink["routed_ink_share_se"])),
-                         (ink["page_ink_share"], ink["page_ink_share_se"])),
+        images["row"],
         verdicts.claim_e([(size, est[f"n{n0}/{size}/pa"], est[f"n{n0}/{size}/coda_r3"])
                           for size, _ in s.sizes]),
         verdicts.claim_f({0: est[f"n{n0}/{b}/coda_r3"],
@@ -462,8 +457,7 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
                          {n: (est[f"n{n}/{b}/pa"], est[f"n{n}/{b}/{name(top)}"])
                           for n in s.lengths}),
     ]
-    runs_md = run_table(data["floors"], text, est, speed, by_group) + "\n" + \
-        image_table(images, img, data["page_words"], ink, max(s.image_rates))
+    runs_md = run_table(data["floors"], text, est, speed, by_group) + "\n" + images["table"]
     floors_line = " ".join(
         f"Floors at n = {n}: majority {100 * f['majority']:.1f}%, bag of words "
         f"{100 * f['bag_of_words']:.1f}%, truncation bound " + ", ".join(
@@ -479,8 +473,9 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
     plot(s, est, speed, data["floors"][n0], os.path.join(output_dir, "tradeoff.png"))
     return {"scale": scale, "settings": dataclasses.asdict(s), "claims": rows,
             "floors": {str(n): f for n, f in data["floors"].items()},
-            "accuracy": {g: dataclasses.asdict(e) for g, e in {**est, **img}.items()},
-            "speed": speed, "ink": ink, "backbone_lookup": lookup, "markdown": markdown}
+            "accuracy": {g: dataclasses.asdict(e) for g, e in
+                         {**est, **images["accuracy"]}.items()},
+            "speed": speed, "ink": {str(r): v for r, v in images["ink"].items()}, "backbone_lookup": lookup, "markdown": markdown}
 
 
 def run_table(floors, text, est, speed, by_group) -> str:

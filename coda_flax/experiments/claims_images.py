@@ -10,7 +10,8 @@ the router picks the patches that hold ink.
                  image_seeds seeds of the CoDA runs: combine_seeds); how much of
                  the router scores' variance the position explains against the ink
                  (analysis.router_scores); the Figure-7 picture of the first page
-    run_images   the stage alone (`coda claims --images-only`): images.{md,json}, figure7/
+    image_stage  the runs (with every seed), the ink and claim d's row, as `coda claims` runs
+                 them; run_images: the stage alone (`--images-only`): images.{md,json}
 
 `s` is an experiments.claims.ClaimsScale (its image_* fields); nothing here reads argv or gin.
 """
@@ -203,17 +204,16 @@ def image_table(images, img, words, ink, top) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_images(s, scale: str, output_dir: str, data_dir: str | None, log: Log) -> dict:
-    """The image stage alone: the pages, the runs (reused when finished, resumed when
-    stopped), the ink at every image rate (figure7/ for the largest, figure7_r<r>/ for the
-    others) and claim d's row at the largest; writes images.{md,json} into output_dir."""
+def image_stage(s, pages: dict, data_dir: str | None, output_dir: str, log: Log) -> dict:
+    """The page runs (every CoDA rate with s.image_seeds seeds; reused when finished, resumed
+    when stopped), the ink at every image rate (figure7/ for the largest, figure7_r<r>/ for the
+    others) and claim d's row at the largest. pages: prepare_pages' dict. Returns {"row",
+    "table" (markdown), "ink" {rate: combine_seeds dict}, "accuracy" {group: Estimate},
+    "results" {run name: result}, "run_seconds" {group: seconds}}."""
     from coda_flax.analysis import claims as verdicts
     from coda_flax.analysis.estimates import estimate
 
-    t0 = time.time()
     root = os.path.join(output_dir, "runs")
-    log(f"[claims --images-only] pages (scale {scale!r})")
-    pages = prepare_pages(s, data_dir, log)
     runs = image_runs(s, {"pages": pages["dir"]}, data_dir)
     coda_seeds = [seeded(runs[f"images/coda_r{r}"], k) for r in s.image_rates
                   for k in range(1, s.image_seeds)]
@@ -229,15 +229,27 @@ def run_images(s, scale: str, output_dir: str, data_dir: str | None, log: Log) -
     row = verdicts.claim_d(list(zip(ink[top]["routed_ink_share"],
                                     ink[top]["routed_ink_share_se"])),
                            (ink[top]["page_ink_share"], ink[top]["page_ink_share_se"]))
-    markdown = (f"Claim d at the {scale} scale (images/coda_r{top}).\n\n"
-                + verdicts.claims_markdown([row]) + image_table(shown, img, pages["words"], ink,
-                                                                top))
+    return {"row": row, "table": image_table(shown, img, pages["words"], ink, top), "ink": ink,
+            "accuracy": img, "results": results,
+            "run_seconds": {g: results[r.name].get("seconds") for g, r in shown.items()}}
+
+
+def run_images(s, scale: str, output_dir: str, data_dir: str | None, log: Log) -> dict:
+    """The image stage alone (`coda claims --images-only`): the pages, then image_stage;
+    writes images.{md,json} into output_dir."""
+    from coda_flax.analysis import claims as verdicts
+
+    t0 = time.time()
+    log(f"[claims --images-only] pages (scale {scale!r})")
+    stage = image_stage(s, prepare_pages(s, data_dir, log), data_dir, output_dir, log)
+    markdown = (f"Claim d at the {scale} scale (images/coda_r{max(s.image_rates)}).\n\n"
+                + verdicts.claims_markdown([stage["row"]]) + stage["table"])
     with open(os.path.join(output_dir, "images.md"), "w") as f:
         f.write(markdown)
-    summary = {"scale": scale, "claim": row, "ink": {str(r): v for r, v in ink.items()},
-               "accuracy": {g: dataclasses.asdict(e) for g, e in img.items()},
-               "seconds": round(time.time() - t0, 1),
-               "run_seconds": {g: results[r.name].get("seconds") for g, r in shown.items()},
+    summary = {"scale": scale, "claim": stage["row"],
+               "ink": {str(r): v for r, v in stage["ink"].items()},
+               "accuracy": {g: dataclasses.asdict(e) for g, e in stage["accuracy"].items()},
+               "seconds": round(time.time() - t0, 1), "run_seconds": stage["run_seconds"],
                "markdown": markdown}
     pipeline.save_json(os.path.join(output_dir, "images.json"), summary, default=float)
     log(markdown)
@@ -245,4 +257,5 @@ def run_images(s, scale: str, output_dir: str, data_dir: str | None, log: Log) -
 
 
 __all__ = ["INK_TASK", "image_model", "prepare_pages", "image_runs", "ink_statistics",
-           "routed_ink", "combine_seeds", "seeded_ink", "image_table", "run_images"]
+           "routed_ink", "combine_seeds", "seeded_ink", "image_table", "image_stage",
+           "run_images"]
