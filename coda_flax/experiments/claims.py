@@ -102,7 +102,7 @@ SCALES = {
                            rates=(1, 3, 5, 8, 16), router_rates=(3, 5), adapter_dim=16,
                            text_train=2000, text_validation=200,
                            pretrain_steps=1000, coda_pretrain_steps=100, finetune_steps=1000,
-                           max_seeds=3, image_train=4000, image_validation=160,
+                           max_seeds=2, image_train=4000, image_validation=160,
                            image_d_model=32, image_dense_steps=1200, image_finetune_steps=300,
                            image_rates=(8, 16), image_seeds=3, speed_repeats=3),
     "tiny": ClaimsScale(sizes=(("d16", 16), ("d32", 32)), base="d16", lengths=(128, 160),
