@@ -94,7 +94,7 @@ from coda_flax.config import ATTENTION_VARIANTS, DTYPES, PRESETS, CodaConfig, Mo
 from coda_flax.frontends.audio import SAMPLE_RATE
 from coda_flax.routing import ROUTERS, num_routed
 from coda_flax.soft_topk import SOLVERS, SoftTopkConfig
-from coda_flax.variants import routed
+from coda_flax.variants import name_of
 
 __all__ = ["SCHEMA_VERSION", "MODES", "STATISTICS", "TIMERS", "DEFAULT_REDUCTIONS",
            "DEFAULT_LENGTHS", "PAPER_SPEEDUPS", "TimingSettings", "SweepSettings", "SoftTopkSettings",
@@ -337,9 +337,8 @@ def bench_config(preset: str | ModelConfig, reduction: float = 1, attention: str
                                               / max(base.num_encoder_layers, 1)))
     if num_decoder_layers is not None:
         fields["num_decoder_layers"] = num_decoder_layers
-    listed = routed(attention, router)          # a variant of coda_flax/variants.py, if listed
-    coda_fields = dict(listed.fields if listed else dict(attention=attention, router=router),
-                       reduction=reduction, solver=solver)
+    # the variant variants.name_of(attention, router) names (its row's "variant")
+    coda_fields = dict(attention=attention, router=router, reduction=reduction, solver=solver)
     if adapter_dim is not None:
         coda_fields["adapter_dim"] = adapter_dim
     coda = CodaConfig(**coda_fields)
@@ -349,12 +348,6 @@ def bench_config(preset: str | ModelConfig, reduction: float = 1, attention: str
         coda = dataclasses.replace(coda, adapter_dim=base.coda.adapter_dim)
     return base.replace(coda=coda, **fields)
 
-
-
-def _variant_name(attention: str, router: str) -> str | None:
-    """The listed variant a CoDA row measures (coda_flax/variants.py; None: not listed)."""
-    listed = routed(attention, router)
-    return listed and listed.name
 
 
 def _strip_routers(params: dict) -> dict:
@@ -514,7 +507,7 @@ def run_sweep(settings: SweepSettings = SweepSettings(), *, backend: str | None 
                         "preset": name, "mode": mode, "input": pa_config.encoder_input,
                         "head": pa_config.head, "input_length": length,
                         "audio_seconds": seconds, "n": n, "r": r, "k": k,
-                        "attention": attention, "variant": _variant_name(attention, s.router),
+                        "attention": attention, "variant": name_of(attention, s.router),
                         "num_heads": config.num_heads,
                         "num_kv_heads": config.num_kv_heads, "batch_size": s.batch_size,
                         "decode_length": (s.decode_length if mode == "generate" and not ctc

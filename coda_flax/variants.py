@@ -1,8 +1,9 @@
 """The model variants by name, declared once: the gin variant files (gin/variants/<name>.gin
 bind exactly these settings; tests/test_variants.py parses each), the paper tables' rows
 (configs/tableN.py name a variant's gin file; experiments/paper_tables.validate_table refuses any
-other) and `coda bench`'s rows (bench.bench_config builds the listed variant of its attention and
-router) are these.
+other) and `coda bench`'s rows (each names its attention and router's variant, name_of; one outside
+the list by a derived name) are these; the demo's variants are these at its r
+(experiments/demo_runs.demo_variant).
 
     VARIANTS                      name -> Variant, in the papers' order
     Variant.coda(reduction)       its CodaConfig at r = reduction (None: dense); a variant with
@@ -10,6 +11,8 @@ router) are these.
     Variant.gin_file              "variants/<name>.gin" (a file of the packaged gin folder)
     by_gin_file(path)             the Variant a table's variant_gin names
     routed(attention, router)     the routed variant with this attention and router, if listed
+    name_of(attention, router)    that variant's name, else "<router>_<attention>" (`coda bench`'s
+                                  grid rows: every row names what ran)
 
 A variant that takes r reads it from the gin macro REDUCTION (DEFAULT_REDUCTION when unset).
 """
@@ -59,6 +62,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             summary="router ablation: a sigmoid gate as f(s), k-to-k"),
     Variant("coda_first_k", dict(attention="k_to_k", router="first_k"),
             summary="router ablation: truncation to the first k tokens, k-to-k"),
+    Variant("coda_k_to_k_exact", dict(attention="k_to_k", router="soft_topk", solver="exact"),
+            summary="CoDA, k-to-k, soft top-k solved exactly instead of by coordinate descent"),
 )}
 
 
@@ -75,13 +80,20 @@ def by_gin_file(path: str) -> Variant:
 
 
 def routed(attention: str, router: str) -> Variant | None:
-    """The listed routed variant (r set per run) with this attention and router; None when
-    the combination is not one of the list (e.g. a sigmoid gate with k-to-all attention)."""
+    """The listed routed variant (r set per run) with this attention and router and no other
+    setting (the exact solver's variant is not one); None when the combination is not one of
+    the list (e.g. a sigmoid gate with k-to-all attention)."""
     for v in VARIANTS.values():
-        if v.fields and v.reduction is None and (v.fields["attention"], v.fields["router"]) == (
-                attention, router):
+        if v.reduction is None and v.fields == dict(attention=attention, router=router):
             return v
     return None
 
 
-__all__ = ["Variant", "VARIANTS", "DEFAULT_REDUCTION", "by_gin_file", "routed"]
+def name_of(attention: str, router: str) -> str:
+    """The name of the routed variant with this attention and router: the listed one's
+    (routed), else "<router>_<attention>" ("sigmoid_k_to_all")."""
+    listed = routed(attention, router)
+    return listed.name if listed else f"{router}_{attention}"
+
+
+__all__ = ["Variant", "VARIANTS", "DEFAULT_REDUCTION", "by_gin_file", "routed", "name_of"]

@@ -98,6 +98,17 @@ def test_sweep_json_schema(tiny_sweep, tmp_path):
             row["measured_speedup"] / row["flop_speedup"])
 
 
+def test_every_grid_row_names_what_ran_listed_or_derived():
+    # attention x router is a grid: sigmoid with k-to-k is a listed variant (coda_sigmoid),
+    # with k-to-all it is not, and gets the derived <router>_<attention> name
+    settings = bench.SweepSettings(presets=(TINY,), lengths=(12,), reductions=(3,),
+                                   attentions=("k_to_all", "k_to_k"), modes=("encode",),
+                                   batch_size=2, num_layers=1, router="sigmoid", **FAST)
+    rows = bench.run_sweep(settings)["rows"]
+    assert {row["attention"]: row["variant"] for row in rows} == {
+        "k_to_all": "sigmoid_k_to_all", "k_to_k": "coda_sigmoid"}
+
+
 def test_flop_column_is_summary_flop_speedup(tiny_sweep):
     settings, result = tiny_sweep
     for row in result["rows"]:

@@ -232,6 +232,41 @@ def test_finished_run_of_other_settings_is_set_aside(tmp_path, change):
     assert len(os.listdir(tmp_path / "finetune" / "parallel_adapter")) == 2
 
 
+# the demo's variants as they were written out before they came from coda_flax/variants.py:
+# the run folders (finetune/<name>/seed<seed>) and results.json's "config" are keyed by them
+DEMO_VARIANTS = (
+    ("full_finetuning", None, "dense", None),
+    ("parallel_adapter", dict(reduction=1), "parallel_adapter", None),
+    ("coda_r3_k_to_all", dict(reduction=3, attention="k_to_all"), "coda_k_to_all", 3),
+    ("coda_r3_k_to_k", dict(reduction=3, attention="k_to_k"), "coda_k_to_k", 3),
+    ("coda_r5_k_to_all", dict(reduction=5, attention="k_to_all"), "coda_k_to_all", 5),
+    ("coda_r5_k_to_k", dict(reduction=5, attention="k_to_k"), "coda_k_to_k", 5),
+    ("sigmoid_r3_k_to_k", dict(reduction=3, attention="k_to_k", router="sigmoid"),
+     "coda_sigmoid", 3),
+    ("first_k_r3_k_to_k", dict(reduction=3, attention="k_to_k", router="first_k"),
+     "coda_first_k", 3),
+    ("first_k_r5_k_to_k", dict(reduction=5, attention="k_to_k", router="first_k"),
+     "coda_first_k", 5),
+    ("coda_r10_k_to_k", dict(reduction=10, attention="k_to_k"), "coda_k_to_k", 10),
+    ("coda_r20_k_to_k", dict(reduction=20, attention="k_to_k"), "coda_k_to_k", 20),
+    ("coda_r20_k_to_k_exact", dict(reduction=20, attention="k_to_k", solver="exact"),
+     "coda_k_to_k_exact", 20),
+)
+
+
+def test_the_demo_variants_are_listed_variants_at_the_demo_r_under_their_old_names():
+    from coda_flax.variants import VARIANTS
+    assert demo_runs.VARIANTS == tuple((name, fields) for name, fields, _, _ in DEMO_VARIANTS)
+    assert json.dumps(demo_runs.VARIANTS) == json.dumps(  # results.json: same keys, same order
+        [(name, fields) for name, fields, _, _ in DEMO_VARIANTS])
+    s = demo.QUICK
+    for name, _, listed, r in DEMO_VARIANTS:
+        assert demo_runs.demo_variant(listed, r)[0] == name
+        coda = demo_runs.finetune_run(s, 100, name, 0, "/backbone/final", {}).model.coda
+        want = VARIANTS[listed].coda(r)
+        assert coda == (want and dataclasses.replace(want, adapter_dim=s.adapter_dim)), name
+
+
 def test_finetune_runs_put_seeds_outer_and_one_seed_variants_first_seed_only():
     s = dataclasses.replace(demo.QUICK, seeds=(3, 7), one_seed=("coda_r3_k_to_all",))
     variants = [v for v in demo.VARIANTS if v[0] in ("coda_r3_k_to_all", "parallel_adapter",

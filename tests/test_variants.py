@@ -8,10 +8,11 @@ import os
 import gin
 import pytest
 
-from coda_flax.config import CodaConfig
+from coda_flax.config import ATTENTION_VARIANTS, CodaConfig
 from coda_flax.experiments import paper_tables as pt
 from coda_flax.resources import GIN_DIR
-from coda_flax.variants import VARIANTS, by_gin_file, routed
+from coda_flax.routing import ROUTERS
+from coda_flax.variants import VARIANTS, by_gin_file, name_of, routed
 
 # what each gin file should bind, written out by hand (the variant files' own comments)
 EXPECTED = {
@@ -21,6 +22,7 @@ EXPECTED = {
     "coda_k_to_k": dict(attention="k_to_k", router="soft_topk"),
     "coda_sigmoid": dict(attention="k_to_k", router="sigmoid"),
     "coda_first_k": dict(attention="k_to_k", router="first_k"),
+    "coda_k_to_k_exact": dict(attention="k_to_k", router="soft_topk", solver="exact"),
 }
 
 
@@ -69,6 +71,18 @@ def test_bench_models_and_rows_are_the_listed_variants():
         assert routed(attention, router).name == name
         assert config.coda == CodaConfig(reduction=5, attention=attention, router=router,
                                          adapter_dim=config.coda.adapter_dim)
-        assert bench._variant_name(attention, router) == name
+        assert name_of(attention, router) == name
     assert routed("k_to_all", "sigmoid") is None              # not a listed variant
-    assert bench._variant_name("k_to_all", "first_k") is None
+    # the exact solver's variant sets a third field: not the plain k-to-k soft top-k one
+    assert routed("k_to_k", "soft_topk").name == "coda_k_to_k"
+
+
+def test_every_bench_grid_combination_has_a_name_listed_or_derived():
+    # by hand: the listed routed variants by their names, the rest <router>_<attention>
+    want = {("k_to_all", "soft_topk"): "coda_k_to_all", ("k_to_k", "soft_topk"): "coda_k_to_k",
+            ("k_to_k", "sigmoid"): "coda_sigmoid", ("k_to_k", "first_k"): "coda_first_k",
+            ("k_to_all", "sigmoid"): "sigmoid_k_to_all",
+            ("k_to_all", "first_k"): "first_k_k_to_all"}
+    assert {(a, r) for a in ATTENTION_VARIANTS for r in ROUTERS} == set(want)
+    for (attention, router), name in want.items():
+        assert name_of(attention, router) == name

@@ -2,7 +2,8 @@
 model, tasks and the experiment runner's Run specs.
 
     DemoSettings, QUICK       sizes, steps and seeds (the default run; the quick one for tests)
-    VARIANTS, QUICK_VARIANTS  (name, CodaConfig fields) of paper Table 3's rows and beyond
+    VARIANTS, QUICK_VARIANTS  (name, CodaConfig fields) of paper Table 3's rows and beyond:
+                              coda_flax/variants.py's variants at the demo's r (demo_variant)
     model_config(s, vocab, coda)           the demo's T5 (dense when coda is None)
     prepare_task(s, data_dir)              Shakespeare, its vocabulary and the needle tasks
     pretrain_run(s, vocab, options)        the dense backbone's Run
@@ -18,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from coda_flax import config
+from coda_flax import config, variants
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.experiments.runner import Run
 
@@ -76,24 +77,35 @@ QUICK = DemoSettings(d_model=32, num_heads=2, head_dim=16, d_ff=64, num_encoder_
 
 QUICK_VARIANTS = ("parallel_adapter", "coda_r3_k_to_all", "first_k_r5_k_to_k")
 
-# (name, CodaConfig fields); None = full finetuning of the dense pretrained model. The router
-# ablations use k-to-k, as the paper's Table 3 does.
-VARIANTS = (
-    ("full_finetuning", None),
-    ("parallel_adapter", dict(reduction=1)),
-    ("coda_r3_k_to_all", dict(reduction=3, attention="k_to_all")),
-    ("coda_r3_k_to_k", dict(reduction=3, attention="k_to_k")),
-    ("coda_r5_k_to_all", dict(reduction=5, attention="k_to_all")),
-    ("coda_r5_k_to_k", dict(reduction=5, attention="k_to_k")),
-    ("sigmoid_r3_k_to_k", dict(reduction=3, attention="k_to_k", router="sigmoid")),
-    ("first_k_r3_k_to_k", dict(reduction=3, attention="k_to_k", router="first_k")),
-    ("first_k_r5_k_to_k", dict(reduction=5, attention="k_to_k", router="first_k")),
+
+def demo_variant(variant: str, reduction: float | None = None) -> tuple[str, dict | None]:
+    """(the demo's name, CodaConfig fields) of a variant of coda_flax/variants.py at r =
+    reduction: the dense one as "full_finetuning" (None: every parameter trains), one with a
+    fixed r by its own name, a routed one as <"coda" | its router>_r<r>_<attention>, plus
+    _<solver> when it sets one ("first_k_r5_k_to_k", "coda_r20_k_to_k_exact")."""
+    v = variants.VARIANTS[variant]
+    if v.fields is None:
+        return "full_finetuning", None
+    if v.reduction is not None:
+        return v.name, {**v.fields, "reduction": v.reduction}
+    f = v.fields
+    name = (f"{'coda' if f['router'] == 'soft_topk' else f['router']}_r{reduction:g}_"
+            f"{f['attention']}" + (f"_{f['solver']}" if "solver" in f else ""))
+    # r first and the default router unnamed: the fields as the demo's results.json records them
+    return name, {"reduction": reduction, **{key: x for key, x in f.items()
+                                             if (key, x) != ("router", "soft_topk")}}
+
+
+# (name, CodaConfig fields) of coda_flax/variants.py's variants at the demo's r; None = full
+# finetuning of the dense pretrained model. The router ablations use k-to-k, as the paper's
+# Table 3 does.
+VARIANTS = tuple(demo_variant(*v) for v in (
+    ("dense",), ("parallel_adapter",),
+    ("coda_k_to_all", 3), ("coda_k_to_k", 3), ("coda_k_to_all", 5), ("coda_k_to_k", 5),
+    ("coda_sigmoid", 3), ("coda_first_k", 3), ("coda_first_k", 5),
     # past the paper's r: how few routed tokens still carry the needle, and does training with
     # the exact solver (instead of coordinate descent) change that
-    ("coda_r10_k_to_k", dict(reduction=10, attention="k_to_k")),
-    ("coda_r20_k_to_k", dict(reduction=20, attention="k_to_k")),
-    ("coda_r20_k_to_k_exact", dict(reduction=20, attention="k_to_k", solver="exact")),
-)
+    ("coda_k_to_k", 10), ("coda_k_to_k", 20), ("coda_k_to_k_exact", 20)))
 
 
 def model_config(s: DemoSettings, vocab_size: int, coda: CodaConfig | None) -> ModelConfig:

@@ -101,14 +101,13 @@ class CodaTrainer(trainer_lib.Trainer):
         self._compiled: dict[int, Any] = {}             # k -> compiled train step
 
     # ------------------------------------------------------------ the k plan
-    def k_plan(self, n: int) -> KPlan:
-        """The k of every step for encoder inputs of n tokens (coda_flax.kplan)."""
-        return KPlan.for_run(self._model.config.coda, n, self.k_schedule_steps,
-                             self.k_anneal_fraction, self.k_anneal_stages)
-
     def _set_length(self, batch) -> None:
+        """self.plan from the first batch's encoder length n (coda_flax.kplan.KPlan.for_run)."""
         if self.plan is None:
-            self.plan = self.k_plan(int(batch["encoder_input_tokens"].shape[1]))
+            self.plan = KPlan.for_run(self._model.config.coda,
+                                      int(batch["encoder_input_tokens"].shape[1]),
+                                      self.k_schedule_steps, self.k_anneal_fraction,
+                                      self.k_anneal_stages)
 
     # ------------------------------------------------------------ the train step
     def _step_for(self, k: int):

@@ -15,6 +15,7 @@ so evaluation can report per-label loss.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping
 
 import jax.numpy as jnp
@@ -39,7 +40,6 @@ class CodaCtcModel:
                              "ModelConfig.from_preset('speech_base')); use CodaT5Model for "
                              "encoder-decoder models.")
         self.config = config
-        self.k = k
         self.module = EncoderCtc(config, k=k)
         self.blank_id = blank_id
         self.output_vocabulary = output_vocabulary
@@ -55,9 +55,11 @@ class CodaCtcModel:
                             output_vocabulary=self.output_vocabulary)
 
     def with_k(self, k: int | None) -> "CodaCtcModel":
-        """This model with each CoDA encoder layer routing k tokens (a k plan stage)."""
-        return CodaCtcModel(self.config, blank_id=self.blank_id,
-                            output_vocabulary=self.output_vocabulary, k=k)
+        """A copy of this model whose module is `EncoderCtc(config, k=k)`: each CoDA encoder
+        layer routes k tokens (a k plan stage)."""
+        model = copy.copy(self)
+        model.module = EncoderCtc(self.config, k=k)
+        return model
 
     def __repr__(self):
         return f"CodaCtcModel({self.config!r})"

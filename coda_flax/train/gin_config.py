@@ -41,9 +41,10 @@ def _register_configurables():
 def flat_train():
     """run.train with flat keyword arguments, as gin binds it: `train.NAME` for each field of
     the settings groups (train.train_steps, train.model_dir, ...; the run files' names) and for
-    run.train's other arguments; `settings.train_arguments` groups them."""
-    def train(**flat):
-        return run.train(**train_arguments(**flat))
+    run.train's other arguments; `settings.train_arguments` groups them. The model config
+    goes to run.train as gin built it."""
+    def train(*, model_config, **flat):
+        return run.train(model_config=model_config, **train_arguments(**flat))
 
     parameters = []
     for p in inspect.signature(run.train).parameters.values():

@@ -283,17 +283,50 @@ def train(*, model_config: ModelConfig, data: DataSettings, schedule: ScheduleSe
         MODEL_DIR is locked for the run (a second run there is refused,
         coda_flax/train/lock.py).
     """
-    args = dict(locals())
-    check_settings("train", flat_settings(**args))  # before MODEL_DIR, its lock or config.gin
-    ensure_registered(data.mixture_or_task_name, data.data_dir, data.vocab_path,
-                      data.tfds_data_dir)                                            # data too
+    check_settings("train", flat_settings(**locals()))  # before MODEL_DIR, its lock, config.gin
+    task = ensure_registered(data.mixture_or_task_name, data.data_dir, data.vocab_path,
+                             data.tfds_data_dir)                                     # data too
     import contextlib
 
+    from coda_flax.checkpoints import save_checkpoint
     from coda_flax.train.lock import ModelDirLock
+    model_dir, lengths = checkpoints.model_dir, data.task_feature_lengths
     # one run per MODEL_DIR: refused before anything in it (config.gin, metrics) is touched
-    with (ModelDirLock(checkpoints.model_dir) if jax.process_index() == 0
-          else contextlib.nullcontext()):
-        return _train(**args)
+    with (ModelDirLock(model_dir) if jax.process_index() == 0 else contextlib.nullcontext()):
+        if jax.process_index() == 0:   # the datasets' hashes: recorded, compared when resuming
+            provenance.check_run(model_dir, provenance.fingerprint(data.mixture_or_task_name))
+        for name, text in (extra_files or {}).items():        # e.g. the resolved gin config
+            with open(os.path.join(model_dir, name), "w") as f:
+                f.write(text)
+        model = make_model(model_config, z_loss=optimizer.z_loss,
+                           label_smoothing=optimizer.label_smoothing)
+        # the data first: a missing file fails before any checkpoint machinery exists
+        batches = seqio_batches(data.mixture_or_task_name, lengths, data.batch_size, "train",
+                                seed=seed, feature_converter_cls=model.FEATURE_CONVERTER_CLS)
+        trainer = Trainer(model, trainer_config(schedule, checkpoints, optimizer, evaluation,
+                                                guard, seed=seed, num_partitions=num_partitions,
+                                                log_every=log_every, progress=progress))
+        state = trainer.init_state(_input_shapes(model_config, lengths, data.batch_size),
+                                   _initial_params(model_config,
+                                                   checkpoints.initial_checkpoint_path))
+        evals = {}
+
+        def eval_fn(params, step):
+            evals[step] = evaluate_params(model, params, task, lengths, evaluation.eval_split,
+                                          evaluation.eval_batch_size,
+                                          evaluation.eval_max_examples)
+            return evals[step]
+        try:
+            state, history = trainer.train(state, batches,
+                                           n=encoder_length(model_config, lengths["inputs"]),
+                                           eval_fn=eval_fn)
+        finally:            # orbax's background threads end here, not at interpreter exit
+            trainer.checkpoints.close()
+        params = jax.device_get(trainer.params(state))
+        if jax.process_index() == 0:
+            save_checkpoint(os.path.join(model_dir, "final"), params, model_config,
+                            overwrite=True)
+    return {"params": params, "history": history, "eval": evals.get(max(evals, default=-1))}
 
 
 def trainer_config(schedule: ScheduleSettings, checkpoints: CheckpointSettings,
@@ -311,45 +344,6 @@ def trainer_config(schedule: ScheduleSettings, checkpoints: CheckpointSettings,
         k_anneal_fraction=schedule.k_anneal_fraction, k_anneal_stages=schedule.k_anneal_stages,
         parameter_scale=optimizer.parameter_scale, progress=progress,
         max_abs_param=guard.max_abs_param, max_update_ratio=guard.max_update_ratio)
-
-
-def _train(*, model_config, data, schedule, checkpoints, optimizer, evaluation, guard, seed,
-           num_partitions, log_every, progress, extra_files):
-    from coda_flax.checkpoints import save_checkpoint
-    task = ensure_registered(data.mixture_or_task_name, data.data_dir, data.vocab_path,
-                             data.tfds_data_dir)
-    model_dir, lengths = checkpoints.model_dir, data.task_feature_lengths
-    if jax.process_index() == 0:   # the datasets' hashes: recorded, compared when resuming
-        provenance.check_run(model_dir, provenance.fingerprint(data.mixture_or_task_name))
-    for name, text in (extra_files or {}).items():        # e.g. the resolved gin config
-        with open(os.path.join(model_dir, name), "w") as f:
-            f.write(text)
-    model = make_model(model_config, z_loss=optimizer.z_loss,
-                       label_smoothing=optimizer.label_smoothing)
-    # the data first: a missing file fails before any checkpoint machinery exists
-    batches = seqio_batches(data.mixture_or_task_name, lengths, data.batch_size, "train",
-                            seed=seed, feature_converter_cls=model.FEATURE_CONVERTER_CLS)
-    trainer = Trainer(model, trainer_config(schedule, checkpoints, optimizer, evaluation, guard,
-                                            seed=seed, num_partitions=num_partitions,
-                                            log_every=log_every, progress=progress))
-    state = trainer.init_state(_input_shapes(model_config, lengths, data.batch_size),
-                               _initial_params(model_config, checkpoints.initial_checkpoint_path))
-
-    evals = {}
-
-    def eval_fn(params, step):
-        evals[step] = evaluate_params(model, params, task, lengths, evaluation.eval_split,
-                                      evaluation.eval_batch_size, evaluation.eval_max_examples)
-        return evals[step]
-    n = encoder_length(model_config, lengths["inputs"])
-    try:
-        state, history = trainer.train(state, batches, n=n, eval_fn=eval_fn)
-    finally:            # orbax's background threads end here, not at interpreter exit
-        trainer.checkpoints.close()
-    params = jax.device_get(trainer.params(state))
-    if jax.process_index() == 0:
-        save_checkpoint(os.path.join(model_dir, "final"), params, model_config, overwrite=True)
-    return {"params": params, "history": history, "eval": evals.get(max(evals, default=-1))}
 
 
 def evaluate(*, model_config: ModelConfig | None = None, checkpoint_path: str,

@@ -16,6 +16,7 @@ binds the constructor's arguments at the edges.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Mapping, MutableMapping
 
 import jax
@@ -57,7 +58,6 @@ class CodaT5Model:
         if isinstance(loss_normalizing_factor, str):
             losses._as_special(loss_normalizing_factor)            # fail early on a typo
         self.config = config
-        self.k = k
         self.module = EncoderDecoder(config, k=k)
         self.z_loss = z_loss
         self.label_smoothing = label_smoothing
@@ -87,9 +87,12 @@ class CodaT5Model:
         return CodaT5Model(config, **self._settings)
 
     def with_k(self, k: int | None) -> "CodaT5Model":
-        """This model with each CoDA encoder layer routing k tokens (a k plan stage,
-        coda_flax.kplan; None: config.coda.k(n)); the parameters are the same."""
-        return CodaT5Model(self.config, k=k, **self._settings)
+        """A copy of this model whose module is `EncoderDecoder(config, k=k)`: each CoDA encoder
+        layer routes k tokens (a k plan stage, coda_flax.kplan; None: config.coda.k(n)); the
+        config, settings and parameters are the same."""
+        model = copy.copy(self)
+        model.module = EncoderDecoder(self.config, k=k)
+        return model
 
     def __repr__(self):
         return f"CodaT5Model({self.config!r})"

@@ -2,8 +2,9 @@
 
     for each step:  k stage -> jitted step (compiled once per stage) -> metrics -> checkpoint
 
-The k stages are the k plan's (coda_flax/kplan.py: KPlan.for_run over total_steps,
-k_anneal_fraction, k_anneal_stages); each stage's step runs `model.with_k(k)`.
+The k stages are the k plan's (coda_flax/kplan.py: `train` calls KPlan.for_run of the model's
+CodaConfig over total_steps, k_anneal_fraction, k_anneal_stages, kept as `Trainer.plan`); each
+stage's step runs `model.with_k(k)`.
 
 Only trainable parameters (finetuning: adapters, routers, layer norms) are differentiated and
 updated; the frozen backbone is passed through untouched. A run resumes exactly from its
@@ -118,6 +119,7 @@ class Trainer:
         self.lr = learning_rate_schedule(config.schedule, config.learning_rate,
                                          config.warmup_steps, config.total_steps)
         self.optimizer = adafactor(self.lr, config.parameter_scale)
+        self.plan: KPlan | None = None          # the run's k plan, once train knows n
         self.compiled_stages: dict[int, Callable] = {}
         self.trace_count = 0
         self._init_cache: dict[tuple, tuple] = {}
@@ -131,11 +133,6 @@ class Trainer:
                                                  create=True))
 
     # ---------------------------------------------------------------- state
-    def k_plan(self, n: int) -> KPlan:
-        """The k of every step for encoder inputs of n tokens (coda_flax.kplan)."""
-        return KPlan.for_run(self.model.config.coda, n, self.cfg.total_steps,
-                             self.cfg.k_anneal_fraction, self.cfg.k_anneal_stages)
-
     def init_state(self, input_shapes: Mapping[str, tuple], initial_params=None):
         """Sharded params (fresh or from `initial_params`), optimizer state, step 0.
 
@@ -335,96 +332,95 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def train(self, state, batches: BatchesFn, n: int, eval_fn=None, resume: bool = True):
-        """Runs to cfg.total_steps; returns (state, history of logged metrics)."""
-        lock = (ModelDirLock(self.cfg.model_dir) if jax.process_index() == 0
-                else contextlib.nullcontext())         # one lock per run, held by process 0
-        with lock:
-            return self._train(state, batches, n, eval_fn, resume)
-
-    def _train(self, state, batches: BatchesFn, n: int, eval_fn, resume: bool):
+        """Runs to cfg.total_steps over encoder inputs of n tokens, each step's k from the run's
+        k plan (self.plan: KPlan.for_run of the model's CodaConfig); returns (state, history of
+        logged metrics). MODEL_DIR is locked meanwhile (by process 0)."""
         cfg = self.cfg
-        start_position = 0
-        if resume:
-            restored = self.restore_latest(state)
-            if restored is not None:
-                state, start_position = restored
-        plan = self.k_plan(n)
-        vocab_size = getattr(getattr(self.model, "config", None), "vocab_size", None)
-        history: list[dict] = []
-        stop = {"signal": None}
-        previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
-        writer = MetricsWriter(cfg.model_dir)
-        step = state["step"]
-        bar = tqdm(total=cfg.total_steps, initial=step, disable=not cfg.progress,
-                   desc="train", dynamic_ncols=True)
-        data = batches(start_position)
-        position = start_position
-        t0, tokens = time.time(), 0
+        with (ModelDirLock(cfg.model_dir) if jax.process_index() == 0
+              else contextlib.nullcontext()):
+            start_position = 0
+            if resume:
+                restored = self.restore_latest(state)
+                if restored is not None:
+                    state, start_position = restored
+            self.plan = plan = KPlan.for_run(self.model.config.coda, n, cfg.total_steps,
+                                             cfg.k_anneal_fraction, cfg.k_anneal_stages)
+            vocab_size = getattr(getattr(self.model, "config", None), "vocab_size", None)
+            history: list[dict] = []
+            stop = {"signal": None}
+            previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
+            writer = MetricsWriter(cfg.model_dir)
+            step = state["step"]
+            bar = tqdm(total=cfg.total_steps, initial=step, disable=not cfg.progress,
+                       desc="train", dynamic_ncols=True)
+            data = batches(start_position)
+            position = start_position
+            t0, tokens = time.time(), 0
 
-        def preempt_if_signalled():
-            if stop["signal"] is not None:
-                self.save(state, position, force=True)     # a no-op when this step is saved
-                raise Preempted(f"signal {stop['signal']}: saved step {step} in "
-                                f"{cfg.model_dir}/checkpoints; run again to resume.")
-        try:
-            while step < cfg.total_steps:
-                batch = next(data)
-                position += 1
-                if vocab_size:
-                    check_token_ids(batch, vocab_size, f"training batch {position}")
-                k = plan.k_at(step)
-                fn = self._step_fn(k)
-                rng = jax.random.fold_in(state["rng"], step)
-                with jax.set_mesh(self.mesh):
-                    sharded = partitioning.shard_batch(batch, self.mesh)
-                    trainable, opt_state, metrics = fn(state["trainable"], state["frozen"],
-                                                       state["opt_state"], sharded, rng)
-                loss = float(metrics["loss"])
-                reason = self.divergence(metrics)
-                if reason is not None:      # the update is dropped: nothing of it is saved
-                    writer.write(step + 1, {"k": k, "reason": reason, **{
-                        name: float(v) for name, v in metrics.items()}}, "diverged")
-                    last = self.checkpoints.latest_step()
-                    raise TrainingDiverged(
-                        f"training diverged at step {step + 1}: {reason}; the update was not "
-                        f"kept or saved. The last good checkpoint is "
-                        f"{'step ' + str(last) if last is not None else 'none'} in "
-                        f"{cfg.model_dir}/checkpoints: rerun with a lower learning rate (it "
-                        f"resumes from {'step ' + str(last) if last is not None else 'scratch'})"
-                        f" or check the data.")
-                state = dict(state, trainable=trainable, opt_state=opt_state, step=step + 1)
-                step += 1
-                inputs = np.asarray(batch["encoder_input_tokens"])
-                if inputs.ndim == 3:               # patches / frames: column 0 is the position
-                    inputs = inputs[..., 0]
-                tokens += int(np.sum(np.asarray(batch["decoder_loss_weights"]) > 0)) + int(
-                    np.sum(inputs > 0))
-                if step % cfg.log_every == 0 or step == cfg.total_steps:
-                    elapsed = max(time.time() - t0, 1e-9)
-                    row = {"step": step, "k": k, "learning_rate": float(self.lr(step)),
-                           "tokens_per_s": tokens / elapsed,
-                           **{name: float(v) for name, v in metrics.items()}}
-                    history.append(row)
-                    writer.write(step, row, "train")
-                    # The step's loss is a sum over target tokens (T5X's loss_fn); the bar shows
-                    # it per token, the number to compare across batch sizes and lengths.
-                    per_token = loss / max(float(metrics.get("weight_sum", 1.0)), 1.0)
-                    bar.set_postfix(loss_per_token=f"{per_token:.4f}", k=k,
-                                    tok_s=f"{row['tokens_per_s']:.0f}")
-                    t0, tokens = time.time(), 0
-                bar.update(1)
-                if eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0:
+            def preempt_if_signalled():
+                if stop["signal"] is not None:
+                    self.save(state, position, force=True)     # a no-op when this step is saved
+                    raise Preempted(f"signal {stop['signal']}: saved step {step} in "
+                                    f"{cfg.model_dir}/checkpoints; run again to resume.")
+            try:
+                while step < cfg.total_steps:
+                    batch = next(data)
+                    position += 1
+                    if vocab_size:
+                        check_token_ids(batch, vocab_size, f"training batch {position}")
+                    k = plan.k_at(step)
+                    fn = self._step_fn(k)
+                    rng = jax.random.fold_in(state["rng"], step)
+                    with jax.set_mesh(self.mesh):
+                        sharded = partitioning.shard_batch(batch, self.mesh)
+                        trainable, opt_state, metrics = fn(state["trainable"], state["frozen"],
+                                                           state["opt_state"], sharded, rng)
+                    loss = float(metrics["loss"])
+                    reason = self.divergence(metrics)
+                    if reason is not None:      # the update is dropped: nothing of it is saved
+                        writer.write(step + 1, {"k": k, "reason": reason, **{
+                            name: float(v) for name, v in metrics.items()}}, "diverged")
+                        last = self.checkpoints.latest_step()
+                        good = "none" if last is None else f"step {last}"
+                        raise TrainingDiverged(
+                            f"training diverged at step {step + 1}: {reason}; the update was not "
+                            f"kept or saved. The last good checkpoint is {good} in "
+                            f"{cfg.model_dir}/checkpoints: rerun with a lower learning rate (it "
+                            f"resumes from {'scratch' if last is None else good}) or check the "
+                            f"data.")
+                    state = dict(state, trainable=trainable, opt_state=opt_state, step=step + 1)
+                    step += 1
+                    inputs = np.asarray(batch["encoder_input_tokens"])
+                    if inputs.ndim == 3:               # patches / frames: column 0 is the position
+                        inputs = inputs[..., 0]
+                    tokens += int(np.sum(np.asarray(batch["decoder_loss_weights"]) > 0)) + int(
+                        np.sum(inputs > 0))
+                    if step % cfg.log_every == 0 or step == cfg.total_steps:
+                        elapsed = max(time.time() - t0, 1e-9)
+                        row = {"step": step, "k": k, "learning_rate": float(self.lr(step)),
+                               "tokens_per_s": tokens / elapsed,
+                               **{name: float(v) for name, v in metrics.items()}}
+                        history.append(row)
+                        writer.write(step, row, "train")
+                        # The step's loss is a sum over target tokens (T5X's loss_fn); the bar shows
+                        # it per token, the number to compare across batch sizes and lengths.
+                        per_token = loss / max(float(metrics.get("weight_sum", 1.0)), 1.0)
+                        bar.set_postfix(loss_per_token=f"{per_token:.4f}", k=k,
+                                        tok_s=f"{row['tokens_per_s']:.0f}")
+                        t0, tokens = time.time(), 0
+                    bar.update(1)
+                    if eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                        writer.write(step, eval_fn(self.params(state), step), "eval")
+                    if step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
+                        self.save(state, position)
+                    preempt_if_signalled()
+                if eval_fn is not None and step == cfg.total_steps:
                     writer.write(step, eval_fn(self.params(state), step), "eval")
-                if step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
-                    self.save(state, position)
-                preempt_if_signalled()
-            if eval_fn is not None and step == cfg.total_steps:
-                writer.write(step, eval_fn(self.params(state), step), "eval")
-            preempt_if_signalled()                 # SIGTERM during the final evaluation
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            bar.close()
-            writer.close()
+                preempt_if_signalled()                 # SIGTERM during the final evaluation
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+                bar.close()
+                writer.close()
         return state, history
 
 
