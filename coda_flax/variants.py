@@ -11,6 +11,8 @@ the list by a derived name) are these; the demo's variants are these at its r
     Variant.gin_file              "variants/<name>.gin" (a file of the packaged gin folder)
     by_gin_file(path)             the Variant a table's variant_gin names
     routed(attention, router)     the routed variant with this attention and router, if listed
+    coda_at(r, attention, router, **fields)   its CodaConfig at r (r = 1: the Parallel
+                                  Adapter) with other fields set (the claims' runs)
     name_of(attention, router)    that variant's name, else "<router>_<attention>" (`coda bench`'s
                                   grid rows: every row names what ran)
 
@@ -89,6 +91,18 @@ def routed(attention: str, router: str) -> Variant | None:
     return None
 
 
+def coda_at(r: float, attention: str = "k_to_all", router: str = "soft_topk", **fields
+            ) -> CodaConfig:
+    """The CodaConfig of the listed variant with this attention and router at r (r = 1: the
+    Parallel Adapter), other CodaConfig fields (adapter_dim, ...) replaced by `fields`;
+    ValueError for a combination outside the list."""
+    listed = VARIANTS["parallel_adapter"] if r == 1 else routed(attention, router)
+    if listed is None:
+        raise ValueError(f"router {router!r} with {attention!r} attention is not a listed "
+                         f"variant; use one of {sorted(VARIANTS)} (coda_flax/variants.py).")
+    return dataclasses.replace(listed.coda(r), **fields)
+
+
 def name_of(attention: str, router: str) -> str:
     """The name of the routed variant with this attention and router: the listed one's
     (routed), else "<router>_<attention>" ("sigmoid_k_to_all")."""
@@ -96,4 +110,5 @@ def name_of(attention: str, router: str) -> str:
     return listed.name if listed else f"{router}_{attention}"
 
 
-__all__ = ["Variant", "VARIANTS", "DEFAULT_REDUCTION", "by_gin_file", "routed", "name_of"]
+__all__ = ["Variant", "VARIANTS", "DEFAULT_REDUCTION", "by_gin_file", "routed", "coda_at",
+           "name_of"]

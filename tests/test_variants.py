@@ -12,7 +12,7 @@ from coda_flax.config import ATTENTION_VARIANTS, CodaConfig
 from coda_flax.experiments import paper_tables as pt
 from coda_flax.resources import GIN_DIR
 from coda_flax.routing import ROUTERS
-from coda_flax.variants import VARIANTS, by_gin_file, name_of, routed
+from coda_flax.variants import VARIANTS, by_gin_file, coda_at, name_of, routed
 
 # what each gin file should bind, written out by hand (the variant files' own comments)
 EXPECTED = {
@@ -86,3 +86,13 @@ def test_every_bench_grid_combination_has_a_name_listed_or_derived():
     assert {(a, r) for a in ATTENTION_VARIANTS for r in ROUTERS} == set(want)
     for (attention, router), name in want.items():
         assert name_of(attention, router) == name
+
+
+def test_coda_at_builds_the_listed_variant_at_r_with_other_fields_set():
+    # by hand: the CodaConfig each claims run wrote out field by field before coda_at
+    assert coda_at(1, adapter_dim=16) == CodaConfig(reduction=1, adapter_dim=16)
+    assert coda_at(5, "k_to_k", "sigmoid", adapter_dim=8) == CodaConfig(
+        reduction=5, attention="k_to_k", router="sigmoid", adapter_dim=8)
+    assert coda_at(3) == CodaConfig(reduction=3, attention="k_to_all", router="soft_topk")
+    with pytest.raises(ValueError, match="'sigmoid' with 'k_to_all'.*not a listed variant"):
+        coda_at(3, "k_to_all", "sigmoid")

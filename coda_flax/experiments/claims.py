@@ -33,7 +33,7 @@ import os
 import time
 from typing import Callable
 
-from coda_flax import config
+from coda_flax import config, variants
 from coda_flax.analysis import claims as verdicts
 from coda_flax.analysis.estimates import difference, estimate, separated
 from coda_flax.config import CodaConfig, ModelConfig
@@ -130,11 +130,9 @@ def text_model(s: ClaimsScale, vocab_size: int, d_model: int, coda: CodaConfig |
 
 
 def coda(s: ClaimsScale, r: float, attention: str = "k_to_all", router: str = "soft_topk"):
-    """The CodaConfig of a variant (r = 1: the Parallel Adapter, no router)."""
-    if r == 1:
-        return CodaConfig(reduction=1, adapter_dim=s.adapter_dim)
-    return CodaConfig(reduction=r, attention=attention, router=router,
-                      adapter_dim=s.adapter_dim)
+    """The CodaConfig of a listed variant at r with the scale's adapter (r = 1: the Parallel
+    Adapter, no router)."""
+    return variants.coda_at(r, attention, router, adapter_dim=s.adapter_dim)
 
 
 # ------------------------------------------------------------------------------ stage 1: data

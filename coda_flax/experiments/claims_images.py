@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from coda_flax import variants
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.experiments import pipeline
 from coda_flax.experiments.runner import Run, execute, execute_all
@@ -77,9 +78,7 @@ def image_runs(s, data: dict, data_dir) -> dict[str, Run]:
     out = {}
     for r in (1, *s.image_rates):
         name = "pa" if r == 1 else f"coda_r{r}"
-        cfg = (CodaConfig(reduction=1, adapter_dim=s.adapter_dim) if r == 1 else
-               CodaConfig(reduction=r, attention=s.image_attention, router="soft_topk",
-                          adapter_dim=s.adapter_dim))
+        cfg = variants.coda_at(r, s.image_attention, adapter_dim=s.adapter_dim)
         out[f"images/{name}"] = dataclasses.replace(
             dense, name=f"images/{name}/seed0", model=image_model(s, cfg),
             steps=s.image_finetune_steps, trainable="finetune", init=dense,
