@@ -106,6 +106,16 @@ def test_specs_cover_every_claim():
     assert pre.trainable == "all" and pre.steps == s.coda_pretrain_steps
     assert pre.model.coda.reduction == 3 and pre.init.name == "backbone/d64"
     assert all(r.seed == 0 and r.name.endswith("/seed0") for r in runs.values())
+    # k annealed in 4 stages wherever the encoder routes: n, then down to ceil(n / r)
+    from coda_flax.experiments.runner import Run
+    from coda_flax.kplan import KPlan
+    for g, run in runs.items():
+        routed = run.model.coda.reduction > 1
+        assert run.k_anneal_stages == (4 if routed else Run.k_anneal_stages), g
+    plan = KPlan.for_run(runs["n512/d64/coda_r16"].model.coda, 512, s.finetune_steps, 0.2,
+                         runs["n512/d64/coda_r16"].k_anneal_stages)
+    assert [st.k for st in plan.stages] == [512, 352, 192, 32]   # linear, by hand
+    assert pre.k_anneal_stages == 4
     two = claims.with_seed(runs["n512/d64/pa"], 2)
     assert (two.name, two.seed) == ("n512/d64/pa/seed2", 2)
     images = claims.image_runs(s, DATA, None)
