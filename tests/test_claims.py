@@ -120,6 +120,8 @@ def test_specs_cover_every_claim():
     assert (two.name, two.seed) == ("n512/d64/pa/seed2", 2)
     images = claims.image_runs(s, DATA, None)
     assert sorted(images) == ["images/coda_r16", "images/coda_r8", "images/pa"]
+    assert images["images/coda_r16"].k_anneal_stages == 4
+    assert images["images/pa"].k_anneal_stages == Run.k_anneal_stages
     assert images["images/coda_r16"].init.trainable == "all"
     assert claims.stage_of("n512/d64/pa/seed2") == "extra seeds"
     assert claims.stage_of("coda_pretrain/d64/r3") == "pretraining"

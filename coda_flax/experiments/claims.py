@@ -38,7 +38,7 @@ from coda_flax.analysis import claims as verdicts
 from coda_flax.analysis.estimates import difference, estimate, separated
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.experiments import pipeline
-from coda_flax.experiments.claims_images import (image_model, image_runs, image_stage,
+from coda_flax.experiments.claims_images import (anneal, image_model, image_runs, image_stage,
                                                  ink_statistics, prepare_pages, run_images)
 from coda_flax.experiments.runner import Run, execute, execute_all, load
 
@@ -194,13 +194,6 @@ def backbone_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
                        eval_max_examples=s.pretrain_batch,
                        train_options=_options(data_dir, data["vocab"], parameter_scale=True))
             for label, d in s.sizes}
-
-
-def anneal(s: ClaimsScale, cfg: CodaConfig) -> dict:
-    """The Run field of k annealing for a config that routes (s.k_anneal_stages). A Parallel
-    Adapter's plan is k = n whatever the stages, so its runs keep the runner's default (and
-    with it the runs an earlier version trained)."""
-    return {"k_anneal_stages": s.k_anneal_stages} if cfg.reduction > 1 else {}
 
 
 def group(name: str) -> str:

@@ -66,6 +66,13 @@ def _options(data_dir) -> tuple:
             ("progress", False))
 
 
+def anneal(s, cfg: CodaConfig) -> dict:
+    """The Run field of k annealing for a config that routes (s.k_anneal_stages). A Parallel
+    Adapter's plan is k = n whatever the stages, so its runs keep the runner's default (and
+    with it the runs an earlier version trained)."""
+    return {"k_anneal_stages": s.k_anneal_stages} if cfg.reduction > 1 else {}
+
+
 def image_runs(s, data: dict, data_dir) -> dict[str, Run]:
     """{group: Run} of the page task: PA and CoDA (soft top-k, s.image_attention) at
     image_rates from a dense patch model. data: {"pages": the pages' folder, ...}."""
@@ -82,7 +89,7 @@ def image_runs(s, data: dict, data_dir) -> dict[str, Run]:
         out[f"images/{name}"] = dataclasses.replace(
             dense, name=f"images/{name}/seed0", model=image_model(s, cfg),
             steps=s.image_finetune_steps, trainable="finetune", init=dense,
-            k_anneal_stages=2)
+            **{"k_anneal_stages": Run.k_anneal_stages, **anneal(s, cfg)})
     return out
 
 
@@ -255,6 +262,6 @@ def run_images(s, scale: str, output_dir: str, data_dir: str | None, log: Log) -
     return summary
 
 
-__all__ = ["INK_TASK", "image_model", "prepare_pages", "image_runs", "ink_statistics",
+__all__ = ["INK_TASK", "anneal", "image_model", "prepare_pages", "image_runs", "ink_statistics",
            "routed_ink", "combine_seeds", "seeded_ink", "image_table", "image_stage",
            "run_images"]
