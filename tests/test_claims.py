@@ -69,8 +69,13 @@ def test_claim_rows_by_hand():
     assert g["holds"] == YES
     slower = verdicts.claim_g({512: {1: 1.0, 16: 4.0}, 1024: {1: 1.0, 16: 3.0}}, {})
     assert slower["parts"]["n = 1024 faster than n = 512"] == NO
-    d = verdicts.claim_d([(0.05, 0.01), (0.05, 0.01), (0.20, 0.02), (0.06, 0.01)], (0.05, 0.0))
-    assert d["parts"] == {"layer 2: above chance": YES, "layer 3: above chance": NOT_SEPARATED}
+    d = verdicts.claim_d({16: ([(0.05, 0.01), (0.05, 0.01), (0.20, 0.02), (0.06, 0.01)],
+                               (0.05, 0.0)),
+                          8: ([(0.5, 0.01), (0.0, 0.0), (0.30, 0.02), (0.20, 0.01)], (0.05, 0.0))})
+    assert d["parts"] == {"r8 layer 2: above chance": YES, "r8 layer 3: above chance": YES,
+                          "r16 layer 2: above chance": YES,
+                          "r16 layer 3: above chance": NOT_SEPARATED}
+    assert d["holds"] == NOT_SEPARATED and d["ours"].startswith("r8: layer 0 50.0 ± 1.0%")
     table = verdicts.claims_markdown([a, b, c, d, ties, g])
     assert table.startswith("| claim | paper | ours (± SE, seeds) | holds? |")
     assert table.count("\n| ") == 6 and "| b. soft top-k > sigmoid > truncation |" in table

@@ -145,18 +145,22 @@ def claim_g(speedups: Mapping[int, Mapping[float, float]],
     return _row("g", ours, parts)
 
 
-def claim_d(shares: Sequence[tuple[float, float]], chance: tuple[float, float]) -> dict:
-    """shares: per encoder layer, (mean share of routed patches holding ink, its SE over
-    pages); chance: (the page's ink share, its SE). The later half of the layers routes ink
-    above chance (greater)."""
-    num = len(shares)
-    parts = {f"layer {i}: above chance": greater(shares[i][0] - chance[0],
-                                                 (shares[i][1] ** 2 + chance[1] ** 2) ** 0.5)
-             for i in range(num // 2, num)}
-    ours = (", ".join(f"layer {i} {100 * m:.1f} ± {100 * s:.1f}%"
-                      for i, (m, s) in enumerate(shares))
-            + f" of routed patches hold ink; chance (the page's share) {100 * chance[0]:.1f} ± "
-              f"{100 * chance[1]:.1f}%")
+def claim_d(by_rate: Mapping[float, tuple[Sequence[tuple[float, float]], tuple[float, float]]]
+            ) -> dict:
+    """by_rate: {r: (shares, chance)}; shares: per encoder layer, (mean share of routed
+    patches holding ink, its SE); chance: (the page's ink share, its SE). At every r the
+    later half of the layers routes ink above chance (greater)."""
+    parts, texts = {}, []
+    for r, (shares, chance) in sorted(by_rate.items()):
+        num = len(shares)
+        for i in range(num // 2, num):
+            parts[f"r{r:g} layer {i}: above chance"] = greater(
+                shares[i][0] - chance[0], (shares[i][1] ** 2 + chance[1] ** 2) ** 0.5)
+        texts.append(f"r{r:g}: " + ", ".join(f"layer {i} {100 * m:.1f} ± {100 * e:.1f}%"
+                                             for i, (m, e) in enumerate(shares)))
+    chance = next(iter(by_rate.values()))[1]
+    ours = ("; ".join(texts) + f" of routed patches hold ink; chance (the page's share) "
+            f"{100 * chance[0]:.1f} ± {100 * chance[1]:.1f}%")
     return _row("d", ours, parts)
 
 

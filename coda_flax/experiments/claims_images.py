@@ -232,9 +232,9 @@ def image_stage(s, pages: dict, data_dir: str | None, output_dir: str, log: Log)
     top = max(s.image_rates)
     ink = {r: seeded_ink(s, runs[f"images/coda_r{r}"], root, pages["dir"], os.path.join(
         output_dir, "figure7" if r == top else f"figure7_r{r}"), log) for r in s.image_rates}
-    row = verdicts.claim_d(list(zip(ink[top]["routed_ink_share"],
-                                    ink[top]["routed_ink_share_se"])),
-                           (ink[top]["page_ink_share"], ink[top]["page_ink_share_se"]))
+    row = verdicts.claim_d({r: (list(zip(v["routed_ink_share"], v["routed_ink_share_se"])),
+                                (v["page_ink_share"], v["page_ink_share_se"]))
+                            for r, v in ink.items()})
     return {"row": row, "table": image_table(shown, img, pages["words"], ink, top), "ink": ink,
             "accuracy": img, "results": results,
             "run_seconds": {g: results[r.name].get("seconds") for g, r in shown.items()}}
@@ -248,7 +248,7 @@ def run_images(s, scale: str, output_dir: str, data_dir: str | None, log: Log) -
     t0 = time.time()
     log(f"[claims --images-only] pages (scale {scale!r})")
     stage = image_stage(s, prepare_pages(s, data_dir, log), data_dir, output_dir, log)
-    markdown = (f"Claim d at the {scale} scale (images/coda_r{max(s.image_rates)}).\n\n"
+    markdown = (f"Claim d at the {scale} scale (images/coda_r<r>, r in {list(s.image_rates)}).\n\n"
                 + verdicts.claims_markdown([stage["row"]]) + stage["table"])
     with open(os.path.join(output_dir, "images.md"), "w") as f:
         f.write(markdown)
