@@ -101,7 +101,7 @@ class ClaimsScale:
 SCALES = {
     "full": ClaimsScale(),
     "reduced": ClaimsScale(sizes=(("d32", 32), ("d64", 64)), base="d64", lengths=(256, 512),
-                           rates=(1, 3, 5, 8, 16), router_rates=(3, 5), adapter_dim=16,
+                           rates=(1, 3, 5, 8, 16, 32, 64), router_rates=(3, 5), adapter_dim=16,
                            text_train=2000, text_validation=200,
                            pretrain_steps=1000, coda_pretrain_steps=100, finetune_steps=1000,
                            max_seeds=2, image_train=4000, image_validation=160,
