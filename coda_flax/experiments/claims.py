@@ -38,8 +38,9 @@ from coda_flax.analysis import claims as verdicts
 from coda_flax.analysis.estimates import difference, estimate, separated
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.experiments import pipeline
-from coda_flax.experiments.claims_images import (anneal, image_model, image_runs, image_stage,
-                                                 ink_statistics, prepare_pages, run_images)
+from coda_flax.experiments.claims_images import (anneal_stages, image_model, image_runs,
+                                                 image_stage, ink_statistics, prepare_pages,
+                                                 run_images)
 from coda_flax.experiments.runner import Run, execute, execute_all, load
 
 Log = Callable[[str], None]
@@ -208,7 +209,8 @@ def finetune_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
     dims = dict(s.sizes)
 
     def run(n, size, variant, cfg, init=None):
-        return Run(name=f"n{n}/{size}/{variant}/seed0", **anneal(s, cfg),
+        return Run(name=f"n{n}/{size}/{variant}/seed0",
+                   k_anneal_stages=anneal_stages(s, cfg),
                    model=text_model(s, data["vocab_size"], dims[size], cfg),
                    task=text_task(n),
                    feature_lengths=(("inputs", n), ("targets", s.num_needles + 2)),
@@ -378,7 +380,7 @@ def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None
     need = seeds_needed(comparisons(s), _by_group(results), s.max_seeds)
     extra = [with_seed(text[g], seed) for g in sorted(need) for seed in range(1, s.max_seeds)]
     log(f"  {len(need)} groups within 3 SE of a comparison: {len(extra)} more seeded runs")
-    results.update(execute_all(extra, root, log=log) if extra else {})
+    results.update(execute_all(extra, root, log=log))
     lap("training")
     log("[claims 3/5] speed, side by side per size and length")
     speed = measure_speed(s, text, root, log)
@@ -476,7 +478,8 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
             "floors": {str(n): f for n, f in data["floors"].items()},
             "accuracy": {g: dataclasses.asdict(e) for g, e in
                          {**est, **images["accuracy"]}.items()},
-            "speed": speed, "ink": {str(r): v for r, v in images["ink"].items()}, "backbone_lookup": lookup, "markdown": markdown}
+            "speed": speed, "ink": {str(r): v for r, v in images["ink"].items()},
+            "backbone_lookup": lookup, "markdown": markdown}
 
 
 def run_table(floors, text, est, speed, by_group) -> str:

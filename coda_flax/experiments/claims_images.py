@@ -66,11 +66,11 @@ def _options(data_dir) -> tuple:
             ("progress", False))
 
 
-def anneal(s, cfg: CodaConfig) -> dict:
-    """The Run field of k annealing for a config that routes (s.k_anneal_stages). A Parallel
-    Adapter's plan is k = n whatever the stages, so its runs keep the runner's default (and
-    with it the runs an earlier version trained)."""
-    return {"k_anneal_stages": s.k_anneal_stages} if cfg.reduction > 1 else {}
+def anneal_stages(s, cfg: CodaConfig) -> int:
+    """A finetuning Run's k_anneal_stages: s.k_anneal_stages for a config that routes. A
+    Parallel Adapter's plan is k = n whatever the stages, so its runs keep the runner's default
+    (and with it the runs an earlier version trained)."""
+    return s.k_anneal_stages if cfg.reduction > 1 else Run.k_anneal_stages
 
 
 def image_runs(s, data: dict, data_dir) -> dict[str, Run]:
@@ -89,7 +89,7 @@ def image_runs(s, data: dict, data_dir) -> dict[str, Run]:
         out[f"images/{name}"] = dataclasses.replace(
             dense, name=f"images/{name}/seed0", model=image_model(s, cfg),
             steps=s.image_finetune_steps, trainable="finetune", init=dense,
-            **{"k_anneal_stages": Run.k_anneal_stages, **anneal(s, cfg)})
+            k_anneal_stages=anneal_stages(s, cfg))
     return out
 
 
@@ -213,7 +213,7 @@ def image_table(images, img, words, ink, top) -> str:
 def image_stage(s, pages: dict, data_dir: str | None, output_dir: str, log: Log) -> dict:
     """The page runs (every CoDA rate with s.image_seeds seeds; reused when finished, resumed
     when stopped), the ink at every image rate (figure7/ for the largest, figure7_r<r>/ for the
-    others) and claim d's row at the largest. pages: prepare_pages' dict. Returns {"row",
+    others) and claim d's row (every image rate). pages: prepare_pages' dict. Returns {"row",
     "table" (markdown), "ink" {rate: combine_seeds dict}, "accuracy" {group: Estimate},
     "results" {run name: result}, "run_seconds" {group: seconds}}."""
     from coda_flax.analysis import claims as verdicts
@@ -262,6 +262,6 @@ def run_images(s, scale: str, output_dir: str, data_dir: str | None, log: Log) -
     return summary
 
 
-__all__ = ["INK_TASK", "anneal", "image_model", "prepare_pages", "image_runs", "ink_statistics",
-           "routed_ink", "combine_seeds", "seeded_ink", "image_table", "image_stage",
+__all__ = ["INK_TASK", "anneal_stages", "image_model", "prepare_pages", "image_runs",
+           "ink_statistics", "routed_ink", "combine_seeds", "seeded_ink", "image_table", "image_stage",
            "run_images"]
