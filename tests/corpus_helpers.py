@@ -74,6 +74,27 @@ def corpus_scenes(root):
                                                "scenes.jsonl"))
 
 
+def needle_fixtures(folder):
+    """A needle task's test module's fixtures, module-scoped: corpus ((root, vocab path) of
+    needle_corpus in a temporary `folder`), sp (its tokenizer) and scenes. Bind them at module
+    level: `corpus, sp, scenes = needle_fixtures("givers_data")`."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def corpus(tmp_path_factory):
+        return needle_corpus(tmp_path_factory.mktemp(folder))
+
+    @pytest.fixture(scope="module")
+    def sp(corpus):
+        return tokenizer(corpus[1])
+
+    @pytest.fixture(scope="module")
+    def scenes(corpus):
+        return corpus_scenes(corpus[0])
+
+    return corpus, sp, scenes
+
+
 def strata_by_hand(sp, prompt, n, m):
     """The needles' strata re-derived by hand: [prompt, n - 1 - longest] in m equal parts."""
     from coda_flax.datasets import needle

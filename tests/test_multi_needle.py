@@ -10,27 +10,12 @@ import re
 
 import pytest
 
-from corpus_helpers import (NEEDLE_RE, corpus_scenes, needle_corpus, strata_by_hand,
-                            tokenizer)
+from corpus_helpers import NEEDLE_RE, needle_fixtures, strata_by_hand
 from coda_flax.datasets import multi_needle as mn
 from coda_flax.datasets import needle, shakespeare
 
 N, M = 192, 3
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return needle_corpus(tmp_path_factory.mktemp("chain_data"))
-
-
-@pytest.fixture(scope="module")
-def sp(corpus):
-    return tokenizer(corpus[1])
-
-
-@pytest.fixture(scope="module")
-def scenes(corpus):
-    return corpus_scenes(corpus[0])
+corpus, sp, scenes = needle_fixtures("chain_data")
 
 
 @pytest.fixture(scope="module")
