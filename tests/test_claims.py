@@ -65,8 +65,13 @@ def test_claim_rows_by_hand():
     assert shrinks["holds"] == YES
     assert verdicts.claim_f({0: E(0.5, 0.02), 100: E(0.4, 0.02)})["holds"] == NO
     g = verdicts.claim_g({512: {1: 1.0, 3: 2.0, 16: 4.0}, 1024: {1: 1.0, 3: 2.5, 16: 6.0}},
-                         {512: (E(0.9, 0.01), E(0.89, 0.01))})
-    assert g["holds"] == YES
+                         {512: (16, E(0.9, 0.01), E(0.89, 0.01))})
+    assert g["holds"] == YES and "r16 89.0" in g["ours"]
+    assert "n = 512: quality at r = 16 within 1 point" in g["parts"]
+    fell = verdicts.claim_g({512: {1: 1.0, 16: 4.0}}, {512: (16, E(0.9, 0.01), E(0.6, 0.02))})
+    assert fell["holds"] == NO
+    f = verdicts.claim_f({0: E(0.5, 0.02), 100: E(0.65, 0.02)}, where="n = 512, r = 32")
+    assert f["holds"] == YES and f["ours"].startswith("n = 512, r = 32: 0 steps: 50.0")
     slower = verdicts.claim_g({512: {1: 1.0, 16: 4.0}, 1024: {1: 1.0, 16: 3.0}}, {})
     assert slower["parts"]["n = 1024 faster than n = 512"] == NO
     d = verdicts.claim_d({16: ([(0.05, 0.01), (0.05, 0.01), (0.20, 0.02), (0.06, 0.01)],
@@ -133,6 +138,52 @@ def test_specs_cover_every_claim():
     assert claims.stage_of("n512/d64/sigmoid_r3_k_to_k/seed0") == "routers"
 
 
+def test_reduced_scale_judges_e_and_f_off_the_ceiling():
+    """At the reduced scale r = 3 sits at 99-100% for every size and pretraining, so e and f are
+    judged at gap_point (n = 512, r = 32), while the r = 3 runs stay in the table."""
+    s = claims.SCALES["reduced"]
+    assert s.gap_point == (512, 32) and claims.ef_points(s) == [(256, 3), (512, 32)]
+    runs = claims.finetune_runs(s, DATA, None)
+    for size, d in s.sizes:
+        for g in (f"n512/{size}/pa", f"n512/{size}/coda_r32", f"n256/{size}/coda_r3"):
+            assert runs[g].model.d_model == d and runs[g].init.name == f"backbone/{size}"
+    assert runs["n512/d32/coda_r32"].model.coda.k(512) == 16
+    pre = runs["n512/d64/coda_r32_pretrained"].init
+    assert pre.name == "coda_pretrain/d64/r32" and pre.model.coda.reduction == 32
+    assert runs["n256/d64/coda_r3_pretrained"].init.name == "coda_pretrain/d64/r3"
+    pairs = claims.comparisons(s)
+    assert ("n512/d32/pa", "n512/d32/coda_r32") in pairs
+    assert ("n512/d32/coda_r32", "n512/d64/coda_r32") in pairs       # the sizes' CoDA (e)
+    assert ("n512/d64/coda_r32_pretrained", "n512/d64/coda_r32") in pairs
+    assert ("n256/d32/pa", "n256/d32/coda_r3") not in pairs           # at the ceiling: no seeds
+    for x, y in pairs:
+        assert x in runs and y in runs
+    with pytest.raises(ValueError, match="gap_point .* lengths"):
+        claims.ClaimsScale(gap_point=(256, 3))
+
+
+def test_text_floors_cover_every_rate_of_the_sweep(tmp_path):
+    """Truncation bounds at r = 32 and 64 too (the dataset's stats stop at r = 16), each the
+    brute-force share: a record whose needles all start before k = ceil(n / r) is read whole."""
+    import dataclasses
+    from coda_flax.datasets.records import write_jsonl
+    text = "Hamlet gave it. Brutus gave it."
+    recs = [{"split": "validation", "needle_starts": [1, 5], "text": text,
+             "target": "Brutus Hamlet"},
+            {"split": "validation", "needle_starts": [3, 40], "text": text,
+             "target": "Brutus Hamlet"},
+            {"split": "train", "needle_starts": [100, 101], "text": text, "target": "x"}]
+    write_jsonl(str(tmp_path / "r.jsonl"), recs)
+    s = dataclasses.replace(claims.SCALES["tiny"], rates=(1, 8, 64), gap_point=(128, 8))
+    f = claims.text_floors(s, str(tmp_path / "r.jsonl"), 128)
+    # k = 128, 16, 2 (1 / C(2h, h) for h needles hidden): record 1 whole at k = 16 and 128,
+    # one hidden at k = 2 (1/2); record 2 whole at k = 128, one hidden at k = 16 (1/2), both
+    # at k = 2 (1/6); the train record does not count
+    assert f["majority"] == 1.0 and f["bag_of_words"] == 1.0
+    assert f["truncation"] == pytest.approx({"1": 1.0, "8": (1 + 1 / 2) / 2,
+                                             "64": (1 / 2 + 1 / 6) / 2})
+
+
 def test_seeds_are_added_where_a_difference_is_within_3_se():
     def res(*accs):
         return [{"eval": {"accuracy": a, "num_examples": 400}} for a in accs]
@@ -142,6 +193,12 @@ def test_seeds_are_added_where_a_difference_is_within_3_se():
     pairs = [("pa", "r3"), ("pa", "r16"), ("done", "r3")]
     assert claims.seeds_needed(pairs, by_group, 3) == {"pa", "r3"}
     assert claims.seeds_needed([("pa", "r16")], by_group, 3) == set()
+    # one round at a time: to 2 seeds, then to 3 where a pair is still within 3 SE
+    assert claims.next_seeds(pairs, by_group, 2) == [("pa", 1), ("r3", 1)]
+    assert claims.next_seeds(pairs, by_group, 3) == [("pa", 1), ("pa", 2), ("r3", 1), ("r3", 2)]
+    by_group["pa"] = res(90.0, 90.5)
+    by_group["r3"] = res(80.0, 80.5)            # now 10 points apart with 2 seeds: separated
+    assert claims.next_seeds(pairs, by_group, 3) == []
 
 
 # ----------------------------------------------------------------------------- images

@@ -9,10 +9,13 @@
                   sweep          the base size at both lengths: PA (r = 1) and CoDA k-to-all
                                  at every r of the sweep                            (a, g)
                   routers        soft top-k / sigmoid / first_k, k-to-k, at router_rates (b, c)
-                  sizes          PA and CoDA r = 3 of every size                         (e)
-                  pretraining    CoDA r = 3 pretrained N more steps, then finetuned (f)
+                  sizes          PA and CoDA of every size at the first length and r = 3, and
+                                 at gap_point (the (n, r) where e and f are judged)       (e)
+                  pretraining    CoDA pretrained N more steps, then finetuned, at the same
+                                 points                                                   (f)
                   images         a dense patch model on the pages, PA and CoDA at image_rates
-                then more seeds (up to max_seeds) for both sides of a comparison within 3 SE
+                then more seeds, one at a time up to max_seeds, for both sides of every
+                comparison still within 3 SE
     3 speed     every variant of a size and length timed side by side (pipeline.speed_table)
                 over that size's PA; each backbone's "who gave it?" accuracy
     4 ink       per layer, the share of routed patches holding ink on every validation page
@@ -22,7 +25,8 @@
 
 SCALES: "full" (512 / 1,024 tokens, three sizes, every r and both router rates; not run: by
 the reduced run's per-run times it takes well over the issue's 2 hours here), "reduced" (256 /
-512 tokens, d32 and d64, fewer rates, up to 2 seeds: the README's run), "tiny" (the code path
+512 tokens, d32 and d64, r to 64, up to 3 seeds, e and f judged at n = 512, r = 32: the
+README's run), "tiny" (the code path
 for tests: every stage, 2-step runs). Nothing here reads argv or gin.
 """
 
@@ -61,6 +65,8 @@ class ClaimsScale:
     lengths: tuple = (512, 1024)
     rates: tuple = (1, 2, 3, 5, 8, 16)
     router_rates: tuple = (3, 5)
+    gap_point: tuple = (512, 3)        # (n, r) where e and f are judged: the paper's r = 3 unless
+                                       # CoDA sits at the ceiling there (nothing to shrink)
     num_encoder_layers: int = 4
     num_decoder_layers: int = 2
     adapter_dim: int = 32
@@ -98,18 +104,26 @@ class ClaimsScale:
     speed_batch: int = 8
     speed_repeats: int = 5
 
+    def __post_init__(self):
+        n, r = self.gap_point
+        if n not in self.lengths or r not in self.rates:
+            raise ValueError(f"gap_point {self.gap_point!r} is not a point of the sweep: its n "
+                             f"must be one of lengths {self.lengths} and its r one of rates "
+                             f"{self.rates}.")
+
 
 SCALES = {
     "full": ClaimsScale(),
     "reduced": ClaimsScale(sizes=(("d32", 32), ("d64", 64)), base="d64", lengths=(256, 512),
                            rates=(1, 3, 5, 8, 16, 32, 64), router_rates=(3, 5), adapter_dim=16,
+                           gap_point=(512, 32),  # r = 3: 99-100% at both sizes and pretrainings
                            text_train=2000, text_validation=200,
                            pretrain_steps=1000, coda_pretrain_steps=100, finetune_steps=1000,
-                           max_seeds=2, image_train=4000, image_validation=160,
+                           max_seeds=3, image_train=4000, image_validation=160,
                            image_d_model=32, image_dense_steps=1200, image_finetune_steps=300,
                            image_rates=(8, 16), image_seeds=3, speed_repeats=3),
     "tiny": ClaimsScale(sizes=(("d16", 16), ("d32", 32)), base="d16", lengths=(128, 160),
-                        rates=(1, 3), router_rates=(3,), num_encoder_layers=2,
+                        rates=(1, 3), router_rates=(3,), gap_point=(128, 3), num_encoder_layers=2,
                         num_decoder_layers=1, adapter_dim=4, vocab_size=300, num_needles=2,
                         text_train=32, text_validation=16, gave_train=32, pretrain_length=64,
                         pretrain_steps=2, pretrain_batch=4, coda_pretrain_steps=2,
@@ -159,7 +173,7 @@ def prepare_data(s: ClaimsScale, data_dir: str | None, log: Log) -> dict:
     for n, text in texts.items():
         register_chain_task(text_task(n), text["dir"], vocab, file_name=givers.GIVERS_FILE)
     pages = prepare_pages(s, data_dir, log)
-    floors = {n: text["floors"] for n, text in texts.items()}
+    floors = {n: text_floors(s, text["file"], n) for n, text in texts.items()}
     for n, f in floors.items():
         log(f"  floors at n = {n} (validation, {texts[n]['validation']} examples): majority "
             f"{100 * f['majority']:.1f}%, bag of words {100 * f['bag_of_words']:.1f}%, "
@@ -169,6 +183,15 @@ def prepare_data(s: ClaimsScale, data_dir: str | None, log: Log) -> dict:
         .output_features["targets"].vocabulary.vocab_size
     return {"vocab": vocab, "vocab_size": vocab_size, "floors": floors, "pages": pages["dir"],
             "page_words": pages["words"]}
+
+
+def text_floors(s: ClaimsScale, records_file: str, n: int) -> dict:
+    """givers.floors of the validation records at every r of the sweep (the dataset's own
+    statistics hold the bounds at multi_needle.FLOOR_RATES only)."""
+    from coda_flax.datasets import givers
+    from coda_flax.datasets.records import read_jsonl
+    val = [r for r in read_jsonl(records_file) if r["split"] == "validation"]
+    return givers.floors(val, n, rates=s.rates)
 
 
 def _by_rate(bounds: dict) -> list:
@@ -222,24 +245,35 @@ def finetune_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
     runs = {}
     for n in s.lengths:                                              # sweep (a, g)
         for r in s.rates:
-            name = "pa" if r == 1 else f"coda_r{r}"
-            runs[f"n{n}/{s.base}/{name}"] = run(n, s.base, name, coda(s, r))
+            runs[f"n{n}/{s.base}/{variant(r)}"] = run(n, s.base, variant(r), coda(s, r))
     n0 = s.lengths[0]
     for r in s.router_rates:                                         # routers (b, c)
         for router in ("soft_topk", "sigmoid", "first_k"):
             name = f"{router}_r{r}_k_to_k"
             runs[f"n{n0}/{s.base}/{name}"] = run(n0, s.base, name, coda(s, r, "k_to_k", router))
-    for size, _ in s.sizes:                                          # sizes (e)
-        for r, name in ((1, "pa"), (3, "coda_r3")):
-            runs.setdefault(f"n{n0}/{size}/{name}", run(n0, size, name, coda(s, r)))
-    base = backbones[s.base]                                         # pretraining (f)
-    pre = dataclasses.replace(base, name=f"coda_pretrain/{s.base}/r3",
-                              model=text_model(s, data["vocab_size"], dims[s.base], coda(s, 3)),
-                              steps=s.coda_pretrain_steps, init=base,
-                              k_anneal_stages=s.k_anneal_stages)
-    runs[f"n{n0}/{s.base}/coda_r3_pretrained"] = run(n0, s.base, "coda_r3_pretrained",
-                                                     coda(s, 3), init=pre)
+    base = backbones[s.base]
+    for n, r in ef_points(s):                                # sizes (e) and pretraining (f)
+        for size, _ in s.sizes:
+            for x in (1, r):
+                runs.setdefault(f"n{n}/{size}/{variant(x)}", run(n, size, variant(x), coda(s, x)))
+        pre = dataclasses.replace(base, name=f"coda_pretrain/{s.base}/r{r}",
+                                  model=text_model(s, data["vocab_size"], dims[s.base], coda(s, r)),
+                                  steps=s.coda_pretrain_steps, init=base,
+                                  k_anneal_stages=s.k_anneal_stages)
+        name = f"{variant(r)}_pretrained"
+        runs[f"n{n}/{s.base}/{name}"] = run(n, s.base, name, coda(s, r), init=pre)
     return runs
+
+
+def variant(r: float) -> str:
+    """The sweep's variant name at r: "pa" (r = 1) or "coda_r<r>"."""
+    return "pa" if r == 1 else f"coda_r{r}"
+
+
+def ef_points(s: ClaimsScale) -> list[tuple[int, float]]:
+    """The (n, r) points of the sizes' and pretraining runs: the paper's (the first length,
+    r = 3), then the scale's gap_point, where e and f are judged."""
+    return list(dict.fromkeys([(s.lengths[0], 3), tuple(s.gap_point)]))
 
 
 def with_seed(run: Run, seed: int) -> Run:
@@ -254,7 +288,8 @@ def accuracy_estimate(results: list[dict]):
 
 def comparisons(s: ClaimsScale) -> list[tuple[str, str]]:
     """The pairs of groups the text claims rest on (a: PA vs r3 and vs the largest r; b, c:
-    the routers; e: PA vs r3 per size; f: 0 vs N pretraining steps)."""
+    the routers; at gap_point, e: PA vs CoDA per size and the sizes' CoDA, f: 0 vs N
+    pretraining steps)."""
     n0, b = s.lengths[0], s.base
     pairs = [(f"n{n}/{b}/pa", f"n{n}/{b}/coda_r{r}") for n in s.lengths
              for r in sorted({3, max(s.rates)} & set(s.rates))]
@@ -262,8 +297,10 @@ def comparisons(s: ClaimsScale) -> list[tuple[str, str]]:
         soft, sig, first = (f"n{n0}/{b}/{x}_r{r}_k_to_k" for x in ("soft_topk", "sigmoid",
                                                                    "first_k"))
         pairs += [(soft, sig), (sig, first), (f"n{n0}/{b}/coda_r{r}", soft)]
-    pairs += [(f"n{n0}/{size}/pa", f"n{n0}/{size}/coda_r3") for size, _ in s.sizes]
-    pairs.append((f"n{n0}/{b}/coda_r3_pretrained", f"n{n0}/{b}/coda_r3"))
+    n, coda_r = s.gap_point[0], variant(s.gap_point[1])
+    pairs += [(f"n{n}/{size}/pa", f"n{n}/{size}/{coda_r}") for size, _ in s.sizes]
+    pairs.append((f"n{n}/{s.sizes[0][0]}/{coda_r}", f"n{n}/{s.sizes[-1][0]}/{coda_r}"))
+    pairs.append((f"n{n}/{b}/{coda_r}_pretrained", f"n{n}/{b}/{coda_r}"))
     return [(x, y) for x, y in pairs if x != y]
 
 
@@ -276,6 +313,13 @@ def seeds_needed(pairs, by_group: dict[str, list[dict]], max_seeds: int) -> set[
         if not separated(*difference(ex, ey)):
             need |= {g for g in (x, y) if len(by_group[g]) < max_seeds}
     return need
+
+
+def next_seeds(pairs, by_group: dict[str, list[dict]], count: int) -> list[tuple[str, int]]:
+    """The (group, seed) runs that bring seeds_needed(pairs, by_group, count) to count seeds
+    (seeds are numbered from 0 in the order they ran)."""
+    return [(g, seed) for g in sorted(seeds_needed(pairs, by_group, count))
+            for seed in range(len(by_group[g]), count)]
 
 
 def _by_group(results: dict[str, dict]) -> dict[str, list[dict]]:
@@ -377,10 +421,12 @@ def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None
     text = finetune_runs(s, data, data_dir)
     log(f"[claims 2/5] {len(text)} text finetuning runs (plus their backbones), seed 0")
     results = execute_all(list(text.values()), root, log=log)
-    need = seeds_needed(comparisons(s), _by_group(results), s.max_seeds)
-    extra = [with_seed(text[g], seed) for g in sorted(need) for seed in range(1, s.max_seeds)]
-    log(f"  {len(need)} groups within 3 SE of a comparison: {len(extra)} more seeded runs")
-    results.update(execute_all(extra, root, log=log))
+    for count in range(2, s.max_seeds + 1):
+        extra = [with_seed(text[g], seed)
+                 for g, seed in next_seeds(comparisons(s), _by_group(results), count)]
+        log(f"  {len(extra)} more seeded runs: both sides of every comparison within 3 SE, to "
+            f"{count} seeds")
+        results.update(execute_all(extra, root, log=log))
     lap("training")
     log("[claims 3/5] speed, side by side per size and length")
     speed = measure_speed(s, text, root, log)
@@ -440,8 +486,9 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
     lookup: backbone_lookup's."""
     by_group = _by_group(results)
     est = {g: accuracy_estimate(by_group[g]) for g in text}
-    n0, b, top = s.lengths[0], s.base, max(s.rates)
-    name = (lambda r: "pa" if r == 1 else f"coda_r{r}")
+    n0, b = s.lengths[0], s.base
+    top = max(r for r in s.rates if r <= verdicts.PAPER_MAX_R)
+    (ng, rg), name = s.gap_point, variant
     rows = [
         verdicts.claim_a({f"n = {n}": {r: est[f"n{n}/{b}/{name(r)}"] for r in s.rates}
                           for n in s.lengths}),
@@ -451,13 +498,14 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
         verdicts.claim_c({r: (est[f"n{n0}/{b}/coda_r{r}"], est[f"n{n0}/{b}/soft_topk_r{r}_k_to_k"])
                           for r in s.router_rates}),
         images["row"],
-        verdicts.claim_e([(size, est[f"n{n0}/{size}/pa"], est[f"n{n0}/{size}/coda_r3"])
-                          for size, _ in s.sizes]),
-        verdicts.claim_f({0: est[f"n{n0}/{b}/coda_r3"],
-                          s.coda_pretrain_steps: est[f"n{n0}/{b}/coda_r3_pretrained"]}),
+        verdicts.claim_e([(size, est[f"n{ng}/{size}/pa"], est[f"n{ng}/{size}/{name(rg)}"])
+                          for size, _ in s.sizes], where=f"n = {ng}, r = {rg}"),
+        verdicts.claim_f({0: est[f"n{ng}/{b}/{name(rg)}"],
+                          s.coda_pretrain_steps: est[f"n{ng}/{b}/{name(rg)}_pretrained"]},
+                         where=f"n = {ng}, r = {rg}"),
         verdicts.claim_g({n: {r: speed[f"n{n}/{b}/{name(r)}"]["encoder_speedup"]
                               for r in s.rates} for n in s.lengths},
-                         {n: (est[f"n{n}/{b}/pa"], est[f"n{n}/{b}/{name(top)}"])
+                         {n: (top, est[f"n{n}/{b}/pa"], est[f"n{n}/{b}/{name(top)}"])
                           for n in s.lengths}),
     ]
     runs_md = run_table(data["floors"], text, est, speed, by_group) + "\n" + images["table"]
@@ -517,5 +565,5 @@ def plot(s: ClaimsScale, est: dict, speed: dict, floors: dict, path: str) -> str
 
 
 __all__ = ["ClaimsScale", "SCALES", "run_claims", "run_pilot", "finetune_runs", "image_runs",
-           "backbone_runs", "comparisons", "seeds_needed", "ink_statistics", "stage_of",
-           "image_model"]
+           "backbone_runs", "comparisons", "seeds_needed", "next_seeds", "ink_statistics",
+           "stage_of", "image_model", "variant", "ef_points", "text_floors"]
