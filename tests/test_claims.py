@@ -199,6 +199,10 @@ def test_seeds_are_added_where_a_difference_is_within_3_se():
     by_group["pa"] = res(90.0, 90.5)
     by_group["r3"] = res(80.0, 80.5)            # now 10 points apart with 2 seeds: separated
     assert claims.next_seeds(pairs, by_group, 3) == []
+    assert claims.next_seeds(pairs, by_group, 3, always=["r16"]) == [("r16", 1), ("r16", 2)]
+    assert claims.gap_groups(claims.SCALES["reduced"]) == [
+        "n512/d32/pa", "n512/d32/coda_r32", "n512/d64/pa", "n512/d64/coda_r32",
+        "n512/d64/coda_r32_pretrained"]
 
 
 # ----------------------------------------------------------------------------- images
@@ -370,6 +374,18 @@ def test_tiny_claims_stop_resume_and_reuse(tmp_path):
     assert all(f"| {g} | " in table for g in summary["accuracy"])    # every run, with floors
     assert os.path.getsize(out / "tradeoff.png") > 1000
     assert os.path.getsize(out / "figure7" / "routing_image.png") > 1000
+    # first_k routes the first k tokens: the needle tokens it routes, counted from the records
+    k = math.ceil(n / 3)
+    stats = [p for p in data.rglob("givers_stats.json")
+             if json.load(open(p))["input_length"] == n]
+    val = [r for r in _records(str(stats[0].parent), "givers") if r["split"] == "validation"]
+    recall = np.mean([sum(min(e, k) - min(s, k) for s, e in zip(r["needle_starts"],
+                                                                 r["needle_ends"]))
+                      / sum(e - s for s, e in zip(r["needle_starts"], r["needle_ends"]))
+                      for r in val])
+    first = summary["needles"][f"n{n}/d16/first_k_r3_k_to_k"]["evidence_recall"]
+    assert first == pytest.approx([recall] * len(first))
+    assert "| run | k | needle tokens routed % (per layer)" in table
     assert main(["claims", "--scale", "tiny", "--output", str(out), "--data-dir",
                  str(data)]) == 0
     assert _results(out / "runs") == after                         # nothing trained again

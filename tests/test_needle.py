@@ -170,6 +170,20 @@ def test_evidence_share_hand_computed():
     np.testing.assert_allclose(out["share_ceiling"], [(2 / 3 + 1 / 2) / 2, (2 / 2 + 1 / 2) / 2])
 
 
+def test_evidence_share_of_several_needles_per_example():
+    """Several spans per row (the givers' three needles): their tokens pooled per example."""
+    valid = np.ones((2, 8), bool)
+    spans = [[(0, 2), (5, 6)], (3, 4)]                 # row 0: two needles, row 1: one
+    selected = np.array([[[1, 0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 0, 0, 0]]], bool)
+    out = routing_stats.evidence_share(selected, spans, valid)
+    # row 0 routes 0, 5, 6: needle tokens 0 and 5 of {0, 1, 5}; row 1 routes 3, 4: needle 3
+    np.testing.assert_allclose(out["evidence_recall"], [(2 / 3 + 1 / 1) / 2])
+    np.testing.assert_allclose(out["routed_evidence_share"], [(2 / 3 + 1 / 2) / 2])
+    assert out["chance"] == pytest.approx((3 / 8 + 1 / 8) / 2)
+    with pytest.raises(ValueError, match="span 0 = \\(5, 9\\)"):
+        routing_stats.evidence_share(selected, [[(0, 1), (5, 9)], (3, 4)], valid)
+
+
 def test_evidence_share_rejects_bad_shapes_and_spans():
     valid = np.ones((1, 4), bool)
     with pytest.raises(ValueError, match="shapes"):

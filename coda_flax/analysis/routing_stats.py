@@ -287,8 +287,9 @@ def evidence_share(selected, spans, valid) -> dict:
     """How much of what the router sends through the frozen layers is the evidence (the demo's
     needle: a span of tokens per example).
 
-    selected [L, b, n] bool (routed positions per layer), spans [(start, end)] * b (needle token
-    offsets), valid [b, n] bool (real tokens, EOS included). Returns
+    selected [L, b, n] bool (routed positions per layer), spans: per example the needle's token
+    offsets (start, end), or a list of them when it holds several needles (`coda claims`' "who
+    gave them?"), valid [b, n] bool (real tokens, EOS included). Returns
       routed_evidence_share [L]  share of routed real tokens that lie in the needle
       evidence_recall       [L]  share of needle tokens that are routed
       share_ceiling         [L]  the most a router could reach: min(needle, routed) / routed
@@ -299,10 +300,12 @@ def evidence_share(selected, spans, valid) -> dict:
         raise ValueError(f"shapes: selected {selected.shape} must be [L, b, n] with valid "
                          f"{valid.shape} = [b, n] and {len(spans)} spans = b")
     evidence = np.zeros_like(valid)
-    for i, (start, end) in enumerate(spans):
-        if not 0 <= start < end <= valid.shape[1]:
-            raise ValueError(f"span {i} = ({start}, {end}) is outside [0, {valid.shape[1]}]")
-        evidence[i, start:end] = True
+    for i, row in enumerate(spans):
+        for start, end in ([row] if np.ndim(row[0]) == 0 else row):
+            if not 0 <= start < end <= valid.shape[1]:
+                raise ValueError(f"span {i} = ({start}, {end}) is outside [0, "
+                                 f"{valid.shape[1]}]")
+            evidence[i, start:end] = True
     routed = selected & valid[None]
     hits = (routed & evidence[None]).sum(-1)                           # [L, b]
     share = hits / np.maximum(routed.sum(-1), 1)

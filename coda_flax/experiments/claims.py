@@ -15,9 +15,10 @@
                                  points                                                   (f)
                   images         a dense patch model on the pages, PA and CoDA at image_rates
                 then more seeds, one at a time up to max_seeds, for both sides of every
-                comparison still within 3 SE
+                comparison still within 3 SE and for e's and f's runs at gap_point
     3 speed     every variant of a size and length timed side by side (pipeline.speed_table)
-                over that size's PA; each backbone's "who gave it?" accuracy
+                over that size's PA; each backbone's "who gave it?" accuracy; where each routed
+                run's layers send the needles (claims_needles)
     4 ink       per layer, the share of routed patches holding ink on every validation page
                 (analysis.routing_report) against the page's share, and a Figure-7 picture
     5 report    analysis.claims: claims.{md,json} (`claim | paper | ours | holds?`), the per-run
@@ -45,6 +46,7 @@ from coda_flax.experiments import pipeline
 from coda_flax.experiments.claims_images import (anneal_stages, image_model, image_runs,
                                                  image_stage, ink_statistics, prepare_pages,
                                                  run_images)
+from coda_flax.experiments.claims_needles import needle_routing, needles_table
 from coda_flax.experiments.runner import Run, execute, execute_all, load
 
 Log = Callable[[str], None]
@@ -182,7 +184,7 @@ def prepare_data(s: ClaimsScale, data_dir: str | None, log: Log) -> dict:
     vocab_size = tasks.get_task_or_mixture(text_task(s.lengths[0])) \
         .output_features["targets"].vocabulary.vocab_size
     return {"vocab": vocab, "vocab_size": vocab_size, "floors": floors, "pages": pages["dir"],
-            "page_words": pages["words"]}
+            "page_words": pages["words"], "records": {n: x["file"] for n, x in texts.items()}}
 
 
 def text_floors(s: ClaimsScale, records_file: str, n: int) -> dict:
@@ -315,11 +317,21 @@ def seeds_needed(pairs, by_group: dict[str, list[dict]], max_seeds: int) -> set[
     return need
 
 
-def next_seeds(pairs, by_group: dict[str, list[dict]], count: int) -> list[tuple[str, int]]:
-    """The (group, seed) runs that bring seeds_needed(pairs, by_group, count) to count seeds
-    (seeds are numbered from 0 in the order they ran)."""
-    return [(g, seed) for g in sorted(seeds_needed(pairs, by_group, count))
-            for seed in range(len(by_group[g]), count)]
+def next_seeds(pairs, by_group: dict[str, list[dict]], count: int, always=()
+               ) -> list[tuple[str, int]]:
+    """The (group, seed) runs that bring seeds_needed(pairs, by_group, count) and the groups
+    `always` to count seeds (seeds are numbered from 0 in the order they ran)."""
+    need = seeds_needed(pairs, by_group, count) | set(always)
+    return [(g, seed) for g in sorted(need) for seed in range(len(by_group[g]), count)]
+
+
+def gap_groups(s: ClaimsScale) -> list[str]:
+    """e's and f's groups at gap_point, seeded up to max_seeds whatever their first seed shows:
+    off the ceiling seeds differ by more than one seed's binomial error shows (and e rests on a
+    difference of two gaps)."""
+    (n, r), b = s.gap_point, s.base
+    return [f"n{n}/{size}/{v}" for size, _ in s.sizes for v in ("pa", variant(r))] + \
+        [f"n{n}/{b}/{variant(r)}_pretrained"]
 
 
 def _by_group(results: dict[str, dict]) -> dict[str, list[dict]]:
@@ -423,21 +435,23 @@ def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None
     results = execute_all(list(text.values()), root, log=log)
     for count in range(2, s.max_seeds + 1):
         extra = [with_seed(text[g], seed)
-                 for g, seed in next_seeds(comparisons(s), _by_group(results), count)]
-        log(f"  {len(extra)} more seeded runs: both sides of every comparison within 3 SE, to "
-            f"{count} seeds")
+                 for g, seed in next_seeds(comparisons(s), _by_group(results), count,
+                                           gap_groups(s))]
+        log(f"  {len(extra)} more seeded runs: both sides of every comparison within 3 SE and "
+            f"e's and f's runs, to {count} seeds")
         results.update(execute_all(extra, root, log=log))
     lap("training")
     log("[claims 3/5] speed, side by side per size and length")
     speed = measure_speed(s, text, root, log)
     lookup = backbone_lookup(s, data, data_dir, root, log)
+    needles = needle_routing(text, root, data["records"], None, log)
     lap("speed")
     log("[claims 4/5] the pages: their runs (every seed), routed patches holding ink per layer")
     images = image_stage(s, {"dir": data["pages"], "words": data["page_words"]}, data_dir,
                          output_dir, log)
     lap("images")
     log("[claims 5/5] claims table, per-run table, plot")
-    summary = report(s, scale, data, text, images, results, speed, output_dir, lookup)
+    summary = report(s, scale, data, text, images, results, speed, output_dir, lookup, needles)
     lap("report")
     summary["stage_seconds"] = clock
     summary["training_seconds_by_stage"] = training_seconds({**results, **images["results"]})
@@ -481,9 +495,9 @@ def training_seconds(results: dict[str, dict]) -> dict[str, float]:
 
 
 def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, results: dict,
-           speed: dict, output_dir: str, lookup: dict) -> dict:
+           speed: dict, output_dir: str, lookup: dict, needles: dict) -> dict:
     """The claims rows, tables and plot (module docstring, stage 5); images: image_stage's;
-    lookup: backbone_lookup's."""
+    lookup: backbone_lookup's; needles: claims_needles.needle_routing's."""
     by_group = _by_group(results)
     est = {g: accuracy_estimate(by_group[g]) for g in text}
     n0, b = s.lengths[0], s.base
@@ -508,7 +522,8 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
                          {n: (top, est[f"n{n}/{b}/pa"], est[f"n{n}/{b}/{name(top)}"])
                           for n in s.lengths}),
     ]
-    runs_md = run_table(data["floors"], text, est, speed, by_group) + "\n" + images["table"]
+    runs_md = (run_table(data["floors"], text, est, speed, by_group) + "\n"
+               + needles_table(text, needles) + "\n" + images["table"])
     floors_line = " ".join(
         f"Floors at n = {n}: majority {100 * f['majority']:.1f}%, bag of words "
         f"{100 * f['bag_of_words']:.1f}%, truncation bound " + ", ".join(
@@ -527,7 +542,7 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
             "accuracy": {g: dataclasses.asdict(e) for g, e in
                          {**est, **images["accuracy"]}.items()},
             "speed": speed, "ink": {str(r): v for r, v in images["ink"].items()},
-            "backbone_lookup": lookup, "markdown": markdown}
+            "backbone_lookup": lookup, "needles": needles, "markdown": markdown}
 
 
 def run_table(floors, text, est, speed, by_group) -> str:
@@ -565,5 +580,5 @@ def plot(s: ClaimsScale, est: dict, speed: dict, floors: dict, path: str) -> str
 
 
 __all__ = ["ClaimsScale", "SCALES", "run_claims", "run_pilot", "finetune_runs", "image_runs",
-           "backbone_runs", "comparisons", "seeds_needed", "next_seeds", "ink_statistics",
+           "backbone_runs", "comparisons", "seeds_needed", "next_seeds", "gap_groups", "ink_statistics",
            "stage_of", "image_model", "variant", "ef_points", "text_floors"]
