@@ -200,6 +200,16 @@ def test_seeds_are_added_where_a_difference_is_within_3_se():
     by_group["r3"] = res(80.0, 80.5)            # now 10 points apart with 2 seeds: separated
     assert claims.next_seeds(pairs, by_group, 3) == []
     assert claims.next_seeds(pairs, by_group, 3, always=["r16"]) == [("r16", 1), ("r16", 2)]
+    s = claims.SCALES["reduced"]
+    runs = claims.finetune_runs(s, DATA, None)
+    results = {f"{g}/seed{k}": {} for g in ("n512/d64/coda_r32", "n256/d64/coda_r3")
+               for k in range(3)}
+    seeded = claims.seeded_runs(s, runs, results)     # every seed of a gap group, in order
+    names = list(seeded)
+    i = names.index("n512/d64/coda_r32")
+    assert names[i + 1:i + 3] == ["n512/d64/coda_r32/seed1", "n512/d64/coda_r32/seed2"]
+    assert seeded["n512/d64/coda_r32/seed2"].seed == 2
+    assert "n256/d64/coda_r3/seed1" not in seeded and len(seeded) == len(runs) + 2
     assert claims.gap_groups(claims.SCALES["reduced"]) == [
         "n512/d32/pa", "n512/d32/coda_r32", "n512/d64/pa", "n512/d64/coda_r32",
         "n512/d64/coda_r32_pretrained"]

@@ -334,6 +334,18 @@ def gap_groups(s: ClaimsScale) -> list[str]:
         [f"n{n}/{b}/{variant(r)}_pretrained"]
 
 
+def seeded_runs(s: ClaimsScale, text: dict[str, Run], results: dict) -> dict[str, Run]:
+    """text ({group: seed-0 Run}) with, after each of gap_groups, its other seeds in results
+    (as "<group>/seed<k>"): where seeds part, the needle table shows each."""
+    by_group, out = _by_group(results), {}
+    for g, run in text.items():
+        out[g] = run
+        if g in gap_groups(s):
+            out.update({f"{g}/seed{k}": with_seed(run, k)
+                        for k in range(1, len(by_group.get(g, ())))})
+    return out
+
+
 def _by_group(results: dict[str, dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for name in sorted(results):
@@ -444,7 +456,7 @@ def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None
     log("[claims 3/5] speed, side by side per size and length")
     speed = measure_speed(s, text, root, log)
     lookup = backbone_lookup(s, data, data_dir, root, log)
-    needles = needle_routing(text, root, data["records"], None, log)
+    needles = needle_routing(seeded_runs(s, text, results), root, data["records"], None, log)
     lap("speed")
     log("[claims 4/5] the pages: their runs (every seed), routed patches holding ink per layer")
     images = image_stage(s, {"dir": data["pages"], "words": data["page_words"]}, data_dir,
@@ -523,7 +535,7 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
                           for n in s.lengths}),
     ]
     runs_md = (run_table(data["floors"], text, est, speed, by_group) + "\n"
-               + needles_table(text, needles) + "\n" + images["table"])
+               + needles_table(needles) + "\n" + images["table"])
     floors_line = " ".join(
         f"Floors at n = {n}: majority {100 * f['majority']:.1f}%, bag of words "
         f"{100 * f['bag_of_words']:.1f}%, truncation bound " + ", ".join(

@@ -31,8 +31,8 @@ def needle_spans(records_file: str) -> dict[str, list[tuple[int, int]]]:
 
 def needle_routing(runs: Mapping[str, Run], root: str, records: Mapping[int, str],
                    max_examples: int | None, log: Log) -> dict[str, dict]:
-    """{group: evidence_share's lists} of every routed run in runs ({group: Run}, finished under
-    root); records: {input length: givers records file}."""
+    """{label: evidence_share's lists plus "n" and "k"} of every routed run in runs ({label:
+    Run}, finished under root); records: {input length: givers records file}."""
     from coda_flax import tasks
     from coda_flax.analysis.routing_report import batch_report
     from coda_flax.analysis.routing_stats import is_routed
@@ -50,24 +50,25 @@ def needle_routing(runs: Mapping[str, Run], root: str, records: Mapping[int, str
         tokens = train_run.to_batch(examples, lengths)["encoder_input_tokens"]
         ids = [e["id"].decode() if isinstance(e["id"], bytes) else str(e["id"])
                for e in examples]
-        out[g] = batch_report(run.model, load(root, run)[1], tokens,
-                              spans=[spans[n][i] for i in ids])["evidence"]
+        out[g] = dict(batch_report(run.model, load(root, run)[1], tokens,
+                                   spans=[spans[n][i] for i in ids])["evidence"],
+                      n=n, k=run.model.coda.k(n))
         log(f"  {g}: needle tokens routed per layer " + " / ".join(
             f"{100 * x:.0f}%" for x in out[g]["evidence_recall"]))
     return out
 
 
-def needles_table(runs: Mapping[str, Run], needles: Mapping[str, dict]) -> str:
-    """Markdown: per routed run, each layer's recall and share against chance."""
-    lines = ["Needle tokens per encoder layer (validation, seed 0): the share of the needles' "
-             "tokens routed, and the share of the routed tokens that are needle tokens (chance: "
-             "a router blind to content).", "",
+def needles_table(needles: Mapping[str, dict]) -> str:
+    """Markdown: per routed run (needle_routing's), each layer's recall and share against
+    chance."""
+    lines = ["Needle tokens per encoder layer (validation; seed 0 unless named): the share of "
+             "the needles' tokens routed, and the share of the routed tokens that are needle "
+             "tokens (chance: a router blind to content).", "",
              "| run | k | needle tokens routed % (per layer) | routed tokens that are needles % | "
              "chance % |", "|---|---|---|---|---|"]
+    pct = (lambda xs: " / ".join(f"{100 * x:.0f}" for x in xs))
     for g, v in needles.items():
-        n = dict(runs[g].feature_lengths)["inputs"]
-        pct = (lambda xs: " / ".join(f"{100 * x:.0f}" for x in xs))
-        lines.append(f"| {g} | {runs[g].model.coda.k(n)} | {pct(v['evidence_recall'])} | "
+        lines.append(f"| {g} | {v['k']} | {pct(v['evidence_recall'])} | "
                      f"{pct(v['routed_evidence_share'])} | {100 * v['chance']:.1f} |")
     return "\n".join(lines) + "\n"
 
