@@ -72,6 +72,11 @@ def test_claim_rows_by_hand():
     assert fell["holds"] == NO
     f = verdicts.claim_f({0: E(0.5, 0.02), 100: E(0.65, 0.02)}, where="n = 512, r = 32")
     assert f["holds"] == YES and f["ours"].startswith("n = 512, r = 32: 0 steps: 50.0")
+    speeds = {256: {1: 1.0, 16: 3.0, 32: 3.5, 64: 3.4}, 512: {1: 1.0, 16: 4.0, 32: 6.0, 64: 7.0}}
+    past = verdicts.claim_g(speeds, {})                # r = 64 < r = 32 at n = 256: past 16
+    assert past["holds"] == YES and "r64 3.40x" in past["ours"]
+    assert verdicts.claim_g(speeds, {}, max_r=64)["parts"]["n = 256: speedup rises with r to 64"] \
+        == NO
     slower = verdicts.claim_g({512: {1: 1.0, 16: 4.0}, 1024: {1: 1.0, 16: 3.0}}, {})
     assert slower["parts"]["n = 1024 faster than n = 512"] == NO
     d = verdicts.claim_d({16: ([(0.05, 0.01), (0.05, 0.01), (0.20, 0.02), (0.06, 0.01)],
@@ -210,6 +215,28 @@ def test_seeds_are_added_where_a_difference_is_within_3_se():
     assert names[i + 1:i + 3] == ["n512/d64/coda_r32/seed1", "n512/d64/coda_r32/seed2"]
     assert seeded["n512/d64/coda_r32/seed2"].seed == 2
     assert "n256/d64/coda_r3/seed1" not in seeded and len(seeded) == len(runs) + 2
+    # rounds repeat: soft and sigmoid are apart after one seed each; soft's third seed (for
+    # its pair with k-to-all) brings them within 3 SE, so sigmoid gets its seeds too
+    accs = {"n256/d64/soft_topk_r3_k_to_k": [98, 96, 60], "n256/d64/sigmoid_r3_k_to_k":
+            [83, 84, 85], "n256/d64/coda_r3": [98, 99, 97]}
+    start = {f"{g}/seed0": {"eval": {"accuracy": 50.0 if g.startswith("n512") else 99.0,
+                                     "num_examples": 200}} for g in runs}
+    for g, a in accs.items():
+        start[f"{g}/seed0"]["eval"]["accuracy"] = a[0]
+    for g in claims.gap_groups(s):                     # gap groups seeded whatever they show
+        start[f"{g}/seed0"]["eval"]["accuracy"] = 99.0
+    trained = []
+
+    def fake(batch):
+        trained.extend(r.name for r in batch)
+        return {r.name: {"eval": {"accuracy": accs.get(claims.group(r.name), [99.0] * 3)[r.seed],
+                                  "num_examples": 200}} for r in batch}
+    out = claims.seed_rounds(s, runs, start, fake, log=lambda m: None)
+    assert {"n256/d64/sigmoid_r3_k_to_k/seed1", "n256/d64/sigmoid_r3_k_to_k/seed2",
+            "n256/d64/soft_topk_r3_k_to_k/seed2"} <= set(trained)
+    assert len(trained) == len(set(trained)) and set(trained) <= set(out)
+    assert "n256/d64/sigmoid_r3_k_to_k/seed1" not in trained[:trained.index(
+        "n256/d64/soft_topk_r3_k_to_k/seed2")]        # sigmoid's seeds come in a later round
     assert claims.gap_groups(claims.SCALES["reduced"]) == [
         "n512/d32/pa", "n512/d32/coda_r32", "n512/d64/pa", "n512/d64/coda_r32",
         "n512/d64/coda_r32_pretrained"]

@@ -123,7 +123,7 @@ SCALES = {
                            pretrain_steps=1000, coda_pretrain_steps=100, finetune_steps=1000,
                            max_seeds=3, image_train=4000, image_validation=160,
                            image_d_model=32, image_dense_steps=1200, image_finetune_steps=300,
-                           image_rates=(8, 16), image_seeds=3, speed_repeats=3),
+                           image_rates=(8, 16), image_seeds=3, speed_repeats=5),
     "tiny": ClaimsScale(sizes=(("d16", 16), ("d32", 32)), base="d16", lengths=(128, 160),
                         rates=(1, 3), router_rates=(3,), gap_point=(128, 3), num_encoder_layers=2,
                         num_decoder_layers=1, adapter_dim=4, vocab_size=300, num_needles=2,
@@ -325,6 +325,21 @@ def next_seeds(pairs, by_group: dict[str, list[dict]], count: int, always=()
     return [(g, seed) for g in sorted(need) for seed in range(len(by_group[g]), count)]
 
 
+def seed_rounds(s: ClaimsScale, text: dict[str, Run], results: dict, execute_runs, log: Log
+                ) -> dict:
+    """More seeds (next_seeds with gap_groups), a round per count up to s.max_seeds, each round
+    again while it adds runs (a seed added to one side can bring a pair within 3 SE whose other
+    side has fewer). execute_runs(list of Runs) -> {name: result}. Returns every result."""
+    results = dict(results)
+    for count in range(2, s.max_seeds + 1):
+        while extra := [with_seed(text[g], seed) for g, seed in next_seeds(
+                comparisons(s), _by_group(results), count, gap_groups(s))]:
+            log(f"  {len(extra)} more seeded runs: both sides of every comparison within 3 SE "
+                f"and e's and f's runs, to {count} seeds")
+            results.update(execute_runs(extra))
+    return results
+
+
 def gap_groups(s: ClaimsScale) -> list[str]:
     """e's and f's groups at gap_point, seeded up to max_seeds whatever their first seed shows:
     off the ceiling seeds differ by more than one seed's binomial error shows (and e rests on a
@@ -445,13 +460,8 @@ def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None
     text = finetune_runs(s, data, data_dir)
     log(f"[claims 2/5] {len(text)} text finetuning runs (plus their backbones), seed 0")
     results = execute_all(list(text.values()), root, log=log)
-    for count in range(2, s.max_seeds + 1):
-        extra = [with_seed(text[g], seed)
-                 for g, seed in next_seeds(comparisons(s), _by_group(results), count,
-                                           gap_groups(s))]
-        log(f"  {len(extra)} more seeded runs: both sides of every comparison within 3 SE and "
-            f"e's and f's runs, to {count} seeds")
-        results.update(execute_all(extra, root, log=log))
+    results.update(seed_rounds(s, text, results, lambda runs: execute_all(runs, root, log=log),
+                               log))
     lap("training")
     log("[claims 3/5] speed, side by side per size and length")
     speed = measure_speed(s, text, root, log)
@@ -592,5 +602,5 @@ def plot(s: ClaimsScale, est: dict, speed: dict, floors: dict, path: str) -> str
 
 
 __all__ = ["ClaimsScale", "SCALES", "run_claims", "run_pilot", "finetune_runs", "image_runs",
-           "backbone_runs", "comparisons", "seeds_needed", "next_seeds", "gap_groups", "ink_statistics",
+           "backbone_runs", "comparisons", "seeds_needed", "next_seeds", "gap_groups", "seed_rounds", "ink_statistics",
            "stage_of", "image_model", "variant", "ef_points", "text_floors"]
