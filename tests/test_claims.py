@@ -19,7 +19,7 @@ from coda_flax.analysis.estimates import (NO, NOT_SEPARATED, YES, Estimate, at_l
                                           combine, estimate, greater)
 from coda_flax.datasets import ink_pages
 from coda_flax.datasets.vision import find_fonts
-from coda_flax.experiments import claims
+from coda_flax.experiments import claims, claims_seeds
 
 
 def E(mean, se, seeds=1):
@@ -196,15 +196,16 @@ def test_seeds_are_added_where_a_difference_is_within_3_se():
     # pa - r3 = 2 points, SE of the difference ~2.2 points: not separated -> both get seeds;
     # pa - r16 = 50 points: separated; a group with max_seeds seeds already is left alone
     pairs = [("pa", "r3"), ("pa", "r16"), ("done", "r3")]
-    assert claims.seeds_needed(pairs, by_group, 3) == {"pa", "r3"}
-    assert claims.seeds_needed([("pa", "r16")], by_group, 3) == set()
+    assert claims_seeds.seeds_needed(pairs, by_group, 3) == {"pa", "r3"}
+    assert claims_seeds.seeds_needed([("pa", "r16")], by_group, 3) == set()
     # one round at a time: to 2 seeds, then to 3 where a pair is still within 3 SE
-    assert claims.next_seeds(pairs, by_group, 2) == [("pa", 1), ("r3", 1)]
-    assert claims.next_seeds(pairs, by_group, 3) == [("pa", 1), ("pa", 2), ("r3", 1), ("r3", 2)]
+    assert claims_seeds.next_seeds(pairs, by_group, 2) == [("pa", 1), ("r3", 1)]
+    assert claims_seeds.next_seeds(pairs, by_group, 3) == [("pa", 1), ("pa", 2), ("r3", 1),
+                                                           ("r3", 2)]
     by_group["pa"] = res(90.0, 90.5)
     by_group["r3"] = res(80.0, 80.5)            # now 10 points apart with 2 seeds: separated
-    assert claims.next_seeds(pairs, by_group, 3) == []
-    assert claims.next_seeds(pairs, by_group, 3, always=["r16"]) == [("r16", 1), ("r16", 2)]
+    assert claims_seeds.next_seeds(pairs, by_group, 3) == []
+    assert claims_seeds.next_seeds(pairs, by_group, 3, always=["r16"]) == [("r16", 1), ("r16", 2)]
     s = claims.SCALES["reduced"]
     runs = claims.finetune_runs(s, DATA, None)
     results = {f"{g}/seed{k}": {} for g in ("n512/d64/coda_r32", "n256/d64/coda_r3")
@@ -231,7 +232,8 @@ def test_seeds_are_added_where_a_difference_is_within_3_se():
         trained.extend(r.name for r in batch)
         return {r.name: {"eval": {"accuracy": accs.get(claims.group(r.name), [99.0] * 3)[r.seed],
                                   "num_examples": 200}} for r in batch}
-    out = claims.seed_rounds(s, runs, start, fake, log=lambda m: None)
+    out = claims_seeds.seed_rounds(runs, start, claims.comparisons(s), claims.gap_groups(s),
+                             s.max_seeds, fake, log=lambda m: None)
     assert {"n256/d64/sigmoid_r3_k_to_k/seed1", "n256/d64/sigmoid_r3_k_to_k/seed2",
             "n256/d64/soft_topk_r3_k_to_k/seed2"} <= set(trained)
     assert len(trained) == len(set(trained)) and set(trained) <= set(out)

@@ -40,13 +40,14 @@ from typing import Callable
 
 from coda_flax import config, variants
 from coda_flax.analysis import claims as verdicts
-from coda_flax.analysis.estimates import difference, estimate, separated
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.experiments import pipeline
 from coda_flax.experiments.claims_images import (anneal_stages, image_model, image_runs,
                                                  image_stage, ink_statistics, prepare_pages,
                                                  run_images)
 from coda_flax.experiments.claims_needles import needle_routing, needles_table
+from coda_flax.experiments.claims_seeds import (accuracy_estimate, by_group, group, seed_rounds,
+                                                with_seed)
 from coda_flax.experiments.runner import Run, execute, execute_all, load
 
 Log = Callable[[str], None]
@@ -222,11 +223,6 @@ def backbone_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
             for label, d in s.sizes}
 
 
-def group(name: str) -> str:
-    """A run's group: its name without the seed."""
-    return name.rsplit("/seed", 1)[0]
-
-
 def finetune_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
     """{group: the seed-0 finetuning Run} of every text variant (the module docstring's
     sweep, routers, sizes, pretraining). Group names: n<length>/<size>/<variant>."""
@@ -278,16 +274,6 @@ def ef_points(s: ClaimsScale) -> list[tuple[int, float]]:
     return list(dict.fromkeys([(s.lengths[0], 3), tuple(s.gap_point)]))
 
 
-def with_seed(run: Run, seed: int) -> Run:
-    return dataclasses.replace(run, name=f"{group(run.name)}/seed{seed}", seed=seed)
-
-
-def accuracy_estimate(results: list[dict]):
-    """The Estimate of a group's results (eval accuracy in %, num_examples)."""
-    n = results[0]["eval"]["num_examples"]
-    return estimate([r["eval"]["accuracy"] / 100.0 for r in results], n)
-
-
 def comparisons(s: ClaimsScale) -> list[tuple[str, str]]:
     """The pairs of groups the text claims rest on (a: PA vs r3 and vs the largest r; b, c:
     the routers; at gap_point, e: PA vs CoDA per size and the sizes' CoDA, f: 0 vs N
@@ -306,40 +292,6 @@ def comparisons(s: ClaimsScale) -> list[tuple[str, str]]:
     return [(x, y) for x, y in pairs if x != y]
 
 
-def seeds_needed(pairs, by_group: dict[str, list[dict]], max_seeds: int) -> set[str]:
-    """The groups to run with max_seeds seeds: both sides of every pair whose difference is
-    within 3 standard errors and that has fewer seeds than max_seeds on a side."""
-    need = set()
-    for x, y in pairs:
-        ex, ey = accuracy_estimate(by_group[x]), accuracy_estimate(by_group[y])
-        if not separated(*difference(ex, ey)):
-            need |= {g for g in (x, y) if len(by_group[g]) < max_seeds}
-    return need
-
-
-def next_seeds(pairs, by_group: dict[str, list[dict]], count: int, always=()
-               ) -> list[tuple[str, int]]:
-    """The (group, seed) runs that bring seeds_needed(pairs, by_group, count) and the groups
-    `always` to count seeds (seeds are numbered from 0 in the order they ran)."""
-    need = seeds_needed(pairs, by_group, count) | set(always)
-    return [(g, seed) for g in sorted(need) for seed in range(len(by_group[g]), count)]
-
-
-def seed_rounds(s: ClaimsScale, text: dict[str, Run], results: dict, execute_runs, log: Log
-                ) -> dict:
-    """More seeds (next_seeds with gap_groups), a round per count up to s.max_seeds, each round
-    again while it adds runs (a seed added to one side can bring a pair within 3 SE whose other
-    side has fewer). execute_runs(list of Runs) -> {name: result}. Returns every result."""
-    results = dict(results)
-    for count in range(2, s.max_seeds + 1):
-        while extra := [with_seed(text[g], seed) for g, seed in next_seeds(
-                comparisons(s), _by_group(results), count, gap_groups(s))]:
-            log(f"  {len(extra)} more seeded runs: both sides of every comparison within 3 SE "
-                f"and e's and f's runs, to {count} seeds")
-            results.update(execute_runs(extra))
-    return results
-
-
 def gap_groups(s: ClaimsScale) -> list[str]:
     """e's and f's groups at gap_point, seeded up to max_seeds whatever their first seed shows:
     off the ceiling seeds differ by more than one seed's binomial error shows (and e rests on a
@@ -352,19 +304,12 @@ def gap_groups(s: ClaimsScale) -> list[str]:
 def seeded_runs(s: ClaimsScale, text: dict[str, Run], results: dict) -> dict[str, Run]:
     """text ({group: seed-0 Run}) with, after each of gap_groups, its other seeds in results
     (as "<group>/seed<k>"): where seeds part, the needle table shows each."""
-    by_group, out = _by_group(results), {}
+    grouped, out = by_group(results), {}
     for g, run in text.items():
         out[g] = run
         if g in gap_groups(s):
             out.update({f"{g}/seed{k}": with_seed(run, k)
-                        for k in range(1, len(by_group.get(g, ())))})
-    return out
-
-
-def _by_group(results: dict[str, dict]) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for name in sorted(results):
-        out.setdefault(group(name), []).append(results[name])
+                        for k in range(1, len(grouped.get(g, ())))})
     return out
 
 
@@ -460,8 +405,8 @@ def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None
     text = finetune_runs(s, data, data_dir)
     log(f"[claims 2/5] {len(text)} text finetuning runs (plus their backbones), seed 0")
     results = execute_all(list(text.values()), root, log=log)
-    results.update(seed_rounds(s, text, results, lambda runs: execute_all(runs, root, log=log),
-                               log))
+    results = seed_rounds(text, results, comparisons(s), gap_groups(s), s.max_seeds,
+                          lambda runs: execute_all(runs, root, log=log), log)
     lap("training")
     log("[claims 3/5] speed, side by side per size and length")
     speed = measure_speed(s, text, root, log)
@@ -520,8 +465,8 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
            speed: dict, output_dir: str, lookup: dict, needles: dict) -> dict:
     """The claims rows, tables and plot (module docstring, stage 5); images: image_stage's;
     lookup: backbone_lookup's; needles: claims_needles.needle_routing's."""
-    by_group = _by_group(results)
-    est = {g: accuracy_estimate(by_group[g]) for g in text}
+    grouped = by_group(results)
+    est = {g: accuracy_estimate(grouped[g]) for g in text}
     n0, b = s.lengths[0], s.base
     top = max(r for r in s.rates if r <= verdicts.PAPER_MAX_R)
     (ng, rg), name = s.gap_point, variant
@@ -544,7 +489,7 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
                          {n: (top, est[f"n{n}/{b}/pa"], est[f"n{n}/{b}/{name(top)}"])
                           for n in s.lengths}),
     ]
-    runs_md = (run_table(data["floors"], text, est, speed, by_group) + "\n"
+    runs_md = (run_table(data["floors"], text, est, speed, grouped) + "\n"
                + needles_table(needles) + "\n" + images["table"])
     floors_line = " ".join(
         f"Floors at n = {n}: majority {100 * f['majority']:.1f}%, bag of words "
@@ -567,7 +512,7 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
             "backbone_lookup": lookup, "needles": needles, "markdown": markdown}
 
 
-def run_table(floors, text, est, speed, by_group) -> str:
+def run_table(floors, text, est, speed, grouped) -> str:
     """Every text group: accuracy ± SE (seeds) beside its floors and measured speedup."""
     lines = ["| run | k | accuracy % ± SE (seeds) | majority % | bag of words % | truncation "
              "bound at r % | encoder speedup | trainable params |",
@@ -580,7 +525,7 @@ def run_table(floors, text, est, speed, by_group) -> str:
         fast = f"{speed[g]['encoder_speedup']:.2f}x" if g in speed else "-"
         lines.append(f"| {g} | {run.model.coda.k(n)} | {est[g].text()} | "
                      f"{100 * f['majority']:.1f} | {100 * f['bag_of_words']:.1f} | {trunc} | "
-                     f"{fast} | {by_group[g][0].get('trainable_params', 0):,} |")
+                     f"{fast} | {grouped[g][0].get('trainable_params', 0):,} |")
     return "\n".join(lines) + "\n"
 
 
@@ -602,5 +547,6 @@ def plot(s: ClaimsScale, est: dict, speed: dict, floors: dict, path: str) -> str
 
 
 __all__ = ["ClaimsScale", "SCALES", "run_claims", "run_pilot", "finetune_runs", "image_runs",
-           "backbone_runs", "comparisons", "seeds_needed", "next_seeds", "gap_groups", "seed_rounds", "ink_statistics",
-           "stage_of", "image_model", "variant", "ef_points", "text_floors"]
+           "backbone_runs", "comparisons", "gap_groups", "seeded_runs", "ink_statistics",
+           "stage_of", "image_model", "variant", "ef_points", "text_floors", "group",
+           "with_seed"]
