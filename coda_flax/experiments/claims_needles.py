@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 from coda_flax.experiments.runner import Run, load
+from coda_flax.tasks.metrics import as_text
 
 Log = Callable[[str], None]
 
@@ -48,8 +49,7 @@ def needle_routing(runs: Mapping[str, Run], root: str, records: Mapping[int, str
         examples = train_run.eval_examples(tasks.get_task_or_mixture(run.task), lengths,
                                            "validation", max_examples)
         tokens = train_run.to_batch(examples, lengths)["encoder_input_tokens"]
-        ids = [e["id"].decode() if isinstance(e["id"], bytes) else str(e["id"])
-               for e in examples]
+        ids = [as_text(e["id"]) for e in examples]
         out[g] = dict(batch_report(run.model, load(root, run)[1], tokens,
                                    spans=[spans[n][i] for i in ids])["evidence"],
                       n=n, k=run.model.coda.k(n))

@@ -48,7 +48,7 @@ from coda_flax.experiments.demo_runs import (  # noqa: F401  (the demo's setting
     GAVE_TASK, PRETRAIN_TASK, PRETRAIN_TASKS, QUICK, QUICK_VARIANTS, SPAN_TASK, TASK, VARIANTS,
     DemoSettings, model_config, prepare_task)
 from coda_flax.soft_topk import SOLVERS
-from coda_flax.tasks.metrics import majority_floor
+from coda_flax.tasks.metrics import as_text, majority_floor
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -346,12 +346,6 @@ def results_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _example_id(example) -> str:
-    """The needle record id of a tokenised example (seqio yields bytes)."""
-    i = example["id"]
-    return i.decode() if isinstance(i, bytes) else str(i)
-
-
 def routing_evidence(models: dict, params: dict, examples, records: dict, lengths,
                      output_dir: str, task, heatmap_examples: int = 2) -> dict:
     """Figure 7 heatmaps of the first validation inputs and the evidence share
@@ -363,7 +357,7 @@ def routing_evidence(models: dict, params: dict, examples, records: dict, length
 
     vocab = task.output_features["inputs"].vocabulary
     tokens = run.to_batch(examples, lengths)["encoder_input_tokens"]
-    ids = [_example_id(e) for e in examples]
+    ids = [as_text(e["id"]) for e in examples]   # the needle records' ids
     spans = [(records[i]["needle_start"], records[i]["needle_end"]) for i in ids]
     out = {}
     for name, model in models.items():
@@ -400,7 +394,7 @@ def role_probe(models: dict, params: dict, train, validation, vocab, lengths,
         for i in range(0, len(examples), batch):
             chunk = examples[i:i + batch]
             tokens = run.to_batch(chunk, lengths)["encoder_input_tokens"]
-            recs = [records[_example_id(e)] for e in chunk]
+            recs = [records[as_text(e["id"])] for e in chunk]
             spans = [(r["needle_start"], r["needle_end"]) for r in recs]
             ids = [(vocab.encode(r["giver"])[-1], vocab.encode(r["target"])[-1]) for r in recs]
             states = token_probes.encoder_states(model_cfg, p, tokens)

@@ -24,11 +24,13 @@ def majority_floor(targets) -> tuple[str, float]:
     return str(values[np.argmax(counts)]), float(counts.max() / len(targets))
 
 
-def _text(x) -> str:
+def as_text(x) -> str:
+    """A seqio field as text: bytes (what tf.data yields), a 0-d array of them, or anything
+    str() reads."""
     if isinstance(x, (bytes, np.bytes_)):
         return bytes(x).decode("utf-8")
     if isinstance(x, np.ndarray) and x.ndim == 0:
-        return _text(x.item())
+        return as_text(x.item())
     return str(x)
 
 
@@ -40,7 +42,7 @@ def accuracy(targets: Sequence[Any], predictions: Sequence[Any]) -> dict:
         raise ValueError("Number of targets and predictions must match.")
     if not targets:
         return {"accuracy": 0.0}
-    correct = [_text(t).strip() == _text(p).strip() for t, p in zip(targets, predictions)]
+    correct = [as_text(t).strip() == as_text(p).strip() for t, p in zip(targets, predictions)]
     return {"accuracy": 100.0 * float(np.mean(correct))}
 
 
@@ -57,7 +59,7 @@ def _normalize_answer(text: str, punc_chars: str, punc_repl: str) -> str:
 
 def normalize_squad(answer: str) -> str:
     """Normalisation of the official SQuAD evaluation script (as t5.evaluation.qa_utils)."""
-    return _normalize_answer(_text(answer), punc_chars=string.punctuation, punc_repl="")
+    return _normalize_answer(as_text(answer), punc_chars=string.punctuation, punc_repl="")
 
 
 def _exact_match_score(target: str, prediction: str) -> float:
@@ -121,8 +123,8 @@ record.__doc__ = "ReCoRD: max-over-answers EM / F1 (SQuAD normalisation), one ex
 def qa_postprocessor(answer, example=None, is_target: bool = False):
     """Predictions: the decoded answer; targets: all reference answers of the example."""
     if is_target and example is not None and "answers" in example:
-        return [_text(a) for a in np.asarray(example["answers"]).reshape(-1)]
-    return _text(answer)
+        return [as_text(a) for a in np.asarray(example["answers"]).reshape(-1)]
+    return as_text(answer)
 
 
 def record_postprocessor(answer, example=None, is_target: bool = False):
@@ -131,14 +133,14 @@ def record_postprocessor(answer, example=None, is_target: bool = False):
     if example is not None and "idx/passage" in example:
         group = (int(np.asarray(example["idx/passage"])), int(np.asarray(example["idx/query"])))
     if is_target and example is not None and "answers" in example:
-        value = [_text(a) for a in np.asarray(example["answers"]).reshape(-1)]
+        value = [as_text(a) for a in np.asarray(example["answers"]).reshape(-1)]
         return {"value": value, "group": group}
-    return {"value": _text(answer), "group": group}
+    return {"value": as_text(answer), "group": group}
 
 
 def strip_postprocessor(output, example=None, is_target: bool = False):
     del example, is_target
-    return _text(output).strip()
+    return as_text(output).strip()
 
 
 # ------------------------------------------------------------------ summarisation
@@ -152,7 +154,7 @@ def rouge(targets: Sequence[str], predictions: Sequence[str],
     from rouge_score import rouge_scorer
 
     def prepare(summary):
-        return _text(summary).replace(" . ", " .\n")
+        return as_text(summary).replace(" . ", " .\n")
 
     if len(targets) != len(predictions):
         raise ValueError("Number of targets and predictions must match.")
@@ -172,8 +174,8 @@ def rouge(targets: Sequence[str], predictions: Sequence[str],
 
 def _references(target) -> list[str]:
     if isinstance(target, (str, bytes, np.bytes_)):
-        return [_text(target)]
-    refs = [_text(t) for t in np.asarray(target, dtype=object).reshape(-1)]
+        return [as_text(target)]
+    refs = [as_text(t) for t in np.asarray(target, dtype=object).reshape(-1)]
     if not refs:
         raise ValueError("an example has no reference answers (unlabelled split?).")
     return refs
@@ -187,7 +189,7 @@ def _check_lengths(targets, predictions) -> None:
 
 def normalize_vqa(text) -> str:
     """Lowercase, strip, collapse whitespace (the DocVQA / InfographicVQA scripts' normalisation)."""
-    return " ".join(_text(text).strip().lower().split())
+    return " ".join(as_text(text).strip().lower().split())
 
 
 def exact_match(targets: Sequence[Any], predictions: Sequence[Any],
@@ -199,7 +201,7 @@ def exact_match(targets: Sequence[Any], predictions: Sequence[Any],
     _check_lengths(targets, predictions)
     if not targets:
         return {"exact_match": 0.0}
-    norm = normalize_vqa if normalize else _text
+    norm = normalize_vqa if normalize else as_text
     hits = [any(norm(t) == norm(p) for t in _references(ts)) for ts, p in zip(targets, predictions)]
     return {"exact_match": 100.0 * float(np.mean(hits))}
 
@@ -250,7 +252,7 @@ def caption_tokens(text) -> list[str]:
     """Lowercased word tokens with punctuation removed: an approximation, without Java, of
     coco-caption's PTBTokenizer pipeline (Stanford PTB tokenizer, -lowerCase, then its
     punctuation list dropped). Contractions split as PTB does ("don't" -> "do n't")."""
-    text = _text(text).lower()
+    text = as_text(text).lower()
     text = re.sub(r"(\w)(n't)\b", r"\1 \2", text)
     text = re.sub(r"(\w)('(?:s|re|ve|ll|d|m))\b", r"\1 \2", text)
     return [t for t in _PTB_TOKEN.findall(text) if t not in _PTB_PUNCTUATION]
@@ -283,7 +285,7 @@ def cider(targets: Sequence[Any], predictions: Sequence[Any], n: int = 4, sigma:
     _check_lengths(targets, predictions)
     if not targets:
         return {"cider": 0.0}
-    split = caption_tokens if tokenize else (lambda s: _text(s).split())
+    split = caption_tokens if tokenize else (lambda s: as_text(s).split())
     refs = [[_ngrams(split(r), n) for r in _references(ts)] for ts in targets]
     hyps = [_ngrams(split(p), n) for p in predictions]
     doc_freq = collections.Counter()
@@ -325,10 +327,10 @@ def answers_postprocessor(output, example=None, is_target: bool = False):
     """Predictions: the decoded text, stripped. Targets: the example's "answers" (all acceptable
     answers / reference captions), or its decoded target when it has none."""
     if is_target and example is not None and "answers" in example:
-        answers = [_text(a) for a in np.asarray(example["answers"]).reshape(-1)]
+        answers = [as_text(a) for a in np.asarray(example["answers"]).reshape(-1)]
         if answers:
             return answers
-    return _text(output).strip()
+    return as_text(output).strip()
 
 
 # ------------------------------------------------------------------ speech recognition
@@ -353,7 +355,7 @@ def _edit_rate(targets: Sequence[Any], predictions: Sequence[Any], split) -> flo
         raise ValueError("Number of targets and predictions must match.")
     edits = words = 0
     for t, p in zip(targets, predictions):
-        ref, hyp = split(_text(t)), split(_text(p))
+        ref, hyp = split(as_text(t)), split(as_text(p))
         edits += edit_distance(ref, hyp)
         words += len(ref)
     return 100.0 * edits / words if words else (0.0 if edits == 0 else float("inf"))

@@ -21,6 +21,7 @@ import numpy as np
 from coda_flax.config import ModelConfig
 from coda_flax.datasets import provenance
 from coda_flax.inputs import encoder_length, input_shape
+from coda_flax.tasks.metrics import as_text
 from coda_flax.train.ctc_model import make_model
 from coda_flax.train.settings import (CheckpointSettings, DataSettings, EvalSettings,
                                       GuardSettings, OptimizerSettings, ScheduleSettings,
@@ -139,10 +140,6 @@ def to_batch(examples: Sequence[Mapping[str, Any]], feature_lengths: Mapping[str
             "decoder_target_tokens": tgt, "decoder_loss_weights": (tgt > 0).astype(np.float32)}
 
 
-def _text(x) -> str:
-    return x.decode() if isinstance(x, bytes) else str(x)
-
-
 def decode_ids(vocab, ids, eos_id) -> str:
     """Text of one decode: up to the first EOS (when the model has one), padding dropped."""
     ids = [int(t) for t in ids]
@@ -155,7 +152,7 @@ def decode_ids(vocab, ids, eos_id) -> str:
 def target_text(task, example, eos_id) -> str:
     """The raw target string of a tokenised example."""
     _, out_vocab = _features(task)
-    return _text(example.get("targets_pretokenized",
+    return as_text(example.get("targets_pretokenized",
                              decode_ids(out_vocab, example["targets"], eos_id)))
 
 
@@ -203,7 +200,7 @@ def evaluate_params(model, params, task, feature_lengths: Mapping[str, int],
             target = target_text(task, ex, model.eos_id)
             predictions.append(postprocess(task, text, ex, is_target=False))
             targets.append(postprocess(task, target, ex, is_target=True))
-            rows.append({"input": _text(ex.get("inputs_pretokenized", "")), "target": target,
+            rows.append({"input": as_text(ex.get("inputs_pretokenized", "")), "target": target,
                          "prediction": text})
     results = {"loss_per_token": totals["loss"] / max(weight, 1.0),
                "num_examples": len(examples)}
