@@ -27,8 +27,8 @@
 SCALES: "full" (512 / 1,024 tokens, three sizes, every r and both router rates; not run: by
 the reduced run's per-run times it takes well over the issue's 2 hours here), "reduced" (256 /
 512 tokens, d32 and d64, r to 64, up to 3 seeds, e and f judged at n = 512, r = 32: the
-README's run), "tiny" (the code path
-for tests: every stage, 2-step runs). Nothing here reads argv or gin.
+README's run), "tiny" (the code path for tests: every stage, 2-step runs). Nothing here reads
+argv or gin.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from coda_flax.experiments.claims_images import (anneal_stages, image_model, ima
                                                  run_images)
 from coda_flax.experiments.claims_needles import needle_routing, needles_table
 from coda_flax.experiments.claims_seeds import (accuracy_estimate, by_group, group, seed_rounds,
-                                                with_seed)
+                                                variant, with_seed)
 from coda_flax.experiments.runner import Run, execute, execute_all, load
 
 Log = Callable[[str], None]
@@ -263,11 +263,6 @@ def finetune_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
     return runs
 
 
-def variant(r: float) -> str:
-    """The sweep's variant name at r: "pa" (r = 1) or "coda_r<r>"."""
-    return "pa" if r == 1 else f"coda_r{r}"
-
-
 def ef_points(s: ClaimsScale) -> list[tuple[int, float]]:
     """The (n, r) points of the sizes' and pretraining runs: the paper's (the first length,
     r = 3), then the scale's gap_point, where e and f are judged."""
@@ -304,10 +299,10 @@ def gap_groups(s: ClaimsScale) -> list[str]:
 def seeded_runs(s: ClaimsScale, text: dict[str, Run], results: dict) -> dict[str, Run]:
     """text ({group: seed-0 Run}) with, after each of gap_groups, its other seeds in results
     (as "<group>/seed<k>"): where seeds part, the needle table shows each."""
-    grouped, out = by_group(results), {}
+    grouped, gaps, out = by_group(results), set(gap_groups(s)), {}
     for g, run in text.items():
         out[g] = run
-        if g in gap_groups(s):
+        if g in gaps:
             out.update({f"{g}/seed{k}": with_seed(run, k)
                         for k in range(1, len(grouped.get(g, ())))})
     return out
@@ -469,9 +464,9 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
     est = {g: accuracy_estimate(grouped[g]) for g in text}
     n0, b = s.lengths[0], s.base
     top = max(r for r in s.rates if r <= verdicts.PAPER_MAX_R)
-    (ng, rg), name = s.gap_point, variant
+    ng, rg = s.gap_point
     rows = [
-        verdicts.claim_a({f"n = {n}": {r: est[f"n{n}/{b}/{name(r)}"] for r in s.rates}
+        verdicts.claim_a({f"n = {n}": {r: est[f"n{n}/{b}/{variant(r)}"] for r in s.rates}
                           for n in s.lengths}),
         verdicts.claim_b({r: {x: est[f"n{n0}/{b}/{x}_r{r}_k_to_k"]
                               for x in ("soft_topk", "sigmoid", "first_k")}
@@ -479,14 +474,14 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
         verdicts.claim_c({r: (est[f"n{n0}/{b}/coda_r{r}"], est[f"n{n0}/{b}/soft_topk_r{r}_k_to_k"])
                           for r in s.router_rates}),
         images["row"],
-        verdicts.claim_e([(size, est[f"n{ng}/{size}/pa"], est[f"n{ng}/{size}/{name(rg)}"])
+        verdicts.claim_e([(size, est[f"n{ng}/{size}/pa"], est[f"n{ng}/{size}/{variant(rg)}"])
                           for size, _ in s.sizes], where=f"n = {ng}, r = {rg}"),
-        verdicts.claim_f({0: est[f"n{ng}/{b}/{name(rg)}"],
-                          s.coda_pretrain_steps: est[f"n{ng}/{b}/{name(rg)}_pretrained"]},
+        verdicts.claim_f({0: est[f"n{ng}/{b}/{variant(rg)}"],
+                          s.coda_pretrain_steps: est[f"n{ng}/{b}/{variant(rg)}_pretrained"]},
                          where=f"n = {ng}, r = {rg}"),
-        verdicts.claim_g({n: {r: speed[f"n{n}/{b}/{name(r)}"]["encoder_speedup"]
+        verdicts.claim_g({n: {r: speed[f"n{n}/{b}/{variant(r)}"]["encoder_speedup"]
                               for r in s.rates} for n in s.lengths},
-                         {n: (top, est[f"n{n}/{b}/pa"], est[f"n{n}/{b}/{name(top)}"])
+                         {n: (top, est[f"n{n}/{b}/pa"], est[f"n{n}/{b}/{variant(top)}"])
                           for n in s.lengths}),
     ]
     runs_md = (run_table(data["floors"], text, est, speed, grouped) + "\n"

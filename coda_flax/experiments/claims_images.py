@@ -29,6 +29,7 @@ import numpy as np
 from coda_flax import variants
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.experiments import pipeline
+from coda_flax.experiments.claims_seeds import variant
 from coda_flax.experiments.runner import Run, execute, execute_all
 
 Log = Callable[[str], None]
@@ -84,7 +85,7 @@ def image_runs(s, data: dict, data_dir) -> dict[str, Run]:
                 train_options=_options(data_dir))
     out = {}
     for r in (1, *s.image_rates):
-        name = "pa" if r == 1 else f"coda_r{r}"
+        name = variant(r)
         cfg = variants.coda_at(r, s.image_attention, adapter_dim=s.adapter_dim)
         out[f"images/{name}"] = dataclasses.replace(
             dense, name=f"images/{name}/seed0", model=image_model(s, cfg),
@@ -263,5 +264,5 @@ def run_images(s, scale: str, output_dir: str, data_dir: str | None, log: Log) -
 
 
 __all__ = ["INK_TASK", "anneal_stages", "image_model", "prepare_pages", "image_runs",
-           "ink_statistics", "routed_ink", "combine_seeds", "seeded_ink", "image_table", "image_stage",
-           "run_images"]
+           "ink_statistics", "routed_ink", "combine_seeds", "seeded_ink", "image_table",
+           "image_stage", "run_images"]

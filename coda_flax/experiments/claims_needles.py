@@ -2,7 +2,8 @@
 behind a text claim that does not hold (issue 18), e.g. a router that never learned to find the
 needles against one that did.
 
-For every routed text run (seed 0), on its validation examples, per encoder layer
+For every routed text run given (seed 0, and other seeds where they are asked for), on its
+validation examples, per encoder layer
 (analysis.routing_report.batch_report -> routing_stats.evidence_share, the needles' token
 offsets from the givers records):
 
@@ -39,19 +40,21 @@ def needle_routing(runs: Mapping[str, Run], root: str, records: Mapping[int, str
     from coda_flax.analysis.routing_stats import is_routed
     from coda_flax.train import run as train_run
 
-    out, spans = {}, {}
+    out, inputs = {}, {}
     for g, run in runs.items():
         if not is_routed(run.model):
             continue
         lengths = dict(run.feature_lengths)
         n = lengths["inputs"]
-        spans.setdefault(n, needle_spans(records[n]))
-        examples = train_run.eval_examples(tasks.get_task_or_mixture(run.task), lengths,
-                                           "validation", max_examples)
-        tokens = train_run.to_batch(examples, lengths)["encoder_input_tokens"]
-        ids = [as_text(e["id"]) for e in examples]
+        if (run.task, n) not in inputs:          # read and tokenised once per task and length
+            examples = train_run.eval_examples(tasks.get_task_or_mixture(run.task), lengths,
+                                               "validation", max_examples)
+            spans = needle_spans(records[n])
+            inputs[run.task, n] = (train_run.to_batch(examples, lengths)["encoder_input_tokens"],
+                                   [spans[as_text(e["id"])] for e in examples])
+        tokens, needles = inputs[run.task, n]
         out[g] = dict(batch_report(run.model, load(root, run)[1], tokens,
-                                   spans=[spans[n][i] for i in ids])["evidence"],
+                                   spans=needles)["evidence"],
                       n=n, k=run.model.coda.k(n))
         log(f"  {g}: needle tokens routed per layer " + " / ".join(
             f"{100 * x:.0f}%" for x in out[g]["evidence_recall"]))
