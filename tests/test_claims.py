@@ -3,6 +3,7 @@ every claim, the seeds rule, the ink share against hand-computed patch masks, th
 generator (ink inside the word's box, white everywhere else), and (--slow) the tiny stand-in
 end to end: stopped by SIGTERM, resumed, run again with nothing trained."""
 
+import dataclasses
 import json
 import math
 import os
@@ -86,9 +87,35 @@ def test_claim_rows_by_hand():
                           "r16 layer 2: above chance": YES,
                           "r16 layer 3: above chance": NOT_SEPARATED}
     assert d["holds"] == NOT_SEPARATED and d["ours"].startswith("r8: layer 0 50.0 ± 1.0%")
+    # the schedule probe: 3 seeds over 20% (2 stalled), 3 over 50% at PA's level
+    seeds = (lambda *a: estimate(a, 400))
+    pa, runs, slow = seeds(0.99, 0.985, 0.99), seeds(0.62, 0.995, 0.615), seeds(0.98, 1.0, 0.99)
+    probe = verdicts.schedule_probe(pa, runs, slow, (0.2, 0.5), "n = 512, r = 32")
+    # gain 0.247 with SE ~0.126 (the stalled seeds' spread): 2 SE, not separated; PA - slow =
+    # -0.002 ± ~0.006: within the point
+    assert probe["parts"] == {"annealed over 50% > over 20%": NOT_SEPARATED,
+                              "annealed over 50%: within 1 point of PA": YES}
+    assert "62.0 / 99.5 / 61.5" in probe["text"] and "is the k schedule's" in probe["text"]
+    short = verdicts.schedule_probe(pa, runs, seeds(0.7, 0.72, 0.69), (0.2, 0.5), "x")
+    assert short["parts"]["annealed over 50%: within 1 point of PA"] == NO
+    assert "not the k schedule's alone" in short["text"]
     table = verdicts.claims_markdown([a, b, c, d, ties, g])
     assert table.startswith("| claim | paper | ours (± SE, seeds) | holds? |")
     assert table.count("\n| ") == 6 and "| b. soft top-k > sigmoid > truncation |" in table
+
+
+def test_speed_rows_keep_each_rounds_ratio(monkeypatch):
+    """speed_table: medians over rounds, their ratio, and the lowest / highest within-round
+    ratio (the claims' run table prints it beside the speedup), from hand-made rounds."""
+    from coda_flax.analysis import timing
+    from coda_flax.experiments import pipeline
+    rounds = {"pa": {"encoder": [4.0, 6.0, 5.0]}, "r3": {"encoder": [1.0, 2.0, 2.5]}}
+    monkeypatch.setattr(timing, "measure_models", lambda *a: rounds)
+    rows = pipeline.speed_table({"pa": None, "r3": None}, {}, {}, 3, baseline="pa")
+    assert rows["r3"]["encoder_seconds"] == 2.0 and rows["pa"]["encoder_seconds"] == 5.0
+    assert rows["r3"]["encoder_speedup"] == 2.5                 # 5.0 / 2.0, the medians
+    assert rows["r3"]["encoder_speedup_range"] == (2.0, 4.0)    # rounds: 4, 3, 2
+    assert rows["pa"]["encoder_speedup_range"] == (1.0, 1.0)
 
 
 # ----------------------------------------------------------------------------- specs
@@ -141,6 +168,7 @@ def test_specs_cover_every_claim():
     assert claims.stage_of("n512/d64/pa/seed2") == "extra seeds"
     assert claims.stage_of("coda_pretrain/d64/r3") == "pretraining"
     assert claims.stage_of("n512/d64/sigmoid_r3_k_to_k/seed0") == "routers"
+    assert claims.stage_of("n512/d64/coda_r3_anneal50/seed0") == "schedule"
 
 
 def test_reduced_scale_judges_e_and_f_off_the_ceiling():
@@ -163,6 +191,15 @@ def test_reduced_scale_judges_e_and_f_off_the_ceiling():
     assert ("n256/d32/pa", "n256/d32/coda_r3") not in pairs           # at the ceiling: no seeds
     for x, y in pairs:
         assert x in runs and y in runs
+    # the schedule probe: the gap point's base-size CoDA, k annealed over half the steps
+    probe, runs32 = runs["n512/d64/coda_r32_anneal50"], runs["n512/d64/coda_r32"]
+    assert (probe.k_anneal_fraction, runs32.k_anneal_fraction) == (0.5, 0.2)
+    assert dataclasses.replace(probe, name=runs32.name, k_anneal_fraction=0.2) == runs32
+    from coda_flax.kplan import KPlan
+    plan = KPlan.for_run(probe.model.coda, 512, s.finetune_steps, probe.k_anneal_fraction,
+                         probe.k_anneal_stages)   # over 500 of 1,000 steps: 512 -> 16, linear
+    assert [(st.start_step, st.k) for st in plan.stages] == [(0, 512), (167, 347), (333, 182),
+                                                             (500, 16)]
     with pytest.raises(ValueError, match="gap_point .* lengths"):
         claims.ClaimsScale(gap_point=(256, 3))
 
@@ -241,7 +278,7 @@ def test_seeds_are_added_where_a_difference_is_within_3_se():
         "n256/d64/soft_topk_r3_k_to_k/seed2")]        # sigmoid's seeds come in a later round
     assert claims.gap_groups(claims.SCALES["reduced"]) == [
         "n512/d32/pa", "n512/d32/coda_r32", "n512/d64/pa", "n512/d64/coda_r32",
-        "n512/d64/coda_r32_pretrained"]
+        "n512/d64/coda_r32_pretrained", "n512/d64/coda_r32_anneal50"]
 
 
 # ----------------------------------------------------------------------------- images
@@ -425,6 +462,8 @@ def test_tiny_claims_stop_resume_and_reuse(tmp_path):
     first = summary["needles"][f"n{n}/d16/first_k_r3_k_to_k"]["evidence_recall"]
     assert first == pytest.approx([recall] * len(first))
     assert "| run | k | needle tokens routed % (per layer)" in table
+    assert "The k schedule, measured (n = 128, r = 3, d16)" in table
+    assert summary["schedule"]["parts"] and f"| n{n}/d16/coda_r3_anneal50 | " in table
     assert main(["claims", "--scale", "tiny", "--output", str(out), "--data-dir",
                  str(data)]) == 0
     assert _results(out / "runs") == after                         # nothing trained again

@@ -4,6 +4,8 @@ speedups; and the Figure-5-style plot, one line per model size.
 
     claim_a .. claim_g   one row each: {"claim", "what", "paper", "ours", "holds", "parts"}
     claims_markdown      `| claim | paper | ours (± SE, seeds) | holds? |`
+    schedule_probe       one point trained with two k schedules beside PA: is a fall there the
+                         routers' capacity or the k schedule's?
     plot_tradeoff        accuracy (± SE) against measured speedup, one line per model size
 
 "holds" is "yes", "no" or "not separated" (a difference within 3 standard errors:
@@ -131,8 +133,9 @@ def claim_g(speedups: Mapping[int, Mapping[float, float]],
     (r, PA, CoDA at r)}, r the sweep's largest up to max_r. Parts, over the paper's rates
     (r <= max_r; past them the routed layers' share of the time is small, the speedups are
     shown and claim a has the quality): the speedup rises with r at every length, is larger at
-    the longest length than at the shortest for every r > 1 (timings have no error bar here:
-    these parts are yes / no), and quality at r is within `tolerance` of PA (at_most)."""
+    the longest length than at the shortest for every r > 1 (judged on the medians over the
+    timing rounds: these parts are yes / no; the run table shows each speedup's range over the
+    rounds), and quality at r is within `tolerance` of PA (at_most)."""
     lengths = sorted(speedups)
     parts = {}
     for n in lengths:
@@ -172,6 +175,33 @@ def claim_d(by_rate: Mapping[float, tuple[Sequence[tuple[float, float]], tuple[f
     return _row("d", ours, parts)
 
 
+def _seeds(e: Estimate) -> str:
+    return " / ".join(f"{100 * a:.1f}" for a in e.seeds)
+
+
+def schedule_probe(pa: Estimate, runs: Estimate, slow: Estimate, fractions: tuple[float, float],
+                   where: str, tolerance: float = TOLERANCE) -> dict:
+    """CoDA at one point with k annealed from n to ceil(n / r) over fractions[0] of the steps
+    (the runs' schedule) and over fractions[1] (slower), beside PA at the same point. Parts:
+    the slower anneal beats the runs' (greater) and is within `tolerance` of PA (at_most).
+    Where the slower anneal reaches PA, a fall of CoDA at this point is the k schedule's, not
+    the routers' capacity. Returns {"text", "parts"}."""
+    (fast, slow_f), gain = fractions, difference(slow, runs)
+    parts = {f"annealed over {100 * slow_f:g}% > over {100 * fast:g}%": greater(*gain),
+             f"annealed over {100 * slow_f:g}%: within {100 * tolerance:g} point of PA":
+                 at_most(*difference(pa, slow), tolerance)}
+    reached = list(parts.values())[1] == YES
+    text = (f"The k schedule, measured ({where}): CoDA with k annealed over {100 * fast:g}% of "
+            f"the steps (every other run's schedule) {runs.text()}, per seed {_seeds(runs)}; "
+            f"over {100 * slow_f:g}% {slow.text()}, per seed {_seeds(slow)} (difference "
+            f"{_diff_text(*gain)}); PA {pa.text()}. "
+            + ("The slower anneal reaches PA here, so CoDA's fall at this point (and the gaps "
+               "e and f measure there) is the k schedule's, not the routers' capacity."
+               if reached else "The slower anneal does not reach PA here: the fall at this "
+               "point is not the k schedule's alone."))
+    return {"text": text, "parts": parts}
+
+
 def claims_markdown(rows: Sequence[dict]) -> str:
     """The table `| claim | paper | ours (± SE, seeds) | holds? |`, then each claim's parts."""
     lines = ["| claim | paper | ours (± SE, seeds) | holds? |", "|---|---|---|---|"]
@@ -186,10 +216,12 @@ def claims_markdown(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_tradeoff(lines: Mapping[str, Sequence[tuple[float, float, float, str]]], path: str, *,
+def plot_tradeoff(lines: Mapping[str, Sequence[tuple]], path: str, *,
                   floors: Mapping[str, float], title: str = "") -> str:
     """Figure 5 at CPU scale. lines: {model size label: [(measured speedup, accuracy %, SE %,
-    point label e.g. "r3")]}, one line per size; floors: {label: accuracy %} drawn dashed."""
+    point label e.g. "r3"[, (lowest, highest) speedup of the timing rounds])]}, one line per
+    size (horizontal bars: the rounds' range where given); floors: {label: accuracy %} drawn
+    dashed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -198,13 +230,17 @@ def plot_tradeoff(lines: Mapping[str, Sequence[tuple[float, float, float, str]]]
     for label, points in lines.items():
         pts = sorted(points)
         xs, ys, se = ([p[i] for p in pts] for i in range(3))
-        bar = ax.errorbar(xs, ys, yerr=se, marker="o", capsize=3, label=label)
-        for x, y, _, name in pts:
+        spans = [p[4] if len(p) > 4 else (p[0], p[0]) for p in pts]
+        xerr = [[max(0.0, x - lo) for x, (lo, _) in zip(xs, spans)],     # the medians' ratio
+                [max(0.0, hi - x) for x, (_, hi) in zip(xs, spans)]]     # may lie outside it
+        bar = ax.errorbar(xs, ys, yerr=se, xerr=xerr, marker="o", capsize=3, label=label)
+        for x, y, _, name, *_ in pts:
             ax.annotate(name, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7,
                         color=bar[0].get_color())
     for style, (label, value) in zip(("--", ":", "-."), floors.items()):
         ax.axhline(value, color="gray", lw=0.8, ls=style, label=label)
-    ax.set_xlabel("measured encoder speedup over the Parallel Adapter (same size and length)")
+    ax.set_xlabel("measured encoder speedup over the Parallel Adapter (same size and length; "
+                  "bars: the timing rounds' range)")
     ax.set_ylabel("validation accuracy, % (bars: standard error)")
     ax.set_title(title or "Quality against speed, one line per model size (cf. paper Figure 5)")
     ax.legend(fontsize=8)

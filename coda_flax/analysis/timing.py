@@ -2,7 +2,8 @@
 
 `measure_interleaved` times several zero-argument functions in rotated order so that every one
 sees the same background load; `measure_models` times trained models' encoder and encode +
-greedy decoding on one batch (what `coda demo` and `coda compare` report);
+greedy decoding on one batch, every round's sample (what `coda demo`, `coda compare` and
+`coda claims` report);
 `sample_statistic` / `paired_speedup` reduce the samples (median or min; the median over rounds
 of the per-round ratio). Used by coda_flax.bench and the experiments.
 """
@@ -86,8 +87,8 @@ def measure_interleaved(fns: dict[Any, Callable[[], Any]], *, repeats: int, warm
 
 def measure_models(models: dict, params: dict, batch: dict, repeats: int) -> dict:
     """Seconds per call of the encoder and of encode + greedy decoding ({name: {"encoder",
-    "end_to_end"}}) of trained models (CodaT5Model / CodaCtcModel) on the same batch, timed
-    interleaved (measure_interleaved); the median over `repeats` rounds."""
+    "end_to_end": [seconds, one per round]}}) of trained models (CodaT5Model / CodaCtcModel)
+    on the same batch, timed interleaved (measure_interleaved) over `repeats` rounds."""
     import jax
 
     fns = {}
@@ -101,5 +102,5 @@ def measure_models(models: dict, params: dict, batch: dict, repeats: int) -> dic
                                      min_sample_seconds=0.05)
     out = {name: {} for name in models}
     for (name, what), times in samples.items():
-        out[name][what] = float(np.median(times))
+        out[name][what] = [float(t) for t in times]
     return out

@@ -13,6 +13,9 @@
                                  at gap_point (the (n, r) where e and f are judged)       (e)
                   pretraining    CoDA pretrained N more steps, then finetuned, at the same
                                  points                                                   (f)
+                  schedule       the base size's CoDA at gap_point with k annealed over
+                                 probe_anneal_fraction of the steps: is a fall there the
+                                 routers' capacity or the k schedule's?             (a, e, f)
                   images         a dense patch model on the pages, PA and CoDA at image_rates
                 then more seeds, one at a time up to max_seeds, for both sides of every
                 comparison still within 3 SE and for e's and f's runs at gap_point
@@ -86,6 +89,8 @@ class ClaimsScale:
     finetune_steps: int = 1000         # 300 left CoDA unsettled (seeds 100% and 67% at r = 3)
     k_anneal_stages: int = 4           # k from n to ceil(n / r) over the first 20% of the steps
                                        # in 4 stages (2, one jump, left r = 16 at 11%; 4: 99.5%)
+    k_anneal_fraction: float = Run.k_anneal_fraction   # the share of the steps k anneals over
+    probe_anneal_fraction: float = 0.5  # the schedule probe's (at gap_point, the base size)
     batch_size: int = 8
     finetune_lr: float = 0.01
     max_seeds: int = 3
@@ -229,9 +234,9 @@ def finetune_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
     backbones = backbone_runs(s, data, data_dir)
     dims = dict(s.sizes)
 
-    def run(n, size, variant, cfg, init=None):
+    def run(n, size, variant, cfg, init=None, fraction=s.k_anneal_fraction):
         return Run(name=f"n{n}/{size}/{variant}/seed0",
-                   k_anneal_stages=anneal_stages(s, cfg),
+                   k_anneal_stages=anneal_stages(s, cfg), k_anneal_fraction=fraction,
                    model=text_model(s, data["vocab_size"], dims[size], cfg),
                    task=text_task(n),
                    feature_lengths=(("inputs", n), ("targets", s.num_needles + 2)),
@@ -260,7 +265,15 @@ def finetune_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
                                   k_anneal_stages=s.k_anneal_stages)
         name = f"{variant(r)}_pretrained"
         runs[f"n{n}/{s.base}/{name}"] = run(n, s.base, name, coda(s, r), init=pre)
+    (n, r), name = s.gap_point, probe_variant(s)                     # schedule (a, e, f)
+    runs[f"n{n}/{s.base}/{name}"] = run(n, s.base, name, coda(s, r),
+                                        fraction=s.probe_anneal_fraction)
     return runs
+
+
+def probe_variant(s: ClaimsScale) -> str:
+    """The schedule probe's variant name, e.g. coda_r32_anneal50."""
+    return f"{variant(s.gap_point[1])}_anneal{round(100 * s.probe_anneal_fraction)}"
 
 
 def ef_points(s: ClaimsScale) -> list[tuple[int, float]]:
@@ -288,12 +301,12 @@ def comparisons(s: ClaimsScale) -> list[tuple[str, str]]:
 
 
 def gap_groups(s: ClaimsScale) -> list[str]:
-    """e's and f's groups at gap_point, seeded up to max_seeds whatever their first seed shows:
-    off the ceiling seeds differ by more than one seed's binomial error shows (and e rests on a
-    difference of two gaps)."""
+    """e's and f's groups at gap_point and the schedule probe's, seeded up to max_seeds whatever
+    their first seed shows: off the ceiling seeds differ by more than one seed's binomial error
+    shows (and e rests on a difference of two gaps)."""
     (n, r), b = s.gap_point, s.base
     return [f"n{n}/{size}/{v}" for size, _ in s.sizes for v in ("pa", variant(r))] + \
-        [f"n{n}/{b}/{variant(r)}_pretrained"]
+        [f"n{n}/{b}/{variant(r)}_pretrained", f"n{n}/{b}/{probe_variant(s)}"]
 
 
 def seeded_runs(s: ClaimsScale, text: dict[str, Run], results: dict) -> dict[str, Run]:
@@ -369,6 +382,8 @@ def stage_of(name: str) -> str:
         return "pretraining"
     if variant.endswith("_k_to_k"):
         return "routers"
+    if "_anneal" in variant:
+        return "schedule"
     return "sweep / sizes"
 
 
@@ -484,6 +499,10 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
                          {n: (top, est[f"n{n}/{b}/pa"], est[f"n{n}/{b}/{variant(top)}"])
                           for n in s.lengths}),
     ]
+    probe = verdicts.schedule_probe(
+        est[f"n{ng}/{b}/pa"], est[f"n{ng}/{b}/{variant(rg)}"],
+        est[f"n{ng}/{b}/{probe_variant(s)}"], (s.k_anneal_fraction, s.probe_anneal_fraction),
+        where=f"n = {ng}, r = {rg}, {b}")
     runs_md = (run_table(data["floors"], text, est, speed, grouped) + "\n"
                + needles_table(needles) + "\n" + images["table"])
     floors_line = " ".join(
@@ -495,11 +514,14 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
         f"{size} {v['accuracy']:.1f}% of {v['num_examples']}" for size, v in lookup.items()) + "."
     markdown = (f"Claims at CPU scale ({scale} scale; ± = standard error over the seeds' "
                 f"answers, the larger of binomial and seed-to-seed). {floors_line}\n\n"
-                + verdicts.claims_markdown(rows) + "\n" + runs_md)
+                + verdicts.claims_markdown(rows) + "\n" + probe["text"] + " Parts: "
+                + "; ".join(f"{k}: {v}" for k, v in probe["parts"].items()) + ".\n\n"
+                + runs_md)
     with open(os.path.join(output_dir, "claims.md"), "w") as f:
         f.write(markdown)
     plot(s, est, speed, data["floors"][n0], os.path.join(output_dir, "tradeoff.png"))
     return {"scale": scale, "settings": dataclasses.asdict(s), "claims": rows,
+            "schedule": probe,
             "floors": {str(n): f for n, f in data["floors"].items()},
             "accuracy": {g: dataclasses.asdict(e) for g, e in
                          {**est, **images["accuracy"]}.items()},
@@ -508,16 +530,18 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
 
 
 def run_table(floors, text, est, speed, grouped) -> str:
-    """Every text group: accuracy ± SE (seeds) beside its floors and measured speedup."""
+    """Every text group: accuracy ± SE (seeds) beside its floors and measured speedup (the
+    median's ratio, and the lowest and highest of the rounds' ratios)."""
     lines = ["| run | k | accuracy % ± SE (seeds) | majority % | bag of words % | truncation "
-             "bound at r % | encoder speedup | trainable params |",
+             "bound at r % | encoder speedup (rounds' range) | trainable params |",
              "|---|---|---|---|---|---|---|---|"]
     for g, run in text.items():
         n = int(g.split("/")[0][1:])
         r, f = run.model.coda.reduction, floors[n]
         trunc = f["truncation"].get(str(r))
         trunc = "-" if trunc is None else f"{100 * trunc:.1f}"
-        fast = f"{speed[g]['encoder_speedup']:.2f}x" if g in speed else "-"
+        fast = "-" if g not in speed else (f"{speed[g]['encoder_speedup']:.2f}x (%.2f-%.2f)"
+                                           % tuple(speed[g]["encoder_speedup_range"]))
         lines.append(f"| {g} | {run.model.coda.k(n)} | {est[g].text()} | "
                      f"{100 * f['majority']:.1f} | {100 * f['bag_of_words']:.1f} | {trunc} | "
                      f"{fast} | {grouped[g][0].get('trainable_params', 0):,} |")
@@ -530,11 +554,12 @@ def plot(s: ClaimsScale, est: dict, speed: dict, floors: dict, path: str) -> str
     for g, e in est.items():
         n, size, variant = g.split("/")
         if g not in speed or not (variant == "pa" or variant.startswith("coda_r")) \
-                or variant.endswith("_pretrained"):
+                or variant.endswith("_pretrained") or "_anneal" in variant:
             continue
         label = f"{size}, n = {n[1:]}"
         lines.setdefault(label, []).append((speed[g]["encoder_speedup"], 100 * e.mean,
-                                            100 * e.se, variant.replace("coda_", "")))
+                                            100 * e.se, variant.replace("coda_", ""),
+                                            tuple(speed[g]["encoder_speedup_range"])))
     return verdicts.plot_tradeoff(
         lines, path, floors={"majority": 100 * floors["majority"],
                              "bag of words (the best without routing)":

@@ -12,6 +12,7 @@ has trained or reused their runs. Plain keyword arguments; nothing here reads ar
 from __future__ import annotations
 
 import json
+import statistics
 from typing import Any, Mapping, Sequence
 
 ENCODER, END_TO_END = "encoder", "end_to_end"
@@ -47,13 +48,23 @@ def speed_batch(examples: Sequence[Mapping[str, Any]], size: int,
 def speed_table(models: Mapping[str, Any], params: Mapping[str, Any], batch: dict,
                 repeats: int, baseline: str | None = "parallel_adapter") -> dict[str, dict]:
     """Times every model's encoder and encode + greedy decoding on the same batch
-    (analysis.timing.measure_models: interleaved, median over rounds) and divides the baseline's
-    time by each: {name: {"encoder_seconds", "end_to_end_seconds", "encoder_speedup",
-    "end_to_end_speedup"}}. The baseline is the first model when `baseline` is not among them."""
+    (analysis.timing.measure_models: interleaved rounds) and divides the baseline's time by
+    each: {name: {"encoder_seconds", "end_to_end_seconds" (medians over rounds),
+    "encoder_speedup", "end_to_end_speedup" (ratios of the medians), "encoder_speedup_range",
+    "end_to_end_speedup_range" (the lowest and highest ratio within one round: the load a
+    round saw is shared by every model)}}. The baseline is the first model when `baseline` is
+    not among them."""
     from coda_flax.analysis.timing import measure_models
 
-    speed = measure_models(dict(models), dict(params), batch, repeats)
-    base = speed[baseline] if baseline in speed else next(iter(speed.values()))
-    return {name: {**{f"{what}_seconds": t for what, t in times.items()},
-                   **{f"{what}_speedup": base[what] / t for what, t in times.items()}}
-            for name, times in speed.items()}
+    rounds = measure_models(dict(models), dict(params), batch, repeats)
+    base = rounds[baseline] if baseline in rounds else next(iter(rounds.values()))
+    out = {}
+    for name, times in rounds.items():
+        row = {}
+        for what, ts in times.items():
+            ratios = [b / t for b, t in zip(base[what], ts)]
+            row[f"{what}_seconds"] = float(statistics.median(ts))
+            row[f"{what}_speedup"] = float(statistics.median(base[what])) / row[f"{what}_seconds"]
+            row[f"{what}_speedup_range"] = (min(ratios), max(ratios))
+        out[name] = row
+    return out
