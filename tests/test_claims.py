@@ -200,8 +200,14 @@ def test_reduced_scale_judges_e_and_f_off_the_ceiling():
                          probe.k_anneal_stages)   # over 500 of 1,000 steps: 512 -> 16, linear
     assert [(st.start_step, st.k) for st in plan.stages] == [(0, 512), (167, 347), (333, 182),
                                                              (500, 16)]
+    assert claims.probes(s) == [(512, 32), (512, 64), (256, 64)]    # gap_point first
+    assert [runs[f"n{n}/d64/coda_r{r}_anneal50"].k_anneal_fraction
+            for n, r in claims.probes(s)] == [0.5] * 3
+    assert "n512/d64/coda_r64_anneal50" not in claims.gap_groups(s)  # one seed off gap_point
     with pytest.raises(ValueError, match="gap_point .* lengths"):
         claims.ClaimsScale(gap_point=(256, 3))
+    with pytest.raises(ValueError, match=r"probe_points \(512, 7\) is not a point"):
+        claims.ClaimsScale(probe_points=((512, 7),))
 
 
 def test_text_floors_cover_every_rate_of_the_sweep(tmp_path):
@@ -463,8 +469,13 @@ def test_tiny_claims_stop_resume_and_reuse(tmp_path):
     assert first == pytest.approx([recall] * len(first))
     assert "| run | k | needle tokens routed % (per layer)" in table
     assert "The k schedule, measured (n = 128, r = 3, d16)" in table
-    assert summary["schedule"]["parts"] and f"| n{n}/d16/coda_r3_anneal50 | " in table
+    assert summary["schedule"][0]["parts"] and f"| n{n}/d16/coda_r3_anneal50 | " in table
+    timed = {p.name: p.stat().st_mtime_ns for p in (out / "speed").iterdir()}
+    assert sorted(timed) == ["n128_d16.json", "n128_d32.json", "n160_d16.json"]  # the sizes' runs
     assert main(["claims", "--scale", "tiny", "--output", str(out), "--data-dir",
                  str(data)]) == 0
     assert _results(out / "runs") == after                         # nothing trained again
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "speed").iterdir()} == timed
+    again = json.load(open(out / "claims.json"))                   # nor timed: the same rows
+    assert again["speed"] == summary["speed"]
     assert not [p for p in os.listdir(out / "runs") if "set-aside" in p]

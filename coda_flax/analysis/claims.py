@@ -239,8 +239,8 @@ def plot_tradeoff(lines: Mapping[str, Sequence[tuple]], path: str, *,
                         color=bar[0].get_color())
     for style, (label, value) in zip(("--", ":", "-."), floors.items()):
         ax.axhline(value, color="gray", lw=0.8, ls=style, label=label)
-    ax.set_xlabel("measured encoder speedup over the Parallel Adapter (same size and length; "
-                  "bars: the timing rounds' range)")
+    ax.set_xlabel("measured encoder speedup over PA of the same size and length\n"
+                  "(bars: lowest to highest ratio over the timing rounds)")
     ax.set_ylabel("validation accuracy, % (bars: standard error)")
     ax.set_title(title or "Quality against speed, one line per model size (cf. paper Figure 5)")
     ax.legend(fontsize=8)

@@ -13,9 +13,9 @@
                                  at gap_point (the (n, r) where e and f are judged)       (e)
                   pretraining    CoDA pretrained N more steps, then finetuned, at the same
                                  points                                                   (f)
-                  schedule       the base size's CoDA at gap_point with k annealed over
-                                 probe_anneal_fraction of the steps: is a fall there the
-                                 routers' capacity or the k schedule's?             (a, e, f)
+                  schedule       the base size's CoDA at gap_point (and probe_points) with k
+                                 annealed over probe_anneal_fraction of the steps: is a fall
+                                 there the routers' capacity or the k schedule's?   (a, e, f)
                   images         a dense patch model on the pages, PA and CoDA at image_rates
                 then more seeds, one at a time up to max_seeds, for both sides of every
                 comparison still within 3 SE and for e's and f's runs at gap_point
@@ -91,6 +91,7 @@ class ClaimsScale:
                                        # in 4 stages (2, one jump, left r = 16 at 11%; 4: 99.5%)
     k_anneal_fraction: float = Run.k_anneal_fraction   # the share of the steps k anneals over
     probe_anneal_fraction: float = 0.5  # the schedule probe's (at gap_point, the base size)
+    probe_points: tuple = ()           # more (n, r) of the sweep for the probe (one seed each)
     batch_size: int = 8
     finetune_lr: float = 0.01
     max_seeds: int = 3
@@ -113,11 +114,12 @@ class ClaimsScale:
     speed_repeats: int = 5
 
     def __post_init__(self):
-        n, r = self.gap_point
-        if n not in self.lengths or r not in self.rates:
-            raise ValueError(f"gap_point {self.gap_point!r} is not a point of the sweep: its n "
-                             f"must be one of lengths {self.lengths} and its r one of rates "
-                             f"{self.rates}.")
+        for name, (n, r) in [("gap_point", self.gap_point)] + [("probe_points", p)
+                                                                for p in self.probe_points]:
+            if n not in self.lengths or r not in self.rates:
+                raise ValueError(f"{name} {(n, r)!r} is not a point of the sweep: its n must be "
+                                 f"one of lengths {self.lengths} and its r one of rates "
+                                 f"{self.rates}.")
 
 
 SCALES = {
@@ -125,6 +127,7 @@ SCALES = {
     "reduced": ClaimsScale(sizes=(("d32", 32), ("d64", 64)), base="d64", lengths=(256, 512),
                            rates=(1, 3, 5, 8, 16, 32, 64), router_rates=(3, 5), adapter_dim=16,
                            gap_point=(512, 32),  # r = 3: 99-100% at both sizes and pretrainings
+                           probe_points=((512, 64), (256, 64)),
                            text_train=2000, text_validation=200,
                            pretrain_steps=1000, coda_pretrain_steps=100, finetune_steps=1000,
                            max_seeds=3, image_train=4000, image_validation=160,
@@ -265,15 +268,21 @@ def finetune_runs(s: ClaimsScale, data: dict, data_dir) -> dict[str, Run]:
                                   k_anneal_stages=s.k_anneal_stages)
         name = f"{variant(r)}_pretrained"
         runs[f"n{n}/{s.base}/{name}"] = run(n, s.base, name, coda(s, r), init=pre)
-    (n, r), name = s.gap_point, probe_variant(s)                     # schedule (a, e, f)
-    runs[f"n{n}/{s.base}/{name}"] = run(n, s.base, name, coda(s, r),
-                                        fraction=s.probe_anneal_fraction)
+    for n, r in probes(s):                                           # schedule (a, e, f)
+        name = probe_variant(s, r)
+        runs[f"n{n}/{s.base}/{name}"] = run(n, s.base, name, coda(s, r),
+                                            fraction=s.probe_anneal_fraction)
     return runs
 
 
-def probe_variant(s: ClaimsScale) -> str:
-    """The schedule probe's variant name, e.g. coda_r32_anneal50."""
-    return f"{variant(s.gap_point[1])}_anneal{round(100 * s.probe_anneal_fraction)}"
+def probes(s: ClaimsScale) -> list[tuple[int, float]]:
+    """The schedule probe's (n, r): gap_point, then probe_points."""
+    return list(dict.fromkeys([tuple(s.gap_point), *map(tuple, s.probe_points)]))
+
+
+def probe_variant(s: ClaimsScale, r: float) -> str:
+    """The schedule probe's variant name at r, e.g. coda_r32_anneal50."""
+    return f"{variant(r)}_anneal{round(100 * s.probe_anneal_fraction)}"
 
 
 def ef_points(s: ClaimsScale) -> list[tuple[int, float]]:
@@ -306,7 +315,7 @@ def gap_groups(s: ClaimsScale) -> list[str]:
     shows (and e rests on a difference of two gaps)."""
     (n, r), b = s.gap_point, s.base
     return [f"n{n}/{size}/{v}" for size, _ in s.sizes for v in ("pa", variant(r))] + \
-        [f"n{n}/{b}/{variant(r)}_pretrained", f"n{n}/{b}/{probe_variant(s)}"]
+        [f"n{n}/{b}/{variant(r)}_pretrained", f"n{n}/{b}/{probe_variant(s, r)}"]
 
 
 def seeded_runs(s: ClaimsScale, text: dict[str, Run], results: dict) -> dict[str, Run]:
@@ -337,10 +346,15 @@ def backbone_lookup(s: ClaimsScale, data: dict, data_dir, root: str, log: Log) -
     return out
 
 
-def measure_speed(s: ClaimsScale, runs: dict[str, Run], root: str, log: Log) -> dict:
+def measure_speed(s: ClaimsScale, runs: dict[str, Run], root: str, log: Log,
+                  cache_dir: str | None = None) -> dict:
     """{group: pipeline.speed_table row}: per (length, size), every seed-0 variant timed side
-    by side in one process over that size's PA."""
+    by side in one process over that size's PA. cache_dir: each (length, size)'s rows are kept
+    in <cache_dir>/<length>_<size>.json with a hash of what was timed (the runs' fingerprints,
+    the batch and the rounds), and reused while it matches (delete the folder to time again)."""
+    import hashlib
     from coda_flax import tasks
+    from coda_flax.experiments.runner import fingerprint
     from coda_flax.train import run as train_run
 
     out = {}
@@ -352,6 +366,14 @@ def measure_speed(s: ClaimsScale, runs: dict[str, Run], root: str, log: Log) -> 
     for key, groups in sorted(by_key.items()):
         if len(groups) < 2:
             continue
+        what = [[g, fingerprint(runs[g])] for g in groups] + [s.speed_batch, s.speed_repeats]
+        key_hash = hashlib.sha256(repr(what).encode()).hexdigest()
+        cache = cache_dir and os.path.join(cache_dir, key.replace("/", "_") + ".json")
+        kept = cache and pipeline.read_json(cache)
+        if kept and kept.get("hash") == key_hash:
+            log(f"  {key}: reusing the timings in {cache}")
+            out.update(kept["rows"])
+            continue
         loaded = {g: execute(runs[g], root, log=log, load_params=True) for g in groups}
         task = tasks.get_task_or_mixture(runs[groups[0]].task)
         lengths = dict(runs[groups[0]].feature_lengths)
@@ -361,6 +383,9 @@ def measure_speed(s: ClaimsScale, runs: dict[str, Run], root: str, log: Log) -> 
                                      {g: v["params"] for g, v in loaded.items()}, batch,
                                      s.speed_repeats, baseline=f"{key}/pa")
         out.update(speed)
+        if cache:
+            os.makedirs(cache_dir, exist_ok=True)
+            pipeline.save_json(cache, {"hash": key_hash, "rows": speed})
         log(f"  {key}: " + ", ".join(f"{g.split('/')[-1]} {v['encoder_speedup']:.2f}x"
                                      for g, v in speed.items()))
     return out
@@ -419,7 +444,7 @@ def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None
                           lambda runs: execute_all(runs, root, log=log), log)
     lap("training")
     log("[claims 3/5] speed, side by side per size and length")
-    speed = measure_speed(s, text, root, log)
+    speed = measure_speed(s, text, root, log, os.path.join(output_dir, "speed"))
     lookup = backbone_lookup(s, data, data_dir, root, log)
     needles = needle_routing(seeded_runs(s, text, results), root, data["records"], None, log)
     lap("speed")
@@ -499,10 +524,10 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
                          {n: (top, est[f"n{n}/{b}/pa"], est[f"n{n}/{b}/{variant(top)}"])
                           for n in s.lengths}),
     ]
-    probe = verdicts.schedule_probe(
-        est[f"n{ng}/{b}/pa"], est[f"n{ng}/{b}/{variant(rg)}"],
-        est[f"n{ng}/{b}/{probe_variant(s)}"], (s.k_anneal_fraction, s.probe_anneal_fraction),
-        where=f"n = {ng}, r = {rg}, {b}")
+    schedule = [verdicts.schedule_probe(
+        est[f"n{n}/{b}/pa"], est[f"n{n}/{b}/{variant(r)}"], est[f"n{n}/{b}/{probe_variant(s, r)}"],
+        (s.k_anneal_fraction, s.probe_anneal_fraction), where=f"n = {n}, r = {r}, {b}")
+        for n, r in probes(s)]
     runs_md = (run_table(data["floors"], text, est, speed, grouped) + "\n"
                + needles_table(needles) + "\n" + images["table"])
     floors_line = " ".join(
@@ -514,14 +539,14 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
         f"{size} {v['accuracy']:.1f}% of {v['num_examples']}" for size, v in lookup.items()) + "."
     markdown = (f"Claims at CPU scale ({scale} scale; ± = standard error over the seeds' "
                 f"answers, the larger of binomial and seed-to-seed). {floors_line}\n\n"
-                + verdicts.claims_markdown(rows) + "\n" + probe["text"] + " Parts: "
-                + "; ".join(f"{k}: {v}" for k, v in probe["parts"].items()) + ".\n\n"
-                + runs_md)
+                + verdicts.claims_markdown(rows) + "\n" + "".join(
+                    p["text"] + " Parts: " + "; ".join(f"{k}: {v}" for k, v in p["parts"].items())
+                    + ".\n\n" for p in schedule) + runs_md)
     with open(os.path.join(output_dir, "claims.md"), "w") as f:
         f.write(markdown)
     plot(s, est, speed, data["floors"][n0], os.path.join(output_dir, "tradeoff.png"))
     return {"scale": scale, "settings": dataclasses.asdict(s), "claims": rows,
-            "schedule": probe,
+            "schedule": schedule,
             "floors": {str(n): f for n, f in data["floors"].items()},
             "accuracy": {g: dataclasses.asdict(e) for g, e in
                          {**est, **images["accuracy"]}.items()},

@@ -3,7 +3,8 @@
     parameter_counts   trainable / total parameters of a variant
     speed_batch        one batch of validation examples, repeated up to the batch size
     speed_table        encoder and end-to-end time per model, speedups over a baseline
-    load_json, save_json    JSON files written atomically (results, run records)
+    load_json, save_json    JSON files written atomically (results, run records); read_json:
+                            None where missing or unreadable
 
 `coda compare` and the demo measure speed here, side by side in one process, after the runner
 has trained or reused their runs. Plain keyword arguments; nothing here reads argv or gin.
@@ -21,6 +22,14 @@ ENCODER, END_TO_END = "encoder", "end_to_end"
 def load_json(path: str):
     with open(path) as f:
         return json.load(f)
+
+
+def read_json(path: str):
+    """The JSON in path, or None where it is missing or unreadable (a cache to rebuild)."""
+    try:
+        return load_json(path)
+    except (OSError, ValueError):
+        return None
 
 
 def save_json(path: str, obj, **dump_kwargs) -> str:
