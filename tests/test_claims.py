@@ -468,7 +468,7 @@ def test_tiny_claims_stop_resume_and_reuse(tmp_path):
     first = summary["needles"][f"n{n}/d16/first_k_r3_k_to_k"]["evidence_recall"]
     assert first == pytest.approx([recall] * len(first))
     assert "| run | k | needle tokens routed % (per layer)" in table
-    assert "The k schedule, measured (n = 128, r = 3, d16)" in table
+    assert "The k schedule, measured (n = 128, r = 3, d16; e and f are judged here)" in table
     assert summary["schedule"][0]["parts"] and f"| n{n}/d16/coda_r3_anneal50 | " in table
     timed = {p.name: p.stat().st_mtime_ns for p in (out / "speed").iterdir()}
     assert sorted(timed) == ["n128_d16.json", "n128_d32.json", "n160_d16.json"]  # the sizes' runs

@@ -195,8 +195,8 @@ def schedule_probe(pa: Estimate, runs: Estimate, slow: Estimate, fractions: tupl
             f"the steps (every other run's schedule) {runs.text()}, per seed {_seeds(runs)}; "
             f"over {100 * slow_f:g}% {slow.text()}, per seed {_seeds(slow)} (difference "
             f"{_diff_text(*gain)}); PA {pa.text()}. "
-            + ("The slower anneal reaches PA here, so CoDA's fall at this point (and the gaps "
-               "e and f measure there) is the k schedule's, not the routers' capacity."
+            + ("The slower anneal reaches PA here, so CoDA's fall at this point is the k "
+               "schedule's, not the routers' capacity."
                if reached else "The slower anneal does not reach PA here: the fall at this "
                "point is not the k schedule's alone."))
     return {"text": text, "parts": parts}

@@ -526,7 +526,8 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
     ]
     schedule = [verdicts.schedule_probe(
         est[f"n{n}/{b}/pa"], est[f"n{n}/{b}/{variant(r)}"], est[f"n{n}/{b}/{probe_variant(s, r)}"],
-        (s.k_anneal_fraction, s.probe_anneal_fraction), where=f"n = {n}, r = {r}, {b}")
+        (s.k_anneal_fraction, s.probe_anneal_fraction), where=f"n = {n}, r = {r}, {b}" + (
+            "; e and f are judged here" if (n, r) == tuple(s.gap_point) else ""))
         for n, r in probes(s)]
     runs_md = (run_table(data["floors"], text, est, speed, grouped) + "\n"
                + needles_table(needles) + "\n" + images["table"])
