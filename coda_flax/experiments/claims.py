@@ -24,13 +24,14 @@
                 run's layers send the needles (claims_needles)
     4 ink       per layer, the share of routed patches holding ink on every validation page
                 (analysis.routing_report) against the page's share, and a Figure-7 picture
-    5 report    analysis.claims: claims.{md,json} (`claim | paper | ours | holds?`), the per-run
-                table with every accuracy beside its error bar and its floors, tradeoff.png
+    5 report    analysis.claims: claims.{md,json} (`claim | paper | ours | holds?`), the schedule
+                probe's lines, the per-run table (accuracy ± SE, floors, speedup and its rounds'
+                range), tradeoff.png
 
 SCALES: "full" (512 / 1,024 tokens, three sizes, every r and both router rates; not run: by
 the reduced run's per-run times it takes well over the issue's 2 hours here), "reduced" (256 /
-512 tokens, d32 and d64, r to 64, up to 3 seeds, e and f judged at n = 512, r = 32: the
-README's run), "tiny" (the code path for tests: every stage, 2-step runs). Nothing here reads
+512 tokens, d32 and d64, r to 64, up to 3 seeds, e and f judged at n = 512, r = 32, the
+schedule probe there and at r = 64: the README's run), "tiny" (the code path for tests: every stage, 2-step runs). Nothing here reads
 argv or gin.
 """
 
