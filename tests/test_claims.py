@@ -203,7 +203,6 @@ def test_reduced_scale_judges_e_and_f_off_the_ceiling():
     assert claims.probes(s) == [(512, 32), (512, 64), (256, 64)]    # gap_point first
     assert [runs[f"n{n}/d64/coda_r{r}_anneal50"].k_anneal_fraction
             for n, r in claims.probes(s)] == [0.5] * 3
-    assert "n512/d64/coda_r64_anneal50" not in claims.gap_groups(s)  # one seed off gap_point
     with pytest.raises(ValueError, match="gap_point .* lengths"):
         claims.ClaimsScale(gap_point=(256, 3))
     with pytest.raises(ValueError, match=r"probe_points \(512, 7\) is not a point"):
@@ -284,7 +283,9 @@ def test_seeds_are_added_where_a_difference_is_within_3_se():
         "n256/d64/soft_topk_r3_k_to_k/seed2")]        # sigmoid's seeds come in a later round
     assert claims.gap_groups(claims.SCALES["reduced"]) == [
         "n512/d32/pa", "n512/d32/coda_r32", "n512/d64/pa", "n512/d64/coda_r32",
-        "n512/d64/coda_r32_pretrained", "n512/d64/coda_r32_anneal50"]
+        "n512/d64/coda_r32_pretrained", "n512/d64/coda_r32_anneal50", "n512/d64/coda_r64",
+        "n512/d64/coda_r64_anneal50", "n256/d64/pa", "n256/d64/coda_r64",
+        "n256/d64/coda_r64_anneal50"]
 
 
 # ----------------------------------------------------------------------------- images

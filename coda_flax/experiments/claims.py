@@ -92,7 +92,7 @@ class ClaimsScale:
                                        # in 4 stages (2, one jump, left r = 16 at 11%; 4: 99.5%)
     k_anneal_fraction: float = Run.k_anneal_fraction   # the share of the steps k anneals over
     probe_anneal_fraction: float = 0.5  # the schedule probe's (at gap_point, the base size)
-    probe_points: tuple = ()           # more (n, r) of the sweep for the probe (one seed each)
+    probe_points: tuple = ()           # more (n, r) of the sweep for the probe (seeded alike)
     batch_size: int = 8
     finetune_lr: float = 0.01
     max_seeds: int = 3
@@ -281,8 +281,7 @@ def probes(s: ClaimsScale) -> list[tuple[int, float]]:
     return list(dict.fromkeys([tuple(s.gap_point), *map(tuple, s.probe_points)]))
 
 
-def probe_variant(s: ClaimsScale, r: float) -> str:
-    """The schedule probe's variant name at r, e.g. coda_r32_anneal50."""
+def probe_variant(s: ClaimsScale, r: float) -> str:       # e.g. coda_r32_anneal50
     return f"{variant(r)}_anneal{round(100 * s.probe_anneal_fraction)}"
 
 
@@ -311,12 +310,15 @@ def comparisons(s: ClaimsScale) -> list[tuple[str, str]]:
 
 
 def gap_groups(s: ClaimsScale) -> list[str]:
-    """e's and f's groups at gap_point and the schedule probe's, seeded up to max_seeds whatever
-    their first seed shows: off the ceiling seeds differ by more than one seed's binomial error
-    shows (and e rests on a difference of two gaps)."""
+    """e's and f's groups at gap_point and the schedule probe's (both schedules and PA at each
+    point), seeded up to max_seeds whatever their first seed shows: off the ceiling seeds differ
+    by more than one seed's binomial error shows (and e rests on a difference of two gaps)."""
     (n, r), b = s.gap_point, s.base
-    return [f"n{n}/{size}/{v}" for size, _ in s.sizes for v in ("pa", variant(r))] + \
-        [f"n{n}/{b}/{variant(r)}_pretrained", f"n{n}/{b}/{probe_variant(s, r)}"]
+    groups = [f"n{n}/{size}/{v}" for size, _ in s.sizes for v in ("pa", variant(r))] + \
+        [f"n{n}/{b}/{variant(r)}_pretrained"]
+    for n, r in probes(s):
+        groups += [f"n{n}/{b}/{v}" for v in ("pa", variant(r), probe_variant(s, r))]
+    return list(dict.fromkeys(groups))
 
 
 def seeded_runs(s: ClaimsScale, text: dict[str, Run], results: dict) -> dict[str, Run]:
@@ -404,12 +406,10 @@ def stage_of(name: str) -> str:
         if g.startswith(prefix):
             return stage
     variant = g.split("/")[-1]
-    if variant.endswith("_pretrained"):
-        return "pretraining"
-    if variant.endswith("_k_to_k"):
-        return "routers"
-    if "_anneal" in variant:
-        return "schedule"
+    for mark, stage in (("_pretrained", "pretraining"), ("_k_to_k", "routers"),
+                        ("_anneal", "schedule")):
+        if mark in variant:
+            return stage
     return "sweep / sizes"
 
 
