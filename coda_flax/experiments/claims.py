@@ -31,8 +31,8 @@
 SCALES: "full" (512 / 1,024 tokens, three sizes, every r and both router rates; not run: by
 the reduced run's per-run times it takes well over the issue's 2 hours here), "reduced" (256 /
 512 tokens, d32 and d64, r to 64, up to 3 seeds, e and f judged at n = 512, r = 32, the
-schedule probe there and at r = 64: the README's run), "tiny" (the code path for tests: every stage, 2-step runs). Nothing here reads
-argv or gin.
+schedule probe there and at r = 64: the README's run), "tiny" (the code path for tests: every
+stage, 2-step runs). Nothing here reads argv or gin.
 """
 
 from __future__ import annotations
