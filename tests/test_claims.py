@@ -118,6 +118,26 @@ def test_speed_rows_keep_each_rounds_ratio(monkeypatch):
     assert rows["pa"]["encoder_speedup_range"] == (1.0, 1.0)
 
 
+def test_timings_are_keyed_by_the_runs_the_rounds_and_the_machine(monkeypatch):
+    """claims_speed.timings_hash: the same runs, batch, rounds and machine give the same key;
+    another machine (e.g. the output folder moved to a GPU host), another run, batch or rounds
+    another, so cached timings are never read for what they did not time."""
+    from coda_flax.experiments import claims_speed
+    s = claims.SCALES["reduced"]
+    runs = claims.finetune_runs(s, DATA, None)
+    timed = [runs["n512/d64/pa"], runs["n512/d64/coda_r3"]]
+    cpu = {"backend": "cpu", "device": "cpu", "devices": 1, "cpus": 2}
+    monkeypatch.setattr(claims_speed, "machine", lambda: dict(cpu))
+    key = claims_speed.timings_hash(timed, 8, 5)
+    assert claims_speed.timings_hash(list(timed), 8, 5) == key
+    assert claims_speed.timings_hash(timed, 8, 3) != key
+    assert claims_speed.timings_hash(timed, 4, 5) != key
+    assert claims_speed.timings_hash([timed[0], runs["n512/d64/coda_r5"]], 8, 5) != key
+    monkeypatch.setattr(claims_speed, "machine", lambda: {**cpu, "backend": "gpu",
+                                                          "device": "NVIDIA H100"})
+    assert claims_speed.timings_hash(timed, 8, 5) != key
+
+
 # ----------------------------------------------------------------------------- specs
 DATA = {"vocab": "/v/sp.model", "vocab_size": 2100, "floors": {}, "pages": "/p",
         "page_words": list(ink_pages.WORDS)}

@@ -46,7 +46,7 @@ ENTRY_POINTS = {
 # experiments modules that are not tools: the steps the tools share.
 EXPERIMENT_HELPERS = {"pipeline", "runner", "demo_runs", "paper_tables", "gin_commands",
                       "prerequisites", "gin_runs", "claims_images", "claims_needles",
-                      "claims_seeds"}
+                      "claims_seeds", "claims_speed"}
 # Tool -> tool imports still there, and why (each must still exist: see the test below).
 KNOWN_TOOL_IMPORTS: dict[tuple[str, str], str] = {}
 

@@ -4,7 +4,8 @@
 sees the same background load; `measure_models` times trained models' encoder and encode +
 greedy decoding on one batch, every round's sample (what `coda demo`, `coda compare` and
 `coda claims` report);
-`sample_statistic` / `paired_speedup` reduce the samples (median or min; the median over rounds
+`machine` names what a timing depends on besides the code; `sample_statistic` /
+`paired_speedup` reduce the samples (median or min; the median over rounds
 of the per-round ratio). Used by coda_flax.bench and the experiments.
 """
 
@@ -83,6 +84,16 @@ def measure_interleaved(fns: dict[Any, Callable[[], Any]], *, repeats: int, warm
         if log is not None:
             log(f"    round {i + 1}/{repeats} done")
     return samples, compile_seconds
+
+
+def machine() -> dict:
+    """What a timing depends on besides the code and its inputs: JAX's backend, the kind and
+    number of its devices, and the host's CPU cores."""
+    import os
+
+    import jax
+    return {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+            "devices": jax.device_count(), "cpus": os.cpu_count()}
 
 
 def measure_models(models: dict, params: dict, batch: dict, repeats: int) -> dict:

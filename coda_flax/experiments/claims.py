@@ -19,7 +19,8 @@
                   images         a dense patch model on the pages, PA and CoDA at image_rates
                 then more seeds, one at a time up to max_seeds, for both sides of every
                 comparison still within 3 SE and for e's and f's runs at gap_point
-    3 speed     every variant of a size and length timed side by side (pipeline.speed_table)
+    3 speed     every variant of a size and length timed side by side (claims_speed, through
+                pipeline.speed_table; the timings kept and reused)
                 over that size's PA; each backbone's "who gave it?" accuracy; where each routed
                 run's layers send the needles (claims_needles)
     4 ink       per layer, the share of routed patches holding ink on every validation page
@@ -52,7 +53,8 @@ from coda_flax.experiments.claims_images import (anneal_stages, image_model, ima
 from coda_flax.experiments.claims_needles import needle_routing, needles_table
 from coda_flax.experiments.claims_seeds import (accuracy_estimate, by_group, group, seed_rounds,
                                                 variant, with_seed)
-from coda_flax.experiments.runner import Run, execute, execute_all, load
+from coda_flax.experiments.claims_speed import measure_speed
+from coda_flax.experiments.runner import Run, execute_all, load
 
 Log = Callable[[str], None]
 PRETRAIN_TASK = "coda_shakespeare_pretrain_mix"
@@ -346,51 +348,6 @@ def backbone_lookup(s: ClaimsScale, data: dict, data_dir, root: str, log: Log) -
                                       "validation", s.eval_batch_size)
         out[size] = {"accuracy": e["accuracy"], "num_examples": e["num_examples"]}
         log(f"  backbone {size}: 'who gave it?' {e['accuracy']:.1f}% of {e['num_examples']}")
-    return out
-
-
-def measure_speed(s: ClaimsScale, runs: dict[str, Run], root: str, log: Log,
-                  cache_dir: str | None = None) -> dict:
-    """{group: pipeline.speed_table row}: per (length, size), every seed-0 variant timed side
-    by side in one process over that size's PA. cache_dir: each (length, size)'s rows are kept
-    in <cache_dir>/<length>_<size>.json with a hash of what was timed (the runs' fingerprints,
-    the batch and the rounds), and reused while it matches (delete the folder to time again)."""
-    import hashlib
-    from coda_flax import tasks
-    from coda_flax.experiments.runner import fingerprint
-    from coda_flax.train import run as train_run
-
-    out = {}
-    by_key: dict[str, list[str]] = {}
-    for g in runs:
-        if g.startswith("n"):
-            n, size, _ = g.split("/")
-            by_key.setdefault(f"{n}/{size}", []).append(g)
-    for key, groups in sorted(by_key.items()):
-        if len(groups) < 2:
-            continue
-        what = [[g, fingerprint(runs[g])] for g in groups] + [s.speed_batch, s.speed_repeats]
-        key_hash = hashlib.sha256(repr(what).encode()).hexdigest()
-        cache = cache_dir and os.path.join(cache_dir, key.replace("/", "_") + ".json")
-        kept = cache and pipeline.read_json(cache)
-        if kept and kept.get("hash") == key_hash:
-            log(f"  {key}: reusing the timings in {cache}")
-            out.update(kept["rows"])
-            continue
-        loaded = {g: execute(runs[g], root, log=log, load_params=True) for g in groups}
-        task = tasks.get_task_or_mixture(runs[groups[0]].task)
-        lengths = dict(runs[groups[0]].feature_lengths)
-        examples = train_run.eval_examples(task, lengths, "validation", s.speed_batch)
-        batch = pipeline.speed_batch(examples, s.speed_batch, lengths)
-        speed = pipeline.speed_table({g: v["model"] for g, v in loaded.items()},
-                                     {g: v["params"] for g, v in loaded.items()}, batch,
-                                     s.speed_repeats, baseline=f"{key}/pa")
-        out.update(speed)
-        if cache:
-            os.makedirs(cache_dir, exist_ok=True)
-            pipeline.save_json(cache, {"hash": key_hash, "rows": speed})
-        log(f"  {key}: " + ", ".join(f"{g.split('/')[-1]} {v['encoder_speedup']:.2f}x"
-                                     for g, v in speed.items()))
     return out
 
 
