@@ -187,10 +187,10 @@ def schedule_probe(pa: Estimate, runs: Estimate, slow: Estimate, fractions: tupl
     Where the slower anneal reaches PA, a fall of CoDA at this point is the k schedule's, not
     the routers' capacity. Returns {"text", "parts"}."""
     (fast, slow_f), gain = fractions, difference(slow, runs)
+    near = at_most(*difference(pa, slow), tolerance)
     parts = {f"annealed over {100 * slow_f:g}% > over {100 * fast:g}%": greater(*gain),
-             f"annealed over {100 * slow_f:g}%: within {100 * tolerance:g} point of PA":
-                 at_most(*difference(pa, slow), tolerance)}
-    reached = list(parts.values())[1] == YES
+             f"annealed over {100 * slow_f:g}%: within {100 * tolerance:g} point of PA": near}
+    reached = near == YES
     text = (f"The k schedule, measured ({where}): CoDA with k annealed over {100 * fast:g}% of "
             f"the steps (every other run's schedule) {runs.text()}, per seed {_seeds(runs)}; "
             f"over {100 * slow_f:g}% {slow.text()}, per seed {_seeds(slow)} (difference "
