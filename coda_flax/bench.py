@@ -89,7 +89,8 @@ import numpy as np
 
 from coda_flax.analysis.bench_report import MODES, PAPER_SPEEDUPS
 from coda_flax.analysis.synthetic import fill_random, random_inputs, random_params
-from coda_flax.analysis.timing import Log, measure_interleaved, paired_speedup, sample_statistic
+from coda_flax.analysis.timing import (Log, machine, measure_interleaved, paired_speedup,
+                                       sample_statistic)
 from coda_flax.config import ATTENTION_VARIANTS, DTYPES, PRESETS, CodaConfig, ModelConfig
 from coda_flax.frontends.audio import SAMPLE_RATE
 from coda_flax.routing import ROUTERS, num_routed
@@ -365,10 +366,7 @@ def _device(backend: str | None = None):
 
 
 def _device_info(device) -> dict[str, Any]:
-    import jax
-    return {"platform": device.platform, "device_kind": getattr(device, "device_kind", ""),
-            "num_devices": len(jax.devices(device.platform)), "cpu_count": os.cpu_count(),
-            "load_average_start": _load_average(), "load_average_end": None}
+    return {**machine(device), "load_average_start": _load_average(), "load_average_end": None}
 
 
 def _load_average():

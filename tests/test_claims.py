@@ -126,15 +126,15 @@ def test_timings_are_keyed_by_the_runs_the_rounds_and_the_machine(monkeypatch):
     s = claims.SCALES["reduced"]
     runs = claims.finetune_runs(s, DATA, None)
     timed = [runs["n512/d64/pa"], runs["n512/d64/coda_r3"]]
-    cpu = {"backend": "cpu", "device": "cpu", "devices": 1, "cpus": 2}
+    cpu = {"platform": "cpu", "device_kind": "cpu", "num_devices": 1, "cpu_count": 2}
     monkeypatch.setattr(claims_speed, "machine", lambda: dict(cpu))
     key = claims_speed.timings_hash(timed, 8, 5)
     assert claims_speed.timings_hash(list(timed), 8, 5) == key
     assert claims_speed.timings_hash(timed, 8, 3) != key
     assert claims_speed.timings_hash(timed, 4, 5) != key
     assert claims_speed.timings_hash([timed[0], runs["n512/d64/coda_r5"]], 8, 5) != key
-    monkeypatch.setattr(claims_speed, "machine", lambda: {**cpu, "backend": "gpu",
-                                                          "device": "NVIDIA H100"})
+    monkeypatch.setattr(claims_speed, "machine", lambda: {**cpu, "platform": "gpu",
+                                                          "device_kind": "NVIDIA H100"})
     assert claims_speed.timings_hash(timed, 8, 5) != key
 
 

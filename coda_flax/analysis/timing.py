@@ -86,14 +86,16 @@ def measure_interleaved(fns: dict[Any, Callable[[], Any]], *, repeats: int, warm
     return samples, compile_seconds
 
 
-def machine() -> dict:
-    """What a timing depends on besides the code and its inputs: JAX's backend, the kind and
-    number of its devices, and the host's CPU cores."""
+def machine(device=None) -> dict:
+    """What a timing depends on besides the code and its inputs: the platform and kind of
+    `device` (default: JAX's first), the number of devices of that platform, and the host's
+    CPU cores (`coda bench`'s JSON header and `coda claims`' kept timings)."""
     import os
 
     import jax
-    return {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-            "devices": jax.device_count(), "cpus": os.cpu_count()}
+    device = device or jax.devices()[0]
+    return {"platform": device.platform, "device_kind": getattr(device, "device_kind", ""),
+            "num_devices": len(jax.devices(device.platform)), "cpu_count": os.cpu_count()}
 
 
 def measure_models(models: dict, params: dict, batch: dict, repeats: int) -> dict:

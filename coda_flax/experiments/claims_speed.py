@@ -5,22 +5,20 @@ and reused while nothing they depend on changed. Nothing here reads argv or gin.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Callable, Sequence
 
 from coda_flax.analysis.timing import machine
 from coda_flax.experiments import pipeline
-from coda_flax.experiments.runner import Run, execute, fingerprint
+from coda_flax.experiments.runner import Run, digest, execute, fingerprint
 
 Log = Callable[[str], None]
 
 
 def timings_hash(runs: Sequence[Run], batch: int, repeats: int) -> str:
     """sha256 of what a timing depends on: the timed runs' names and fingerprints, the batch
-    size, the rounds and the machine (timing.machine: backend, devices, cores)."""
-    what = [[r.name, fingerprint(r)] for r in runs] + [batch, repeats, machine()]
-    return hashlib.sha256(repr(what).encode()).hexdigest()
+    size, the rounds and the machine (timing.machine: platform, devices, cores)."""
+    return digest([[[r.name, fingerprint(r)] for r in runs], batch, repeats, machine()])
 
 
 def measure_speed(s, runs: dict[str, Run], root: str, log: Log, cache_dir: str | None = None

@@ -13,7 +13,6 @@ has trained or reused their runs. Plain keyword arguments; nothing here reads ar
 from __future__ import annotations
 
 import json
-import statistics
 from typing import Any, Mapping, Sequence
 
 ENCODER, END_TO_END = "encoder", "end_to_end"
@@ -63,7 +62,7 @@ def speed_table(models: Mapping[str, Any], params: Mapping[str, Any], batch: dic
     "end_to_end_speedup_range" (the lowest and highest ratio within one round: the load a
     round saw is shared by every model)}}. The baseline is the first model when `baseline` is
     not among them."""
-    from coda_flax.analysis.timing import measure_models
+    from coda_flax.analysis.timing import measure_models, sample_statistic
 
     rounds = measure_models(dict(models), dict(params), batch, repeats)
     base = rounds[baseline] if baseline in rounds else next(iter(rounds.values()))
@@ -72,8 +71,8 @@ def speed_table(models: Mapping[str, Any], params: Mapping[str, Any], batch: dic
         row = {}
         for what, ts in times.items():
             ratios = [b / t for b, t in zip(base[what], ts)]
-            row[f"{what}_seconds"] = float(statistics.median(ts))
-            row[f"{what}_speedup"] = float(statistics.median(base[what])) / row[f"{what}_seconds"]
+            row[f"{what}_seconds"] = sample_statistic(ts, "median")
+            row[f"{what}_speedup"] = sample_statistic(base[what], "median") / row[f"{what}_seconds"]
             row[f"{what}_speedup_range"] = (min(ratios), max(ratios))
         out[name] = row
     return out

@@ -118,10 +118,14 @@ def _canonical(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=repr)
 
 
+def digest(obj) -> str:
+    """sha256 (hex) of obj's canonical JSON (sorted keys, no spaces)."""
+    return hashlib.sha256(_canonical(obj).encode()).hexdigest()
+
+
 def fingerprint(run: Run, settings: Mapping | None = None) -> str:
-    """sha256 (hex) of the canonical JSON of spec(run) (or of `settings`, spec(run) made
-    already)."""
-    return hashlib.sha256(_canonical(settings or spec(run)).encode()).hexdigest()
+    """digest of spec(run) (or of `settings`, spec(run) made already)."""
+    return digest(settings or spec(run))
 
 
 def _flat(tree: Mapping, prefix: str = "") -> dict:
