@@ -5,7 +5,7 @@ speedups; and the Figure-5-style plot, one line per model size.
     claim_a .. claim_g   one row each: {"claim", "what", "paper", "ours", "holds", "parts"}
     claims_markdown      `| claim | paper | ours (± SE, seeds) | holds? |`
     schedule_probe       one point trained with two k schedules beside PA: is a fall there the
-                         routers' capacity or the k schedule's?
+                         routers' capacity or the k schedule's? (schedule_markdown: its lines)
     plot_tradeoff        accuracy (± SE) against measured speedup, one line per model size
 
 "holds" is "yes", "no" or "not separated" (a difference within 3 standard errors:
@@ -210,10 +210,17 @@ def claims_markdown(rows: Sequence[dict]) -> str:
                      f"{row['holds']} |")
     lines += ["", "Parts (a claim holds when every part does; \"not separated\": within "
                   "3 standard errors):", ""]
-    for row in rows:
-        lines.append(f"- {row['claim']}: " + "; ".join(f"{k}: {v}"
-                                                       for k, v in row["parts"].items()))
+    lines += [f"- {row['claim']}: {_parts_text(row['parts'])}" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _parts_text(parts: Mapping[str, str]) -> str:
+    return "; ".join(f"{k}: {v}" for k, v in parts.items())
+
+
+def schedule_markdown(probes: Sequence[dict]) -> str:
+    """schedule_probe's lines, each with its parts, a paragraph each."""
+    return "".join(f"{p['text']} Parts: {_parts_text(p['parts'])}.\n\n" for p in probes)
 
 
 def plot_tradeoff(lines: Mapping[str, Sequence[tuple]], path: str, *,

@@ -498,9 +498,8 @@ def report(s: ClaimsScale, scale: str, data: dict, text: dict, images: dict, res
         f"{size} {v['accuracy']:.1f}% of {v['num_examples']}" for size, v in lookup.items()) + "."
     markdown = (f"Claims at CPU scale ({scale} scale; ± = standard error over the seeds' "
                 f"answers, the larger of binomial and seed-to-seed). {floors_line}\n\n"
-                + verdicts.claims_markdown(rows) + "\n" + "".join(
-                    p["text"] + " Parts: " + "; ".join(f"{k}: {v}" for k, v in p["parts"].items())
-                    + ".\n\n" for p in schedule) + runs_md)
+                + verdicts.claims_markdown(rows) + "\n" + verdicts.schedule_markdown(schedule)
+                + runs_md)
     with open(os.path.join(output_dir, "claims.md"), "w") as f:
         f.write(markdown)
     plot(s, est, speed, data["floors"][n0], os.path.join(output_dir, "tradeoff.png"))

@@ -153,7 +153,7 @@ def target_text(task, example, eos_id) -> str:
     """The raw target string of a tokenised example."""
     _, out_vocab = _features(task)
     return as_text(example.get("targets_pretokenized",
-                             decode_ids(out_vocab, example["targets"], eos_id)))
+                               decode_ids(out_vocab, example["targets"], eos_id)))
 
 
 def postprocess(task, text: str, example, is_target: bool):
