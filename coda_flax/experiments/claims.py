@@ -39,6 +39,7 @@ stage, 2-step runs). Nothing here reads argv or gin.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Callable
@@ -47,9 +48,9 @@ from coda_flax import config, variants
 from coda_flax.analysis import claims as verdicts
 from coda_flax.config import CodaConfig, ModelConfig
 from coda_flax.experiments import pipeline
-from coda_flax.experiments.claims_images import (anneal_stages, image_model, image_runs,
-                                                 image_stage, ink_statistics, prepare_pages,
-                                                 run_images)
+from coda_flax.experiments.claims_images import (anneal_stages, every_image_run, image_model,
+                                                 image_runs, image_stage, ink_statistics,
+                                                 prepare_pages, register_pages, run_images)
 from coda_flax.experiments.claims_needles import needle_routing, needles_table
 from coda_flax.experiments.claims_seeds import (accuracy_estimate, by_group, group, seed_rounds,
                                                 variant, with_seed)
@@ -172,7 +173,6 @@ def prepare_data(s: ClaimsScale, data_dir: str | None, log: Log) -> dict:
     from coda_flax import tasks
     from coda_flax.datasets import givers, needle
     from coda_flax.datasets import shakespeare as corpus
-    from coda_flax.tasks.offline import register_chain_task
 
     prepared = corpus.prepare_shakespeare(data_dir, vocab_size=s.vocab_size, log=log)
     vocab = prepared["vocab_model"]
@@ -183,10 +183,10 @@ def prepare_data(s: ClaimsScale, data_dir: str | None, log: Log) -> dict:
                                       num_needles=s.num_needles, num_train=s.text_train,
                                       num_validation=s.text_validation, log=log)
              for n in s.lengths}
-    tasks.register_offline_tasks(data_dir, vocab, needles={"gave": gave["dir"]})
-    for n, text in texts.items():
-        register_chain_task(text_task(n), text["dir"], vocab, file_name=givers.GIVERS_FILE)
     pages = prepare_pages(s, data_dir, log)
+    folders = {"gave": gave["dir"], "texts": {n: x["dir"] for n, x in texts.items()},
+               "pages": pages["dir"]}
+    register_tasks(s, data_dir, vocab, folders)
     floors = {n: text_floors(s, text["file"], n) for n, text in texts.items()}
     for n, f in floors.items():
         log(f"  floors at n = {n} (validation, {texts[n]['validation']} examples): majority "
@@ -196,7 +196,22 @@ def prepare_data(s: ClaimsScale, data_dir: str | None, log: Log) -> dict:
     vocab_size = tasks.get_task_or_mixture(text_task(s.lengths[0])) \
         .output_features["targets"].vocabulary.vocab_size
     return {"vocab": vocab, "vocab_size": vocab_size, "floors": floors, "pages": pages["dir"],
-            "page_words": pages["words"], "records": {n: x["file"] for n, x in texts.items()}}
+            "page_words": pages["words"], "records": {n: x["file"] for n, x in texts.items()},
+            "setup": functools.partial(register_tasks, s, data_dir, vocab, folders)}
+
+
+def register_tasks(s: ClaimsScale, data_dir: str | None, vocab: str, folders: dict) -> None:
+    """Registers every task of the claims over prepare_data's folders ({"gave", "texts" {n:
+    folder}, "pages"}): prepare_data calls it, and so does each worker of a run with jobs > 1
+    (prepare_data's "setup")."""
+    from coda_flax import tasks
+    from coda_flax.datasets import givers
+    from coda_flax.tasks.offline import register_chain_task
+
+    tasks.register_offline_tasks(data_dir, vocab, needles={"gave": folders["gave"]})
+    for n, folder in folders["texts"].items():
+        register_chain_task(text_task(n), folder, vocab, file_name=givers.GIVERS_FILE)
+    register_pages(s, folders["pages"])
 
 
 def text_floors(s: ClaimsScale, records_file: str, n: int) -> dict:
@@ -371,18 +386,21 @@ def stage_of(name: str) -> str:
 
 
 def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None,
-               log: Log = print, data_only: bool = False, images_only: bool = False) -> dict:
+               log: Log = print, data_only: bool = False, images_only: bool = False,
+               jobs: int = 1) -> dict:
     """Every stage (module docstring); writes claims.{md,json}, tradeoff.png and the Figure-7
     picture (figure7/) into output_dir, the runs under output_dir/runs. Returns the summary.
     data_only: stage 1 only (the data and its floors, floors.json). images_only: the pages,
-    their runs and the ink alone (claims_images.run_images: images.{md,json}, figure7/)."""
+    their runs and the ink alone (claims_images.run_images: images.{md,json}, figure7/).
+    jobs: runs trained side by side (runner.execute_all; the page runs train in stage 2, beside
+    the text runs, so that the dense page reader does not run alone)."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}.")
     s = SCALES[scale]
     root = os.path.join(output_dir, "runs")
     os.makedirs(root, exist_ok=True)
     if images_only:
-        return run_images(s, scale, output_dir, data_dir, log)
+        return run_images(s, scale, output_dir, data_dir, log, jobs)
     clock, t0 = {}, time.time()
 
     def lap(stage):
@@ -396,19 +414,25 @@ def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None
         pipeline.save_json(os.path.join(output_dir, "floors.json"), floors)
         return {"scale": scale, "floors": floors}
     text = finetune_runs(s, data, data_dir)
-    log(f"[claims 2/5] {len(text)} text finetuning runs (plus their backbones), seed 0")
-    results = execute_all(list(text.values()), root, log=log)
-    results = seed_rounds(text, results, comparisons(s), gap_groups(s), s.max_seeds,
-                          lambda runs: execute_all(runs, root, log=log), log)
+    pages = every_image_run(s, data["pages"], data_dir)
+    log(f"[claims 2/5] {len(text)} text finetuning runs (plus their backbones), seed 0, and "
+        f"the {len(pages)} page runs" + (f"; {jobs} side by side" if jobs > 1 else ""))
+
+    def train(runs):
+        return execute_all(runs, root, log=log, jobs=jobs, setup=data["setup"])
+    results = train([*pages, *text.values()])          # the long dense page reader first
+    results = {name: r for name, r in results.items() if not name.startswith("images/")}
+    results = seed_rounds(text, results, comparisons(s), gap_groups(s), s.max_seeds, train, log)
     lap("training")
     log("[claims 3/5] speed, side by side per size and length")
     speed = measure_speed(s, text, root, log, os.path.join(output_dir, "speed"))
     lookup = backbone_lookup(s, data, data_dir, root, log)
     needles = needle_routing(seeded_runs(s, text, results), root, data["records"], None, log)
     lap("speed")
-    log("[claims 4/5] the pages: their runs (every seed), routed patches holding ink per layer")
+    log("[claims 4/5] the pages (their runs trained in stage 2): routed patches holding ink "
+        "per layer")
     images = image_stage(s, {"dir": data["pages"], "words": data["page_words"]}, data_dir,
-                         output_dir, log)
+                         output_dir, log)                      # its runs trained in stage 2
     lap("images")
     log("[claims 5/5] claims table, per-run table, plot")
     summary = report(s, scale, data, text, images, results, speed, output_dir, lookup, needles)
@@ -423,7 +447,8 @@ def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None
     return summary
 
 
-def run_pilot(output_dir: str, scale: str, groups: list, data_dir=None, log: Log = print) -> str:
+def run_pilot(output_dir: str, scale: str, groups: list, data_dir=None, log: Log = print,
+              jobs: int = 1) -> str:
     """A few of a scale's text runs (groups n<length>/<size>/<variant>) and their backbones, as
     run_claims executes them (it reuses them): their backbone_lookup and run_table."""
     s = SCALES[scale]
@@ -433,7 +458,8 @@ def run_pilot(output_dir: str, scale: str, groups: list, data_dir=None, log: Log
         raise ValueError(f"unknown runs {sorted(set(groups) - set(text))}; choose from "
                          f"{sorted(text)}")
     root = os.path.join(output_dir, "runs")
-    results = execute_all([text[g] for g in groups], root, log=log)
+    results = execute_all([text[g] for g in groups], root, log=log, jobs=jobs,
+                          setup=data["setup"])
     sizes = tuple(x for x in s.sizes if x[0] in {g.split("/")[1] for g in groups})
     lookup = backbone_lookup(dataclasses.replace(s, sizes=sizes), data, data_dir, root, log)
     est = {g: accuracy_estimate([results[text[g].name]]) for g in groups}

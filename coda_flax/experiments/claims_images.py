@@ -19,6 +19,7 @@ the router picks the patches that hold ink.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -50,15 +51,20 @@ def prepare_pages(s, data_dir: str | None, log: Log) -> dict:
     """The pages of s (datasets.ink_pages, built once) registered as INK_TASK; returns their
     meta.json plus "dir"."""
     from coda_flax.datasets import ink_pages
-    from coda_flax.tasks.vision import register_page_task
 
     pages = ink_pages.prepare_ink_pages(data_dir, words=ink_pages.WORDS[:s.image_words],
                                         num_train=s.image_train,
                                         num_validation=s.image_validation,
                                         page_size=(s.image_page, s.image_page),
                                         font_sizes=s.image_font_sizes, log=log)
-    register_page_task(INK_TASK, pages["dir"], max_patches=s.image_patches)
+    register_pages(s, pages["dir"])
     return pages
+
+
+def register_pages(s, pages_dir: str) -> None:
+    """Registers INK_TASK over the prepared pages (also each worker's setup with jobs > 1)."""
+    from coda_flax.tasks.vision import register_page_task
+    register_page_task(INK_TASK, pages_dir, max_patches=s.image_patches)
 
 
 def _options(data_dir) -> tuple:
@@ -211,20 +217,28 @@ def image_table(images, img, words, ink, top) -> str:
     return "\n".join(lines) + "\n"
 
 
-def image_stage(s, pages: dict, data_dir: str | None, output_dir: str, log: Log) -> dict:
+def every_image_run(s, pages_dir: str, data_dir: str | None) -> list[Run]:
+    """image_runs and the CoDA runs' other seeds (s.image_seeds each): what image_stage
+    trains (`coda claims` trains them beside the text runs, and image_stage reuses them)."""
+    runs = image_runs(s, {"pages": pages_dir}, data_dir)
+    return [*runs.values(), *[seeded(runs[f"images/coda_r{r}"], k) for r in s.image_rates
+                              for k in range(1, s.image_seeds)]]
+
+
+def image_stage(s, pages: dict, data_dir: str | None, output_dir: str, log: Log,
+                jobs: int = 1, setup=None) -> dict:
     """The page runs (every CoDA rate with s.image_seeds seeds; reused when finished, resumed
     when stopped), the ink at every image rate (figure7/ for the largest, figure7_r<r>/ for the
     others) and claim d's row (every image rate). pages: prepare_pages' dict. Returns {"row",
     "table" (markdown), "ink" {rate: combine_seeds dict}, "accuracy" {group: Estimate},
-    "results" {run name: result}, "run_seconds" {group: seconds}}."""
+    "results" {run name: result}, "run_seconds" {group: seconds}}. jobs, setup: execute_all's."""
     from coda_flax.analysis import claims as verdicts
     from coda_flax.analysis.estimates import estimate
 
     root = os.path.join(output_dir, "runs")
     runs = image_runs(s, {"pages": pages["dir"]}, data_dir)
-    coda_seeds = [seeded(runs[f"images/coda_r{r}"], k) for r in s.image_rates
-                  for k in range(1, s.image_seeds)]
-    results = execute_all([*runs.values(), *coda_seeds], root, log=log)
+    results = execute_all(every_image_run(s, pages["dir"], data_dir), root, log=log,
+                          jobs=jobs, setup=setup)
     shown = {"images/dense": runs["images/pa"].init, **runs}       # the dense reader too
     names = {g: [r.name] + [seeded(r, k).name for k in range(1, s.image_seeds)
                             if g.startswith("images/coda")] for g, r in shown.items()}
@@ -241,14 +255,17 @@ def image_stage(s, pages: dict, data_dir: str | None, output_dir: str, log: Log)
             "run_seconds": {g: results[r.name].get("seconds") for g, r in shown.items()}}
 
 
-def run_images(s, scale: str, output_dir: str, data_dir: str | None, log: Log) -> dict:
-    """The image stage alone (`coda claims --images-only`): the pages, then image_stage;
-    writes images.{md,json} into output_dir."""
+def run_images(s, scale: str, output_dir: str, data_dir: str | None, log: Log,
+               jobs: int = 1) -> dict:
+    """The image stage alone (`coda claims --images-only`): the pages, then image_stage (its
+    runs in `jobs` processes); writes images.{md,json} into output_dir."""
     from coda_flax.analysis import claims as verdicts
 
     t0 = time.time()
     log(f"[claims --images-only] pages (scale {scale!r})")
-    stage = image_stage(s, prepare_pages(s, data_dir, log), data_dir, output_dir, log)
+    pages = prepare_pages(s, data_dir, log)
+    setup = functools.partial(register_pages, s, pages["dir"])
+    stage = image_stage(s, pages, data_dir, output_dir, log, jobs, setup)
     markdown = (f"Claim d at the {scale} scale (images/coda_r<r>, r in {list(s.image_rates)}).\n\n"
                 + verdicts.claims_markdown([stage["row"]]) + stage["table"])
     with open(os.path.join(output_dir, "images.md"), "w") as f:
@@ -263,6 +280,7 @@ def run_images(s, scale: str, output_dir: str, data_dir: str | None, log: Log) -
     return summary
 
 
-__all__ = ["INK_TASK", "anneal_stages", "image_model", "prepare_pages", "image_runs",
+__all__ = ["INK_TASK", "anneal_stages", "image_model", "prepare_pages", "register_pages",
+           "image_runs", "every_image_run",
            "ink_statistics", "routed_ink", "combine_seeds", "seeded_ink", "image_table",
            "image_stage", "run_images"]

@@ -311,22 +311,106 @@ def _closure(runs: Sequence[Run]) -> list[Run]:
 
 
 def execute_all(runs: Sequence[Run], root: str, log: Log = print,
-                load_params: bool = False) -> dict[str, dict]:
+                load_params: bool = False, jobs: int = 1,
+                setup: Callable[[], Any] | None = None) -> dict[str, dict]:
     """Executes the runs and their parents (parents first, each distinct fingerprint once),
-    logging "[i/N] name"; returns {name: execute's result} for every run executed."""
+    logging "[i/N] name"; returns {name: execute's result} for every run executed.
+
+    jobs > 1: the runs still to train go side by side in `jobs` worker processes (side_by_side),
+    a run as soon as its parent is finished; their results are the same (one run is one
+    process's work either way). setup: a picklable callable each worker calls first, e.g. to
+    register the runs' tasks as the caller did in this process."""
     order = _closure(runs)
     names = [r.name for r in order]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"different runs share the folder name(s) {twice}: give each its own "
                          f"Run.name.")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1 (worker processes), got {jobs}.")
+    trained = side_by_side(order, root, log, jobs, setup) if jobs > 1 else {}
     out = {}
     for i, run in enumerate(order, 1):
+        if run.name in trained and not load_params:
+            out[run.name] = trained[run.name]
+            continue
         log(f"[{i}/{len(order)}] {run.name}")
         out[run.name] = execute(run, root, log, load_params=load_params)
+        if run.name in trained:
+            out[run.name]["reused"] = False
     return out
+
+
+def _start_worker(setup, pids) -> None:
+    """A worker's start: its pid to the parent (which forwards a stop to it); SIGINT ignored
+    (a terminal's Ctrl-C reaches the whole process group: the parent stops the workers);
+    SIGTERM outside a training loop ends the current run with SystemExit (the training loop
+    saves its step and raises Preempted instead); TensorFlow's start-up lines silenced (as a
+    `coda` command's); then setup()."""
+    import signal
+
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+    from coda_flax.train.quiet import quiet_startup
+    pids.put(os.getpid())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, stop)
+    quiet_startup()
+    if setup is not None:
+        setup()
+
+
+def _work(run: Run, root: str) -> dict:
+    return execute(run, root, log=lambda m: print(f"  [{run.name}] {m.strip()}", flush=True))
+
+
+def side_by_side(order: Sequence[Run], root: str, log: Log, jobs: int,
+                 setup: Callable[[], Any] | None) -> dict[str, dict]:
+    """Trains the unfinished runs of `order` (parents first) in `jobs` spawned worker processes,
+    each run once its parent is finished; returns {name: result} of the runs trained. A stop
+    of this process (an exception, SIGTERM / SIGINT raising one) is sent on to the workers as
+    SIGTERM: each running run saves its step and ends, and the stop is raised again once they
+    have."""
+    import concurrent.futures as cf
+    import multiprocessing
+    import signal
+    for run in order:
+        register(run)
+    todo = [run for run in order if not finished(root, run)]
+    if len(todo) < 2:
+        return {}
+    context = multiprocessing.get_context("spawn")     # jax is not fork-safe
+    pids = context.Queue()
+    done: dict[str, dict] = {}
+    waiting, running = list(todo), {}
+    log(f"  {len(todo)} runs to train, {min(jobs, len(todo))} side by side")
+    with cf.ProcessPoolExecutor(min(jobs, len(todo)), mp_context=context,
+                                initializer=_start_worker, initargs=(setup, pids)) as pool:
+        try:
+            while waiting or running:
+                ready = [r for r in waiting if not isinstance(r.init, Run)
+                         or r.init.name in done or r.init not in todo]
+                for run in ready[:jobs - len(running)]:
+                    waiting.remove(run)
+                    log(f"[{len(todo) - len(waiting)}/{len(todo)}] {run.name} (worker)")
+                    running[pool.submit(_work, run, root)] = run
+                if not running:
+                    raise RuntimeError(f"runs {[r.name for r in waiting]} wait for parents "
+                                       f"that are not among the runs.")
+                for future in cf.wait(running, return_when=cf.FIRST_COMPLETED)[0]:
+                    result = done[running.pop(future).name] = future.result()
+                    log(f"  {result['name']}: finished in {result['seconds']:.0f} s")
+        except BaseException:
+            while not pids.empty():
+                try:
+                    os.kill(pids.get(), signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            cf.wait(running)                # each saves its step (Preempted) or ends
+            raise
+    return done
 
 
 __all__ = ["Run", "spec", "fingerprint", "run_dir", "adopt", "register", "final_checkpoint",
            "finished", "load",
-           "execute", "execute_all", "NON_RESULT_OPTIONS"]
+           "execute", "execute_all", "side_by_side", "NON_RESULT_OPTIONS"]
