@@ -423,13 +423,18 @@ def test_pilot_names_an_unknown_run_and_the_choices(tmp_path):
     assert not os.path.exists(tmp_path / "out" / "runs")          # nothing trained
 
 
-def test_cli_rejects_an_unknown_scale_and_a_missing_data_dir(tmp_path, capsys):
+def test_cli_rejects_an_unknown_scale_a_missing_data_dir_and_no_jobs(tmp_path, capsys):
     from coda_flax.cli import main
     with pytest.raises(SystemExit) as e:
         main(["claims", "--scale", "huge"])
     assert e.value.code == 2
     assert main(["claims", "--data-dir", str(tmp_path / "nope")]) == 2
     assert "is not an existing directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["claims", "--jobs", "0"])
+    assert e.value.code == 2
+    assert "--jobs: expected an integer >= 1 (worker processes), got 0" in \
+        capsys.readouterr().err
 
 
 def _results(root):
@@ -443,14 +448,15 @@ def _results(root):
 
 @pytest.mark.slow
 def test_tiny_claims_stop_resume_and_reuse(tmp_path):
-    """SIGTERM mid-run: one line, exit 143; run again: the finished runs are reused and the
-    rest trained, the table has one row per claim; a third run trains nothing."""
+    """SIGTERM mid-run (two runs side by side: --jobs 2): one line, exit 143; run again (one
+    by one): the finished runs are reused and the rest trained, the table has one row per
+    claim; a third run trains nothing."""
     from corpus_helpers import synthetic_source
     from coda_flax.cli import main
     data, out = tmp_path / "data", tmp_path / "out"
     synthetic_source(data, num_plays=3, num_scenes=12)
     cmd = [sys.executable, "-m", "coda_flax.cli", "claims", "--scale", "tiny", "--output",
-           str(out), "--data-dir", str(data)]
+           str(out), "--data-dir", str(data), "--jobs", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 900
     while len(_results(out / "runs")) < 2 and proc.poll() is None and time.time() < deadline:
@@ -463,7 +469,7 @@ def test_tiny_claims_stop_resume_and_reuse(tmp_path):
     before = _results(out / "runs")
     assert len(before) >= 2
     assert main(["claims", "--scale", "tiny", "--output", str(out), "--data-dir",
-                 str(data)]) == 0
+                 str(data), "--jobs", "1"]) == 0
     after = _results(out / "runs")
     assert all(after[k] == t for k, t in before.items())          # reused, not retrained
     summary = json.load(open(out / "claims.json"))

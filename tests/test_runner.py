@@ -6,6 +6,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -209,3 +212,79 @@ def test_real_training_stops_resumes_and_is_reused_with_its_parameters(data, tmp
     loaded = runner.execute(run, str(tmp_path), log=lambda s: None, load_params=True)
     assert loaded["reused"] and loaded["model"].config == run.model
     assert loaded["total_params"] == loaded["trainable_params"] > 0
+
+
+def _timeline(root, name):
+    """(start, end) of a trained run: its run.json's and its result.json's modification times."""
+    folder = os.path.join(root, name)
+    return (os.path.getmtime(os.path.join(folder, runner.RUN_FILE)),
+            os.path.getmtime(os.path.join(folder, runner.RESULT_FILE)))
+
+
+def _side_by_side_runs(data, steps):
+    dense = _dense(data, steps=4)
+    return [_child(dense, "finetune/coda_r2", 2, steps=steps),
+            _child(dense, "finetune/coda_r4", 4, steps=steps)]
+
+
+def _same_results(a, b):
+    for name in a:
+        assert b[name]["eval"] == pytest.approx(a[name]["eval"], rel=1e-5), name
+        assert b[name]["fingerprint"] == a[name]["fingerprint"]
+
+
+def test_jobs_train_side_by_side_parents_first(data, tmp_path):
+    import functools
+    import train_helpers
+    runs = _side_by_side_runs(data, steps=2)
+    logs, root = [], str(tmp_path / "runs")
+    setup = functools.partial(train_helpers.fake_training_in_worker, 2.0, str(tmp_path))
+    out = runner.execute_all(runs, root, log=logs.append, jobs=2, setup=setup)
+    workers = {int(f.split("-")[1]) for f in os.listdir(tmp_path) if f.startswith("worker-")}
+    assert len(workers) == 2 and os.getpid() not in workers       # setup ran in each worker
+    trained_by = {name: r["eval"]["pid"] for name, r in out.items()}
+    assert set(trained_by.values()) <= workers
+    assert trained_by[runs[0].name] != trained_by[runs[1].name]    # the children: one each
+    assert not any(r["reused"] for r in out.values())
+    assert out[runs[0].name]["fingerprint"] == runner.fingerprint(runs[0])
+    # the parent first (the children start from its final checkpoint), then both at once
+    parent, a, b = (_timeline(root, n) for n in ("dense", *[r.name for r in runs]))
+    assert min(a[0], b[0]) >= parent[1]
+    assert a[0] < b[1] and b[0] < a[1]          # their trainings overlap
+    assert [x for x in logs if x.startswith("[")] == [
+        "[1/3] dense (worker)", "[2/3] finetune/coda_r2 (worker)",
+        "[3/3] finetune/coda_r4 (worker)"]
+    # again: nothing left to train, no worker started
+    again = runner.execute_all(runs, root, log=lambda s: None, jobs=2, setup=setup)
+    assert all(r["reused"] for r in again.values()) and again[runs[0].name]["eval"] == \
+        out[runs[0].name]["eval"]
+    assert len([f for f in os.listdir(tmp_path) if f.startswith("worker-")]) == 2
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        runner.execute_all(runs, root, jobs=0)
+
+
+@pytest.mark.slow   # ~2-4 min on 2 cores: real training one by one, then in two workers,
+def test_a_stop_reaches_every_worker_and_their_runs_resume(data, tmp_path):    # stopped, resumed
+    from coda_flax.cli.console import Stopped, stopped_by_signals
+    from coda_flax.train.trainer import read_metrics
+    runs = _side_by_side_runs(data, steps=1500)
+    one = runner.execute_all(runs, str(tmp_path / "one"), log=lambda s: None)
+    two = str(tmp_path / "two")
+    folders = [os.path.join(two, r.name) for r in runs]
+
+    def stop_when_both_train():            # SIGTERM to this process, as a scheduler sends it
+        while not all(os.path.exists(os.path.join(f, "metrics.jsonl")) for f in folders):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=stop_when_both_train, daemon=True).start()
+    with pytest.raises(Stopped), stopped_by_signals():
+        runner.execute_all(runs, two, log=lambda s: None, jobs=2)
+    for folder in folders:                  # each worker saved its step and ended its run
+        steps = [r["step"] for r in read_metrics(folder, "train")]
+        assert not os.path.exists(os.path.join(folder, runner.RESULT_FILE))
+        assert steps and steps[-1] < 1500 and os.listdir(os.path.join(folder, "checkpoints"))
+    out = runner.execute_all(runs, two, log=lambda s: None, jobs=2)
+    for folder in folders:                  # resumed after the saved step, not restarted
+        steps = [r["step"] for r in read_metrics(folder, "train")]
+        assert steps == sorted(set(steps)) and steps[-1] == 1500
+    _same_results(one, out)

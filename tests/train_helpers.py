@@ -72,3 +72,19 @@ def t5x_train_metrics(log: str) -> dict:
                                    open(log).read()):
         out[int(step)] = {k: float(v) for k, v in re.findall(r"([\w/]+)=([-0-9.e+]+)", fields)}
     return out
+
+
+def fake_training_in_worker(seconds, folder):
+    """A worker's setup in runner.execute_all(jobs > 1) tests: a file named for its process in
+    `folder`, and run.train replaced by a stand-in that takes `seconds`, writes MODEL_DIR/final
+    and returns an eval naming the process that trained."""
+    from coda_flax.train import run as train_run
+    from coda_flax.train.settings import flat_settings
+    open(os.path.join(folder, f"worker-{os.getpid()}"), "w").close()
+
+    def fake(**kwargs):
+        time.sleep(seconds)
+        os.makedirs(os.path.join(flat_settings(**kwargs)["model_dir"], "final"))
+        params = {"adapter": {"kernel": np.zeros((4, 2), np.float32)}}
+        return {"params": params, "eval": {"accuracy": 25.0, "pid": os.getpid()}}
+    train_run.train = fake

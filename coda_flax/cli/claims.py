@@ -1,17 +1,20 @@
 """`coda claims`: the paper's trade-off claims at CPU scale (coda_flax.experiments.claims).
 
-    coda claims [--scale full|reduced|tiny] [--output DIR] [--data-dir DIR] [--jobs N]
+    coda claims [--scale reduced|full|tiny] [--output DIR] [--data-dir DIR] [--jobs N]
                 [--data-only | --images-only | --pilot GROUP [GROUP ...]]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from coda_flax.cli.argtypes import DATA_DIR_HELP, missing_data_dir, positive_int
 
 SCALES = ("full", "reduced", "tiny")    # experiments.claims.SCALES (not imported: a fast --help)
+# two runs side by side: these models keep about one core busy each (README, Claims at CPU scale)
+JOBS = min(2, os.cpu_count() or 1)
 
 
 def add_claims_parser(sub) -> argparse.ArgumentParser:
@@ -23,14 +26,14 @@ def add_claims_parser(sub) -> argparse.ArgumentParser:
                     "then write claims.{md,json} (claim | paper | ours | holds?), a per-run "
                     "table with floors and error bars, tradeoff.png and figure7/. Finished "
                     "runs are reused; a stopped run resumes.")
-    claims.add_argument("--scale", default="full", choices=SCALES,
-                        help="full (512 / 1,024 tokens, 3 sizes: well over 2 hours on 2 cores), "
-                             "reduced (the README's run), tiny (seconds, for tests)")
+    claims.add_argument("--scale", default="reduced", choices=SCALES,
+                        help="reduced (default: 256 / 512 tokens, 2 sizes, the README's run, "
+                             "under 2 hours on 2 cores with 2 jobs), full (512 / 1,024 tokens, "
+                             "3 sizes: well over 2 hours, not run), tiny (minutes, for tests)")
     claims.add_argument("--jobs", type=positive_int("expected an integer >= 1 (worker "
-                                                    "processes)"), default=1, metavar="N",
-                        help="train N runs side by side in worker processes (default 1; 2 on "
-                             "2 cores took the reduced run from about 2 h 40 min to the time "
-                             "the README gives)")
+                                                    "processes)"), default=JOBS, metavar="N",
+                        help="train N runs side by side, each in its own worker process "
+                             f"(default: 2, or 1 on a 1-core machine; here {JOBS})")
     claims.add_argument("--output", default="outputs/claims", help="output folder")
     claims.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     claims.add_argument("--data-only", action="store_true",

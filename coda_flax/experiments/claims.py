@@ -3,7 +3,8 @@
     1 data      Shakespeare + vocabulary; "who gave it?" (pretraining); "who gave them?"
                 (datasets.givers) at two lengths, its floors from the validation records;
                 mostly blank pages with one small word (datasets.ink_pages)
-    2 runs      experiments.runner.Run lists, run by runner.execute_all (reused / resumed):
+    2 runs      experiments.runner.Run lists, run by runner.execute_all (reused / resumed;
+                `jobs` of them side by side in worker processes, `coda claims --jobs N`):
                   backbones      a dense T5 per model size, pretrained on span corruption
                                  mixed with "who gave it?" (as `coda demo`)
                   sweep          the base size at both lengths: PA (r = 1) and CoDA k-to-all
@@ -17,6 +18,7 @@
                                  annealed over probe_anneal_fraction of the steps: is a fall
                                  there the routers' capacity or the k schedule's?   (a, e, f)
                   images         a dense patch model on the pages, PA and CoDA at image_rates
+                                 (trained here, beside the text runs; used in stage 4)
                 then more seeds, one at a time up to max_seeds, for both sides of every
                 comparison still within 3 SE and for e's and f's runs at gap_point
     3 speed     every variant of a size and length timed side by side (claims_speed, through
@@ -29,7 +31,7 @@
                 probe's lines, the per-run table (accuracy ± SE, floors, speedup and its rounds'
                 range), tradeoff.png
 
-SCALES: "full" (512 / 1,024 tokens, three sizes, every r and both router rates; not run: by
+SCALES (run_claims' default and `coda claims`': "reduced"): "full" (512 / 1,024 tokens, three sizes, every r and both router rates; not run: by
 the reduced run's per-run times it takes well over the issue's 2 hours here), "reduced" (256 /
 512 tokens, d32 and d64, r to 64, up to 3 seeds, e and f judged at n = 512, r = 32, the
 schedule probe there and at r = 64: the README's run), "tiny" (the code path for tests: every
@@ -385,7 +387,7 @@ def stage_of(name: str) -> str:
     return "sweep / sizes"
 
 
-def run_claims(output_dir: str, scale: str = "full", data_dir: str | None = None,
+def run_claims(output_dir: str, scale: str = "reduced", data_dir: str | None = None,
                log: Log = print, data_only: bool = False, images_only: bool = False,
                jobs: int = 1) -> dict:
     """Every stage (module docstring); writes claims.{md,json}, tradeoff.png and the Figure-7

@@ -11,7 +11,9 @@
     execute(run, root)  reuses a finished folder (result.json); else trains (a stopped run
                         resumes from its checkpoints in the same folder), evaluates on the
                         validation split and writes result.json
-    execute_all(runs)   parents first, each distinct run once
+    execute_all(runs)   parents first, each distinct run once; jobs > 1: the runs to train
+                        side by side in spawned worker processes (side_by_side), a run once
+                        its parent is finished, a stop sent on to every worker
 
 The demo, `coda compare`, `coda claims`, scripts/sweep_demo.py and `coda reproduce`'s training
 stages (experiments/gin_runs.py: a Run from gin files) declare their runs as lists of Run; speed is
@@ -342,26 +344,43 @@ def execute_all(runs: Sequence[Run], root: str, log: Log = print,
 
 
 def _start_worker(setup, pids) -> None:
-    """A worker's start: its pid to the parent (which forwards a stop to it); SIGINT ignored
-    (a terminal's Ctrl-C reaches the whole process group: the parent stops the workers);
-    SIGTERM outside a training loop ends the current run with SystemExit (the training loop
-    saves its step and raises Preempted instead); TensorFlow's start-up lines silenced (as a
-    `coda` command's); then setup()."""
+    """A worker's start: SIGINT ignored (a terminal's Ctrl-C reaches the whole process group:
+    the parent stops the workers); SIGTERM outside a training loop ends the current run with
+    SystemExit (the training loop saves its step and raises Preempted instead); TensorFlow's
+    start-up lines silenced (as a `coda` command's); setup(); then its pid to the parent (which
+    forwards a stop to it, and starts no run before every worker is ready)."""
     import signal
 
     def stop(signum, _frame):
         raise SystemExit(128 + signum)
     from coda_flax.train.quiet import quiet_startup
-    pids.put(os.getpid())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, stop)
     quiet_startup()
     if setup is not None:
         setup()
+    pids.put(os.getpid())
 
 
 def _work(run: Run, root: str) -> dict:
     return execute(run, root, log=lambda m: print(f"  [{run.name}] {m.strip()}", flush=True))
+
+
+def _start_all(pool, workers: int, pids) -> list[int]:
+    """Starts every worker of the pool now (one empty call each, submitted together: a pool
+    starts a process per call while none is idle) and waits until each is ready; their pids.
+    Otherwise a pool starts its second process only when a second run is submitted, and a short
+    run can leave it idle while the first process takes every run."""
+    import queue
+    started, out = [pool.submit(int) for _ in range(workers)], []
+    while len(out) < workers:
+        try:
+            out.append(pids.get(timeout=1.0))
+        except queue.Empty:
+            for future in started:
+                if future.done() and future.exception():
+                    raise future.exception()            # a worker's setup failed
+    return out
 
 
 def side_by_side(order: Sequence[Run], root: str, log: Log, jobs: int,
@@ -380,17 +399,18 @@ def side_by_side(order: Sequence[Run], root: str, log: Log, jobs: int,
     if len(todo) < 2:
         return {}
     context = multiprocessing.get_context("spawn")     # jax is not fork-safe
-    pids = context.Queue()
+    workers, queue = min(jobs, len(todo)), context.Queue()
     done: dict[str, dict] = {}
-    waiting, running = list(todo), {}
-    log(f"  {len(todo)} runs to train, {min(jobs, len(todo))} side by side")
-    with cf.ProcessPoolExecutor(min(jobs, len(todo)), mp_context=context,
-                                initializer=_start_worker, initargs=(setup, pids)) as pool:
+    waiting, running, pids = list(todo), {}, []
+    log(f"  {len(todo)} runs to train, {workers} side by side")
+    with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                initargs=(setup, queue)) as pool:
         try:
+            pids = _start_all(pool, workers, queue)
             while waiting or running:
                 ready = [r for r in waiting if not isinstance(r.init, Run)
                          or r.init.name in done or r.init not in todo]
-                for run in ready[:jobs - len(running)]:
+                for run in ready[:workers - len(running)]:
                     waiting.remove(run)
                     log(f"[{len(todo) - len(waiting)}/{len(todo)}] {run.name} (worker)")
                     running[pool.submit(_work, run, root)] = run
@@ -401,9 +421,9 @@ def side_by_side(order: Sequence[Run], root: str, log: Log, jobs: int,
                     result = done[running.pop(future).name] = future.result()
                     log(f"  {result['name']}: finished in {result['seconds']:.0f} s")
         except BaseException:
-            while not pids.empty():
+            for pid in pids:
                 try:
-                    os.kill(pids.get(), signal.SIGTERM)
+                    os.kill(pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
             cf.wait(running)                # each saves its step (Preempted) or ends
