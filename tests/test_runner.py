@@ -233,24 +233,55 @@ def _same_results(a, b):
         assert b[name]["fingerprint"] == a[name]["fingerprint"]
 
 
+def _workers(folder):
+    return {int(f.split("-")[1]) for f in os.listdir(folder) if f.startswith("worker-")}
+
+
 def test_jobs_train_side_by_side_parents_first(data, tmp_path):
     import functools
     import train_helpers
+    from coda_flax.cli.console import Stopped, stopped_by_signals
     runs = _side_by_side_runs(data, steps=2)
     logs, root = [], str(tmp_path / "runs")
-    setup = functools.partial(train_helpers.fake_training_in_worker, 2.0, str(tmp_path))
+    setup = functools.partial(train_helpers.fake_training_in_worker, 2.0, str(tmp_path),
+                              together=("coda_r2", "coda_r4"))
+
+    # stopped while the parent trains and the other worker waits: the stop comes back once
+    # the parent's run has finished its step and stopped (a hang fails the test by SIGALRM),
+    # the parent unfinished
+    def stop_once_the_parent_trains():
+        while not os.path.exists(os.path.join(root, "dense", runner.RUN_FILE)):
+            time.sleep(0.02)
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def hung(*_):
+        pytest.fail("a stop of execute_all(jobs=2) did not come back within 120 s")
+    threading.Thread(target=stop_once_the_parent_trains, daemon=True).start()
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)
+    try:
+        with pytest.raises(Stopped), stopped_by_signals():
+            runner.execute_all(runs, root, log=lambda s: None, jobs=2, setup=setup)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not os.path.exists(os.path.join(root, "dense", runner.RESULT_FILE))
+    stopped = _workers(tmp_path)
+    assert len(stopped) == 2
+
     out = runner.execute_all(runs, root, log=logs.append, jobs=2, setup=setup)
-    workers = {int(f.split("-")[1]) for f in os.listdir(tmp_path) if f.startswith("worker-")}
+    workers = _workers(tmp_path) - stopped
     assert len(workers) == 2 and os.getpid() not in workers       # setup ran in each worker
     trained_by = {name: r["eval"]["pid"] for name, r in out.items()}
     assert set(trained_by.values()) <= workers
     assert trained_by[runs[0].name] != trained_by[runs[1].name]    # the children: one each
+    assert all(out[r.name]["eval"]["together"] for r in runs)      # ... at the same time
     assert not any(r["reused"] for r in out.values())
     assert out[runs[0].name]["fingerprint"] == runner.fingerprint(runs[0])
-    # the parent first (the children start from its final checkpoint), then both at once
+    # the parent first (the children start from its final checkpoint)
     parent, a, b = (_timeline(root, n) for n in ("dense", *[r.name for r in runs]))
     assert min(a[0], b[0]) >= parent[1]
-    assert a[0] < b[1] and b[0] < a[1]          # their trainings overlap
     assert [x for x in logs if x.startswith("[")] == [
         "[1/3] dense (worker)", "[2/3] finetune/coda_r2 (worker)",
         "[3/3] finetune/coda_r4 (worker)"]
@@ -258,7 +289,7 @@ def test_jobs_train_side_by_side_parents_first(data, tmp_path):
     again = runner.execute_all(runs, root, log=lambda s: None, jobs=2, setup=setup)
     assert all(r["reused"] for r in again.values()) and again[runs[0].name]["eval"] == \
         out[runs[0].name]["eval"]
-    assert len([f for f in os.listdir(tmp_path) if f.startswith("worker-")]) == 2
+    assert len(_workers(tmp_path)) == 4
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         runner.execute_all(runs, root, jobs=0)
 

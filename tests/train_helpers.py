@@ -74,17 +74,36 @@ def t5x_train_metrics(log: str) -> dict:
     return out
 
 
-def fake_training_in_worker(seconds, folder):
+def fake_training_in_worker(seconds, folder, together=()):
     """A worker's setup in runner.execute_all(jobs > 1) tests: a file named for its process in
-    `folder`, and run.train replaced by a stand-in that takes `seconds`, writes MODEL_DIR/final
-    and returns an eval naming the process that trained."""
+    `folder`, and run.train replaced by a stand-in that trains as the trainer stops: SIGTERM
+    only marks the stop, the "step" (`seconds`) is finished, then Preempted is raised. Runs
+    named in `together` (their folders' names) wait (up to 60 s) until all of them are
+    training. It writes MODEL_DIR/final and returns an eval naming the process that trained
+    and whether its `together` runs trained at once."""
     from coda_flax.train import run as train_run
     from coda_flax.train.settings import flat_settings
+    from coda_flax.train.trainer import Preempted
     open(os.path.join(folder, f"worker-{os.getpid()}"), "w").close()
 
     def fake(**kwargs):
-        time.sleep(seconds)
-        os.makedirs(os.path.join(flat_settings(**kwargs)["model_dir"], "final"))
+        path = flat_settings(**kwargs)["model_dir"]
+        name = os.path.basename(path)
+        open(os.path.join(folder, f"training-{name}"), "w").close()
+        stop = []
+        previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.append(signum))
+        try:
+            deadline, met = time.time() + 60, name not in together
+            while not met and time.time() < deadline:
+                met = all(os.path.exists(os.path.join(folder, f"training-{n}")) for n in together)
+                time.sleep(0.05)
+            time.sleep(seconds)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if stop:
+            raise Preempted(f"signal {stop[0]}: stopped {path}")
+        os.makedirs(os.path.join(path, "final"))
         params = {"adapter": {"kernel": np.zeros((4, 2), np.float32)}}
-        return {"params": params, "eval": {"accuracy": 25.0, "pid": os.getpid()}}
+        return {"params": params, "eval": {"accuracy": 25.0, "pid": os.getpid(),
+                                           "together": met}}
     train_run.train = fake
