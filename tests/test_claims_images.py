@@ -123,8 +123,9 @@ def test_image_stage_reports_every_seed_of_the_coda_runs(tmp_path, monkeypatch):
     made = {"images/dense": 40.0, "images/pa/seed0": 60.0, "images/coda_r4/seed0": 10.0,
             "images/coda_r4/seed1": 40.0, "images/coda_r4/seed2": 70.0}
 
-    def fake_execute_all(runs, root, log):
+    def fake_execute_all(runs, root, log, jobs, setup):
         assert sorted(r.name for r in runs) == sorted(set(made) - {"images/dense"})
+        assert (jobs, setup) == (1, None)
         return {r.name: {"eval": {"exact_match": made[r.name], "num_examples": 100},
                          "seconds": 1.0} for r in runs} | {
             "images/dense": {"eval": {"exact_match": 40.0, "num_examples": 100}}}
