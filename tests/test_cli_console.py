@@ -11,6 +11,7 @@ import textwrap
 
 from coda_flax.cli import console
 from coda_flax.cli.train import format_metrics
+from coda_flax.train import quiet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,7 +21,7 @@ def _record(pathname: str, msg: str) -> logging.LogRecord:
 
 
 def test_seqio_cache_warnings_are_dropped_and_other_warnings_kept():
-    drop = console._DropSeqioCacheWarnings()
+    drop = quiet._DropSeqioCacheWarnings()
     seqio = "/site-packages/seqio/dataset_providers.py"
     assert not drop.filter(_record(seqio, "Using an uncached FunctionDataset for training is "
                                           "not recommended since ..."))
@@ -41,8 +42,8 @@ def _run(code: str, tmp_path, module_source: str) -> subprocess.CompletedProcess
 
 def test_native_start_up_lines_are_silenced_and_replayed_when_the_import_fails(tmp_path):
     code = """
-        from coda_flax.cli import console
-        console._import_quietly("noisy_native")
+        from coda_flax.train import quiet
+        quiet._import_quietly("noisy_native")
         import sys
         print("after", file=sys.stderr)
         """

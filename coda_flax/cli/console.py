@@ -19,8 +19,7 @@ import signal
 import sys
 import threading
 
-from coda_flax.train.quiet import (_DropSeqioCacheWarnings, _import_quietly,  # noqa: F401
-                                   quiet_startup)
+from coda_flax.train.quiet import quiet_startup
 
 
 class Stopped(BaseException):

@@ -185,7 +185,7 @@ def prepare_data(s: ClaimsScale, data_dir: str | None, log: Log) -> dict:
                                       num_needles=s.num_needles, num_train=s.text_train,
                                       num_validation=s.text_validation, log=log)
              for n in s.lengths}
-    pages = prepare_pages(s, data_dir, log)
+    pages = prepare_pages(s, data_dir, log, register=False)      # register_tasks does
     folders = {"gave": gave["dir"], "texts": {n: x["dir"] for n, x in texts.items()},
                "pages": pages["dir"]}
     register_tasks(s, data_dir, vocab, folders)
@@ -416,7 +416,7 @@ def run_claims(output_dir: str, scale: str = "reduced", data_dir: str | None = N
         pipeline.save_json(os.path.join(output_dir, "floors.json"), floors)
         return {"scale": scale, "floors": floors}
     text = finetune_runs(s, data, data_dir)
-    pages = every_image_run(s, data["pages"], data_dir)
+    pages = every_image_run(s, image_runs(s, data, data_dir))
     log(f"[claims 2/5] {len(text)} text finetuning runs (plus their backbones), seed 0, and "
         f"the {len(pages)} page runs" + (f"; {jobs} side by side" if jobs > 1 else ""))
 

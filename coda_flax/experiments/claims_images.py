@@ -47,9 +47,10 @@ def image_model(s, coda: CodaConfig | None) -> ModelConfig:
                        max_patch_positions=64, coda=coda)
 
 
-def prepare_pages(s, data_dir: str | None, log: Log) -> dict:
-    """The pages of s (datasets.ink_pages, built once) registered as INK_TASK; returns their
-    meta.json plus "dir"."""
+def prepare_pages(s, data_dir: str | None, log: Log, register: bool = True) -> dict:
+    """The pages of s (datasets.ink_pages, built once), registered as INK_TASK unless not
+    `register` (the caller registers them with its other tasks); returns their meta.json plus
+    "dir"."""
     from coda_flax.datasets import ink_pages
 
     pages = ink_pages.prepare_ink_pages(data_dir, words=ink_pages.WORDS[:s.image_words],
@@ -57,7 +58,8 @@ def prepare_pages(s, data_dir: str | None, log: Log) -> dict:
                                         num_validation=s.image_validation,
                                         page_size=(s.image_page, s.image_page),
                                         font_sizes=s.image_font_sizes, log=log)
-    register_pages(s, pages["dir"])
+    if register:
+        register_pages(s, pages["dir"])
     return pages
 
 
@@ -217,10 +219,9 @@ def image_table(images, img, words, ink, top) -> str:
     return "\n".join(lines) + "\n"
 
 
-def every_image_run(s, pages_dir: str, data_dir: str | None) -> list[Run]:
-    """image_runs and the CoDA runs' other seeds (s.image_seeds each): what image_stage
+def every_image_run(s, runs: dict[str, Run]) -> list[Run]:
+    """image_runs' runs and the CoDA runs' other seeds (s.image_seeds each): what image_stage
     trains (`coda claims` trains them beside the text runs, and image_stage reuses them)."""
-    runs = image_runs(s, {"pages": pages_dir}, data_dir)
     return [*runs.values(), *[seeded(runs[f"images/coda_r{r}"], k) for r in s.image_rates
                               for k in range(1, s.image_seeds)]]
 
@@ -237,8 +238,7 @@ def image_stage(s, pages: dict, data_dir: str | None, output_dir: str, log: Log,
 
     root = os.path.join(output_dir, "runs")
     runs = image_runs(s, {"pages": pages["dir"]}, data_dir)
-    results = execute_all(every_image_run(s, pages["dir"], data_dir), root, log=log,
-                          jobs=jobs, setup=setup)
+    results = execute_all(every_image_run(s, runs), root, log=log, jobs=jobs, setup=setup)
     shown = {"images/dense": runs["images/pa"].init, **runs}       # the dense reader too
     names = {g: [r.name] + [seeded(r, k).name for k in range(1, s.image_seeds)
                             if g.startswith("images/coda")] for g, r in shown.items()}

@@ -398,6 +398,7 @@ def side_by_side(order: Sequence[Run], root: str, log: Log, jobs: int,
     todo = [run for run in order if not finished(root, run)]
     if len(todo) < 2:
         return {}
+    unfinished = {run.name for run in todo}
     context = multiprocessing.get_context("spawn")     # jax is not fork-safe
     workers, queue = min(jobs, len(todo)), context.Queue()
     done: dict[str, dict] = {}
@@ -409,7 +410,7 @@ def side_by_side(order: Sequence[Run], root: str, log: Log, jobs: int,
             pids = _start_all(pool, workers, queue)
             while waiting or running:
                 ready = [r for r in waiting if not isinstance(r.init, Run)
-                         or r.init.name in done or r.init not in todo]
+                         or r.init.name in done or r.init.name not in unfinished]
                 for run in ready[:workers - len(running)]:
                     waiting.remove(run)
                     log(f"[{len(todo) - len(waiting)}/{len(todo)}] {run.name} (worker)")
